@@ -1,0 +1,12 @@
+//! What the collector and the ingester share. Nothing here knows about a pipeline stage; each module
+//! is a building block a stage uses.
+
+pub mod admin;
+pub mod bytesize;
+pub mod config;
+pub mod ids;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use bytesize::ByteSize;

@@ -1,0 +1,635 @@
+//! The REST routes: OpenSearch's subset (cluster info, indices, index templates, `_bulk`, `_refresh`,
+//! `_count`, `_doc`, `_search`, `_cat/indices`) and the dev store's own admin routes under
+//! `/_devstore` (faults, refusing connections, stats, reset).
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query as UrlQuery, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::{
+    error::{ApiError, for_status},
+    faults::Faults,
+    query::Query,
+    store::{Store, WriteOp},
+};
+
+/// OpenSearch's default `index.max_result_window`.
+const MAX_RESULT_WINDOW: usize = 10_000;
+/// OpenSearch's default `track_total_hits` bound.
+const TRACK_TOTAL_HITS: usize = 10_000;
+
+/// Counters shown by `GET /_devstore/stats`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    pub bulk_requests: u64,
+    pub bulk_rejected_requests: u64,
+    pub bulk_items: u64,
+    /// Bulk item outcomes by HTTP status.
+    pub items_by_status: BTreeMap<u16, u64>,
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Mutex<Store>,
+    pub faults: Mutex<Faults>,
+    pub stats: Mutex<Stats>,
+    rng: Mutex<StdRng>,
+    /// Wakes the accept loop to drop its listener; the duration is in `refuse_for`.
+    pub refuse: Notify,
+    pub refuse_for: Mutex<Duration>,
+    pub max_content_length: usize,
+}
+
+impl AppState {
+    pub fn new(memory_limit: u64, faults: Faults, max_content_length: usize, seed: Option<u64>) -> Self {
+        let rng = seed.map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
+        Self {
+            store: Mutex::new(Store::new(memory_limit)),
+            faults: Mutex::new(faults),
+            stats: Mutex::new(Stats::default()),
+            rng: Mutex::new(rng),
+            refuse: Notify::new(),
+            refuse_for: Mutex::new(Duration::ZERO),
+            max_content_length,
+        }
+    }
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// All routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_content_length;
+    Router::new()
+        .route("/", get(info).head(|| async { StatusCode::OK }))
+        .route("/_cluster/health", get(cluster_health))
+        .route("/_cat/indices", get(cat_indices_all))
+        .route("/_cat/indices/{index}", get(cat_indices))
+        .route("/_index_template/{name}", put(put_template).post(put_template).get(get_template).delete(delete_template).head(head_template))
+        .route("/_bulk", post(bulk_all).put(bulk_all))
+        .route("/_refresh", post(refresh_all).get(refresh_all))
+        .route("/_count", get(count_all).post(count_all))
+        .route("/_search", get(search_all).post(search_all))
+        .route("/{index}/_bulk", post(bulk).put(bulk))
+        .route("/{index}/_refresh", post(refresh).get(refresh))
+        .route("/{index}/_count", get(count).post(count))
+        .route("/{index}/_search", get(search).post(search))
+        .route("/{index}/_doc/{id}", get(get_doc).head(head_doc))
+        .route("/{index}", get(get_index).put(create_index).delete(delete_index).head(head_index))
+        .route("/_devstore/faults", get(get_faults).put(put_faults))
+        .route("/_devstore/refuse_connections", post(refuse_connections))
+        .route("/_devstore/stats", get(stats))
+        .route("/_devstore/reset", post(reset))
+        .layer(middleware::from_fn_with_state(state.clone(), inject_latency))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Adds the configured latency to every request outside `/_devstore`.
+async fn inject_latency(State(state): Shared, request: Request, next: Next) -> Response {
+    if !request.uri().path().starts_with("/_devstore") {
+        let latency = state.faults.lock().latency;
+        if let Some(latency) = latency {
+            tokio::time::sleep(latency).await;
+        }
+    }
+    next.run(request).await
+}
+
+async fn info() -> Json<Value> {
+    Json(json!({
+        "name": "spanline-devstore",
+        "cluster_name": "spanline-devstore",
+        "cluster_uuid": "c3BhbmxpbmUtZGV2c3RvcmU",
+        "version": {
+            "distribution": "opensearch",
+            "number": "2.19.0",
+            "build_type": "tar",
+            "build_hash": "spanline-devstore",
+            "build_date": "2026-01-01T00:00:00.000000Z",
+            "build_snapshot": false,
+            "lucene_version": "9.12.1",
+            "minimum_wire_compatibility_version": "7.10.0",
+            "minimum_index_compatibility_version": "7.0.0"
+        },
+        "tagline": "The OpenSearch Project: https://opensearch.org/"
+    }))
+}
+
+async fn cluster_health(State(state): Shared) -> Json<Value> {
+    let indices = state.store.lock().indices().len();
+    Json(json!({
+        "cluster_name": "spanline-devstore", "status": "green", "timed_out": false,
+        "number_of_nodes": 1, "number_of_data_nodes": 1, "active_primary_shards": indices,
+        "active_shards": indices, "relocating_shards": 0, "initializing_shards": 0,
+        "unassigned_shards": 0, "delayed_unassigned_shards": 0, "number_of_pending_tasks": 0,
+        "number_of_in_flight_fetch": 0, "task_max_waiting_in_queue_millis": 0,
+        "active_shards_percent_as_number": 100.0
+    }))
+}
+
+async fn cat_indices_all(state: Shared) -> Result<Json<Value>, ApiError> {
+    cat_indices(state, Path("*".into())).await
+}
+
+async fn cat_indices(State(state): Shared, Path(expr): Path<String>) -> Result<Json<Value>, ApiError> {
+    // Only `format=json` is spoken; OpenSearch's text table is not.
+    let store = state.store.lock();
+    let rows: Vec<Value> = store
+        .resolve(&expr)?
+        .iter()
+        .filter_map(|name| store.index(name).map(|i| (name, i)))
+        .map(|(name, index)| {
+            json!({
+                "health": "green", "status": "open", "index": name, "uuid": index.uuid,
+                "pri": "1", "rep": "0", "docs.count": index.visible_count().to_string(),
+                "docs.deleted": "0", "store.size": format!("{}b", index.bytes()),
+                "pri.store.size": format!("{}b", index.bytes())
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(rows)))
+}
+
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, "json_parse_exception", format!("failed to parse request body: {e}")))
+}
+
+async fn put_template(State(state): Shared, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&body)?;
+    state.store.lock().put_template(&name, body)?;
+    Ok(Json(json!({"acknowledged": true})))
+}
+
+fn template_not_found(name: &str) -> ApiError {
+    ApiError::new(404, "resource_not_found_exception", format!("index template matching [{name}] not found"))
+}
+
+async fn get_template(State(state): Shared, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.lock();
+    let template = store.template(&name).ok_or_else(|| template_not_found(&name))?;
+    Ok(Json(json!({"index_templates": [{"name": name, "index_template": template}]})))
+}
+
+async fn head_template(State(state): Shared, Path(name): Path<String>) -> StatusCode {
+    if state.store.lock().template(&name).is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND }
+}
+
+async fn delete_template(State(state): Shared, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    if state.store.lock().delete_template(&name) {
+        Ok(Json(json!({"acknowledged": true})))
+    } else {
+        Err(template_not_found(&name))
+    }
+}
+
+async fn create_index(State(state): Shared, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&body)?;
+    state.store.lock().create_index(&name, &body)?;
+    Ok(Json(json!({"acknowledged": true, "shards_acknowledged": true, "index": name})))
+}
+
+async fn get_index(State(state): Shared, Path(expr): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.lock();
+    let mut out = serde_json::Map::new();
+    for name in store.resolve(&expr)? {
+        if let Some(index) = store.index(&name) {
+            let mut settings = index.settings.clone();
+            if let Value::Object(map) = &mut settings {
+                let inner = map.entry("index").or_insert_with(|| json!({}));
+                if let Value::Object(inner) = inner {
+                    inner.insert("uuid".into(), json!(index.uuid));
+                    inner.insert("provided_name".into(), json!(name));
+                }
+            }
+            out.insert(name.clone(), json!({"aliases": {}, "mappings": index.mappings, "settings": settings}));
+        }
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+async fn head_index(State(state): Shared, Path(expr): Path<String>) -> StatusCode {
+    match state.store.lock().resolve(&expr) {
+        Ok(names) if !names.is_empty() => StatusCode::OK,
+        _ => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn delete_index(State(state): Shared, Path(expr): Path<String>) -> Result<Json<Value>, ApiError> {
+    state.store.lock().delete_index(&expr)?;
+    Ok(Json(json!({"acknowledged": true})))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct BulkParams {
+    refresh: Option<String>,
+}
+
+async fn bulk_all(state: Shared, params: UrlQuery<BulkParams>, body: Bytes) -> Response {
+    run_bulk(state, None, params, body)
+}
+
+async fn bulk(state: Shared, Path(index): Path<String>, params: UrlQuery<BulkParams>, body: Bytes) -> Response {
+    run_bulk(state, Some(index), params, body)
+}
+
+/// One parsed action line.
+struct Action {
+    op: WriteOp,
+    index: String,
+    id: Option<String>,
+}
+
+fn illegal(reason: impl Into<String>) -> ApiError {
+    ApiError::new(400, "illegal_argument_exception", reason)
+}
+
+fn parse_action(line: &[u8], line_no: usize, default_index: Option<&str>) -> Result<Action, ApiError> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        illegal(format!("Malformed action/metadata line [{line_no}], expected START_OBJECT but found invalid JSON: {e}"))
+    })?;
+    let obj = value.as_object().ok_or_else(|| {
+        illegal(format!("Malformed action/metadata line [{line_no}], expected START_OBJECT but found [{value}]"))
+    })?;
+    let mut entries = obj.iter();
+    let (name, meta) = match (entries.next(), entries.next()) {
+        (Some(entry), None) => entry,
+        _ => {
+            return Err(illegal(format!(
+                "Malformed action/metadata line [{line_no}], expected a simple value for field [_index] but found [START_OBJECT]"
+            )));
+        }
+    };
+    let op = match name.as_str() {
+        "index" => WriteOp::Index,
+        "create" => WriteOp::Create,
+        "update" | "delete" => {
+            return Err(illegal(format!("spanline-devstore does not implement bulk action [{name}] (line [{line_no}])")));
+        }
+        other => {
+            return Err(illegal(format!("Malformed action/metadata line [{line_no}], expected field [create], [delete], [index] or [update] but found [{other}]")));
+        }
+    };
+    let meta = meta
+        .as_object()
+        .ok_or_else(|| illegal(format!("Malformed action/metadata line [{line_no}], expected START_OBJECT")))?;
+    let index = match meta.get("_index").and_then(Value::as_str).or(default_index) {
+        Some(index) => index.to_owned(),
+        None => {
+            return Err(ApiError::new(400, "action_request_validation_exception", "Validation Failed: 1: index is missing;"));
+        }
+    };
+    let id = match meta.get("_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    Ok(Action { op, index, id })
+}
+
+fn random_id(rng: &mut StdRng) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+fn run_bulk(State(state): Shared, default_index: Option<String>, UrlQuery(params): UrlQuery<BulkParams>, body: Bytes) -> Response {
+    let started = Instant::now();
+    state.stats.lock().bulk_requests += 1;
+    match bulk_items(&state, default_index.as_deref(), &body) {
+        Ok(items) => {
+            if matches!(params.refresh.as_deref(), Some("" | "true" | "wait_for")) {
+                let mut store = state.store.lock();
+                let touched: Vec<String> =
+                    items.iter().filter_map(first_index).filter_map(|v| v.as_str().map(str::to_owned)).collect();
+                store.refresh(&touched);
+            }
+            let errors = items.iter().any(|item| item.as_object().and_then(|o| o.values().next()).is_some_and(|v| v.get("error").is_some()));
+            let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            Json(json!({"took": took, "errors": errors, "items": items})).into_response()
+        }
+        Err(error) => {
+            state.stats.lock().bulk_rejected_requests += 1;
+            error.into_response()
+        }
+    }
+}
+
+fn first_index(item: &Value) -> Option<&Value> {
+    item.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("_index"))
+}
+
+/// Checks whole-request faults and limits, then applies each item, in order.
+fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let faults = {
+        let mut faults = state.faults.lock();
+        let snapshot = faults.clone();
+        if let (Some(_), Some(times)) = (faults.bulk_status, faults.bulk_status_times) {
+            if times <= 1 {
+                faults.bulk_status = None;
+                faults.bulk_status_times = None;
+            } else {
+                faults.bulk_status_times = Some(times - 1);
+            }
+        }
+        snapshot
+    };
+    if let Some(limit) = faults.max_bulk_bytes
+        && body.len() as u64 > limit
+    {
+        return Err(ApiError::new(
+            413,
+            "content_too_long_exception",
+            format!("request body of {} bytes exceeds the limit of {limit} bytes (http.max_content_length)", body.len()),
+        ));
+    }
+    if let Some(status) = faults.bulk_status {
+        return Err(for_status(status));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(400, "parse_exception", "request body is required"));
+    }
+    if body.last() != Some(&b'\n') {
+        return Err(illegal("The bulk request must be terminated by a newline [\\n]"));
+    }
+    {
+        let store = state.store.lock();
+        if store.bytes_used() + body.len() as u64 > store.memory_limit() {
+            tracing::warn!(used = store.bytes_used(), limit = store.memory_limit(), "memory cap reached, rejecting bulk");
+            return Err(store.memory_error(body.len() as u64));
+        }
+    }
+
+    // Parse every action first: a malformed action line fails the whole request, as in OpenSearch.
+    let mut pairs: Vec<(Action, &[u8])> = Vec::new();
+    let mut lines = body.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
+    while let Some((n, line)) = lines.next() {
+        let action = parse_action(line, n + 1, default_index)?;
+        let (_, source) = lines
+            .next()
+            .ok_or_else(|| ApiError::new(400, "action_request_validation_exception", "Validation Failed: 1: no requests added;"))?;
+        pairs.push((action, source));
+    }
+
+    let mut items = Vec::with_capacity(pairs.len());
+    let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut store = state.store.lock();
+    let mut rng = state.rng.lock();
+    for (action, source) in pairs {
+        let id = action.id.clone().unwrap_or_else(|| random_id(&mut rng));
+        let result = write_item(&mut store, &mut rng, &faults, &action, &id, source);
+        let (status, body) = match result {
+            Ok(body) => (body["status"].as_u64().and_then(|s| u16::try_from(s).ok()).unwrap_or(200), body),
+            Err(error) => (
+                error.status,
+                json!({"_index": action.index, "_id": id, "status": error.status, "error": error.cause()}),
+            ),
+        };
+        *by_status.entry(status).or_default() += 1;
+        items.push(json!({ action.op.name(): body }));
+    }
+    drop(store);
+    let mut stats = state.stats.lock();
+    stats.bulk_items += items.len() as u64;
+    for (status, n) in by_status {
+        *stats.items_by_status.entry(status).or_default() += n;
+    }
+    Ok(items)
+}
+
+fn write_item(store: &mut Store, rng: &mut StdRng, faults: &Faults, action: &Action, id: &str, source: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(source)
+        .map_err(|_| ApiError::new(400, "mapper_parsing_exception", "failed to parse: invalid UTF-8"))?;
+    let parsed: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::new(400, "mapper_parsing_exception", format!("failed to parse: {e}")))?;
+    if !parsed.is_object() {
+        return Err(ApiError::new(400, "mapper_parsing_exception", "failed to parse, document is empty or not an object"));
+    }
+    if faults.item_429_rate > 0.0 && rng.random_bool(faults.item_429_rate) {
+        return Err(ApiError::new(
+            429,
+            "es_rejected_execution_exception",
+            "rejected execution of primary operation [shard_detail=[jaeger][0][P], shard_coordinating_and_primary_bytes=0, shard_operation_bytes=0, shard_max_coordinating_and_primary_bytes=0] (injected by spanline-devstore)",
+        ));
+    }
+    if let Some(rule) = &faults.reject
+        && rule.matches(&parsed)
+    {
+        return Err(ApiError::new(
+            400,
+            "mapper_parsing_exception",
+            format!("failed to parse field [{}] in document with id '{id}'. Preview of field's value: rejected by devstore rule (contains {:?})", rule.field, rule.contains),
+        )
+        .with("caused_by", json!({"type": "illegal_argument_exception", "reason": "rejected by spanline-devstore reject rule"})));
+    }
+    crate::store::validate_index_name(&action.index)?;
+    store.write(action.op, &action.index, id, Arc::from(text))
+}
+
+async fn refresh_all(state: Shared) -> Result<Json<Value>, ApiError> {
+    refresh(state, Path("_all".into())).await
+}
+
+async fn refresh(State(state): Shared, Path(expr): Path<String>) -> Result<Json<Value>, ApiError> {
+    let mut store = state.store.lock();
+    let names = store.resolve(&expr)?;
+    store.refresh(&names);
+    let n = names.len();
+    Ok(Json(json!({"_shards": {"total": n * 2, "successful": n, "failed": 0}})))
+}
+
+/// The parsed `_search` / `_count` request.
+struct SearchRequest {
+    query: Query,
+    size: usize,
+    from: usize,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct SearchParams {
+    size: Option<usize>,
+    from: Option<usize>,
+}
+
+fn parse_search(body: &Bytes, params: &SearchParams, allow_paging: bool) -> Result<SearchRequest, ApiError> {
+    let body = json_body(body)?;
+    let obj = body.as_object().ok_or_else(|| ApiError::new(400, "parsing_exception", "request body must be an object"))?;
+    let mut request = SearchRequest { query: Query::MatchAll, size: params.size.unwrap_or(10), from: params.from.unwrap_or(0) };
+    for (key, value) in obj {
+        let as_usize = || {
+            value
+                .as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| ApiError::new(400, "parsing_exception", format!("[{key}] must be a non-negative integer")))
+        };
+        match key.as_str() {
+            "query" => request.query = Query::parse(value)?,
+            "size" if allow_paging => request.size = as_usize()?,
+            "from" if allow_paging => request.from = as_usize()?,
+            "track_total_hits" | "_source" | "timeout" if allow_paging => {}
+            other => {
+                return Err(ApiError::new(400, "parsing_exception", format!("Unknown key for a START_OBJECT in [{other}] (not implemented by spanline-devstore)")));
+            }
+        }
+    }
+    if request.from + request.size > MAX_RESULT_WINDOW {
+        return Err(illegal(format!(
+            "Result window is too large, from + size must be less than or equal to: [{MAX_RESULT_WINDOW}] but was [{}].",
+            request.from + request.size
+        )));
+    }
+    Ok(request)
+}
+
+async fn count_all(state: Shared, params: UrlQuery<SearchParams>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    count(state, Path("_all".into()), params, body).await
+}
+
+async fn count(State(state): Shared, Path(expr): Path<String>, UrlQuery(params): UrlQuery<SearchParams>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request = parse_search(&body, &params, false)?;
+    let store = state.store.lock();
+    let names = store.resolve(&expr)?;
+    let mut total = 0usize;
+    for name in &names {
+        let Some(index) = store.index(name) else { continue };
+        if matches!(request.query, Query::MatchAll) {
+            total += index.visible_count();
+            continue;
+        }
+        for (id, doc) in &index.docs {
+            if let Some(visible) = &doc.visible
+                && let Ok(source) = serde_json::from_str::<Value>(visible)
+                && request.query.matches(id, &source)
+            {
+                total += 1;
+            }
+        }
+    }
+    let n = names.len();
+    Ok(Json(json!({"count": total, "_shards": {"total": n, "successful": n, "skipped": 0, "failed": 0}})))
+}
+
+async fn search_all(state: Shared, params: UrlQuery<SearchParams>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    search(state, Path("_all".into()), params, body).await
+}
+
+async fn search(State(state): Shared, Path(expr): Path<String>, UrlQuery(params): UrlQuery<SearchParams>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let request = parse_search(&body, &params, true)?;
+    let store = state.store.lock();
+    let names = store.resolve(&expr)?;
+    let mut total = 0usize;
+    let mut hits = Vec::new();
+    for name in &names {
+        let Some(index) = store.index(name) else { continue };
+        for (id, doc) in &index.docs {
+            let Some(visible) = &doc.visible else { continue };
+            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
+            if !request.query.matches(id, &source) {
+                continue;
+            }
+            if total >= request.from && hits.len() < request.size {
+                hits.push(json!({"_index": name, "_id": id, "_score": 1.0, "_source": source}));
+            }
+            total += 1;
+        }
+    }
+    let (value, relation) = if total > TRACK_TOTAL_HITS { (TRACK_TOTAL_HITS, "gte") } else { (total, "eq") };
+    let n = names.len();
+    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(Json(json!({
+        "took": took, "timed_out": false,
+        "_shards": {"total": n, "successful": n, "skipped": 0, "failed": 0},
+        "hits": {"total": {"value": value, "relation": relation}, "max_score": if total > 0 { json!(1.0) } else { Value::Null }, "hits": hits}
+    })))
+}
+
+async fn get_doc(State(state): Shared, Path((index_name, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let store = state.store.lock();
+    let index = store.index(&index_name).ok_or_else(|| ApiError::index_not_found(&index_name))?;
+    Ok(match index.docs.get(&id) {
+        Some(doc) => {
+            let source: Value = serde_json::from_str(&doc.source).unwrap_or(Value::Null);
+            Json(json!({
+                "_index": index_name, "_id": id, "_version": doc.version, "_seq_no": doc.seq_no,
+                "_primary_term": 1, "found": true, "_source": source
+            }))
+            .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(json!({"_index": index_name, "_id": id, "found": false}))).into_response(),
+    })
+}
+
+async fn head_doc(State(state): Shared, Path((index_name, id)): Path<(String, String)>) -> StatusCode {
+    let store = state.store.lock();
+    match store.index(&index_name) {
+        Some(index) if index.docs.contains_key(&id) => StatusCode::OK,
+        _ => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn get_faults(State(state): Shared) -> Json<Faults> {
+    Json(state.faults.lock().clone())
+}
+
+async fn put_faults(State(state): Shared, body: Bytes) -> Result<Json<Faults>, ApiError> {
+    let faults: Faults = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(400, "illegal_argument_exception", format!("invalid faults: {e}")))?;
+    faults.validate().map_err(|e| ApiError::new(400, "illegal_argument_exception", e))?;
+    tracing::info!(?faults, "faults changed");
+    *state.faults.lock() = faults.clone();
+    Ok(Json(faults))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefuseRequest {
+    #[serde(rename = "for", with = "humantime_serde")]
+    duration: Duration,
+}
+
+async fn refuse_connections(State(state): Shared, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request: RefuseRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(400, "illegal_argument_exception", format!("expected {{\"for\": \"5s\"}}: {e}")))?;
+    *state.refuse_for.lock() = request.duration;
+    state.refuse.notify_one();
+    Ok(Json(json!({"acknowledged": true, "refusing_for": humantime_serde::re::humantime::format_duration(request.duration).to_string()})))
+}
+
+async fn stats(State(state): Shared) -> Json<Value> {
+    let stats = state.stats.lock().clone();
+    let store = state.store.lock();
+    let docs: usize = store.indices().values().map(|i| i.docs.len()).sum();
+    Json(json!({
+        "indices": store.indices().len(), "docs": docs, "bytes_used": store.bytes_used(),
+        "memory_limit": store.memory_limit(), "bulk": stats
+    }))
+}
+
+async fn reset(State(state): Shared) -> Json<Value> {
+    state.store.lock().clear();
+    *state.stats.lock() = Stats::default();
+    *state.faults.lock() = Faults::default();
+    Json(json!({"acknowledged": true}))
+}

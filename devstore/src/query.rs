@@ -1,0 +1,316 @@
+//! The query DSL subset: `match_all`, `term`, `terms`, `range`, `bool`, `ids`, `exists`, `nested`,
+//! evaluated on dotted field paths. Unknown queries are a 400 `parsing_exception`, as in OpenSearch.
+
+use std::cmp::Ordering;
+
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// A parsed query.
+#[derive(Debug, Clone)]
+pub enum Query {
+    MatchAll,
+    Term { field: String, value: Value },
+    Terms { field: String, values: Vec<Value> },
+    Range { field: String, bounds: Vec<(Bound, Value)> },
+    Ids(Vec<String>),
+    Exists(String),
+    Nested { path: String, query: Box<Query> },
+    Bool { must: Vec<Query>, should: Vec<Query>, must_not: Vec<Query>, minimum_should_match: usize },
+}
+
+/// One side of a `range`.
+#[derive(Debug, Clone, Copy)]
+pub enum Bound {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+fn parsing(reason: impl Into<String>) -> ApiError {
+    ApiError::new(400, "parsing_exception", reason)
+}
+
+/// The only key of a single-key object, as OpenSearch expects for `term`, `range`, ...
+fn single_field<'a>(kind: &str, v: &'a Value) -> Result<(&'a String, &'a Value), ApiError> {
+    let obj = v.as_object().ok_or_else(|| parsing(format!("[{kind}] query malformed, no start_object after query name")))?;
+    let mut it = obj.iter();
+    match (it.next(), it.next()) {
+        (Some(pair), None) => Ok(pair),
+        _ => Err(parsing(format!("[{kind}] query doesn't support multiple fields, found none or more than one"))),
+    }
+}
+
+fn clauses(v: &Value) -> Result<Vec<Query>, ApiError> {
+    match v {
+        Value::Array(items) => items.iter().map(Query::parse).collect(),
+        other => Ok(vec![Query::parse(other)?]),
+    }
+}
+
+impl Query {
+    /// Parses the value of a `query` key.
+    pub fn parse(v: &Value) -> Result<Self, ApiError> {
+        let (kind, body) = single_field("query", v)
+            .map_err(|_| parsing("query malformed, expected a single query type"))?;
+        match kind.as_str() {
+            "match_all" => Ok(Query::MatchAll),
+            "term" | "match" | "match_phrase" => {
+                let (field, spec) = single_field(kind, body)?;
+                let value = match spec {
+                    Value::Object(o) => o
+                        .get("value")
+                        .or_else(|| o.get("query"))
+                        .cloned()
+                        .ok_or_else(|| parsing(format!("[{kind}] query does not support an object without [value]")))?,
+                    other => other.clone(),
+                };
+                Ok(Query::Term { field: field.clone(), value })
+            }
+            "terms" => {
+                let (field, spec) = single_field(kind, body)?;
+                let values = spec
+                    .as_array()
+                    .ok_or_else(|| parsing("[terms] query does not support a non-array value"))?
+                    .clone();
+                Ok(Query::Terms { field: field.clone(), values })
+            }
+            "range" => {
+                let (field, spec) = single_field(kind, body)?;
+                let spec = spec.as_object().ok_or_else(|| parsing("[range] query malformed"))?;
+                let mut bounds = Vec::new();
+                for (k, value) in spec {
+                    let bound = match k.as_str() {
+                        "gt" => Bound::Gt,
+                        "gte" | "from" => Bound::Gte,
+                        "lt" => Bound::Lt,
+                        "lte" | "to" => Bound::Lte,
+                        "format" | "boost" | "time_zone" => continue,
+                        other => return Err(parsing(format!("[range] query does not support [{other}]"))),
+                    };
+                    if !value.is_null() {
+                        bounds.push((bound, value.clone()));
+                    }
+                }
+                Ok(Query::Range { field: field.clone(), bounds })
+            }
+            "ids" => {
+                let values = body
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| parsing("[ids] query needs [values]"))?;
+                Ok(Query::Ids(values.iter().map(value_text).collect()))
+            }
+            "exists" => {
+                let field = body
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| parsing("[exists] query needs [field]"))?;
+                Ok(Query::Exists(field.to_owned()))
+            }
+            "nested" => {
+                let path = body
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| parsing("[nested] requires 'path' field"))?;
+                let inner = body.get("query").ok_or_else(|| parsing("[nested] requires 'query' field"))?;
+                Ok(Query::Nested { path: path.to_owned(), query: Box::new(Query::parse(inner)?) })
+            }
+            "bool" => {
+                let obj = body.as_object().ok_or_else(|| parsing("[bool] query malformed"))?;
+                let (mut must, mut should, mut must_not) = (Vec::new(), Vec::new(), Vec::new());
+                let mut minimum = None;
+                for (k, v) in obj {
+                    match k.as_str() {
+                        // `filter` differs from `must` only in scoring, which the dev store does not do.
+                        "must" | "filter" => must.extend(clauses(v)?),
+                        "should" => should.extend(clauses(v)?),
+                        "must_not" => must_not.extend(clauses(v)?),
+                        "minimum_should_match" => {
+                            minimum = Some(
+                                v.as_u64()
+                                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                                    .ok_or_else(|| parsing("[bool] minimum_should_match must be an integer"))?,
+                            );
+                        }
+                        "boost" | "_name" => {}
+                        other => return Err(parsing(format!("[bool] query does not support [{other}]"))),
+                    }
+                }
+                // OpenSearch: with no must/filter clause, at least one should clause must match.
+                let default_minimum = usize::from(must.is_empty() && !should.is_empty());
+                let minimum_should_match = minimum.map_or(default_minimum, |m| usize::try_from(m).unwrap_or(usize::MAX));
+                Ok(Query::Bool { must, should, must_not, minimum_should_match })
+            }
+            other => Err(parsing(format!("unknown query [{other}]"))),
+        }
+    }
+
+    /// Whether the document `source` with id `id` matches.
+    pub fn matches(&self, id: &str, source: &Value) -> bool {
+        match self {
+            Query::MatchAll => true,
+            Query::Term { field, value } => resolve(source, field).iter().any(|v| loose_eq(v, value)),
+            Query::Terms { field, values } => {
+                resolve(source, field).iter().any(|v| values.iter().any(|want| loose_eq(v, want)))
+            }
+            Query::Range { field, bounds } => resolve(source, field).iter().any(|v| {
+                bounds.iter().all(|(bound, limit)| match loose_cmp(v, limit) {
+                    Some(ord) => match bound {
+                        Bound::Gt => ord == Ordering::Greater,
+                        Bound::Gte => ord != Ordering::Less,
+                        Bound::Lt => ord == Ordering::Less,
+                        Bound::Lte => ord != Ordering::Greater,
+                    },
+                    None => false,
+                })
+            }),
+            Query::Ids(ids) => ids.iter().any(|want| want == id),
+            Query::Exists(field) => resolve(source, field).iter().any(|v| !v.is_null()),
+            Query::Nested { path, query } => resolve(source, path).iter().any(|element| {
+                // Evaluate the inner query (whose fields are full paths) on a document holding only
+                // this one element at `path`, so all its conditions hold for the same element.
+                let scoped = path.rsplit('.').fold((*element).clone(), |acc, key| {
+                    let mut map = serde_json::Map::new();
+                    map.insert(key.to_owned(), acc);
+                    Value::Object(map)
+                });
+                query.matches(id, &scoped)
+            }),
+            Query::Bool { must, should, must_not, minimum_should_match } => {
+                must.iter().all(|q| q.matches(id, source))
+                    && !must_not.iter().any(|q| q.matches(id, source))
+                    && should.iter().filter(|q| q.matches(id, source)).count() >= *minimum_should_match
+            }
+        }
+    }
+}
+
+/// All values at the dotted `path` in `doc`, flattening arrays at every level. A key that itself
+/// contains dots is found too.
+pub fn resolve<'a>(doc: &'a Value, path: &str) -> Vec<&'a Value> {
+    let mut out = Vec::new();
+    collect(doc, path, &mut out);
+    out
+}
+
+fn collect<'a>(doc: &'a Value, path: &str, out: &mut Vec<&'a Value>) {
+    match doc {
+        Value::Array(items) => items.iter().for_each(|item| collect(item, path, out)),
+        Value::Object(map) => {
+            if let Some(v) = map.get(path) {
+                push_flat(v, out);
+            }
+            for (i, _) in path.match_indices('.') {
+                if let Some(v) = map.get(&path[..i]) {
+                    collect(v, &path[i + 1..], out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn push_flat<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|item| push_flat(item, out)),
+        other => out.push(other),
+    }
+}
+
+/// The text OpenSearch would index for a keyword: strings as they are, everything else as JSON.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn loose_eq(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => value_text(a) == value_text(b),
+    }
+}
+
+fn loose_cmp(a: &Value, b: &Value) -> Option<Ordering> {
+    let num = |v: &Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse::<f64>().ok()));
+    match (num(a), num(b)) {
+        (Some(x), Some(y)) => x.partial_cmp(&y),
+        _ => match (a, b) {
+            (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+            _ => None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc() -> Value {
+        json!({
+            "traceID": "abc", "duration": 120, "startTimeMillis": 1700000000000_i64,
+            "process": {"serviceName": "checkout", "tags": [{"key": "host", "value": "a"}]},
+            "tags": [{"key": "http.status", "value": "200"}, {"key": "error", "value": "true"}],
+            "tag": {"http.method": "GET"}
+        })
+    }
+
+    fn q(v: Value) -> Query {
+        Query::parse(&v).expect("parses")
+    }
+
+    #[test]
+    fn term_terms_and_dotted_paths() {
+        let d = doc();
+        assert!(q(json!({"term": {"process.serviceName": "checkout"}})).matches("1", &d));
+        assert!(q(json!({"term": {"process.serviceName": {"value": "checkout"}}})).matches("1", &d));
+        assert!(!q(json!({"term": {"process.serviceName": "cart"}})).matches("1", &d));
+        assert!(q(json!({"terms": {"traceID": ["x", "abc"]}})).matches("1", &d));
+        assert!(q(json!({"term": {"tags.value": "200"}})).matches("1", &d));
+        assert!(q(json!({"term": {"tags.value": 200}})).matches("1", &d));
+        assert!(q(json!({"term": {"tag.http.method": "GET"}})).matches("1", &d));
+    }
+
+    #[test]
+    fn range_bool_ids_exists() {
+        let d = doc();
+        assert!(q(json!({"range": {"duration": {"gte": 100, "lt": 121}}})).matches("1", &d));
+        assert!(!q(json!({"range": {"duration": {"gt": 120}}})).matches("1", &d));
+        assert!(q(json!({"ids": {"values": ["1", "2"]}})).matches("1", &d));
+        assert!(!q(json!({"ids": {"values": ["2"]}})).matches("1", &d));
+        assert!(q(json!({"exists": {"field": "tags.key"}})).matches("1", &d));
+        assert!(!q(json!({"exists": {"field": "logs"}})).matches("1", &d));
+        let b = q(json!({"bool": {
+            "filter": [{"term": {"traceID": "abc"}}],
+            "must_not": {"term": {"process.serviceName": "cart"}},
+            "should": [{"term": {"duration": 1}}, {"term": {"duration": 120}}],
+            "minimum_should_match": 1
+        }}));
+        assert!(b.matches("1", &d));
+        let only_should = q(json!({"bool": {"should": [{"term": {"duration": 1}}]}}));
+        assert!(!only_should.matches("1", &d));
+    }
+
+    #[test]
+    fn nested_keeps_conditions_on_one_element() {
+        let d = doc();
+        let same = q(json!({"nested": {"path": "tags", "query": {"bool": {"must": [
+            {"term": {"tags.key": "http.status"}}, {"term": {"tags.value": "200"}}]}}}}));
+        assert!(same.matches("1", &d));
+        let crossed = q(json!({"nested": {"path": "tags", "query": {"bool": {"must": [
+            {"term": {"tags.key": "http.status"}}, {"term": {"tags.value": "true"}}]}}}}));
+        assert!(!crossed.matches("1", &d));
+    }
+
+    #[test]
+    fn unknown_queries_are_parsing_errors() {
+        let err = Query::parse(&json!({"fuzzy": {"a": "b"}})).expect_err("rejects");
+        assert_eq!(err.status, 400);
+        assert!(err.reason.contains("unknown query [fuzzy]"));
+    }
+}

@@ -1,0 +1,427 @@
+//! The in-memory indices, index templates and documents, with OpenSearch's visibility rule: a write is
+//! readable at once by id (`GET _doc` is real-time) but searchable and countable only after a refresh.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use indexmap::IndexMap;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+
+/// Rough per-document overhead added to the source length when accounting memory.
+const DOC_OVERHEAD_BYTES: u64 = 96;
+
+/// One stored document.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    pub source: Arc<str>,
+    pub version: u64,
+    pub seq_no: u64,
+    /// The source as of the last refresh; `None` until the first refresh after creation.
+    pub visible: Option<Arc<str>>,
+}
+
+/// One index.
+#[derive(Debug)]
+pub struct Index {
+    pub uuid: String,
+    pub settings: Value,
+    pub mappings: Value,
+    pub docs: IndexMap<String, Doc>,
+    /// Positions in `docs` written since the last refresh.
+    dirty: Vec<usize>,
+    visible_count: usize,
+    next_seq_no: u64,
+    bytes: u64,
+}
+
+impl Index {
+    pub fn visible_count(&self) -> usize {
+        self.visible_count
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn refresh(&mut self) {
+        for pos in self.dirty.drain(..) {
+            if let Some((_, doc)) = self.docs.get_index_mut(pos) {
+                if doc.visible.is_none() {
+                    self.visible_count += 1;
+                }
+                doc.visible = Some(doc.source.clone());
+            }
+        }
+    }
+}
+
+/// How a bulk item writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOp {
+    /// `index`: create or overwrite.
+    Index,
+    /// `create`: fail with 409 when the id exists.
+    Create,
+}
+
+impl WriteOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteOp::Index => "index",
+            WriteOp::Create => "create",
+        }
+    }
+}
+
+/// All indices and templates.
+#[derive(Debug)]
+pub struct Store {
+    indices: BTreeMap<String, Index>,
+    templates: BTreeMap<String, Value>,
+    bytes_used: u64,
+    memory_limit: u64,
+    uuid_counter: u64,
+}
+
+impl Store {
+    pub fn new(memory_limit: u64) -> Self {
+        Self { indices: BTreeMap::new(), templates: BTreeMap::new(), bytes_used: 0, memory_limit, uuid_counter: 0 }
+    }
+
+    pub fn bytes_used(&self) -> u64 {
+        self.bytes_used
+    }
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit
+    }
+    pub fn indices(&self) -> &BTreeMap<String, Index> {
+        &self.indices
+    }
+    pub fn index(&self, name: &str) -> Option<&Index> {
+        self.indices.get(name)
+    }
+
+    /// Drops every index and template.
+    pub fn clear(&mut self) {
+        self.indices.clear();
+        self.templates.clear();
+        self.bytes_used = 0;
+    }
+
+    /// The error when the memory cap is reached, shaped like OpenSearch's parent circuit breaker.
+    pub fn memory_error(&self, wanted: u64) -> ApiError {
+        ApiError::new(
+            429,
+            "circuit_breaking_exception",
+            format!(
+                "[parent] Data too large, data for [<http_request>] would be [{}/{}b], which is larger than the limit of [{}/{}b]: spanline-devstore memory cap reached (raise --memory-limit or delete indices)",
+                self.bytes_used + wanted,
+                self.bytes_used + wanted,
+                self.memory_limit,
+                self.memory_limit
+            ),
+        )
+        .with("bytes_wanted", self.bytes_used + wanted)
+        .with("bytes_limit", self.memory_limit)
+        .with("durability", "TRANSIENT")
+    }
+
+    /// Expands an index expression (`a,b`, `jaeger-span-*`, `_all`) into existing index names.
+    /// A concrete name that does not exist is an `index_not_found_exception`; a wildcard that
+    /// matches nothing is simply empty.
+    pub fn resolve(&self, expr: &str) -> Result<Vec<String>, ApiError> {
+        let mut out: Vec<String> = Vec::new();
+        for part in expr.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "_all" || part.contains('*') {
+                let pattern = if part == "_all" { "*" } else { part };
+                out.extend(self.indices.keys().filter(|name| glob(pattern, name)).cloned());
+            } else if self.indices.contains_key(part) {
+                out.push(part.to_owned());
+            } else {
+                return Err(ApiError::index_not_found(part));
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Creates `name` from the matching index template (highest priority wins) merged with `body`.
+    pub fn create_index(&mut self, name: &str, body: &Value) -> Result<(), ApiError> {
+        validate_index_name(name)?;
+        if let Some(existing) = self.indices.get(name) {
+            return Err(ApiError::new(
+                400,
+                "resource_already_exists_exception",
+                format!("index [{name}/{}] already exists", existing.uuid),
+            )
+            .with("index", name)
+            .with("index_uuid", existing.uuid.clone()));
+        }
+        let template = self
+            .templates
+            .values()
+            .filter(|t| {
+                t.get("index_patterns")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ps| ps.iter().filter_map(Value::as_str).any(|p| glob(p, name)))
+            })
+            .max_by_key(|t| t.get("priority").and_then(Value::as_i64).unwrap_or(0));
+        let from_template = |key: &str| template.and_then(|t| t.pointer(&format!("/template/{key}"))).cloned();
+        let mut settings = from_template("settings").unwrap_or_else(|| json!({}));
+        let mut mappings = from_template("mappings").unwrap_or_else(|| json!({}));
+        if let Some(s) = body.get("settings") {
+            merge(&mut settings, s);
+        }
+        if let Some(m) = body.get("mappings") {
+            merge(&mut mappings, m);
+        }
+        self.uuid_counter += 1;
+        let uuid = format!("devstore{:014x}", self.uuid_counter);
+        self.indices.insert(
+            name.to_owned(),
+            Index {
+                uuid,
+                settings,
+                mappings,
+                docs: IndexMap::new(),
+                dirty: Vec::new(),
+                visible_count: 0,
+                next_seq_no: 0,
+                bytes: 0,
+            },
+        );
+        tracing::debug!(index = name, "index created");
+        Ok(())
+    }
+
+    pub fn delete_index(&mut self, name: &str) -> Result<(), ApiError> {
+        let names = self.resolve(name)?;
+        for n in names {
+            if let Some(index) = self.indices.remove(&n) {
+                self.bytes_used = self.bytes_used.saturating_sub(index.bytes);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn put_template(&mut self, name: &str, body: Value) -> Result<(), ApiError> {
+        let patterns_ok = body
+            .get("index_patterns")
+            .and_then(Value::as_array)
+            .is_some_and(|ps| !ps.is_empty() && ps.iter().all(Value::is_string));
+        if !patterns_ok {
+            return Err(ApiError::new(
+                400,
+                "action_request_validation_exception",
+                "Validation Failed: 1: index patterns are missing;",
+            ));
+        }
+        self.templates.insert(name.to_owned(), body);
+        Ok(())
+    }
+
+    pub fn template(&self, name: &str) -> Option<&Value> {
+        self.templates.get(name)
+    }
+
+    pub fn delete_template(&mut self, name: &str) -> bool {
+        self.templates.remove(name).is_some()
+    }
+
+    /// Writes one document, creating the index if needed, and returns the bulk item body
+    /// (without the action key).
+    pub fn write(&mut self, op: WriteOp, index_name: &str, id: &str, source: Arc<str>) -> Result<Value, ApiError> {
+        let cost = source.len() as u64 + id.len() as u64 + DOC_OVERHEAD_BYTES;
+        if self.bytes_used + cost > self.memory_limit {
+            return Err(self.memory_error(cost));
+        }
+        if !self.indices.contains_key(index_name) {
+            self.create_index(index_name, &json!({}))?;
+        }
+        let Some(index) = self.indices.get_mut(index_name) else {
+            return Err(ApiError::index_not_found(index_name));
+        };
+        let seq_no = index.next_seq_no;
+        let (pos, version, result, status, freed) = match index.docs.get_full_mut(id) {
+            Some((pos, _, existing)) => {
+                if op == WriteOp::Create {
+                    return Err(ApiError::new(
+                        409,
+                        "version_conflict_engine_exception",
+                        format!("[{id}]: version conflict, document already exists (current version [{}])", existing.version),
+                    )
+                    .with("index", index_name)
+                    .with("shard", "0")
+                    .with("index_uuid", index.uuid.clone()));
+                }
+                let freed = existing.source.len() as u64 + id.len() as u64 + DOC_OVERHEAD_BYTES;
+                existing.version += 1;
+                existing.seq_no = seq_no;
+                existing.source = source;
+                (pos, existing.version, "updated", 200, freed)
+            }
+            None => {
+                let (pos, _) = index.docs.insert_full(id.to_owned(), Doc { source, version: 1, seq_no, visible: None });
+                (pos, 1, "created", 201, 0)
+            }
+        };
+        index.next_seq_no += 1;
+        index.dirty.push(pos);
+        index.bytes = index.bytes + cost - freed;
+        self.bytes_used = self.bytes_used + cost - freed;
+        Ok(json!({
+            "_index": index_name,
+            "_id": id,
+            "_version": version,
+            "result": result,
+            "_shards": {"total": 2, "successful": 1, "failed": 0},
+            "_seq_no": seq_no,
+            "_primary_term": 1,
+            "status": status,
+        }))
+    }
+
+    /// Makes every write so far searchable in the named indices.
+    pub fn refresh(&mut self, names: &[String]) {
+        for name in names {
+            if let Some(index) = self.indices.get_mut(name) {
+                index.refresh();
+            }
+        }
+    }
+
+    /// Refreshes every index with pending writes (the periodic `refresh_interval`).
+    pub fn refresh_all(&mut self) {
+        self.indices.values_mut().filter(|i| !i.dirty.is_empty()).for_each(Index::refresh);
+    }
+}
+
+/// Merges `from` into `into`, objects key by key, anything else replaced.
+fn merge(into: &mut Value, from: &Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else { return false };
+    let pieces: Vec<&str> = parts.collect();
+    let Some((last, middle)) = pieces.split_last() else { return rest.is_empty() };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// OpenSearch's index name rules.
+pub fn validate_index_name(name: &str) -> Result<(), ApiError> {
+    let invalid = |why: &str| {
+        Err(ApiError::new(400, "invalid_index_name_exception", format!("Invalid index name [{name}], {why}"))
+            .with("index", name)
+            .with("index_uuid", "_na_"))
+    };
+    if name.is_empty() {
+        return invalid("must not be empty");
+    }
+    if name.chars().any(|c| c.is_uppercase()) {
+        return invalid("must be lowercase");
+    }
+    if name.starts_with(['_', '-', '+']) {
+        return invalid("must not start with '_', '-', or '+'");
+    }
+    if name.contains(['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':']) {
+        return invalid("must not contain the following characters [ , \", *, \\, <, |, ,, >, /, ?, #, :]");
+    }
+    if name == "." || name == ".." || name.len() > 255 {
+        return invalid("must not be '.', '..' or longer than 255 bytes");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob("jaeger-span-*", "jaeger-span-2026-11-25"));
+        assert!(!glob("jaeger-span-*", "jaeger-service-2026-11-25"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a*c*e", "abcde"));
+        assert!(!glob("a*c*e", "abcdf"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+        assert!(glob("ab*b", "abb"));
+        assert!(!glob("ab*b", "ab"));
+    }
+
+    #[test]
+    fn create_conflicts_and_index_overwrites() {
+        let mut s = Store::new(u64::MAX);
+        let doc: Arc<str> = Arc::from(r#"{"a":1}"#);
+        let first = s.write(WriteOp::Create, "i", "1", doc.clone()).expect("created");
+        assert_eq!(first["status"], 201);
+        let conflict = s.write(WriteOp::Create, "i", "1", doc.clone()).expect_err("conflict");
+        assert_eq!(conflict.status, 409);
+        assert_eq!(conflict.kind, "version_conflict_engine_exception");
+        let updated = s.write(WriteOp::Index, "i", "1", Arc::from(r#"{"a":2}"#)).expect("updated");
+        assert_eq!(updated["status"], 200);
+        assert_eq!(updated["_version"], 2);
+        assert_eq!(s.index("i").map(|i| i.docs.len()), Some(1));
+    }
+
+    #[test]
+    fn writes_are_searchable_only_after_refresh() {
+        let mut s = Store::new(u64::MAX);
+        s.write(WriteOp::Create, "i", "1", Arc::from("{}")).expect("created");
+        assert_eq!(s.index("i").map(Index::visible_count), Some(0));
+        s.refresh_all();
+        assert_eq!(s.index("i").map(Index::visible_count), Some(1));
+    }
+
+    #[test]
+    fn templates_apply_by_priority() {
+        let mut s = Store::new(u64::MAX);
+        s.put_template("low", json!({"index_patterns": ["jaeger-*"], "priority": 1, "template": {"settings": {"n": 1}}}))
+            .expect("put");
+        s.put_template("high", json!({"index_patterns": ["jaeger-span-*"], "priority": 5, "template": {"settings": {"n": 5}}}))
+            .expect("put");
+        s.create_index("jaeger-span-2026-11-25", &json!({})).expect("create");
+        assert_eq!(s.index("jaeger-span-2026-11-25").map(|i| i.settings["n"].clone()), Some(json!(5)));
+        assert!(s.put_template("bad", json!({"template": {}})).is_err());
+    }
+
+    #[test]
+    fn memory_cap_is_a_circuit_breaker() {
+        let mut s = Store::new(200);
+        s.write(WriteOp::Create, "i", "1", Arc::from("{}")).expect("fits");
+        let err = s.write(WriteOp::Create, "i", "2", Arc::from("x".repeat(200))).expect_err("over cap");
+        assert_eq!(err.status, 429);
+        assert_eq!(err.kind, "circuit_breaking_exception");
+        assert!(err.reason.contains("memory cap"));
+    }
+
+    #[test]
+    fn resolve_and_names() {
+        let mut s = Store::new(u64::MAX);
+        s.create_index("a-1", &json!({})).expect("create");
+        s.create_index("a-2", &json!({})).expect("create");
+        assert_eq!(s.resolve("a-*").expect("resolves"), vec!["a-1", "a-2"]);
+        assert_eq!(s.resolve("a-2,a-1").expect("resolves"), vec!["a-1", "a-2"]);
+        assert!(s.resolve("b-*").expect("resolves").is_empty());
+        assert_eq!(s.resolve("b").expect_err("missing").status, 404);
+        assert_eq!(s.create_index("Upper", &json!({})).expect_err("invalid").kind, "invalid_index_name_exception");
+        assert_eq!(s.create_index("a-1", &json!({})).expect_err("exists").kind, "resource_already_exists_exception");
+    }
+}
