@@ -1,0 +1,197 @@
+//! Collector configuration: parsed once from a TOML file plus `SPANLINE_COLLECTOR__*` environment
+//! variables, validated by [`Config::validate`], then trusted. See `deploy/collector.toml`.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use spanline_common::{ByteSize, config::ConfigError, kafka::KafkaClientConfig};
+
+/// The whole collector configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub receivers: Receivers,
+    pub kafka: Kafka,
+    pub limits: Limits,
+    pub admin: Admin,
+}
+
+/// Where the OTLP receivers listen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Receivers {
+    /// OTLP gRPC listen address. Default `127.0.0.1:4317`.
+    pub grpc_listen: SocketAddr,
+    /// OTLP HTTP listen address. Default `127.0.0.1:4318`.
+    pub http_listen: SocketAddr,
+}
+
+impl Default for Receivers {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
+        }
+    }
+}
+
+/// The span topic and how records are produced to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kafka {
+    /// Bootstrap brokers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Extra librdkafka properties (TLS, SASL, ...), applied last. Default empty.
+    pub librdkafka: BTreeMap<String, String>,
+    /// Topic spans are published to. Default `otlp_spans`.
+    pub topic: String,
+    /// Largest record value produced; a trace whose spans exceed it is split into several records.
+    /// Must stay below the broker's `message.max.bytes` (1 MB by default). Default `900KiB`.
+    pub max_message_bytes: ByteSize,
+    /// How long librdkafka may try to deliver a record before the export fails
+    /// (`message.timeout.ms`). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// librdkafka `linger.ms`: how long to wait to fill a produce batch. Default `5ms`.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// librdkafka `compression.type`: none, gzip, snappy, lz4 or zstd. Default `zstd`.
+    pub compression: String,
+    /// librdkafka `partitioner`, which maps the trace-id key to a partition. Default
+    /// `consistent_random` (CRC32, librdkafka's default); `murmur2_random` matches Java clients.
+    pub partitioner: String,
+}
+
+impl Kafka {
+    /// The connection part, shared with the other components' Kafka settings.
+    pub fn client(&self) -> KafkaClientConfig {
+        KafkaClientConfig { brokers: self.brokers.clone(), librdkafka: self.librdkafka.clone() }
+    }
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Self {
+            brokers: KafkaClientConfig::default().brokers,
+            librdkafka: BTreeMap::new(),
+            topic: "otlp_spans".into(),
+            max_message_bytes: ByteSize::kib(900),
+            delivery_timeout: Duration::from_secs(30),
+            linger: Duration::from_millis(5),
+            compression: "zstd".into(),
+            partitioner: "consistent_random".into(),
+        }
+    }
+}
+
+/// Request limits and backpressure bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body after decompression. Default `16MiB`.
+    pub max_request_bytes: ByteSize,
+    /// Bytes of encoded records waiting for Kafka's acknowledgement across all requests; past it,
+    /// exports are refused with UNAVAILABLE / 503 and `Retry-After`. Default `256MiB`.
+    pub max_inflight_bytes: ByteSize,
+    /// Requests served at once per receiver. Default 256.
+    pub max_concurrent_requests: usize,
+    /// Longest time one export may take before it fails with UNAVAILABLE / 503. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight exports and the producer flush. Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: ByteSize::mib(16),
+            max_inflight_bytes: ByteSize::mib(256),
+            max_concurrent_requests: 256,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The admin server (metrics and health).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Admin listen address. Default `127.0.0.1:14269`.
+    pub listen: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 14269)) }
+    }
+}
+
+impl Config {
+    /// Loads `file` then `SPANLINE_COLLECTOR__*` variables, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let config: Config = spanline_common::config::load(file, "SPANLINE_COLLECTOR")?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Cross-field checks; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.kafka.client().validate()?;
+        if self.kafka.topic.is_empty() {
+            return Err("kafka.topic must not be empty".into());
+        }
+        if self.kafka.max_message_bytes.bytes() < 1024 {
+            return Err("kafka.max_message_bytes must be at least 1KiB".into());
+        }
+        if self.kafka.max_message_bytes.bytes() >= 1_000_000 && !self.kafka.librdkafka.contains_key("message.max.bytes") {
+            return Err(format!(
+                "kafka.max_message_bytes ({}) must stay below the 1MB Kafka default, or set kafka.librdkafka.\"message.max.bytes\" and the broker's limit to match",
+                self.kafka.max_message_bytes
+            ));
+        }
+        if self.limits.max_inflight_bytes < self.kafka.max_message_bytes {
+            return Err("limits.max_inflight_bytes must be at least kafka.max_message_bytes".into());
+        }
+        if self.limits.max_concurrent_requests == 0 {
+            return Err("limits.max_concurrent_requests must be at least 1".into());
+        }
+        if self.kafka.delivery_timeout.is_zero() || self.limits.request_timeout.is_zero() {
+            return Err("kafka.delivery_timeout and limits.request_timeout must be positive".into());
+        }
+        const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+        if !COMPRESSIONS.contains(&self.kafka.compression.as_str()) {
+            return Err(format!("kafka.compression must be one of {COMPRESSIONS:?}, got {:?}", self.kafka.compression));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.toml");
+        let config = Config::load(Some(&path)).expect("deploy/collector.toml loads");
+        assert_eq!(config.kafka.topic, "otlp_spans");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = Config::default();
+        c.kafka.max_message_bytes = ByteSize::mib(2);
+        assert!(c.validate().expect_err("too big").contains("max_message_bytes"));
+        let mut c = Config::default();
+        c.kafka.compression = "brotli".into();
+        assert!(c.validate().expect_err("bad").contains("compression"));
+    }
+}

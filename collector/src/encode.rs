@@ -1,0 +1,334 @@
+//! `encode`: OTLP request → validated spans grouped into Kafka records, one per trace.
+//!
+//! Called by the receivers through [`crate::pipeline::Exporter`]. Pure (no I/O). Guarantees: every
+//! input span ends up in exactly one record or is counted as rejected with its reason; a record holds
+//! the spans of one trace with their original resource and scope, its key is the trace id as 32
+//! lowercase hex characters, and its value (an `ExportTraceServiceRequest`) never exceeds
+//! `max_message_bytes` — a larger trace is split over several records.
+
+use std::{collections::HashMap, fmt};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
+};
+use prost::Message;
+use spanline_common::ids;
+
+/// One Kafka record to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The trace id as 32 lowercase hex characters.
+    pub key: String,
+    /// An encoded `ExportTraceServiceRequest` holding spans of this trace only.
+    pub payload: Vec<u8>,
+    /// How many spans the payload holds.
+    pub spans: usize,
+}
+
+/// Why a span was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    InvalidTraceId,
+    InvalidSpanId,
+    InvalidParentSpanId,
+    EndBeforeStart,
+    TooLarge,
+}
+
+impl RejectReason {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidTraceId => "invalid_trace_id",
+            RejectReason::InvalidSpanId => "invalid_span_id",
+            RejectReason::InvalidParentSpanId => "invalid_parent_span_id",
+            RejectReason::EndBeforeStart => "end_before_start",
+            RejectReason::TooLarge => "too_large",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            RejectReason::InvalidTraceId => "trace id not 16 bytes or all zero",
+            RejectReason::InvalidSpanId => "span id not 8 bytes or all zero",
+            RejectReason::InvalidParentSpanId => "parent span id neither empty nor 8 bytes",
+            RejectReason::EndBeforeStart => "end time before start time",
+            RejectReason::TooLarge => "span larger than kafka.max_message_bytes",
+        }
+    }
+}
+
+/// Rejected spans counted by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejections(pub Vec<(RejectReason, usize)>);
+
+impl Rejections {
+    fn add(&mut self, reason: RejectReason) {
+        match self.0.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((reason, 1)),
+        }
+    }
+    /// Total rejected spans.
+    pub fn total(&self) -> usize {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl fmt::Display for Rejections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        for (i, (reason, n)) in sorted.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{n} span(s) rejected: {}", reason.describe())?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of encoding one request.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub records: Vec<Record>,
+    pub accepted_spans: usize,
+    pub rejected: Rejections,
+}
+
+impl Encoded {
+    /// Bytes of all record values.
+    pub fn payload_bytes(&self) -> usize {
+        self.records.iter().map(|r| r.payload.len()).sum()
+    }
+}
+
+/// Checks one span; `None` when valid.
+pub fn validate(span: &Span) -> Option<RejectReason> {
+    if !ids::is_valid_trace_id(&span.trace_id) {
+        return Some(RejectReason::InvalidTraceId);
+    }
+    if !ids::is_valid_span_id(&span.span_id) {
+        return Some(RejectReason::InvalidSpanId);
+    }
+    if !(span.parent_span_id.is_empty() || span.parent_span_id.len() == 8) {
+        return Some(RejectReason::InvalidParentSpanId);
+    }
+    if span.end_time_unix_nano < span.start_time_unix_nano {
+        return Some(RejectReason::EndBeforeStart);
+    }
+    None
+}
+
+/// Upper bound of a length-delimited field's framing: one tag byte and a five-byte length.
+const FRAMING: usize = 6;
+
+/// A record being filled.
+struct Group {
+    key: [u8; 16],
+    request: ExportTraceServiceRequest,
+    /// Upper bound of `request.encoded_len()`.
+    size: usize,
+    /// Input (resource, scope) positions of the last span appended, to reuse their wrappers.
+    last: Option<(usize, usize)>,
+    spans: usize,
+}
+
+/// Validates and groups `request` into records of at most `max_message_bytes`.
+pub fn encode(request: ExportTraceServiceRequest, max_message_bytes: usize) -> Encoded {
+    let mut out = Encoded::default();
+    let mut groups: Vec<Group> = Vec::new();
+    // Trace id → index in `groups` of that trace's open (last) group.
+    let mut open: HashMap<[u8; 16], usize> = HashMap::new();
+
+    for (ri, resource_spans) in request.resource_spans.into_iter().enumerate() {
+        let ResourceSpans { resource, scope_spans, schema_url: resource_schema, .. } = resource_spans;
+        let resource_cost = resource.as_ref().map_or(0, |r| r.encoded_len() + FRAMING) + resource_schema.len() + 2 * FRAMING;
+        for (si, scope_spans) in scope_spans.into_iter().enumerate() {
+            let ScopeSpans { scope, spans, schema_url: scope_schema, .. } = scope_spans;
+            let scope_cost = scope.as_ref().map_or(0, |s| s.encoded_len() + FRAMING) + scope_schema.len() + 2 * FRAMING;
+            for span in spans {
+                if let Some(reason) = validate(&span) {
+                    out.rejected.add(reason);
+                    continue;
+                }
+                let span_cost = span.encoded_len() + FRAMING;
+                if resource_cost + scope_cost + span_cost > max_message_bytes {
+                    out.rejected.add(RejectReason::TooLarge);
+                    continue;
+                }
+                let mut key = [0u8; 16];
+                key.copy_from_slice(&span.trace_id);
+                let slot = match open.get(&key) {
+                    Some(&i) => {
+                        let g = &groups[i];
+                        let header = match g.last {
+                            Some((r, s)) if r == ri && s == si => 0,
+                            Some((r, _)) if r == ri => scope_cost,
+                            _ => resource_cost + scope_cost,
+                        };
+                        (g.size + header + span_cost <= max_message_bytes).then_some(i)
+                    }
+                    None => None,
+                };
+                let i = slot.unwrap_or_else(|| {
+                    groups.push(Group { key, request: ExportTraceServiceRequest::default(), size: 0, last: None, spans: 0 });
+                    open.insert(key, groups.len() - 1);
+                    groups.len() - 1
+                });
+                let g = &mut groups[i];
+                let same_resource = g.last.is_some_and(|(r, _)| r == ri);
+                if !same_resource {
+                    g.request.resource_spans.push(ResourceSpans {
+                        resource: resource.clone(),
+                        scope_spans: Vec::new(),
+                        schema_url: resource_schema.clone(),
+                    });
+                    g.size += resource_cost;
+                }
+                if !(same_resource && g.last.is_some_and(|(_, s)| s == si)) {
+                    if let Some(rs) = g.request.resource_spans.last_mut() {
+                        rs.scope_spans.push(ScopeSpans { scope: scope.clone(), spans: Vec::new(), schema_url: scope_schema.clone() });
+                    }
+                    g.size += scope_cost;
+                }
+                if let Some(ss) = g.request.resource_spans.last_mut().and_then(|rs| rs.scope_spans.last_mut()) {
+                    ss.spans.push(span);
+                }
+                g.size += span_cost;
+                g.last = Some((ri, si));
+                g.spans += 1;
+            }
+        }
+    }
+
+    out.records = groups
+        .into_iter()
+        .map(|g| {
+            out.accepted_spans += g.spans;
+            let payload = g.request.encode_to_vec();
+            debug_assert!(payload.len() <= g.size, "size bound {} below real size {}", g.size, payload.len());
+            Record { key: ids::to_hex(&g.key), payload, spans: g.spans }
+        })
+        .collect();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+        resource::v1::Resource,
+    };
+
+    fn span(trace: u8, id: u8, pad: usize) -> Span {
+        Span {
+            trace_id: vec![trace; 16],
+            span_id: vec![id; 8],
+            name: format!("op-{id}"),
+            start_time_unix_nano: 1_000,
+            end_time_unix_nano: 2_000,
+            attributes: vec![KeyValue {
+                key: "pad".into(),
+                value: Some(AnyValue { value: Some(any_value::Value::StringValue("x".repeat(pad))) }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn request(groups: Vec<(&str, Vec<Span>)>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: groups
+                .into_iter()
+                .map(|(service, spans)| ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: vec![KeyValue {
+                            key: "service.name".into(),
+                            value: Some(AnyValue { value: Some(any_value::Value::StringValue(service.into())) }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(InstrumentationScope { name: "lib".into(), version: "1".into(), ..Default::default() }),
+                        spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn decode(r: &Record) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest::decode(r.payload.as_slice()).expect("payload decodes")
+    }
+
+    #[test]
+    fn groups_by_trace_keeping_resource_and_scope() {
+        let req = request(vec![("a", vec![span(1, 1, 0), span(2, 2, 0), span(1, 3, 0)]), ("b", vec![span(1, 4, 0)])]);
+        let enc = encode(req, 900 * 1024);
+        assert_eq!(enc.accepted_spans, 4);
+        assert_eq!(enc.records.len(), 2);
+        let first = &enc.records[0];
+        assert_eq!(first.key, "01".repeat(16));
+        assert_eq!(first.spans, 3);
+        let decoded = decode(first);
+        assert_eq!(decoded.resource_spans.len(), 2, "spans of services a and b keep their own resource");
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 2);
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("lib"));
+        assert_eq!(enc.records[1].key, "02".repeat(16));
+    }
+
+    #[test]
+    fn invalid_spans_are_counted_by_reason_and_valid_ones_kept() {
+        let mut zero_trace = span(0, 1, 0);
+        zero_trace.trace_id = vec![0; 16];
+        let mut short_span = span(1, 2, 0);
+        short_span.span_id = vec![1; 4];
+        let mut backwards = span(1, 3, 0);
+        backwards.end_time_unix_nano = 10;
+        let mut bad_parent = span(1, 4, 0);
+        bad_parent.parent_span_id = vec![1; 3];
+        let req = request(vec![("a", vec![zero_trace, short_span, backwards, bad_parent, span(1, 5, 0)])]);
+        let enc = encode(req, 900 * 1024);
+        assert_eq!(enc.accepted_spans, 1);
+        assert_eq!(enc.rejected.total(), 4);
+        let msg = enc.rejected.to_string();
+        assert!(msg.contains("trace id") && msg.contains("span id") && msg.contains("end time") && msg.contains("parent"), "{msg}");
+    }
+
+    #[test]
+    fn splits_large_traces_and_rejects_oversize_spans() {
+        let max = 10_000;
+        let spans: Vec<Span> = (1..=40).map(|i| span(7, i, 900)).collect();
+        let req = request(vec![("a", spans), ("b", vec![span(7, 99, 20_000)])]);
+        let enc = encode(req, max);
+        assert_eq!(enc.rejected.0, vec![(RejectReason::TooLarge, 1)]);
+        assert_eq!(enc.accepted_spans, 40);
+        assert!(enc.records.len() >= 4, "40 spans of ~1KB split into 10KB records: {}", enc.records.len());
+        let mut seen = Vec::new();
+        for r in &enc.records {
+            assert!(r.payload.len() <= max, "record of {} bytes over {max}", r.payload.len());
+            assert_eq!(r.key, "07".repeat(16));
+            let d = decode(r);
+            let n: usize = d.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+            assert_eq!(n, r.spans);
+            seen.extend(d.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans).map(|s| s.span_id[0]));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=40).collect::<Vec<u8>>(), "every span in exactly one record");
+    }
+
+    #[test]
+    fn empty_request_is_empty() {
+        let enc = encode(ExportTraceServiceRequest::default(), 1024);
+        assert!(enc.records.is_empty());
+        assert_eq!(enc.accepted_spans, 0);
+        assert_eq!(enc.rejected.total(), 0);
+    }
+}

@@ -1,0 +1,18 @@
+//! The Spanline collector: `receive → encode → produce`.
+//!
+//! - [`receive`]: OTLP gRPC `TraceService/Export` and OTLP HTTP `POST /v1/traces`.
+//! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
+//! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
+//!
+//! [`pipeline`] wires them; [`run`] is what the binary calls.
+
+pub mod config;
+pub mod encode;
+pub mod error;
+pub mod metrics;
+pub mod pipeline;
+pub mod produce;
+pub mod receive;
+
+pub use config::Config;
+pub use pipeline::{Running, run, start};

@@ -1,0 +1,232 @@
+//! `receive`: OTLP over gRPC (`TraceService/Export`) and HTTP (`POST /v1/traces`, protobuf or JSON,
+//! optionally gzip) → [`Exporter::export`]. Turns each outcome into the protocol's answer:
+//! success with `partial_success` when spans were rejected, and [`Error`]'s gRPC/HTTP status
+//! otherwise (with `Retry-After` when the client should retry).
+
+use std::io::Read;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::TraceService,
+};
+use prost::Message;
+
+use crate::{
+    error::{Error, RETRY_AFTER},
+    metrics::{ProtocolLabels, RequestLabels},
+    pipeline::Exporter,
+};
+
+/// The OTLP gRPC service.
+#[derive(Debug, Clone)]
+pub struct GrpcReceiver {
+    exporter: Exporter,
+}
+
+impl GrpcReceiver {
+    pub fn new(exporter: Exporter) -> Self {
+        Self { exporter }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let metrics = self.exporter.metrics();
+        metrics.received_bytes.get_or_create(&ProtocolLabels { protocol: "grpc" }).inc_by(request.encoded_len() as u64);
+        let result = self.exporter.export(request).await;
+        record_outcome(&self.exporter, "grpc", &result);
+        result.map(tonic::Response::new).map_err(|error| {
+            let mut status = error.grpc_status();
+            if error.is_retryable() {
+                // Hint for clients that read it; OTLP clients back off on UNAVAILABLE anyway.
+                if let Ok(v) = RETRY_AFTER.as_secs().to_string().parse() {
+                    status.metadata_mut().insert("retry-after", v);
+                }
+            }
+            status
+        })
+    }
+}
+
+fn record_outcome(exporter: &Exporter, protocol: &'static str, result: &Result<ExportTraceServiceResponse, Error>) {
+    let outcome = match result {
+        Ok(response) if response.partial_success.as_ref().is_some_and(|p| p.rejected_spans > 0) => "partial_success",
+        Ok(_) => "success",
+        Err(error) => {
+            tracing::debug!(protocol, %error, "export failed");
+            error.outcome()
+        }
+    };
+    exporter.metrics().requests.get_or_create(&RequestLabels { protocol, outcome }).inc();
+}
+
+/// The OTLP HTTP routes.
+pub fn http_router(exporter: Exporter, max_request_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(http_traces))
+        // The compressed body is capped too; the decompressed size is checked in `decode_http`.
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .with_state(exporter)
+}
+
+/// The body format of an OTLP HTTP request, which is also the answer's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Protobuf => "application/x-protobuf",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+/// `google.rpc.Status`, the body of an OTLP HTTP error.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+async fn http_traces(State(exporter): State<Exporter>, headers: HeaderMap, body: Bytes) -> Response {
+    let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("") {
+        ct if ct.starts_with("application/x-protobuf") || ct.starts_with("application/protobuf") => Format::Protobuf,
+        ct if ct.starts_with("application/json") => Format::Json,
+        other => return http_error(&exporter, Format::Json, &Error::UnsupportedMediaType(other.to_owned())),
+    };
+    let request = match decode_http(&headers, &body, format, exporter.max_request_bytes()) {
+        Ok(request) => request,
+        Err(error) => return http_error(&exporter, format, &error),
+    };
+    let result = exporter.export(request).await;
+    record_outcome(&exporter, "http", &result);
+    match result {
+        Ok(response) => {
+            let body = match format {
+                Format::Protobuf => response.encode_to_vec(),
+                Format::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+            };
+            (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
+        }
+        Err(error) => error_response(format, &error),
+    }
+}
+
+fn http_error(exporter: &Exporter, format: Format, error: &Error) -> Response {
+    exporter.metrics().requests.get_or_create(&RequestLabels { protocol: "http", outcome: error.outcome() }).inc();
+    tracing::debug!(%error, "otlp http request refused");
+    error_response(format, error)
+}
+
+fn error_response(format: Format, error: &Error) -> Response {
+    let status = RpcStatus { code: error.grpc_status().code() as i32, message: error.to_string() };
+    let body = match format {
+        Format::Protobuf => status.encode_to_vec(),
+        Format::Json => serde_json::json!({"code": status.code, "message": status.message}).to_string().into_bytes(),
+    };
+    let mut response = (error.http_status(), [(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if error.is_retryable() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    }
+    response
+}
+
+/// Decompresses (never past `limit`) and decodes an OTLP HTTP body.
+fn decode_http(headers: &HeaderMap, body: &Bytes, format: Format, limit: usize) -> Result<ExportTraceServiceRequest, Error> {
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let inflated;
+    let raw: &[u8] = match encoding.trim() {
+        "" | "identity" => body,
+        "gzip" => {
+            inflated = inflate_gzip(body, limit)?;
+            &inflated
+        }
+        other => return Err(Error::UnsupportedEncoding(other.to_owned())),
+    };
+    if raw.len() > limit {
+        return Err(Error::TooLarge { limit });
+    }
+    match format {
+        Format::Protobuf => ExportTraceServiceRequest::decode(raw).map_err(|e| Error::Malformed(format!("invalid OTLP protobuf: {e}"))),
+        Format::Json => decode_json(raw),
+    }
+}
+
+/// Inflates at most `limit + 1` bytes, so a decompression bomb costs at most the limit in memory.
+fn inflate_gzip(body: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    flate2::read::GzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Malformed(format!("invalid gzip body: {e}")))?;
+    if out.len() > limit {
+        return Err(Error::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// OTLP/JSON: camelCase keys, hex trace and span ids.
+pub fn decode_json(raw: &[u8]) -> Result<ExportTraceServiceRequest, Error> {
+    let request: ExportTraceServiceRequest =
+        serde_json::from_slice(raw).map_err(|e| Error::Malformed(format!("invalid OTLP JSON: {e}")))?;
+    // Unknown keys are ignored by the decoder, so snake_case `resource_spans` silently decodes to an
+    // empty request; say so instead of accepting nothing.
+    if request.resource_spans.is_empty() && raw.windows(16).any(|w| w == b"\"resource_spans\"") {
+        return Err(Error::Malformed("OTLP JSON uses camelCase keys: found \"resource_spans\", expected \"resourceSpans\"".into()));
+    }
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&vec![0u8; 8 << 20]).expect("compress");
+        let bomb = encoder.finish().expect("finish");
+        assert!(bomb.len() < 64 * 1024);
+        let err = inflate_gzip(&bomb, 1 << 20).expect_err("over the limit");
+        assert!(matches!(err, Error::TooLarge { limit } if limit == 1 << 20));
+        assert_eq!(inflate_gzip(&bomb, 16 << 20).expect("fits").len(), 8 << 20);
+    }
+
+    #[test]
+    fn json_with_hex_ids_decodes() {
+        let json = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"svc"}}]},
+            "scopeSpans":[{"scope":{"name":"lib"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+            "name":"op","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000"}]}]}]}"#;
+        let request = decode_json(json).expect("decodes");
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id[0], 0x5b);
+        assert_eq!(span.span_id.len(), 8);
+        assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 1_000_000_000);
+    }
+
+    #[test]
+    fn snake_case_json_is_rejected() {
+        let err = decode_json(br#"{"resource_spans":[{"scope_spans":[]}]}"#).expect_err("rejected");
+        assert!(err.to_string().contains("camelCase"));
+        assert!(matches!(decode_json(b"{not json"), Err(Error::Malformed(_))));
+    }
+}

@@ -1,0 +1,254 @@
+//! The shared test harness. Tests start their own broker (Tansu with SQLite storage, on a free
+//! loopback port, in a temporary directory) and their own dev store, so they run in parallel and can
+//! kill and restart either. Never Tansu's `memory://` engine: it skips records after a seek or a
+//! rebalance (REFERENCE.md §7).
+
+#![allow(clippy::unwrap_used)]
+
+pub mod fixtures;
+
+use std::{
+    future::Future,
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+};
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The `tansu` binary: `$TANSU_BIN`, else on `PATH`, else `~/.cargo/bin/tansu`.
+pub fn tansu_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("TANSU_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")));
+    for candidate in candidates {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("tansu not found: run scripts/broker.sh install (cargo install tansu --locked --version 0.6.0 --features dynostore,libsql)")
+}
+
+/// A Tansu broker owned by one test, with SQLite storage in its own temporary directory.
+#[derive(Debug)]
+pub struct Broker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker on a free port and waits until it answers metadata requests.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut broker = Self { port: free_port(), dir: tempfile::tempdir()?, child: None };
+        broker.spawn().await?;
+        Ok(broker)
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("tansu.log"))?;
+        let child = Command::new(tansu_bin()?)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start tansu")?;
+        self.child = Some(child);
+        let bootstrap = self.bootstrap();
+        wait_for(Duration::from_secs(30), || {
+            let bootstrap = bootstrap.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().ok()?;
+                    consumer.fetch_metadata(None, Duration::from_secs(2)).ok().map(|_| ())
+                })
+                .await
+                .ok()
+                .flatten()
+            }
+        })
+        .await
+        .with_context(|| format!("tansu did not answer on {url}; log in {}", self.dir.path().display()))
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", self.bootstrap()).create()?;
+        let results = admin
+            .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+            .await?;
+        for result in results {
+            if let Err((name, code)) = result {
+                bail!("cannot create topic {name}: {code}");
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the broker (its data stays on disk).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// The broker's log so far, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Reads every record of every partition of `topic`, from the start to the high watermark as of the
+/// call, without a consumer group.
+pub async fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<ReadRecord>> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "spanline-testkit-reader")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> =
+            metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        let mut ends = Vec::new();
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let (_, high) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10))?;
+            ends.push((*p, high));
+            if high > 0 {
+                tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
+            }
+        }
+        let mut out = Vec::new();
+        if tpl.count() == 0 {
+            return Ok(out);
+        }
+        consumer.assign(&tpl)?;
+        let want: i64 = ends.iter().map(|(_, h)| h).sum();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (out.len() as i64) < want {
+            if Instant::now() > deadline {
+                bail!("read {} of {want} records from {topic} before the deadline", out.len());
+            }
+            if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+                let message = message?;
+                out.push(ReadRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A dev store on a free port, refreshing every 100 ms.
+pub async fn devstore() -> anyhow::Result<spanline_devstore::Running> {
+    devstore_with(spanline_devstore::Settings {
+        refresh_interval: Duration::from_millis(100),
+        ..spanline_devstore::Settings::default()
+    })
+    .await
+}
+
+/// A dev store with the given settings.
+pub async fn devstore_with(settings: spanline_devstore::Settings) -> anyhow::Result<spanline_devstore::Running> {
+    spanline_devstore::start(settings, tokio_util::sync::CancellationToken::new()).await
+}
+
+/// `GET {url}/{index}/_count` after a refresh; 0 when no index matches.
+pub async fn count(url: &str, index: &str) -> anyhow::Result<u64> {
+    let client = reqwest::Client::new();
+    client.post(format!("{url}/{index}/_refresh")).send().await?;
+    let response: serde_json::Value = client.get(format!("{url}/{index}/_count")).send().await?.json().await?;
+    response["count"].as_u64().with_context(|| format!("unexpected _count answer: {response}"))
+}
+
+/// Every document (`_id`, `_source`) in `index` (at most 10 000), after a refresh.
+pub async fn documents(url: &str, index: &str) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let client = reqwest::Client::new();
+    client.post(format!("{url}/{index}/_refresh")).send().await?;
+    let response: serde_json::Value = client
+        .post(format!("{url}/{index}/_search"))
+        .json(&serde_json::json!({"query": {"match_all": {}}, "size": 10_000}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let hits = response["hits"]["hits"].as_array().with_context(|| format!("unexpected _search answer: {response}"))?;
+    Ok(hits
+        .iter()
+        .map(|h| (h["_id"].as_str().unwrap_or_default().to_owned(), h["_source"].clone()))
+        .collect())
+}
