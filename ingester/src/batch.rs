@@ -1,0 +1,178 @@
+//! `batch`: documents and the offsets they came from → batches, flushed on bytes, documents, time,
+//! or shutdown. Pure: no I/O and no clock of its own (callers pass `now`).
+//!
+//! Called by the consume loop for every record. Guarantees: a batch carries the highest offset of
+//! each partition whose records it covers (records with no documents included), so storing those
+//! offsets after the batch is durable never skips a record; every batch says why it was flushed.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+
+use crate::document::DocKind;
+
+/// Why a batch was flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlushReason {
+    /// The NDJSON body reached `batch.max_bytes`.
+    Bytes,
+    /// The batch reached `batch.max_docs`.
+    Docs,
+    /// `batch.flush_interval` passed since the first record entered the batch.
+    Timeout,
+    /// The ingester is shutting down.
+    Shutdown,
+}
+
+impl FlushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Bytes => "bytes",
+            FlushReason::Docs => "docs",
+            FlushReason::Timeout => "timeout",
+            FlushReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for FlushReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One bulk item: its action line and source line, newline-terminated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub ndjson: Bytes,
+    pub kind: DocKind,
+}
+
+/// A flushed batch.
+#[derive(Debug)]
+pub struct Batch {
+    pub items: Vec<Item>,
+    /// NDJSON bytes of all items.
+    pub bytes: usize,
+    /// (partition, highest offset) for every partition with a record in this batch.
+    pub offsets: Vec<(i32, i64)>,
+    pub reason: FlushReason,
+    /// When the first record entered the batch.
+    pub opened: Instant,
+}
+
+/// Flush thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_docs: usize,
+    pub flush_interval: Duration,
+}
+
+/// Accumulates items until a threshold is reached.
+#[derive(Debug)]
+pub struct Batcher {
+    limits: Limits,
+    items: Vec<Item>,
+    bytes: usize,
+    offsets: BTreeMap<i32, i64>,
+    opened: Option<Instant>,
+}
+
+impl Batcher {
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, items: Vec::new(), bytes: 0, offsets: BTreeMap::new(), opened: None }
+    }
+
+    /// Adds the items of the record at (`partition`, `offset`); returns a batch when a size threshold
+    /// is reached.
+    pub fn push(&mut self, partition: i32, offset: i64, items: impl IntoIterator<Item = Item>, now: Instant) -> Option<Batch> {
+        self.opened.get_or_insert(now);
+        let last = self.offsets.entry(partition).or_insert(offset);
+        *last = (*last).max(offset);
+        for item in items {
+            self.bytes += item.ndjson.len();
+            self.items.push(item);
+        }
+        if self.bytes >= self.limits.max_bytes {
+            self.take(FlushReason::Bytes)
+        } else if self.items.len() >= self.limits.max_docs {
+            self.take(FlushReason::Docs)
+        } else {
+            None
+        }
+    }
+
+    /// When the open batch must be flushed by time; `None` when empty.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.opened.map(|t| t + self.limits.flush_interval)
+    }
+
+    /// Flushes whatever is open; `None` when empty.
+    pub fn take(&mut self, reason: FlushReason) -> Option<Batch> {
+        let opened = self.opened.take()?;
+        let bytes = std::mem::take(&mut self.bytes);
+        Some(Batch {
+            items: std::mem::take(&mut self.items),
+            bytes,
+            offsets: std::mem::take(&mut self.offsets).into_iter().collect(),
+            reason,
+            opened,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: usize) -> Item {
+        Item { ndjson: Bytes::from(vec![b'x'; n]), kind: DocKind::Span }
+    }
+
+    fn limits() -> Limits {
+        Limits { max_bytes: 100, max_docs: 5, flush_interval: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn flushes_on_bytes_with_highest_offsets() {
+        let mut b = Batcher::new(limits());
+        let now = Instant::now();
+        assert!(b.push(0, 10, [item(40)], now).is_none());
+        assert!(b.push(1, 3, [item(40)], now).is_none());
+        let batch = b.push(0, 11, [item(40)], now).expect("over 100 bytes");
+        assert_eq!(batch.reason, FlushReason::Bytes);
+        assert_eq!(batch.bytes, 120);
+        assert_eq!(batch.offsets, vec![(0, 11), (1, 3)]);
+        assert!(b.deadline().is_none(), "empty after flush");
+    }
+
+    #[test]
+    fn flushes_on_docs() {
+        let mut b = Batcher::new(limits());
+        let now = Instant::now();
+        let batch = b.push(0, 1, (0..5).map(|_| item(1)), now).expect("5 docs");
+        assert_eq!(batch.reason, FlushReason::Docs);
+        assert_eq!(batch.items.len(), 5);
+    }
+
+    #[test]
+    fn deadline_is_armed_by_the_first_record_even_without_documents() {
+        let mut b = Batcher::new(limits());
+        let now = Instant::now();
+        assert!(b.deadline().is_none());
+        assert!(b.push(2, 7, [], now).is_none());
+        assert_eq!(b.deadline(), Some(now + Duration::from_secs(1)));
+        b.push(2, 8, [item(1)], now + Duration::from_millis(500));
+        assert_eq!(b.deadline(), Some(now + Duration::from_secs(1)), "not re-armed by later records");
+        let batch = b.take(FlushReason::Timeout).expect("open batch");
+        assert_eq!(batch.reason, FlushReason::Timeout);
+        assert_eq!(batch.offsets, vec![(2, 8)]);
+        assert_eq!(batch.items.len(), 1);
+        assert!(b.take(FlushReason::Shutdown).is_none());
+    }
+}

@@ -1,0 +1,212 @@
+//! Ingester configuration: parsed once from a TOML file plus `SPANLINE_INGESTER__*` environment
+//! variables, validated by [`Config::validate`], then trusted. See `deploy/ingester.toml`.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use spanline_common::{ByteSize, config::ConfigError, kafka::KafkaClientConfig};
+
+/// The whole ingester configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: Kafka,
+    pub opensearch: OpenSearch,
+    pub batch: Batch,
+    pub admin: Admin,
+    /// How long shutdown may take to flush, index and commit. Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Where spans are consumed from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kafka {
+    /// Bootstrap brokers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Extra librdkafka properties (TLS, SASL, ...), applied last. Default empty.
+    pub librdkafka: BTreeMap<String, String>,
+    /// Topic to consume. Default `otlp_spans`.
+    pub topic: String,
+    /// Consumer group. Default `spanline-ingester`.
+    pub group_id: String,
+    /// librdkafka `session.timeout.ms`. Default `45s`.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// librdkafka `max.poll.interval.ms`: must exceed the longest bulk retry pause. Default `300s`.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Self {
+            brokers: KafkaClientConfig::default().brokers,
+            librdkafka: BTreeMap::new(),
+            topic: "otlp_spans".into(),
+            group_id: "spanline-ingester".into(),
+            session_timeout: Duration::from_secs(45),
+            max_poll_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Kafka {
+    /// The connection part, shared with the other components' Kafka settings.
+    pub fn client(&self) -> KafkaClientConfig {
+        KafkaClientConfig { brokers: self.brokers.clone(), librdkafka: self.librdkafka.clone() }
+    }
+}
+
+/// Where documents are written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenSearch {
+    /// OpenSearch URL. Default `http://127.0.0.1:9200`.
+    pub url: String,
+    /// Basic-auth user; empty for none. Default empty.
+    pub username: String,
+    /// Basic-auth password. Default empty.
+    pub password: String,
+    /// Prefix of index names: `{prefix}-jaeger-span-YYYY-MM-DD`; empty for none. Default empty.
+    pub index_prefix: String,
+    /// Install the span and service index templates at start when missing. Default `true`.
+    pub create_templates: bool,
+    /// Timeout of one `_bulk` request. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// First retry pause after a transient failure; doubles up to `max_backoff`, with jitter.
+    /// Default `100ms`.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    /// Longest retry pause. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for OpenSearch {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:9200".into(),
+            username: String::new(),
+            password: String::new(),
+            index_prefix: String::new(),
+            create_templates: true,
+            request_timeout: Duration::from_secs(30),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// When a batch is flushed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batch {
+    /// Flush when the NDJSON body reaches this size. Default `5MiB`.
+    pub max_bytes: ByteSize,
+    /// Flush when the batch holds this many documents. Default `10000`.
+    pub max_docs: usize,
+    /// Flush this long after the first document entered an empty batch. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self { max_bytes: ByteSize::mib(5), max_docs: 10_000, flush_interval: Duration::from_secs(1) }
+    }
+}
+
+/// The admin server (metrics and health).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Admin listen address. Default `127.0.0.1:14270`.
+    pub listen: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 14270)) }
+    }
+}
+
+impl Config {
+    /// Loads `file` then `SPANLINE_INGESTER__*` variables, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let config: Config = spanline_common::config::load(file, "SPANLINE_INGESTER")?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Cross-field checks; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.kafka.client().validate()?;
+        if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() {
+            return Err("kafka.topic and kafka.group_id must not be empty".into());
+        }
+        if !(self.opensearch.url.starts_with("http://") || self.opensearch.url.starts_with("https://")) {
+            return Err(format!("opensearch.url must start with http:// or https://, got {:?}", self.opensearch.url));
+        }
+        if self.batch.max_docs == 0 || self.batch.max_bytes.bytes() < 1024 {
+            return Err("batch.max_docs must be at least 1 and batch.max_bytes at least 1KiB".into());
+        }
+        if self.batch.flush_interval.is_zero() {
+            return Err("batch.flush_interval must be positive".into());
+        }
+        if self.opensearch.min_backoff.is_zero() || self.opensearch.min_backoff > self.opensearch.max_backoff {
+            return Err("opensearch.min_backoff must be positive and at most opensearch.max_backoff".into());
+        }
+        if self.shutdown_grace >= self.kafka.session_timeout {
+            return Err(format!(
+                "shutdown_grace ({:?}) must be shorter than kafka.session_timeout ({:?}) so a draining member is not evicted",
+                self.shutdown_grace, self.kafka.session_timeout
+            ));
+        }
+        if self.opensearch.max_backoff >= self.kafka.max_poll_interval {
+            return Err("opensearch.max_backoff must be shorter than kafka.max_poll_interval".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kafka: Kafka::default(),
+            opensearch: OpenSearch::default(),
+            batch: Batch::default(),
+            admin: Admin::default(),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ingester.toml");
+        let config = Config::load(Some(&path)).expect("deploy/ingester.toml loads");
+        assert_eq!(config.kafka.group_id, "spanline-ingester");
+    }
+
+    #[test]
+    fn drain_must_fit_in_the_session() {
+        let mut c = Config::default();
+        c.shutdown_grace = Duration::from_secs(60);
+        assert!(c.validate().expect_err("rejected").contains("session_timeout"));
+        let mut c = Config::default();
+        c.opensearch.url = "localhost:9200".into();
+        assert!(c.validate().expect_err("rejected").contains("opensearch.url"));
+    }
+}

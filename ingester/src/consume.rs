@@ -1,0 +1,145 @@
+//! `consume`: Kafka records → documents → batches → bulk → stored offsets.
+//!
+//! Run by the pipeline as one task per ingester. Records are read from the group's partitions,
+//! decoded as OTLP protobuf, mapped to documents and batched; a flushed batch is written by
+//! [`BulkClient::write_all`] and only then are its offsets stored ([`commit::store`]).
+//! Batches are written one at a time, so a partition's offsets are stored in order and never ahead
+//! of durable documents.
+//!
+//! Rebalances (cooperative-sticky): records of a revoked partition still in the open batch are
+//! written and their offsets fail to store (`ERR__STATE`), so the new owner re-reads them; document
+//! ids are deterministic, so nothing is duplicated.
+
+use std::{sync::Arc, time::Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+use rdkafka::{
+    ClientContext, Message,
+    consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
+    statistics::Statistics,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    batch::{Batch, Batcher, FlushReason, Item},
+    bulk::{BulkClient, encode_item},
+    commit,
+    document::{DocKind, Document, IndexNames, map_request},
+    error::Error,
+    metrics::{Metrics, PartitionLabels, ReasonLabels},
+};
+
+/// librdkafka callbacks: rebalance logging and per-partition lag from the statistics.
+#[derive(Debug)]
+pub struct IngestContext {
+    pub metrics: Metrics,
+    pub topic: String,
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for (&partition, p) in &topic.partitions {
+                if partition >= 0 && p.consumer_lag_stored >= 0 {
+                    self.metrics.lag.get_or_create(&PartitionLabels { partition }).set(p.consumer_lag_stored);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = ?partitions(tpl), "partitions revoked"),
+            Rebalance::Assign(tpl) => tracing::info!(partitions = ?partitions(tpl), "partitions assigned"),
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+}
+
+fn partitions(tpl: &rdkafka::TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// The consumer type the ingester uses.
+pub type IngestConsumer = StreamConsumer<IngestContext>;
+
+/// Everything the loop needs.
+pub struct Consume {
+    pub consumer: Arc<IngestConsumer>,
+    pub topic: String,
+    pub names: IndexNames,
+    pub batcher: Batcher,
+    pub bulk: BulkClient,
+    pub metrics: Metrics,
+}
+
+impl Consume {
+    /// Runs until `shutdown`; then flushes, writes and stores the last batch unless `abort` fires
+    /// first (in which case its offsets are not stored and its records will be read again).
+    pub async fn run(mut self, shutdown: CancellationToken, abort: CancellationToken) -> Result<(), Error> {
+        let mut docs: Vec<Document> = Vec::new();
+        loop {
+            let deadline = self.batcher.deadline();
+            let flush = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = sleep_until(deadline) => self.batcher.take(FlushReason::Timeout),
+                received = self.consumer.recv() => match received {
+                    Err(error) => {
+                        tracing::warn!(%error, "kafka consume error");
+                        None
+                    }
+                    Ok(message) => {
+                        self.metrics.records.inc();
+                        let (partition, offset) = (message.partition(), message.offset());
+                        docs.clear();
+                        match ExportTraceServiceRequest::decode(message.payload().unwrap_or_default()) {
+                            Ok(request) => map_request(&request, &self.names, &mut docs),
+                            Err(error) => {
+                                // The dead-letter path for undecodable records comes with the ingester
+                                // issue; until then the record is skipped loudly so the partition moves.
+                                self.metrics.decode_errors.inc();
+                                tracing::error!(partition, offset, %error, "record is not OTLP protobuf, skipped");
+                            }
+                        }
+                        let items = docs.iter().map(|d| Item { ndjson: encode_item(d), kind: d.kind });
+                        self.batcher.push(partition, offset, items, Instant::now())
+                    }
+                },
+            };
+            if let Some(batch) = flush {
+                self.write(batch, &abort).await?;
+            }
+        }
+        if let Some(batch) = self.batcher.take(FlushReason::Shutdown) {
+            self.write(batch, &abort).await?;
+        }
+        commit::commit_now(self.consumer.as_ref());
+        Ok(())
+    }
+
+    async fn write(&self, batch: Batch, abort: &CancellationToken) -> Result<(), Error> {
+        self.metrics.flushes.get_or_create(&ReasonLabels { reason: batch.reason.as_str() }).inc();
+        tracing::debug!(reason = %batch.reason, items = batch.items.len(), bytes = batch.bytes, "flushing batch");
+        let rejected = self.bulk.write_all(batch.items, abort).await?;
+        for r in &rejected {
+            // Terminal rejections go to the dead-letter topic once it exists (ingester issue); until
+            // then they are logged with the store's reason and counted under bulk_items{class="terminal"}.
+            let kind = if r.item.kind == DocKind::Span { "span" } else { "service" };
+            tracing::error!(kind, status = r.status, error_type = %r.error_type, reason = %r.reason, "document rejected by the store");
+        }
+        commit::store(self.consumer.as_ref(), &self.topic, &batch.offsets);
+        self.metrics.freshness.observe(batch.opened.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

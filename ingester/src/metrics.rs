@@ -1,0 +1,70 @@
+//! The ingester's Prometheus metrics, all named `spanline_ingester_*`. Labels hold only values the
+//! ingester chooses (reason, class, kind, partition number).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub partition: i32,
+}
+
+/// Every ingester metric.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub records: Counter,
+    pub decode_errors: Counter,
+    pub documents_indexed: Family<KindLabels, Counter>,
+    pub flushes: Family<ReasonLabels, Counter>,
+    pub bulk_latency: Histogram,
+    pub items: Family<ClassLabels, Counter>,
+    pub retries: Counter,
+    pub lag: Family<PartitionLabels, Gauge>,
+    pub freshness: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let m = Self {
+            records: Counter::default(),
+            decode_errors: Counter::default(),
+            documents_indexed: Family::default(),
+            flushes: Family::default(),
+            bulk_latency: Histogram::new(buckets),
+            items: Family::default(),
+            retries: Counter::default(),
+            lag: Family::default(),
+            freshness: Histogram::new(buckets),
+        };
+        let r = registry.sub_registry_with_prefix("spanline_ingester");
+        r.register("records", "Kafka records consumed", m.records.clone());
+        r.register("decode_errors", "Records that could not be decoded as OTLP protobuf", m.decode_errors.clone());
+        r.register("documents_indexed", "Documents durable in the store (created, or already there)", m.documents_indexed.clone());
+        r.register("flushes", "Batches flushed, by reason", m.flushes.clone());
+        r.register_with_unit("bulk_latency", "Time from sending a batch to every item being durable", Unit::Seconds, m.bulk_latency.clone());
+        r.register("bulk_items", "Bulk item outcomes by class (created, exists, transient, terminal)", m.items.clone());
+        r.register("bulk_retries", "Bulk requests retried after a transient failure", m.retries.clone());
+        r.register("consumer_lag_records", "Records between the stored offset and the high watermark, per partition", m.lag.clone());
+        r.register_with_unit("freshness", "Time from a batch's first record arriving to the batch being durable", Unit::Seconds, m.freshness.clone());
+        m
+    }
+}
