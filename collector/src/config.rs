@@ -146,7 +146,8 @@ impl Config {
         if self.kafka.max_message_bytes.bytes() < 1024 {
             return Err("kafka.max_message_bytes must be at least 1KiB".into());
         }
-        if self.kafka.max_message_bytes.bytes() >= 1_000_000 && !self.kafka.librdkafka.contains_key("message.max.bytes") {
+        if self.kafka.max_message_bytes.bytes() >= 1_000_000 && !self.kafka.librdkafka.contains_key("message.max.bytes")
+        {
             return Err(format!(
                 "kafka.max_message_bytes ({}) must stay below the 1MB Kafka default, or set kafka.librdkafka.\"message.max.bytes\" and the broker's limit to match",
                 self.kafka.max_message_bytes

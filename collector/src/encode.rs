@@ -145,7 +145,8 @@ pub fn encode(request: ExportTraceServiceRequest, max_message_bytes: usize) -> E
 
     for (ri, resource_spans) in request.resource_spans.into_iter().enumerate() {
         let ResourceSpans { resource, scope_spans, schema_url: resource_schema, .. } = resource_spans;
-        let resource_cost = resource.as_ref().map_or(0, |r| r.encoded_len() + FRAMING) + resource_schema.len() + 2 * FRAMING;
+        let resource_cost =
+            resource.as_ref().map_or(0, |r| r.encoded_len() + FRAMING) + resource_schema.len() + 2 * FRAMING;
         for (si, scope_spans) in scope_spans.into_iter().enumerate() {
             let ScopeSpans { scope, spans, schema_url: scope_schema, .. } = scope_spans;
             let scope_cost = scope.as_ref().map_or(0, |s| s.encoded_len() + FRAMING) + scope_schema.len() + 2 * FRAMING;
@@ -174,7 +175,13 @@ pub fn encode(request: ExportTraceServiceRequest, max_message_bytes: usize) -> E
                     None => None,
                 };
                 let i = slot.unwrap_or_else(|| {
-                    groups.push(Group { key, request: ExportTraceServiceRequest::default(), size: 0, last: None, spans: 0 });
+                    groups.push(Group {
+                        key,
+                        request: ExportTraceServiceRequest::default(),
+                        size: 0,
+                        last: None,
+                        spans: 0,
+                    });
                     open.insert(key, groups.len() - 1);
                     groups.len() - 1
                 });
@@ -190,7 +197,11 @@ pub fn encode(request: ExportTraceServiceRequest, max_message_bytes: usize) -> E
                 }
                 if !(same_resource && g.last.is_some_and(|(_, s)| s == si)) {
                     if let Some(rs) = g.request.resource_spans.last_mut() {
-                        rs.scope_spans.push(ScopeSpans { scope: scope.clone(), spans: Vec::new(), schema_url: scope_schema.clone() });
+                        rs.scope_spans.push(ScopeSpans {
+                            scope: scope.clone(),
+                            spans: Vec::new(),
+                            schema_url: scope_schema.clone(),
+                        });
                     }
                     g.size += scope_cost;
                 }
@@ -254,7 +265,11 @@ mod tests {
                         ..Default::default()
                     }),
                     scope_spans: vec![ScopeSpans {
-                        scope: Some(InstrumentationScope { name: "lib".into(), version: "1".into(), ..Default::default() }),
+                        scope: Some(InstrumentationScope {
+                            name: "lib".into(),
+                            version: "1".into(),
+                            ..Default::default()
+                        }),
                         spans,
                         ..Default::default()
                     }],
@@ -299,7 +314,10 @@ mod tests {
         assert_eq!(enc.accepted_spans, 1);
         assert_eq!(enc.rejected.total(), 4);
         let msg = enc.rejected.to_string();
-        assert!(msg.contains("trace id") && msg.contains("span id") && msg.contains("end time") && msg.contains("parent"), "{msg}");
+        assert!(
+            msg.contains("trace id") && msg.contains("span id") && msg.contains("end time") && msg.contains("parent"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -318,7 +336,9 @@ mod tests {
             let d = decode(r);
             let n: usize = d.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
             assert_eq!(n, r.spans);
-            seen.extend(d.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans).map(|s| s.span_id[0]));
+            seen.extend(
+                d.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans).map(|s| s.span_id[0]),
+            );
         }
         seen.sort_unstable();
         assert_eq!(seen, (1..=40).collect::<Vec<u8>>(), "every span in exactly one record");

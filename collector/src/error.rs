@@ -48,7 +48,9 @@ impl Error {
     pub fn grpc_status(&self) -> tonic::Status {
         let message = self.to_string();
         match self {
-            Error::Malformed(_) | Error::UnsupportedMediaType(_) | Error::UnsupportedEncoding(_) => tonic::Status::invalid_argument(message),
+            Error::Malformed(_) | Error::UnsupportedMediaType(_) | Error::UnsupportedEncoding(_) => {
+                tonic::Status::invalid_argument(message)
+            }
             Error::TooLarge { .. } => tonic::Status::resource_exhausted(message),
             Error::Overloaded(_) | Error::Delivery(_) | Error::Timeout(_) => tonic::Status::unavailable(message),
             Error::Setup(_) => tonic::Status::internal(message),
@@ -96,10 +98,25 @@ mod tests {
         let cases: Vec<(Error, bool, tonic::Code, StatusCode)> = vec![
             (Error::Malformed("x".into()), false, tonic::Code::InvalidArgument, StatusCode::BAD_REQUEST),
             (Error::TooLarge { limit: 1 }, false, tonic::Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE),
-            (Error::UnsupportedMediaType("text/plain".into()), false, tonic::Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (
+                Error::UnsupportedMediaType("text/plain".into()),
+                false,
+                tonic::Code::InvalidArgument,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
             (Error::Overloaded("q".into()), true, tonic::Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
-            (Error::from(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)), true, tonic::Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
-            (Error::from(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)), true, tonic::Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                Error::from(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
+                true,
+                tonic::Code::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                Error::from(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)),
+                true,
+                tonic::Code::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
             (Error::Timeout(RETRY_AFTER), true, tonic::Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         ];
         for (error, retryable, code, http) in cases {

@@ -18,7 +18,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     spanline_common::telemetry::init("info,librdkafka=warn,rdkafka=warn");
     let args = Args::parse();
-    let config = spanline_collector::Config::load(args.config.as_deref()).context("cannot load collector configuration")?;
+    let config =
+        spanline_collector::Config::load(args.config.as_deref()).context("cannot load collector configuration")?;
     let shutdown = spanline_common::shutdown::token_on_signal();
     spanline_collector::run(config, shutdown).await
 }

@@ -46,17 +46,34 @@ impl Metrics {
             spans: Family::default(),
             received_bytes: Family::default(),
             records_produced: Counter::default(),
-            produce_latency: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            produce_latency: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             inflight_bytes: Gauge::default(),
             kafka_queue_messages: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("spanline_collector");
         r.register("requests", "Export requests by protocol and outcome", m.requests.clone());
         r.register("spans", "Spans by outcome and rejection reason", m.spans.clone());
-        r.register_with_unit("received", "Request body bytes received, after decompression", Unit::Bytes, m.received_bytes.clone());
+        r.register_with_unit(
+            "received",
+            "Request body bytes received, after decompression",
+            Unit::Bytes,
+            m.received_bytes.clone(),
+        );
         r.register("records_produced", "Kafka records acknowledged by the broker", m.records_produced.clone());
-        r.register_with_unit("produce_latency", "Time from producing a request's records to the last delivery report", Unit::Seconds, m.produce_latency.clone());
-        r.register_with_unit("inflight", "Encoded bytes waiting for Kafka's acknowledgement", Unit::Bytes, m.inflight_bytes.clone());
+        r.register_with_unit(
+            "produce_latency",
+            "Time from producing a request's records to the last delivery report",
+            Unit::Seconds,
+            m.produce_latency.clone(),
+        );
+        r.register_with_unit(
+            "inflight",
+            "Encoded bytes waiting for Kafka's acknowledgement",
+            Unit::Bytes,
+            m.inflight_bytes.clone(),
+        );
         r.register("kafka_queue_messages", "Messages in the librdkafka producer queue", m.kafka_queue_messages.clone());
         m
     }

@@ -75,12 +75,20 @@ impl Exporter {
             .map_err(|_| Error::Overloaded("limits.max_concurrent_requests exports already in progress".into()))?;
         let encoded = encode(request, inner.max_message_bytes);
         for (reason, n) in &encoded.rejected.0 {
-            inner.metrics.spans.get_or_create(&SpanLabels { outcome: "rejected", reason: reason.as_str() }).inc_by(*n as u64);
+            inner
+                .metrics
+                .spans
+                .get_or_create(&SpanLabels { outcome: "rejected", reason: reason.as_str() })
+                .inc_by(*n as u64);
         }
         tokio::time::timeout(inner.request_timeout, inner.producer.publish(&encoded.records))
             .await
             .map_err(|_| Error::Timeout(inner.request_timeout))??;
-        inner.metrics.spans.get_or_create(&SpanLabels { outcome: "accepted", reason: "none" }).inc_by(encoded.accepted_spans as u64);
+        inner
+            .metrics
+            .spans
+            .get_or_create(&SpanLabels { outcome: "accepted", reason: "none" })
+            .inc_by(encoded.accepted_spans as u64);
         let rejected = encoded.rejected.total();
         Ok(ExportTraceServiceResponse {
             partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {

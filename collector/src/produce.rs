@@ -60,11 +60,15 @@ pub fn client_config(config: &Config) -> ClientConfig {
 impl Producer {
     /// Creates the producer; it connects lazily.
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, Error> {
-        let inner: FutureProducer = client_config(config)
-            .create()
-            .map_err(|e| Error::Setup(format!("cannot create kafka producer: {e}")))?;
+        let inner: FutureProducer =
+            client_config(config).create().map_err(|e| Error::Setup(format!("cannot create kafka producer: {e}")))?;
         let permits = config.limits.max_inflight_bytes.as_usize() / PERMIT_BYTES;
-        Ok(Self { inner, topic: Arc::from(config.kafka.topic.as_str()), inflight: Arc::new(Semaphore::new(permits)), metrics })
+        Ok(Self {
+            inner,
+            topic: Arc::from(config.kafka.topic.as_str()),
+            inflight: Arc::new(Semaphore::new(permits)),
+            metrics,
+        })
     }
 
     /// Produces `records` and waits for all their delivery reports.
@@ -74,11 +78,11 @@ impl Producer {
         }
         let bytes: usize = records.iter().map(|r| r.payload.len() + r.key.len()).sum();
         let permits = u32::try_from(bytes.div_ceil(PERMIT_BYTES)).unwrap_or(u32::MAX);
-        let _permit = self
-            .inflight
-            .clone()
-            .try_acquire_many_owned(permits)
-            .map_err(|_| Error::Overloaded(format!("more than limits.max_inflight_bytes waiting for kafka (this request needs {bytes} bytes)")))?;
+        let _permit = self.inflight.clone().try_acquire_many_owned(permits).map_err(|_| {
+            Error::Overloaded(format!(
+                "more than limits.max_inflight_bytes waiting for kafka (this request needs {bytes} bytes)"
+            ))
+        })?;
         let bytes_i64 = i64::try_from(bytes).unwrap_or(i64::MAX);
         self.metrics.inflight_bytes.inc_by(bytes_i64);
         let started = Instant::now();
@@ -114,7 +118,8 @@ impl Producer {
         let producer = self.inner.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            let metadata = producer.client().fetch_metadata(Some(&topic), Timeout::After(timeout)).map_err(|e| e.to_string())?;
+            let metadata =
+                producer.client().fetch_metadata(Some(&topic), Timeout::After(timeout)).map_err(|e| e.to_string())?;
             match metadata.topics().first() {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
                 Some(t) => Err(format!("topic {topic} not available: {:?}", t.error())),

@@ -150,7 +150,12 @@ fn error_response(format: Format, error: &Error) -> Response {
 }
 
 /// Decompresses (never past `limit`) and decodes an OTLP HTTP body.
-fn decode_http(headers: &HeaderMap, body: &Bytes, format: Format, limit: usize) -> Result<ExportTraceServiceRequest, Error> {
+fn decode_http(
+    headers: &HeaderMap,
+    body: &Bytes,
+    format: Format,
+    limit: usize,
+) -> Result<ExportTraceServiceRequest, Error> {
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
     let inflated;
     let raw: &[u8] = match encoding.trim() {
@@ -165,7 +170,9 @@ fn decode_http(headers: &HeaderMap, body: &Bytes, format: Format, limit: usize) 
         return Err(Error::TooLarge { limit });
     }
     match format {
-        Format::Protobuf => ExportTraceServiceRequest::decode(raw).map_err(|e| Error::Malformed(format!("invalid OTLP protobuf: {e}"))),
+        Format::Protobuf => {
+            ExportTraceServiceRequest::decode(raw).map_err(|e| Error::Malformed(format!("invalid OTLP protobuf: {e}")))
+        }
         Format::Json => decode_json(raw),
     }
 }
@@ -190,7 +197,9 @@ pub fn decode_json(raw: &[u8]) -> Result<ExportTraceServiceRequest, Error> {
     // Unknown keys are ignored by the decoder, so snake_case `resource_spans` silently decodes to an
     // empty request; say so instead of accepting nothing.
     if request.resource_spans.is_empty() && raw.windows(16).any(|w| w == b"\"resource_spans\"") {
-        return Err(Error::Malformed("OTLP JSON uses camelCase keys: found \"resource_spans\", expected \"resourceSpans\"".into()));
+        return Err(Error::Malformed(
+            "OTLP JSON uses camelCase keys: found \"resource_spans\", expected \"resourceSpans\"".into(),
+        ));
     }
     Ok(request)
 }

@@ -61,9 +61,5 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn health_ready(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.get() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
+    if state.ready.get() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
 }

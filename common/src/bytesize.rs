@@ -47,10 +47,7 @@ impl FromStr for ByteSize {
             "gib" => 1 << 30,
             _ => return Err(ParseByteSizeError(s.to_owned())),
         };
-        number
-            .checked_mul(multiplier)
-            .map(ByteSize)
-            .ok_or_else(|| ParseByteSizeError(s.to_owned()))
+        number.checked_mul(multiplier).map(ByteSize).ok_or_else(|| ParseByteSizeError(s.to_owned()))
     }
 }
 
@@ -84,9 +81,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a byte size cannot be negative"))
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a byte size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 v.parse().map_err(E::custom)

@@ -83,7 +83,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_cluster/health", get(cluster_health))
         .route("/_cat/indices", get(cat_indices_all))
         .route("/_cat/indices/{index}", get(cat_indices))
-        .route("/_index_template/{name}", put(put_template).post(put_template).get(get_template).delete(delete_template).head(head_template))
+        .route(
+            "/_index_template/{name}",
+            put(put_template).post(put_template).get(get_template).delete(delete_template).head(head_template),
+        )
         .route("/_bulk", post(bulk_all).put(bulk_all))
         .route("/_refresh", post(refresh_all).get(refresh_all))
         .route("/_count", get(count_all).post(count_all))
@@ -268,7 +271,9 @@ fn illegal(reason: impl Into<String>) -> ApiError {
 
 fn parse_action(line: &[u8], line_no: usize, default_index: Option<&str>) -> Result<Action, ApiError> {
     let value: Value = serde_json::from_slice(line).map_err(|e| {
-        illegal(format!("Malformed action/metadata line [{line_no}], expected START_OBJECT but found invalid JSON: {e}"))
+        illegal(format!(
+            "Malformed action/metadata line [{line_no}], expected START_OBJECT but found invalid JSON: {e}"
+        ))
     })?;
     let obj = value.as_object().ok_or_else(|| {
         illegal(format!("Malformed action/metadata line [{line_no}], expected START_OBJECT but found [{value}]"))
@@ -286,10 +291,14 @@ fn parse_action(line: &[u8], line_no: usize, default_index: Option<&str>) -> Res
         "index" => WriteOp::Index,
         "create" => WriteOp::Create,
         "update" | "delete" => {
-            return Err(illegal(format!("spanline-devstore does not implement bulk action [{name}] (line [{line_no}])")));
+            return Err(illegal(format!(
+                "spanline-devstore does not implement bulk action [{name}] (line [{line_no}])"
+            )));
         }
         other => {
-            return Err(illegal(format!("Malformed action/metadata line [{line_no}], expected field [create], [delete], [index] or [update] but found [{other}]")));
+            return Err(illegal(format!(
+                "Malformed action/metadata line [{line_no}], expected field [create], [delete], [index] or [update] but found [{other}]"
+            )));
         }
     };
     let meta = meta
@@ -298,7 +307,11 @@ fn parse_action(line: &[u8], line_no: usize, default_index: Option<&str>) -> Res
     let index = match meta.get("_index").and_then(Value::as_str).or(default_index) {
         Some(index) => index.to_owned(),
         None => {
-            return Err(ApiError::new(400, "action_request_validation_exception", "Validation Failed: 1: index is missing;"));
+            return Err(ApiError::new(
+                400,
+                "action_request_validation_exception",
+                "Validation Failed: 1: index is missing;",
+            ));
         }
     };
     let id = match meta.get("_id") {
@@ -314,7 +327,12 @@ fn random_id(rng: &mut StdRng) -> String {
     (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
-fn run_bulk(State(state): Shared, default_index: Option<String>, UrlQuery(params): UrlQuery<BulkParams>, body: Bytes) -> Response {
+fn run_bulk(
+    State(state): Shared,
+    default_index: Option<String>,
+    UrlQuery(params): UrlQuery<BulkParams>,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     state.stats.lock().bulk_requests += 1;
     match bulk_items(&state, default_index.as_deref(), &body) {
@@ -325,7 +343,9 @@ fn run_bulk(State(state): Shared, default_index: Option<String>, UrlQuery(params
                     items.iter().filter_map(first_index).filter_map(|v| v.as_str().map(str::to_owned)).collect();
                 store.refresh(&touched);
             }
-            let errors = items.iter().any(|item| item.as_object().and_then(|o| o.values().next()).is_some_and(|v| v.get("error").is_some()));
+            let errors = items
+                .iter()
+                .any(|item| item.as_object().and_then(|o| o.values().next()).is_some_and(|v| v.get("error").is_some()));
             let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             Json(json!({"took": took, "errors": errors, "items": items})).into_response()
         }
@@ -361,7 +381,10 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
         return Err(ApiError::new(
             413,
             "content_too_long_exception",
-            format!("request body of {} bytes exceeds the limit of {limit} bytes (http.max_content_length)", body.len()),
+            format!(
+                "request body of {} bytes exceeds the limit of {limit} bytes (http.max_content_length)",
+                body.len()
+            ),
         ));
     }
     if let Some(status) = faults.bulk_status {
@@ -376,7 +399,11 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     {
         let store = state.store.lock();
         if store.bytes_used() + body.len() as u64 > store.memory_limit() {
-            tracing::warn!(used = store.bytes_used(), limit = store.memory_limit(), "memory cap reached, rejecting bulk");
+            tracing::warn!(
+                used = store.bytes_used(),
+                limit = store.memory_limit(),
+                "memory cap reached, rejecting bulk"
+            );
             return Err(store.memory_error(body.len() as u64));
         }
     }
@@ -386,9 +413,9 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     let mut lines = body.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
     while let Some((n, line)) = lines.next() {
         let action = parse_action(line, n + 1, default_index)?;
-        let (_, source) = lines
-            .next()
-            .ok_or_else(|| ApiError::new(400, "action_request_validation_exception", "Validation Failed: 1: no requests added;"))?;
+        let (_, source) = lines.next().ok_or_else(|| {
+            ApiError::new(400, "action_request_validation_exception", "Validation Failed: 1: no requests added;")
+        })?;
         pairs.push((action, source));
     }
 
@@ -418,13 +445,24 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     Ok(items)
 }
 
-fn write_item(store: &mut Store, rng: &mut StdRng, faults: &Faults, action: &Action, id: &str, source: &[u8]) -> Result<Value, ApiError> {
+fn write_item(
+    store: &mut Store,
+    rng: &mut StdRng,
+    faults: &Faults,
+    action: &Action,
+    id: &str,
+    source: &[u8],
+) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(source)
         .map_err(|_| ApiError::new(400, "mapper_parsing_exception", "failed to parse: invalid UTF-8"))?;
     let parsed: Value = serde_json::from_str(text)
         .map_err(|e| ApiError::new(400, "mapper_parsing_exception", format!("failed to parse: {e}")))?;
     if !parsed.is_object() {
-        return Err(ApiError::new(400, "mapper_parsing_exception", "failed to parse, document is empty or not an object"));
+        return Err(ApiError::new(
+            400,
+            "mapper_parsing_exception",
+            "failed to parse, document is empty or not an object",
+        ));
     }
     if faults.item_429_rate > 0.0 && rng.random_bool(faults.item_429_rate) {
         return Err(ApiError::new(
@@ -474,14 +512,15 @@ struct SearchParams {
 
 fn parse_search(body: &Bytes, params: &SearchParams, allow_paging: bool) -> Result<SearchRequest, ApiError> {
     let body = json_body(body)?;
-    let obj = body.as_object().ok_or_else(|| ApiError::new(400, "parsing_exception", "request body must be an object"))?;
-    let mut request = SearchRequest { query: Query::MatchAll, size: params.size.unwrap_or(10), from: params.from.unwrap_or(0) };
+    let obj =
+        body.as_object().ok_or_else(|| ApiError::new(400, "parsing_exception", "request body must be an object"))?;
+    let mut request =
+        SearchRequest { query: Query::MatchAll, size: params.size.unwrap_or(10), from: params.from.unwrap_or(0) };
     for (key, value) in obj {
         let as_usize = || {
-            value
-                .as_u64()
-                .and_then(|v| usize::try_from(v).ok())
-                .ok_or_else(|| ApiError::new(400, "parsing_exception", format!("[{key}] must be a non-negative integer")))
+            value.as_u64().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
+                ApiError::new(400, "parsing_exception", format!("[{key}] must be a non-negative integer"))
+            })
         };
         match key.as_str() {
             "query" => request.query = Query::parse(value)?,
@@ -489,7 +528,11 @@ fn parse_search(body: &Bytes, params: &SearchParams, allow_paging: bool) -> Resu
             "from" if allow_paging => request.from = as_usize()?,
             "track_total_hits" | "_source" | "timeout" if allow_paging => {}
             other => {
-                return Err(ApiError::new(400, "parsing_exception", format!("Unknown key for a START_OBJECT in [{other}] (not implemented by spanline-devstore)")));
+                return Err(ApiError::new(
+                    400,
+                    "parsing_exception",
+                    format!("Unknown key for a START_OBJECT in [{other}] (not implemented by spanline-devstore)"),
+                ));
             }
         }
     }
@@ -506,7 +549,12 @@ async fn count_all(state: Shared, params: UrlQuery<SearchParams>, body: Bytes) -
     count(state, Path("_all".into()), params, body).await
 }
 
-async fn count(State(state): Shared, Path(expr): Path<String>, UrlQuery(params): UrlQuery<SearchParams>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn count(
+    State(state): Shared,
+    Path(expr): Path<String>,
+    UrlQuery(params): UrlQuery<SearchParams>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let request = parse_search(&body, &params, false)?;
     let store = state.store.lock();
     let names = store.resolve(&expr)?;
@@ -534,7 +582,12 @@ async fn search_all(state: Shared, params: UrlQuery<SearchParams>, body: Bytes) 
     search(state, Path("_all".into()), params, body).await
 }
 
-async fn search(State(state): Shared, Path(expr): Path<String>, UrlQuery(params): UrlQuery<SearchParams>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn search(
+    State(state): Shared,
+    Path(expr): Path<String>,
+    UrlQuery(params): UrlQuery<SearchParams>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
     let request = parse_search(&body, &params, true)?;
     let store = state.store.lock();
@@ -614,7 +667,9 @@ async fn refuse_connections(State(state): Shared, body: Bytes) -> Result<Json<Va
         .map_err(|e| ApiError::new(400, "illegal_argument_exception", format!("expected {{\"for\": \"5s\"}}: {e}")))?;
     *state.refuse_for.lock() = request.duration;
     state.refuse.notify_one();
-    Ok(Json(json!({"acknowledged": true, "refusing_for": humantime_serde::re::humantime::format_duration(request.duration).to_string()})))
+    Ok(Json(
+        json!({"acknowledged": true, "refusing_for": humantime_serde::re::humantime::format_duration(request.duration).to_string()}),
+    ))
 }
 
 async fn stats(State(state): Shared) -> Json<Value> {

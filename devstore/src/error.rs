@@ -68,10 +68,26 @@ pub fn for_status(status: u16) -> ApiError {
             "es_rejected_execution_exception",
             "rejected execution of coordinating operation [coordinating_and_primary_bytes=0, replica_bytes=0, all_bytes=0, coordinating_operation_bytes=0, max_coordinating_and_primary_bytes=0] (injected by spanline-devstore)",
         ),
-        503 => ApiError::new(503, "cluster_block_exception", "blocked by: [SERVICE_UNAVAILABLE/2/no cluster-manager] (injected by spanline-devstore)"),
-        401 => ApiError::new(401, "security_exception", "missing authentication credentials for REST request [/_bulk] (injected by spanline-devstore)"),
-        403 => ApiError::new(403, "security_exception", "no permissions for [indices:data/write/bulk] (injected by spanline-devstore)"),
-        413 => ApiError::new(413, "content_too_long_exception", "request body is too large (injected by spanline-devstore)"),
+        503 => ApiError::new(
+            503,
+            "cluster_block_exception",
+            "blocked by: [SERVICE_UNAVAILABLE/2/no cluster-manager] (injected by spanline-devstore)",
+        ),
+        401 => ApiError::new(
+            401,
+            "security_exception",
+            "missing authentication credentials for REST request [/_bulk] (injected by spanline-devstore)",
+        ),
+        403 => ApiError::new(
+            403,
+            "security_exception",
+            "no permissions for [indices:data/write/bulk] (injected by spanline-devstore)",
+        ),
+        413 => ApiError::new(
+            413,
+            "content_too_long_exception",
+            "request body is too large (injected by spanline-devstore)",
+        ),
         other => ApiError::new(other, "exception", format!("injected failure with status {other} (spanline-devstore)")),
     }
 }

@@ -42,9 +42,8 @@ pub struct RejectRule {
 impl RejectRule {
     /// Parses `FIELD~TEXT`, the form the `--reject` flag takes.
     pub fn parse(spec: &str) -> Result<Self, String> {
-        let (field, contains) = spec
-            .split_once('~')
-            .ok_or_else(|| format!("reject rule {spec:?} must look like FIELD~TEXT"))?;
+        let (field, contains) =
+            spec.split_once('~').ok_or_else(|| format!("reject rule {spec:?} must look like FIELD~TEXT"))?;
         if field.is_empty() || contains.is_empty() {
             return Err(format!("reject rule {spec:?} needs a field and a text"));
         }

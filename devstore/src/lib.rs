@@ -142,7 +142,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         settings.max_content_length.as_usize(),
         settings.seed,
     ));
-    let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let listener =
+        TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, memory_limit = %settings.memory_limit, refresh_interval = ?settings.refresh_interval, faults = ?settings.faults, "spanline-devstore listening (OpenSearch REST subset)");
     let listener = match settings.refuse_for {
@@ -171,7 +172,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
 /// Serves until `shutdown`; when asked to refuse connections, drops the listening socket (so clients
 /// get "connection refused") and every open connection, waits, then listens again on the same address.
-async fn serve_loop(addr: SocketAddr, mut listener: Option<TcpListener>, state: Arc<AppState>, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn serve_loop(
+    addr: SocketAddr,
+    mut listener: Option<TcpListener>,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     loop {
         let current = match listener.take() {
             Some(l) => l,
@@ -188,7 +194,8 @@ async fn serve_loop(addr: SocketAddr, mut listener: Option<TcpListener>, state: 
             }
         };
         let stop = CancellationToken::new();
-        let server = axum::serve(current, api::router(state.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let server =
+            axum::serve(current, api::router(state.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
         tokio::select! {
             () = shutdown.cancelled() => {

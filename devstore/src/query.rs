@@ -35,7 +35,8 @@ fn parsing(reason: impl Into<String>) -> ApiError {
 
 /// The only key of a single-key object, as OpenSearch expects for `term`, `range`, ...
 fn single_field<'a>(kind: &str, v: &'a Value) -> Result<(&'a String, &'a Value), ApiError> {
-    let obj = v.as_object().ok_or_else(|| parsing(format!("[{kind}] query malformed, no start_object after query name")))?;
+    let obj =
+        v.as_object().ok_or_else(|| parsing(format!("[{kind}] query malformed, no start_object after query name")))?;
     let mut it = obj.iter();
     match (it.next(), it.next()) {
         (Some(pair), None) => Ok(pair),
@@ -53,28 +54,25 @@ fn clauses(v: &Value) -> Result<Vec<Query>, ApiError> {
 impl Query {
     /// Parses the value of a `query` key.
     pub fn parse(v: &Value) -> Result<Self, ApiError> {
-        let (kind, body) = single_field("query", v)
-            .map_err(|_| parsing("query malformed, expected a single query type"))?;
+        let (kind, body) =
+            single_field("query", v).map_err(|_| parsing("query malformed, expected a single query type"))?;
         match kind.as_str() {
             "match_all" => Ok(Query::MatchAll),
             "term" | "match" | "match_phrase" => {
                 let (field, spec) = single_field(kind, body)?;
-                let value = match spec {
-                    Value::Object(o) => o
-                        .get("value")
-                        .or_else(|| o.get("query"))
-                        .cloned()
-                        .ok_or_else(|| parsing(format!("[{kind}] query does not support an object without [value]")))?,
-                    other => other.clone(),
-                };
+                let value =
+                    match spec {
+                        Value::Object(o) => o.get("value").or_else(|| o.get("query")).cloned().ok_or_else(|| {
+                            parsing(format!("[{kind}] query does not support an object without [value]"))
+                        })?,
+                        other => other.clone(),
+                    };
                 Ok(Query::Term { field: field.clone(), value })
             }
             "terms" => {
                 let (field, spec) = single_field(kind, body)?;
-                let values = spec
-                    .as_array()
-                    .ok_or_else(|| parsing("[terms] query does not support a non-array value"))?
-                    .clone();
+                let values =
+                    spec.as_array().ok_or_else(|| parsing("[terms] query does not support a non-array value"))?.clone();
                 Ok(Query::Terms { field: field.clone(), values })
             }
             "range" => {
@@ -104,10 +102,8 @@ impl Query {
                 Ok(Query::Ids(values.iter().map(value_text).collect()))
             }
             "exists" => {
-                let field = body
-                    .get("field")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| parsing("[exists] query needs [field]"))?;
+                let field =
+                    body.get("field").and_then(Value::as_str).ok_or_else(|| parsing("[exists] query needs [field]"))?;
                 Ok(Query::Exists(field.to_owned()))
             }
             "nested" => {
@@ -141,7 +137,8 @@ impl Query {
                 }
                 // OpenSearch: with no must/filter clause, at least one should clause must match.
                 let default_minimum = usize::from(must.is_empty() && !should.is_empty());
-                let minimum_should_match = minimum.map_or(default_minimum, |m| usize::try_from(m).unwrap_or(usize::MAX));
+                let minimum_should_match =
+                    minimum.map_or(default_minimum, |m| usize::try_from(m).unwrap_or(usize::MAX));
                 Ok(Query::Bool { must, should, must_not, minimum_should_match })
             }
             other => Err(parsing(format!("unknown query [{other}]"))),

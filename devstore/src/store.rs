@@ -248,7 +248,10 @@ impl Store {
                     return Err(ApiError::new(
                         409,
                         "version_conflict_engine_exception",
-                        format!("[{id}]: version conflict, document already exists (current version [{}])", existing.version),
+                        format!(
+                            "[{id}]: version conflict, document already exists (current version [{}])",
+                            existing.version
+                        ),
                     )
                     .with("index", index_name)
                     .with("shard", "0")
@@ -393,10 +396,16 @@ mod tests {
     #[test]
     fn templates_apply_by_priority() {
         let mut s = Store::new(u64::MAX);
-        s.put_template("low", json!({"index_patterns": ["jaeger-*"], "priority": 1, "template": {"settings": {"n": 1}}}))
-            .expect("put");
-        s.put_template("high", json!({"index_patterns": ["jaeger-span-*"], "priority": 5, "template": {"settings": {"n": 5}}}))
-            .expect("put");
+        s.put_template(
+            "low",
+            json!({"index_patterns": ["jaeger-*"], "priority": 1, "template": {"settings": {"n": 1}}}),
+        )
+        .expect("put");
+        s.put_template(
+            "high",
+            json!({"index_patterns": ["jaeger-span-*"], "priority": 5, "template": {"settings": {"n": 5}}}),
+        )
+        .expect("put");
         s.create_index("jaeger-span-2026-11-25", &json!({})).expect("create");
         assert_eq!(s.index("jaeger-span-2026-11-25").map(|i| i.settings["n"].clone()), Some(json!(5)));
         assert!(s.put_template("bad", json!({"template": {}})).is_err());

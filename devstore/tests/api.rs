@@ -88,7 +88,10 @@ async fn index_lifecycle_and_templates() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = send(&c, Method::GET, format!("{u}/jaeger-span-2026-11-25"), None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["jaeger-span-2026-11-25"]["mappings"]["properties"]["traceID"]["type"], "keyword", "template applied");
+    assert_eq!(
+        body["jaeger-span-2026-11-25"]["mappings"]["properties"]["traceID"]["type"], "keyword",
+        "template applied"
+    );
     let (status, body) = send(&c, Method::PUT, format!("{u}/jaeger-span-2026-11-25"), Some(json!({}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["type"], "resource_already_exists_exception");
@@ -183,7 +186,12 @@ async fn malformed_bulk_is_a_400_with_opensearch_body() {
         assert_eq!(resp["status"], 400);
     }
     // A document that is not JSON fails alone.
-    let (status, resp) = bulk(&c, &u, "{\"index\":{\"_index\":\"i\",\"_id\":\"1\"}}\n{oops\n{\"index\":{\"_index\":\"i\",\"_id\":\"2\"}}\n{}\n").await;
+    let (status, resp) = bulk(
+        &c,
+        &u,
+        "{\"index\":{\"_index\":\"i\",\"_id\":\"1\"}}\n{oops\n{\"index\":{\"_index\":\"i\",\"_id\":\"2\"}}\n{}\n",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(resp["items"][0]["index"]["status"], 400);
     assert_eq!(resp["items"][0]["index"]["error"]["type"], "mapper_parsing_exception");
@@ -211,9 +219,16 @@ async fn refresh_count_and_search() {
 
     let (_, count) = send(&c, Method::GET, format!("{u}/jaeger-span-*/_count"), None).await;
     assert_eq!(count["count"], 30);
-    let (_, count) = send(&c, Method::GET, format!("{u}/jaeger-span-2026-11-24,jaeger-span-2026-11-25/_count"), None).await;
+    let (_, count) =
+        send(&c, Method::GET, format!("{u}/jaeger-span-2026-11-24,jaeger-span-2026-11-25/_count"), None).await;
     assert_eq!(count["count"], 30);
-    let (_, count) = send(&c, Method::POST, format!("{u}/jaeger-span-*/_count"), Some(json!({"query": {"term": {"svc.name": "a"}}}))).await;
+    let (_, count) = send(
+        &c,
+        Method::POST,
+        format!("{u}/jaeger-span-*/_count"),
+        Some(json!({"query": {"term": {"svc.name": "a"}}})),
+    )
+    .await;
     assert_eq!(count["count"], 10);
     let (status, body) = send(&c, Method::GET, format!("{u}/missing/_count"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -230,25 +245,39 @@ async fn refresh_count_and_search() {
     let (status, body) = send(&c, Method::POST, format!("{u}/jaeger-span-*/_search"), Some(query)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["hits"]["total"], json!({"value": 2, "relation": "eq"}));
-    let ids: Vec<&str> = body["hits"]["hits"].as_array().expect("hits").iter().filter_map(|h| h["_id"].as_str()).collect();
+    let ids: Vec<&str> =
+        body["hits"]["hits"].as_array().expect("hits").iter().filter_map(|h| h["_id"].as_str()).collect();
     assert_eq!(ids, vec!["d7", "d8"]);
     assert_eq!(body["hits"]["hits"][0]["_source"]["n"], 7);
 
     let (_, body) = send(&c, Method::GET, format!("{u}/jaeger-span-*/_search?size=5&from=25"), None).await;
     assert_eq!(body["hits"]["total"]["value"], 30);
     assert_eq!(body["hits"]["hits"].as_array().map(Vec::len), Some(5));
-    let (_, body) = send(&c, Method::POST, format!("{u}/jaeger-span-*/_search"), Some(json!({"query": {"match_all": {}}, "size": 3, "from": 1}))).await;
+    let (_, body) = send(
+        &c,
+        Method::POST,
+        format!("{u}/jaeger-span-*/_search"),
+        Some(json!({"query": {"match_all": {}}, "size": 3, "from": 1})),
+    )
+    .await;
     assert_eq!(body["hits"]["hits"][0]["_id"], "d1");
 
-    let (status, body) = send(&c, Method::POST, format!("{u}/jaeger-span-*/_search"), Some(json!({"query": {"wildcard": {"a": "b*"}}}))).await;
+    let (status, body) =
+        send(&c, Method::POST, format!("{u}/jaeger-span-*/_search"), Some(json!({"query": {"wildcard": {"a": "b*"}}})))
+            .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["type"], "parsing_exception");
-    let (status, body) = send(&c, Method::POST, format!("{u}/jaeger-span-*/_search"), Some(json!({"size": 10001}))).await;
+    let (status, body) =
+        send(&c, Method::POST, format!("{u}/jaeger-span-*/_search"), Some(json!({"size": 10001}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"]["reason"].as_str().is_some_and(|r| r.contains("Result window is too large")));
 
     // ?refresh=true makes a bulk searchable at once.
-    c.post(format!("{u}/_bulk?refresh=true")).body(ndjson("create", "jaeger-span-2026-11-25", &[("late", json!({}))])).send().await.expect("sent");
+    c.post(format!("{u}/_bulk?refresh=true"))
+        .body(ndjson("create", "jaeger-span-2026-11-25", &[("late", json!({}))]))
+        .send()
+        .await
+        .expect("sent");
     let (_, count) = send(&c, Method::GET, format!("{u}/jaeger-span-2026-11-25/_count"), None).await;
     assert_eq!(count["count"], 21);
 }
@@ -335,10 +364,24 @@ async fn fault_item_429_rate() {
 async fn fault_reject_rule_is_item_level_mapper_parsing() {
     let (s, c) = store().await;
     let u = s.url();
-    let faults = Faults { reject: Some(RejectRule { field: "operationName".into(), contains: "poison".into() }), ..Faults::default() };
-    let (st, _) = send(&c, Method::PUT, format!("{u}/_devstore/faults"), Some(serde_json::to_value(&faults).expect("json"))).await;
+    let faults = Faults {
+        reject: Some(RejectRule { field: "operationName".into(), contains: "poison".into() }),
+        ..Faults::default()
+    };
+    let (st, _) =
+        send(&c, Method::PUT, format!("{u}/_devstore/faults"), Some(serde_json::to_value(&faults).expect("json")))
+            .await;
     assert_eq!(st, StatusCode::OK);
-    let (_, resp) = bulk(&c, &u, &ndjson("create", "i", &[("1", json!({"operationName": "ok"})), ("2", json!({"operationName": "a poison op"}))])).await;
+    let (_, resp) = bulk(
+        &c,
+        &u,
+        &ndjson(
+            "create",
+            "i",
+            &[("1", json!({"operationName": "ok"})), ("2", json!({"operationName": "a poison op"}))],
+        ),
+    )
+    .await;
     assert_eq!(resp["items"][0]["create"]["status"], 201);
     assert_eq!(resp["items"][1]["create"]["status"], 400);
     assert_eq!(resp["items"][1]["create"]["error"]["type"], "mapper_parsing_exception");
@@ -371,7 +414,8 @@ async fn fault_latency() {
 async fn fault_refuse_connections_for_a_while() {
     let (s, c) = store().await;
     let u = s.url();
-    let (status, _) = send(&c, Method::POST, format!("{u}/_devstore/refuse_connections"), Some(json!({"for": "800ms"}))).await;
+    let (status, _) =
+        send(&c, Method::POST, format!("{u}/_devstore/refuse_connections"), Some(json!({"for": "800ms"}))).await;
     assert_eq!(status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let fresh = Client::new();
@@ -402,7 +446,8 @@ async fn memory_cap_gives_a_clear_error() {
     let u = s.url();
     let mut rejected = None;
     for round in 0..20 {
-        let docs: Vec<(String, Value)> = (0..3).map(|n| (format!("{round}-{n}"), json!({"pad": "x".repeat(50)}))).collect();
+        let docs: Vec<(String, Value)> =
+            (0..3).map(|n| (format!("{round}-{n}"), json!({"pad": "x".repeat(50)}))).collect();
         let refs: Vec<(&str, Value)> = docs.iter().map(|(id, d)| (id.as_str(), d.clone())).collect();
         let (status, resp) = bulk(&c, &u, &ndjson("create", "i", &refs)).await;
         if status == StatusCode::TOO_MANY_REQUESTS {

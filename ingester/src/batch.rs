@@ -90,7 +90,13 @@ impl Batcher {
 
     /// Adds the items of the record at (`partition`, `offset`); returns a batch when a size threshold
     /// is reached.
-    pub fn push(&mut self, partition: i32, offset: i64, items: impl IntoIterator<Item = Item>, now: Instant) -> Option<Batch> {
+    pub fn push(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        items: impl IntoIterator<Item = Item>,
+        now: Instant,
+    ) -> Option<Batch> {
         self.opened.get_or_insert(now);
         let last = self.offsets.entry(partition).or_insert(offset);
         *last = (*last).max(offset);

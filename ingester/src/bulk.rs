@@ -108,8 +108,11 @@ pub struct ItemError {
     pub reason: String,
 }
 
+/// Each item's status and error, in request order.
+pub type ItemResults = Vec<(u16, Option<ItemError>)>;
+
 /// The per-item statuses of a `_bulk` answer, in request order; `None` when every item succeeded.
-pub fn parse_response(body: &[u8], expected: usize) -> Result<Option<Vec<(u16, Option<ItemError>)>>, String> {
+pub fn parse_response(body: &[u8], expected: usize) -> Result<Option<ItemResults>, String> {
     let head: BulkHead = serde_json::from_slice(body).map_err(|e| format!("unreadable _bulk answer: {e}"))?;
     if !head.errors {
         return Ok(None);
@@ -165,7 +168,7 @@ pub fn client(config: &config::OpenSearch) -> Result<OpenSearch, Error> {
 /// What one send attempt found.
 enum Attempt {
     /// Per-item results (HTTP 200).
-    Items(Option<Vec<(u16, Option<ItemError>)>>),
+    Items(Option<ItemResults>),
     /// The whole request failed in a way worth retrying.
     Retry(String),
     /// 413: the body is too large for the server.
@@ -187,7 +190,11 @@ impl BulkClient {
     async fn send(&self, body: Bytes, count: usize) -> Attempt {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-        let response = match self.client.send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), Some(self.timeout)).await {
+        let response = match self
+            .client
+            .send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), Some(self.timeout))
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Attempt::Retry(format!("request failed: {e}")),
         };
@@ -245,7 +252,10 @@ impl BulkClient {
                         self.metrics.items.get_or_create(&ClassLabels { class: class.as_str() }).inc();
                         match class {
                             ItemClass::Created | ItemClass::Exists => {
-                                self.metrics.documents_indexed.get_or_create(&KindLabels { kind: item.kind.as_str() }).inc();
+                                self.metrics
+                                    .documents_indexed
+                                    .get_or_create(&KindLabels { kind: item.kind.as_str() })
+                                    .inc();
                             }
                             ItemClass::Transient => retry.push(item),
                             ItemClass::Terminal => {
@@ -283,7 +293,12 @@ impl BulkClient {
                 Attempt::Refused(status, text) => {
                     tracing::error!(status, body = %text, items = pending.len(), "bulk request refused as a whole");
                     for item in pending {
-                        rejected.push(Rejected { item, status, error_type: "bulk_request_refused".into(), reason: text.clone() });
+                        rejected.push(Rejected {
+                            item,
+                            status,
+                            error_type: "bulk_request_refused".into(),
+                            reason: text.clone(),
+                        });
                     }
                     continue;
                 }
@@ -330,8 +345,16 @@ mod tests {
 
     #[test]
     fn encodes_a_create_item() {
-        let doc = Document { index: "jaeger-span-2026-11-25".into(), id: "a_b_c".into(), source: br#"{"x":1}"#.to_vec(), kind: DocKind::Span };
-        assert_eq!(&encode_item(&doc)[..], b"{\"create\":{\"_index\":\"jaeger-span-2026-11-25\",\"_id\":\"a_b_c\"}}\n{\"x\":1}\n");
+        let doc = Document {
+            index: "jaeger-span-2026-11-25".into(),
+            id: "a_b_c".into(),
+            source: br#"{"x":1}"#.to_vec(),
+            kind: DocKind::Span,
+        };
+        assert_eq!(
+            &encode_item(&doc)[..],
+            b"{\"create\":{\"_index\":\"jaeger-span-2026-11-25\",\"_id\":\"a_b_c\"}}\n{\"x\":1}\n"
+        );
     }
 
     #[test]

@@ -202,8 +202,7 @@ mod tests {
 
     #[test]
     fn drain_must_fit_in_the_session() {
-        let mut c = Config::default();
-        c.shutdown_grace = Duration::from_secs(60);
+        let c = Config { shutdown_grace: Duration::from_secs(60), ..Config::default() };
         assert!(c.validate().expect_err("rejected").contains("session_timeout"));
         let mut c = Config::default();
         c.opensearch.url = "localhost:9200".into();

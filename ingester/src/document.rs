@@ -230,10 +230,18 @@ fn span_document(
     let parent_span_id = to_hex(&span.parent_span_id);
     let mut references = Vec::with_capacity(usize::from(!span.parent_span_id.is_empty()) + span.links.len());
     if !span.parent_span_id.is_empty() {
-        references.push(Reference { ref_type: "CHILD_OF", trace_id: trace_id.clone(), span_id: parent_span_id.clone() });
+        references.push(Reference {
+            ref_type: "CHILD_OF",
+            trace_id: trace_id.clone(),
+            span_id: parent_span_id.clone(),
+        });
     }
     for link in &span.links {
-        references.push(Reference { ref_type: "FOLLOWS_FROM", trace_id: to_hex(&link.trace_id), span_id: to_hex(&link.span_id) });
+        references.push(Reference {
+            ref_type: "FOLLOWS_FROM",
+            trace_id: to_hex(&link.trace_id),
+            span_id: to_hex(&link.span_id),
+        });
     }
 
     let mut tags: Vec<Tag<'_>> = span.attributes.iter().map(tag).collect();
@@ -302,7 +310,8 @@ fn span_document(
 /// The service document for (service, operation), with Jaeger's id: FNV-64a of the service name
 /// followed by the operation name, as unpadded lowercase hex.
 pub fn service_document(service: &str, operation: &str, index: String) -> Document {
-    let source = serde_json::to_vec(&ServiceDoc { service_name: service, operation_name: operation }).unwrap_or_default();
+    let source =
+        serde_json::to_vec(&ServiceDoc { service_name: service, operation_name: operation }).unwrap_or_default();
     let id = format!("{:x}", fnv64a(&[service.as_bytes(), operation.as_bytes()]));
     Document { index, id, source, kind: DocKind::Service }
 }
@@ -313,7 +322,10 @@ mod tests {
     use opentelemetry_proto::tonic::{
         common::v1::{ArrayValue, InstrumentationScope},
         resource::v1::Resource,
-        trace::v1::{ResourceSpans, ScopeSpans, Status, span::{Event, Link}},
+        trace::v1::{
+            ResourceSpans, ScopeSpans, Status,
+            span::{Event, Link},
+        },
     };
     use serde_json::{Value, json};
 
@@ -339,7 +351,12 @@ mod tests {
                 kv("cache.hit", any_value::Value::BoolValue(true)),
                 kv("ratio", any_value::Value::DoubleValue(0.5)),
                 kv("raw", any_value::Value::BytesValue(vec![0xde, 0xad])),
-                kv("list", any_value::Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(any_value::Value::IntValue(1)) }] })),
+                kv(
+                    "list",
+                    any_value::Value::ArrayValue(ArrayValue {
+                        values: vec![AnyValue { value: Some(any_value::Value::IntValue(1)) }],
+                    }),
+                ),
             ],
             events: vec![Event {
                 time_unix_nano: 1_795_608_000_124_000_000,
@@ -354,11 +371,18 @@ mod tests {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(Resource {
-                    attributes: vec![kv("service.name", any_value::Value::StringValue("cart".into())), kv("host.name", any_value::Value::StringValue("h1".into()))],
+                    attributes: vec![
+                        kv("service.name", any_value::Value::StringValue("cart".into())),
+                        kv("host.name", any_value::Value::StringValue("h1".into())),
+                    ],
                     ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope { name: "io.opentelemetry.http".into(), version: "1.2".into(), ..Default::default() }),
+                    scope: Some(InstrumentationScope {
+                        name: "io.opentelemetry.http".into(),
+                        version: "1.2".into(),
+                        ..Default::default()
+                    }),
                     spans: vec![span.clone(), Span { span_id: vec![3; 8], ..span }],
                     ..Default::default()
                 }],
@@ -370,7 +394,17 @@ mod tests {
     fn tags_of(doc: &Value, field: &str) -> Vec<(String, String, String)> {
         doc[field]
             .as_array()
-            .map(|a| a.iter().map(|t| (t["key"].as_str().unwrap_or_default().into(), t["type"].as_str().unwrap_or_default().into(), t["value"].as_str().unwrap_or_default().into())).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|t| {
+                        (
+                            t["key"].as_str().unwrap_or_default().into(),
+                            t["type"].as_str().unwrap_or_default().into(),
+                            t["value"].as_str().unwrap_or_default().into(),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -391,10 +425,13 @@ mod tests {
         assert_eq!(doc["startTime"], 1_795_608_000_123_456_u64);
         assert_eq!(doc["startTimeMillis"], 1_795_608_000_123_u64);
         assert_eq!(doc["duration"], 2_500);
-        assert_eq!(doc["references"], json!([
-            {"refType": "CHILD_OF", "traceID": "0102030405060708090a0b0c0d0e0f10", "spanID": "0909090909090909"},
-            {"refType": "FOLLOWS_FROM", "traceID": "07".repeat(16), "spanID": "08".repeat(8)}
-        ]));
+        assert_eq!(
+            doc["references"],
+            json!([
+                {"refType": "CHILD_OF", "traceID": "0102030405060708090a0b0c0d0e0f10", "spanID": "0909090909090909"},
+                {"refType": "FOLLOWS_FROM", "traceID": "07".repeat(16), "spanID": "08".repeat(8)}
+            ])
+        );
         let tags = tags_of(&doc, "tags");
         let t = |k: &str, ty: &str, v: &str| (k.to_owned(), ty.to_owned(), v.to_owned());
         for expected in [
@@ -415,7 +452,10 @@ mod tests {
             assert!(tags.contains(&expected), "missing {expected:?} in {tags:?}");
         }
         assert_eq!(doc["logs"][0]["timestamp"], 1_795_608_000_124_000_u64);
-        assert_eq!(tags_of(&doc["logs"][0], "fields"), vec![t("event", "string", "exception"), t("exception.message", "string", "boom")]);
+        assert_eq!(
+            tags_of(&doc["logs"][0], "fields"),
+            vec![t("event", "string", "exception"), t("exception.message", "string", "boom")]
+        );
         assert_eq!(doc["process"]["serviceName"], "cart");
         assert_eq!(tags_of(&doc["process"], "tags"), vec![t("host.name", "string", "h1")]);
     }
@@ -434,7 +474,15 @@ mod tests {
     fn empty_fields_are_omitted() {
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans { spans: vec![Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "root".into(), ..Default::default() }], ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        trace_id: vec![1; 16],
+                        span_id: vec![2; 8],
+                        name: "root".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         };

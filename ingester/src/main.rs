@@ -18,7 +18,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     spanline_common::telemetry::init("info,librdkafka=warn,rdkafka=warn");
     let args = Args::parse();
-    let config = spanline_ingester::Config::load(args.config.as_deref()).context("cannot load ingester configuration")?;
+    let config =
+        spanline_ingester::Config::load(args.config.as_deref()).context("cannot load ingester configuration")?;
     let shutdown = spanline_common::shutdown::token_on_signal();
     spanline_ingester::run(config, shutdown).await
 }

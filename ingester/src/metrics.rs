@@ -58,13 +58,31 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("spanline_ingester");
         r.register("records", "Kafka records consumed", m.records.clone());
         r.register("decode_errors", "Records that could not be decoded as OTLP protobuf", m.decode_errors.clone());
-        r.register("documents_indexed", "Documents durable in the store (created, or already there)", m.documents_indexed.clone());
+        r.register(
+            "documents_indexed",
+            "Documents durable in the store (created, or already there)",
+            m.documents_indexed.clone(),
+        );
         r.register("flushes", "Batches flushed, by reason", m.flushes.clone());
-        r.register_with_unit("bulk_latency", "Time from sending a batch to every item being durable", Unit::Seconds, m.bulk_latency.clone());
+        r.register_with_unit(
+            "bulk_latency",
+            "Time from sending a batch to every item being durable",
+            Unit::Seconds,
+            m.bulk_latency.clone(),
+        );
         r.register("bulk_items", "Bulk item outcomes by class (created, exists, transient, terminal)", m.items.clone());
         r.register("bulk_retries", "Bulk requests retried after a transient failure", m.retries.clone());
-        r.register("consumer_lag_records", "Records between the stored offset and the high watermark, per partition", m.lag.clone());
-        r.register_with_unit("freshness", "Time from a batch's first record arriving to the batch being durable", Unit::Seconds, m.freshness.clone());
+        r.register(
+            "consumer_lag_records",
+            "Records between the stored offset and the high watermark, per partition",
+            m.lag.clone(),
+        );
+        r.register_with_unit(
+            "freshness",
+            "Time from a batch's first record arriving to the batch being durable",
+            Unit::Seconds,
+            m.freshness.clone(),
+        );
         m
     }
 }

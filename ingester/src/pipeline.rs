@@ -51,7 +51,12 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 
 /// Waits until OpenSearch answers `GET /` and the templates are in place, retrying every few
 /// seconds; gives up only on shutdown.
-async fn prepare_store(os: &opensearch::OpenSearch, config: &Config, names: &IndexNames, shutdown: &CancellationToken) -> Result<(), Error> {
+async fn prepare_store(
+    os: &opensearch::OpenSearch,
+    config: &Config,
+    names: &IndexNames,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
@@ -93,7 +98,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .map_err(|e| Error::Setup(format!("cannot listen for admin on {}: {e}", config.admin.listen)))?;
     let admin_addr = listener.local_addr().map_err(|e| Error::Setup(e.to_string()))?;
     let admin_token = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(listener, admin::router(Arc::new(registry), ready.clone()), admin_token.clone()));
+    let admin_task =
+        tokio::spawn(admin::serve(listener, admin::router(Arc::new(registry), ready.clone()), admin_token.clone()));
     tracing::info!(
         admin = %admin_addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
         group = %config.kafka.group_id, opensearch = %config.opensearch.url,
@@ -151,7 +157,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             Err(error) => tracing::error!(%error, "ingester stopped"),
         }
         if matches!(result, Err(Error::Aborted)) {
-            tracing::warn!("shutdown deadline passed before the last batch was durable; its records will be read again");
+            tracing::warn!(
+                "shutdown deadline passed before the last batch was durable; its records will be read again"
+            );
         }
         // Dropping the consumer closes it, which leaves the group.
         drop(consumer);

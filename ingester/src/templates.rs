@@ -90,7 +90,10 @@ pub async fn install(client: &opensearch::OpenSearch, names: &IndexNames, prefix
             continue;
         }
         let mut headers = HeaderMap::new();
-        headers.insert(opensearch::http::headers::CONTENT_TYPE, opensearch::http::headers::HeaderValue::from_static("application/json"));
+        headers.insert(
+            opensearch::http::headers::CONTENT_TYPE,
+            opensearch::http::headers::HeaderValue::from_static("application/json"),
+        );
         let response = client
             .send(Method::Put, &path, headers, None::<&()>, Some(body.to_string()), None)
             .await

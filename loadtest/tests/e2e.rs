@@ -155,7 +155,8 @@ async fn otlp_sdk_spans_reach_the_store_once_each_over_grpc_and_http() {
     let total = (sent_grpc.len() + sent_http.len()) as u64;
     assert_eq!(wait_for_count(&url, "jaeger-span-*", total).await, total, "span documents");
     let docs = documents(&url, "jaeger-span-*").await.expect("search");
-    let (grpc_docs, http_docs): (Vec<_>, Vec<_>) = docs.into_iter().partition(|(_, d)| d["process"]["serviceName"] == "e2e-grpc");
+    let (grpc_docs, http_docs): (Vec<_>, Vec<_>) =
+        docs.into_iter().partition(|(_, d)| d["process"]["serviceName"] == "e2e-grpc");
     check_documents(&sent_grpc, &grpc_docs, "e2e-grpc");
     check_documents(&sent_http, &http_docs, "e2e-http");
 
@@ -163,10 +164,17 @@ async fn otlp_sdk_spans_reach_the_store_once_each_over_grpc_and_http() {
     let services = documents(&url, "jaeger-service-*").await.expect("search");
     let mut pairs: Vec<(String, String)> = services
         .iter()
-        .map(|(_, d)| (d["serviceName"].as_str().unwrap_or_default().to_owned(), d["operationName"].as_str().unwrap_or_default().to_owned()))
+        .map(|(_, d)| {
+            (
+                d["serviceName"].as_str().unwrap_or_default().to_owned(),
+                d["operationName"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
     pairs.sort();
-    let mut want: Vec<(String, String)> = sent_grpc.iter().map(|x| ("e2e-grpc".to_owned(), x.name.clone()))
+    let mut want: Vec<(String, String)> = sent_grpc
+        .iter()
+        .map(|x| ("e2e-grpc".to_owned(), x.name.clone()))
         .chain(sent_http.iter().map(|x| ("e2e-http".to_owned(), x.name.clone())))
         .collect();
     want.sort();
@@ -176,11 +184,14 @@ async fn otlp_sdk_spans_reach_the_store_once_each_over_grpc_and_http() {
     // Offsets: the committed offset of every partition reaches its high watermark (the offset
     // after the last record), never the last record's own offset.
     let bootstrap = s.broker.bootstrap();
-    let committed = wait_for(Duration::from_secs(20), || {
-        let bootstrap = bootstrap.clone();
-        async move { tokio::task::spawn_blocking(move || committed_equals_high_watermarks(&bootstrap)).await.ok().flatten() }
-    })
-    .await;
+    let committed =
+        wait_for(Duration::from_secs(20), || {
+            let bootstrap = bootstrap.clone();
+            async move {
+                tokio::task::spawn_blocking(move || committed_equals_high_watermarks(&bootstrap)).await.ok().flatten()
+            }
+        })
+        .await;
     assert!(committed.is_ok(), "committed offsets never reached the high watermarks");
 
     s.shutdown.cancel();
@@ -190,11 +201,8 @@ async fn otlp_sdk_spans_reach_the_store_once_each_over_grpc_and_http() {
 
 /// `Some(())` when every partition's committed offset for `spanline-ingester` equals its high watermark.
 fn committed_equals_high_watermarks(bootstrap: &str) -> Option<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "spanline-ingester")
-        .create()
-        .ok()?;
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "spanline-ingester").create().ok()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..6 {
         tpl.add_partition("otlp_spans", p);

@@ -51,15 +51,28 @@ pub fn span(trace: u64, n: u64, start_unix_nano: u64) -> Span {
 
 /// A request from service `service` with `traces` traces (numbered from `first_trace`) of
 /// `spans_per_trace` spans each.
-pub fn request(service: &str, first_trace: u64, traces: u64, spans_per_trace: u64, start_unix_nano: u64) -> ExportTraceServiceRequest {
+pub fn request(
+    service: &str,
+    first_trace: u64,
+    traces: u64,
+    spans_per_trace: u64,
+    start_unix_nano: u64,
+) -> ExportTraceServiceRequest {
     let spans = (first_trace..first_trace + traces)
         .flat_map(|t| (0..spans_per_trace).map(move |n| span(t, n, start_unix_nano)))
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![attr("service.name", service), attr("host.name", "test-host")], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![attr("service.name", service), attr("host.name", "test-host")],
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "spanline-fixtures".into(), version: "1.0.0".into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "spanline-fixtures".into(),
+                    version: "1.0.0".into(),
+                    ..Default::default()
+                }),
                 spans,
                 ..Default::default()
             }],

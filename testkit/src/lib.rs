@@ -43,7 +43,9 @@ pub fn tansu_bin() -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("tansu not found: run scripts/broker.sh install (cargo install tansu --locked --version 0.6.0 --features dynostore,libsql)")
+    bail!(
+        "tansu not found: run scripts/broker.sh install (cargo install tansu --locked --version 0.6.0 --features dynostore,libsql)"
+    )
 }
 
 /// A Tansu broker owned by one test, with SQLite storage in its own temporary directory.
@@ -71,7 +73,15 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::File::create(self.dir.path().join("tansu.log"))?;
         let child = Command::new(tansu_bin()?)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -84,7 +94,8 @@ impl Broker {
             let bootstrap = bootstrap.clone();
             async move {
                 tokio::task::spawn_blocking(move || {
-                    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().ok()?;
+                    let consumer: BaseConsumer =
+                        ClientConfig::new().set("bootstrap.servers", &bootstrap).create().ok()?;
                     consumer.fetch_metadata(None, Duration::from_secs(2)).ok().map(|_| ())
                 })
                 .await
@@ -247,8 +258,5 @@ pub async fn documents(url: &str, index: &str) -> anyhow::Result<Vec<(String, se
         .json()
         .await?;
     let hits = response["hits"]["hits"].as_array().with_context(|| format!("unexpected _search answer: {response}"))?;
-    Ok(hits
-        .iter()
-        .map(|h| (h["_id"].as_str().unwrap_or_default().to_owned(), h["_source"].clone()))
-        .collect())
+    Ok(hits.iter().map(|h| (h["_id"].as_str().unwrap_or_default().to_owned(), h["_source"].clone())).collect())
 }

@@ -1,0 +1,29 @@
+# The two commands that matter: `make up` runs the whole pipeline here, `make test` runs every test.
+.PHONY: up test deps fmt lint deny unit bench clean
+
+CARGO ?= cargo
+
+up:
+	scripts/up.sh
+
+test: deps fmt lint deny unit
+
+deps:
+	scripts/install-deps.sh
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# Licenses, bans and sources are checked offline; advisories need the RustSec database, which no
+# package registry here ships (see docs/development.md).
+deny:
+	$(CARGO) deny --offline check licenses bans sources
+
+unit:
+	$(CARGO) test --workspace --locked
+
+clean:
+	rm -rf .run

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing Spanline needs on a fresh machine; fast when all is present.
+#   - Debian: libsasl2-dev (rdkafka's GSSAPI support), pkg-config, libssl-dev, curl
+#   - tansu 0.6.0, the test broker (scripts/broker.sh install)
+#   - cargo-deny, for the offline license/ban/source checks
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+cd "$(dirname "$0")/.."
+
+missing=()
+for pkg in libsasl2-dev pkg-config libssl-dev curl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: apt-get install ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+scripts/broker.sh install
+
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "deps: installing cargo-deny" >&2
+  cargo install cargo-deny --locked --version 0.20.2
+fi
