@@ -35,7 +35,8 @@ cleanup() {
   if [ "$started_broker" = 1 ]; then scripts/broker.sh stop "$RUN_DIR/broker"; fi
   echo "stopped; logs in $LOGS" >&2
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup; exit 0' INT TERM
+trap cleanup EXIT
 
 if [ -z "${KAFKA_BROKERS:-}" ]; then
   scripts/broker.sh start "$RUN_DIR/broker" 9092 "otlp_spans:$PARTITIONS" "otlp_spans_dlq:$PARTITIONS"

@@ -88,3 +88,22 @@ pub fn now_unix_nano() -> u64 {
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// Kafka records as the collector writes them: one per trace, key = trace id hex, value = OTLP
+/// protobuf with that trace's spans.
+pub fn trace_records(
+    service: &str,
+    first_trace: u64,
+    traces: u64,
+    spans_per_trace: u64,
+    start_unix_nano: u64,
+) -> Vec<(String, Vec<u8>)> {
+    use prost::Message;
+    (first_trace..first_trace + traces)
+        .map(|t| {
+            let request = request(service, t, 1, spans_per_trace, start_unix_nano);
+            let key: String = trace_id(t).iter().map(|b| format!("{b:02x}")).collect();
+            (key, request.encode_to_vec())
+        })
+        .collect()
+}

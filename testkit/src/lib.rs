@@ -260,3 +260,35 @@ pub async fn documents(url: &str, index: &str) -> anyhow::Result<Vec<(String, se
     let hits = response["hits"]["hits"].as_array().with_context(|| format!("unexpected _search answer: {response}"))?;
     Ok(hits.iter().map(|h| (h["_id"].as_str().unwrap_or_default().to_owned(), h["_source"].clone())).collect())
 }
+
+/// Produces `records` (key, value) to `topic` and waits for every delivery report.
+pub async fn produce(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut deliveries = Vec::with_capacity(records.len());
+    for (key, value) in records {
+        let delivery = producer
+            .send_result(FutureRecord::to(topic).key(key.as_str()).payload(value.as_slice()))
+            .map_err(|(e, _)| anyhow::anyhow!("cannot enqueue: {e}"))?;
+        deliveries.push(delivery);
+    }
+    for delivery in deliveries {
+        delivery.await?.map_err(|(e, _)| anyhow::anyhow!("not delivered: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The value of a Prometheus sample `name{labels}` (labels as written, e.g. `reason="timeout"`),
+/// summed over matching lines, from `http://{admin}/metrics`.
+pub async fn metric(admin: std::net::SocketAddr, name: &str, labels: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum())
+}
