@@ -19,6 +19,9 @@ fn config(broker: &Broker, store: &str) -> spanline_ingester::Config {
     c.opensearch.url = store.to_owned();
     c.opensearch.min_backoff = Duration::from_millis(20);
     c.opensearch.max_backoff = Duration::from_millis(200);
+    // Short enough that a restarted member is not kept waiting by the previous one's session.
+    c.kafka.session_timeout = Duration::from_secs(6);
+    c.shutdown_grace = Duration::from_secs(3);
     c
 }
 
@@ -97,12 +100,11 @@ async fn a_small_trickle_is_flushed_by_time_and_a_restart_duplicates_nothing() {
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("restarts");
     assert_eq!(wait_count(&store.url(), 14).await, 14, "old spans not indexed twice, new ones indexed");
-    let created =
-        metric(ingester.admin_addr, "spanline_ingester_bulk_items_total", "class=\"created\"").await.expect("metrics");
-    let exists =
-        metric(ingester.admin_addr, "spanline_ingester_bulk_items_total", "class=\"exists\"").await.expect("metrics");
-    assert_eq!(exists, 0.0, "committed records were not read again");
-    assert!(created >= 8.0);
+    // Re-read records would show as span documents answered 409, which are counted here too.
+    let spans = metric(ingester.admin_addr, "spanline_ingester_documents_indexed_total", "kind=\"span\"")
+        .await
+        .expect("metrics");
+    assert_eq!(spans, 8.0, "only the 8 new spans went through this ingester: committed records were not read again");
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }
