@@ -4,16 +4,33 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use spanline_common::{ByteSize, config::ConfigError, kafka::KafkaClientConfig};
+use spanline_common::{
+    ByteSize,
+    admin::AdminConfig,
+    config::{ConfigError, Validate},
+    kafka::KafkaClientConfig,
+};
 
 /// The whole collector configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub receivers: Receivers,
     pub kafka: Kafka,
     pub limits: Limits,
-    pub admin: Admin,
+    /// The admin server. Default `127.0.0.1:14269`.
+    pub admin: AdminConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            receivers: Receivers::default(),
+            kafka: Kafka::default(),
+            limits: Limits::default(),
+            admin: AdminConfig::loopback(14269),
+        }
+    }
 }
 
 /// Where the OTLP receivers listen.
@@ -115,30 +132,15 @@ impl Default for Limits {
     }
 }
 
-/// The admin server (metrics and health).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Admin {
-    /// Admin listen address. Default `127.0.0.1:14269`.
-    pub listen: SocketAddr,
-}
-
-impl Default for Admin {
-    fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 14269)) }
-    }
-}
-
 impl Config {
     /// Loads `file` then `SPANLINE_COLLECTOR__*` variables, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let config: Config = spanline_common::config::load(file, "SPANLINE_COLLECTOR")?;
-        config.validate().map_err(ConfigError::Invalid)?;
-        Ok(config)
+        spanline_common::config::load_validated(file, "SPANLINE_COLLECTOR")
     }
+}
 
-    /// Cross-field checks; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+impl Validate for Config {
+    fn validate(&self) -> Result<(), String> {
         self.kafka.client().validate()?;
         if self.kafka.topic.is_empty() {
             return Err("kafka.topic must not be empty".into());

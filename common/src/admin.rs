@@ -1,15 +1,34 @@
 //! The admin HTTP server every component runs: `/metrics` (Prometheus text format),
 //! `/health/live` (the process is up) and `/health/ready` (the component can do its work).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{encoding::text::encode, registry::Registry};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The `[admin]` config section. Each component's default is [`AdminConfig::loopback`] on its own port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin listen address (`/metrics`, `/health/live`, `/health/ready`).
+    pub listen: SocketAddr,
+}
+
+impl AdminConfig {
+    /// `127.0.0.1:port`.
+    pub fn loopback(port: u16) -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+}
 
 /// Whether a component is ready; set by the component, read by `/health/ready`.
 #[derive(Debug, Clone, Default)]

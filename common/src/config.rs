@@ -14,6 +14,18 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A configuration's cross-field checks; the message names the offending field.
+pub trait Validate {
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// [`load`], then [`Validate::validate`]: what every binary calls once at start.
+pub fn load_validated<T: DeserializeOwned + Validate>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError> {
+    let config: T = load(file, env_prefix)?;
+    config.validate().map_err(ConfigError::Invalid)?;
+    Ok(config)
+}
+
 /// Reads `file` (TOML, optional) and then environment variables named
 /// `{env_prefix}__SECTION__KEY` (for example `SPANLINE_COLLECTOR__KAFKA__BROKERS`), later sources
 /// overriding earlier ones, into `T`.

@@ -1,10 +1,15 @@
 //! Ingester configuration: parsed once from a TOML file plus `SPANLINE_INGESTER__*` environment
 //! variables, validated by [`Config::validate`], then trusted. See `deploy/ingester.toml`.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use spanline_common::{ByteSize, config::ConfigError, kafka::KafkaClientConfig};
+use spanline_common::{
+    ByteSize,
+    admin::AdminConfig,
+    config::{ConfigError, Validate},
+    kafka::KafkaClientConfig,
+};
 
 /// The whole ingester configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -13,7 +18,8 @@ pub struct Config {
     pub kafka: Kafka,
     pub opensearch: OpenSearch,
     pub batch: Batch,
-    pub admin: Admin,
+    /// The admin server. Default `127.0.0.1:14270`.
+    pub admin: AdminConfig,
     /// How long shutdown may take to flush, index and commit. Default `20s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -119,30 +125,15 @@ impl Default for Batch {
     }
 }
 
-/// The admin server (metrics and health).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Admin {
-    /// Admin listen address. Default `127.0.0.1:14270`.
-    pub listen: SocketAddr,
-}
-
-impl Default for Admin {
-    fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 14270)) }
-    }
-}
-
 impl Config {
     /// Loads `file` then `SPANLINE_INGESTER__*` variables, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let config: Config = spanline_common::config::load(file, "SPANLINE_INGESTER")?;
-        config.validate().map_err(ConfigError::Invalid)?;
-        Ok(config)
+        spanline_common::config::load_validated(file, "SPANLINE_INGESTER")
     }
+}
 
-    /// Cross-field checks; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+impl Validate for Config {
+    fn validate(&self) -> Result<(), String> {
         self.kafka.client().validate()?;
         if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() {
             return Err("kafka.topic and kafka.group_id must not be empty".into());
@@ -178,7 +169,7 @@ impl Default for Config {
             kafka: Kafka::default(),
             opensearch: OpenSearch::default(),
             batch: Batch::default(),
-            admin: Admin::default(),
+            admin: AdminConfig::loopback(14270),
             shutdown_grace: Duration::from_secs(20),
         }
     }
