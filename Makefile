@@ -23,7 +23,7 @@ deny:
 	$(CARGO) deny --offline check licenses bans sources
 
 unit:
-	$(CARGO) test --workspace --locked
+	scripts/test.sh
 
 clean:
 	rm -rf .run
