@@ -3,6 +3,7 @@
 #   - Debian: libsasl2-dev (rdkafka's GSSAPI support), pkg-config, libssl-dev, curl
 #   - tansu 0.6.0, the test broker (scripts/broker.sh install)
 #   - cargo-deny, for the offline license/ban/source checks
+#   - Python's opentelemetry-proto, the independent decoder the collector tests use
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
@@ -20,6 +21,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 scripts/broker.sh install
+
+# An independent OTLP implementation, to check the collector's records decode elsewhere.
+if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" >/dev/null 2>&1; then
+  echo "deps: pip install opentelemetry-proto" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "opentelemetry-proto==1.45.2"
+fi
 
 if ! command -v cargo-deny >/dev/null 2>&1; then
   echo "deps: installing cargo-deny" >&2

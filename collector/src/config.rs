@@ -4,6 +4,8 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
+
+use crate::process::{Processors, ProcessorsConfig};
 use spanline_common::{
     ByteSize,
     admin::AdminConfig,
@@ -18,6 +20,8 @@ pub struct Config {
     pub receivers: Receivers,
     pub kafka: Kafka,
     pub limits: Limits,
+    /// Sampling and redaction, applied before anything reaches Kafka.
+    pub processors: ProcessorsConfig,
     /// The admin server. Default `127.0.0.1:14269`.
     pub admin: AdminConfig,
 }
@@ -28,6 +32,7 @@ impl Default for Config {
             receivers: Receivers::default(),
             kafka: Kafka::default(),
             limits: Limits::default(),
+            processors: ProcessorsConfig::default(),
             admin: AdminConfig::loopback(14269),
         }
     }
@@ -164,6 +169,7 @@ impl Validate for Config {
         if self.kafka.delivery_timeout.is_zero() || self.limits.request_timeout.is_zero() {
             return Err("kafka.delivery_timeout and limits.request_timeout must be positive".into());
         }
+        Processors::new(&self.processors)?;
         const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
         if !COMPRESSIONS.contains(&self.kafka.compression.as_str()) {
             return Err(format!("kafka.compression must be one of {COMPRESSIONS:?}, got {:?}", self.kafka.compression));

@@ -22,7 +22,7 @@ pub enum Error {
     #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
     /// The HTTP content encoding is not supported.
-    #[error("unsupported content encoding {0:?}: use gzip or none")]
+    #[error("unsupported content encoding {0:?}: use gzip, zstd or none")]
     UnsupportedEncoding(String),
     /// In-flight bytes or the producer queue are at their bound: back off and retry.
     #[error("collector overloaded: {0}")]

@@ -1,6 +1,7 @@
-//! The Spanline collector: `receive → encode → produce`.
+//! The Spanline collector: `receive → process → encode → produce`.
 //!
 //! - [`receive`]: OTLP gRPC `TraceService/Export` and OTLP HTTP `POST /v1/traces`.
+//! - [`process`]: optional consistent sampling by trace id and attribute redaction.
 //! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
 //!
@@ -11,6 +12,7 @@ pub mod encode;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
+pub mod process;
 pub mod produce;
 pub mod receive;
 

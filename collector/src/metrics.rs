@@ -20,7 +20,7 @@ pub struct ProtocolLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SpanLabels {
-    /// `accepted`, or `rejected`.
+    /// `accepted`, `rejected` or `sampled_out`.
     pub outcome: &'static str,
     /// Why a span was rejected; `none` for accepted spans.
     pub reason: &'static str,
@@ -33,6 +33,7 @@ pub struct Metrics {
     pub spans: Family<SpanLabels, Counter>,
     pub received_bytes: Family<ProtocolLabels, Counter>,
     pub records_produced: Counter,
+    pub redacted_attributes: Counter,
     pub produce_latency: Histogram,
     pub inflight_bytes: Gauge,
     pub kafka_queue_messages: Gauge,
@@ -46,6 +47,7 @@ impl Metrics {
             spans: Family::default(),
             received_bytes: Family::default(),
             records_produced: Counter::default(),
+            redacted_attributes: Counter::default(),
             produce_latency: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
@@ -60,6 +62,11 @@ impl Metrics {
             "Request body bytes received, after decompression",
             Unit::Bytes,
             m.received_bytes.clone(),
+        );
+        r.register(
+            "redacted_attributes",
+            "Attributes dropped, masked or hashed by redaction rules",
+            m.redacted_attributes.clone(),
         );
         r.register("records_produced", "Kafka records acknowledged by the broker", m.records_produced.clone());
         r.register_with_unit(

@@ -19,6 +19,7 @@ use crate::{
     encode::encode,
     error::Error,
     metrics::{Metrics, SpanLabels},
+    process::Processors,
     produce::Producer,
     receive::{GrpcReceiver, http_router},
 };
@@ -35,6 +36,7 @@ pub struct Exporter {
 #[derive(Debug)]
 struct ExporterInner {
     producer: Producer,
+    processors: Processors,
     metrics: Metrics,
     max_message_bytes: usize,
     max_request_bytes: usize,
@@ -45,17 +47,19 @@ struct ExporterInner {
 }
 
 impl Exporter {
-    pub fn new(config: &Config, producer: Producer, metrics: Metrics) -> Self {
-        Self {
+    pub fn new(config: &Config, producer: Producer, metrics: Metrics) -> Result<Self, Error> {
+        let processors = Processors::new(&config.processors).map_err(Error::Setup)?;
+        Ok(Self {
             inner: Arc::new(ExporterInner {
                 producer,
+                processors,
                 metrics,
                 max_message_bytes: config.kafka.max_message_bytes.as_usize(),
                 max_request_bytes: config.limits.max_request_bytes.as_usize(),
                 request_timeout: config.limits.request_timeout,
                 concurrency: Semaphore::new(config.limits.max_concurrent_requests),
             }),
-        }
+        })
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -67,12 +71,23 @@ impl Exporter {
     }
 
     /// Validates, groups per trace and publishes; answers after Kafka acknowledged every record.
-    pub async fn export(&self, request: ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse, Error> {
+    pub async fn export(&self, mut request: ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse, Error> {
         let inner = &self.inner;
         let _slot = inner
             .concurrency
             .try_acquire()
             .map_err(|_| Error::Overloaded("limits.max_concurrent_requests exports already in progress".into()))?;
+        let processed = inner.processors.apply(&mut request);
+        if processed.sampled_out > 0 {
+            inner
+                .metrics
+                .spans
+                .get_or_create(&SpanLabels { outcome: "sampled_out", reason: "none" })
+                .inc_by(processed.sampled_out as u64);
+        }
+        if processed.redacted > 0 {
+            inner.metrics.redacted_attributes.inc_by(processed.redacted as u64);
+        }
         let encoded = encode(request, inner.max_message_bytes);
         for (reason, n) in &encoded.rejected.0 {
             inner
@@ -117,7 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let producer = Producer::new(&config, metrics.clone())?;
-    let exporter = Exporter::new(&config, producer.clone(), metrics);
+    let exporter = Exporter::new(&config, producer.clone(), metrics)?;
     let ready = Readiness::default();
 
     let grpc = bind(config.receivers.grpc_listen, "otlp grpc").await?;

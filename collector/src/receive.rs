@@ -161,7 +161,13 @@ fn decode_http(
     let raw: &[u8] = match encoding.trim() {
         "" | "identity" => body,
         "gzip" => {
-            inflated = inflate_gzip(body, limit)?;
+            inflated = inflate(flate2::read::GzDecoder::new(&body[..]), body.len(), limit, "gzip")?;
+            &inflated
+        }
+        "zstd" => {
+            let decoder = zstd::stream::read::Decoder::new(&body[..])
+                .map_err(|e| Error::Malformed(format!("invalid zstd body: {e}")))?;
+            inflated = inflate(decoder, body.len(), limit, "zstd")?;
             &inflated
         }
         other => return Err(Error::UnsupportedEncoding(other.to_owned())),
@@ -178,12 +184,12 @@ fn decode_http(
 }
 
 /// Inflates at most `limit + 1` bytes, so a decompression bomb costs at most the limit in memory.
-fn inflate_gzip(body: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    flate2::read::GzDecoder::new(body)
+fn inflate(decoder: impl Read, compressed: usize, limit: usize, what: &str) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(compressed.saturating_mul(4).min(limit));
+    decoder
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| Error::Malformed(format!("invalid gzip body: {e}")))?;
+        .map_err(|e| Error::Malformed(format!("invalid {what} body: {e}")))?;
     if out.len() > limit {
         return Err(Error::TooLarge { limit });
     }
@@ -215,9 +221,16 @@ mod tests {
         encoder.write_all(&vec![0u8; 8 << 20]).expect("compress");
         let bomb = encoder.finish().expect("finish");
         assert!(bomb.len() < 64 * 1024);
-        let err = inflate_gzip(&bomb, 1 << 20).expect_err("over the limit");
+        let err =
+            inflate(flate2::read::GzDecoder::new(&bomb[..]), bomb.len(), 1 << 20, "gzip").expect_err("over the limit");
         assert!(matches!(err, Error::TooLarge { limit } if limit == 1 << 20));
-        assert_eq!(inflate_gzip(&bomb, 16 << 20).expect("fits").len(), 8 << 20);
+        assert_eq!(
+            inflate(flate2::read::GzDecoder::new(&bomb[..]), bomb.len(), 16 << 20, "gzip").expect("fits").len(),
+            8 << 20
+        );
+        let zbomb = zstd::encode_all(&vec![0u8; 8 << 20][..], 3).expect("zstd");
+        let decoder = zstd::stream::read::Decoder::new(&zbomb[..]).expect("decoder");
+        assert!(matches!(inflate(decoder, zbomb.len(), 1 << 20, "zstd"), Err(Error::TooLarge { .. })));
     }
 
     #[test]

@@ -164,3 +164,102 @@ async fn broker_down_means_unavailable_never_success_and_success_again_after_res
         assert!(traces.contains(&key), "acknowledged trace {t} is in the topic");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_with_the_same_ratio_keep_the_same_traces() {
+    let broker = broker().await;
+    broker.create_topic("sampled_a", 2).await.expect("topic");
+    broker.create_topic("sampled_b", 2).await.expect("topic");
+    let mut kept = Vec::new();
+    for topic in ["sampled_a", "sampled_b"] {
+        let mut c = config(&broker);
+        c.kafka.topic = topic.into();
+        c.processors.sampling_ratio = 0.3;
+        let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+        let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
+        // Trace ids with random low bits, as SDKs make them.
+        let mut request = fixtures::request("svc", 1, 300, 2, fixtures::now_unix_nano());
+        for span in &mut request.resource_spans[0].scope_spans[0].spans {
+            let n = u64::from_be_bytes(span.trace_id[8..].try_into().expect("8 bytes"));
+            span.trace_id[8..].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        }
+        let response = client.export(request).await.expect("export").into_inner();
+        assert!(response.partial_success.is_none(), "sampling is not a rejection");
+        let records = read_topic(&broker.bootstrap(), topic).await.expect("read");
+        let mut keys: Vec<Vec<u8>> = records.into_iter().filter_map(|r| r.key).collect();
+        keys.sort();
+        keys.dedup();
+        kept.push(keys);
+    }
+    assert!((50..130).contains(&kept[0].len()), "about 30% of 300 traces kept: {}", kept[0].len());
+    assert_eq!(kept[0], kept[1], "both collectors kept exactly the same traces");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redacted_values_never_reach_kafka() {
+    use spanline_collector::process::{RedactAction, RedactionRule};
+    let broker = broker().await;
+    let mut c = config(&broker);
+    c.processors.redaction_hash_key = "k".into();
+    c.processors.redaction = vec![
+        RedactionRule { key: Some("user.email".into()), key_pattern: None, action: RedactAction::Mask },
+        RedactionRule { key: None, key_pattern: Some("^secret\\.".into()), action: RedactAction::Drop },
+        RedactionRule { key: Some("user.id".into()), key_pattern: None, action: RedactAction::Hash },
+    ];
+    let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
+    let mut request = fixtures::request("svc", 1, 3, 2, fixtures::now_unix_nano());
+    request.resource_spans[0]
+        .resource
+        .as_mut()
+        .expect("resource")
+        .attributes
+        .push(fixtures::attr("user.email", "alice@example.com"));
+    for span in &mut request.resource_spans[0].scope_spans[0].spans {
+        span.attributes.push(fixtures::attr("user.email", "alice@example.com"));
+        span.attributes.push(fixtures::attr("secret.token", "tok-XYZZY"));
+        span.attributes.push(fixtures::attr("user.id", "user-31337"));
+    }
+    client.export(request).await.expect("export");
+    let records = read_topic(&broker.bootstrap(), "otlp_spans").await.expect("read");
+    assert_eq!(records.len(), 3);
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for r in &records {
+        assert!(!contains(&r.payload, b"alice@example.com"), "masked value reached kafka");
+        assert!(
+            !contains(&r.payload, b"tok-XYZZY") && !contains(&r.payload, b"secret.token"),
+            "dropped attribute reached kafka"
+        );
+        assert!(!contains(&r.payload, b"user-31337"), "hashed value reached kafka in clear");
+        assert!(contains(&r.payload, b"****") && contains(&r.payload, b"hmac-sha256:"));
+    }
+}
+
+/// The records decode with an independent OTLP implementation: Python's `opentelemetry-proto`
+/// (installed by scripts/install-deps.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_decode_with_pythons_opentelemetry_proto() {
+    let broker = broker().await;
+    let running = spanline_collector::start(config(&broker), CancellationToken::new()).await.expect("starts");
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
+    client.export(fixtures::request("py-svc", 7, 1, 3, fixtures::now_unix_nano())).await.expect("export");
+    let records = read_topic(&broker.bootstrap(), "otlp_spans").await.expect("read");
+    assert_eq!(records.len(), 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("record.bin");
+    std::fs::write(&path, &records[0].payload).expect("write");
+    let script = r#"
+import sys
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+req = ExportTraceServiceRequest()
+req.ParseFromString(open(sys.argv[1], "rb").read())
+spans = [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+service = [a.value.string_value for a in req.resource_spans[0].resource.attributes if a.key == "service.name"][0]
+print(len(spans), spans[0].trace_id.hex(), service, req.resource_spans[0].scope_spans[0].scope.name)
+"#;
+    let out = std::process::Command::new("python3").args(["-c", script]).arg(&path).output().expect("python3 runs");
+    assert!(out.status.success(), "python could not decode the record: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = String::from_utf8(records[0].key.clone().expect("key")).expect("utf-8");
+    assert_eq!(text.trim(), format!("3 {key} py-svc spanline-fixtures"));
+}
