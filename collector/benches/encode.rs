@@ -1,0 +1,44 @@
+//! The collector's hot path per request: decode → process → validate + group → encode.
+//! 512 spans of about 500 bytes per request (64 traces of 8 spans), as the loadtest sends.
+//!
+//! cargo bench -p spanline-collector --bench encode
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use spanline_collector::{
+    encode::encode,
+    process::{Processors, ProcessorsConfig},
+};
+use spanline_testkit::fixtures;
+
+fn request_bytes() -> Vec<u8> {
+    let mut request = fixtures::request("bench-service", 1, 64, 8, fixtures::now_unix_nano());
+    for span in &mut request.resource_spans[0].scope_spans[0].spans {
+        span.attributes.push(fixtures::attr("bench.pad", &"x".repeat(330)));
+    }
+    request.encode_to_vec()
+}
+
+fn bench(c: &mut Criterion) {
+    let bytes = request_bytes();
+    let spans = 512u64;
+    let processors = Processors::new(&ProcessorsConfig::default()).expect("defaults");
+    let mut group = c.benchmark_group("collector");
+    group.throughput(Throughput::Elements(spans));
+    group.bench_function("decode", |b| b.iter(|| ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes")));
+    group.bench_function("decode_process_encode", |b| {
+        b.iter(|| {
+            let mut request = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes");
+            processors.apply(&mut request);
+            encode(request, 900 * 1024)
+        })
+    });
+    let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes");
+    group.bench_function("group_encode", |b| b.iter(|| encode(decoded.clone(), 900 * 1024)));
+    group.finish();
+    eprintln!("request: {} bytes, {} spans, {} bytes/span", bytes.len(), spans, bytes.len() as u64 / spans);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
