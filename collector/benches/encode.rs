@@ -26,7 +26,8 @@ fn bench(c: &mut Criterion) {
     let processors = Processors::new(&ProcessorsConfig::default()).expect("defaults");
     let mut group = c.benchmark_group("collector");
     group.throughput(Throughput::Elements(spans));
-    group.bench_function("decode", |b| b.iter(|| ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes")));
+    group
+        .bench_function("decode", |b| b.iter(|| ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes")));
     group.bench_function("decode_process_encode", |b| {
         b.iter(|| {
             let mut request = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes");

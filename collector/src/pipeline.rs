@@ -21,7 +21,7 @@ use crate::{
     metrics::{Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
-    receive::{GrpcReceiver, http_router},
+    receive::{GrpcReceiver, http_router, malformed_is_invalid_argument},
 };
 
 /// How often readiness re-checks Kafka metadata.
@@ -158,6 +158,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let token = intake.clone();
     servers.spawn(async move {
         tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(malformed_is_invalid_argument))
             .add_service(service)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), token.cancelled_owned())
             .await

@@ -60,6 +60,19 @@ impl TraceService for GrpcReceiver {
     }
 }
 
+/// tonic answers a request body that is not valid protobuf with INTERNAL (gRPC's own convention);
+/// OTLP clients must see INVALID_ARGUMENT for a malformed request, so the status is rewritten on the
+/// trailers-only response tonic sends for it. Other INTERNAL answers are left alone.
+pub fn malformed_is_invalid_argument<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    let decode_error = headers.get("grpc-status").is_some_and(|v| v == "13")
+        && headers.get("grpc-message").is_some_and(|m| m.as_bytes().starts_with(b"failed%20to%20decode"));
+    if decode_error {
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+    }
+    response
+}
+
 fn record_outcome(exporter: &Exporter, protocol: &'static str, result: &Result<ExportTraceServiceResponse, Error>) {
     let outcome = match result {
         Ok(response) if response.partial_success.as_ref().is_some_and(|p| p.rejected_spans > 0) => "partial_success",

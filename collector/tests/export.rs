@@ -263,3 +263,33 @@ print(len(spans), spans[0].trace_id.hex(), service, req.resource_spans[0].scope_
     let key = String::from_utf8(records[0].key.clone().expect("key")).expect("utf-8");
     assert_eq!(text.trim(), format!("3 {key} py-svc spanline-fixtures"));
 }
+
+/// A message whose field 1 is a varint where OTLP has a length-delimited `resource_spans`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotOtlp {
+    #[prost(uint64, tag = "1")]
+    value: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_grpc_body_is_invalid_argument() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    let broker = broker().await;
+    let running = spanline_collector::start(config(&broker), CancellationToken::new()).await.expect("starts");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let codec = tonic_prost::ProstCodec::<NotOtlp, ExportTraceServiceResponse>::default();
+    let status = grpc.unary(tonic::Request::new(NotOtlp { value: 7 }), path, codec).await.expect_err("malformed");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    // The well-formed path is untouched.
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
+    client.export(fixtures::request("svc", 1, 1, 1, fixtures::now_unix_nano())).await.expect("valid export");
+}

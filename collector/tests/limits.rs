@@ -98,5 +98,8 @@ async fn decompression_bombs_are_refused_without_inflating() {
     );
     // Still serving.
     let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await.expect("connects");
-    client.export(fixtures::request("svc", 2, 1, 1, fixtures::now_unix_nano())).await.expect("normal export after the bombs");
+    client
+        .export(fixtures::request("svc", 2, 1, 1, fixtures::now_unix_nano()))
+        .await
+        .expect("normal export after the bombs");
 }
