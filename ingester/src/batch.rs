@@ -50,6 +50,21 @@ impl fmt::Display for FlushReason {
 pub struct Item {
     pub ndjson: Bytes,
     pub kind: DocKind,
+    /// Where a span document came from, to dead-letter the span if the store rejects it for good.
+    pub origin: Option<Origin>,
+}
+
+/// The Kafka record a span document came from, and the span's place in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    /// The record's value (shared by every item of the record).
+    pub record: Bytes,
+    /// (resource, scope, span) indices in the record's request.
+    pub position: [usize; 3],
+    pub index: String,
 }
 
 /// A flushed batch.
@@ -137,7 +152,7 @@ mod tests {
     use super::*;
 
     fn item(n: usize) -> Item {
-        Item { ndjson: Bytes::from(vec![b'x'; n]), kind: DocKind::Span }
+        Item { ndjson: Bytes::from(vec![b'x'; n]), kind: DocKind::Span, origin: None }
     }
 
     fn limits() -> Limits {

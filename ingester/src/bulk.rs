@@ -350,6 +350,7 @@ mod tests {
             id: "a_b_c".into(),
             source: br#"{"x":1}"#.to_vec(),
             kind: DocKind::Span,
+            position: None,
         };
         assert_eq!(
             &encode_item(&doc)[..],

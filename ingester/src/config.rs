@@ -37,6 +37,9 @@ pub struct Kafka {
     pub topic: String,
     /// Consumer group. Default `spanline-ingester`.
     pub group_id: String,
+    /// Where undecodable records and documents the store rejects for good go, as
+    /// `spanline.v1.DeadLetter` envelopes (`proto/`). Default `otlp_spans_dlq`.
+    pub dead_letter_topic: String,
     /// librdkafka `session.timeout.ms`. Default `45s`.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
@@ -52,6 +55,7 @@ impl Default for Kafka {
             librdkafka: BTreeMap::new(),
             topic: "otlp_spans".into(),
             group_id: "spanline-ingester".into(),
+            dead_letter_topic: "otlp_spans_dlq".into(),
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
         }
@@ -135,8 +139,11 @@ impl Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
         self.kafka.client().validate()?;
-        if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() {
-            return Err("kafka.topic and kafka.group_id must not be empty".into());
+        if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() || self.kafka.dead_letter_topic.is_empty() {
+            return Err("kafka.topic, kafka.group_id and kafka.dead_letter_topic must not be empty".into());
+        }
+        if self.kafka.topic == self.kafka.dead_letter_topic {
+            return Err("kafka.dead_letter_topic must differ from kafka.topic".into());
         }
         if !(self.opensearch.url.starts_with("http://") || self.opensearch.url.starts_with("https://")) {
             return Err(format!("opensearch.url must start with http:// or https://, got {:?}", self.opensearch.url));

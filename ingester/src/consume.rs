@@ -6,12 +6,16 @@
 //! Batches are written one at a time, so a partition's offsets are stored in order and never ahead
 //! of durable documents.
 //!
+//! A record that is not OTLP protobuf, and a span document the store rejects for good, are written to
+//! the dead-letter topic ([`DeadLetters`]) before the offsets that cover them are stored.
+//!
 //! Rebalances (cooperative-sticky): records of a revoked partition still in the open batch are
 //! written and their offsets fail to store (`ERR__STATE`), so the new owner re-reads them; document
 //! ids are deterministic, so nothing is duplicated.
 
 use std::{sync::Arc, time::Instant};
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use rdkafka::{
@@ -22,9 +26,10 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    batch::{Batch, Batcher, FlushReason, Item},
+    batch::{Batch, Batcher, FlushReason, Item, Origin},
     bulk::{BulkClient, encode_item},
     commit,
+    deadletter::{self, DeadLetters},
     document::{DocKind, Document, IndexNames, map_request},
     error::Error,
     metrics::{Metrics, PartitionLabels, ReasonLabels},
@@ -73,6 +78,7 @@ pub struct Consume {
     pub names: IndexNames,
     pub batcher: Batcher,
     pub bulk: BulkClient,
+    pub dead_letters: DeadLetters,
     pub metrics: Metrics,
 }
 
@@ -95,17 +101,32 @@ impl Consume {
                     Ok(message) => {
                         self.metrics.records.inc();
                         let (partition, offset) = (message.partition(), message.offset());
+                        let key = message.key().map(Bytes::copy_from_slice);
+                        let record = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+                        drop(message);
                         docs.clear();
-                        match ExportTraceServiceRequest::decode(message.payload().unwrap_or_default()) {
+                        match ExportTraceServiceRequest::decode(record.as_ref()) {
                             Ok(request) => map_request(&request, &self.names, &mut docs),
                             Err(error) => {
-                                // The dead-letter path for undecodable records comes with the ingester
-                                // issue; until then the record is skipped loudly so the partition moves.
                                 self.metrics.decode_errors.inc();
-                                tracing::error!(partition, offset, %error, "record is not OTLP protobuf, skipped");
+                                tracing::warn!(partition, offset, %error, "record is not OTLP protobuf, dead-lettering it");
+                                let letter = deadletter::undecodable(&self.topic, partition, offset, key.clone(), &record, error.to_string());
+                                // Written before the record's offset enters a batch, so it is stored only after.
+                                self.dead_letters.send(vec![letter], &abort).await?;
                             }
                         }
-                        let items = docs.iter().map(|d| Item { ndjson: encode_item(d), kind: d.kind });
+                        let items = docs.iter().map(|d| Item {
+                            ndjson: encode_item(d),
+                            kind: d.kind,
+                            origin: d.position.map(|position| Origin {
+                                partition,
+                                offset,
+                                key: key.clone(),
+                                record: record.clone(),
+                                position,
+                                index: d.index.clone(),
+                            }),
+                        });
                         self.batcher.push(partition, offset, items, Instant::now())
                     }
                 },
@@ -125,11 +146,26 @@ impl Consume {
         self.metrics.flushes.get_or_create(&ReasonLabels { reason: batch.reason.as_str() }).inc();
         tracing::debug!(reason = %batch.reason, items = batch.items.len(), bytes = batch.bytes, "flushing batch");
         let rejected = self.bulk.write_all(batch.items, abort).await?;
-        for r in &rejected {
-            // Terminal rejections go to the dead-letter topic once it exists (ingester issue); until
-            // then they are logged with the store's reason and counted under bulk_items{class="terminal"}.
-            let kind = if r.item.kind == DocKind::Span { "span" } else { "service" };
-            tracing::error!(kind, status = r.status, error_type = %r.error_type, reason = %r.reason, "document rejected by the store");
+        let mut letters = Vec::new();
+        for r in rejected {
+            let letter = r.item.origin.as_ref().and_then(|origin| {
+                deadletter::rejected_span(&self.topic, origin, r.error_type.clone(), r.reason.clone())
+            });
+            match letter {
+                Some(letter) => {
+                    tracing::warn!(status = r.status, error_type = %r.error_type, reason = %r.reason, "span rejected by the store, dead-lettering it");
+                    letters.push(letter);
+                }
+                // Service documents are derived from spans that are themselves indexed or
+                // dead-lettered; losing one only hides an operation name from the service list.
+                None => {
+                    let kind = if r.item.kind == DocKind::Span { "span" } else { "service" };
+                    tracing::error!(kind, status = r.status, error_type = %r.error_type, reason = %r.reason, "document rejected by the store");
+                }
+            }
+        }
+        if !letters.is_empty() {
+            self.dead_letters.send(letters, abort).await?;
         }
         commit::store(self.consumer.as_ref(), &self.topic, &batch.offsets);
         self.metrics.freshness.observe(batch.opened.elapsed().as_secs_f64());

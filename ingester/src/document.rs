@@ -25,6 +25,8 @@ pub struct Document {
     /// The JSON source.
     pub source: Vec<u8>,
     pub kind: DocKind,
+    /// For span documents, where the span is in its request: (resource, scope, span) indices.
+    pub position: Option<[usize; 3]>,
 }
 
 /// Span or service document.
@@ -190,17 +192,18 @@ fn service_name(attributes: &[KeyValue]) -> &str {
 /// and one service document per distinct (service, operation, day) in the request.
 pub fn map_request(request: &ExportTraceServiceRequest, names: &IndexNames, out: &mut Vec<Document>) {
     let mut services: Vec<(String, String)> = Vec::new();
-    for resource_spans in &request.resource_spans {
+    for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
         let attributes = resource_spans.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
         let service = service_name(attributes);
         let process = Process {
             service_name: service,
             tags: attributes.iter().filter(|kv| kv.key != "service.name").map(tag).collect(),
         };
-        for scope_spans in &resource_spans.scope_spans {
+        for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
             let scope = scope_spans.scope.as_ref();
-            for span in &scope_spans.spans {
-                let doc = span_document(span, scope, &process, names);
+            for (pi, span) in scope_spans.spans.iter().enumerate() {
+                let mut doc = span_document(span, scope, &process, names);
+                doc.position = Some([ri, si, pi]);
                 let service_index = names.daily(DocKind::Service, micros(span.start_time_unix_nano));
                 let key = (service_index, span.name.clone());
                 if !services.contains(&key) {
@@ -304,7 +307,13 @@ fn span_document(
     // Serializing plain structs of strings and integers cannot fail.
     let source = serde_json::to_vec(&doc).unwrap_or_default();
     let id = format!("{trace_id}_{span_id}_{:x}", fnv64a(&[&source]));
-    Document { index: names.daily(DocKind::Span, micros(span.start_time_unix_nano)), id, source, kind: DocKind::Span }
+    Document {
+        index: names.daily(DocKind::Span, micros(span.start_time_unix_nano)),
+        id,
+        source,
+        kind: DocKind::Span,
+        position: None,
+    }
 }
 
 /// The service document for (service, operation), with Jaeger's id: FNV-64a of the service name
@@ -313,7 +322,7 @@ pub fn service_document(service: &str, operation: &str, index: String) -> Docume
     let source =
         serde_json::to_vec(&ServiceDoc { service_name: service, operation_name: operation }).unwrap_or_default();
     let id = format!("{:x}", fnv64a(&[service.as_bytes(), operation.as_bytes()]));
-    Document { index, id, source, kind: DocKind::Service }
+    Document { index, id, source, kind: DocKind::Service, position: None }
 }
 
 #[cfg(test)]

@@ -23,6 +23,11 @@ pub struct KindLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
     pub partition: i32,
 }
@@ -37,6 +42,7 @@ pub struct Metrics {
     pub bulk_latency: Histogram,
     pub items: Family<ClassLabels, Counter>,
     pub retries: Counter,
+    pub dead_lettered: Family<StageLabels, Counter>,
     pub lag: Family<PartitionLabels, Gauge>,
     pub freshness: Histogram,
 }
@@ -52,6 +58,7 @@ impl Metrics {
             bulk_latency: Histogram::new(buckets),
             items: Family::default(),
             retries: Counter::default(),
+            dead_lettered: Family::default(),
             lag: Family::default(),
             freshness: Histogram::new(buckets),
         };
@@ -72,6 +79,7 @@ impl Metrics {
         );
         r.register("bulk_items", "Bulk item outcomes by class (created, exists, transient, terminal)", m.items.clone());
         r.register("bulk_retries", "Bulk requests retried after a transient failure", m.retries.clone());
+        r.register("dead_lettered", "Envelopes written to the dead-letter topic, by stage (decode, index)", m.dead_lettered.clone());
         r.register(
             "consumer_lag_records",
             "Records between the stored offset and the high watermark, per partition",

@@ -17,6 +17,7 @@ use crate::{
     bulk::{BulkClient, client},
     config::Config,
     consume::{Consume, IngestConsumer, IngestContext},
+    deadletter::DeadLetters,
     document::IndexNames,
     error::Error,
     metrics::Metrics,
@@ -102,7 +103,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tokio::spawn(admin::serve(listener, admin::router(Arc::new(registry), ready.clone()), admin_token.clone()));
     tracing::info!(
         admin = %admin_addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
-        group = %config.kafka.group_id, opensearch = %config.opensearch.url,
+        group = %config.kafka.group_id, dead_letter_topic = %config.kafka.dead_letter_topic, opensearch = %config.opensearch.url,
         max_bytes = %config.batch.max_bytes, max_docs = config.batch.max_docs, flush_interval = ?config.batch.flush_interval,
         "spanline-ingester starting"
     );
@@ -114,6 +115,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .map_err(Error::Kafka)?;
     let consumer = Arc::new(consumer);
     let bulk = BulkClient::new(os.clone(), &config.opensearch, metrics.clone());
+    let dead_letters = DeadLetters::new(&config, metrics.clone())?;
     let limits = Limits {
         max_bytes: config.batch.max_bytes.as_usize(),
         max_docs: config.batch.max_docs,
@@ -143,6 +145,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 names,
                 batcher: Batcher::new(limits),
                 bulk,
+                dead_letters,
                 metrics,
             };
             let result = consume.run(shutdown.clone(), abort).await;

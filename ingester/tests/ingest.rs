@@ -108,3 +108,96 @@ async fn a_small_trickle_is_flushed_by_time_and_a_restart_duplicates_nothing() {
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_documents_and_undecodable_records_are_dead_lettered_once_and_the_partition_moves() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use spanline_proto::{DeadLetter, PayloadKind, Stage};
+
+    let broker = broker().await;
+    broker.create_topic("otlp_spans_dlq", 3).await.expect("dlq topic");
+    let store = devstore_with(Settings {
+        refresh_interval: Duration::from_millis(100),
+        faults: Faults {
+            reject: Some(spanline_devstore::RejectRule {
+                field: "operationName".into(),
+                contains: "operation-1".into(),
+            }),
+            ..Faults::default()
+        },
+        ..Settings::default()
+    })
+    .await
+    .expect("store");
+    // 50 traces of 3 spans: span 1 of each ("operation-1") is poison for the store.
+    let mut records = fixtures::trace_records("svc", 1, 50, 3, fixtures::now_unix_nano());
+    records.insert(10, ("garbage-1".into(), vec![0xff, 0xff, 0x01]));
+    records.push(("garbage-2".into(), b"not protobuf at all".to_vec()));
+    produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
+
+    let shutdown = CancellationToken::new();
+    let ingester = spanline_ingester::start(config(&broker, &store.url()), shutdown.clone()).await.expect("starts");
+    assert_eq!(wait_count(&store.url(), 100).await, 100, "every good span indexed once");
+
+    let letters = wait_for(Duration::from_secs(30), || {
+        let bootstrap = broker.bootstrap();
+        async move {
+            let records = spanline_testkit::read_topic(&bootstrap, "otlp_spans_dlq").await.ok()?;
+            (records.len() >= 52).then_some(records)
+        }
+    })
+    .await
+    .expect("dead letters arrive");
+    assert_eq!(letters.len(), 52, "50 poison spans and 2 undecodable records, each once");
+    let mut poison_spans = Vec::new();
+    let mut raw = Vec::new();
+    for record in &letters {
+        let letter = DeadLetter::decode(record.payload.as_slice()).expect("envelope");
+        assert_eq!(letter.source_topic, "otlp_spans");
+        match letter.stage() {
+            Stage::Index => {
+                assert_eq!(letter.payload_kind(), PayloadKind::OtlpProto);
+                assert_eq!(letter.error_type, "mapper_parsing_exception");
+                assert!(letter.target_index.starts_with("jaeger-span-"));
+                let request = ExportTraceServiceRequest::decode(letter.payload.as_slice()).expect("otlp payload");
+                let span = &request.resource_spans[0].scope_spans[0].spans[0];
+                assert_eq!(span.name, "operation-1");
+                assert_eq!(
+                    record.key.as_deref(),
+                    Some(spanline_common::ids::to_hex(&span.trace_id).as_bytes()),
+                    "keyed like the source"
+                );
+                poison_spans.push(span.span_id.clone());
+            }
+            Stage::Decode => {
+                assert_eq!(letter.payload_kind(), PayloadKind::RawRecord);
+                raw.push(letter.payload.clone());
+            }
+            other => panic!("unexpected stage {other:?}"),
+        }
+    }
+    poison_spans.sort();
+    poison_spans.dedup();
+    assert_eq!(poison_spans.len(), 50, "each poison span dead-lettered exactly once");
+    raw.sort();
+    assert_eq!(raw, vec![b"not protobuf at all".to_vec(), vec![0xff, 0xff, 0x01]]);
+    assert_eq!(
+        metric(ingester.admin_addr, "spanline_ingester_dead_lettered_total", "stage=\"index\"").await.expect("metrics"),
+        50.0
+    );
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+
+    // The partitions moved past the poison: a new member of the group reads nothing old.
+    let shutdown = CancellationToken::new();
+    let ingester = spanline_ingester::start(config(&broker, &store.url()), shutdown.clone()).await.expect("restarts");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        metric(ingester.admin_addr, "spanline_ingester_records_total", "").await.expect("metrics"),
+        0.0,
+        "committed past every record"
+    );
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+}
