@@ -79,7 +79,11 @@ impl Metrics {
         );
         r.register("bulk_items", "Bulk item outcomes by class (created, exists, transient, terminal)", m.items.clone());
         r.register("bulk_retries", "Bulk requests retried after a transient failure", m.retries.clone());
-        r.register("dead_lettered", "Envelopes written to the dead-letter topic, by stage (decode, index)", m.dead_lettered.clone());
+        r.register(
+            "dead_lettered",
+            "Envelopes written to the dead-letter topic, by stage (decode, index)",
+            m.dead_lettered.clone(),
+        );
         r.register(
             "consumer_lag_records",
             "Records between the stored offset and the high watermark, per partition",

@@ -1,0 +1,139 @@
+//! Failures against the real binary and the real broker, counting every span: SIGKILL between bulk
+//! and commit, and a search store that refuses connections for a while.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+};
+use spanline_devstore::{Faults, Settings};
+use spanline_testkit::{Broker, count, devstore_with, fixtures, free_port, produce, wait_for};
+
+const PARTITIONS: i32 = 3;
+
+fn spawn_ingester(broker: &Broker, store: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_spanline-ingester"))
+        .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
+        .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
+        .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
+        .env("SPANLINE_INGESTER__OPENSEARCH__URL", store)
+        .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
+        .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ingester binary starts")
+}
+
+/// Sum over partitions of the group's committed offsets (0 where none).
+fn committed(bootstrap: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "spanline-ingester")
+        .create()
+        .expect("client");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition("otlp_spans", p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed offsets");
+    committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o >= 0).sum()
+}
+
+async fn settle(url: &str, want: u64) -> u64 {
+    let _ =
+        wait_for(
+            Duration::from_secs(90),
+            || async move { (count(url, "jaeger-span-*").await.ok()? >= want).then_some(()) },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    count(url, "jaeger-span-*").await.expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_bulk_and_commit_loses_and_duplicates_nothing() {
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
+    // Slow bulks widen the window between a durable write and its offset commit.
+    let store = devstore_with(Settings {
+        refresh_interval: Duration::from_millis(100),
+        faults: Faults { latency: Some(Duration::from_millis(40)), ..Faults::default() },
+        ..Settings::default()
+    })
+    .await
+    .expect("store");
+    let total: u64 = 2_000 * 10;
+    produce(
+        &broker.bootstrap(),
+        "otlp_spans",
+        &fixtures::trace_records("svc", 1, 2_000, 10, fixtures::now_unix_nano()),
+    )
+    .await
+    .expect("produced");
+
+    for round in 0..3 {
+        let mut child = spawn_ingester(&broker, &store.url());
+        let floor = count(&store.url(), "jaeger-span-*").await.unwrap_or(0);
+        let url = store.url();
+        wait_for(Duration::from_secs(60), || {
+            let url = url.clone();
+            async move { (count(&url, "jaeger-span-*").await.ok()? > floor + 1_500).then_some(()) }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: no progress"));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+    let mut child = spawn_ingester(&broker, &store.url());
+    let indexed = settle(&store.url(), total).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(indexed, total, "after three SIGKILLs every span is indexed exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_holds_offsets_and_everything_arrives_after() {
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
+    let store = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
+        .await
+        .expect("store");
+    let start = fixtures::now_unix_nano();
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 100, 5, start))
+        .await
+        .expect("produced");
+    let mut child = spawn_ingester(&broker, &store.url());
+    assert_eq!(settle(&store.url(), 500).await, 500);
+    let bootstrap = broker.bootstrap();
+    let before = wait_for(Duration::from_secs(20), || {
+        let bootstrap = bootstrap.clone();
+        async move { tokio::task::spawn_blocking(move || committed(&bootstrap)).await.ok().filter(|c| *c == 100) }
+    })
+    .await
+    .expect("first 100 records committed");
+
+    // The store goes away; more records arrive meanwhile.
+    reqwest::Client::new()
+        .post(format!("{}/_devstore/refuse_connections", store.url()))
+        .json(&serde_json::json!({"for": "6s"}))
+        .send()
+        .await
+        .expect("refusing");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1_000, 200, 5, start))
+        .await
+        .expect("produced");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = tokio::task::spawn_blocking(move || committed(&bootstrap)).await.expect("join");
+    assert_eq!(during, before, "no offset advanced while the store was unreachable");
+
+    assert_eq!(settle(&store.url(), 1_500).await, 1_500, "everything arrives after recovery, once");
+    let _ = child.kill();
+    let _ = child.wait();
+}
