@@ -545,6 +545,21 @@ fn parse_search(body: &Bytes, params: &SearchParams, allow_paging: bool) -> Resu
     Ok(request)
 }
 
+/// Calls `f(index, id, source)` for every searchable document of `names` matching `query`, in index
+/// name order and then insertion order.
+fn for_each_match(store: &Store, names: &[String], query: &Query, mut f: impl FnMut(&str, &str, Value)) {
+    for name in names {
+        let Some(index) = store.index(name) else { continue };
+        for (id, doc) in &index.docs {
+            let Some(visible) = &doc.visible else { continue };
+            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
+            if query.matches(id, &source) {
+                f(name, id, source);
+            }
+        }
+    }
+}
+
 async fn count_all(state: Shared, params: UrlQuery<SearchParams>, body: Bytes) -> Result<Json<Value>, ApiError> {
     count(state, Path("_all".into()), params, body).await
 }
@@ -558,22 +573,13 @@ async fn count(
     let request = parse_search(&body, &params, false)?;
     let store = state.store.lock();
     let names = store.resolve(&expr)?;
-    let mut total = 0usize;
-    for name in &names {
-        let Some(index) = store.index(name) else { continue };
-        if matches!(request.query, Query::MatchAll) {
-            total += index.visible_count();
-            continue;
-        }
-        for (id, doc) in &index.docs {
-            if let Some(visible) = &doc.visible
-                && let Ok(source) = serde_json::from_str::<Value>(visible)
-                && request.query.matches(id, &source)
-            {
-                total += 1;
-            }
-        }
-    }
+    let total = if matches!(request.query, Query::MatchAll) {
+        names.iter().filter_map(|name| store.index(name)).map(|index| index.visible_count()).sum()
+    } else {
+        let mut total = 0usize;
+        for_each_match(&store, &names, &request.query, |_, _, _| total += 1);
+        total
+    };
     let n = names.len();
     Ok(Json(json!({"count": total, "_shards": {"total": n, "successful": n, "skipped": 0, "failed": 0}})))
 }
@@ -594,20 +600,12 @@ async fn search(
     let names = store.resolve(&expr)?;
     let mut total = 0usize;
     let mut hits = Vec::new();
-    for name in &names {
-        let Some(index) = store.index(name) else { continue };
-        for (id, doc) in &index.docs {
-            let Some(visible) = &doc.visible else { continue };
-            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
-            if !request.query.matches(id, &source) {
-                continue;
-            }
-            if total >= request.from && hits.len() < request.size {
-                hits.push(json!({"_index": name, "_id": id, "_score": 1.0, "_source": source}));
-            }
-            total += 1;
+    for_each_match(&store, &names, &request.query, |name, id, source| {
+        if total >= request.from && hits.len() < request.size {
+            hits.push(json!({"_index": name, "_id": id, "_score": 1.0, "_source": source}));
         }
-    }
+        total += 1;
+    });
     let (value, relation) = if total > TRACK_TOTAL_HITS { (TRACK_TOTAL_HITS, "gte") } else { (total, "eq") };
     let n = names.len();
     let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
