@@ -211,16 +211,7 @@ fn inflate(decoder: impl Read, compressed: usize, limit: usize, what: &str) -> R
 
 /// OTLP/JSON: camelCase keys, hex trace and span ids.
 pub fn decode_json(raw: &[u8]) -> Result<ExportTraceServiceRequest, Error> {
-    let request: ExportTraceServiceRequest =
-        serde_json::from_slice(raw).map_err(|e| Error::Malformed(format!("invalid OTLP JSON: {e}")))?;
-    // Unknown keys are ignored by the decoder, so snake_case `resource_spans` silently decodes to an
-    // empty request; say so instead of accepting nothing.
-    if request.resource_spans.is_empty() && raw.windows(16).any(|w| w == b"\"resource_spans\"") {
-        return Err(Error::Malformed(
-            "OTLP JSON uses camelCase keys: found \"resource_spans\", expected \"resourceSpans\"".into(),
-        ));
-    }
-    Ok(request)
+    spanline_common::otlp::decode_json(raw).map_err(Error::Malformed)
 }
 
 #[cfg(test)]
@@ -244,24 +235,5 @@ mod tests {
         let zbomb = zstd::encode_all(&vec![0u8; 8 << 20][..], 3).expect("zstd");
         let decoder = zstd::stream::read::Decoder::new(&zbomb[..]).expect("decoder");
         assert!(matches!(inflate(decoder, zbomb.len(), 1 << 20, "zstd"), Err(Error::TooLarge { .. })));
-    }
-
-    #[test]
-    fn json_with_hex_ids_decodes() {
-        let json = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"svc"}}]},
-            "scopeSpans":[{"scope":{"name":"lib"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
-            "name":"op","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000"}]}]}]}"#;
-        let request = decode_json(json).expect("decodes");
-        let span = &request.resource_spans[0].scope_spans[0].spans[0];
-        assert_eq!(span.trace_id[0], 0x5b);
-        assert_eq!(span.span_id.len(), 8);
-        assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 1_000_000_000);
-    }
-
-    #[test]
-    fn snake_case_json_is_rejected() {
-        let err = decode_json(br#"{"resource_spans":[{"scope_spans":[]}]}"#).expect_err("rejected");
-        assert!(err.to_string().contains("camelCase"));
-        assert!(matches!(decode_json(b"{not json"), Err(Error::Malformed(_))));
     }
 }

@@ -6,6 +6,7 @@ pub mod bytesize;
 pub mod config;
 pub mod ids;
 pub mod kafka;
+pub mod otlp;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -46,6 +46,19 @@ pub struct Kafka {
     /// librdkafka `max.poll.interval.ms`: must exceed the longest bulk retry pause. Default `300s`.
     #[serde(with = "humantime_serde")]
     pub max_poll_interval: Duration,
+    /// How record values are encoded: `otlp_proto` (what Spanline's collector, the OpenTelemetry
+    /// Collector's kafkaexporter and Jaeger v2 write) or `otlp_json`. Default `otlp_proto`.
+    pub encoding: Encoding,
+}
+
+/// The encoding of span records on the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// A protobuf `ExportTraceServiceRequest`.
+    OtlpProto,
+    /// The OTLP/JSON form of `ExportTraceServiceRequest` (camelCase keys, hex ids).
+    OtlpJson,
 }
 
 impl Default for Kafka {
@@ -58,6 +71,7 @@ impl Default for Kafka {
             dead_letter_topic: "otlp_spans_dlq".into(),
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
+            encoding: Encoding::OtlpProto,
         }
     }
 }
@@ -81,6 +95,18 @@ pub struct OpenSearch {
     pub password: String,
     /// Prefix of index names: `{prefix}-jaeger-span-YYYY-MM-DD`; empty for none. Default empty.
     pub index_prefix: String,
+    /// Spans that started longer ago than this are not indexed as they are (see `out_of_range`),
+    /// so a bad clock cannot create an index for 1970. Default `72h` (Jaeger Query's
+    /// `max_span_age`).
+    #[serde(with = "humantime_serde")]
+    pub max_span_age: Duration,
+    /// Spans that start further in the future than this are not indexed as they are. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// What happens to a span outside [now − max_span_age, now + max_clock_skew]:
+    /// `dead_letter` (with the reason) or `clamp` (indexed unchanged, in the index of the nearest
+    /// allowed day). Default `dead_letter`.
+    pub out_of_range: OutOfRange,
     /// Install the span and service index templates at start when missing. Default `true`.
     pub create_templates: bool,
     /// Timeout of one `_bulk` request. Default `30s`.
@@ -102,12 +128,23 @@ impl Default for OpenSearch {
             username: String::new(),
             password: String::new(),
             index_prefix: String::new(),
+            max_span_age: Duration::from_secs(72 * 3600),
+            max_clock_skew: Duration::from_secs(3600),
+            out_of_range: OutOfRange::DeadLetter,
             create_templates: true,
             request_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
         }
     }
+}
+
+/// What happens to a span whose start time is outside the accepted window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRange {
+    DeadLetter,
+    Clamp,
 }
 
 /// When a batch is flushed.

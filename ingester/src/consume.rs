@@ -23,14 +23,16 @@ use rdkafka::{
     consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
     statistics::Statistics,
 };
+use spanline_proto::Stage;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch::{Batch, Batcher, FlushReason, Item, Origin},
     bulk::{BulkClient, encode_item},
     commit,
+    config::Encoding,
     deadletter::{self, DeadLetters},
-    document::{DocKind, Document, IndexNames, map_request},
+    document::{DocKind, Mapped, Routing, map_request},
     error::Error,
     metrics::{Metrics, PartitionLabels, ReasonLabels},
 };
@@ -75,7 +77,8 @@ pub type IngestConsumer = StreamConsumer<IngestContext>;
 pub struct Consume {
     pub consumer: Arc<IngestConsumer>,
     pub topic: String,
-    pub names: IndexNames,
+    pub encoding: Encoding,
+    pub routing: Routing,
     pub batcher: Batcher,
     pub bulk: BulkClient,
     pub dead_letters: DeadLetters,
@@ -86,7 +89,7 @@ impl Consume {
     /// Runs until `shutdown`; then flushes, writes and stores the last batch unless `abort` fires
     /// first (in which case its offsets are not stored and its records will be read again).
     pub async fn run(mut self, shutdown: CancellationToken, abort: CancellationToken) -> Result<(), Error> {
-        let mut docs: Vec<Document> = Vec::new();
+        let mut mapped = Mapped::default();
         loop {
             let deadline = self.batcher.deadline();
             let flush = tokio::select! {
@@ -99,35 +102,14 @@ impl Consume {
                         None
                     }
                     Ok(message) => {
-                        self.metrics.records.inc();
-                        let (partition, offset) = (message.partition(), message.offset());
-                        let key = message.key().map(Bytes::copy_from_slice);
-                        let record = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+                        let record = Record {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            key: message.key().map(Bytes::copy_from_slice),
+                            value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                        };
                         drop(message);
-                        docs.clear();
-                        match ExportTraceServiceRequest::decode(record.as_ref()) {
-                            Ok(request) => map_request(&request, &self.names, &mut docs),
-                            Err(error) => {
-                                self.metrics.decode_errors.inc();
-                                tracing::warn!(partition, offset, %error, "record is not OTLP protobuf, dead-lettering it");
-                                let letter = deadletter::undecodable(&self.topic, partition, offset, key.clone(), &record, error.to_string());
-                                // Written before the record's offset enters a batch, so it is stored only after.
-                                self.dead_letters.send(vec![letter], &abort).await?;
-                            }
-                        }
-                        let items = docs.iter().map(|d| Item {
-                            ndjson: encode_item(d),
-                            kind: d.kind,
-                            origin: d.position.map(|position| Origin {
-                                partition,
-                                offset,
-                                key: key.clone(),
-                                record: record.clone(),
-                                position,
-                                index: d.index.clone(),
-                            }),
-                        });
-                        self.batcher.push(partition, offset, items, Instant::now())
+                        self.take(record, &mut mapped, &abort).await?
                     }
                 },
             };
@@ -142,6 +124,60 @@ impl Consume {
         Ok(())
     }
 
+    /// Decodes and maps one record into the batch. What can never be indexed (an undecodable record,
+    /// spans outside the accepted time window) is dead-lettered first, so the record's offset enters
+    /// the batch only after that is durable.
+    async fn take(
+        &mut self,
+        record: Record,
+        mapped: &mut Mapped,
+        abort: &CancellationToken,
+    ) -> Result<Option<Batch>, Error> {
+        self.metrics.records.inc();
+        let Record { partition, offset, key, value } = record;
+        mapped.clear();
+        let decoded = match self.encoding {
+            Encoding::OtlpProto => ExportTraceServiceRequest::decode(value.as_ref()).map_err(|e| e.to_string()),
+            Encoding::OtlpJson => spanline_common::otlp::decode_json(&value),
+        };
+        let mut letters = Vec::new();
+        match decoded {
+            Ok(request) => map_request(&request, &self.routing, now_micros(), mapped),
+            Err(error) => {
+                self.metrics.decode_errors.inc();
+                tracing::warn!(partition, offset, %error, "record cannot be decoded, dead-lettering it");
+                letters.push(deadletter::undecodable(&self.topic, partition, offset, key.clone(), &value, error));
+            }
+        }
+        let origin = |position: [usize; 3], index: String| Origin {
+            partition,
+            offset,
+            key: key.clone(),
+            record: value.clone(),
+            position,
+            index,
+        };
+        for out in mapped.out_of_window.drain(..) {
+            tracing::debug!(partition, offset, reason = %out.reason, "span outside the accepted window, dead-lettering it");
+            letters.extend(deadletter::rejected_span(
+                &self.topic,
+                &origin(out.position, String::new()),
+                Stage::Map,
+                "span_out_of_range".into(),
+                out.reason,
+            ));
+        }
+        if !letters.is_empty() {
+            self.dead_letters.send(letters, abort).await?;
+        }
+        let items = mapped.docs.iter().map(|d| Item {
+            ndjson: encode_item(d),
+            kind: d.kind,
+            origin: d.position.map(|position| origin(position, d.index.clone())),
+        });
+        Ok(self.batcher.push(partition, offset, items, Instant::now()))
+    }
+
     async fn write(&self, batch: Batch, abort: &CancellationToken) -> Result<(), Error> {
         self.metrics.flushes.get_or_create(&ReasonLabels { reason: batch.reason.as_str() }).inc();
         tracing::debug!(reason = %batch.reason, items = batch.items.len(), bytes = batch.bytes, "flushing batch");
@@ -149,7 +185,7 @@ impl Consume {
         let mut letters = Vec::new();
         for r in rejected {
             let letter = r.item.origin.as_ref().and_then(|origin| {
-                deadletter::rejected_span(&self.topic, origin, r.error_type.clone(), r.reason.clone())
+                deadletter::rejected_span(&self.topic, origin, Stage::Index, r.error_type.clone(), r.reason.clone())
             });
             match letter {
                 Some(letter) => {
@@ -171,6 +207,20 @@ impl Consume {
         self.metrics.freshness.observe(batch.opened.elapsed().as_secs_f64());
         Ok(())
     }
+}
+
+/// One consumed record, copied out of librdkafka's buffer.
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    value: Bytes,
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -81,9 +81,16 @@ pub fn undecodable(
     }
 }
 
-/// The envelope for one span the store rejected: the span alone in an OTLP request, with its
+/// The envelope for one span that will never be indexed (`stage` says why: the store rejected it,
+/// or its start time is outside the accepted window): the span alone in an OTLP request, with its
 /// resource and scope. `None` if the record no longer holds the span (it always should).
-pub fn rejected_span(source_topic: &str, origin: &Origin, error_type: String, reason: String) -> Option<Letter> {
+pub fn rejected_span(
+    source_topic: &str,
+    origin: &Origin,
+    stage: Stage,
+    error_type: String,
+    reason: String,
+) -> Option<Letter> {
     let request = ExportTraceServiceRequest::decode(origin.record.as_ref()).ok()?;
     let [r, s, p] = origin.position;
     let resource_spans = request.resource_spans.into_iter().nth(r)?;
@@ -105,7 +112,7 @@ pub fn rejected_span(source_topic: &str, origin: &Origin, error_type: String, re
         envelope: DeadLetter {
             payload_kind: PayloadKind::OtlpProto as i32,
             payload: single.encode_to_vec(),
-            stage: Stage::Index as i32,
+            stage: stage as i32,
             error_type,
             reason,
             source_topic: source_topic.into(),
@@ -247,7 +254,8 @@ mod tests {
             index: "jaeger-span-2026-11-25".into(),
         };
         let letter =
-            rejected_span("otlp_spans", &origin, "mapper_parsing_exception".into(), "bad".into()).expect("letter");
+            rejected_span("otlp_spans", &origin, Stage::Index, "mapper_parsing_exception".into(), "bad".into())
+                .expect("letter");
         assert_eq!(letter.key.as_deref(), Some(&b"k"[..]));
         let env = letter.envelope;
         assert_eq!((env.source_partition, env.source_offset, env.span_count), (2, 9, 1));

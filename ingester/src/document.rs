@@ -45,6 +45,40 @@ impl DocKind {
     }
 }
 
+/// Which index a span goes to, and which start times are accepted.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub names: IndexNames,
+    /// Oldest accepted start, as a distance before now, in microseconds.
+    pub max_age_micros: i64,
+    /// Latest accepted start, as a distance after now, in microseconds.
+    pub max_skew_micros: i64,
+    /// Out-of-window spans are indexed in the nearest allowed day's index instead of being refused.
+    pub clamp: bool,
+}
+
+/// A span whose start time is outside the accepted window, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutOfWindow {
+    /// (resource, scope, span) indices in the request.
+    pub position: [usize; 3],
+    pub reason: String,
+}
+
+/// What [`map_request`] produces.
+#[derive(Debug, Default)]
+pub struct Mapped {
+    pub docs: Vec<Document>,
+    pub out_of_window: Vec<OutOfWindow>,
+}
+
+impl Mapped {
+    pub fn clear(&mut self) {
+        self.docs.clear();
+        self.out_of_window.clear();
+    }
+}
+
 /// Index names for a prefix.
 #[derive(Debug, Clone)]
 pub struct IndexNames {
@@ -189,8 +223,12 @@ fn service_name(attributes: &[KeyValue]) -> &str {
 }
 
 /// Maps every span of `request` to its documents, appending to `out`: one span document per span,
-/// and one service document per distinct (service, operation, day) in the request.
-pub fn map_request(request: &ExportTraceServiceRequest, names: &IndexNames, out: &mut Vec<Document>) {
+/// and one service document per distinct (service, operation, day) in the request. Spans starting
+/// outside [now − max age, now + max skew] are listed in `out.out_of_window` instead, unless the
+/// routing clamps them to the nearest allowed day.
+pub fn map_request(request: &ExportTraceServiceRequest, routing: &Routing, now_micros: i64, out: &mut Mapped) {
+    let names = &routing.names;
+    let (oldest, newest) = (now_micros - routing.max_age_micros, now_micros + routing.max_skew_micros);
     let mut services: Vec<(String, String)> = Vec::new();
     for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
         let attributes = resource_spans.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
@@ -202,18 +240,34 @@ pub fn map_request(request: &ExportTraceServiceRequest, names: &IndexNames, out:
         for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
             let scope = scope_spans.scope.as_ref();
             for (pi, span) in scope_spans.spans.iter().enumerate() {
-                let mut doc = span_document(span, scope, &process, names);
+                let start = micros(span.start_time_unix_nano);
+                let day = if (oldest..=newest).contains(&start) {
+                    start
+                } else if routing.clamp {
+                    start.clamp(oldest, newest)
+                } else {
+                    let when =
+                        DateTime::from_timestamp_micros(start).map_or_else(|| start.to_string(), |t| t.to_rfc3339());
+                    out.out_of_window.push(OutOfWindow {
+                        position: [ri, si, pi],
+                        reason: format!(
+                            "span start {when} is outside the accepted window (max_span_age, max_clock_skew)"
+                        ),
+                    });
+                    continue;
+                };
+                let mut doc = span_document(span, scope, &process);
+                doc.index = names.daily(DocKind::Span, day);
                 doc.position = Some([ri, si, pi]);
-                let service_index = names.daily(DocKind::Service, micros(span.start_time_unix_nano));
-                let key = (service_index, span.name.clone());
+                let key = (names.daily(DocKind::Service, day), span.name.clone());
                 if !services.contains(&key) {
                     services.push(key);
                 }
-                out.push(doc);
+                out.docs.push(doc);
             }
         }
         for (index, operation) in services.drain(..) {
-            out.push(service_document(service, &operation, index));
+            out.docs.push(service_document(service, &operation, index));
         }
     }
 }
@@ -226,7 +280,6 @@ fn span_document(
     span: &Span,
     scope: Option<&opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
     process: &Process<'_>,
-    names: &IndexNames,
 ) -> Document {
     let trace_id = to_hex(&span.trace_id);
     let span_id = to_hex(&span.span_id);
@@ -307,13 +360,8 @@ fn span_document(
     // Serializing plain structs of strings and integers cannot fail.
     let source = serde_json::to_vec(&doc).unwrap_or_default();
     let id = format!("{trace_id}_{span_id}_{:x}", fnv64a(&[&source]));
-    Document {
-        index: names.daily(DocKind::Span, micros(span.start_time_unix_nano)),
-        id,
-        source,
-        kind: DocKind::Span,
-        position: None,
-    }
+    // The caller routes it.
+    Document { index: String::new(), id, source, kind: DocKind::Span, position: None }
 }
 
 /// The service document for (service, operation), with Jaeger's id: FNV-64a of the service name
@@ -400,6 +448,21 @@ mod tests {
         }
     }
 
+    fn routing(prefix: &str) -> Routing {
+        Routing {
+            names: IndexNames::new(prefix),
+            max_age_micros: i64::MAX / 4,
+            max_skew_micros: i64::MAX / 4,
+            clamp: false,
+        }
+    }
+
+    fn map(request: &ExportTraceServiceRequest, routing: &Routing, now_micros: i64) -> Mapped {
+        let mut out = Mapped::default();
+        map_request(request, routing, now_micros, &mut out);
+        out
+    }
+
     fn tags_of(doc: &Value, field: &str) -> Vec<(String, String, String)> {
         doc[field]
             .as_array()
@@ -419,8 +482,7 @@ mod tests {
 
     #[test]
     fn span_document_has_every_jaeger_field() {
-        let mut docs = Vec::new();
-        map_request(&sample(), &IndexNames::new(""), &mut docs);
+        let docs = map(&sample(), &routing(""), 1_795_608_000_000_000).docs;
         assert_eq!(docs.len(), 3, "two spans and one service document");
         let span = &docs[0];
         assert_eq!(span.kind, DocKind::Span);
@@ -471,9 +533,8 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_and_distinct() {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        map_request(&sample(), &IndexNames::new(""), &mut a);
-        map_request(&sample(), &IndexNames::new(""), &mut b);
+        let a = map(&sample(), &routing(""), 1_795_608_000_000_000).docs;
+        let b = map(&sample(), &routing(""), 1_795_608_000_000_000).docs;
         assert_eq!(a, b);
         assert_ne!(a[0].id, a[1].id);
         assert!(a[0].id.starts_with("0102030405060708090a0b0c0d0e0f10_0102030405060708_"));
@@ -495,8 +556,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let mut docs = Vec::new();
-        map_request(&request, &IndexNames::new("prod"), &mut docs);
+        let docs = map(&request, &routing("prod"), 0).docs;
         let doc: Value = serde_json::from_slice(&docs[0].source).expect("json");
         assert!(doc.get("parentSpanID").is_none());
         assert!(doc.get("flags").is_none());
@@ -504,6 +564,36 @@ mod tests {
         assert_eq!(doc["process"]["serviceName"], "unknown_service");
         assert_eq!(docs[0].index, "prod-jaeger-span-1970-01-01");
         assert_eq!(docs[1].index, "prod-jaeger-service-1970-01-01");
+    }
+
+    #[test]
+    fn spans_outside_the_window_are_listed_or_clamped() {
+        let now = 1_795_608_000_000_000_i64; // 2026-11-25T12:00:00Z
+        let hour = 3_600_000_000_i64;
+        let mut r =
+            Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp: false };
+        let mut request = sample();
+        let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+        spans[0].start_time_unix_nano = 1_000; // 1970
+        spans[1].start_time_unix_nano = u64::try_from(now + 5 * hour).expect("positive") * 1_000; // 5 h ahead
+        let refused = map(&request, &r, now);
+        assert!(refused.docs.is_empty(), "no document, not even a service document, for refused spans");
+        assert_eq!(refused.out_of_window.iter().map(|o| o.position).collect::<Vec<_>>(), vec![[0, 0, 0], [0, 0, 1]]);
+        assert!(refused.out_of_window[0].reason.contains("1970"));
+        r.clamp = true;
+        let clamped = map(&request, &r, now);
+        let indices: Vec<&str> = clamped.docs.iter().map(|d| d.index.as_str()).collect();
+        assert_eq!(
+            indices,
+            vec![
+                "jaeger-span-2026-11-22",
+                "jaeger-span-2026-11-25",
+                "jaeger-service-2026-11-22",
+                "jaeger-service-2026-11-25"
+            ]
+        );
+        let doc: Value = serde_json::from_slice(&clamped.docs[0].source).expect("json");
+        assert_eq!(doc["startTime"], 1, "the document keeps the span's own start time");
     }
 
     #[test]

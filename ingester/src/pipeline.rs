@@ -16,9 +16,10 @@ use crate::{
     batch::{Batcher, Limits},
     bulk::{BulkClient, client},
     config::Config,
+    config::OutOfRange,
     consume::{Consume, IngestConsumer, IngestContext},
     deadletter::DeadLetters,
-    document::IndexNames,
+    document::{IndexNames, Routing},
     error::Error,
     metrics::Metrics,
     templates,
@@ -89,6 +90,10 @@ async fn prepare_store(
     }
 }
 
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// Binds the admin port and starts the ingester in the background.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let mut registry = Registry::default();
@@ -142,7 +147,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             let consume = Consume {
                 consumer: consumer.clone(),
                 topic: config.kafka.topic.clone(),
-                names,
+                encoding: config.kafka.encoding,
+                routing: Routing {
+                    names,
+                    max_age_micros: micros(config.opensearch.max_span_age),
+                    max_skew_micros: micros(config.opensearch.max_clock_skew),
+                    clamp: config.opensearch.out_of_range == OutOfRange::Clamp,
+                },
                 batcher: Batcher::new(limits),
                 bulk,
                 dead_letters,

@@ -201,3 +201,65 @@ async fn poison_documents_and_undecodable_records_are_dead_lettered_once_and_the
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_from_1970_are_dead_lettered_and_create_no_index() {
+    use prost::Message;
+    use spanline_proto::{DeadLetter, Stage};
+    let broker = broker().await;
+    broker.create_topic("otlp_spans_dlq", 1).await.expect("dlq topic");
+    let store = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
+        .await
+        .expect("store");
+    let mut records = fixtures::trace_records("svc", 1, 5, 2, fixtures::now_unix_nano());
+    records.extend(fixtures::trace_records("svc", 100, 3, 2, 1_000));
+    produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
+    let shutdown = CancellationToken::new();
+    let ingester = spanline_ingester::start(config(&broker, &store.url()), shutdown.clone()).await.expect("starts");
+    assert_eq!(wait_count(&store.url(), 10).await, 10);
+    let letters = wait_for(Duration::from_secs(30), || {
+        let bootstrap = broker.bootstrap();
+        async move { spanline_testkit::read_topic(&bootstrap, "otlp_spans_dlq").await.ok().filter(|r| r.len() >= 6) }
+    })
+    .await
+    .expect("dead letters");
+    assert_eq!(letters.len(), 6, "each 1970 span once");
+    for record in &letters {
+        let letter = DeadLetter::decode(record.payload.as_slice()).expect("envelope");
+        assert_eq!(letter.stage(), Stage::Map);
+        assert_eq!(letter.error_type, "span_out_of_range");
+        assert!(letter.reason.contains("1970"), "{}", letter.reason);
+    }
+    let indices: serde_json::Value = reqwest::get(format!("{}/_cat/indices?format=json", store.url()))
+        .await
+        .expect("cat")
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<&str> = indices.as_array().expect("rows").iter().filter_map(|r| r["index"].as_str()).collect();
+    assert!(!names.iter().any(|n| n.contains("1970")), "no index for 1970: {names:?}");
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_json_records_are_indexed() {
+    let broker = broker().await;
+    let store = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
+        .await
+        .expect("store");
+    let records: Vec<(String, Vec<u8>)> = (1..=4)
+        .map(|t| {
+            let request = fixtures::request("json-svc", t, 1, 3, fixtures::now_unix_nano());
+            (format!("{t}"), serde_json::to_vec(&request).expect("otlp json"))
+        })
+        .collect();
+    produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
+    let mut c = config(&broker, &store.url());
+    c.kafka.encoding = spanline_ingester::config::Encoding::OtlpJson;
+    let shutdown = CancellationToken::new();
+    let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
+    assert_eq!(wait_count(&store.url(), 12).await, 12);
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+}
