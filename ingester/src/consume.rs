@@ -82,7 +82,27 @@ pub struct Consume {
     pub batcher: Batcher,
     pub bulk: BulkClient,
     pub dead_letters: DeadLetters,
+    pub services: ServiceCache,
     pub metrics: Metrics,
+}
+
+/// How many (index, service document) pairs are remembered; past it the memory is cleared.
+const SERVICE_CACHE_CAPACITY: usize = 100_000;
+
+/// The service documents already sent, so each (service, operation) is written once per daily index
+/// rather than with every record. Bounded: cleared when full, after which some are written again
+/// (harmlessly: the id is deterministic and `create` answers 409).
+#[derive(Debug, Default)]
+pub struct ServiceCache(std::collections::HashSet<(String, String)>);
+
+impl ServiceCache {
+    /// True the first time (`index`, `id`) is seen since the last clear.
+    pub fn first_time(&mut self, index: &str, id: &str) -> bool {
+        if self.0.len() >= SERVICE_CACHE_CAPACITY {
+            self.0.clear();
+        }
+        self.0.insert((index.to_owned(), id.to_owned()))
+    }
 }
 
 impl Consume {
@@ -170,11 +190,15 @@ impl Consume {
         if !letters.is_empty() {
             self.dead_letters.send(letters, abort).await?;
         }
-        let items = mapped.docs.iter().map(|d| Item {
-            ndjson: encode_item(d),
-            kind: d.kind,
-            origin: d.position.map(|position| origin(position, d.index.clone())),
-        });
+        let services = &mut self.services;
+        let items =
+            mapped.docs.iter().filter(|d| d.kind == DocKind::Span || services.first_time(&d.index, &d.id)).map(|d| {
+                Item {
+                    ndjson: encode_item(d),
+                    kind: d.kind,
+                    origin: d.position.map(|position| origin(position, d.index.clone())),
+                }
+            });
         Ok(self.batcher.push(partition, offset, items, Instant::now()))
     }
 

@@ -17,7 +17,7 @@ use crate::{
     bulk::{BulkClient, client},
     config::Config,
     config::OutOfRange,
-    consume::{Consume, IngestConsumer, IngestContext},
+    consume::{Consume, IngestConsumer, IngestContext, ServiceCache},
     deadletter::DeadLetters,
     document::{IndexNames, Routing},
     error::Error,
@@ -157,6 +157,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 batcher: Batcher::new(limits),
                 bulk,
                 dead_letters,
+                services: ServiceCache::default(),
                 metrics,
             };
             let result = consume.run(shutdown.clone(), abort).await;

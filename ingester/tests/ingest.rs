@@ -82,6 +82,15 @@ async fn a_small_trickle_is_flushed_by_time_and_a_restart_duplicates_nothing() {
     c.batch.flush_interval = Duration::from_millis(300);
     let ingester = spanline_ingester::start(c.clone(), shutdown.clone()).await.expect("starts");
     assert_eq!(wait_count(&store.url(), 6).await, 6);
+    // The three records share two (service, operation) pairs: each service document is sent once.
+    let stats: serde_json::Value =
+        reqwest::get(format!("{}/_devstore/stats", store.url())).await.expect("stats").json().await.expect("json");
+    assert_eq!(
+        stats["bulk"]["items_by_status"]["409"],
+        serde_json::Value::Null,
+        "no repeated service documents: {stats}"
+    );
+    assert_eq!(count(&store.url(), "jaeger-service-*").await.expect("count"), 2);
     assert!(
         metric(ingester.admin_addr, "spanline_ingester_flushes_total", "reason=\"timeout\"").await.expect("metrics")
             >= 1.0
