@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use rdkafka::{
     ClientContext, Message,
-    consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     statistics::Statistics,
 };
 use spanline_proto::Stage;
@@ -62,6 +62,12 @@ impl ConsumerContext for IngestContext {
             Rebalance::Revoke(tpl) => tracing::info!(partitions = ?partitions(tpl), "partitions revoked"),
             Rebalance::Assign(tpl) => tracing::info!(partitions = ?partitions(tpl), "partitions assigned"),
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        if let Ok(assignment) = consumer.assignment() {
+            self.metrics.assigned_partitions.set(i64::try_from(assignment.count()).unwrap_or(i64::MAX));
         }
     }
 }

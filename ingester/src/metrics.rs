@@ -43,6 +43,7 @@ pub struct Metrics {
     pub items: Family<ClassLabels, Counter>,
     pub retries: Counter,
     pub dead_lettered: Family<StageLabels, Counter>,
+    pub assigned_partitions: Gauge,
     pub lag: Family<PartitionLabels, Gauge>,
     pub freshness: Histogram,
 }
@@ -59,6 +60,7 @@ impl Metrics {
             items: Family::default(),
             retries: Counter::default(),
             dead_lettered: Family::default(),
+            assigned_partitions: Gauge::default(),
             lag: Family::default(),
             freshness: Histogram::new(buckets),
         };
@@ -79,6 +81,7 @@ impl Metrics {
         );
         r.register("bulk_items", "Bulk item outcomes by class (created, exists, transient, terminal)", m.items.clone());
         r.register("bulk_retries", "Bulk requests retried after a transient failure", m.retries.clone());
+        r.register("assigned_partitions", "Partitions this member owns", m.assigned_partitions.clone());
         r.register(
             "dead_lettered",
             "Envelopes written to the dead-letter topic, by stage (decode, index)",

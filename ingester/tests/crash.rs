@@ -13,19 +13,28 @@ use rdkafka::{
 use spanline_devstore::{Faults, Settings};
 use spanline_testkit::{Broker, count, devstore_with, fixtures, free_port, produce, wait_for};
 
-const PARTITIONS: i32 = 3;
+const PARTITIONS: i32 = 6;
 
 fn spawn_ingester(broker: &Broker, store: &str) -> Child {
+    spawn_ingester_with_admin(broker, store, free_port())
+}
+
+fn spawn_ingester_with_admin(broker: &Broker, store: &str, admin: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_spanline-ingester"))
         .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
         .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
         .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
         .env("SPANLINE_INGESTER__OPENSEARCH__URL", store)
-        .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
         .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
         .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::File::create(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
         .spawn()
         .expect("ingester binary starts")
 }
@@ -136,4 +145,73 @@ async fn an_unreachable_store_holds_offsets_and_everything_arrives_after() {
     assert_eq!(settle(&store.url(), 1_500).await, 1_500, "everything arrives after recovery, once");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Records this ingester has consumed so far, from its metrics; `None` while it is not answering.
+async fn records_consumed(admin: u16) -> Option<f64> {
+    spanline_testkit::metric(format!("127.0.0.1:{admin}").parse().ok()?, "spanline_ingester_records_total", "")
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingesters_share_the_partitions_and_one_takes_over_when_the_other_is_killed() {
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
+    let store = devstore_with(Settings {
+        refresh_interval: Duration::from_millis(100),
+        faults: Faults { latency: Some(Duration::from_millis(20)), ..Faults::default() },
+        ..Settings::default()
+    })
+    .await
+    .expect("store");
+    let start = fixtures::now_unix_nano();
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let mut a = spawn_ingester_with_admin(&broker, &store.url(), admin_a);
+    let mut b = spawn_ingester_with_admin(&broker, &store.url(), admin_b);
+    let assigned = |admin: u16| async move {
+        spanline_testkit::metric(
+            format!("127.0.0.1:{admin}").parse().ok()?,
+            "spanline_ingester_assigned_partitions",
+            "",
+        )
+        .await
+        .ok()
+    };
+    wait_for(Duration::from_secs(60), || async move {
+        let (x, y) = (assigned(admin_a).await?, assigned(admin_b).await?);
+        (x > 0.0 && y > 0.0 && x + y == f64::from(PARTITIONS)).then_some(())
+    })
+    .await
+    .expect("the group settles with partitions on both members");
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 600, 5, start))
+        .await
+        .expect("produced");
+    assert_eq!(settle(&store.url(), 3_000).await, 3_000);
+    let (ra, rb) = (records_consumed(admin_a).await.unwrap_or(0.0), records_consumed(admin_b).await.unwrap_or(0.0));
+    assert!(ra > 0.0 && rb > 0.0, "both members consumed a share: {ra} and {rb}");
+
+    // More data, then one member dies mid-stream; the survivor takes its partitions over.
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 10_000, 1_400, 5, start))
+        .await
+        .expect("produced");
+    let url = store.url();
+    wait_for(Duration::from_secs(60), || {
+        let url = url.clone();
+        async move { (count(&url, "jaeger-span-*").await.ok()? > 4_000).then_some(()) }
+    })
+    .await
+    .expect("progress");
+    a.kill().expect("SIGKILL");
+    a.wait().expect("reaped");
+    assert_eq!(settle(&store.url(), 10_000).await, 10_000, "nothing lost, nothing duplicated");
+    let after = tokio::task::spawn_blocking({
+        let bootstrap = broker.bootstrap();
+        move || committed(&bootstrap)
+    })
+    .await
+    .expect("join");
+    assert_eq!(after, 2_000, "the survivor committed every partition to its end");
+    let _ = b.kill();
+    let _ = b.wait();
 }
