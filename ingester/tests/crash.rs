@@ -11,7 +11,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 use spanline_devstore::{Faults, Settings};
-use spanline_testkit::{Broker, count, devstore_with, fixtures, free_port, produce, wait_for};
+use spanline_testkit::{Broker, count, devstore_with, fixtures, free_port, produce, settled_count, wait_for};
 
 const PARTITIONS: i32 = 6;
 
@@ -55,14 +55,7 @@ fn committed(bootstrap: &str) -> i64 {
 }
 
 async fn settle(url: &str, want: u64) -> u64 {
-    let _ =
-        wait_for(
-            Duration::from_secs(90),
-            || async move { (count(url, "jaeger-span-*").await.ok()? >= want).then_some(()) },
-        )
-        .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    count(url, "jaeger-span-*").await.expect("count")
+    settled_count(url, "jaeger-span-*", want, Duration::from_secs(90)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use spanline_devstore::{Faults, Settings};
-use spanline_testkit::{Broker, count, devstore_with, fixtures, metric, produce, wait_for};
+use spanline_testkit::{Broker, count, devstore_with, fixtures, metric, produce, settled_count, wait_for};
 use tokio_util::sync::CancellationToken;
 
 async fn broker() -> Broker {
@@ -26,14 +26,7 @@ fn config(broker: &Broker, store: &str) -> spanline_ingester::Config {
 }
 
 async fn wait_count(url: &str, want: u64) -> u64 {
-    let _ =
-        wait_for(
-            Duration::from_secs(60),
-            || async move { (count(url, "jaeger-span-*").await.ok()? >= want).then_some(()) },
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    count(url, "jaeger-span-*").await.expect("count")
+    settled_count(url, "jaeger-span-*", want, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 use serde_json::Value;
-use spanline_testkit::{Broker, count, devstore, documents, wait_for};
+use spanline_testkit::{Broker, devstore, documents, settled_count, wait_for};
 use tokio_util::sync::CancellationToken;
 
 struct Stack {
@@ -99,19 +99,7 @@ fn check_documents(sent: &[Sent], docs: &[(String, Value)], service: &str) {
 }
 
 async fn wait_for_count(url: &str, index: &str, want: u64) -> u64 {
-    let got = wait_for(Duration::from_secs(60), || async move {
-        let n = count(url, index).await.ok()?;
-        (n >= want).then_some(n)
-    })
-    .await;
-    match got {
-        Ok(n) => {
-            // Let any straggler (a duplicate would be one) arrive before the exact check.
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            count(url, index).await.unwrap_or(n)
-        }
-        Err(_) => count(url, index).await.unwrap_or(0),
-    }
+    settled_count(url, index, want, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -292,3 +292,11 @@ pub async fn metric(admin: std::net::SocketAddr, name: &str, labels: &str) -> an
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum())
 }
+
+/// The document count of `index` once it reaches `want` (or after `timeout`), read again after a
+/// short pause so that a straggler — a duplicate would be one — is counted before an exact check.
+pub async fn settled_count(url: &str, index: &str, want: u64, timeout: Duration) -> u64 {
+    let _ = wait_for(timeout, || async move { (count(url, index).await.ok()? >= want).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    count(url, index).await.unwrap_or(0)
+}
