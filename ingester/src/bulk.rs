@@ -8,12 +8,19 @@
 //! the whole request. Only `abort` (shutdown's deadline) stops the retrying, and then nothing is
 //! reported durable.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use opensearch::{
     OpenSearch,
+    cert::{Certificate, CertificateValidation},
     http::{
         Method, StatusCode,
         headers::{CONTENT_TYPE, HeaderMap, HeaderValue},
@@ -142,7 +149,8 @@ pub struct Rejected {
 /// Writes batches to OpenSearch.
 #[derive(Clone)]
 pub struct BulkClient {
-    client: OpenSearch,
+    nodes: Arc<[OpenSearch]>,
+    next: Arc<AtomicUsize>,
     metrics: Metrics,
     backoff: ExponentialBuilder,
     timeout: Duration,
@@ -154,10 +162,28 @@ impl std::fmt::Debug for BulkClient {
     }
 }
 
-/// An OpenSearch client for `config`.
-pub fn client(config: &config::OpenSearch) -> Result<OpenSearch, Error> {
-    let url = config.url.parse().map_err(|e| Error::Setup(format!("opensearch.url {:?}: {e}", config.url)))?;
+/// One client per configured node. Callers take them in turn ([`BulkClient`] per request, start-up
+/// per attempt), so a request that fails on one node is retried on the next.
+pub fn clients(config: &config::OpenSearch) -> Result<Vec<OpenSearch>, Error> {
+    let clients: Vec<OpenSearch> = config.urls().map(|url| client(config, url)).collect::<Result<_, _>>()?;
+    if clients.is_empty() {
+        return Err(Error::Setup("opensearch.url names no node".into()));
+    }
+    Ok(clients)
+}
+
+fn client(config: &config::OpenSearch, url: &str) -> Result<OpenSearch, Error> {
+    let url = url.parse().map_err(|e| Error::Setup(format!("opensearch.url {url:?}: {e}")))?;
     let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url)).timeout(config.request_timeout);
+    if config.tls_insecure {
+        builder = builder.cert_validation(CertificateValidation::None);
+    } else if !config.ca_file.is_empty() {
+        let pem = std::fs::read(&config.ca_file)
+            .map_err(|e| Error::Setup(format!("opensearch.ca_file {:?}: {e}", config.ca_file)))?;
+        let ca = Certificate::from_pem(&pem)
+            .map_err(|e| Error::Setup(format!("opensearch.ca_file {:?}: {e}", config.ca_file)))?;
+        builder = builder.cert_validation(CertificateValidation::Full(ca));
+    }
     if !config.username.is_empty() {
         builder = builder.auth(opensearch::auth::Credentials::Basic(config.username.clone(), config.password.clone()));
     }
@@ -178,26 +204,30 @@ enum Attempt {
 }
 
 impl BulkClient {
-    pub fn new(client: OpenSearch, config: &config::OpenSearch, metrics: Metrics) -> Self {
+    pub fn new(nodes: Vec<OpenSearch>, config: &config::OpenSearch, metrics: Metrics) -> Self {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.min_backoff)
             .with_max_delay(config.max_backoff)
             .with_jitter()
             .without_max_times();
-        Self { client, metrics, backoff, timeout: config.request_timeout }
+        Self {
+            nodes: nodes.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            metrics,
+            backoff,
+            timeout: config.request_timeout,
+        }
     }
 
     async fn send(&self, body: Bytes, count: usize) -> Attempt {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-        let response = match self
-            .client
-            .send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), Some(self.timeout))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return Attempt::Retry(format!("request failed: {e}")),
-        };
+        let node = &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len()];
+        let response =
+            match node.send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), Some(self.timeout)).await {
+                Ok(r) => r,
+                Err(e) => return Attempt::Retry(format!("request failed: {e}")),
+            };
         let status = response.status_code();
         let text = match response.bytes().await {
             Ok(b) => b,

@@ -87,8 +87,14 @@ impl Kafka {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenSearch {
-    /// OpenSearch URL. Default `http://127.0.0.1:9200`.
+    /// OpenSearch node URLs, comma-separated; requests go round robin over them. Default
+    /// `http://127.0.0.1:9200`.
     pub url: String,
+    /// PEM file of the CA that signed the nodes' certificates (https only); empty for the system's
+    /// roots. Default empty.
+    pub ca_file: String,
+    /// Skip certificate validation (https only; for test clusters). Default `false`.
+    pub tls_insecure: bool,
     /// Basic-auth user; empty for none. Default empty.
     pub username: String,
     /// Basic-auth password. Default empty.
@@ -121,10 +127,19 @@ pub struct OpenSearch {
     pub max_backoff: Duration,
 }
 
+impl OpenSearch {
+    /// The node URLs of `url`.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+}
+
 impl Default for OpenSearch {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:9200".into(),
+            ca_file: String::new(),
+            tls_insecure: false,
             username: String::new(),
             password: String::new(),
             index_prefix: String::new(),
@@ -182,8 +197,16 @@ impl Validate for Config {
         if self.kafka.topic == self.kafka.dead_letter_topic {
             return Err("kafka.dead_letter_topic must differ from kafka.topic".into());
         }
-        if !(self.opensearch.url.starts_with("http://") || self.opensearch.url.starts_with("https://")) {
-            return Err(format!("opensearch.url must start with http:// or https://, got {:?}", self.opensearch.url));
+        for url in self.opensearch.urls() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("opensearch.url entries must start with http:// or https://, got {url:?}"));
+            }
+        }
+        if self.opensearch.urls().next().is_none() {
+            return Err("opensearch.url must name at least one node".into());
+        }
+        if self.opensearch.tls_insecure && !self.opensearch.ca_file.is_empty() {
+            return Err("opensearch.tls_insecure and opensearch.ca_file exclude each other".into());
         }
         if self.batch.max_docs == 0 || self.batch.max_bytes.bytes() < 1024 {
             return Err("batch.max_docs must be at least 1 and batch.max_bytes at least 1KiB".into());

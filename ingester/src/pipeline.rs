@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch::{Batcher, Limits},
-    bulk::{BulkClient, client},
+    bulk::{BulkClient, clients},
     config::Config,
     config::OutOfRange,
     consume::{Consume, IngestConsumer, IngestContext, ServiceCache},
@@ -54,13 +54,14 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 /// Waits until OpenSearch answers `GET /` and the templates are in place, retrying every few
 /// seconds; gives up only on shutdown.
 async fn prepare_store(
-    os: &opensearch::OpenSearch,
+    nodes: &[opensearch::OpenSearch],
     config: &Config,
     names: &IndexNames,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let mut delay = Duration::from_millis(200);
-    loop {
+    // Each attempt uses one node, the next attempt the next one.
+    for os in nodes.iter().cycle() {
         let attempt = async {
             let response = os
                 .send(Method::Get, "/", HeaderMap::new(), None::<&()>, None::<Vec<u8>>, None)
@@ -88,6 +89,7 @@ async fn prepare_store(
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+    Err(Error::Setup("no opensearch node configured".into()))
 }
 
 fn micros(d: Duration) -> i64 {
@@ -113,13 +115,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "spanline-ingester starting"
     );
 
-    let os = client(&config.opensearch)?;
+    let nodes = clients(&config.opensearch)?;
     let names = IndexNames::new(&config.opensearch.index_prefix);
     let consumer: IngestConsumer = consumer_config(&config)
         .create_with_context(IngestContext { metrics: metrics.clone(), topic: config.kafka.topic.clone() })
         .map_err(Error::Kafka)?;
     let consumer = Arc::new(consumer);
-    let bulk = BulkClient::new(os.clone(), &config.opensearch, metrics.clone());
+    let bulk = BulkClient::new(nodes.clone(), &config.opensearch, metrics.clone());
     let dead_letters = DeadLetters::new(&config, metrics.clone())?;
     let limits = Limits {
         max_bytes: config.batch.max_bytes.as_usize(),
@@ -130,7 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let task = tokio::spawn(async move {
         let result = async {
-            prepare_store(&os, &config, &names, &shutdown).await?;
+            prepare_store(&nodes, &config, &names, &shutdown).await?;
             consumer.subscribe(&[&config.kafka.topic]).map_err(Error::Kafka)?;
             tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "subscribed, ready");
             ready.set(true);

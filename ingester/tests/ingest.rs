@@ -265,3 +265,56 @@ async fn otlp_json_records_are_indexed() {
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_nodes_share_the_bulks_and_a_down_node_is_passed_over() {
+    let broker = broker().await;
+    let up = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
+        .await
+        .expect("store");
+    let other = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
+        .await
+        .expect("store");
+    let down = devstore_with(Settings { refuse_for: Some(Duration::from_secs(600)), ..Settings::default() })
+        .await
+        .expect("store");
+    let start = fixtures::now_unix_nano();
+
+    // Two healthy nodes (separate stores here, so each one's share is visible): both get bulks.
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 200, 2, start))
+        .await
+        .expect("produced");
+    let mut c = config(&broker, &format!("{}, {}", up.url(), other.url()));
+    c.batch.max_docs = 20;
+    let shutdown = CancellationToken::new();
+    let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
+    let (a, b) = (up.url(), other.url());
+    let total = wait_for(Duration::from_secs(60), || {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let n = count(&a, "jaeger-span-*").await.unwrap_or(0) + count(&b, "jaeger-span-*").await.unwrap_or(0);
+            (n >= 400).then_some(n)
+        }
+    })
+    .await
+    .expect("all spans");
+    assert_eq!(total, 400);
+    assert!(
+        count(&a, "jaeger-span-*").await.expect("count") > 0 && count(&b, "jaeger-span-*").await.expect("count") > 0
+    );
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+
+    // A node that refuses connections: its turns fail and are retried on the next node.
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1_000, 100, 2, start))
+        .await
+        .expect("produced");
+    let before = count(&a, "jaeger-span-*").await.expect("count");
+    let mut c = config(&broker, &format!("{},{}", down.url(), up.url()));
+    c.batch.max_docs = 20;
+    let shutdown = CancellationToken::new();
+    let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
+    assert_eq!(settled_count(&a, "jaeger-span-*", before + 200, Duration::from_secs(60)).await, before + 200);
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+}
