@@ -40,6 +40,10 @@ pub struct Kafka {
     /// Where undecodable records and documents the store rejects for good go, as
     /// `spanline.v1.DeadLetter` envelopes (`proto/`). Default `otlp_spans_dlq`.
     pub dead_letter_topic: String,
+    /// librdkafka `partition.assignment.strategy`: `cooperative-sticky` (incremental rebalances: a
+    /// member keeps its partitions while others join or leave), or the eager `range` / `roundrobin`.
+    /// Default `cooperative-sticky`.
+    pub assignment_strategy: String,
     /// librdkafka `session.timeout.ms`. Default `45s`.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
@@ -69,6 +73,7 @@ impl Default for Kafka {
             topic: "otlp_spans".into(),
             group_id: "spanline-ingester".into(),
             dead_letter_topic: "otlp_spans_dlq".into(),
+            assignment_strategy: "cooperative-sticky".into(),
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
             encoding: Encoding::OtlpProto,
@@ -193,6 +198,12 @@ impl Validate for Config {
         self.kafka.client().validate()?;
         if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() || self.kafka.dead_letter_topic.is_empty() {
             return Err("kafka.topic, kafka.group_id and kafka.dead_letter_topic must not be empty".into());
+        }
+        if !["cooperative-sticky", "range", "roundrobin"].contains(&self.kafka.assignment_strategy.as_str()) {
+            return Err(format!(
+                "kafka.assignment_strategy must be cooperative-sticky, range or roundrobin, got {:?}",
+                self.kafka.assignment_strategy
+            ));
         }
         if self.kafka.topic == self.kafka.dead_letter_topic {
             return Err("kafka.dead_letter_topic must differ from kafka.topic".into());

@@ -43,7 +43,7 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         // Offsets are stored by `commit::store` only once their documents are durable.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("partition.assignment.strategy", &kafka.assignment_strategy)
         .set("session.timeout.ms", kafka.session_timeout.as_millis().to_string())
         .set("max.poll.interval.ms", kafka.max_poll_interval.as_millis().to_string())
         .set("statistics.interval.ms", "5000");

@@ -15,28 +15,59 @@ use spanline_testkit::{Broker, count, devstore_with, fixtures, free_port, produc
 
 const PARTITIONS: i32 = 6;
 
-fn spawn_ingester(broker: &Broker, store: &str) -> Child {
-    spawn_ingester_with_admin(broker, store, free_port())
+/// A child process killed when the test ends, even when it fails.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-fn spawn_ingester_with_admin(broker: &Broker, store: &str, admin: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_spanline-ingester"))
-        .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
-        .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
-        .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
-        .env("SPANLINE_INGESTER__OPENSEARCH__URL", store)
-        .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
-        .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
-        .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")))
-                .map(Stdio::from)
-                .unwrap_or_else(|_| Stdio::null()),
-        )
-        .spawn()
-        .expect("ingester binary starts")
+impl std::ops::Deref for Guard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// Tansu 0.6.0 sometimes never completes the rejoin of a cooperative-sticky member that lost its
+/// assignment when another member's session expired (its partitions are revoked and never
+/// reassigned), so the failover test uses an eager strategy; see docs/development.md.
+const EAGER: &str = "roundrobin";
+
+fn spawn_ingester(broker: &Broker, store: &str) -> Guard {
+    spawn_ingester_with_admin(broker, store, free_port(), "cooperative-sticky")
+}
+
+fn spawn_ingester_with_admin(broker: &Broker, store: &str, admin: u16, strategy: &str) -> Guard {
+    Guard(
+        Command::new(env!("CARGO_BIN_EXE_spanline-ingester"))
+            .env("SPANLINE_INGESTER__KAFKA__ASSIGNMENT_STRATEGY", strategy)
+            .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
+            .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
+            .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
+            .env("SPANLINE_INGESTER__OPENSEARCH__URL", store)
+            .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+            .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
+            .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .expect("ingester binary starts"),
+    )
 }
 
 /// Sum over partitions of the group's committed offsets (0 where none).
@@ -160,8 +191,8 @@ async fn two_ingesters_share_the_partitions_and_one_takes_over_when_the_other_is
     .expect("store");
     let start = fixtures::now_unix_nano();
     let (admin_a, admin_b) = (free_port(), free_port());
-    let mut a = spawn_ingester_with_admin(&broker, &store.url(), admin_a);
-    let mut b = spawn_ingester_with_admin(&broker, &store.url(), admin_b);
+    let mut a = spawn_ingester_with_admin(&broker, &store.url(), admin_a, EAGER);
+    let mut b = spawn_ingester_with_admin(&broker, &store.url(), admin_b, EAGER);
     let assigned = |admin: u16| async move {
         spanline_testkit::metric(
             format!("127.0.0.1:{admin}").parse().ok()?,
@@ -198,13 +229,14 @@ async fn two_ingesters_share_the_partitions_and_one_takes_over_when_the_other_is
     a.kill().expect("SIGKILL");
     a.wait().expect("reaped");
     assert_eq!(settle(&store.url(), 10_000).await, 10_000, "nothing lost, nothing duplicated");
-    let after = tokio::task::spawn_blocking({
-        let bootstrap = broker.bootstrap();
-        move || committed(&bootstrap)
+    // Offsets are committed in the background every second after they are stored.
+    let bootstrap = broker.bootstrap();
+    let after = wait_for(Duration::from_secs(20), || {
+        let bootstrap = bootstrap.clone();
+        async move { tokio::task::spawn_blocking(move || committed(&bootstrap)).await.ok().filter(|c| *c == 2_000) }
     })
-    .await
-    .expect("join");
-    assert_eq!(after, 2_000, "the survivor committed every partition to its end");
+    .await;
+    assert!(after.is_ok(), "the survivor committed every partition to its end");
     let _ = b.kill();
     let _ = b.wait();
 }
