@@ -25,7 +25,9 @@ scripts/broker.sh install
 # An independent OTLP implementation, to check the collector's records decode elsewhere.
 if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" >/dev/null 2>&1; then
   echo "deps: pip install opentelemetry-proto" >&2
-  python3 -m pip install --quiet --disable-pip-version-check "opentelemetry-proto==1.45.2"
+  # Debian's own python3 refuses user installs (PEP 668); the tests only need the package importable.
+  python3 -m pip install --quiet --disable-pip-version-check "opentelemetry-proto==1.45.2" ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "opentelemetry-proto==1.45.2"
 fi
 
 if ! command -v cargo-deny >/dev/null 2>&1; then
