@@ -12,6 +12,7 @@ missing=()
 for pkg in libsasl2-dev pkg-config libssl-dev curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: apt-get install ${missing[*]}" >&2
   SUDO=""
