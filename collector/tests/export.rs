@@ -293,3 +293,51 @@ async fn malformed_grpc_body_is_invalid_argument() {
     let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
     client.export(fixtures::request("svc", 1, 1, 1, fixtures::now_unix_nano())).await.expect("valid export");
 }
+
+/// Past `limits.max_inflight_bytes` waiting for Kafka, exports are refused at once with
+/// UNAVAILABLE / 503 + Retry-After instead of being buffered, and nothing is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_bytes_over_the_bound_are_refused_not_buffered() {
+    let mut broker = broker().await;
+    let mut c = config(&broker);
+    c.kafka.max_message_bytes = spanline_common::ByteSize::kib(64);
+    c.limits.max_inflight_bytes = spanline_common::ByteSize::kib(96);
+    c.kafka.delivery_timeout = Duration::from_secs(5);
+    c.limits.request_timeout = Duration::from_secs(8);
+    let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+    // With the broker gone, the first export's records wait for Kafka and hold their bytes.
+    broker.kill();
+    let big = || {
+        let mut request = fixtures::request("svc", 1, 10, 1, fixtures::now_unix_nano());
+        for span in &mut request.resource_spans[0].scope_spans[0].spans {
+            span.attributes.push(fixtures::attr("pad", &"x".repeat(6 * 1024)));
+        }
+        request
+    };
+    let addr = running.grpc_addr;
+    let first = tokio::spawn(async move {
+        let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connects");
+        client.export(big()).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connects");
+    let status = client.export(big()).await.expect_err("over the in-flight bound");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("max_inflight_bytes"), "{}", status.message());
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after waiting");
+
+    let mut body = Vec::new();
+    prost::Message::encode(&big(), &mut body).expect("encode");
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", running.http_addr))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let first = first.await.expect("join");
+    assert!(first.is_err(), "the export Kafka never acknowledged is not a success");
+}
