@@ -41,13 +41,13 @@ use crate::{
 /// The NDJSON of one `create` item.
 pub fn encode_item(doc: &Document) -> Bytes {
     let mut out = BytesMut::with_capacity(doc.source.len() + doc.index.len() + doc.id.len() + 40);
-    out.extend_from_slice(b"{\"create\":{\"_index\":");
-    // Index names and ids are built from hex, dates and a prefix validated at start, but quote them
-    // through serde_json anyway so no input can break the action line.
-    out.extend_from_slice(serde_json::to_string(&doc.index).unwrap_or_default().as_bytes());
-    out.extend_from_slice(b",\"_id\":");
-    out.extend_from_slice(serde_json::to_string(&doc.id).unwrap_or_default().as_bytes());
-    out.extend_from_slice(b"}}\n");
+    // Index names (a prefix checked by `Config::validate`, a fixed word and a date) and ids (hex and
+    // `_`) never need JSON escaping, so they are written as they are.
+    out.extend_from_slice(b"{\"create\":{\"_index\":\"");
+    out.extend_from_slice(doc.index.as_bytes());
+    out.extend_from_slice(b"\",\"_id\":\"");
+    out.extend_from_slice(doc.id.as_bytes());
+    out.extend_from_slice(b"\"}}\n");
     out.extend_from_slice(&doc.source);
     out.extend_from_slice(b"\n");
     out.freeze()

@@ -216,6 +216,14 @@ impl Validate for Config {
         if self.opensearch.urls().next().is_none() {
             return Err("opensearch.url must name at least one node".into());
         }
+        let prefix = &self.opensearch.index_prefix;
+        if !prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            || prefix.starts_with(['_', '-', '.'])
+        {
+            return Err(format!(
+                "opensearch.index_prefix {prefix:?} must be lowercase letters, digits, '.', '_' or '-', not starting with '_', '-' or '.'"
+            ));
+        }
         if self.opensearch.tls_insecure && !self.opensearch.ca_file.is_empty() {
             return Err("opensearch.tls_insecure and opensearch.ca_file exclude each other".into());
         }
@@ -276,5 +284,10 @@ mod tests {
         let mut c = Config::default();
         c.opensearch.url = "localhost:9200".into();
         assert!(c.validate().expect_err("rejected").contains("opensearch.url"));
+        let mut c = Config::default();
+        c.opensearch.index_prefix = "Prod\"x".into();
+        assert!(c.validate().expect_err("rejected").contains("index_prefix"));
+        c.opensearch.index_prefix = "prod-eu.1".into();
+        c.validate().expect("a valid prefix");
     }
 }

@@ -99,15 +99,16 @@ const SERVICE_CACHE_CAPACITY: usize = 100_000;
 /// rather than with every record. Bounded: cleared when full, after which some are written again
 /// (harmlessly: the id is deterministic and `create` answers 409).
 #[derive(Debug, Default)]
-pub struct ServiceCache(std::collections::HashSet<(String, String)>);
+pub struct ServiceCache(std::collections::HashSet<u64>);
 
 impl ServiceCache {
-    /// True the first time (`index`, `id`) is seen since the last clear.
+    /// True the first time (`index`, `id`) is seen since the last clear. Keyed by a 64-bit hash, so
+    /// a lookup allocates nothing; a collision only skips one repeat write of a service document.
     pub fn first_time(&mut self, index: &str, id: &str) -> bool {
         if self.0.len() >= SERVICE_CACHE_CAPACITY {
             self.0.clear();
         }
-        self.0.insert((index.to_owned(), id.to_owned()))
+        self.0.insert(spanline_common::ids::fnv64a(&[index.as_bytes(), b"/", id.as_bytes()]))
     }
 }
 
@@ -197,14 +198,15 @@ impl Consume {
             self.dead_letters.send(letters, abort).await?;
         }
         let services = &mut self.services;
+        // Documents are moved into their items: the index name goes to the origin without a copy.
         let items =
-            mapped.docs.iter().filter(|d| d.kind == DocKind::Span || services.first_time(&d.index, &d.id)).map(|d| {
-                Item {
-                    ndjson: encode_item(d),
+            mapped.docs.drain(..).filter(|d| d.kind == DocKind::Span || services.first_time(&d.index, &d.id)).map(
+                |d| Item {
+                    ndjson: encode_item(&d),
                     kind: d.kind,
-                    origin: d.position.map(|position| origin(position, d.index.clone())),
-                }
-            });
+                    origin: d.position.map(|position| origin(position, d.index)),
+                },
+            );
         Ok(self.batcher.push(partition, offset, items, Instant::now()))
     }
 
