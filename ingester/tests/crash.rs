@@ -10,8 +10,8 @@ use rdkafka::{
     ClientConfig, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
 };
-use spanline_devstore::{Faults, Settings};
-use spanline_testkit::{Broker, count, devstore_with, fixtures, free_port, produce, settled_count, wait_for};
+use spanline_devstore::Faults;
+use spanline_testkit::{Broker, count, devstore_with_faults, fixtures, free_port, produce, settled_count, wait_for};
 
 const PARTITIONS: i32 = 6;
 
@@ -94,13 +94,9 @@ async fn sigkill_between_bulk_and_commit_loses_and_duplicates_nothing() {
     let broker = Broker::start().await.expect("broker");
     broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
     // Slow bulks widen the window between a durable write and its offset commit.
-    let store = devstore_with(Settings {
-        refresh_interval: Duration::from_millis(100),
-        faults: Faults { latency: Some(Duration::from_millis(40)), ..Faults::default() },
-        ..Settings::default()
-    })
-    .await
-    .expect("store");
+    let store = devstore_with_faults(Faults { latency: Some(Duration::from_millis(40)), ..Faults::default() })
+        .await
+        .expect("store");
     let total: u64 = 2_000 * 10;
     produce(
         &broker.bootstrap(),
@@ -134,9 +130,7 @@ async fn sigkill_between_bulk_and_commit_loses_and_duplicates_nothing() {
 async fn an_unreachable_store_holds_offsets_and_everything_arrives_after() {
     let broker = Broker::start().await.expect("broker");
     broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
-    let store = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
-        .await
-        .expect("store");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
     let start = fixtures::now_unix_nano();
     produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 100, 5, start))
         .await
@@ -182,13 +176,9 @@ async fn records_consumed(admin: u16) -> Option<f64> {
 async fn two_ingesters_share_the_partitions_and_one_takes_over_when_the_other_is_killed() {
     let broker = Broker::start().await.expect("broker");
     broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
-    let store = devstore_with(Settings {
-        refresh_interval: Duration::from_millis(100),
-        faults: Faults { latency: Some(Duration::from_millis(20)), ..Faults::default() },
-        ..Settings::default()
-    })
-    .await
-    .expect("store");
+    let store = devstore_with_faults(Faults { latency: Some(Duration::from_millis(20)), ..Faults::default() })
+        .await
+        .expect("store");
     let start = fixtures::now_unix_nano();
     let (admin_a, admin_b) = (free_port(), free_port());
     let mut a = spawn_ingester_with_admin(&broker, &store.url(), admin_a, EAGER);

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use spanline_devstore::{Faults, Settings};
-use spanline_testkit::{Broker, count, devstore_with, fixtures, metric, produce, settled_count, wait_for};
+use spanline_testkit::{
+    Broker, count, devstore_with, devstore_with_faults, fixtures, metric, produce, read_at_least, settled_count,
+    wait_for,
+};
 use tokio_util::sync::CancellationToken;
 
 async fn broker() -> Broker {
@@ -62,9 +65,7 @@ async fn item_level_429s_are_retried_until_every_span_is_indexed_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_trickle_is_flushed_by_time_and_a_restart_duplicates_nothing() {
     let broker = broker().await;
-    let store = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
-        .await
-        .expect("store");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
     let start = fixtures::now_unix_nano();
     produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 3, 2, start))
         .await
@@ -119,16 +120,9 @@ async fn poison_documents_and_undecodable_records_are_dead_lettered_once_and_the
 
     let broker = broker().await;
     broker.create_topic("otlp_spans_dlq", 3).await.expect("dlq topic");
-    let store = devstore_with(Settings {
-        refresh_interval: Duration::from_millis(100),
-        faults: Faults {
-            reject: Some(spanline_devstore::RejectRule {
-                field: "operationName".into(),
-                contains: "operation-1".into(),
-            }),
-            ..Faults::default()
-        },
-        ..Settings::default()
+    let store = devstore_with_faults(Faults {
+        reject: Some(spanline_devstore::RejectRule { field: "operationName".into(), contains: "operation-1".into() }),
+        ..Faults::default()
     })
     .await
     .expect("store");
@@ -142,15 +136,7 @@ async fn poison_documents_and_undecodable_records_are_dead_lettered_once_and_the
     let ingester = spanline_ingester::start(config(&broker, &store.url()), shutdown.clone()).await.expect("starts");
     assert_eq!(wait_count(&store.url(), 100).await, 100, "every good span indexed once");
 
-    let letters = wait_for(Duration::from_secs(30), || {
-        let bootstrap = broker.bootstrap();
-        async move {
-            let records = spanline_testkit::read_topic(&bootstrap, "otlp_spans_dlq").await.ok()?;
-            (records.len() >= 52).then_some(records)
-        }
-    })
-    .await
-    .expect("dead letters arrive");
+    let letters = read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 52).await.expect("dead letters arrive");
     assert_eq!(letters.len(), 52, "50 poison spans and 2 undecodable records, each once");
     let mut poison_spans = Vec::new();
     let mut raw = Vec::new();
@@ -210,21 +196,14 @@ async fn spans_from_1970_are_dead_lettered_and_create_no_index() {
     use spanline_proto::{DeadLetter, Stage};
     let broker = broker().await;
     broker.create_topic("otlp_spans_dlq", 1).await.expect("dlq topic");
-    let store = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
-        .await
-        .expect("store");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
     let mut records = fixtures::trace_records("svc", 1, 5, 2, fixtures::now_unix_nano());
     records.extend(fixtures::trace_records("svc", 100, 3, 2, 1_000));
     produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(config(&broker, &store.url()), shutdown.clone()).await.expect("starts");
     assert_eq!(wait_count(&store.url(), 10).await, 10);
-    let letters = wait_for(Duration::from_secs(30), || {
-        let bootstrap = broker.bootstrap();
-        async move { spanline_testkit::read_topic(&bootstrap, "otlp_spans_dlq").await.ok().filter(|r| r.len() >= 6) }
-    })
-    .await
-    .expect("dead letters");
+    let letters = read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 6).await.expect("dead letters");
     assert_eq!(letters.len(), 6, "each 1970 span once");
     for record in &letters {
         let letter = DeadLetter::decode(record.payload.as_slice()).expect("envelope");
@@ -247,9 +226,7 @@ async fn spans_from_1970_are_dead_lettered_and_create_no_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_json_records_are_indexed() {
     let broker = broker().await;
-    let store = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
-        .await
-        .expect("store");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
     let records: Vec<(String, Vec<u8>)> = (1..=4)
         .map(|t| {
             let request = fixtures::request("json-svc", t, 1, 3, fixtures::now_unix_nano());
@@ -269,12 +246,8 @@ async fn otlp_json_records_are_indexed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_nodes_share_the_bulks_and_a_down_node_is_passed_over() {
     let broker = broker().await;
-    let up = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
-        .await
-        .expect("store");
-    let other = devstore_with(Settings { refresh_interval: Duration::from_millis(100), ..Settings::default() })
-        .await
-        .expect("store");
+    let up = devstore_with_faults(Faults::default()).await.expect("store");
+    let other = devstore_with_faults(Faults::default()).await.expect("store");
     let down = devstore_with(Settings { refuse_for: Some(Duration::from_secs(600)), ..Settings::default() })
         .await
         .expect("store");

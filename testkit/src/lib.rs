@@ -300,3 +300,22 @@ pub async fn settled_count(url: &str, index: &str, want: u64, timeout: Duration)
     tokio::time::sleep(Duration::from_millis(700)).await;
     count(url, index).await.unwrap_or(0)
 }
+
+/// A dev store refreshing every 100 ms with `faults` in force.
+pub async fn devstore_with_faults(faults: spanline_devstore::Faults) -> anyhow::Result<spanline_devstore::Running> {
+    devstore_with(spanline_devstore::Settings {
+        refresh_interval: Duration::from_millis(100),
+        faults,
+        ..spanline_devstore::Settings::default()
+    })
+    .await
+}
+
+/// The records of `topic` once it holds at least `n` (fails after 30 s).
+pub async fn read_at_least(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<Vec<ReadRecord>> {
+    wait_for(
+        Duration::from_secs(30),
+        || async move { read_topic(bootstrap, topic).await.ok().filter(|r| r.len() >= n) },
+    )
+    .await
+}
