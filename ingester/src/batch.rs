@@ -1,12 +1,12 @@
 //! `batch`: documents and the offsets they came from → batches, flushed on bytes, documents, time,
 //! or shutdown. Pure: no I/O and no clock of its own (callers pass `now`).
 //!
-//! Called by the consume loop for every record. Guarantees: a batch carries the highest offset of
-//! each partition whose records it covers (records with no documents included), so storing those
-//! offsets after the batch is durable never skips a record; every batch says why it was flushed.
+//! One batcher per partition worker, called for every record. Guarantees: a batch carries the last
+//! offset it covers (records with no documents included), so storing it once the batch is durable
+//! never skips a record; consecutive batches cover consecutive offset ranges; every batch says why
+//! it was flushed.
 
 use std::{
-    collections::BTreeMap,
     fmt,
     time::{Duration, Instant},
 };
@@ -24,6 +24,8 @@ pub enum FlushReason {
     Docs,
     /// `batch.flush_interval` passed since the first record entered the batch.
     Timeout,
+    /// The partition is being revoked (rebalance).
+    Revoke,
     /// The ingester is shutting down.
     Shutdown,
 }
@@ -34,6 +36,7 @@ impl FlushReason {
             FlushReason::Bytes => "bytes",
             FlushReason::Docs => "docs",
             FlushReason::Timeout => "timeout",
+            FlushReason::Revoke => "revoke",
             FlushReason::Shutdown => "shutdown",
         }
     }
@@ -50,6 +53,8 @@ impl fmt::Display for FlushReason {
 pub struct Item {
     pub ndjson: Bytes,
     pub kind: DocKind,
+    /// For span documents, the span's end (µs since the epoch), for the freshness histogram.
+    pub end_micros: i64,
     /// Where a span document came from, to dead-letter the span if the store rejects it for good.
     pub origin: Option<Origin>,
 }
@@ -73,8 +78,8 @@ pub struct Batch {
     pub items: Vec<Item>,
     /// NDJSON bytes of all items.
     pub bytes: usize,
-    /// (partition, highest offset) for every partition with a record in this batch.
-    pub offsets: Vec<(i32, i64)>,
+    /// The last offset of the partition this batch covers.
+    pub last_offset: i64,
     pub reason: FlushReason,
     /// When the first record entered the batch.
     pub opened: Instant,
@@ -94,27 +99,19 @@ pub struct Batcher {
     limits: Limits,
     items: Vec<Item>,
     bytes: usize,
-    offsets: BTreeMap<i32, i64>,
+    last_offset: i64,
     opened: Option<Instant>,
 }
 
 impl Batcher {
     pub fn new(limits: Limits) -> Self {
-        Self { limits, items: Vec::new(), bytes: 0, offsets: BTreeMap::new(), opened: None }
+        Self { limits, items: Vec::new(), bytes: 0, last_offset: -1, opened: None }
     }
 
-    /// Adds the items of the record at (`partition`, `offset`); returns a batch when a size threshold
-    /// is reached.
-    pub fn push(
-        &mut self,
-        partition: i32,
-        offset: i64,
-        items: impl IntoIterator<Item = Item>,
-        now: Instant,
-    ) -> Option<Batch> {
+    /// Adds the items of the record at `offset`; returns a batch when a size threshold is reached.
+    pub fn push(&mut self, offset: i64, items: impl IntoIterator<Item = Item>, now: Instant) -> Option<Batch> {
         self.opened.get_or_insert(now);
-        let last = self.offsets.entry(partition).or_insert(offset);
-        *last = (*last).max(offset);
+        self.last_offset = self.last_offset.max(offset);
         for item in items {
             self.bytes += item.ndjson.len();
             self.items.push(item);
@@ -128,6 +125,16 @@ impl Batcher {
         }
     }
 
+    /// Whether no record is open.
+    pub fn is_empty(&self) -> bool {
+        self.opened.is_none()
+    }
+
+    /// NDJSON bytes in the open batch.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// When the open batch must be flushed by time; `None` when empty.
     pub fn deadline(&self) -> Option<Instant> {
         self.opened.map(|t| t + self.limits.flush_interval)
@@ -137,13 +144,7 @@ impl Batcher {
     pub fn take(&mut self, reason: FlushReason) -> Option<Batch> {
         let opened = self.opened.take()?;
         let bytes = std::mem::take(&mut self.bytes);
-        Some(Batch {
-            items: std::mem::take(&mut self.items),
-            bytes,
-            offsets: std::mem::take(&mut self.offsets).into_iter().collect(),
-            reason,
-            opened,
-        })
+        Some(Batch { items: std::mem::take(&mut self.items), bytes, last_offset: self.last_offset, reason, opened })
     }
 }
 
@@ -152,7 +153,7 @@ mod tests {
     use super::*;
 
     fn item(n: usize) -> Item {
-        Item { ndjson: Bytes::from(vec![b'x'; n]), kind: DocKind::Span, origin: None }
+        Item { ndjson: Bytes::from(vec![b'x'; n]), kind: DocKind::Span, end_micros: 0, origin: None }
     }
 
     fn limits() -> Limits {
@@ -160,15 +161,15 @@ mod tests {
     }
 
     #[test]
-    fn flushes_on_bytes_with_highest_offsets() {
+    fn flushes_on_bytes_with_the_last_offset() {
         let mut b = Batcher::new(limits());
         let now = Instant::now();
-        assert!(b.push(0, 10, [item(40)], now).is_none());
-        assert!(b.push(1, 3, [item(40)], now).is_none());
-        let batch = b.push(0, 11, [item(40)], now).expect("over 100 bytes");
+        assert!(b.push(10, [item(40)], now).is_none());
+        assert!(b.push(11, [item(40)], now).is_none());
+        let batch = b.push(12, [item(40)], now).expect("over 100 bytes");
         assert_eq!(batch.reason, FlushReason::Bytes);
         assert_eq!(batch.bytes, 120);
-        assert_eq!(batch.offsets, vec![(0, 11), (1, 3)]);
+        assert_eq!(batch.last_offset, 12);
         assert!(b.deadline().is_none(), "empty after flush");
     }
 
@@ -176,7 +177,7 @@ mod tests {
     fn flushes_on_docs() {
         let mut b = Batcher::new(limits());
         let now = Instant::now();
-        let batch = b.push(0, 1, (0..5).map(|_| item(1)), now).expect("5 docs");
+        let batch = b.push(1, (0..5).map(|_| item(1)), now).expect("5 docs");
         assert_eq!(batch.reason, FlushReason::Docs);
         assert_eq!(batch.items.len(), 5);
     }
@@ -186,13 +187,13 @@ mod tests {
         let mut b = Batcher::new(limits());
         let now = Instant::now();
         assert!(b.deadline().is_none());
-        assert!(b.push(2, 7, [], now).is_none());
+        assert!(b.push(7, [], now).is_none());
         assert_eq!(b.deadline(), Some(now + Duration::from_secs(1)));
-        b.push(2, 8, [item(1)], now + Duration::from_millis(500));
+        b.push(8, [item(1)], now + Duration::from_millis(500));
         assert_eq!(b.deadline(), Some(now + Duration::from_secs(1)), "not re-armed by later records");
         let batch = b.take(FlushReason::Timeout).expect("open batch");
         assert_eq!(batch.reason, FlushReason::Timeout);
-        assert_eq!(batch.offsets, vec![(2, 8)]);
+        assert_eq!(batch.last_offset, 8);
         assert_eq!(batch.items.len(), 1);
         assert!(b.take(FlushReason::Shutdown).is_none());
     }

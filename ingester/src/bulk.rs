@@ -381,6 +381,7 @@ mod tests {
             source: br#"{"x":1}"#.to_vec(),
             kind: DocKind::Span,
             position: None,
+            end_micros: 0,
         };
         assert_eq!(
             &encode_item(&doc)[..],

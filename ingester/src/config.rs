@@ -44,6 +44,18 @@ pub struct Kafka {
     /// member keeps its partitions while others join or leave), or the eager `range` / `roundrobin`.
     /// Default `cooperative-sticky`.
     pub assignment_strategy: String,
+    /// Static membership (`group.instance.id`): a member restarted under the same id within the
+    /// session timeout gets its partitions back without a rebalance (a StatefulSet's pod name).
+    /// Empty for dynamic membership. Default empty.
+    pub group_instance_id: String,
+    /// How long a revoked partition's worker may take to flush, finish its bulk requests and commit
+    /// before the rebalance goes on without it (its uncommitted records are then re-read by the new
+    /// owner). Must be shorter than `session_timeout`. Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_deadline: Duration,
+    /// Records librdkafka may fetch ahead per partition (`queued.max.messages.kbytes`; with one
+    /// queue per partition it applies per partition). Default `4MiB`.
+    pub max_prefetch_bytes: ByteSize,
     /// librdkafka `session.timeout.ms`. Default `45s`.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
@@ -74,6 +86,9 @@ impl Default for Kafka {
             group_id: "spanline-ingester".into(),
             dead_letter_topic: "otlp_spans_dlq".into(),
             assignment_strategy: "cooperative-sticky".into(),
+            group_instance_id: String::new(),
+            drain_deadline: Duration::from_secs(15),
+            max_prefetch_bytes: ByteSize::mib(4),
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
             encoding: Encoding::OtlpProto,
@@ -178,11 +193,20 @@ pub struct Batch {
     /// Flush this long after the first document entered an empty batch. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Bulk requests one partition may have in flight at once; its offsets are committed only up to
+    /// the highest offset below which every batch is durable. When all are busy and the next batch
+    /// is full, the partition's fetching pauses. Default `2`.
+    pub max_inflight_bulks: usize,
 }
 
 impl Default for Batch {
     fn default() -> Self {
-        Self { max_bytes: ByteSize::mib(5), max_docs: 10_000, flush_interval: Duration::from_secs(1) }
+        Self {
+            max_bytes: ByteSize::mib(5),
+            max_docs: 10_000,
+            flush_interval: Duration::from_secs(1),
+            max_inflight_bulks: 2,
+        }
     }
 }
 
@@ -229,6 +253,18 @@ impl Validate for Config {
         }
         if self.batch.max_docs == 0 || self.batch.max_bytes.bytes() < 1024 {
             return Err("batch.max_docs must be at least 1 and batch.max_bytes at least 1KiB".into());
+        }
+        if self.batch.max_inflight_bulks == 0 || self.batch.max_inflight_bulks > 64 {
+            return Err("batch.max_inflight_bulks must be between 1 and 64".into());
+        }
+        if self.kafka.max_prefetch_bytes.bytes() < 1024 {
+            return Err("kafka.max_prefetch_bytes must be at least 1KiB".into());
+        }
+        if self.kafka.drain_deadline.is_zero() || self.kafka.drain_deadline >= self.kafka.session_timeout {
+            return Err(format!(
+                "kafka.drain_deadline ({:?}) must be positive and shorter than kafka.session_timeout ({:?})",
+                self.kafka.drain_deadline, self.kafka.session_timeout
+            ));
         }
         if self.batch.flush_interval.is_zero() {
             return Err("batch.flush_interval must be positive".into());
@@ -281,6 +317,12 @@ mod tests {
     fn drain_must_fit_in_the_session() {
         let c = Config { shutdown_grace: Duration::from_secs(60), ..Config::default() };
         assert!(c.validate().expect_err("rejected").contains("session_timeout"));
+        let mut c = Config::default();
+        c.kafka.drain_deadline = Duration::from_secs(50);
+        assert!(c.validate().expect_err("rejected").contains("drain_deadline"));
+        let mut c = Config::default();
+        c.batch.max_inflight_bulks = 0;
+        assert!(c.validate().expect_err("rejected").contains("max_inflight_bulks"));
         let mut c = Config::default();
         c.opensearch.url = "localhost:9200".into();
         assert!(c.validate().expect_err("rejected").contains("opensearch.url"));

@@ -27,6 +27,8 @@ pub struct Document {
     pub kind: DocKind,
     /// For span documents, where the span is in its request: (resource, scope, span) indices.
     pub position: Option<[usize; 3]>,
+    /// For span documents, the span's end in µs since the epoch; 0 for service documents.
+    pub end_micros: i64,
 }
 
 /// Span or service document.
@@ -361,7 +363,8 @@ fn span_document(
     let source = serde_json::to_vec(&doc).unwrap_or_default();
     let id = format!("{trace_id}_{span_id}_{:x}", fnv64a(&[&source]));
     // The caller routes it.
-    Document { index: String::new(), id, source, kind: DocKind::Span, position: None }
+    let end_micros = i64::try_from(span.end_time_unix_nano / 1_000).unwrap_or(i64::MAX);
+    Document { index: String::new(), id, source, kind: DocKind::Span, position: None, end_micros }
 }
 
 /// The service document for (service, operation), with Jaeger's id: FNV-64a of the service name
@@ -370,7 +373,7 @@ pub fn service_document(service: &str, operation: &str, index: String) -> Docume
     let source =
         serde_json::to_vec(&ServiceDoc { service_name: service, operation_name: operation }).unwrap_or_default();
     let id = format!("{:x}", fnv64a(&[service.as_bytes(), operation.as_bytes()]));
-    Document { index, id, source, kind: DocKind::Service, position: None }
+    Document { index, id, source, kind: DocKind::Service, position: None, end_micros: 0 }
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! The Spanline ingester: `consume → worker → batch → bulk → commit`.
 //!
-//! - [`consume`]: the Kafka consumer in group `spanline-ingester` and the processing loop.
+//! - [`consume`]: group membership — the consumer in group `spanline-ingester`, the rebalance
+//!   state machine, one worker per assigned partition.
+//! - [`worker`]: a partition's records → documents → batches → bulk requests in flight → offsets.
 //! - [`document`]: an OTLP record → Jaeger span documents and service documents.
 //! - [`batch`]: a pure batcher that flushes on bytes, documents, time, and shutdown.
 //! - [`bulk`]: `_bulk` requests, per-item classification and retries until every item is durable.
 //! - [`deadletter`]: undecodable records and terminally rejected spans → the dead-letter topic.
-//! - [`commit`]: the only place offsets are stored, once everything at or below them is durable.
+//! - [`commit`]: the contiguous durable watermark and the only place offsets are stored or committed.
 //!
 //! [`pipeline`] wires them; [`run`] is what the binary calls.
 
@@ -20,6 +22,7 @@ pub mod error;
 pub mod metrics;
 pub mod pipeline;
 pub mod templates;
+pub mod worker;
 
 pub use config::Config;
 pub use pipeline::{Running, run, start};

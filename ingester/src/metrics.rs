@@ -1,6 +1,8 @@
 //! The ingester's Prometheus metrics, all named `spanline_ingester_*`. Labels hold only values the
 //! ingester chooses (reason, class, kind, partition number).
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -28,6 +30,11 @@ pub struct StageLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
     pub partition: i32,
 }
@@ -45,6 +52,10 @@ pub struct Metrics {
     pub dead_lettered: Family<StageLabels, Counter>,
     pub assigned_partitions: Gauge,
     pub lag: Family<PartitionLabels, Gauge>,
+    pub lag_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
+    pub paused_partitions: Gauge,
+    pub inflight_bulks: Gauge,
+    pub rebalances: Family<EventLabels, Counter>,
     pub freshness: Histogram,
 }
 
@@ -62,6 +73,10 @@ impl Metrics {
             dead_lettered: Family::default(),
             assigned_partitions: Gauge::default(),
             lag: Family::default(),
+            lag_seconds: Family::default(),
+            paused_partitions: Gauge::default(),
+            inflight_bulks: Gauge::default(),
+            rebalances: Family::default(),
             freshness: Histogram::new(buckets),
         };
         let r = registry.sub_registry_with_prefix("spanline_ingester");
@@ -93,8 +108,25 @@ impl Metrics {
             m.lag.clone(),
         );
         r.register_with_unit(
+            "consumer_lag",
+            "Age of the newest record whose offset was stored, when it was stored, per partition",
+            Unit::Seconds,
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "paused_partitions",
+            "Partitions whose fetching is paused because their bulk requests are all busy",
+            m.paused_partitions.clone(),
+        );
+        r.register("inflight_bulks", "Bulk requests in flight, all partitions", m.inflight_bulks.clone());
+        r.register(
+            "rebalance_events",
+            "Partition events: assigned, revoked, drained, drain_timeout, lost",
+            m.rebalances.clone(),
+        );
+        r.register_with_unit(
             "freshness",
-            "Time from a batch's first record arriving to the batch being durable",
+            "Time from a span's end to its document being durable in the store",
             Unit::Seconds,
             m.freshness.clone(),
         );

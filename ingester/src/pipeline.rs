@@ -1,7 +1,8 @@
-//! Builds the ingester: metrics → OpenSearch client and templates → consumer → the consume loop,
-//! and the admin server, under one cancellation token. On shutdown the loop stops taking records,
-//! writes and stores its last batch and commits, within `shutdown_grace`; past it the batch is
-//! abandoned uncommitted (it will be read again).
+//! Builds the ingester: metrics → OpenSearch clients and templates → consumer with its group
+//! membership ([`consume`]) → one worker per assigned partition, and the admin server, under one
+//! cancellation token. On shutdown every worker stops taking records, writes its last batches,
+//! stores and commits, within `shutdown_grace`; past it the rest is abandoned uncommitted (it will
+//! be read again); then the consumer closes and leaves the group.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,16 +14,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    batch::{Batcher, Limits},
+    batch::Limits,
     bulk::{BulkClient, clients},
+    commit,
     config::Config,
     config::OutOfRange,
-    consume::{Consume, IngestConsumer, IngestContext, ServiceCache},
+    consume::{self, IngestConsumer, IngestContext},
     deadletter::DeadLetters,
     document::{IndexNames, Routing},
     error::Error,
     metrics::Metrics,
     templates,
+    worker::{ServiceCache, Shared},
 };
 
 /// A running ingester.
@@ -46,7 +49,11 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("partition.assignment.strategy", &kafka.assignment_strategy)
         .set("session.timeout.ms", kafka.session_timeout.as_millis().to_string())
         .set("max.poll.interval.ms", kafka.max_poll_interval.as_millis().to_string())
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        .set("queued.max.messages.kbytes", (kafka.max_prefetch_bytes.bytes() / 1024).max(1).to_string());
+    if !kafka.group_instance_id.is_empty() {
+        cfg.set("group.instance.id", &kafka.group_instance_id);
+    }
     client.apply_overrides(&mut cfg);
     cfg
 }
@@ -117,69 +124,76 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let nodes = clients(&config.opensearch)?;
     let names = IndexNames::new(&config.opensearch.index_prefix);
-    let consumer: IngestConsumer = consumer_config(&config)
-        .create_with_context(IngestContext { metrics: metrics.clone(), topic: config.kafka.topic.clone() })
-        .map_err(Error::Kafka)?;
+    let (failures, mut failed) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        topic: config.kafka.topic.clone(),
+        encoding: config.kafka.encoding,
+        routing: Routing {
+            names: names.clone(),
+            max_age_micros: micros(config.opensearch.max_span_age),
+            max_skew_micros: micros(config.opensearch.max_clock_skew),
+            clamp: config.opensearch.out_of_range == OutOfRange::Clamp,
+        },
+        limits: Limits {
+            max_bytes: config.batch.max_bytes.as_usize(),
+            max_docs: config.batch.max_docs,
+            flush_interval: config.batch.flush_interval,
+        },
+        max_inflight_bulks: config.batch.max_inflight_bulks,
+        bulk: BulkClient::new(nodes.clone(), &config.opensearch, metrics.clone()),
+        dead_letters: DeadLetters::new(&config, metrics.clone())?,
+        services: std::sync::Mutex::new(ServiceCache::default()),
+        metrics,
+        failures,
+    });
+    let context = IngestContext::new(shared, tokio::runtime::Handle::current(), config.kafka.drain_deadline);
+    let consumer: IngestConsumer = consumer_config(&config).create_with_context(context).map_err(Error::Kafka)?;
     let consumer = Arc::new(consumer);
-    let bulk = BulkClient::new(nodes.clone(), &config.opensearch, metrics.clone());
-    let dead_letters = DeadLetters::new(&config, metrics.clone())?;
-    let limits = Limits {
-        max_bytes: config.batch.max_bytes.as_usize(),
-        max_docs: config.batch.max_docs,
-        flush_interval: config.batch.flush_interval,
-    };
+    consume::register(&consumer);
     let grace = config.shutdown_grace;
 
     let task = tokio::spawn(async move {
+        let stop_polling = CancellationToken::new();
+        let mut poller = None;
         let result = async {
             prepare_store(&nodes, &config, &names, &shutdown).await?;
+            poller = Some(consume::spawn_poller(consumer.clone(), stop_polling.clone())?);
             consumer.subscribe(&[&config.kafka.topic]).map_err(Error::Kafka)?;
-            tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "subscribed, ready");
+            tracing::info!(
+                topic = %config.kafka.topic, group = %config.kafka.group_id,
+                max_inflight_bulks = config.batch.max_inflight_bulks, "subscribed, ready"
+            );
             ready.set(true);
-            let abort = CancellationToken::new();
-            let watchdog = {
-                let (shutdown, abort) = (shutdown.clone(), abort.clone());
-                tokio::spawn(async move {
-                    shutdown.cancelled().await;
-                    tracing::info!(?grace, "draining: writing the open batch and committing");
-                    tokio::time::sleep(grace).await;
-                    abort.cancel();
-                })
-            };
-            let consume = Consume {
-                consumer: consumer.clone(),
-                topic: config.kafka.topic.clone(),
-                encoding: config.kafka.encoding,
-                routing: Routing {
-                    names,
-                    max_age_micros: micros(config.opensearch.max_span_age),
-                    max_skew_micros: micros(config.opensearch.max_clock_skew),
-                    clamp: config.opensearch.out_of_range == OutOfRange::Clamp,
-                },
-                batcher: Batcher::new(limits),
-                bulk,
-                dead_letters,
-                services: ServiceCache::default(),
-                metrics,
-            };
-            let result = consume.run(shutdown.clone(), abort).await;
-            watchdog.abort();
-            result
+            tokio::select! {
+                () = shutdown.cancelled() => Ok(()),
+                Some(error) = failed.recv() => Err(error),
+            }
         }
         .await;
         ready.set(false);
-        match &result {
-            Ok(()) | Err(Error::Aborted) if shutdown.is_cancelled() => {}
-            Ok(()) => {}
-            Err(error) => tracing::error!(%error, "ingester stopped"),
+        if let Err(error) = &result
+            && !matches!(error, Error::Aborted)
+        {
+            tracing::error!(%error, "ingester stopping after a failure");
         }
-        if matches!(result, Err(Error::Aborted)) {
-            tracing::warn!(
-                "shutdown deadline passed before the last batch was durable; its records will be read again"
-            );
-        }
-        // Dropping the consumer closes it, which leaves the group.
-        drop(consumer);
+        tracing::info!(?grace, "draining: flushing every partition, finishing bulk requests, committing");
+        let drained = {
+            let consumer = consumer.clone();
+            tokio::task::spawn_blocking(move || {
+                consumer.context().drain_all(grace);
+                commit::commit_now(consumer.as_ref());
+            })
+        };
+        let _ = drained.await;
+        stop_polling.cancel();
+        // Closing the consumer leaves the group; librdkafka blocks for that, so off the runtime.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(poller) = poller {
+                let _ = poller.join();
+            }
+            drop(consumer);
+        })
+        .await;
         admin_token.cancel();
         let _ = admin_task.await;
         tracing::info!("ingester stopped");

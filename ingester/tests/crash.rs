@@ -54,6 +54,7 @@ fn spawn_ingester_with_admin(broker: &Broker, store: &str, admin: u16, strategy:
             .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
             .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
             .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
+            .env("SPANLINE_INGESTER__KAFKA__DRAIN_DEADLINE", "3s")
             .env("SPANLINE_INGESTER__OPENSEARCH__URL", store)
             .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
             .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")

@@ -1,0 +1,370 @@
+//! `worker`: one task per assigned partition — records → documents → batches → up to
+//! `max_inflight_bulks` bulk requests in flight → the contiguous durable watermark stored.
+//!
+//! Started and stopped by the group membership in [`crate::consume`], which hands it the partition's
+//! own queue (split from the consumer before librdkafka starts fetching it). Guarantees:
+//! - every record's spans are indexed or dead-lettered before its offset is stored: an undecodable
+//!   record and out-of-window spans are dead-lettered before the record enters a batch; spans the
+//!   store rejects for good are dead-lettered inside the batch's bulk task;
+//! - offsets are stored only up to [`Watermark`]'s contiguous prefix of durable batches, through the
+//!   partition's [`Fence`], so never after the partition is given up;
+//! - memory is bounded: at most `max_inflight_bulks` batches in flight, one full batch waiting and
+//!   one open; while a full batch waits, the partition's fetching is paused (the store is pushing
+//!   back) and resumed when a bulk slot frees;
+//! - on drain (revocation or shutdown) it stops reading, flushes the open batch, waits for its bulk
+//!   requests, stores and synchronously commits the watermark, then ends. On abort it ends at once
+//!   and stores nothing more.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use futures::{FutureExt as _, StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+use rdkafka::{
+    Message, TopicPartitionList,
+    consumer::{Consumer, stream_consumer::StreamPartitionQueue},
+};
+use spanline_proto::Stage;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    batch::{Batch, Batcher, FlushReason, Item, Limits, Origin},
+    bulk::{BulkClient, encode_item},
+    commit::{Covered, Fence, Watermark},
+    config::Encoding,
+    consume::{IngestConsumer, IngestContext},
+    deadletter::{self, DeadLetters},
+    document::{DocKind, Mapped, Routing, map_request},
+    error::Error,
+    metrics::{Metrics, PartitionLabels, ReasonLabels},
+};
+
+/// What every worker shares.
+pub struct Shared {
+    pub topic: String,
+    pub encoding: Encoding,
+    pub routing: Routing,
+    pub limits: Limits,
+    pub max_inflight_bulks: usize,
+    pub bulk: BulkClient,
+    pub dead_letters: DeadLetters,
+    pub services: Mutex<ServiceCache>,
+    pub metrics: Metrics,
+    /// Where workers report a failure that must stop the ingester.
+    pub failures: tokio::sync::mpsc::UnboundedSender<Error>,
+}
+
+/// How many (index, service document) pairs are remembered; past it the memory is cleared.
+const SERVICE_CACHE_CAPACITY: usize = 100_000;
+
+/// The service documents already sent, so each (service, operation) is written once per daily index
+/// rather than with every record. Bounded: cleared when full, after which some are written again
+/// (harmlessly: the id is deterministic and `create` answers 409).
+#[derive(Debug, Default)]
+pub struct ServiceCache(HashSet<u64>);
+
+impl ServiceCache {
+    /// True the first time (`index`, `id`) is seen since the last clear. Keyed by a 64-bit hash, so
+    /// a lookup allocates nothing; a collision only skips one repeat write of a service document.
+    pub fn first_time(&mut self, index: &str, id: &str) -> bool {
+        if self.0.len() >= SERVICE_CACHE_CAPACITY {
+            self.0.clear();
+        }
+        self.0.insert(spanline_common::ids::fnv64a(&[index.as_bytes(), b"/", id.as_bytes()]))
+    }
+}
+
+/// How the group membership steers a worker; shared by the worker and its handle.
+#[derive(Debug)]
+pub struct Control {
+    pub partition: i32,
+    /// Stop reading, flush, finish the bulk requests, commit, end.
+    pub drain: CancellationToken,
+    /// End now; store nothing more.
+    pub abort: CancellationToken,
+    /// Whether the drain is for shutdown (else a revocation): the flush reason.
+    pub shutting_down: AtomicBool,
+    pub fence: Fence,
+}
+
+impl Control {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            partition,
+            drain: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            shutting_down: AtomicBool::new(false),
+            fence: Fence::new(topic, partition),
+        }
+    }
+}
+
+/// One partition's worker.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub consumer: Arc<IngestConsumer>,
+    pub queue: StreamPartitionQueue<IngestContext>,
+    pub control: Arc<Control>,
+}
+
+/// A bulk request in flight: its batch's sequence number and outcome.
+type InFlight = BoxFuture<'static, (u64, Result<(), Error>)>;
+
+impl Worker {
+    /// Runs until drained or aborted; a failure that must stop the ingester is reported to
+    /// `shared.failures`.
+    pub async fn run(self) {
+        let partition = self.control.partition;
+        match self.work().await {
+            Ok(()) => tracing::debug!(partition, "worker drained"),
+            Err(Error::Aborted) => tracing::debug!(partition, "worker aborted"),
+            Err(error) => {
+                tracing::error!(partition, %error, "worker failed");
+                let _ = self.shared.failures.send(error);
+            }
+        }
+    }
+
+    async fn work(&self) -> Result<(), Error> {
+        let Self { shared, control, .. } = self;
+        let partition = control.partition;
+        let labels = PartitionLabels { partition };
+        let mut batcher = Batcher::new(shared.limits);
+        let mut watermark = Watermark::default();
+        let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+        // A flushed batch waiting for a free bulk slot; while it waits, nothing is read.
+        let mut waiting: Option<Batch> = None;
+        let mut paused = false;
+        let mut draining = false;
+        let mut stored: Option<i64> = None;
+        let mut last_timestamp_ms = 0;
+        let mut mapped = Mapped::default();
+        let result = loop {
+            if in_flight.len() < shared.max_inflight_bulks
+                && let Some(batch) = waiting.take()
+            {
+                let covered = Covered { offset: batch.last_offset, timestamp_ms: last_timestamp_ms };
+                in_flight.push(self.launch(batch, watermark.open(covered)));
+            }
+            let blocked = waiting.is_some();
+            if blocked != paused {
+                self.pause(blocked);
+                paused = blocked;
+            }
+            if draining && waiting.is_none() && in_flight.is_empty() {
+                break Ok(());
+            }
+            let reading = waiting.is_none() && !draining;
+            tokio::select! {
+                biased;
+                () = control.abort.cancelled() => break Err(Error::Aborted),
+                () = control.drain.cancelled(), if !draining => {
+                    draining = true;
+                    let reason = if control.shutting_down.load(Ordering::Relaxed) {
+                        FlushReason::Shutdown
+                    } else {
+                        FlushReason::Revoke
+                    };
+                    waiting = batcher.take(reason);
+                }
+                Some((seq, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(error) = outcome {
+                        break Err(error);
+                    }
+                    if let Some(covered) = watermark.finish(seq)
+                        && control.fence.store(self.consumer.as_ref(), covered.offset)
+                    {
+                        stored = Some(covered.offset);
+                        let age = now_ms().saturating_sub(covered.timestamp_ms).max(0);
+                        // Milliseconds to seconds; precision loss is irrelevant at these magnitudes.
+                        #[allow(clippy::cast_precision_loss)]
+                        shared.metrics.lag_seconds.get_or_create(&labels).set(age as f64 / 1000.0);
+                    }
+                }
+                () = sleep_until(batcher.deadline()), if reading => waiting = batcher.take(FlushReason::Timeout),
+                received = self.queue.recv(), if reading => match received {
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Ok(message) => {
+                        let offset = message.offset();
+                        let record = Record {
+                            offset,
+                            key: message.key().map(Bytes::copy_from_slice),
+                            value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                        };
+                        last_timestamp_ms = message.timestamp().to_millis().unwrap_or(last_timestamp_ms);
+                        drop(message);
+                        let items = self.take(record, &mut mapped).await?;
+                        waiting = batcher.push(offset, items, Instant::now());
+                    }
+                },
+            }
+        };
+        shared.metrics.inflight_bulks.dec_by(i64::try_from(in_flight.len()).unwrap_or(0));
+        if paused {
+            self.pause(false);
+        }
+        result?;
+        if let Some(last) = stored {
+            let (consumer, control) = (self.consumer.clone(), self.control.clone());
+            let _ = tokio::task::spawn_blocking(move || control.fence.commit(consumer.as_ref(), last)).await;
+        }
+        Ok(())
+    }
+
+    /// Pauses or resumes fetching for the partition.
+    fn pause(&self, pause: bool) {
+        let partition = self.control.partition;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.shared.topic, partition);
+        let result = if pause { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) };
+        match result {
+            Ok(()) if pause => {
+                tracing::debug!(partition, "every bulk slot busy: fetching paused");
+                self.shared.metrics.paused_partitions.inc();
+            }
+            Ok(()) => {
+                tracing::debug!(partition, "fetching resumed");
+                self.shared.metrics.paused_partitions.dec();
+            }
+            Err(error) => tracing::warn!(partition, pause, %error, "cannot pause or resume fetching"),
+        }
+    }
+
+    fn launch(&self, batch: Batch, seq: u64) -> InFlight {
+        let (shared, abort) = (self.shared.clone(), self.control.abort.clone());
+        shared.metrics.inflight_bulks.inc();
+        async move {
+            let outcome = write(&shared, batch, &abort).await;
+            shared.metrics.inflight_bulks.dec();
+            (seq, outcome)
+        }
+        .boxed()
+    }
+
+    /// Decodes and maps one record into bulk items. What can never be indexed (an undecodable
+    /// record, spans outside the accepted time window) is dead-lettered first, so the record's
+    /// offset enters a batch only after that is durable.
+    async fn take(&self, record: Record, mapped: &mut Mapped) -> Result<Vec<Item>, Error> {
+        let shared = &self.shared;
+        let partition = self.control.partition;
+        shared.metrics.records.inc();
+        let Record { offset, key, value } = record;
+        mapped.clear();
+        let decoded = match shared.encoding {
+            Encoding::OtlpProto => ExportTraceServiceRequest::decode(value.as_ref()).map_err(|e| e.to_string()),
+            Encoding::OtlpJson => spanline_common::otlp::decode_json(&value),
+        };
+        let mut letters = Vec::new();
+        match decoded {
+            Ok(request) => map_request(&request, &shared.routing, now_ms() * 1000, mapped),
+            Err(error) => {
+                shared.metrics.decode_errors.inc();
+                tracing::warn!(partition, offset, %error, "record cannot be decoded, dead-lettering it");
+                letters.push(deadletter::undecodable(&shared.topic, partition, offset, key.clone(), &value, error));
+            }
+        }
+        let origin = |position: [usize; 3], index: String| Origin {
+            partition,
+            offset,
+            key: key.clone(),
+            record: value.clone(),
+            position,
+            index,
+        };
+        for out in mapped.out_of_window.drain(..) {
+            tracing::debug!(partition, offset, reason = %out.reason, "span outside the accepted window, dead-lettering it");
+            letters.extend(deadletter::rejected_span(
+                &shared.topic,
+                &origin(out.position, String::new()),
+                Stage::Map,
+                "span_out_of_range".into(),
+                out.reason,
+            ));
+        }
+        if !letters.is_empty() {
+            shared.dead_letters.send(letters, &self.control.abort).await?;
+        }
+        let mut services = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Documents are moved into their items: the index name goes to the origin without a copy.
+        Ok(mapped
+            .docs
+            .drain(..)
+            .filter(|d| d.kind == DocKind::Span || services.first_time(&d.index, &d.id))
+            .map(|d| Item {
+                ndjson: encode_item(&d),
+                kind: d.kind,
+                end_micros: d.end_micros,
+                origin: d.position.map(|position| origin(position, d.index)),
+            })
+            .collect())
+    }
+}
+
+/// Writes one batch until every item is durable, dead-lettering the spans the store rejects for
+/// good. The batch's offsets are the caller's business.
+async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Result<(), Error> {
+    let Shared { bulk, dead_letters, metrics, topic, .. } = shared;
+    metrics.flushes.get_or_create(&ReasonLabels { reason: batch.reason.as_str() }).inc();
+    tracing::debug!(reason = %batch.reason, items = batch.items.len(), bytes = batch.bytes, "flushing batch");
+    let ends: Vec<i64> = batch.items.iter().filter(|i| i.kind == DocKind::Span).map(|i| i.end_micros).collect();
+    let rejected = bulk.write_all(batch.items, abort).await?;
+    let mut letters = Vec::new();
+    for r in rejected {
+        let letter = r.item.origin.as_ref().and_then(|origin| {
+            deadletter::rejected_span(topic, origin, Stage::Index, r.error_type.clone(), r.reason.clone())
+        });
+        match letter {
+            Some(letter) => {
+                tracing::warn!(status = r.status, error_type = %r.error_type, reason = %r.reason, "span rejected by the store, dead-lettering it");
+                letters.push(letter);
+            }
+            // Service documents are derived from spans that are themselves indexed or
+            // dead-lettered; losing one only hides an operation name from the service list.
+            None => {
+                let kind = if r.item.kind == DocKind::Span { "span" } else { "service" };
+                tracing::error!(kind, status = r.status, error_type = %r.error_type, reason = %r.reason, "document rejected by the store");
+            }
+        }
+    }
+    if !letters.is_empty() {
+        dead_letters.send(letters, abort).await?;
+    }
+    let now = now_ms() * 1000;
+    for end in ends {
+        // Microseconds to seconds for a histogram: precision loss is irrelevant.
+        #[allow(clippy::cast_precision_loss)]
+        metrics.freshness.observe(now.saturating_sub(end).max(0) as f64 / 1e6);
+    }
+    Ok(())
+}
+
+/// One consumed record, copied out of librdkafka's buffer.
+struct Record {
+    offset: i64,
+    key: Option<Bytes>,
+    value: Bytes,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
