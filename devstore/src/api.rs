@@ -43,6 +43,8 @@ pub struct Stats {
     pub bulk_items: u64,
     /// Bulk item outcomes by HTTP status.
     pub items_by_status: BTreeMap<u16, u64>,
+    /// Items answered 409 (the id already exists), by index: a document written twice.
+    pub conflicts_by_index: BTreeMap<String, u64>,
 }
 
 /// Everything the handlers share.
@@ -421,6 +423,7 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
 
     let mut items = Vec::with_capacity(pairs.len());
     let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut conflicts: BTreeMap<String, u64> = BTreeMap::new();
     let mut store = state.store.lock();
     let mut rng = state.rng.lock();
     for (action, source) in pairs {
@@ -434,11 +437,17 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
             ),
         };
         *by_status.entry(status).or_default() += 1;
+        if status == 409 {
+            *conflicts.entry(action.index.clone()).or_default() += 1;
+        }
         items.push(json!({ action.op.name(): body }));
     }
     drop(store);
     let mut stats = state.stats.lock();
     stats.bulk_items += items.len() as u64;
+    for (index, n) in conflicts {
+        *stats.conflicts_by_index.entry(index).or_default() += n;
+    }
     for (status, n) in by_status {
         *stats.items_by_status.entry(status).or_default() += n;
     }

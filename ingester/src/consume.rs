@@ -119,7 +119,9 @@ impl IngestContext {
             started.push(partition);
         }
         self.event("assigned", started.len());
-        tracing::info!(partitions = ?started, "partitions assigned, one worker each");
+        if !started.is_empty() {
+            tracing::info!(partitions = ?started, "partitions assigned, one worker each");
+        }
     }
 
     /// Takes the handles of `partitions` out of the registry.
@@ -196,6 +198,9 @@ impl ConsumerContext for IngestContext {
                 let partitions: Vec<i32> =
                     tpl.elements_for_topic(&self.shared.topic).iter().map(|e| e.partition()).collect();
                 let handles = self.remove(partitions.iter().copied());
+                if handles.is_empty() {
+                    return;
+                }
                 if consumer.assignment_lost() {
                     tracing::warn!(partitions = ?partitions, "assignment lost (session expired?): workers stopped without committing");
                     self.event("lost", handles.len());

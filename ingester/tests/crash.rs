@@ -167,6 +167,12 @@ async fn an_unreachable_store_holds_offsets_and_everything_arrives_after() {
 }
 
 /// Records this ingester has consumed so far, from its metrics; `None` while it is not answering.
+async fn assigned(admin: u16) -> Option<f64> {
+    spanline_testkit::metric(format!("127.0.0.1:{admin}").parse().ok()?, "spanline_ingester_assigned_partitions", "")
+        .await
+        .ok()
+}
+
 async fn records_consumed(admin: u16) -> Option<f64> {
     spanline_testkit::metric(format!("127.0.0.1:{admin}").parse().ok()?, "spanline_ingester_records_total", "")
         .await
@@ -184,15 +190,6 @@ async fn two_ingesters_share_the_partitions_and_one_takes_over_when_the_other_is
     let (admin_a, admin_b) = (free_port(), free_port());
     let mut a = spawn_ingester_with_admin(&broker, &store.url(), admin_a, EAGER);
     let mut b = spawn_ingester_with_admin(&broker, &store.url(), admin_b, EAGER);
-    let assigned = |admin: u16| async move {
-        spanline_testkit::metric(
-            format!("127.0.0.1:{admin}").parse().ok()?,
-            "spanline_ingester_assigned_partitions",
-            "",
-        )
-        .await
-        .ok()
-    };
     wait_for(Duration::from_secs(60), || async move {
         let (x, y) = (assigned(admin_a).await?, assigned(admin_b).await?);
         (x > 0.0 && y > 0.0 && x + y == f64::from(PARTITIONS)).then_some(())
@@ -228,6 +225,97 @@ async fn two_ingesters_share_the_partitions_and_one_takes_over_when_the_other_is
     })
     .await;
     assert!(after.is_ok(), "the survivor committed every partition to its end");
+    let _ = b.kill();
+    let _ = b.wait();
+}
+
+/// 409 answers on span indices: a span document written twice, so a record read twice.
+async fn span_conflicts(store: &str) -> u64 {
+    let stats: serde_json::Value =
+        reqwest::get(format!("{store}/_devstore/stats")).await.expect("stats").json().await.expect("json");
+    stats["bulk"]["conflicts_by_index"]
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| k.starts_with("jaeger-span-")).filter_map(|(_, v)| v.as_u64()).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_hand_partitions_over_drained_so_no_record_is_read_twice() {
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
+    let store = devstore_with_faults(Faults { latency: Some(Duration::from_millis(30)), ..Faults::default() })
+        .await
+        .expect("store");
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let mut a = spawn_ingester_with_admin(&broker, &store.url(), admin_a, "cooperative-sticky");
+    wait_for(
+        Duration::from_secs(60),
+        || async move { (assigned(admin_a).await? == f64::from(PARTITIONS)).then_some(()) },
+    )
+    .await
+    .expect("the first member owns every partition");
+
+    // A steady stream, so batches are open and bulks in flight whenever partitions change hands.
+    let (chunks, per_chunk, spans) = (24_u64, 100_u64, 3_u64);
+    let bootstrap = broker.bootstrap();
+    let start = fixtures::now_unix_nano();
+    let producer = tokio::spawn(async move {
+        for c in 0..chunks {
+            let records = fixtures::trace_records("svc", 1 + c * per_chunk, per_chunk, spans, start);
+            produce(&bootstrap, "otlp_spans", &records).await.expect("produced");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let total = chunks * per_chunk * spans;
+    let url = store.url();
+    let progress = |n: u64| {
+        let url = url.clone();
+        wait_for(Duration::from_secs(60), move || {
+            let url = url.clone();
+            async move { (count(&url, "jaeger-span-*").await.ok()? > n).then_some(()) }
+        })
+    };
+    progress(total / 6).await.expect("progress before the join");
+    let mut b = spawn_ingester_with_admin(&broker, &store.url(), admin_b, "cooperative-sticky");
+    wait_for(Duration::from_secs(60), || async move {
+        let (x, y) = (assigned(admin_a).await?, assigned(admin_b).await?);
+        (x > 0.0 && y > 0.0 && x + y == f64::from(PARTITIONS)).then_some(())
+    })
+    .await
+    .expect("the joining member gets partitions, the first keeps the rest");
+    let drained = spanline_testkit::metric(
+        format!("127.0.0.1:{admin_a}").parse().expect("addr"),
+        "spanline_ingester_rebalance_events_total",
+        "event=\"drained\"",
+    )
+    .await
+    .expect("metrics");
+    assert!(drained > 0.0, "the first member drained the partitions it gave up");
+
+    progress(total / 2).await.expect("progress before the leave");
+    let term = Command::new("kill").args(["-TERM", &a.id().to_string()]).status().expect("kill -TERM");
+    assert!(term.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = a.wait();
+        drop(a);
+        status
+    })
+    .await
+    .expect("joined")
+    .expect("exit status");
+    assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
+    producer.await.expect("producer");
+
+    assert_eq!(settle(&store.url(), total).await, total, "nothing lost, nothing duplicated");
+    assert_eq!(span_conflicts(&store.url()).await, 0, "no span was written twice: no record was read twice");
+    let bootstrap = broker.bootstrap();
+    let records = i64::try_from(chunks * per_chunk).expect("fits");
+    let after = wait_for(Duration::from_secs(20), || {
+        let bootstrap = bootstrap.clone();
+        async move { tokio::task::spawn_blocking(move || committed(&bootstrap)).await.ok().filter(|c| *c == records) }
+    })
+    .await;
+    assert!(after.is_ok(), "every partition committed to its end");
     let _ = b.kill();
     let _ = b.wait();
 }
