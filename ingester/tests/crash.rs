@@ -48,6 +48,11 @@ fn spawn_ingester(broker: &Broker, store: &str) -> Guard {
 }
 
 fn spawn_ingester_with_admin(broker: &Broker, store: &str, admin: u16, strategy: &str) -> Guard {
+    spawn_ingester_with(broker, store, admin, strategy, &[])
+}
+
+/// An ingester binary with the tests' settings, then `extra` (`SPANLINE_INGESTER__...`, value).
+fn spawn_ingester_with(broker: &Broker, store: &str, admin: u16, strategy: &str, extra: &[(&str, &str)]) -> Guard {
     Guard(
         Command::new(env!("CARGO_BIN_EXE_spanline-ingester"))
             .env("SPANLINE_INGESTER__KAFKA__ASSIGNMENT_STRATEGY", strategy)
@@ -60,6 +65,7 @@ fn spawn_ingester_with_admin(broker: &Broker, store: &str, admin: u16, strategy:
             .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
             .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
             .env("RUST_LOG", "info")
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")))
@@ -166,13 +172,14 @@ async fn an_unreachable_store_holds_offsets_and_everything_arrives_after() {
     let _ = child.wait();
 }
 
-/// Records this ingester has consumed so far, from its metrics; `None` while it is not answering.
+/// Partitions this ingester owns, from its metrics; `None` while it is not answering.
 async fn assigned(admin: u16) -> Option<f64> {
     spanline_testkit::metric(format!("127.0.0.1:{admin}").parse().ok()?, "spanline_ingester_assigned_partitions", "")
         .await
         .ok()
 }
 
+/// Records this ingester has consumed so far, from its metrics; `None` while it is not answering.
 async fn records_consumed(admin: u16) -> Option<f64> {
     spanline_testkit::metric(format!("127.0.0.1:{admin}").parse().ok()?, "spanline_ingester_records_total", "")
         .await
@@ -318,4 +325,87 @@ async fn members_joining_and_leaving_hand_partitions_over_drained_so_no_record_i
     assert!(after.is_ok(), "every partition committed to its end");
     let _ = b.kill();
     let _ = b.wait();
+}
+
+/// Peak resident memory of a process, from the kernel's accounting.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_pushing_back_pauses_fetching_and_memory_stays_bounded() {
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
+    let store = devstore_with_faults(Faults { bulk_status: Some(503), ..Faults::default() }).await.expect("store");
+    let admin = free_port();
+    // Per partition: 2 bulks in flight + 1 waiting + 1 open of 256 KiB, and 256 KiB fetched ahead.
+    let child = spawn_ingester_with(
+        &broker,
+        &store.url(),
+        admin,
+        "cooperative-sticky",
+        &[
+            ("SPANLINE_INGESTER__BATCH__MAX_BYTES", "256KiB"),
+            ("SPANLINE_INGESTER__BATCH__MAX_DOCS", "100000"),
+            ("SPANLINE_INGESTER__BATCH__MAX_INFLIGHT_BULKS", "2"),
+            ("SPANLINE_INGESTER__KAFKA__MAX_PREFETCH_BYTES", "256KiB"),
+            ("SPANLINE_INGESTER__OPENSEARCH__MAX_BACKOFF", "500ms"),
+        ],
+    );
+    // 60 MB of records (10 spans of ~1 KB each per record): far more than the bounds above.
+    let (records, spans) = (6_000_u64, 10_u64);
+    let start = fixtures::now_unix_nano();
+    let padding = "x".repeat(1_000);
+    for chunk in 0..10 {
+        let batch: Vec<(String, Vec<u8>)> = (0..records / 10)
+            .map(|i| {
+                use prost::Message as _;
+                let t = 1 + chunk * (records / 10) + i;
+                let mut request = fixtures::request("svc", t, 1, spans, start);
+                for span in
+                    request.resource_spans.iter_mut().flat_map(|r| &mut r.scope_spans).flat_map(|s| &mut s.spans)
+                {
+                    span.attributes.push(fixtures::attr("padding", &padding));
+                }
+                (fixtures::trace_id(t).iter().map(|b| format!("{b:02x}")).collect(), request.encode_to_vec())
+            })
+            .collect();
+        produce(&broker.bootstrap(), "otlp_spans", &batch).await.expect("produced");
+    }
+    let paused = wait_for(Duration::from_secs(60), || async move {
+        let paused = spanline_testkit::metric(
+            format!("127.0.0.1:{admin}").parse().ok()?,
+            "spanline_ingester_paused_partitions",
+            "",
+        )
+        .await
+        .ok()?;
+        (paused >= 1.0).then_some(paused)
+    })
+    .await
+    .expect("partitions pause while every bulk is refused");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bootstrap = broker.bootstrap();
+    let during = tokio::task::spawn_blocking(move || committed(&bootstrap)).await.expect("join");
+    assert_eq!(during, 0, "no offset advanced while the store refused every bulk");
+    let peak = peak_rss(child.id());
+    eprintln!("paused partitions: {paused}, peak RSS during the outage: {} MiB", peak >> 20);
+    assert!(peak < 64 << 20, "peak RSS {} MiB: buffered instead of pausing", peak >> 20);
+
+    reqwest::Client::new()
+        .put(format!("{}/_devstore/faults", store.url()))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("faults cleared");
+    let total = records * spans;
+    assert_eq!(settled_count(&store.url(), "jaeger-span-*", total, Duration::from_secs(180)).await, total);
+    let peak = peak_rss(child.id());
+    eprintln!("peak RSS after catching up: {} MiB", peak >> 20);
+    assert!(peak < 64 << 20, "peak RSS {} MiB while catching up", peak >> 20);
 }
