@@ -26,6 +26,8 @@ pub enum FlushReason {
     Timeout,
     /// The partition is being revoked (rebalance).
     Revoke,
+    /// A replay reached the partition's end bound.
+    End,
     /// The ingester is shutting down.
     Shutdown,
 }
@@ -37,6 +39,7 @@ impl FlushReason {
             FlushReason::Docs => "docs",
             FlushReason::Timeout => "timeout",
             FlushReason::Revoke => "revoke",
+            FlushReason::End => "end",
             FlushReason::Shutdown => "shutdown",
         }
     }

@@ -75,6 +75,9 @@ pub enum Encoding {
     OtlpProto,
     /// The OTLP/JSON form of `ExportTraceServiceRequest` (camelCase keys, hex ids).
     OtlpJson,
+    /// `spanline.v1.DeadLetter` envelopes (the dead-letter topic, re-driven by `replay`): the span
+    /// payload is unwrapped and indexed; a raw record inside is decoded as OTLP protobuf.
+    DeadLetter,
 }
 
 impl Default for Kafka {

@@ -92,6 +92,12 @@ impl IngestContext {
 
     /// Spawns a worker for each partition of `tpl` this member does not run yet.
     fn assign(&self, tpl: &TopicPartitionList) {
+        self.start_workers(tpl, |_| None);
+    }
+
+    /// Spawns a worker for each partition of `tpl` this member does not run yet, each ending at
+    /// `end(partition)` (exclusive) when that is given (replay).
+    pub fn start_workers(&self, tpl: &TopicPartitionList, end: impl Fn(i32) -> Option<i64>) {
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
             tracing::error!("assignment before the consumer is registered; partitions not started");
             return;
@@ -107,7 +113,7 @@ impl IngestContext {
                 tracing::error!(partition, "cannot split the partition's queue; not started");
                 continue;
             };
-            let control = Arc::new(Control::new(&self.shared.topic, partition));
+            let control = Arc::new(Control::new(&self.shared.topic, partition, end(partition)));
             let (done_tx, done) = std::sync::mpsc::channel::<()>();
             let worker =
                 Worker { shared: self.shared.clone(), consumer: consumer.clone(), queue, control: control.clone() };
@@ -165,6 +171,22 @@ impl IngestContext {
             h.control.fence.close();
             h.control.abort.cancel();
         }
+    }
+
+    /// Each worker's progress, by partition; `None` once it ended.
+    pub fn workers(&self) -> Vec<(Arc<Control>, bool)> {
+        let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers
+            .values()
+            .map(|h| {
+                let running = matches!(h.done.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
+                (h.control.clone(), running)
+            })
+            .collect()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Drains every worker (shutdown).

@@ -7,6 +7,7 @@
 //! - [`batch`]: a pure batcher that flushes on bytes, documents, time, and shutdown.
 //! - [`bulk`]: `_bulk` requests, per-item classification and retries until every item is durable.
 //! - [`deadletter`]: undecodable records and terminally rejected spans → the dead-letter topic.
+//! - [`replay`]: re-indexes a window of a topic (or re-drives the dead-letter topic) and stops.
 //! - [`commit`]: the contiguous durable watermark and the only place offsets are stored or committed.
 //!
 //! [`pipeline`] wires them; [`run`] is what the binary calls.
@@ -21,6 +22,7 @@ pub mod document;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
+pub mod replay;
 pub mod templates;
 pub mod worker;
 

@@ -25,7 +25,7 @@ use crate::{
     error::Error,
     metrics::Metrics,
     templates,
-    worker::{ServiceCache, Shared},
+    worker::{RateLimiter, ServiceCache, Shared},
 };
 
 /// A running ingester.
@@ -60,7 +60,7 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 
 /// Waits until OpenSearch answers `GET /` and the templates are in place, retrying every few
 /// seconds; gives up only on shutdown.
-async fn prepare_store(
+pub async fn prepare_store(
     nodes: &[opensearch::OpenSearch],
     config: &Config,
     names: &IndexNames,
@@ -103,6 +103,74 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// What [`build`] makes.
+pub struct Parts {
+    pub consumer: Arc<IngestConsumer>,
+    /// Failures reported by workers that must stop the ingester.
+    pub failed: tokio::sync::mpsc::UnboundedReceiver<Error>,
+    pub nodes: Vec<opensearch::OpenSearch>,
+    pub names: IndexNames,
+}
+
+/// The store clients, the state every worker shares and the consumer (not yet subscribed or
+/// assigned), from `config` and the consumer's librdkafka settings `client`.
+pub fn build(
+    config: &Config,
+    metrics: Metrics,
+    client: ClientConfig,
+    rate: Option<RateLimiter>,
+) -> Result<Parts, Error> {
+    let nodes = clients(&config.opensearch)?;
+    let names = IndexNames::new(&config.opensearch.index_prefix);
+    let (failures, failed) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        topic: config.kafka.topic.clone(),
+        encoding: config.kafka.encoding,
+        routing: Routing {
+            names: names.clone(),
+            max_age_micros: micros(config.opensearch.max_span_age),
+            max_skew_micros: micros(config.opensearch.max_clock_skew),
+            clamp: config.opensearch.out_of_range == OutOfRange::Clamp,
+        },
+        limits: Limits {
+            max_bytes: config.batch.max_bytes.as_usize(),
+            max_docs: config.batch.max_docs,
+            flush_interval: config.batch.flush_interval,
+        },
+        max_inflight_bulks: config.batch.max_inflight_bulks,
+        bulk: BulkClient::new(nodes.clone(), &config.opensearch, metrics.clone()),
+        dead_letters: DeadLetters::new(config, metrics.clone())?,
+        services: std::sync::Mutex::new(ServiceCache::default()),
+        metrics,
+        failures,
+        rate,
+    });
+    let context = IngestContext::new(shared, tokio::runtime::Handle::current(), config.kafka.drain_deadline);
+    let consumer: IngestConsumer = client.create_with_context(context).map_err(Error::Kafka)?;
+    let consumer = Arc::new(consumer);
+    consume::register(&consumer);
+    Ok(Parts { consumer, failed, nodes, names })
+}
+
+/// Drains every worker within `grace`, commits, stops the polling thread and closes the consumer
+/// (leaving the group when it has one). librdkafka blocks for all of it, so it runs off the runtime.
+pub async fn close(
+    consumer: Arc<IngestConsumer>,
+    poller: Option<(std::thread::JoinHandle<()>, CancellationToken)>,
+    grace: Duration,
+) {
+    let _ = tokio::task::spawn_blocking(move || {
+        consumer.context().drain_all(grace);
+        commit::commit_now(consumer.as_ref());
+        if let Some((thread, stop)) = poller {
+            stop.cancel();
+            let _ = thread.join();
+        }
+        drop(consumer);
+    })
+    .await;
+}
+
 /// Binds the admin port and starts the ingester in the background.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let mut registry = Registry::default();
@@ -122,34 +190,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "spanline-ingester starting"
     );
 
-    let nodes = clients(&config.opensearch)?;
-    let names = IndexNames::new(&config.opensearch.index_prefix);
-    let (failures, mut failed) = tokio::sync::mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        topic: config.kafka.topic.clone(),
-        encoding: config.kafka.encoding,
-        routing: Routing {
-            names: names.clone(),
-            max_age_micros: micros(config.opensearch.max_span_age),
-            max_skew_micros: micros(config.opensearch.max_clock_skew),
-            clamp: config.opensearch.out_of_range == OutOfRange::Clamp,
-        },
-        limits: Limits {
-            max_bytes: config.batch.max_bytes.as_usize(),
-            max_docs: config.batch.max_docs,
-            flush_interval: config.batch.flush_interval,
-        },
-        max_inflight_bulks: config.batch.max_inflight_bulks,
-        bulk: BulkClient::new(nodes.clone(), &config.opensearch, metrics.clone()),
-        dead_letters: DeadLetters::new(&config, metrics.clone())?,
-        services: std::sync::Mutex::new(ServiceCache::default()),
-        metrics,
-        failures,
-    });
-    let context = IngestContext::new(shared, tokio::runtime::Handle::current(), config.kafka.drain_deadline);
-    let consumer: IngestConsumer = consumer_config(&config).create_with_context(context).map_err(Error::Kafka)?;
-    let consumer = Arc::new(consumer);
-    consume::register(&consumer);
+    let Parts { consumer, mut failed, nodes, names } = build(&config, metrics, consumer_config(&config), None)?;
     let grace = config.shutdown_grace;
 
     let task = tokio::spawn(async move {
@@ -177,23 +218,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tracing::error!(%error, "ingester stopping after a failure");
         }
         tracing::info!(?grace, "draining: flushing every partition, finishing bulk requests, committing");
-        let drained = {
-            let consumer = consumer.clone();
-            tokio::task::spawn_blocking(move || {
-                consumer.context().drain_all(grace);
-                commit::commit_now(consumer.as_ref());
-            })
-        };
-        let _ = drained.await;
-        stop_polling.cancel();
-        // Closing the consumer leaves the group; librdkafka blocks for that, so off the runtime.
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(poller) = poller {
-                let _ = poller.join();
-            }
-            drop(consumer);
-        })
-        .await;
+        close(consumer, poller.map(|p| (p, stop_polling)), grace).await;
         admin_token.cancel();
         let _ = admin_task.await;
         tracing::info!("ingester stopped");

@@ -19,7 +19,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -31,8 +31,9 @@ use prost::Message as _;
 use rdkafka::{
     Message, TopicPartitionList,
     consumer::{Consumer, stream_consumer::StreamPartitionQueue},
+    error::KafkaError,
 };
-use spanline_proto::Stage;
+use spanline_proto::{DeadLetter, PayloadKind, Stage};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -60,6 +61,45 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Where workers report a failure that must stop the ingester.
     pub failures: tokio::sync::mpsc::UnboundedSender<Error>,
+    /// Spans per second over all partitions (replay's `--rate`); `None` for no limit.
+    pub rate: Option<RateLimiter>,
+}
+
+/// A token bucket shared by every worker: `acquire(n)` waits until `n` spans may go.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    /// (tokens available, when last refilled)
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u64) -> Self {
+        // Spans per second as a float; precision loss above 2^52 spans/s is irrelevant.
+        #[allow(clippy::cast_precision_loss)]
+        let per_second = per_second.max(1) as f64;
+        Self { per_second, state: Mutex::new((per_second, Instant::now())) }
+    }
+
+    /// Waits until `n` spans fit in the rate. A request larger than one second's worth waits for
+    /// its share of time rather than forever.
+    pub async fn acquire(&self, n: usize) {
+        // Span counts are far below 2^52.
+        #[allow(clippy::cast_precision_loss)]
+        let want = n as f64;
+        let wait = {
+            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let (tokens, last) = *state;
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.per_second).min(self.per_second);
+            let left = tokens - want;
+            *state = (left, now);
+            if left >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-left / self.per_second) }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 /// How many (index, service document) pairs are remembered; past it the memory is cleared.
@@ -93,16 +133,27 @@ pub struct Control {
     /// Whether the drain is for shutdown (else a revocation): the flush reason.
     pub shutting_down: AtomicBool,
     pub fence: Fence,
+    /// Replay: the first offset not to index; the worker drains itself on reaching it.
+    pub end: Option<i64>,
+    /// Progress: the last offset read, and the last offset whose record is durable (-1: none).
+    pub read: AtomicI64,
+    pub durable: AtomicI64,
+    /// Progress: spans taken from records (before indexing).
+    pub spans: AtomicU64,
 }
 
 impl Control {
-    pub fn new(topic: &str, partition: i32) -> Self {
+    pub fn new(topic: &str, partition: i32, end: Option<i64>) -> Self {
         Self {
             partition,
             drain: CancellationToken::new(),
             abort: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
             fence: Fence::new(topic, partition),
+            end,
+            read: AtomicI64::new(-1),
+            durable: AtomicI64::new(-1),
+            spans: AtomicU64::new(0),
         }
     }
 }
@@ -144,6 +195,8 @@ impl Worker {
         let mut waiting: Option<Batch> = None;
         let mut paused = false;
         let mut draining = false;
+        // Set when a replay reaches its end bound: drain with reason `end`.
+        let mut at_end = false;
         let mut stored: Option<i64> = None;
         let mut last_timestamp_ms = 0;
         let mut mapped = Mapped::default();
@@ -161,6 +214,11 @@ impl Worker {
             }
             if draining && waiting.is_none() && in_flight.is_empty() {
                 break Ok(());
+            }
+            if at_end && !draining {
+                draining = true;
+                waiting = batcher.take(FlushReason::End);
+                continue;
             }
             let reading = waiting.is_none() && !draining;
             tokio::select! {
@@ -183,6 +241,7 @@ impl Worker {
                         && control.fence.store(self.consumer.as_ref(), covered.offset)
                     {
                         stored = Some(covered.offset);
+                        control.durable.store(covered.offset, Ordering::Relaxed);
                         let age = now_ms().saturating_sub(covered.timestamp_ms).max(0);
                         // Milliseconds to seconds; precision loss is irrelevant at these magnitudes.
                         #[allow(clippy::cast_precision_loss)]
@@ -191,12 +250,18 @@ impl Worker {
                 }
                 () = sleep_until(batcher.deadline()), if reading => waiting = batcher.take(FlushReason::Timeout),
                 received = self.queue.recv(), if reading => match received {
+                    // Replays ask for end-of-partition events: the end bound is at or below the
+                    // high watermark it was resolved against, so the partition's end is past it.
+                    Err(KafkaError::PartitionEOF(_)) => at_end = control.end.is_some(),
                     Err(error) => {
                         tracing::warn!(partition, %error, "kafka consume error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
+                    Ok(message) if control.end.is_some_and(|end| message.offset() >= end) => at_end = true,
                     Ok(message) => {
                         let offset = message.offset();
+                        control.read.store(offset, Ordering::Relaxed);
+                        at_end = control.end.is_some_and(|end| offset + 1 >= end);
                         let record = Record {
                             offset,
                             key: message.key().map(Bytes::copy_from_slice),
@@ -261,13 +326,19 @@ impl Worker {
         shared.metrics.records.inc();
         let Record { offset, key, value } = record;
         mapped.clear();
-        let decoded = match shared.encoding {
-            Encoding::OtlpProto => ExportTraceServiceRequest::decode(value.as_ref()).map_err(|e| e.to_string()),
-            Encoding::OtlpJson => spanline_common::otlp::decode_json(&value),
-        };
         let mut letters = Vec::new();
-        match decoded {
-            Ok(request) => map_request(&request, &shared.routing, now_ms() * 1000, mapped),
+        // The request's protobuf bytes, which a dead letter of one of its spans is cut from.
+        let mut payload = value.clone();
+        match decode(shared.encoding, &value) {
+            Ok((request, proto)) => {
+                payload = proto;
+                map_request(&request, &shared.routing, now_ms() * 1000, mapped);
+                let spans = mapped.docs.iter().filter(|d| d.kind == DocKind::Span).count();
+                control_spans(&self.control, spans + mapped.out_of_window.len());
+                if let Some(rate) = &shared.rate {
+                    rate.acquire(spans).await;
+                }
+            }
             Err(error) => {
                 shared.metrics.decode_errors.inc();
                 tracing::warn!(partition, offset, %error, "record cannot be decoded, dead-lettering it");
@@ -278,7 +349,7 @@ impl Worker {
             partition,
             offset,
             key: key.clone(),
-            record: value.clone(),
+            record: payload.clone(),
             position,
             index,
         };
@@ -347,6 +418,33 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
         metrics.freshness.observe(now.saturating_sub(end).max(0) as f64 / 1e6);
     }
     Ok(())
+}
+
+fn control_spans(control: &Control, n: usize) {
+    control.spans.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+/// Decodes a record as `encoding`: the request, and its protobuf bytes (the record itself when it
+/// is protobuf).
+pub fn decode(encoding: Encoding, value: &Bytes) -> Result<(ExportTraceServiceRequest, Bytes), String> {
+    match encoding {
+        Encoding::OtlpProto => ExportTraceServiceRequest::decode(value.as_ref())
+            .map(|r| (r, value.clone()))
+            .map_err(|e| format!("invalid OTLP protobuf: {e}")),
+        Encoding::OtlpJson => spanline_common::otlp::decode_json(value).map(|r| {
+            let proto = Bytes::from(r.encode_to_vec());
+            (r, proto)
+        }),
+        Encoding::DeadLetter => {
+            let letter =
+                DeadLetter::decode(value.as_ref()).map_err(|e| format!("invalid spanline.v1.DeadLetter: {e}"))?;
+            let payload = Bytes::from(letter.payload);
+            match PayloadKind::try_from(letter.payload_kind) {
+                Ok(PayloadKind::OtlpProto | PayloadKind::RawRecord) => decode(Encoding::OtlpProto, &payload),
+                _ => Err(format!("dead letter with unknown payload kind {}", letter.payload_kind)),
+            }
+        }
+    }
 }
 
 /// One consumed record, copied out of librdkafka's buffer.
