@@ -1,0 +1,250 @@
+//! `spanline-ingester replay` against a real broker (Tansu, SQLite) and the dev store, counting every
+//! span: overlap with live ingestion, time windows, interruption and resume, dead-letter re-drive.
+
+use std::time::Duration;
+
+use spanline_devstore::Faults;
+use spanline_ingester::replay::{self, Bound, ReplayArgs, Summary};
+use spanline_testkit::{Broker, count, devstore_with_faults, fixtures, produce, settled_count};
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 3;
+
+async fn broker() -> Broker {
+    let broker = Broker::start().await.expect("broker starts");
+    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
+    broker.create_topic("otlp_spans_dlq", PARTITIONS).await.expect("dlq topic");
+    broker
+}
+
+fn config(broker: &Broker, store: &str) -> spanline_ingester::Config {
+    let mut c = spanline_ingester::Config::default();
+    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    c.kafka.brokers = broker.bootstrap();
+    c.opensearch.url = store.to_owned();
+    c.opensearch.min_backoff = Duration::from_millis(20);
+    c.opensearch.max_backoff = Duration::from_millis(200);
+    c.kafka.session_timeout = Duration::from_secs(6);
+    c.kafka.drain_deadline = Duration::from_secs(3);
+    c.shutdown_grace = Duration::from_secs(3);
+    c.batch.flush_interval = Duration::from_millis(200);
+    c.batch.max_docs = 300;
+    c
+}
+
+fn args(from: Bound, to: Bound) -> ReplayArgs {
+    ReplayArgs {
+        topic: None,
+        dead_letters: false,
+        from,
+        to,
+        partitions: vec![],
+        rate: None,
+        opensearch_url: None,
+        index_prefix: None,
+        group: "spanline-replay".into(),
+        restart: false,
+        dry_run: false,
+    }
+}
+
+async fn replay(config: &spanline_ingester::Config, args: ReplayArgs) -> Summary {
+    replay::run(config.clone(), args, CancellationToken::new()).await.expect("replay runs")
+}
+
+async fn settle(url: &str, want: u64) -> u64 {
+    settled_count(url, "jaeger-span-*", want, Duration::from_secs(60)).await
+}
+
+/// 409 answers on span indices: span documents written again.
+async fn span_conflicts(store: &str) -> u64 {
+    let stats: serde_json::Value =
+        reqwest::get(format!("{store}/_devstore/stats")).await.expect("stats").json().await.expect("json");
+    stats["bulk"]["conflicts_by_index"]
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| k.starts_with("jaeger-span-")).filter_map(|(_, v)| v.as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// Sum over partitions of `group`'s committed offsets.
+fn committed(bootstrap: &str, group: &str, topic: &str) -> i64 {
+    use rdkafka::{
+        ClientConfig, TopicPartitionList,
+        consumer::{BaseConsumer, Consumer},
+    };
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("client");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed offsets");
+    committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o >= 0).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_window_live_ingestion_indexed_changes_nothing_and_leaves_the_live_group_alone() {
+    let broker = broker().await;
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 200, 4, fixtures::now_unix_nano()))
+        .await
+        .expect("produced");
+    let c = config(&broker, &store.url());
+    let shutdown = CancellationToken::new();
+    let live = spanline_ingester::start(c.clone(), shutdown.clone()).await.expect("starts");
+    assert_eq!(settle(&store.url(), 800).await, 800);
+    shutdown.cancel();
+    live.task.await.expect("join").expect("clean stop");
+    let bootstrap = broker.bootstrap();
+    let live_before = tokio::task::spawn_blocking(move || committed(&bootstrap, "spanline-ingester", "otlp_spans"))
+        .await
+        .expect("join");
+    assert_eq!(live_before, 200);
+
+    let summary = replay(&c, args(Bound::Earliest, Bound::Latest)).await;
+    assert_eq!(summary.records, 200, "{summary}");
+    assert_eq!(summary.spans, 800);
+    assert_eq!(summary.indexed, 800, "every span is durable (already there)");
+    assert!(!summary.interrupted);
+    assert_eq!(count(&store.url(), "jaeger-span-*").await.expect("count"), 800, "no new document");
+    assert_eq!(span_conflicts(&store.url()).await, 800, "each span was offered once more and found present");
+    let bootstrap = broker.bootstrap();
+    let (live_after, replay_group) = tokio::task::spawn_blocking(move || {
+        (
+            committed(&bootstrap, "spanline-ingester", "otlp_spans"),
+            committed(&bootstrap, "spanline-replay", "otlp_spans"),
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(live_after, 200, "the live group is untouched");
+    assert_eq!(replay_group, 200, "the replay committed its own progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_window_indexes_exactly_the_records_produced_inside_it() {
+    let broker = broker().await;
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
+    let start = fixtures::now_unix_nano();
+    let now = || chrono::Utc::now().timestamp_millis();
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("before", 1, 60, 2, start)).await.expect("a");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let t1 = now();
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("inside", 1_000, 90, 3, start))
+        .await
+        .expect("b");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let t2 = now();
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("after", 2_000, 40, 5, start))
+        .await
+        .expect("c");
+
+    let c = config(&broker, &store.url());
+    let mut dry = args(Bound::Time(t1), Bound::Time(t2));
+    dry.dry_run = true;
+    let counted = replay(&c, dry).await;
+    assert_eq!((counted.records, counted.spans), (90, 270), "dry run counts the window: {counted}");
+    assert_eq!(count(&store.url(), "jaeger-span-*").await.unwrap_or(0), 0, "a dry run writes nothing");
+
+    let summary = replay(&c, args(Bound::Time(t1), Bound::Time(t2))).await;
+    assert_eq!((summary.records, summary.spans, summary.indexed), (90, 270, 270), "{summary}");
+    assert_eq!(settle(&store.url(), 270).await, 270, "exactly the window's spans");
+    let services: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/jaeger-span-*/_search", store.url()))
+        .json(&serde_json::json!({"size": 0, "query": {"term": {"process.serviceName": "inside"}}}))
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(services["hits"]["total"]["value"], 270, "only spans produced inside the window");
+
+    // A window ending after the newest record ends at the partitions' ends (the test broker
+    // answers offset 0 for such a time; the replay must not read that as "nothing").
+    let mut tail = args(Bound::Time(t2), Bound::Time(now() + 3_600_000));
+    tail.group = "spanline-replay-tail".into();
+    let summary = replay(&c, tail).await;
+    assert_eq!((summary.records, summary.spans), (40, 200), "{summary}");
+    assert_eq!(settle(&store.url(), 470).await, 470);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_resumes_where_it_stopped_and_indexes_everything_once() {
+    let broker = broker().await;
+    let store = devstore_with_faults(Faults { latency: Some(Duration::from_millis(20)), ..Faults::default() })
+        .await
+        .expect("store");
+    let total: u64 = 1_500 * 4;
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 1_500, 4, fixtures::now_unix_nano()))
+        .await
+        .expect("produced");
+    let c = config(&broker, &store.url());
+    let mut slow = args(Bound::Earliest, Bound::Latest);
+    // 2 000 spans/s: the whole window takes about 3 s.
+    slow.rate = Some(2_000);
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(replay::run(c.clone(), slow.clone(), stop.clone()));
+    let url = store.url();
+    spanline_testkit::wait_for(Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { (count(&url, "jaeger-span-*").await.ok()? >= 1_000).then_some(()) }
+    })
+    .await
+    .expect("progress");
+    stop.cancel();
+    let first = first.await.expect("join").expect("first run");
+    assert!(first.interrupted, "{first}");
+    assert!(first.records > 0 && first.records < 1_500, "stopped part way: {first}");
+
+    slow.rate = None;
+    let second = replay(&c, slow).await;
+    assert!(!second.interrupted);
+    assert_eq!(
+        first.records + second.records,
+        1_500,
+        "the second run starts where the first stopped: {first} / {second}"
+    );
+    assert_eq!(settle(&store.url(), total).await, total);
+    assert_eq!(span_conflicts(&store.url()).await, 0, "no span was written twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettered_spans_are_indexed_once_when_re_driven_after_the_fault_is_fixed() {
+    let broker = broker().await;
+    let store = devstore_with_faults(Faults {
+        reject: Some(spanline_devstore::RejectRule { field: "operationName".into(), contains: "operation-2".into() }),
+        ..Faults::default()
+    })
+    .await
+    .expect("store");
+    // 80 traces of 3 spans: span 2 of each is refused by the store's "mapping".
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 80, 3, fixtures::now_unix_nano()))
+        .await
+        .expect("produced");
+    let c = config(&broker, &store.url());
+    let shutdown = CancellationToken::new();
+    let live = spanline_ingester::start(c.clone(), shutdown.clone()).await.expect("starts");
+    assert_eq!(settle(&store.url(), 160).await, 160);
+    let letters = spanline_testkit::read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 80).await.expect("letters");
+    assert_eq!(letters.len(), 80);
+    shutdown.cancel();
+    live.task.await.expect("join").expect("clean stop");
+
+    // The mapping is fixed; the dead letters are re-driven.
+    reqwest::Client::new()
+        .put(format!("{}/_devstore/faults", store.url()))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("faults cleared");
+    let mut redrive = args(Bound::Earliest, Bound::Latest);
+    redrive.dead_letters = true;
+    let summary = replay(&c, redrive.clone()).await;
+    assert_eq!((summary.records, summary.spans, summary.indexed, summary.dead_lettered), (80, 80, 80, 0), "{summary}");
+    assert_eq!(settle(&store.url(), 240).await, 240, "every span indexed, each once");
+    // Run again: resumes at the end, nothing to do.
+    let again = replay(&c, redrive).await;
+    assert_eq!(again.records, 0, "{again}");
+    assert_eq!(count(&store.url(), "jaeger-span-*").await.expect("count"), 240);
+}
