@@ -339,7 +339,20 @@ pub fn count(config: &Config, args: &ReplayArgs, windows: &[Window]) -> Result<S
 /// Runs a replay until every window is indexed, or `shutdown` (then the progress is committed and a
 /// second run resumes).
 pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) -> Result<Summary, Error> {
+    if args.group == config.kafka.group_id {
+        return Err(Error::Setup(format!(
+            "--group {:?} is the live ingesters' group; a replay needs its own",
+            args.group
+        )));
+    }
+    let live = config.clone();
     let config = replay_config(&config, &args);
+    // The overrides (target URL, index prefix) obey the same rules as the configuration file.
+    let mut check = config.clone();
+    check.kafka.topic.clone_from(&live.kafka.topic);
+    check.kafka.group_id.clone_from(&live.kafka.group_id);
+    spanline_common::config::Validate::validate(&check)
+        .map_err(|e| Error::Setup(format!("invalid replay option: {e}")))?;
     let windows = {
         let (config, args) = (config.clone(), args.clone());
         tokio::task::spawn_blocking(move || plan(&config, &args))
