@@ -1,12 +1,12 @@
 # The two commands that matter: `make up` runs the whole pipeline here, `make test` runs every test.
-.PHONY: up test deps fmt lint deny unit bench clean
+.PHONY: up test deps fmt lint deny deploy-check unit bench clean
 
 CARGO ?= cargo
 
 up:
 	scripts/up.sh
 
-test: deps fmt lint deny unit
+test: deps fmt lint deny deploy-check unit
 
 deps:
 	scripts/install-deps.sh
@@ -21,6 +21,10 @@ lint:
 # package registry here ships (see docs/development.md).
 deny:
 	$(CARGO) deny --offline check licenses bans sources
+
+# docker-compose.yml, deploy/kubernetes, the alert rules and the Grafana dashboard, offline.
+deploy-check:
+	node deploy/check/validate.mjs
 
 unit:
 	scripts/test.sh

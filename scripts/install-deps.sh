@@ -4,6 +4,7 @@
 #   - tansu 0.6.0, the test broker (scripts/broker.sh install)
 #   - cargo-deny, for the offline license/ban/source checks
 #   - Python's opentelemetry-proto, the independent decoder the collector tests use
+#   - Node.js + npm and deploy/check's pinned packages (schemas for the offline deployment check)
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ for pkg in libsasl2-dev pkg-config libssl-dev curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: apt-get install ${missing[*]}" >&2
   SUDO=""
@@ -29,6 +32,12 @@ if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2
   # Debian's own python3 refuses user installs (PEP 668); the tests only need the package importable.
   python3 -m pip install --quiet --disable-pip-version-check "opentelemetry-proto==1.45.2" ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "opentelemetry-proto==1.45.2"
+fi
+
+# The deployment check's schemas and parsers, exactly as package-lock.json pins them.
+if [ ! -d deploy/check/node_modules ] || [ deploy/check/package-lock.json -nt deploy/check/node_modules ]; then
+  echo "deps: npm ci (deploy/check)" >&2
+  npm ci --prefix deploy/check --no-audit --no-fund --loglevel=error
 fi
 
 if ! command -v cargo-deny >/dev/null 2>&1; then
