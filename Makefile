@@ -29,5 +29,10 @@ deploy-check:
 unit:
 	scripts/test.sh
 
+# Each stage alone, then the whole pipeline, on this machine; results in bench/results.json
+# (BENCHMARKS.md explains them). Criterion: cargo bench -p spanline-collector / -p spanline-ingester.
+bench:
+	scripts/bench.sh
+
 clean:
 	rm -rf .run

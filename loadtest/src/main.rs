@@ -1,203 +1,160 @@
-//! `spanline-loadtest`: sends generated traces to a collector over OTLP gRPC and reports
-//! throughput and export latency, with a live progress line on stderr.
-//!
-//! This is the first cut: a seeded generator and a gRPC sender. Rate control per second, HTTP,
-//! verification in the store and the benchmark harness come with the loadtest issue.
+//! `spanline-loadtest`: sends seeded, realistic traces to a collector over OTLP gRPC or HTTP, as fast
+//! as possible or at a target rate, with a live progress line; reports throughput and export latency
+//! percentiles, and with `--verify` checks the store (exact total, exact per sampled trace) and
+//! reports end-to-end freshness.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind},
+use spanline_loadtest::{
+    model::Model,
+    send::{self, Plan, Protocol},
+    verify::{self, Store},
 };
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use tokio::sync::Mutex;
-use tonic::codec::CompressionEncoding;
 
 /// Send generated traces to a Spanline collector.
 #[derive(Debug, Parser)]
 #[command(name = "spanline-loadtest", version)]
 struct Args {
-    /// Collector OTLP gRPC endpoint.
+    /// Collector endpoint: OTLP gRPC (`:4317`) or HTTP (`:4318`).
     #[arg(long, default_value = "http://127.0.0.1:4317")]
     endpoint: String,
+    #[arg(long, value_enum, default_value = "grpc")]
+    protocol: Protocol,
     /// Traces to send.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 10_000)]
     traces: u64,
-    /// Spans per trace.
-    #[arg(long, default_value_t = 8)]
-    spans_per_trace: u64,
-    /// Traces per export request.
-    #[arg(long, default_value_t = 64)]
-    traces_per_request: u64,
-    /// Concurrent export streams.
+    /// Stop after this long, e.g. `30s` (whichever of this and `--traces` comes first).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Target rate in spans per second; unset: as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Concurrent connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Seed of the trace generator.
+    /// Traces per export request (with the default model, about 8 spans each: 64 → ~512 spans).
+    #[arg(long, default_value_t = 64)]
+    traces_per_request: u64,
+    /// Gzip request bodies (gRPC).
+    #[arg(long)]
+    gzip: bool,
+    /// Seed of the trace model.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Extra attribute bytes per span, to set the span size.
-    #[arg(long, default_value_t = 200)]
-    pad: usize,
+    /// Target encoded size of a span, bytes.
+    #[arg(long, default_value_t = 500)]
+    span_bytes: usize,
+    /// Services in the model.
+    #[arg(long, default_value_t = 8)]
+    services: usize,
+    /// Call-tree depth below the root.
+    #[arg(long, default_value_t = 3)]
+    depth: u32,
+    /// Children per span, at most.
+    #[arg(long, default_value_t = 3)]
+    fan_out: u32,
+    /// Spans per trace, at most.
+    #[arg(long, default_value_t = 8)]
+    max_spans: usize,
+    /// Share of error spans.
+    #[arg(long, default_value_t = 0.02)]
+    error_rate: f64,
+    /// After sending, check the store at this URL: exact total and per sampled trace, freshness.
+    #[arg(long)]
+    verify: Option<String>,
+    /// Index prefix of the store's span indices.
+    #[arg(long, default_value = "")]
+    index_prefix: String,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
-const SERVICES: [&str; 4] = ["frontend", "cart", "checkout", "payments"];
-const OPERATIONS: [&str; 5] = ["GET /", "GET /cart", "POST /checkout", "charge", "SELECT orders"];
-
-fn string_attr(key: &str, value: String) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value)) }),
-        ..Default::default()
-    }
-}
-
-/// One request of `traces` traces, deterministic for (`seed`, `first`).
-fn request(args: &Args, first: u64, traces: u64) -> ExportTraceServiceRequest {
-    let mut rng = StdRng::seed_from_u64(args.seed ^ first.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
-    for t in first..first + traces {
-        let mut trace_id = [0u8; 16];
-        rng.fill(&mut trace_id[..]);
-        trace_id[15] |= 1;
-        let root: u64 = rng.random::<u64>() | 1;
-        for n in 0..args.spans_per_trace {
-            let start = now - 5_000_000_000 + n * 1_000_000;
-            let service = if n == 0 { 0 } else { rng.random_range(0..SERVICES.len()) };
-            by_service[service].push(Span {
-                trace_id: trace_id.to_vec(),
-                span_id: (root.wrapping_add(n)).to_be_bytes().to_vec(),
-                parent_span_id: if n == 0 { Vec::new() } else { root.to_be_bytes().to_vec() },
-                name: OPERATIONS[rng.random_range(0..OPERATIONS.len())].into(),
-                kind: SpanKind::Server as i32,
-                start_time_unix_nano: start,
-                end_time_unix_nano: start + rng.random_range(100_000..50_000_000),
-                attributes: vec![
-                    string_attr("loadtest.trace", t.to_string()),
-                    string_attr("loadtest.pad", "x".repeat(args.pad)),
-                ],
-                ..Default::default()
-            });
-        }
-    }
-    ExportTraceServiceRequest {
-        resource_spans: by_service
-            .into_iter()
-            .enumerate()
-            .filter(|(_, spans)| !spans.is_empty())
-            .map(|(i, spans)| ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![string_attr("service.name", SERVICES[i].into())],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope { name: "spanline-loadtest".into(), ..Default::default() }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-// The summary line is this tool's output.
+// The report is this tool's output.
 #[allow(clippy::print_stdout)]
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     spanline_common::telemetry::init("warn");
-    let args = Arc::new(Args::parse());
-    let requests = args.traces.div_ceil(args.traces_per_request);
-    let next = Arc::new(AtomicU64::new(0));
-    let sent_spans = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(usize::try_from(requests).unwrap_or(0))));
-    let started = Instant::now();
-
-    let mut workers = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let client = TraceServiceClient::connect(args.endpoint.clone())
-            .await
-            .with_context(|| format!("cannot connect to {}", args.endpoint))?
-            .send_compressed(CompressionEncoding::Gzip);
-        let (args, next, sent_spans, failed, latencies) =
-            (args.clone(), next.clone(), sent_spans.clone(), failed.clone(), latencies.clone());
-        workers.push(tokio::spawn(async move {
-            let mut client = client;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests {
-                    break;
-                }
-                let first = i * args.traces_per_request;
-                let traces = args.traces_per_request.min(args.traces - first);
-                let req = request(&args, first, traces);
-                let t = Instant::now();
-                match client.export(req).await {
-                    Ok(response) => {
-                        let rejected = response.into_inner().partial_success.map_or(0, |p| p.rejected_spans);
-                        sent_spans.fetch_add(
-                            traces * args.spans_per_trace - u64::try_from(rejected).unwrap_or(0),
-                            Ordering::Relaxed,
-                        );
-                        latencies.lock().await.push(t.elapsed());
-                    }
-                    Err(status) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(code = ?status.code(), message = status.message(), "export failed");
-                    }
-                }
-            }
-        }));
-    }
-    let total_spans = args.traces * args.spans_per_trace;
-    let progress = {
-        let sent_spans = sent_spans.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let n = sent_spans.load(Ordering::Relaxed);
-                let rate = n as f64 / started.elapsed().as_secs_f64();
-                eprint!("\r  sent {n}/{total_spans} spans, {rate:.0} spans/s   ");
-            }
-        })
+    let args = Args::parse();
+    let model = Model {
+        seed: args.seed,
+        services: args.services,
+        depth: args.depth,
+        fan_out: args.fan_out,
+        max_spans: args.max_spans,
+        span_bytes: args.span_bytes,
+        error_rate: args.error_rate,
+        ..Model::default()
     };
-    for w in workers {
-        w.await?;
+    let plan = Plan {
+        endpoint: args.endpoint.clone(),
+        protocol: args.protocol,
+        connections: args.connections,
+        traces_per_request: args.traces_per_request,
+        traces: args.traces,
+        duration: args.duration,
+        rate: args.rate,
+        gzip: args.gzip,
+        model,
+    };
+    let store = args.verify.as_deref().map(|url| Store::new(url, &args.index_prefix));
+    let baseline = match &store {
+        Some(store) => store.count(None).await.unwrap_or(0),
+        None => 0,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    let watcher = store.clone().map(|store| tokio::spawn(verify::watch_freshness(store, rx, Duration::from_secs(60))));
+    let samples = watcher.is_some().then(|| (tx, Duration::from_millis(100)));
+    let report = send::run(plan, samples, !args.json).await?;
+    let l = &report.latency;
+    let ms = |q: f64| l.value_at_quantile(q) as f64 / 1000.0;
+    let mut out = serde_json::json!({
+        "acknowledged_spans": report.acknowledged_spans,
+        "rejected_spans": report.rejected_spans,
+        "failed_requests": report.failed_requests,
+        "requests": report.requests,
+        "elapsed_s": report.elapsed.as_secs_f64(),
+        "spans_per_s": report.spans_per_second(),
+        "latency_ms": { "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": l.max() as f64 / 1000.0 },
+    });
+    let mut ok = report.failed_requests == 0;
+    if let (Some(store), Some(watcher)) = (store, watcher) {
+        let (freshness, samples, unseen) = watcher.await?;
+        let verdict = verify::check(&store, baseline, report.acknowledged_spans, &samples, Duration::from_secs(120)).await?;
+        ok &= verdict.ok() && unseen == 0;
+        out["verify"] = serde_json::json!({
+            "expected_spans": verdict.expected, "found_spans": verdict.found,
+            "sampled_traces": verdict.samples, "exact": verdict.samples_exact,
+            "missing": verdict.samples_missing, "duplicated": verdict.samples_duplicated, "ok": verdict.ok(),
+        });
+        out["freshness_ms"] = serde_json::json!({
+            "samples": freshness.len(), "unseen": unseen,
+            "p50": freshness.value_at_quantile(0.5), "p99": freshness.value_at_quantile(0.99), "max": freshness.max(),
+        });
     }
-    progress.abort();
-    let elapsed = started.elapsed();
-    let mut lat = latencies.lock().await.clone();
-    lat.sort_unstable();
-    let n = sent_spans.load(Ordering::Relaxed);
-    eprintln!();
-    println!(
-        "acknowledged {n} spans in {:.2}s ({:.0} spans/s); failed requests {}; export latency p50 {:?} p99 {:?} max {:?}",
-        elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64(),
-        failed.load(Ordering::Relaxed),
-        percentile(&lat, 50.0),
-        percentile(&lat, 99.0),
-        lat.last().copied().unwrap_or_default()
-    );
+    if args.json {
+        println!("{out}");
+    } else {
+        println!(
+            "acknowledged {} spans in {:.2}s ({:.0} spans/s); rejected spans {}; failed requests {}; export latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            report.acknowledged_spans,
+            report.elapsed.as_secs_f64(),
+            report.spans_per_second(),
+            report.rejected_spans,
+            report.failed_requests,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            l.max() as f64 / 1000.0
+        );
+        if let Some(v) = out.get("verify") {
+            println!("verify: {v}");
+            println!("freshness (span end → searchable, ms): {}", out["freshness_ms"]);
+        }
+    }
+    if !ok {
+        anyhow::bail!("the run failed: failed requests, or the store does not hold every acknowledged span exactly once");
+    }
     Ok(())
 }

@@ -1,0 +1,503 @@
+//! `spanline-bench` (`make bench`): each stage alone, then the whole pipeline, on this machine,
+//! against the real broker (Tansu) and the dev store, with the release binaries as child processes.
+//!
+//! For every stage: spans/s, CPU-seconds per million spans per process (from `/proc`, the kernel's
+//! accounting), peak RSS, latency percentiles. The floor — raw rdkafka produce and consume of the
+//! very records the collector wrote — is measured in the same run, so each stage is also given as a
+//! ratio to it. Results: a table on stdout and `bench/results.json`.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    producer::{FutureProducer, FutureRecord, Producer},
+};
+use serde_json::{Value, json};
+use spanline_loadtest::{
+    model::Model,
+    process::{clock_ticks, cpu_seconds, peak_rss},
+    send::{self, Plan, Protocol},
+    verify::{self, Store},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "spanline-bench")]
+struct Args {
+    /// Where the release binaries are.
+    #[arg(long, default_value = "target/release")]
+    bin: PathBuf,
+    /// Working directory for the broker's data and the logs.
+    #[arg(long, default_value = ".run/bench")]
+    dir: PathBuf,
+    /// Results file.
+    #[arg(long, default_value = "bench/results.json")]
+    out: PathBuf,
+    /// Traces sent in the collector stage (about 8 spans each).
+    #[arg(long, default_value_t = 150_000)]
+    traces: u64,
+    /// Seconds of the end-to-end and latency stages.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
+const BROKER_PORT: u16 = 19092;
+const STORE_PORT: u16 = 19200;
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops with SIGTERM (graceful drain) and waits.
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(bin: &Path, name: &str, args: &[&str], env: &[(&str, String)], logs: &Path) -> anyhow::Result<Proc> {
+    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+    let child = Command::new(bin.join(args[0]))
+        .args(&args[1..])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", args[0]))?;
+    Ok(Proc { child })
+}
+
+/// CPU seconds of a process between two moments.
+struct CpuMeter {
+    pid: u32,
+    start: f64,
+    ticks: f64,
+}
+
+impl CpuMeter {
+    fn new(pid: u32, ticks: f64) -> Self {
+        Self { pid, start: cpu_seconds(pid, ticks).unwrap_or(0.0), ticks }
+    }
+    fn used(&self) -> f64 {
+        cpu_seconds(self.pid, self.ticks).unwrap_or(self.start) - self.start
+    }
+}
+
+fn mib(bytes: Option<u64>) -> f64 {
+    bytes.unwrap_or(0) as f64 / (1 << 20) as f64
+}
+
+fn per_million(cpu: f64, spans: u64) -> f64 {
+    cpu / (spans.max(1) as f64 / 1e6)
+}
+
+async fn wait_http(url: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url} never answered")
+}
+
+fn bootstrap() -> String {
+    format!("127.0.0.1:{BROKER_PORT}")
+}
+
+async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create()?;
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for result in admin.create_topics([&topic], &AdminOptions::new()).await? {
+        if let Err((topic, code)) = result {
+            bail!("cannot create {topic}: {code}");
+        }
+    }
+    Ok(())
+}
+
+/// Every record of `topic`, read raw (for the floor).
+fn read_all(topic: &str, partitions: i32) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", "bench-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut records = Vec::new();
+    let mut eof = 0;
+    let mut idle = Instant::now();
+    while eof < partitions && idle.elapsed() < Duration::from_secs(20) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                idle = Instant::now();
+                records.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            _ => {}
+        }
+    }
+    Ok(records)
+}
+
+/// The floor: raw rdkafka produce of `records` to `topic`, then raw consume of them; this
+/// process's CPU is the cost.
+async fn floor(records: &[(Vec<u8>, Vec<u8>)], spans: u64, topic: &str, partitions: i32, ticks: f64) -> anyhow::Result<Value> {
+    let me = std::process::id();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "zstd")
+        .create()?;
+    let cpu = CpuMeter::new(me, ticks);
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(records.len());
+    for (key, value) in records {
+        loop {
+            match producer.send_result(FutureRecord::to(topic).key(key).payload(value)) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => bail!("produce: {e}"),
+            }
+        }
+    }
+    for d in deliveries {
+        d.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let produce_s = started.elapsed().as_secs_f64();
+    let produce_cpu = cpu.used();
+
+    let cpu = CpuMeter::new(me, ticks);
+    let started = Instant::now();
+    let (topic_owned, n) = (topic.to_owned(), records.len());
+    let consumed = tokio::task::spawn_blocking(move || read_all(&topic_owned, partitions).map(|r| r.len())).await??;
+    let consume_s = started.elapsed().as_secs_f64();
+    let consume_cpu = cpu.used();
+    if consumed != n {
+        bail!("floor consumed {consumed} of {n} records");
+    }
+    Ok(json!({
+        "records": n, "spans": spans,
+        "produce": { "spans_per_s": spans as f64 / produce_s, "cpu_s_per_million_spans": per_million(produce_cpu, spans) },
+        "consume": { "spans_per_s": spans as f64 / consume_s, "cpu_s_per_million_spans": per_million(consume_cpu, spans) },
+    }))
+}
+
+fn plan(endpoint: &str, traces: u64, rate: Option<f64>, duration: Option<Duration>, connections: usize) -> Plan {
+    Plan {
+        endpoint: endpoint.into(),
+        protocol: Protocol::Grpc,
+        connections,
+        traces_per_request: 64,
+        traces,
+        duration,
+        rate,
+        gzip: false,
+        model: Model::default(),
+    }
+}
+
+fn latency_ms(report: &send::Report) -> Value {
+    let l = &report.latency;
+    let ms = |q: f64| l.value_at_quantile(q) as f64 / 1000.0;
+    json!({ "p50": ms(0.5), "p99": ms(0.99), "max": l.max() as f64 / 1000.0 })
+}
+
+fn collector_env(topic: &str, max_inflight: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("SPANLINE_COLLECTOR__KAFKA__BROKERS", bootstrap()),
+        ("SPANLINE_COLLECTOR__KAFKA__TOPIC", topic.to_owned()),
+        ("SPANLINE_COLLECTOR__RECEIVERS__GRPC_LISTEN", "127.0.0.1:24317".into()),
+        ("SPANLINE_COLLECTOR__RECEIVERS__HTTP_LISTEN", "127.0.0.1:24318".into()),
+        ("SPANLINE_COLLECTOR__ADMIN__LISTEN", "127.0.0.1:24369".into()),
+    ];
+    if let Some(bound) = max_inflight {
+        env.push(("SPANLINE_COLLECTOR__LIMITS__MAX_INFLIGHT_BYTES", bound.to_owned()));
+    }
+    env
+}
+
+fn ingester_env(topic: &str, group: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SPANLINE_INGESTER__KAFKA__BROKERS", bootstrap()),
+        ("SPANLINE_INGESTER__KAFKA__TOPIC", topic.to_owned()),
+        ("SPANLINE_INGESTER__KAFKA__GROUP_ID", group.to_owned()),
+        ("SPANLINE_INGESTER__OPENSEARCH__URL", format!("http://127.0.0.1:{STORE_PORT}")),
+        ("SPANLINE_INGESTER__ADMIN__LISTEN", "127.0.0.1:24370".into()),
+    ]
+}
+
+const COLLECTOR_ARGS: [&str; 3] = ["spanline-collector", "--config", "deploy/collector.toml"];
+const INGESTER_ARGS: [&str; 3] = ["spanline-ingester", "--config", "deploy/ingester.toml"];
+const GRPC: &str = "http://127.0.0.1:24317";
+
+/// Waits until `store` holds `want` documents under `prefix`; the time of the last change.
+async fn wait_indexed(store: &Store, want: u64, timeout: Duration) -> anyhow::Result<(u64, Instant)> {
+    let until = Instant::now() + timeout;
+    let (mut last, mut changed) = (0, Instant::now());
+    loop {
+        let n = store.count(None).await.unwrap_or(last);
+        if n != last {
+            last = n;
+            changed = Instant::now();
+        }
+        if n >= want || Instant::now() > until {
+            return Ok((n, changed));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// The results table is this tool's output.
+#[allow(clippy::print_stdout)]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    spanline_common::telemetry::init("warn");
+    let args = Args::parse();
+    let ticks = clock_ticks();
+    let logs = args.dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let broker_dir = args.dir.join("broker");
+    let _ = Command::new("scripts/broker.sh").args(["stop", &broker_dir.to_string_lossy()]).status();
+    let _ = std::fs::remove_dir_all(&broker_dir);
+    std::fs::create_dir_all(&broker_dir)?;
+    let status = Command::new("scripts/broker.sh")
+        .args(["start", &broker_dir.to_string_lossy(), &BROKER_PORT.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("broker did not start");
+    }
+    let broker_pid: Option<u32> = std::fs::read_to_string(broker_dir.join("tansu.pid")).ok().and_then(|s| s.trim().parse().ok());
+    let store_proc = spawn(
+        &args.bin,
+        "devstore",
+        &["spanline-devstore"],
+        &[("DEVSTORE_LISTEN", format!("127.0.0.1:{STORE_PORT}")), ("DEVSTORE_MEMORY_LIMIT", "12GiB".into())],
+        &logs,
+    )?;
+    let store_url = format!("http://127.0.0.1:{STORE_PORT}");
+    wait_http(&store_url).await?;
+    let mut results = BTreeMap::<&str, Value>::new();
+    let machine = json!({
+        "cores": std::thread::available_parallelism().map_or(0, usize::from),
+        "kernel": String::from_utf8_lossy(&Command::new("uname").arg("-sr").output()?.stdout).trim().to_owned(),
+        "date": chrono_date(),
+    });
+    let p = args.partitions;
+
+    // 1. Collector alone: as fast as possible into topic bench_a.
+    eprintln!("[1/6] collector alone, as fast as possible ({} traces)", args.traces);
+    create_topic("bench_a", p).await?;
+    let collector = spawn(&args.bin, "collector-a", &COLLECTOR_ARGS, &collector_env("bench_a", None), &logs)?;
+    wait_http("http://127.0.0.1:24369/health/ready").await?;
+    let cpu = CpuMeter::new(collector.pid(), ticks);
+    let report = send::run(plan(GRPC, args.traces, None, None, 8), None, true).await?;
+    let collector_cpu = cpu.used();
+    let peak = report.spans_per_second();
+    let spans_a = report.acknowledged_spans;
+    results.insert(
+        "collector",
+        json!({
+            "spans": spans_a, "failed_requests": report.failed_requests,
+            "spans_per_s": peak, "cpu_s_per_million_spans": per_million(collector_cpu, spans_a),
+            "spans_per_cpu_s": spans_a as f64 / collector_cpu.max(1e-9),
+            "peak_rss_mib": mib(peak_rss(collector.pid())), "export_latency_ms": latency_ms(&report),
+        }),
+    );
+
+    // 2. Collector latency at half its peak rate.
+    eprintln!("[2/6] collector at half its peak rate ({:.0} spans/s) for {} s", peak / 2.0, args.seconds);
+    let report = send::run(plan(GRPC, u64::MAX / 2, Some(peak / 2.0), Some(Duration::from_secs(args.seconds)), 8), None, true)
+        .await?;
+    let spans_half = report.acknowledged_spans;
+    results.insert(
+        "collector_half_rate",
+        json!({ "offered_spans_per_s": peak / 2.0, "spans_per_s": report.spans_per_second(), "export_latency_ms": latency_ms(&report) }),
+    );
+    collector.stop();
+    let total_a = spans_a + spans_half;
+
+    // 3. Floor: the same records, raw rdkafka.
+    eprintln!("[3/6] floor: raw rdkafka produce and consume of the collector's records");
+    let records = tokio::task::spawn_blocking(move || read_all("bench_a", p)).await??;
+    create_topic("bench_floor", p).await?;
+    results.insert("floor", floor(&records, total_a, "bench_floor", p, ticks).await?);
+    drop(records);
+
+    // 4. Ingester alone: the whole backlog of bench_a into the store.
+    eprintln!("[4/6] ingester alone: {total_a} spans of backlog into the dev store");
+    let store = Store::new(&store_url, "");
+    let ingester = spawn(&args.bin, "ingester-a", &INGESTER_ARGS, &ingester_env("bench_a", "bench-ingester"), &logs)?;
+    let cpu = CpuMeter::new(ingester.pid(), ticks);
+    wait_http("http://127.0.0.1:24370/health/ready").await?;
+    let started = Instant::now();
+    let (indexed, last) = wait_indexed(&store, total_a, Duration::from_secs(600)).await?;
+    let ingest_s = last.duration_since(started).as_secs_f64();
+    let ingester_cpu = cpu.used();
+    let catch_up = indexed as f64 / ingest_s.max(1e-9);
+    results.insert(
+        "ingester",
+        json!({
+            "spans": indexed, "expected": total_a, "spans_per_s": catch_up,
+            "cpu_s_per_million_spans": per_million(ingester_cpu, indexed),
+            "spans_per_cpu_s": indexed as f64 / ingester_cpu.max(1e-9),
+            "peak_rss_mib": mib(peak_rss(ingester.pid())),
+            "store_peak_rss_mib": mib(peak_rss(store_proc.pid())),
+        }),
+    );
+    ingester.stop();
+
+    // 5. Replay of the same window into another prefix.
+    eprintln!("[5/6] replay of bench_a into prefix `replay`");
+    let replay = spawn(
+        &args.bin,
+        "replay",
+        &[
+            "spanline-ingester", "--config", "deploy/ingester.toml", "replay", "--topic", "bench_a", "--index-prefix",
+            "replay", "--group", "bench-replay",
+        ],
+        &[
+            ("SPANLINE_INGESTER__KAFKA__BROKERS", bootstrap()),
+            ("SPANLINE_INGESTER__OPENSEARCH__URL", store_url.clone()),
+        ],
+        &logs,
+    )?;
+    let cpu = CpuMeter::new(replay.pid(), ticks);
+    let started = Instant::now();
+    let replay_store = Store::new(&store_url, "replay");
+    let (replayed, last) = wait_indexed(&replay_store, total_a, Duration::from_secs(600)).await?;
+    let replay_s = last.duration_since(started).as_secs_f64();
+    let replay_cpu = cpu.used();
+    let replay_rss = mib(peak_rss(replay.pid()));
+    let mut replay = replay;
+    let _ = replay.child.wait();
+    drop(replay);
+
+    // 6. The whole pipeline at a steady rate, with verification and freshness.
+    let steady = (peak / 4.0).min(catch_up / 2.0);
+    eprintln!("[6/6] whole pipeline at {steady:.0} spans/s for {} s, verified in the store", args.seconds);
+    create_topic("bench_b", p).await?;
+    let collector = spawn(&args.bin, "collector-b", &COLLECTOR_ARGS, &collector_env("bench_b", None), &logs)?;
+    let ingester = spawn(&args.bin, "ingester-b", &INGESTER_ARGS, &ingester_env("bench_b", "bench-pipeline"), &logs)?;
+    wait_http("http://127.0.0.1:24369/health/ready").await?;
+    wait_http("http://127.0.0.1:24370/health/ready").await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (c_cpu, i_cpu) = (CpuMeter::new(collector.pid(), ticks), CpuMeter::new(ingester.pid(), ticks));
+    let baseline = store.count(None).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    let watcher = tokio::spawn(verify::watch_freshness(store.clone(), rx, Duration::from_secs(60)));
+    let report = send::run(
+        plan(GRPC, u64::MAX / 2, Some(steady), Some(Duration::from_secs(args.seconds)), 4),
+        Some((tx, Duration::from_millis(100))),
+        true,
+    )
+    .await?;
+    let (freshness, samples, unseen) = watcher.await?;
+    let verdict = verify::check(&store, baseline, report.acknowledged_spans, &samples, Duration::from_secs(120)).await?;
+    let spans_b = report.acknowledged_spans;
+    results.insert(
+        "pipeline",
+        json!({
+            "offered_spans_per_s": steady, "spans_per_s": report.spans_per_second(), "spans": spans_b,
+            "export_latency_ms": latency_ms(&report),
+            "freshness_ms": { "samples": freshness.len(), "unseen": unseen, "p50": freshness.value_at_quantile(0.5), "p99": freshness.value_at_quantile(0.99), "max": freshness.max() },
+            "verify": { "expected": verdict.expected, "found": verdict.found, "sampled_traces": verdict.samples, "exact": verdict.samples_exact, "ok": verdict.ok() },
+            "collector_cpu_s_per_million_spans": per_million(c_cpu.used(), spans_b),
+            "ingester_cpu_s_per_million_spans": per_million(i_cpu.used(), spans_b),
+            "collector_peak_rss_mib": mib(peak_rss(collector.pid())),
+            "ingester_peak_rss_mib": mib(peak_rss(ingester.pid())),
+        }),
+    );
+    results.insert(
+        "replay",
+        json!({
+            "spans": replayed, "spans_per_s": replayed as f64 / replay_s.max(1e-9),
+            "cpu_s_per_million_spans": per_million(replay_cpu, replayed), "peak_rss_mib": replay_rss,
+            "vs_ingester_steady_state": (replayed as f64 / replay_s.max(1e-9)) / report.spans_per_second().max(1e-9),
+            "vs_ingester_catch_up": (replayed as f64 / replay_s.max(1e-9)) / catch_up.max(1e-9),
+        }),
+    );
+    collector.stop();
+    ingester.stop();
+
+    // Overload: 3x the collector's capacity offered to a collector with a 64 MiB in-flight bound.
+    eprintln!("[+] overload: 3x capacity ({:.0} spans/s) against max_inflight_bytes = 64MiB for {} s", peak * 3.0, args.seconds);
+    create_topic("bench_c", p).await?;
+    let collector = spawn(
+        &args.bin,
+        "collector-c",
+        &COLLECTOR_ARGS,
+        &collector_env("bench_c", Some("64MiB")),
+        &logs,
+    )?;
+    wait_http("http://127.0.0.1:24369/health/ready").await?;
+    let report =
+        send::run(plan(GRPC, u64::MAX / 2, Some(peak * 3.0), Some(Duration::from_secs(args.seconds)), 32), None, true).await?;
+    results.insert(
+        "overload",
+        json!({
+            "offered_spans_per_s": peak * 3.0, "acknowledged_spans_per_s": report.spans_per_second(),
+            "refused_requests": report.failed_requests, "requests": report.requests,
+            "collector_peak_rss_mib": mib(peak_rss(collector.pid())), "max_inflight_mib": 64,
+            "export_latency_ms": latency_ms(&report),
+        }),
+    );
+    collector.stop();
+    let broker_rss = broker_pid.and_then(peak_rss);
+    drop(store_proc);
+    let _ = Command::new("scripts/broker.sh").args(["stop", &broker_dir.to_string_lossy()]).status();
+
+    let all = json!({ "machine": machine, "broker_peak_rss_mib": mib(broker_rss), "stages": results });
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&all)? + "\n")?;
+    println!("{}", serde_json::to_string_pretty(&all)?);
+    println!("results written to {}", args.out.display());
+    Ok(())
+}
+
+fn chrono_date() -> String {
+    String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ").output().map(|o| o.stdout).unwrap_or_default())
+        .trim()
+        .to_owned()
+}
