@@ -115,7 +115,9 @@ pub struct Limits {
     /// Bytes of encoded records waiting for Kafka's acknowledgement across all requests; past it,
     /// exports are refused with UNAVAILABLE / 503 and `Retry-After`. Default `256MiB`.
     pub max_inflight_bytes: ByteSize,
-    /// Requests served at once per receiver. Default 256.
+    /// Requests served at once over both receivers; beyond it a request is refused with UNAVAILABLE /
+    /// 503 and `Retry-After` before its body is read. With `max_inflight_bytes` this bounds memory:
+    /// about max_inflight_bytes + max_concurrent_requests × (request size, decoded). Default 256.
     pub max_concurrent_requests: usize,
     /// Longest time one export may take before it fails with UNAVAILABLE / 503. Default `30s`.
     #[serde(with = "humantime_serde")]

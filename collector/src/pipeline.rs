@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prometheus_client::registry::Registry;
 use spanline_common::admin::{self, Readiness};
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 
@@ -21,7 +21,7 @@ use crate::{
     metrics::{Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
-    receive::{GrpcReceiver, http_router, malformed_is_invalid_argument},
+    receive::{GrpcReceiver, http_router, malformed_is_invalid_argument, overloaded_is_unavailable},
 };
 
 /// How often readiness re-checks Kafka metadata.
@@ -41,9 +41,6 @@ struct ExporterInner {
     max_message_bytes: usize,
     max_request_bytes: usize,
     request_timeout: Duration,
-    /// Bounds exports served at once across receivers; when none is free the export is refused
-    /// with UNAVAILABLE / 503 rather than queued.
-    concurrency: Semaphore,
 }
 
 impl Exporter {
@@ -57,7 +54,6 @@ impl Exporter {
                 max_message_bytes: config.kafka.max_message_bytes.as_usize(),
                 max_request_bytes: config.limits.max_request_bytes.as_usize(),
                 request_timeout: config.limits.request_timeout,
-                concurrency: Semaphore::new(config.limits.max_concurrent_requests),
             }),
         })
     }
@@ -73,10 +69,6 @@ impl Exporter {
     /// Validates, groups per trace and publishes; answers after Kafka acknowledged every record.
     pub async fn export(&self, mut request: ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse, Error> {
         let inner = &self.inner;
-        let _slot = inner
-            .concurrency
-            .try_acquire()
-            .map_err(|_| Error::Overloaded("limits.max_concurrent_requests exports already in progress".into()))?;
         let processed = inner.processors.apply(&mut request);
         if processed.sampled_out > 0 {
             inner
@@ -155,16 +147,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limit);
+    // Shared by both protocols: the transport-level bound on requests being read and served.
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_requests));
+    let grpc_slots = slots.clone();
     let token = intake.clone();
     servers.spawn(async move {
         tonic::transport::Server::builder()
-            .layer(tower::util::MapResponseLayer::new(malformed_is_invalid_argument))
+            // Beyond limits.max_concurrent_requests an export is refused with UNAVAILABLE before
+            // its body is read, so request bodies in memory stay bounded whatever the clients do.
+            .layer(
+                tower::ServiceBuilder::new()
+                    .map_response(malformed_is_invalid_argument)
+                    .map_result(overloaded_is_unavailable)
+                    .load_shed()
+                    .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(grpc_slots)),
+            )
             .add_service(service)
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), token.cancelled_owned())
             .await
             .map_err(|e| Error::Setup(format!("otlp grpc server failed: {e}")))
     });
-    let router = http_router(exporter.clone(), limit);
+    let router = http_router(exporter.clone(), limit, slots);
     let token = intake.clone();
     servers.spawn(async move {
         axum::serve(http, router)

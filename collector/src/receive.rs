@@ -3,7 +3,9 @@
 //! success with `partial_success` when spans were rejected, and [`Error`]'s gRPC/HTTP status
 //! otherwise (with `Retry-After` when the client should retry).
 
-use std::io::Read;
+use std::{io::Read, sync::Arc};
+
+use tokio::sync::Semaphore;
 
 use axum::{
     Router,
@@ -48,14 +50,8 @@ impl TraceService for GrpcReceiver {
         let result = self.exporter.export(request).await;
         record_outcome(&self.exporter, "grpc", &result);
         result.map(tonic::Response::new).map_err(|error| {
-            let mut status = error.grpc_status();
-            if error.is_retryable() {
-                // Hint for clients that read it; OTLP clients back off on UNAVAILABLE anyway.
-                if let Ok(v) = RETRY_AFTER.as_secs().to_string().parse() {
-                    status.metadata_mut().insert("retry-after", v);
-                }
-            }
-            status
+            let status = error.grpc_status();
+            if error.is_retryable() { with_retry_after(status) } else { status }
         })
     }
 }
@@ -73,6 +69,28 @@ pub fn malformed_is_invalid_argument<B>(mut response: axum::http::Response<B>) -
     response
 }
 
+/// Adds the `retry-after` hint for clients that read it; OTLP clients back off on UNAVAILABLE anyway.
+pub fn with_retry_after(mut status: tonic::Status) -> tonic::Status {
+    if let Ok(v) = RETRY_AFTER.as_secs().to_string().parse() {
+        status.metadata_mut().insert("retry-after", v);
+    }
+    status
+}
+
+/// A gRPC export refused by load shedding (every `limits.max_concurrent_requests` slot busy) is
+/// answered UNAVAILABLE with `retry-after`, which OTLP clients retry, like every other overload.
+pub fn overloaded_is_unavailable(
+    result: Result<axum::http::Response<tonic::body::Body>, tower::BoxError>,
+) -> Result<axum::http::Response<tonic::body::Body>, tower::BoxError> {
+    match result {
+        Err(error) if error.is::<tower::load_shed::error::Overloaded>() => {
+            let error = Error::Overloaded("limits.max_concurrent_requests exports already in progress".into());
+            Ok(with_retry_after(error.grpc_status()).into_http())
+        }
+        other => other,
+    }
+}
+
 fn record_outcome(exporter: &Exporter, protocol: &'static str, result: &Result<ExportTraceServiceResponse, Error>) {
     let outcome = match result {
         Ok(response) if response.partial_success.as_ref().is_some_and(|p| p.rejected_spans > 0) => "partial_success",
@@ -85,12 +103,22 @@ fn record_outcome(exporter: &Exporter, protocol: &'static str, result: &Result<E
     exporter.metrics().requests.get_or_create(&RequestLabels { protocol, outcome }).inc();
 }
 
-/// The OTLP HTTP routes.
-pub fn http_router(exporter: Exporter, max_request_bytes: usize) -> Router {
+/// The OTLP HTTP routes. At most `slots` requests are served at once; beyond them a request is
+/// answered 503 with `Retry-After` before its body is read, so bodies in memory stay bounded by
+/// `limits.max_concurrent_requests` × `limits.max_request_bytes` whatever the number of clients.
+pub fn http_router(exporter: Exporter, max_request_bytes: usize, slots: Arc<Semaphore>) -> Router {
+    let shed = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
+            let error = Error::Overloaded("limits.max_concurrent_requests exports already in progress".into());
+            error_response(Format::Protobuf, &error)
+        }))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(slots));
     Router::new()
         .route("/v1/traces", post(http_traces))
         // The compressed body is capped too; the decompressed size is checked in `decode_http`.
         .layer(DefaultBodyLimit::max(max_request_bytes))
+        .layer(shed)
         .with_state(exporter)
 }
 

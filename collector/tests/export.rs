@@ -341,3 +341,48 @@ async fn in_flight_bytes_over_the_bound_are_refused_not_buffered() {
     let first = first.await.expect("join");
     assert!(first.is_err(), "the export Kafka never acknowledged is not a success");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_concurrent_requests_are_refused_before_their_body_is_read() {
+    let mut broker = broker().await;
+    let mut c = config(&broker);
+    c.limits.max_concurrent_requests = 2;
+    c.kafka.delivery_timeout = Duration::from_secs(5);
+    c.limits.request_timeout = Duration::from_secs(8);
+    let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+    // With the broker gone, two exports wait for Kafka and hold both slots.
+    broker.kill();
+    let addr = running.grpc_addr;
+    let waiting: Vec<_> = (0..2)
+        .map(|t| {
+            tokio::spawn(async move {
+                let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connects");
+                client.export(fixtures::request("svc", t + 1, 1, 2, fixtures::now_unix_nano())).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connects");
+    let status = client
+        .export(fixtures::request("svc", 9, 1, 2, fixtures::now_unix_nano()))
+        .await
+        .expect_err("a third concurrent export is over the bound");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not queued");
+
+    let mut body = Vec::new();
+    prost::Message::encode(&fixtures::request("svc", 10, 1, 2, fixtures::now_unix_nano()), &mut body).expect("encode");
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", running.http_addr))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 503, "HTTP shares the same slots");
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    for w in waiting {
+        assert!(w.await.expect("join").is_err(), "exports Kafka never acknowledged are not successes");
+    }
+}

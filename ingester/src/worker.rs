@@ -194,13 +194,19 @@ impl Worker {
         // A flushed batch waiting for a free bulk slot; while it waits, nothing is read.
         let mut waiting: Option<Batch> = None;
         let mut paused = false;
-        let mut draining = false;
-        // Set when a replay reaches its end bound: drain with reason `end`.
-        let mut at_end = false;
+        // Set when draining (revocation, shutdown, or a replay's end bound), with the flush reason.
+        let mut draining: Option<FlushReason> = None;
         let mut stored: Option<i64> = None;
         let mut last_timestamp_ms = 0;
         let mut mapped = Mapped::default();
         let result = loop {
+            // Draining: the open batch is flushed once no full batch waits before it (batches
+            // must enter the watermark in offset order).
+            if waiting.is_none()
+                && let Some(reason) = draining
+            {
+                waiting = batcher.take(reason);
+            }
             if in_flight.len() < shared.max_inflight_bulks
                 && let Some(batch) = waiting.take()
             {
@@ -212,26 +218,19 @@ impl Worker {
                 self.pause(blocked);
                 paused = blocked;
             }
-            if draining && waiting.is_none() && in_flight.is_empty() {
+            if draining.is_some() && waiting.is_none() && in_flight.is_empty() && batcher.is_empty() {
                 break Ok(());
             }
-            if at_end && !draining {
-                draining = true;
-                waiting = batcher.take(FlushReason::End);
-                continue;
-            }
-            let reading = waiting.is_none() && !draining;
+            let reading = waiting.is_none() && draining.is_none();
             tokio::select! {
                 biased;
                 () = control.abort.cancelled() => break Err(Error::Aborted),
-                () = control.drain.cancelled(), if !draining => {
-                    draining = true;
-                    let reason = if control.shutting_down.load(Ordering::Relaxed) {
+                () = control.drain.cancelled(), if draining.is_none() => {
+                    draining = Some(if control.shutting_down.load(Ordering::Relaxed) {
                         FlushReason::Shutdown
                     } else {
                         FlushReason::Revoke
-                    };
-                    waiting = batcher.take(reason);
+                    });
                 }
                 Some((seq, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                     if let Err(error) = outcome {
@@ -252,16 +251,24 @@ impl Worker {
                 received = self.queue.recv(), if reading => match received {
                     // Replays ask for end-of-partition events: the end bound is at or below the
                     // high watermark it was resolved against, so the partition's end is past it.
-                    Err(KafkaError::PartitionEOF(_)) => at_end = control.end.is_some(),
+                    Err(KafkaError::PartitionEOF(_)) => {
+                        if control.end.is_some() {
+                            draining = Some(FlushReason::End);
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(partition, %error, "kafka consume error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Ok(message) if control.end.is_some_and(|end| message.offset() >= end) => at_end = true,
+                    Ok(message) if control.end.is_some_and(|end| message.offset() >= end) => {
+                        draining = Some(FlushReason::End);
+                    }
                     Ok(message) => {
                         let offset = message.offset();
                         control.read.store(offset, Ordering::Relaxed);
-                        at_end = control.end.is_some_and(|end| offset + 1 >= end);
+                        if control.end.is_some_and(|end| offset + 1 >= end) {
+                            draining = Some(FlushReason::End);
+                        }
                         let record = Record {
                             offset,
                             key: message.key().map(Bytes::copy_from_slice),

@@ -248,3 +248,22 @@ async fn dead_lettered_spans_are_indexed_once_when_re_driven_after_the_fault_is_
     assert_eq!(again.records, 0, "{again}");
     assert_eq!(count(&store.url(), "jaeger-span-*").await.expect("count"), 240);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_last_record_fills_a_batch_while_the_bulk_slot_is_busy_still_writes_it() {
+    let broker = broker().await;
+    let store = devstore_with_faults(Faults { latency: Some(Duration::from_millis(40)), ..Faults::default() })
+        .await
+        .expect("store");
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 120, 4, fixtures::now_unix_nano()))
+        .await
+        .expect("produced");
+    // Every record fills a batch (4 span documents; service documents are cached after the first)
+    // and the one bulk slot is always busy, so the end bound is met with a full batch waiting.
+    let mut c = config(&broker, &store.url());
+    c.batch.max_docs = 4;
+    c.batch.max_inflight_bulks = 1;
+    let summary = replay(&c, args(Bound::Earliest, Bound::Latest)).await;
+    assert_eq!((summary.records, summary.spans, summary.indexed), (120, 480, 480), "{summary}");
+    assert_eq!(settle(&store.url(), 480).await, 480);
+}

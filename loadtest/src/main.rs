@@ -121,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
     let mut ok = report.failed_requests == 0;
     if let (Some(store), Some(watcher)) = (store, watcher) {
         let (freshness, samples, unseen) = watcher.await?;
-        let verdict = verify::check(&store, baseline, report.acknowledged_spans, &samples, Duration::from_secs(120)).await?;
+        let verdict =
+            verify::check(&store, baseline, report.acknowledged_spans, &samples, Duration::from_secs(120)).await?;
         ok &= verdict.ok() && unseen == 0;
         out["verify"] = serde_json::json!({
             "expected_spans": verdict.expected, "found_spans": verdict.found,
@@ -154,7 +155,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if !ok {
-        anyhow::bail!("the run failed: failed requests, or the store does not hold every acknowledged span exactly once");
+        anyhow::bail!(
+            "the run failed: failed requests, or the store does not hold every acknowledged span exactly once"
+        );
     }
     Ok(())
 }

@@ -13,8 +13,18 @@ use prost::Message as _;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const SERVICE_NAMES: [&str; 12] = [
-    "frontend", "cart", "checkout", "payments", "shipping", "catalog", "search", "recommendations", "ads", "email",
-    "currency", "auth",
+    "frontend",
+    "cart",
+    "checkout",
+    "payments",
+    "shipping",
+    "catalog",
+    "search",
+    "recommendations",
+    "ads",
+    "email",
+    "currency",
+    "auth",
 ];
 const VERBS: [&str; 6] = ["GET", "POST", "PUT", "SELECT", "publish", "charge"];
 

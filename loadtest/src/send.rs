@@ -106,9 +106,11 @@ impl Client {
     /// Sends one request; `Ok(rejected spans)` or an error message.
     async fn export(&mut self, request: ExportTraceServiceRequest) -> Result<u64, String> {
         let response = match self {
-            Client::Grpc(client) => client.export(request).await.map(tonic::Response::into_inner).map_err(|s| {
-                format!("{:?}: {}", s.code(), s.message())
-            })?,
+            Client::Grpc(client) => client
+                .export(request)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?,
             Client::Http(client, url) => {
                 let answer = client
                     .post(url.as_str())

@@ -1,7 +1,10 @@
 //! Checks a run in OpenSearch (or the dev store): the total span count, exact counts per sampled
 //! trace, and end-to-end freshness (span end → searchable) of sampled traces.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -41,6 +44,34 @@ impl Store {
     pub async fn trace_count(&self, trace_id: &str) -> anyhow::Result<u64> {
         self.count(Some(json!({ "term": { "traceID": trace_id } }))).await
     }
+
+    /// Span documents per trace id, for many traces in one search (one scan of the store instead
+    /// of one per trace). At most 10 000 documents: callers ask for bounded sets.
+    pub async fn trace_counts(&self, trace_ids: &[&str]) -> anyhow::Result<HashMap<String, u64>> {
+        let mut counts = HashMap::new();
+        if trace_ids.is_empty() {
+            return Ok(counts);
+        }
+        let answer: Value = self
+            .http
+            .post(format!("{}/{}/_search", self.url, self.index))
+            .json(&json!({
+                "size": 10_000,
+                "_source": ["traceID"],
+                "query": { "terms": { "traceID": trace_ids } },
+            }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for hit in answer["hits"]["hits"].as_array().into_iter().flatten() {
+            if let Some(id) = hit["_source"]["traceID"].as_str() {
+                *counts.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
 }
 
 /// Watches sampled traces until each is searchable with all its spans; returns the freshness
@@ -65,17 +96,19 @@ pub async fn watch_freshness(
             closed = true;
             closed_at = Some(Instant::now());
         }
-        let mut still = Vec::new();
-        for sample in pending.drain(..) {
-            match store.trace_count(&sample.trace_id).await {
-                Ok(n) if n >= sample.spans => {
-                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                    let _ = freshness.record(now.saturating_sub(sample.end_unix_nano / 1_000_000).max(1));
+        // One search for every pending trace; a trace counts as searchable at the time the search
+        // was sent, so a slow store does not inflate the figure.
+        let asked = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ids: Vec<&str> = pending.iter().take(500).map(|s| s.trace_id.as_str()).collect();
+        if let Ok(counts) = store.trace_counts(&ids).await {
+            pending.retain(|sample| {
+                let arrived = counts.get(&sample.trace_id).is_some_and(|&n| n >= sample.spans);
+                if arrived {
+                    let _ = freshness.record(asked.saturating_sub(sample.end_unix_nano / 1_000_000).max(1));
                 }
-                _ => still.push(sample),
-            }
+                !arrived
+            });
         }
-        pending = still;
         if closed && (pending.is_empty() || closed_at.is_some_and(|t| t.elapsed() > patience)) {
             break pending.len() as u64;
         }
@@ -103,7 +136,13 @@ impl Verdict {
 
 /// Waits until the store holds `baseline + acknowledged` span documents (or `timeout`), then checks
 /// the count is exact and each sampled trace has exactly its spans.
-pub async fn check(store: &Store, baseline: u64, acknowledged: u64, samples: &[Sample], timeout: Duration) -> anyhow::Result<Verdict> {
+pub async fn check(
+    store: &Store,
+    baseline: u64,
+    acknowledged: u64,
+    samples: &[Sample],
+    timeout: Duration,
+) -> anyhow::Result<Verdict> {
     let expected = baseline + acknowledged;
     let until = Instant::now() + timeout;
     let mut found = store.count(None).await?;
@@ -115,13 +154,16 @@ pub async fn check(store: &Store, baseline: u64, acknowledged: u64, samples: &[S
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     found = store.count(None).await?;
     let mut verdict = Verdict { expected: acknowledged, found: found.saturating_sub(baseline), ..Verdict::default() };
-    for sample in samples {
-        verdict.samples += 1;
-        let n = store.trace_count(&sample.trace_id).await?;
-        match n.cmp(&sample.spans) {
-            std::cmp::Ordering::Equal => verdict.samples_exact += 1,
-            std::cmp::Ordering::Less => verdict.samples_missing += 1,
-            std::cmp::Ordering::Greater => verdict.samples_duplicated += 1,
+    for chunk in samples.chunks(500) {
+        let ids: Vec<&str> = chunk.iter().map(|s| s.trace_id.as_str()).collect();
+        let counts = store.trace_counts(&ids).await?;
+        for sample in chunk {
+            verdict.samples += 1;
+            match counts.get(&sample.trace_id).copied().unwrap_or(0).cmp(&sample.spans) {
+                std::cmp::Ordering::Equal => verdict.samples_exact += 1,
+                std::cmp::Ordering::Less => verdict.samples_missing += 1,
+                std::cmp::Ordering::Greater => verdict.samples_duplicated += 1,
+            }
         }
     }
     Ok(verdict)

@@ -43,10 +43,10 @@ struct Args {
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
     /// Traces sent in the collector stage (about 8 spans each).
-    #[arg(long, default_value_t = 150_000)]
+    #[arg(long, default_value_t = 40_000)]
     traces: u64,
     /// Seconds of the end-to-end and latency stages.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 15)]
     seconds: u64,
     /// Partitions of the benchmark topics.
     #[arg(long, default_value_t = 6)]
@@ -174,7 +174,13 @@ fn read_all(topic: &str, partitions: i32) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8
 
 /// The floor: raw rdkafka produce of `records` to `topic`, then raw consume of them; this
 /// process's CPU is the cost.
-async fn floor(records: &[(Vec<u8>, Vec<u8>)], spans: u64, topic: &str, partitions: i32, ticks: f64) -> anyhow::Result<Value> {
+async fn floor(
+    records: &[(Vec<u8>, Vec<u8>)],
+    spans: u64,
+    topic: &str,
+    partitions: i32,
+    ticks: f64,
+) -> anyhow::Result<Value> {
     let me = std::process::id();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -192,7 +198,10 @@ async fn floor(records: &[(Vec<u8>, Vec<u8>)], spans: u64, topic: &str, partitio
                     deliveries.push(delivery);
                     break;
                 }
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
                     producer.poll(Duration::from_millis(10));
                 }
                 Err((e, _)) => bail!("produce: {e}"),
@@ -256,8 +265,9 @@ fn collector_env(topic: &str, max_inflight: Option<&str>) -> Vec<(&'static str, 
     env
 }
 
-fn ingester_env(topic: &str, group: &str) -> Vec<(&'static str, String)> {
+fn ingester_env(topic: &str, group: &str, prefix: &str) -> Vec<(&'static str, String)> {
     vec![
+        ("SPANLINE_INGESTER__OPENSEARCH__INDEX_PREFIX", prefix.to_owned()),
         ("SPANLINE_INGESTER__KAFKA__BROKERS", bootstrap()),
         ("SPANLINE_INGESTER__KAFKA__TOPIC", topic.to_owned()),
         ("SPANLINE_INGESTER__KAFKA__GROUP_ID", group.to_owned()),
@@ -291,7 +301,8 @@ async fn wait_indexed(store: &Store, want: u64, timeout: Duration) -> anyhow::Re
 #[allow(clippy::print_stdout)]
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    spanline_common::telemetry::init("warn");
+    // End-of-partition events are how the floor's reader knows it is done, not errors.
+    spanline_common::telemetry::init("warn,rdkafka::client=off");
     let args = Args::parse();
     let ticks = clock_ticks();
     let logs = args.dir.join("logs");
@@ -306,7 +317,8 @@ async fn main() -> anyhow::Result<()> {
     if !status.success() {
         bail!("broker did not start");
     }
-    let broker_pid: Option<u32> = std::fs::read_to_string(broker_dir.join("tansu.pid")).ok().and_then(|s| s.trim().parse().ok());
+    let broker_pid: Option<u32> =
+        std::fs::read_to_string(broker_dir.join("tansu.pid")).ok().and_then(|s| s.trim().parse().ok());
     let store_proc = spawn(
         &args.bin,
         "devstore",
@@ -317,6 +329,13 @@ async fn main() -> anyhow::Result<()> {
     let store_url = format!("http://127.0.0.1:{STORE_PORT}");
     wait_http(&store_url).await?;
     let mut results = BTreeMap::<&str, Value>::new();
+    let save = |results: &BTreeMap<&str, Value>| -> anyhow::Result<()> {
+        if let Some(dir) = args.out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&args.out, serde_json::to_string_pretty(&json!({ "stages": results }))? + "\n")?;
+        Ok(())
+    };
     let machine = json!({
         "cores": std::thread::available_parallelism().map_or(0, usize::from),
         "kernel": String::from_utf8_lossy(&Command::new("uname").arg("-sr").output()?.stdout).trim().to_owned(),
@@ -343,16 +362,19 @@ async fn main() -> anyhow::Result<()> {
             "peak_rss_mib": mib(peak_rss(collector.pid())), "export_latency_ms": latency_ms(&report),
         }),
     );
+    save(&results)?;
 
     // 2. Collector latency at half its peak rate.
     eprintln!("[2/6] collector at half its peak rate ({:.0} spans/s) for {} s", peak / 2.0, args.seconds);
-    let report = send::run(plan(GRPC, u64::MAX / 2, Some(peak / 2.0), Some(Duration::from_secs(args.seconds)), 8), None, true)
-        .await?;
+    let report =
+        send::run(plan(GRPC, u64::MAX / 2, Some(peak / 2.0), Some(Duration::from_secs(args.seconds)), 8), None, true)
+            .await?;
     let spans_half = report.acknowledged_spans;
     results.insert(
         "collector_half_rate",
         json!({ "offered_spans_per_s": peak / 2.0, "spans_per_s": report.spans_per_second(), "export_latency_ms": latency_ms(&report) }),
     );
+    save(&results)?;
     collector.stop();
     let total_a = spans_a + spans_half;
 
@@ -361,12 +383,14 @@ async fn main() -> anyhow::Result<()> {
     let records = tokio::task::spawn_blocking(move || read_all("bench_a", p)).await??;
     create_topic("bench_floor", p).await?;
     results.insert("floor", floor(&records, total_a, "bench_floor", p, ticks).await?);
+    save(&results)?;
     drop(records);
 
     // 4. Ingester alone: the whole backlog of bench_a into the store.
     eprintln!("[4/6] ingester alone: {total_a} spans of backlog into the dev store");
     let store = Store::new(&store_url, "");
-    let ingester = spawn(&args.bin, "ingester-a", &INGESTER_ARGS, &ingester_env("bench_a", "bench-ingester"), &logs)?;
+    let ingester =
+        spawn(&args.bin, "ingester-a", &INGESTER_ARGS, &ingester_env("bench_a", "bench-ingester", ""), &logs)?;
     let cpu = CpuMeter::new(ingester.pid(), ticks);
     wait_http("http://127.0.0.1:24370/health/ready").await?;
     let started = Instant::now();
@@ -384,6 +408,7 @@ async fn main() -> anyhow::Result<()> {
             "store_peak_rss_mib": mib(peak_rss(store_proc.pid())),
         }),
     );
+    save(&results)?;
     ingester.stop();
 
     // 5. Replay of the same window into another prefix.
@@ -392,8 +417,16 @@ async fn main() -> anyhow::Result<()> {
         &args.bin,
         "replay",
         &[
-            "spanline-ingester", "--config", "deploy/ingester.toml", "replay", "--topic", "bench_a", "--index-prefix",
-            "replay", "--group", "bench-replay",
+            "spanline-ingester",
+            "--config",
+            "deploy/ingester.toml",
+            "replay",
+            "--topic",
+            "bench_a",
+            "--index-prefix",
+            "replay",
+            "--group",
+            "bench-replay",
         ],
         &[
             ("SPANLINE_INGESTER__KAFKA__BROKERS", bootstrap()),
@@ -415,14 +448,19 @@ async fn main() -> anyhow::Result<()> {
     // 6. The whole pipeline at a steady rate, with verification and freshness.
     let steady = (peak / 4.0).min(catch_up / 2.0);
     eprintln!("[6/6] whole pipeline at {steady:.0} spans/s for {} s, verified in the store", args.seconds);
+    // An empty store, so the stage measures the pipeline rather than the dev store's size.
+    reqwest::Client::new().post(format!("{store_url}/_devstore/reset")).send().await?.error_for_status()?;
     create_topic("bench_b", p).await?;
     let collector = spawn(&args.bin, "collector-b", &COLLECTOR_ARGS, &collector_env("bench_b", None), &logs)?;
-    let ingester = spawn(&args.bin, "ingester-b", &INGESTER_ARGS, &ingester_env("bench_b", "bench-pipeline"), &logs)?;
+    let ingester =
+        spawn(&args.bin, "ingester-b", &INGESTER_ARGS, &ingester_env("bench_b", "bench-pipeline", "pipeline"), &logs)?;
     wait_http("http://127.0.0.1:24369/health/ready").await?;
     wait_http("http://127.0.0.1:24370/health/ready").await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (c_cpu, i_cpu) = (CpuMeter::new(collector.pid(), ticks), CpuMeter::new(ingester.pid(), ticks));
-    let baseline = store.count(None).await?;
+    // Its own index prefix, so the store's scans for verification see only this stage's spans.
+    let store = Store::new(&store_url, "pipeline");
+    let baseline = store.count(None).await.unwrap_or(0);
     let (tx, rx) = tokio::sync::mpsc::channel(10_000);
     let watcher = tokio::spawn(verify::watch_freshness(store.clone(), rx, Duration::from_secs(60)));
     let report = send::run(
@@ -432,7 +470,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let (freshness, samples, unseen) = watcher.await?;
-    let verdict = verify::check(&store, baseline, report.acknowledged_spans, &samples, Duration::from_secs(120)).await?;
+    let verdict =
+        verify::check(&store, baseline, report.acknowledged_spans, &samples, Duration::from_secs(120)).await?;
     let spans_b = report.acknowledged_spans;
     results.insert(
         "pipeline",
@@ -447,6 +486,7 @@ async fn main() -> anyhow::Result<()> {
             "ingester_peak_rss_mib": mib(peak_rss(ingester.pid())),
         }),
     );
+    save(&results)?;
     results.insert(
         "replay",
         json!({
@@ -460,27 +500,31 @@ async fn main() -> anyhow::Result<()> {
     ingester.stop();
 
     // Overload: 3x the collector's capacity offered to a collector with a 64 MiB in-flight bound.
-    eprintln!("[+] overload: 3x capacity ({:.0} spans/s) against max_inflight_bytes = 64MiB for {} s", peak * 3.0, args.seconds);
+    eprintln!(
+        "[+] overload: 3x capacity ({:.0} spans/s) against max_inflight_bytes = 64MiB, max_concurrent_requests = 64, for {} s",
+        peak * 3.0,
+        args.seconds
+    );
     create_topic("bench_c", p).await?;
-    let collector = spawn(
-        &args.bin,
-        "collector-c",
-        &COLLECTOR_ARGS,
-        &collector_env("bench_c", Some("64MiB")),
-        &logs,
-    )?;
+    let mut env = collector_env("bench_c", Some("64MiB"));
+    env.push(("SPANLINE_COLLECTOR__LIMITS__MAX_CONCURRENT_REQUESTS", "64".into()));
+    let collector = spawn(&args.bin, "collector-c", &COLLECTOR_ARGS, &env, &logs)?;
     wait_http("http://127.0.0.1:24369/health/ready").await?;
     let report =
-        send::run(plan(GRPC, u64::MAX / 2, Some(peak * 3.0), Some(Duration::from_secs(args.seconds)), 32), None, true).await?;
+        // Enough connections that 3x the rate is really offered while exports wait (64 MiB of
+        // in-flight bytes is about 250 requests).
+        send::run(plan(GRPC, u64::MAX / 2, Some(peak * 3.0), Some(Duration::from_secs(args.seconds)), 400), None, true)
+            .await?;
     results.insert(
         "overload",
         json!({
             "offered_spans_per_s": peak * 3.0, "acknowledged_spans_per_s": report.spans_per_second(),
             "refused_requests": report.failed_requests, "requests": report.requests,
-            "collector_peak_rss_mib": mib(peak_rss(collector.pid())), "max_inflight_mib": 64,
+            "collector_peak_rss_mib": mib(peak_rss(collector.pid())), "max_inflight_mib": 64, "max_concurrent_requests": 64,
             "export_latency_ms": latency_ms(&report),
         }),
     );
+    save(&results)?;
     collector.stop();
     let broker_rss = broker_pid.and_then(peak_rss);
     drop(store_proc);
@@ -497,7 +541,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn chrono_date() -> String {
-    String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ").output().map(|o| o.stdout).unwrap_or_default())
-        .trim()
-        .to_owned()
+    String::from_utf8_lossy(
+        &Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ").output().map(|o| o.stdout).unwrap_or_default(),
+    )
+    .trim()
+    .to_owned()
 }

@@ -1,0 +1,90 @@
+//! The ingester's hot path per Kafka record: decode → Jaeger documents → NDJSON bulk items, and
+//! parsing `_bulk` answers. The same 512 spans of about 470 bytes as the collector's benchmark
+//! (64 traces of 8 spans), as one record per trace, as the collector writes them.
+//!
+//! cargo bench -p spanline-ingester --bench document
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message;
+use spanline_ingester::{
+    bulk::{encode_item, parse_response},
+    config::Encoding,
+    document::{IndexNames, Mapped, Routing, map_request},
+    worker::decode,
+};
+use spanline_testkit::fixtures;
+
+fn records() -> Vec<Bytes> {
+    let now = fixtures::now_unix_nano();
+    (1..=64)
+        .map(|t| {
+            let mut request = fixtures::request("bench-service", t, 1, 8, now);
+            for span in &mut request.resource_spans[0].scope_spans[0].spans {
+                span.attributes.push(fixtures::attr("bench.pad", &"x".repeat(330)));
+            }
+            Bytes::from(request.encode_to_vec())
+        })
+        .collect()
+}
+
+fn bulk_answer(items: usize, errors: bool) -> Vec<u8> {
+    let item = |i: usize| {
+        if errors && i.is_multiple_of(10) {
+            format!(
+                r#"{{"create":{{"_index":"jaeger-span-2026-11-26","_id":"t_{i}","status":409,"error":{{"type":"version_conflict_engine_exception","reason":"[t_{i}]: version conflict, document already exists","index":"jaeger-span-2026-11-26"}}}}}}"#
+            )
+        } else {
+            format!(
+                r#"{{"create":{{"_index":"jaeger-span-2026-11-26","_id":"t_{i}","_version":1,"result":"created","_shards":{{"total":2,"successful":1,"failed":0}},"_seq_no":{i},"_primary_term":1,"status":201}}}}"#
+            )
+        }
+    };
+    let items: Vec<String> = (0..items).map(item).collect();
+    format!(r#"{{"took":30,"errors":{errors},"items":[{}]}}"#, items.join(",")).into_bytes()
+}
+
+fn bench(c: &mut Criterion) {
+    let records = records();
+    let bytes: usize = records.iter().map(Bytes::len).sum();
+    let spans = 512usize;
+    let routing = Routing {
+        names: IndexNames::new(""),
+        max_age_micros: 72 * 3600 * 1_000_000,
+        max_skew_micros: 3600 * 1_000_000,
+        clamp: false,
+    };
+    let now_micros = i64::try_from(fixtures::now_unix_nano() / 1_000).expect("fits");
+    let mut group = c.benchmark_group("ingester");
+    group.throughput(Throughput::Elements(spans as u64));
+    group.bench_function("decode_map_ndjson", |b| {
+        let mut mapped = Mapped::default();
+        b.iter(|| {
+            let mut out = 0;
+            for record in &records {
+                mapped.clear();
+                let (request, _) = decode(Encoding::OtlpProto, record).expect("decodes");
+                map_request(&request, &routing, now_micros, &mut mapped);
+                for doc in mapped.docs.drain(..) {
+                    out += encode_item(&doc).len();
+                }
+            }
+            black_box(out)
+        })
+    });
+    let created = bulk_answer(spans, false);
+    let mixed = bulk_answer(spans, true);
+    group.bench_function("parse_bulk_all_created", |b| {
+        b.iter(|| parse_response(black_box(&created), spans).expect("parses"))
+    });
+    group.bench_function("parse_bulk_10pct_conflicts", |b| {
+        b.iter(|| parse_response(black_box(&mixed), spans).expect("parses"))
+    });
+    group.finish();
+    eprintln!("records: 64, {bytes} bytes, {spans} spans; bulk answers {} and {} bytes", created.len(), mixed.len());
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
