@@ -150,6 +150,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Shared by both protocols: the transport-level bound on requests being read and served.
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_requests));
     let grpc_slots = slots.clone();
+    let shed_metrics = exporter.metrics().clone();
     let token = intake.clone();
     servers.spawn(async move {
         tonic::transport::Server::builder()
@@ -158,7 +159,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             .layer(
                 tower::ServiceBuilder::new()
                     .map_response(malformed_is_invalid_argument)
-                    .map_result(overloaded_is_unavailable)
+                    .map_result(move |result| overloaded_is_unavailable(&shed_metrics, result))
                     .load_shed()
                     .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(grpc_slots)),
             )

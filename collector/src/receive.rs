@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::{
     error::{Error, RETRY_AFTER},
-    metrics::{ProtocolLabels, RequestLabels},
+    metrics::{Metrics, ProtocolLabels, RequestLabels},
     pipeline::Exporter,
 };
 
@@ -69,6 +69,11 @@ pub fn malformed_is_invalid_argument<B>(mut response: axum::http::Response<B>) -
     response
 }
 
+/// The refusal of a request shed because every `limits.max_concurrent_requests` slot is busy.
+fn shed() -> Error {
+    Error::Overloaded("limits.max_concurrent_requests exports already in progress".into())
+}
+
 /// Adds the `retry-after` hint for clients that read it; OTLP clients back off on UNAVAILABLE anyway.
 pub fn with_retry_after(mut status: tonic::Status) -> tonic::Status {
     if let Ok(v) = RETRY_AFTER.as_secs().to_string().parse() {
@@ -78,13 +83,16 @@ pub fn with_retry_after(mut status: tonic::Status) -> tonic::Status {
 }
 
 /// A gRPC export refused by load shedding (every `limits.max_concurrent_requests` slot busy) is
-/// answered UNAVAILABLE with `retry-after`, which OTLP clients retry, like every other overload.
+/// answered UNAVAILABLE with `retry-after`, which OTLP clients retry, like every other overload, and
+/// counted as an `overloaded` request.
 pub fn overloaded_is_unavailable(
+    metrics: &Metrics,
     result: Result<axum::http::Response<tonic::body::Body>, tower::BoxError>,
 ) -> Result<axum::http::Response<tonic::body::Body>, tower::BoxError> {
     match result {
         Err(error) if error.is::<tower::load_shed::error::Overloaded>() => {
-            let error = Error::Overloaded("limits.max_concurrent_requests exports already in progress".into());
+            let error = shed();
+            metrics.requests.get_or_create(&RequestLabels { protocol: "grpc", outcome: error.outcome() }).inc();
             Ok(with_retry_after(error.grpc_status()).into_http())
         }
         other => other,
@@ -107,10 +115,15 @@ fn record_outcome(exporter: &Exporter, protocol: &'static str, result: &Result<E
 /// answered 503 with `Retry-After` before its body is read, so bodies in memory stay bounded by
 /// `limits.max_concurrent_requests` × `limits.max_request_bytes` whatever the number of clients.
 pub fn http_router(exporter: Exporter, max_request_bytes: usize, slots: Arc<Semaphore>) -> Router {
+    let metrics = exporter.metrics().clone();
     let shed = tower::ServiceBuilder::new()
-        .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
-            let error = Error::Overloaded("limits.max_concurrent_requests exports already in progress".into());
-            error_response(Format::Protobuf, &error)
+        .layer(axum::error_handling::HandleErrorLayer::new(move |_: tower::BoxError| {
+            let metrics = metrics.clone();
+            async move {
+                let error = shed();
+                metrics.requests.get_or_create(&RequestLabels { protocol: "http", outcome: error.outcome() }).inc();
+                error_response(Format::Protobuf, &error)
+            }
         }))
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(slots));

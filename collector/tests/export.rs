@@ -382,6 +382,11 @@ async fn requests_beyond_max_concurrent_requests_are_refused_before_their_body_i
         .expect("sent");
     assert_eq!(response.status(), 503, "HTTP shares the same slots");
     assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let shed =
+        spanline_testkit::metric(running.admin_addr, "spanline_collector_requests_total", "outcome=\"overloaded\"")
+            .await
+            .expect("metrics");
+    assert_eq!(shed, 2.0, "both refusals are counted");
     for w in waiting {
         assert!(w.await.expect("join").is_err(), "exports Kafka never acknowledged are not successes");
     }
