@@ -39,9 +39,10 @@ struct Args {
     /// Gzip request bodies (gRPC).
     #[arg(long)]
     gzip: bool,
-    /// Seed of the trace model.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Seed of the trace model (trace and span ids derive from it). Default: a new one per run, so
+    /// runs never share trace ids; the report prints it so a run can be repeated.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Target encoded size of a span, bytes.
     #[arg(long, default_value_t = 500)]
     span_bytes: usize,
@@ -77,8 +78,11 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     spanline_common::telemetry::init("warn");
     let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
     let model = Model {
-        seed: args.seed,
+        seed,
         services: args.services,
         depth: args.depth,
         fan_out: args.fan_out,
@@ -110,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
     let l = &report.latency;
     let ms = |q: f64| l.value_at_quantile(q) as f64 / 1000.0;
     let mut out = serde_json::json!({
+        "seed": seed,
         "acknowledged_spans": report.acknowledged_spans,
         "rejected_spans": report.rejected_spans,
         "failed_requests": report.failed_requests,
@@ -138,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{out}");
     } else {
         println!(
-            "acknowledged {} spans in {:.2}s ({:.0} spans/s); rejected spans {}; failed requests {}; export latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            "seed {seed}: acknowledged {} spans in {:.2}s ({:.0} spans/s); rejected spans {}; failed requests {}; export latency p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms",
             report.acknowledged_spans,
             report.elapsed.as_secs_f64(),
             report.spans_per_second(),
