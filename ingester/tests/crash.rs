@@ -236,16 +236,6 @@ async fn two_ingesters_share_the_partitions_and_one_takes_over_when_the_other_is
     let _ = b.wait();
 }
 
-/// 409 answers on span indices: a span document written twice, so a record read twice.
-async fn span_conflicts(store: &str) -> u64 {
-    let stats: serde_json::Value =
-        reqwest::get(format!("{store}/_devstore/stats")).await.expect("stats").json().await.expect("json");
-    stats["bulk"]["conflicts_by_index"]
-        .as_object()
-        .map(|m| m.iter().filter(|(k, _)| k.starts_with("jaeger-span-")).filter_map(|(_, v)| v.as_u64()).sum())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_joining_and_leaving_hand_partitions_over_drained_so_no_record_is_read_twice() {
     let broker = Broker::start().await.expect("broker");
@@ -314,7 +304,11 @@ async fn members_joining_and_leaving_hand_partitions_over_drained_so_no_record_i
     producer.await.expect("producer");
 
     assert_eq!(settle(&store.url(), total).await, total, "nothing lost, nothing duplicated");
-    assert_eq!(span_conflicts(&store.url()).await, 0, "no span was written twice: no record was read twice");
+    assert_eq!(
+        spanline_testkit::span_conflicts(&store.url()).await.expect("stats"),
+        0,
+        "no span was written twice: no record was read twice"
+    );
     let bootstrap = broker.bootstrap();
     let records = i64::try_from(chunks * per_chunk).expect("fits");
     let after = wait_for(Duration::from_secs(20), || {

@@ -56,16 +56,6 @@ async fn settle(url: &str, want: u64) -> u64 {
     settled_count(url, "jaeger-span-*", want, Duration::from_secs(60)).await
 }
 
-/// 409 answers on span indices: span documents written again.
-async fn span_conflicts(store: &str) -> u64 {
-    let stats: serde_json::Value =
-        reqwest::get(format!("{store}/_devstore/stats")).await.expect("stats").json().await.expect("json");
-    stats["bulk"]["conflicts_by_index"]
-        .as_object()
-        .map(|m| m.iter().filter(|(k, _)| k.starts_with("jaeger-span-")).filter_map(|(_, v)| v.as_u64()).sum())
-        .unwrap_or(0)
-}
-
 /// Sum over partitions of `group`'s committed offsets.
 fn committed(bootstrap: &str, group: &str, topic: &str) -> i64 {
     use rdkafka::{
@@ -107,7 +97,11 @@ async fn replaying_a_window_live_ingestion_indexed_changes_nothing_and_leaves_th
     assert_eq!(summary.indexed, 800, "every span is durable (already there)");
     assert!(!summary.interrupted);
     assert_eq!(count(&store.url(), "jaeger-span-*").await.expect("count"), 800, "no new document");
-    assert_eq!(span_conflicts(&store.url()).await, 800, "each span was offered once more and found present");
+    assert_eq!(
+        spanline_testkit::span_conflicts(&store.url()).await.expect("stats"),
+        800,
+        "each span was offered once more and found present"
+    );
     let bootstrap = broker.bootstrap();
     let (live_after, replay_group) = tokio::task::spawn_blocking(move || {
         (
@@ -206,7 +200,7 @@ async fn an_interrupted_replay_resumes_where_it_stopped_and_indexes_everything_o
         "the second run starts where the first stopped: {first} / {second}"
     );
     assert_eq!(settle(&store.url(), total).await, total);
-    assert_eq!(span_conflicts(&store.url()).await, 0, "no span was written twice");
+    assert_eq!(spanline_testkit::span_conflicts(&store.url()).await.expect("stats"), 0, "no span was written twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

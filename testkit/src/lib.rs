@@ -246,6 +246,16 @@ pub async fn count(url: &str, index: &str) -> anyhow::Result<u64> {
     response["count"].as_u64().with_context(|| format!("unexpected _count answer: {response}"))
 }
 
+/// How many bulk items the dev store at `url` answered 409 (the id exists: a document written
+/// twice) in span indices (`jaeger-span-*`, no prefix).
+pub async fn span_conflicts(url: &str) -> anyhow::Result<u64> {
+    let stats: serde_json::Value = reqwest::get(format!("{url}/_devstore/stats")).await?.json().await?;
+    Ok(stats["bulk"]["conflicts_by_index"]
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| k.starts_with("jaeger-span-")).filter_map(|(_, v)| v.as_u64()).sum())
+        .unwrap_or(0))
+}
+
 /// Every document (`_id`, `_source`) in `index` (at most 10 000), after a refresh.
 pub async fn documents(url: &str, index: &str) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
     let client = reqwest::Client::new();
