@@ -1,15 +1,12 @@
 //! Failures against the real binary and the real broker, counting every span: SIGKILL between bulk
-//! and commit, and a search store that refuses connections for a while.
+//! and commit, a search store that refuses connections or pushes back (bounded memory), and
+//! members joining, leaving and dying.
 
 use std::{
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use rdkafka::{
-    ClientConfig, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
 use spanline_devstore::Faults;
 use spanline_testkit::{Broker, count, devstore_with_faults, fixtures, free_port, produce, settled_count, wait_for};
 
@@ -77,19 +74,10 @@ fn spawn_ingester_with(broker: &Broker, store: &str, admin: u16, strategy: &str,
     )
 }
 
-/// Sum over partitions of the group's committed offsets (0 where none).
+/// Sum over partitions of the live group's committed offsets (0 where none).
 fn committed(bootstrap: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "spanline-ingester")
-        .create()
-        .expect("client");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition("otlp_spans", p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed offsets");
-    committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o >= 0).sum()
+    spanline_testkit::committed_sum(bootstrap, "spanline-ingester", "otlp_spans", PARTITIONS)
+        .expect("committed offsets")
 }
 
 async fn settle(url: &str, want: u64) -> u64 {

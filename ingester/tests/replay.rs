@@ -58,18 +58,7 @@ async fn settle(url: &str, want: u64) -> u64 {
 
 /// Sum over partitions of `group`'s committed offsets.
 fn committed(bootstrap: &str, group: &str, topic: &str) -> i64 {
-    use rdkafka::{
-        ClientConfig, TopicPartitionList,
-        consumer::{BaseConsumer, Consumer},
-    };
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("client");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed offsets");
-    committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o >= 0).sum()
+    spanline_testkit::committed_sum(bootstrap, group, topic, PARTITIONS).expect("committed offsets")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

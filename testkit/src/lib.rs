@@ -246,6 +246,22 @@ pub async fn count(url: &str, index: &str) -> anyhow::Result<u64> {
     response["count"].as_u64().with_context(|| format!("unexpected _count answer: {response}"))
 }
 
+/// Sum over `partitions` of `group`'s committed offsets on `topic` (0 where none). Blocking.
+pub fn committed_sum(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    use rdkafka::{
+        ClientConfig, TopicPartitionList,
+        consumer::{BaseConsumer, Consumer},
+    };
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+    Ok(committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o >= 0).sum())
+}
+
 /// How many bulk items the dev store at `url` answered 409 (the id exists: a document written
 /// twice) in span indices (`jaeger-span-*`, no prefix).
 pub async fn span_conflicts(url: &str) -> anyhow::Result<u64> {
