@@ -135,8 +135,7 @@ pub struct Control {
     pub fence: Fence,
     /// Replay: the first offset not to index; the worker drains itself on reaching it.
     pub end: Option<i64>,
-    /// Progress: the last offset read, and the last offset whose record is durable (-1: none).
-    pub read: AtomicI64,
+    /// Progress: the last offset whose record is durable (-1: none).
     pub durable: AtomicI64,
     /// Progress: spans taken from records (before indexing).
     pub spans: AtomicU64,
@@ -151,7 +150,6 @@ impl Control {
             shutting_down: AtomicBool::new(false),
             fence: Fence::new(topic, partition),
             end,
-            read: AtomicI64::new(-1),
             durable: AtomicI64::new(-1),
             spans: AtomicU64::new(0),
         }
@@ -265,7 +263,6 @@ impl Worker {
                     }
                     Ok(message) => {
                         let offset = message.offset();
-                        control.read.store(offset, Ordering::Relaxed);
                         if control.end.is_some_and(|end| offset + 1 >= end) {
                             draining = Some(FlushReason::End);
                         }
