@@ -296,6 +296,20 @@ async fn malformed_grpc_body_is_invalid_argument() {
 
 /// Past `limits.max_inflight_bytes` waiting for Kafka, exports are refused at once with
 /// UNAVAILABLE / 503 + Retry-After instead of being buffered, and nothing is acknowledged.
+/// POSTs `request` as OTLP/HTTP protobuf to the collector at `addr`.
+async fn post_protobuf(
+    addr: std::net::SocketAddr,
+    request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{addr}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(prost::Message::encode_to_vec(request))
+        .send()
+        .await
+        .expect("sent")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_bytes_over_the_bound_are_refused_not_buffered() {
     let mut broker = broker().await;
@@ -327,15 +341,7 @@ async fn in_flight_bytes_over_the_bound_are_refused_not_buffered() {
     assert!(status.message().contains("max_inflight_bytes"), "{}", status.message());
     assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after waiting");
 
-    let mut body = Vec::new();
-    prost::Message::encode(&big(), &mut body).expect("encode");
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/v1/traces", running.http_addr))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .expect("sent");
+    let response = post_protobuf(running.http_addr, &big()).await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let first = first.await.expect("join");
@@ -371,15 +377,8 @@ async fn requests_beyond_max_concurrent_requests_are_refused_before_their_body_i
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not queued");
 
-    let mut body = Vec::new();
-    prost::Message::encode(&fixtures::request("svc", 10, 1, 2, fixtures::now_unix_nano()), &mut body).expect("encode");
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/v1/traces", running.http_addr))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .expect("sent");
+    let response =
+        post_protobuf(running.http_addr, &fixtures::request("svc", 10, 1, 2, fixtures::now_unix_nano())).await;
     assert_eq!(response.status(), 503, "HTTP shares the same slots");
     assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     let shed =

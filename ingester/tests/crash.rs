@@ -309,16 +309,6 @@ async fn members_joining_and_leaving_hand_partitions_over_drained_so_no_record_i
     let _ = b.wait();
 }
 
-/// Peak resident memory of a process, from the kernel's accounting.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_pushing_back_pauses_fetching_and_memory_stays_bounded() {
     let broker = Broker::start().await.expect("broker");
@@ -375,19 +365,14 @@ async fn a_store_pushing_back_pauses_fetching_and_memory_stays_bounded() {
     let bootstrap = broker.bootstrap();
     let during = tokio::task::spawn_blocking(move || committed(&bootstrap)).await.expect("join");
     assert_eq!(during, 0, "no offset advanced while the store refused every bulk");
-    let peak = peak_rss(child.id());
+    let peak = spanline_testkit::process::peak_rss(child.id()).unwrap_or(0);
     eprintln!("paused partitions: {paused}, peak RSS during the outage: {} MiB", peak >> 20);
     assert!(peak < 64 << 20, "peak RSS {} MiB: buffered instead of pausing", peak >> 20);
 
-    reqwest::Client::new()
-        .put(format!("{}/_devstore/faults", store.url()))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("faults cleared");
+    spanline_testkit::set_faults(&store.url(), serde_json::json!({})).await.expect("faults cleared");
     let total = records * spans;
     assert_eq!(settled_count(&store.url(), "jaeger-span-*", total, Duration::from_secs(180)).await, total);
-    let peak = peak_rss(child.id());
+    let peak = spanline_testkit::process::peak_rss(child.id()).unwrap_or(0);
     eprintln!("peak RSS after catching up: {} MiB", peak >> 20);
     assert!(peak < 64 << 20, "peak RSS {} MiB while catching up", peak >> 20);
 }

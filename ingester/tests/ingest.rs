@@ -1,5 +1,7 @@
 //! The ingester against a real broker (Tansu, SQLite) and the dev store, counting every span.
 
+mod common;
+
 use std::time::Duration;
 
 use spanline_devstore::{Faults, Settings};
@@ -9,23 +11,12 @@ use spanline_testkit::{
 };
 use tokio_util::sync::CancellationToken;
 
+use common::config;
+
 async fn broker() -> Broker {
     let broker = Broker::start().await.expect("broker starts");
     broker.create_topic("otlp_spans", 3).await.expect("topic");
     broker
-}
-
-fn config(broker: &Broker, store: &str) -> spanline_ingester::Config {
-    let mut c = spanline_ingester::Config::default();
-    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.kafka.brokers = broker.bootstrap();
-    c.opensearch.url = store.to_owned();
-    c.opensearch.min_backoff = Duration::from_millis(20);
-    c.opensearch.max_backoff = Duration::from_millis(200);
-    // Short enough that a restarted member is not kept waiting by the previous one's session.
-    c.kafka.session_timeout = Duration::from_secs(6);
-    c.shutdown_grace = Duration::from_secs(3);
-    c
 }
 
 async fn wait_count(url: &str, want: u64) -> u64 {

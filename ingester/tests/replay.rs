@@ -1,6 +1,8 @@
 //! `spanline-ingester replay` against a real broker (Tansu, SQLite) and the dev store, counting every
 //! span: overlap with live ingestion, time windows, interruption and resume, dead-letter re-drive.
 
+mod common;
+
 use std::time::Duration;
 
 use spanline_devstore::Faults;
@@ -18,15 +20,7 @@ async fn broker() -> Broker {
 }
 
 fn config(broker: &Broker, store: &str) -> spanline_ingester::Config {
-    let mut c = spanline_ingester::Config::default();
-    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.kafka.brokers = broker.bootstrap();
-    c.opensearch.url = store.to_owned();
-    c.opensearch.min_backoff = Duration::from_millis(20);
-    c.opensearch.max_backoff = Duration::from_millis(200);
-    c.kafka.session_timeout = Duration::from_secs(6);
-    c.kafka.drain_deadline = Duration::from_secs(3);
-    c.shutdown_grace = Duration::from_secs(3);
+    let mut c = common::config(broker, store);
     c.batch.flush_interval = Duration::from_millis(200);
     c.batch.max_docs = 300;
     c
@@ -215,12 +209,7 @@ async fn dead_lettered_spans_are_indexed_once_when_re_driven_after_the_fault_is_
     live.task.await.expect("join").expect("clean stop");
 
     // The mapping is fixed; the dead letters are re-driven.
-    reqwest::Client::new()
-        .put(format!("{}/_devstore/faults", store.url()))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .expect("faults cleared");
+    spanline_testkit::set_faults(&store.url(), serde_json::json!({})).await.expect("faults cleared");
     let mut redrive = args(Bound::Earliest, Bound::Latest);
     redrive.dead_letters = true;
     let summary = replay(&c, redrive.clone()).await;

@@ -7,6 +7,8 @@
 
 pub mod fixtures;
 
+pub mod process;
+
 use std::{
     future::Future,
     net::TcpListener,
@@ -109,17 +111,7 @@ impl Broker {
 
     /// Creates `topic` with `partitions` partitions.
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", self.bootstrap()).create()?;
-        let results = admin
-            .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
-            .await?;
-        for result in results {
-            if let Err((name, code)) = result {
-                bail!("cannot create topic {name}: {code}");
-            }
-        }
-        Ok(())
+        create_topic(&self.bootstrap(), topic, partitions).await
     }
 
     /// SIGKILLs the broker (its data stays on disk).
@@ -146,6 +138,26 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Creates `topic` with `partitions` partitions on the cluster at `bootstrap`.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let results = admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await?;
+    for result in results {
+        if let Err((name, code)) = result {
+            bail!("cannot create topic {name}: {code}");
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the dev store's faults at `url` (`{}` clears them all).
+pub async fn set_faults(url: &str, faults: serde_json::Value) -> anyhow::Result<()> {
+    reqwest::Client::new().put(format!("{url}/_devstore/faults")).json(&faults).send().await?.error_for_status()?;
+    Ok(())
 }
 
 /// One record read back from a topic.

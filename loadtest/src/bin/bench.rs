@@ -16,18 +16,19 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer},
+    ClientConfig,
     producer::{FutureProducer, FutureRecord, Producer},
 };
 use serde_json::{Value, json};
 use spanline_loadtest::{
     model::Model,
-    process::{clock_ticks, cpu_seconds, peak_rss},
     send::{self, Plan, Protocol},
     verify::{self, Store},
+};
+use spanline_testkit::{
+    ReadRecord, create_topic,
+    process::{clock_ticks, cpu_seconds, peak_rss},
+    read_topic,
 };
 
 #[derive(Debug, Parser)]
@@ -131,56 +132,9 @@ fn bootstrap() -> String {
     format!("127.0.0.1:{BROKER_PORT}")
 }
 
-async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap()).create()?;
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for result in admin.create_topics([&topic], &AdminOptions::new()).await? {
-        if let Err((topic, code)) = result {
-            bail!("cannot create {topic}: {code}");
-        }
-    }
-    Ok(())
-}
-
-/// Every record of `topic`, read raw (for the floor).
-fn read_all(topic: &str, partitions: i32) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", "bench-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut records = Vec::new();
-    let mut eof = 0;
-    let mut idle = Instant::now();
-    while eof < partitions && idle.elapsed() < Duration::from_secs(20) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                idle = Instant::now();
-                records.push((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
-            _ => {}
-        }
-    }
-    Ok(records)
-}
-
 /// The floor: raw rdkafka produce of `records` to `topic`, then raw consume of them; this
 /// process's CPU is the cost.
-async fn floor(
-    records: &[(Vec<u8>, Vec<u8>)],
-    spans: u64,
-    topic: &str,
-    partitions: i32,
-    ticks: f64,
-) -> anyhow::Result<Value> {
+async fn floor(records: &[ReadRecord], spans: u64, topic: &str, ticks: f64) -> anyhow::Result<Value> {
     let me = std::process::id();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -191,9 +145,10 @@ async fn floor(
     let cpu = CpuMeter::new(me, ticks);
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(records.len());
-    for (key, value) in records {
+    for record in records {
+        let key = record.key.as_deref().unwrap_or_default();
         loop {
-            match producer.send_result(FutureRecord::to(topic).key(key).payload(value)) {
+            match producer.send_result(FutureRecord::to(topic).key(key).payload(&record.payload)) {
                 Ok(delivery) => {
                     deliveries.push(delivery);
                     break;
@@ -217,8 +172,8 @@ async fn floor(
 
     let cpu = CpuMeter::new(me, ticks);
     let started = Instant::now();
-    let (topic_owned, n) = (topic.to_owned(), records.len());
-    let consumed = tokio::task::spawn_blocking(move || read_all(&topic_owned, partitions).map(|r| r.len())).await??;
+    let n = records.len();
+    let consumed = read_topic(&bootstrap(), topic).await?.len();
     let consume_s = started.elapsed().as_secs_f64();
     let consume_cpu = cpu.used();
     if consumed != n {
@@ -345,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. Collector alone: as fast as possible into topic bench_a.
     eprintln!("[1/6] collector alone, as fast as possible ({} traces)", args.traces);
-    create_topic("bench_a", p).await?;
+    create_topic(&bootstrap(), "bench_a", p).await?;
     let collector = spawn(&args.bin, "collector-a", &COLLECTOR_ARGS, &collector_env("bench_a", None), &logs)?;
     wait_http("http://127.0.0.1:24369/health/ready").await?;
     let cpu = CpuMeter::new(collector.pid(), ticks);
@@ -380,9 +335,9 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. Floor: the same records, raw rdkafka.
     eprintln!("[3/6] floor: raw rdkafka produce and consume of the collector's records");
-    let records = tokio::task::spawn_blocking(move || read_all("bench_a", p)).await??;
-    create_topic("bench_floor", p).await?;
-    results.insert("floor", floor(&records, total_a, "bench_floor", p, ticks).await?);
+    let records = read_topic(&bootstrap(), "bench_a").await?;
+    create_topic(&bootstrap(), "bench_floor", p).await?;
+    results.insert("floor", floor(&records, total_a, "bench_floor", ticks).await?);
     save(&results)?;
     drop(records);
 
@@ -450,7 +405,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("[6/6] whole pipeline at {steady:.0} spans/s for {} s, verified in the store", args.seconds);
     // An empty store, so the stage measures the pipeline rather than the dev store's size.
     reqwest::Client::new().post(format!("{store_url}/_devstore/reset")).send().await?.error_for_status()?;
-    create_topic("bench_b", p).await?;
+    create_topic(&bootstrap(), "bench_b", p).await?;
     let collector = spawn(&args.bin, "collector-b", &COLLECTOR_ARGS, &collector_env("bench_b", None), &logs)?;
     let ingester =
         spawn(&args.bin, "ingester-b", &INGESTER_ARGS, &ingester_env("bench_b", "bench-pipeline", "pipeline"), &logs)?;
@@ -505,7 +460,7 @@ async fn main() -> anyhow::Result<()> {
         peak * 3.0,
         args.seconds
     );
-    create_topic("bench_c", p).await?;
+    create_topic(&bootstrap(), "bench_c", p).await?;
     let mut env = collector_env("bench_c", Some("64MiB"));
     env.push(("SPANLINE_COLLECTOR__LIMITS__MAX_CONCURRENT_REQUESTS", "64".into()));
     let collector = spawn(&args.bin, "collector-c", &COLLECTOR_ARGS, &env, &logs)?;

@@ -1,5 +1,5 @@
 //! Process accounting from the kernel (`/proc`): CPU seconds and peak resident memory of a child,
-//! as the operating system counts them.
+//! as the operating system counts them. Used by the memory tests and by `spanline-bench`.
 
 use std::{fs, process::Command};
 
