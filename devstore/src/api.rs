@@ -1,5 +1,5 @@
-//! The REST routes: OpenSearch's subset (cluster info, indices, index templates, `_bulk`, `_refresh`,
-//! `_count`, `_doc`, `_search`, `_cat/indices`) and the dev store's own admin routes under
+//! The REST routes: OpenSearch's subset (cluster info, indices, mappings, index templates, `_bulk`,
+//! `_refresh`, `_count`, `_doc`, `_search`, `_msearch`, `_cat/indices`) and the dev store's own admin routes under
 //! `/_devstore` (faults, refusing connections, stats, reset).
 
 use std::{
@@ -26,14 +26,9 @@ use tokio::sync::Notify;
 use crate::{
     error::{ApiError, for_status},
     faults::Faults,
-    query::Query,
+    search::{self, SearchParams, SearchRequest, flag},
     store::{Store, WriteOp},
 };
-
-/// OpenSearch's default `index.max_result_window`.
-const MAX_RESULT_WINDOW: usize = 10_000;
-/// OpenSearch's default `track_total_hits` bound.
-const TRACK_TOTAL_HITS: usize = 10_000;
 
 /// Counters shown by `GET /_devstore/stats`.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -93,11 +88,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_refresh", post(refresh_all).get(refresh_all))
         .route("/_count", get(count_all).post(count_all))
         .route("/_search", get(search_all).post(search_all))
+        .route("/_msearch", get(msearch_all).post(msearch_all))
         .route("/{index}/_bulk", post(bulk).put(bulk))
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", get(search).post(search))
+        .route("/{index}/_msearch", get(msearch).post(msearch))
         .route("/{index}/_doc/{id}", get(get_doc).head(head_doc))
+        .route("/{index}/_mapping", get(get_mapping))
         .route("/{index}", get(get_index).put(create_index).delete(delete_index).head(head_index))
         .route("/_devstore/faults", get(get_faults).put(put_faults))
         .route("/_devstore/refuse_connections", post(refuse_connections))
@@ -221,15 +219,19 @@ async fn get_index(State(state): Shared, Path(expr): Path<String>) -> Result<Jso
     let mut out = serde_json::Map::new();
     for name in store.resolve(&expr)? {
         if let Some(index) = store.index(&name) {
-            let mut settings = index.settings.clone();
-            if let Value::Object(map) = &mut settings {
-                let inner = map.entry("index").or_insert_with(|| json!({}));
-                if let Value::Object(inner) = inner {
-                    inner.insert("uuid".into(), json!(index.uuid));
-                    inner.insert("provided_name".into(), json!(name));
-                }
-            }
-            out.insert(name.clone(), json!({"aliases": {}, "mappings": index.mappings, "settings": settings}));
+            // Settings were normalised (nested, strings, with uuid and creation date) at creation.
+            out.insert(name.clone(), json!({"aliases": {}, "mappings": index.mappings, "settings": index.settings}));
+        }
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+async fn get_mapping(State(state): Shared, Path(expr): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.lock();
+    let mut out = serde_json::Map::new();
+    for name in store.resolve(&expr)? {
+        if let Some(index) = store.index(&name) {
+            out.insert(name.clone(), json!({"mappings": index.mappings}));
         }
     }
     Ok(Json(Value::Object(out)))
@@ -271,23 +273,78 @@ fn illegal(reason: impl Into<String>) -> ApiError {
     ApiError::new(400, "illegal_argument_exception", reason)
 }
 
-fn parse_action(line: &[u8], line_no: usize, default_index: Option<&str>) -> Result<Action, ApiError> {
-    let value: Value = serde_json::from_slice(line).map_err(|e| {
-        illegal(format!(
-            "Malformed action/metadata line [{line_no}], expected START_OBJECT but found invalid JSON: {e}"
-        ))
-    })?;
-    let obj = value.as_object().ok_or_else(|| {
-        illegal(format!("Malformed action/metadata line [{line_no}], expected START_OBJECT but found [{value}]"))
-    })?;
-    let mut entries = obj.iter();
-    let (name, meta) = match (entries.next(), entries.next()) {
-        (Some(entry), None) => entry,
-        _ => {
-            return Err(illegal(format!(
-                "Malformed action/metadata line [{line_no}], expected a simple value for field [_index] but found [START_OBJECT]"
-            )));
+/// The entries of a JSON object in the order they were written (serde_json's map sorts its keys,
+/// and OpenSearch's parser reports the first key it meets).
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
         }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// The name Jackson gives the token that starts `value`, as OpenSearch's messages quote it.
+fn token_name(value: &Value) -> &'static str {
+    match value {
+        Value::Object(_) => "START_OBJECT",
+        Value::Array(_) => "START_ARRAY",
+        Value::String(_) => "VALUE_STRING",
+        Value::Number(_) => "VALUE_NUMBER",
+        Value::Bool(_) => "VALUE_BOOLEAN",
+        Value::Null => "VALUE_NULL",
+    }
+}
+
+/// Metadata keys OpenSearch 2.x accepts on an action line; the dev store ignores all but `_index`
+/// and `_id`, which does not change what Spanline's writers see.
+const KNOWN_METADATA: &[&str] = &[
+    "_index",
+    "_id",
+    "routing",
+    "op_type",
+    "version",
+    "version_type",
+    "if_seq_no",
+    "if_primary_term",
+    "pipeline",
+    "require_alias",
+    "retry_on_conflict",
+    "_source",
+];
+
+/// Parses one action line the way OpenSearch's `BulkRequestParser` does, with its messages.
+/// `Ok((action, None))` is a valid line; `Some(error)` is a line that is well-formed but whose item
+/// fails on its own (an empty `_id`), which OpenSearch answers inside the 200, not for the request.
+fn parse_action(
+    line: &[u8],
+    line_no: usize,
+    default_index: Option<&str>,
+) -> Result<(Action, Option<ApiError>), ApiError> {
+    let malformed = |what: String| illegal(format!("Malformed action/metadata line [{line_no}], {what}"));
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| malformed(format!("expected START_OBJECT but found invalid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(malformed(format!("expected START_OBJECT but found [{}]", token_name(&value))));
+    }
+    let Entries(entries) = serde_json::from_slice(line)
+        .map_err(|e| malformed(format!("expected START_OBJECT but found invalid JSON: {e}")))?;
+    let mut entries = entries.into_iter();
+    let Some((name, meta)) = entries.next() else {
+        return Err(malformed("expected FIELD_NAME but found [END_OBJECT]".into()));
     };
     let op = match name.as_str() {
         "index" => WriteOp::Index,
@@ -298,15 +355,27 @@ fn parse_action(line: &[u8], line_no: usize, default_index: Option<&str>) -> Res
             )));
         }
         other => {
-            return Err(illegal(format!(
-                "Malformed action/metadata line [{line_no}], expected field [create], [delete], [index] or [update] but found [{other}]"
-            )));
+            return Err(malformed(format!("expected one of [create, delete, index, update] but found [{other}]")));
         }
     };
-    let meta = meta
-        .as_object()
-        .ok_or_else(|| illegal(format!("Malformed action/metadata line [{line_no}], expected START_OBJECT")))?;
-    let index = match meta.get("_index").and_then(Value::as_str).or(default_index) {
+    let Value::Object(meta) = meta else {
+        return Err(malformed(format!("expected START_OBJECT but found [{}]", token_name(&meta))));
+    };
+    if entries.next().is_some() {
+        return Err(malformed("expected END_OBJECT but found [FIELD_NAME]".into()));
+    }
+    for (key, value) in &meta {
+        if !KNOWN_METADATA.contains(&key.as_str()) {
+            return Err(illegal(format!("Action/metadata line [{line_no}] contains an unknown parameter [{key}]")));
+        }
+        if key != "_source" && matches!(value, Value::Object(_) | Value::Array(_)) {
+            return Err(malformed(format!(
+                "expected a simple value for field [{key}] but found [{}]",
+                token_name(value)
+            )));
+        }
+    }
+    let index = match meta.get("_index").map(crate::query::value_text).as_deref().or(default_index) {
         Some(index) => index.to_owned(),
         None => {
             return Err(ApiError::new(
@@ -318,10 +387,12 @@ fn parse_action(line: &[u8], line_no: usize, default_index: Option<&str>) -> Res
     };
     let id = match meta.get("_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => Some(other.to_string()),
+        Some(other) => Some(crate::query::value_text(other)),
     };
-    Ok(Action { op, index, id })
+    // OpenSearch refuses this one item (an empty id is not "no id") and writes the others.
+    let item_error =
+        id.as_deref().is_some_and(str::is_empty).then(|| illegal("if _id is specified it must not be empty"));
+    Ok((Action { op, index, id }, item_error))
 }
 
 fn random_id(rng: &mut StdRng) -> String {
@@ -411,14 +482,14 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     }
 
     // Parse every action first: a malformed action line fails the whole request, as in OpenSearch.
-    let mut pairs: Vec<(Action, &[u8])> = Vec::new();
+    let mut pairs: Vec<(Action, Option<ApiError>, &[u8])> = Vec::new();
     let mut lines = body.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
     while let Some((n, line)) = lines.next() {
-        let action = parse_action(line, n + 1, default_index)?;
+        let (action, item_error) = parse_action(line, n + 1, default_index)?;
         let (_, source) = lines.next().ok_or_else(|| {
             ApiError::new(400, "action_request_validation_exception", "Validation Failed: 1: no requests added;")
         })?;
-        pairs.push((action, source));
+        pairs.push((action, item_error, source));
     }
 
     let mut items = Vec::with_capacity(pairs.len());
@@ -426,9 +497,12 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     let mut conflicts: BTreeMap<String, u64> = BTreeMap::new();
     let mut store = state.store.lock();
     let mut rng = state.rng.lock();
-    for (action, source) in pairs {
+    for (action, item_error, source) in pairs {
         let id = action.id.clone().unwrap_or_else(|| random_id(&mut rng));
-        let result = write_item(&mut store, &mut rng, &faults, &action, &id, source);
+        let result = match item_error {
+            Some(error) => Err(error),
+            None => write_item(&mut store, &mut rng, &faults, &action, &id, source),
+        };
         let (status, body) = match result {
             Ok(body) => (body["status"].as_u64().and_then(|s| u16::try_from(s).ok()).unwrap_or(200), body),
             Err(error) => (
@@ -506,67 +580,8 @@ async fn refresh(State(state): Shared, Path(expr): Path<String>) -> Result<Json<
     Ok(Json(json!({"_shards": {"total": n * 2, "successful": n, "failed": 0}})))
 }
 
-/// The parsed `_search` / `_count` request.
-struct SearchRequest {
-    query: Query,
-    size: usize,
-    from: usize,
-}
-
-#[derive(Debug, Deserialize, Default)]
-struct SearchParams {
-    size: Option<usize>,
-    from: Option<usize>,
-}
-
-fn parse_search(body: &Bytes, params: &SearchParams, allow_paging: bool) -> Result<SearchRequest, ApiError> {
-    let body = json_body(body)?;
-    let obj =
-        body.as_object().ok_or_else(|| ApiError::new(400, "parsing_exception", "request body must be an object"))?;
-    let mut request =
-        SearchRequest { query: Query::MatchAll, size: params.size.unwrap_or(10), from: params.from.unwrap_or(0) };
-    for (key, value) in obj {
-        let as_usize = || {
-            value.as_u64().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
-                ApiError::new(400, "parsing_exception", format!("[{key}] must be a non-negative integer"))
-            })
-        };
-        match key.as_str() {
-            "query" => request.query = Query::parse(value)?,
-            "size" if allow_paging => request.size = as_usize()?,
-            "from" if allow_paging => request.from = as_usize()?,
-            "track_total_hits" | "_source" | "timeout" if allow_paging => {}
-            other => {
-                return Err(ApiError::new(
-                    400,
-                    "parsing_exception",
-                    format!("Unknown key for a START_OBJECT in [{other}] (not implemented by spanline-devstore)"),
-                ));
-            }
-        }
-    }
-    if request.from + request.size > MAX_RESULT_WINDOW {
-        return Err(illegal(format!(
-            "Result window is too large, from + size must be less than or equal to: [{MAX_RESULT_WINDOW}] but was [{}].",
-            request.from + request.size
-        )));
-    }
-    Ok(request)
-}
-
-/// Calls `f(index, id, source)` for every searchable document of `names` matching `query`, in index
-/// name order and then insertion order.
-fn for_each_match(store: &Store, names: &[String], query: &Query, mut f: impl FnMut(&str, &str, Value)) {
-    for name in names {
-        let Some(index) = store.index(name) else { continue };
-        for (id, doc) in &index.docs {
-            let Some(visible) = &doc.visible else { continue };
-            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
-            if query.matches(id, &source) {
-                f(name, id, source);
-            }
-        }
-    }
+fn search_request(body: &Bytes, params: &SearchParams, allow_paging: bool) -> Result<SearchRequest, ApiError> {
+    SearchRequest::parse(&json_body(body)?, params, allow_paging)
 }
 
 async fn count_all(state: Shared, params: UrlQuery<SearchParams>, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -579,16 +594,10 @@ async fn count(
     UrlQuery(params): UrlQuery<SearchParams>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let request = parse_search(&body, &params, false)?;
+    let request = search_request(&body, &params, false)?;
     let store = state.store.lock();
-    let names = store.resolve(&expr)?;
-    let total = if matches!(request.query, Query::MatchAll) {
-        names.iter().filter_map(|name| store.index(name)).map(|index| index.visible_count()).sum()
-    } else {
-        let mut total = 0usize;
-        for_each_match(&store, &names, &request.query, |_, _, _| total += 1);
-        total
-    };
+    let names = store.resolve_with(&expr, flag(params.ignore_unavailable.as_deref()))?;
+    let total = search::count(&store, &names, &request.query);
     let n = names.len();
     Ok(Json(json!({"count": total, "_shards": {"total": n, "successful": n, "skipped": 0, "failed": 0}})))
 }
@@ -604,25 +613,145 @@ async fn search(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
-    let request = parse_search(&body, &params, true)?;
+    let request = search_request(&body, &params, true)?;
     let store = state.store.lock();
-    let names = store.resolve(&expr)?;
-    let mut total = 0usize;
-    let mut hits = Vec::new();
-    for_each_match(&store, &names, &request.query, |name, id, source| {
-        if total >= request.from && hits.len() < request.size {
-            hits.push(json!({"_index": name, "_id": id, "_score": 1.0, "_source": source}));
-        }
-        total += 1;
-    });
-    let (value, relation) = if total > TRACK_TOTAL_HITS { (TRACK_TOTAL_HITS, "gte") } else { (total, "eq") };
-    let n = names.len();
+    let names = store.resolve_with(&expr, flag(params.ignore_unavailable.as_deref()))?;
+    let answer = search::run(&store, &names, &request)?;
+    Ok(Json(with_took(answer, started)))
+}
+
+fn with_took(answer: serde_json::Map<String, Value>, started: Instant) -> Value {
     let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    Ok(Json(json!({
-        "took": took, "timed_out": false,
-        "_shards": {"total": n, "successful": n, "skipped": 0, "failed": 0},
-        "hits": {"total": {"value": value, "relation": relation}, "max_score": if total > 0 { json!(1.0) } else { Value::Null }, "hits": hits}
-    })))
+    let mut out = serde_json::Map::new();
+    out.insert("took".into(), json!(took));
+    out.extend(answer);
+    Value::Object(out)
+}
+
+async fn msearch_all(state: Shared, params: UrlQuery<SearchParams>, body: Bytes) -> Response {
+    run_msearch(state, None, params, body)
+}
+
+async fn msearch(state: Shared, Path(index): Path<String>, params: UrlQuery<SearchParams>, body: Bytes) -> Response {
+    run_msearch(state, Some(index), params, body)
+}
+
+/// `_msearch`: NDJSON header and body pairs. A malformed header fails the whole request, as in
+/// OpenSearch; anything wrong with one search (a missing index, an unknown query) is answered in
+/// its own slot with its error and status, beside the others' results.
+fn run_msearch(
+    State(state): Shared,
+    default_index: Option<String>,
+    UrlQuery(params): UrlQuery<SearchParams>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    match msearch_items(&state, default_index.as_deref(), &params, &body) {
+        Ok(responses) => {
+            let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            Json(json!({"took": took, "responses": responses})).into_response()
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// One `_msearch` header line.
+struct MsearchHeader {
+    index: Option<String>,
+    ignore_unavailable: bool,
+}
+
+fn parse_msearch_header(line: &[u8], line_no: usize) -> Result<MsearchHeader, ApiError> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        ApiError::new(400, "json_parse_exception", format!("failed to parse msearch header line [{line_no}]: {e}"))
+    })?;
+    let Value::Object(map) = value else {
+        return Err(illegal(format!("msearch header line [{line_no}] must be an object")));
+    };
+    let mut header = MsearchHeader { index: None, ignore_unavailable: false };
+    for (key, value) in map {
+        match key.as_str() {
+            "index" | "indices" => {
+                header.index = Some(match value {
+                    Value::String(s) => s,
+                    Value::Array(items) => items.iter().map(crate::query::value_text).collect::<Vec<_>>().join(","),
+                    other => return Err(illegal(format!("key [{key}] has an invalid value [{other}]"))),
+                });
+            }
+            "ignore_unavailable" => {
+                header.ignore_unavailable = matches!(&value, Value::Bool(true)) || value.as_str() == Some("true");
+            }
+            // Accepted as OpenSearch does; none of them changes a single-node in-memory answer.
+            "allow_no_indices"
+            | "expand_wildcards"
+            | "search_type"
+            | "preference"
+            | "routing"
+            | "request_cache"
+            | "allow_partial_search_results"
+            | "ccs_minimize_roundtrips" => {}
+            other => return Err(illegal(format!("key [{other}] is not supported in the metadata section"))),
+        }
+    }
+    Ok(header)
+}
+
+fn msearch_items(
+    state: &AppState,
+    default_index: Option<&str>,
+    params: &SearchParams,
+    body: &[u8],
+) -> Result<Vec<Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(400, "parse_exception", "request body is required"));
+    }
+    if body.last() != Some(&b'\n') {
+        return Err(illegal("The msearch request must be terminated by a newline [\\n]"));
+    }
+    let mut pairs = Vec::new();
+    let mut lines = body.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
+    while let Some((n, line)) = lines.next() {
+        let header = parse_msearch_header(line, n + 1)?;
+        let Some((_, search_body)) = lines.next() else {
+            return Err(ApiError::new(
+                400,
+                "action_request_validation_exception",
+                "Validation Failed: 1: no requests added;",
+            ));
+        };
+        pairs.push((header, search_body));
+    }
+    if pairs.is_empty() {
+        return Err(ApiError::new(
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: no requests added;",
+        ));
+    }
+    let store = state.store.lock();
+    let mut responses = Vec::with_capacity(pairs.len());
+    for (header, search_body) in pairs {
+        let started = Instant::now();
+        let expr = header.index.as_deref().or(default_index).unwrap_or("_all");
+        let answer = serde_json::from_slice::<Value>(search_body)
+            .map_err(|e| ApiError::new(400, "json_parse_exception", format!("failed to parse search body: {e}")))
+            .and_then(|body| SearchRequest::parse(&body, params, true))
+            .and_then(|request| {
+                let names = store.resolve_with(expr, header.ignore_unavailable)?;
+                search::run(&store, &names, &request)
+            });
+        responses.push(match answer {
+            Ok(answer) => {
+                let mut item = with_took(answer, started);
+                if let Value::Object(map) = &mut item {
+                    map.insert("status".into(), json!(200));
+                }
+                item
+            }
+            Err(error) => error.body(),
+        });
+    }
+    Ok(responses)
 }
 
 async fn get_doc(State(state): Shared, Path((index_name, id)): Path<(String, String)>) -> Result<Response, ApiError> {

@@ -3,10 +3,13 @@
 //! tests, the benchmarks and `make up`; `docker-compose.yml` runs real OpenSearch. See
 //! docs/devstore.md for the API and the faults.
 
+pub mod aggs;
 pub mod api;
 pub mod error;
 pub mod faults;
+pub mod mapping;
 pub mod query;
+pub mod search;
 pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -1,5 +1,7 @@
-//! The query DSL subset: `match_all`, `term`, `terms`, `range`, `bool`, `ids`, `exists`, `nested`,
-//! evaluated on dotted field paths. Unknown queries are a 400 `parsing_exception`, as in OpenSearch.
+//! The query DSL subset: `match_all`, `term`, `match` (exact, as on a keyword field), `terms`,
+//! `range` (numbers, strings, and RFC 3339 dates), `regexp` (Lucene syntax without its `@ & ~ < #`
+//! operators), `bool`, `ids`, `exists`, `nested`, evaluated on dotted field paths. Unknown queries
+//! and unsupported options are a 400 `parsing_exception`, as in OpenSearch: never a guess.
 
 use std::cmp::Ordering;
 
@@ -14,6 +16,7 @@ pub enum Query {
     Term { field: String, value: Value },
     Terms { field: String, values: Vec<Value> },
     Range { field: String, bounds: Vec<(Bound, Value)> },
+    Regexp { field: String, regex: regex::Regex },
     Ids(Vec<String>),
     Exists(String),
     Nested { path: String, query: Box<Query> },
@@ -85,14 +88,51 @@ impl Query {
                         "gte" | "from" => Bound::Gte,
                         "lt" => Bound::Lt,
                         "lte" | "to" => Bound::Lte,
-                        "format" | "boost" | "time_zone" => continue,
+                        "format" | "boost" | "_name" => continue,
                         other => return Err(parsing(format!("[range] query does not support [{other}]"))),
                     };
+                    // Date math is evaluated by OpenSearch; comparing it as text would be a wrong answer.
+                    if let Some(text) = value.as_str()
+                        && (text.starts_with("now") || text.contains("||"))
+                    {
+                        return Err(parsing(format!(
+                            "[range] date math [{text}] is not implemented by spanline-devstore; send absolute times"
+                        )));
+                    }
                     if !value.is_null() {
                         bounds.push((bound, value.clone()));
                     }
                 }
                 Ok(Query::Range { field: field.clone(), bounds })
+            }
+            "regexp" => {
+                let (field, spec) = single_field(kind, body)?;
+                let (pattern, operators, case_insensitive) = match spec {
+                    Value::String(p) => (p.clone(), true, false),
+                    Value::Object(o) => {
+                        let mut pattern = None;
+                        let (mut operators, mut case_insensitive) = (true, false);
+                        for (k, v) in o {
+                            match (k.as_str(), v) {
+                                ("value", Value::String(p)) => pattern = Some(p.clone()),
+                                ("flags", Value::String(f)) if f == "ALL" || f.is_empty() => {}
+                                ("flags", Value::String(f)) if f == "NONE" => operators = false,
+                                ("case_insensitive", Value::Bool(b)) => case_insensitive = *b,
+                                ("boost" | "_name" | "max_determinized_states", _) => {}
+                                (other, _) => {
+                                    return Err(parsing(format!(
+                                        "[regexp] option [{other}] with value [{v}] is not implemented by spanline-devstore"
+                                    )));
+                                }
+                            }
+                        }
+                        let pattern = pattern.ok_or_else(|| parsing("[regexp] query needs a string [value]"))?;
+                        (pattern, operators, case_insensitive)
+                    }
+                    _ => return Err(parsing("[regexp] query malformed, expected a string or an object")),
+                };
+                let regex = lucene_regex(&pattern, operators, case_insensitive)?;
+                Ok(Query::Regexp { field: field.clone(), regex })
             }
             "ids" => {
                 let values = body
@@ -164,6 +204,9 @@ impl Query {
                     None => false,
                 })
             }),
+            Query::Regexp { field, regex } => {
+                resolve(source, field).iter().filter(|v| !v.is_null()).any(|v| regex.is_match(&value_text(v)))
+            }
             Query::Ids(ids) => ids.iter().any(|want| want == id),
             Query::Exists(field) => resolve(source, field).iter().any(|v| !v.is_null()),
             Query::Nested { path, query } => resolve(source, path).iter().any(|element| {
@@ -236,11 +279,102 @@ fn loose_cmp(a: &Value, b: &Value) -> Option<Ordering> {
     let num = |v: &Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse::<f64>().ok()));
     match (num(a), num(b)) {
         (Some(x), Some(y)) => x.partial_cmp(&y),
-        _ => match (a, b) {
-            (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
-            _ => None,
+        // A date (Jaeger's dependency `timestamp`, RFC 3339 with any number of fraction digits)
+        // against a date or epoch milliseconds: compared as instants, not as text, since
+        // "…:00Z" sorts after "…:00.5Z".
+        _ => match (date_millis(a), date_millis(b)) {
+            (Some(x), Some(y)) => x.partial_cmp(&y),
+            _ => match (a, b) {
+                (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+                _ => None,
+            },
         },
     }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 string or a number (taken as epoch milliseconds).
+pub fn date_millis(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| {
+            #[allow(clippy::cast_precision_loss)] // instants of this era fit f64's 53 bits in µs
+            let micros = t.timestamp_micros() as f64;
+            micros / 1000.0
+        }),
+        _ => None,
+    }
+}
+
+/// Translates a Lucene regular expression (OpenSearch's `regexp` query) to an anchored Rust regex:
+/// Lucene matches the whole term, `.` matches any character, `"…"` is a literal string and `^`/`$`
+/// are ordinary characters. Lucene's extra operators (`@` any string, `&` intersection,
+/// `~` complement, `<n-m>` intervals, `#` empty language) are on by default (`flags: ALL`) and
+/// are refused rather than misread; with `flags: NONE` they are literal characters.
+pub fn lucene_regex(pattern: &str, operators: bool, case_insensitive: bool) -> Result<regex::Regex, ApiError> {
+    let mut out = String::from(if case_insensitive { "(?si)^(?:" } else { "(?s)^(?:" });
+    let mut chars = pattern.chars().peekable();
+    let literal = |c: char, out: &mut String| out.push_str(&format!("\\x{{{:x}}}", u32::from(c)));
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(d @ ('d' | 'D' | 's' | 'S' | 'w' | 'W')) => {
+                    out.push('\\');
+                    out.push(d);
+                }
+                Some(other) => literal(other, &mut out),
+                None => return Err(parsing(format!("[regexp] invalid pattern [{pattern}]: trailing backslash"))),
+            },
+            '"' if operators => {
+                let mut closed = false;
+                for q in chars.by_ref() {
+                    if q == '"' {
+                        closed = true;
+                        break;
+                    }
+                    literal(q, &mut out);
+                }
+                if !closed {
+                    return Err(parsing(format!("[regexp] invalid pattern [{pattern}]: expected '\"'")));
+                }
+            }
+            '@' | '&' | '~' | '<' | '#' if operators => {
+                return Err(parsing(format!(
+                    "[regexp] operator [{c}] in [{pattern}] is not implemented by spanline-devstore (use flags NONE for a literal)"
+                )));
+            }
+            '[' => {
+                out.push('[');
+                if chars.peek() == Some(&'^') {
+                    chars.next();
+                    out.push('^');
+                }
+                let mut closed = false;
+                while let Some(k) = chars.next() {
+                    match k {
+                        ']' => {
+                            closed = true;
+                            break;
+                        }
+                        '-' => out.push('-'),
+                        '\\' => match chars.next() {
+                            Some(e) => literal(e, &mut out),
+                            None => break,
+                        },
+                        other => literal(other, &mut out),
+                    }
+                }
+                if !closed {
+                    return Err(parsing(format!("[regexp] invalid pattern [{pattern}]: expected ']'")));
+                }
+                out.push(']');
+            }
+            '.' | '?' | '+' | '*' | '|' | '(' | ')' | '{' | '}' | ',' => out.push(c),
+            '0'..='9' => out.push(c),
+            other => literal(other, &mut out),
+        }
+    }
+    out.push_str(")$");
+    regex::Regex::new(&out).map_err(|e| parsing(format!("[regexp] invalid pattern [{pattern}]: {e}")))
 }
 
 #[cfg(test)]
@@ -302,6 +436,36 @@ mod tests {
         let crossed = q(json!({"nested": {"path": "tags", "query": {"bool": {"must": [
             {"term": {"tags.key": "http.status"}}, {"term": {"tags.value": "true"}}]}}}}));
         assert!(!crossed.matches("1", &d));
+    }
+
+    #[test]
+    fn lucene_regexp() {
+        let m = |p: &str, v: &str| lucene_regex(p, true, false).expect("compiles").is_match(v);
+        assert!(m("GET", "GET"));
+        assert!(!m("GET", "GETS"), "anchored at both ends");
+        assert!(m("ab.d", "abcd"));
+        assert!(m("a[b-d]+", "abcd"));
+        assert!(!m("a[^b]", "ab"));
+        assert!(m("x{2,3}", "xxx"));
+        assert!(m("(foo|bar)baz", "barbaz"));
+        assert!(m("a^b$c", "a^b$c"), "^ and $ are ordinary characters in Lucene");
+        assert!(m("\"a.b\"", "a.b") && !m("\"a.b\"", "axb"));
+        assert!(m("1\\.2", "1.2") && !m("1\\.2", "1x2"));
+        assert!(lucene_regex("a@", true, false).is_err());
+        assert!(lucene_regex("a@", false, false).expect("literal").is_match("a@"));
+        assert!(lucene_regex("(", true, false).is_err());
+        assert!(lucene_regex("get", true, true).expect("compiles").is_match("GET"));
+        let q = q(json!({"regexp": {"tags.value": {"value": "2.."}}}));
+        assert!(q.matches("1", &doc()));
+    }
+
+    #[test]
+    fn dates_compare_as_instants() {
+        let d = json!({"timestamp": "2026-11-30T00:00:00Z"});
+        assert!(q(json!({"range": {"timestamp": {"gte": "2026-11-29T23:59:59.5Z", "lte": "2026-11-30T00:00:00.000000001Z"}}})).matches("1", &d));
+        assert!(!q(json!({"range": {"timestamp": {"gt": "2026-11-30T00:00:00.000Z"}}})).matches("1", &d));
+        assert!(q(json!({"range": {"timestamp": {"gte": 1_795_996_800_000_i64}}})).matches("1", &d));
+        assert!(Query::parse(&json!({"range": {"timestamp": {"gte": "now-1d"}}})).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
+use crate::{error::ApiError, query::value_text};
 
 /// Rough per-document overhead added to the source length when accounting memory.
 const DOC_OVERHEAD_BYTES: u64 = 96;
@@ -129,6 +129,12 @@ impl Store {
     /// A concrete name that does not exist is an `index_not_found_exception`; a wildcard that
     /// matches nothing is simply empty.
     pub fn resolve(&self, expr: &str) -> Result<Vec<String>, ApiError> {
+        self.resolve_with(expr, false)
+    }
+
+    /// [`Store::resolve`], with `ignore_unavailable=true` leaving out concrete names that do not
+    /// exist (Jaeger Query names every daily index of its look-back window, existing or not).
+    pub fn resolve_with(&self, expr: &str, ignore_unavailable: bool) -> Result<Vec<String>, ApiError> {
         let mut out: Vec<String> = Vec::new();
         for part in expr.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "_all" || part.contains('*') {
@@ -136,6 +142,8 @@ impl Store {
                 out.extend(self.indices.keys().filter(|name| glob(pattern, name)).cloned());
             } else if self.indices.contains_key(part) {
                 out.push(part.to_owned());
+            } else if ignore_unavailable {
+                continue;
             } else {
                 return Err(ApiError::index_not_found(part));
             }
@@ -167,16 +175,30 @@ impl Store {
             })
             .max_by_key(|t| t.get("priority").and_then(Value::as_i64).unwrap_or(0));
         let from_template = |key: &str| template.and_then(|t| t.pointer(&format!("/template/{key}"))).cloned();
-        let mut settings = from_template("settings").unwrap_or_else(|| json!({}));
+        // Templates are stored normalised already; the request's own settings win over them.
+        let mut settings =
+            json!({"index": {"number_of_shards": "1", "number_of_replicas": "1", "replication": {"type": "DOCUMENT"}}});
+        if let Some(s) = from_template("settings") {
+            merge(&mut settings, &s);
+        }
         let mut mappings = from_template("mappings").unwrap_or_else(|| json!({}));
         if let Some(s) = body.get("settings") {
-            merge(&mut settings, s);
+            merge(&mut settings, &normalize_settings(s)?);
         }
         if let Some(m) = body.get("mappings") {
             merge(&mut mappings, m);
         }
         self.uuid_counter += 1;
         let uuid = format!("devstore{:014x}", self.uuid_counter);
+        let created_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        merge(
+            &mut settings,
+            &json!({"index": {
+                "provided_name": name, "creation_date": created_ms.to_string(), "uuid": uuid,
+                "version": {"created": OPENSEARCH_VERSION_ID}
+            }}),
+        );
         self.indices.insert(
             name.to_owned(),
             Index {
@@ -204,20 +226,137 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a composable template in the form OpenSearch answers it with (settings normalised,
+    /// `composed_of` present), after OpenSearch's checks: patterns present, a known shape, and no
+    /// other template with the same priority whose patterns can match the same index name.
     pub fn put_template(&mut self, name: &str, body: Value) -> Result<(), ApiError> {
-        let patterns_ok = body
-            .get("index_patterns")
-            .and_then(Value::as_array)
-            .is_some_and(|ps| !ps.is_empty() && ps.iter().all(Value::is_string));
-        if !patterns_ok {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ApiError::new(400, "parse_exception", "request body is required and must be an object"))?;
+        for key in obj.keys() {
+            if !["index_patterns", "template", "composed_of", "priority", "version", "_meta"].contains(&key.as_str()) {
+                return Err(ApiError::new(
+                    400,
+                    "x_content_parse_exception",
+                    format!("[1:2] [index_template] unknown field [{key}] (or not implemented by spanline-devstore)"),
+                ));
+            }
+        }
+        let patterns: Vec<String> = match obj.get("index_patterns") {
+            Some(Value::Array(ps)) if !ps.is_empty() && ps.iter().all(Value::is_string) => {
+                ps.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+            }
+            Some(Value::String(p)) => vec![p.clone()],
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    "action_request_validation_exception",
+                    "Validation Failed: 1: index patterns are missing;",
+                ));
+            }
+        };
+        let priority = match obj.get("priority") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_i64() {
+                Some(p) if p >= 0 => Some(p),
+                Some(_) => {
+                    return Err(ApiError::new(
+                        400,
+                        "action_request_validation_exception",
+                        "Validation Failed: 1: index template priority must be >= 0;",
+                    ));
+                }
+                None => {
+                    return Err(ApiError::new(
+                        400,
+                        "x_content_parse_exception",
+                        "[index_template] failed to parse field [priority]",
+                    ));
+                }
+            },
+        };
+        let composed_of = obj.get("composed_of").cloned().unwrap_or_else(|| json!([]));
+        if composed_of.as_array().is_none_or(|c| !c.is_empty()) {
             return Err(ApiError::new(
                 400,
-                "action_request_validation_exception",
-                "Validation Failed: 1: index patterns are missing;",
+                "illegal_argument_exception",
+                format!(
+                    "index template [{name}] uses [composed_of]: component templates are not implemented by spanline-devstore"
+                ),
             ));
         }
-        self.templates.insert(name.to_owned(), body);
+        let conflicts = self.conflicting_templates(name, &patterns, priority.unwrap_or(0));
+        if !conflicts.is_empty() {
+            let names: Vec<&str> = conflicts.iter().map(|(n, _)| n.as_str()).collect();
+            let with_patterns: Vec<String> =
+                conflicts.iter().map(|(n, ps)| format!("{n} => {}", java_list(ps))).collect();
+            return Err(ApiError::new(
+                400,
+                "illegal_argument_exception",
+                format!(
+                    "index template [{name}] has index patterns {} matching patterns from existing templates [{}] with patterns ({}) that have the same priority [{}], multiple index templates may not match during index creation, please use a different priority",
+                    java_list(&patterns),
+                    names.join(","),
+                    with_patterns.join(","),
+                    priority.unwrap_or(0)
+                ),
+            ));
+        }
+        let mut stored = serde_json::Map::new();
+        stored.insert("index_patterns".into(), json!(patterns));
+        if let Some(template) = obj.get("template") {
+            let template = template.as_object().ok_or_else(|| {
+                ApiError::new(400, "x_content_parse_exception", "[index_template] failed to parse field [template]")
+            })?;
+            let mut out = serde_json::Map::new();
+            for (key, value) in template {
+                match key.as_str() {
+                    "settings" => {
+                        out.insert(key.clone(), normalize_settings(value)?);
+                    }
+                    "mappings" | "aliases" => {
+                        out.insert(key.clone(), value.clone());
+                    }
+                    other => {
+                        return Err(ApiError::new(
+                            400,
+                            "x_content_parse_exception",
+                            format!("[template] unknown field [{other}]"),
+                        ));
+                    }
+                }
+            }
+            stored.insert("template".into(), Value::Object(out));
+        }
+        stored.insert("composed_of".into(), composed_of);
+        for key in ["priority", "version", "_meta"] {
+            if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
+                stored.insert(key.into(), v.clone());
+            }
+        }
+        self.templates.insert(name.to_owned(), Value::Object(stored));
         Ok(())
+    }
+
+    /// Templates other than `name` with `priority` whose patterns overlap `patterns`, with their
+    /// patterns, by name (OpenSearch's `findConflictingV2Templates`).
+    fn conflicting_templates(&self, name: &str, patterns: &[String], priority: i64) -> Vec<(String, Vec<String>)> {
+        self.templates
+            .iter()
+            .filter(|(other, _)| other.as_str() != name)
+            .filter(|(_, t)| t.get("priority").and_then(Value::as_i64).unwrap_or(0) == priority)
+            .filter_map(|(other, t)| {
+                let theirs: Vec<String> = t
+                    .get("index_patterns")
+                    .and_then(Value::as_array)?
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect();
+                let overlap = patterns.iter().any(|p| theirs.iter().any(|q| globs_overlap(p, q)));
+                overlap.then(|| (other.clone(), theirs))
+            })
+            .collect()
     }
 
     pub fn template(&self, name: &str) -> Option<&Value> {
@@ -297,6 +436,105 @@ impl Store {
     pub fn refresh_all(&mut self) {
         self.indices.values_mut().filter(|i| !i.dirty.is_empty()).for_each(Index::refresh);
     }
+}
+
+/// OpenSearch 2.19.0's version id as it shows in `index.version.created`.
+const OPENSEARCH_VERSION_ID: &str = "136407827";
+
+/// Java's `List.toString()`: `[a, b]`.
+fn java_list(items: &[String]) -> String {
+    format!("[{}]", items.join(", "))
+}
+
+/// Index settings the way OpenSearch stores and answers them: flat dotted keys or nested objects
+/// alike end up nested, under `index` (which may be left out in the request), with every value a
+/// string (`5` → `"5"`, `true` → `"true"`; lists become lists of strings).
+pub fn normalize_settings(settings: &Value) -> Result<Value, ApiError> {
+    fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flatten(&key, v, out);
+                }
+            }
+            Value::Array(items) => {
+                out.push((prefix.to_owned(), Value::Array(items.iter().map(|v| json!(value_text(v))).collect())));
+            }
+            // A null setting means "reset to the default", which is the same as leaving it out here.
+            Value::Null => {}
+            scalar => out.push((prefix.to_owned(), json!(value_text(scalar)))),
+        }
+    }
+    fn insert(map: &mut serde_json::Map<String, Value>, parts: &[&str], value: Value) {
+        match parts {
+            [] => {}
+            [last] => {
+                map.insert((*last).to_owned(), value);
+            }
+            [first, rest @ ..] => {
+                let child = map.entry((*first).to_owned()).or_insert_with(|| json!({}));
+                if !child.is_object() {
+                    *child = json!({});
+                }
+                if let Value::Object(child) = child {
+                    insert(child, rest, value);
+                }
+            }
+        }
+    }
+    if !settings.is_object() {
+        return Err(ApiError::new(400, "settings_exception", "Failed to load settings: settings must be an object"));
+    }
+    let mut flat = Vec::new();
+    flatten("", settings, &mut flat);
+    let mut out = serde_json::Map::new();
+    for (key, value) in flat {
+        let key = if key.starts_with("index.") { key } else { format!("index.{key}") };
+        let parts: Vec<&str> = key.split('.').collect();
+        insert(&mut out, &parts, value);
+    }
+    Ok(Value::Object(out))
+}
+
+/// Whether some index name matches both `*`-patterns (the intersection of the two languages is
+/// not empty). Walks both patterns together; a `*` on either side may swallow what the other side
+/// produces, so the search is over pairs of positions, each visited once.
+pub fn globs_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut seen = vec![false; (a.len() + 1) * (b.len() + 1)];
+    let mut stack = vec![(0usize, 0usize)];
+    while let Some((i, j)) = stack.pop() {
+        let slot = i * (b.len() + 1) + j;
+        if seen[slot] {
+            continue;
+        }
+        seen[slot] = true;
+        if i == a.len() && j == b.len() {
+            return true;
+        }
+        let (x, y) = (a.get(i).copied(), b.get(j).copied());
+        if x == Some(b'*') {
+            stack.push((i + 1, j));
+            if y.is_some() {
+                stack.push((i, j + 1));
+            }
+        }
+        if y == Some(b'*') {
+            stack.push((i, j + 1));
+            if x.is_some() {
+                stack.push((i + 1, j));
+            }
+        }
+        if let (Some(x), Some(y)) = (x, y)
+            && x != b'*'
+            && y != b'*'
+            && x == y
+        {
+            stack.push((i + 1, j + 1));
+        }
+    }
+    false
 }
 
 /// Merges `from` into `into`, objects key by key, anything else replaced.
@@ -407,8 +645,34 @@ mod tests {
         )
         .expect("put");
         s.create_index("jaeger-span-2026-11-25", &json!({})).expect("create");
-        assert_eq!(s.index("jaeger-span-2026-11-25").map(|i| i.settings["n"].clone()), Some(json!(5)));
+        assert_eq!(s.index("jaeger-span-2026-11-25").map(|i| i.settings["index"]["n"].clone()), Some(json!("5")));
         assert!(s.put_template("bad", json!({"template": {}})).is_err());
+    }
+
+    #[test]
+    fn overlapping_patterns() {
+        assert!(globs_overlap("jaeger-span-*", "jaeger-*"));
+        assert!(globs_overlap("jaeger-span-*", "*-span-*"));
+        assert!(globs_overlap("a*", "*b"));
+        assert!(globs_overlap("abc", "a*c"));
+        assert!(globs_overlap("egg*", "eg*"));
+        assert!(!globs_overlap("jaeger-span-*", "jaeger-service-*"));
+        assert!(!globs_overlap("abc", "abd"));
+        assert!(!globs_overlap("a*x", "b*"));
+        assert!(globs_overlap("*", ""));
+        assert!(!globs_overlap("a", ""));
+    }
+
+    #[test]
+    fn settings_are_nested_strings_under_index() {
+        let got = normalize_settings(&json!({"index.number_of_shards": 5, "number_of_replicas": 1,
+            "index": {"mapping.nested_fields.limit": 50, "requests": {"cache": {"enable": true}}}}))
+        .expect("normalises");
+        assert_eq!(
+            got,
+            json!({"index": {"number_of_shards": "5", "number_of_replicas": "1",
+                "mapping": {"nested_fields": {"limit": "50"}}, "requests": {"cache": {"enable": "true"}}}})
+        );
     }
 
     #[test]

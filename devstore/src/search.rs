@@ -1,0 +1,577 @@
+//! `_search` (and each `_msearch` item): the request body → matching documents → total, sorted and
+//! paged hits (with `search_after`), and aggregations, in OpenSearch's answer shape. Called by the
+//! `_search`, `_count` and `_msearch` handlers in `api`; pure over a locked [`Store`].
+
+use std::cmp::Ordering;
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    aggs::{self, Named},
+    error::ApiError,
+    mapping::{FieldType, Fields},
+    query::{Query, date_millis, resolve, value_text},
+    store::Store,
+};
+
+/// OpenSearch's default `index.max_result_window`.
+pub const MAX_RESULT_WINDOW: usize = 10_000;
+/// OpenSearch's default `track_total_hits` bound.
+const TRACK_TOTAL_HITS: usize = 10_000;
+
+/// How far the total is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackTotal {
+    UpTo(usize),
+    Exact,
+    Off,
+}
+
+/// One sort key.
+#[derive(Debug, Clone)]
+pub struct SortKey {
+    /// `None` is `_doc` (index order).
+    pub field: Option<String>,
+    pub desc: bool,
+}
+
+/// A parsed search body plus the URL parameters that shape the answer.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub query: Query,
+    pub size: usize,
+    pub from: usize,
+    pub sort: Vec<SortKey>,
+    pub search_after: Option<Vec<Value>>,
+    pub aggs: Vec<Named>,
+    pub track_total: TrackTotal,
+    pub terminate_after: Option<usize>,
+    /// `rest_total_hits_as_int=true`: `hits.total` is a plain number.
+    pub total_as_int: bool,
+    /// `_source`: `None` for the whole document, `Some([])` for none, else the included paths.
+    pub source: Option<Vec<String>>,
+}
+
+/// URL parameters of `_search` / `_count` / `_msearch`.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct SearchParams {
+    pub size: Option<usize>,
+    pub from: Option<usize>,
+    pub ignore_unavailable: Option<String>,
+    pub allow_no_indices: Option<String>,
+    pub rest_total_hits_as_int: Option<String>,
+    pub track_total_hits: Option<String>,
+    pub max_concurrent_searches: Option<String>,
+    pub typed_keys: Option<String>,
+}
+
+/// OpenSearch's boolean URL parameter: present without a value or `true` is true.
+pub fn flag(v: Option<&str>) -> bool {
+    matches!(v, Some("" | "true"))
+}
+
+fn parsing(reason: impl Into<String>) -> ApiError {
+    ApiError::new(400, "parsing_exception", reason)
+}
+
+fn illegal(reason: impl Into<String>) -> ApiError {
+    ApiError::new(400, "illegal_argument_exception", reason)
+}
+
+fn not_implemented(key: &str) -> ApiError {
+    parsing(format!("Unknown key for a START_OBJECT in [{key}] (not implemented by spanline-devstore)"))
+}
+
+impl SearchRequest {
+    /// Parses a `_search` body (`allow_paging`) or a `_count` body (only `query`).
+    pub fn parse(body: &Value, params: &SearchParams, allow_paging: bool) -> Result<Self, ApiError> {
+        let obj = body.as_object().ok_or_else(|| parsing("request body must be an object"))?;
+        if flag(params.typed_keys.as_deref()) {
+            return Err(illegal("[typed_keys] is not implemented by spanline-devstore"));
+        }
+        let total_as_int = flag(params.rest_total_hits_as_int.as_deref());
+        let mut request = SearchRequest {
+            query: Query::MatchAll,
+            size: params.size.unwrap_or(10),
+            from: params.from.unwrap_or(0),
+            sort: Vec::new(),
+            search_after: None,
+            aggs: Vec::new(),
+            track_total: match params.track_total_hits.as_deref() {
+                None => TrackTotal::UpTo(TRACK_TOTAL_HITS),
+                Some(v) => parse_track_total(&json!(v))?,
+            },
+            terminate_after: None,
+            total_as_int,
+            source: None,
+        };
+        let mut track_total_set = params.track_total_hits.is_some();
+        for (key, value) in obj {
+            let as_usize = || {
+                value.as_u64().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
+                    ApiError::new(400, "parsing_exception", format!("[{key}] must be a non-negative integer"))
+                })
+            };
+            match key.as_str() {
+                "query" => request.query = Query::parse(value)?,
+                "size" if allow_paging => request.size = as_usize()?,
+                "from" if allow_paging => request.from = as_usize()?,
+                "sort" if allow_paging => request.sort = parse_sort(value)?,
+                "search_after" if allow_paging => {
+                    request.search_after =
+                        Some(value.as_array().cloned().ok_or_else(|| parsing("[search_after] must be an array"))?);
+                }
+                "aggs" | "aggregations" if allow_paging => request.aggs = aggs::parse(value)?,
+                "track_total_hits" if allow_paging => {
+                    request.track_total = parse_track_total(value)?;
+                    track_total_set = true;
+                }
+                "terminate_after" => request.terminate_after = Some(as_usize()?).filter(|n| *n > 0),
+                // `timeout` bounds work the dev store finishes at once; `_source: true` is the default.
+                "timeout" if allow_paging => {}
+                "_source" if allow_paging => request.source = parse_source(value)?,
+                other => return Err(not_implemented(other)),
+            }
+        }
+        if total_as_int {
+            // As in OpenSearch's RestSearchAction: the integer form implies an exact count.
+            match request.track_total {
+                TrackTotal::Exact => {}
+                _ if !track_total_set => request.track_total = TrackTotal::Exact,
+                TrackTotal::UpTo(n) => {
+                    return Err(illegal(format!(
+                        "[rest_total_hits_as_int] cannot be used if the tracking of total hits is not accurate, got {n}"
+                    )));
+                }
+                TrackTotal::Off => {
+                    return Err(illegal(
+                        "[rest_total_hits_as_int] cannot be used if the tracking of total hits is not accurate, got false",
+                    ));
+                }
+            }
+        }
+        if request.from + request.size > MAX_RESULT_WINDOW {
+            return Err(illegal(format!(
+                "Result window is too large, from + size must be less than or equal to: [{MAX_RESULT_WINDOW}] but was [{}]. See the scroll api for a more efficient way to request large data sets. This limit can be set by changing the [index.max_result_window] index level setting.",
+                request.from + request.size
+            )));
+        }
+        if let Some(after) = &request.search_after {
+            if request.sort.is_empty() {
+                return Err(illegal(
+                    "[search_after] requires a [sort] in spanline-devstore (sorting by _score is not implemented)",
+                ));
+            }
+            if after.len() != request.sort.len() {
+                return Err(illegal(format!(
+                    "search_after has {} value(s) but sort has {}.",
+                    after.len(),
+                    request.sort.len()
+                )));
+            }
+            if request.from > 0 {
+                return Err(illegal("[from] parameter must be set to 0 when [search_after] is used."));
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// `_source`: `true`, `false`, a path, a list of paths, or `{"includes": [...]}`; exact dotted
+/// paths only (wildcards and `excludes` are refused).
+fn parse_source(v: &Value) -> Result<Option<Vec<String>>, ApiError> {
+    let paths = |v: &Value| -> Result<Vec<String>, ApiError> {
+        let list: Vec<&Value> = match v {
+            Value::Array(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        list.into_iter()
+            .map(|p| match p.as_str() {
+                Some(p) if !p.contains('*') => Ok(p.to_owned()),
+                _ => Err(parsing(format!(
+                    "[_source] path [{p}] is not implemented by spanline-devstore (exact paths only)"
+                ))),
+            })
+            .collect()
+    };
+    match v {
+        Value::Bool(true) => Ok(None),
+        Value::Bool(false) => Ok(Some(Vec::new())),
+        Value::Object(o) => {
+            if let Some(other) = o.keys().find(|k| !matches!(k.as_str(), "includes" | "include")) {
+                return Err(parsing(format!("[_source] [{other}] is not implemented by spanline-devstore")));
+            }
+            o.get("includes").or_else(|| o.get("include")).map_or(Ok(None), |p| paths(p).map(Some))
+        }
+        other => paths(other).map(Some),
+    }
+}
+
+/// The parts of `source` at the `include` paths (inside arrays too), as OpenSearch's source
+/// filtering keeps them.
+fn filter_source(source: &Value, prefix: &str, include: &[String]) -> Option<Value> {
+    match source {
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (key, value) in map {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                if include.contains(&path) {
+                    out.insert(key.clone(), value.clone());
+                } else if include.iter().any(|p| p.strip_prefix(path.as_str()).is_some_and(|r| r.starts_with('.')))
+                    && let Some(inner) = filter_source(value, &path, include)
+                {
+                    out.insert(key.clone(), inner);
+                }
+            }
+            (!out.is_empty() || prefix.is_empty()).then_some(Value::Object(out))
+        }
+        Value::Array(items) => {
+            let kept: Vec<Value> = items.iter().filter_map(|i| filter_source(i, prefix, include)).collect();
+            (!kept.is_empty()).then_some(Value::Array(kept))
+        }
+        _ => None,
+    }
+}
+
+fn parse_track_total(v: &Value) -> Result<TrackTotal, ApiError> {
+    match v {
+        Value::Bool(true) => Ok(TrackTotal::Exact),
+        Value::Bool(false) => Ok(TrackTotal::Off),
+        Value::String(s) if s == "true" => Ok(TrackTotal::Exact),
+        Value::String(s) if s == "false" => Ok(TrackTotal::Off),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(TrackTotal::UpTo)
+            .ok_or_else(|| illegal("[track_total_hits] must be positive, true or false")),
+        Value::String(s) => s
+            .parse::<usize>()
+            .map(TrackTotal::UpTo)
+            .map_err(|_| illegal(format!("[track_total_hits] must be positive, true or false, got [{s}]"))),
+        _ => Err(illegal("[track_total_hits] must be positive, true or false")),
+    }
+}
+
+/// `"f"`, `{"f": "desc"}`, `{"f": {"order": "desc"}}`, or a list of these.
+fn parse_sort(v: &Value) -> Result<Vec<SortKey>, ApiError> {
+    let items: Vec<&Value> = match v {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Value::String(field) => out.push(sort_key(field, None)?),
+            Value::Object(map) => {
+                for (field, spec) in map {
+                    let order = match spec {
+                        Value::String(order) => Some(order.as_str()),
+                        Value::Object(options) => {
+                            if let Some(other) = options.keys().find(|k| k.as_str() != "order") {
+                                return Err(parsing(format!(
+                                    "[{field}] sort option [{other}] is not implemented by spanline-devstore"
+                                )));
+                            }
+                            match options.get("order") {
+                                None => None,
+                                Some(Value::String(o)) => Some(o.as_str()),
+                                Some(other) => {
+                                    return Err(parsing(format!("[order] must be asc or desc, got [{other}]")));
+                                }
+                            }
+                        }
+                        other => return Err(parsing(format!("malformed sort for [{field}]: [{other}]"))),
+                    };
+                    out.push(sort_key(field, order)?);
+                }
+            }
+            other => return Err(parsing(format!("malformed sort: [{other}]"))),
+        }
+    }
+    Ok(out)
+}
+
+fn sort_key(field: &str, order: Option<&str>) -> Result<SortKey, ApiError> {
+    let desc = match order.map(str::to_ascii_lowercase).as_deref() {
+        None => false,
+        Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => return Err(illegal(format!("Unknown SortOrder [{other}]"))),
+    };
+    match field {
+        "_doc" => Ok(SortKey { field: None, desc }),
+        "_score" | "_id" | "_seq_no" | "_shard_doc" => {
+            Err(parsing(format!("sorting on [{field}] is not implemented by spanline-devstore")))
+        }
+        f => Ok(SortKey { field: Some(f.to_owned()), desc }),
+    }
+}
+
+/// A sort value, comparable across documents.
+#[derive(Debug, Clone)]
+enum SortVal {
+    Num(f64, Value),
+    Text(String),
+    Missing,
+}
+
+impl SortVal {
+    fn json(&self, numeric_missing: bool, desc: bool) -> Value {
+        match self {
+            SortVal::Num(_, v) => v.clone(),
+            SortVal::Text(t) => json!(t),
+            // OpenSearch substitutes the type's extreme for a missing long/date so it sorts
+            // last, and shows it; a missing keyword shows as null.
+            SortVal::Missing if numeric_missing => json!(if desc { i64::MIN } else { i64::MAX }),
+            SortVal::Missing => Value::Null,
+        }
+    }
+
+    fn from_after(v: &Value, numeric: bool) -> Result<SortVal, ApiError> {
+        match v {
+            Value::Null => Ok(SortVal::Missing),
+            Value::Number(n) => Ok(SortVal::Num(n.as_f64().unwrap_or(0.0), v.clone())),
+            Value::String(s) if numeric => s
+                .parse::<f64>()
+                .map(|x| SortVal::Num(x, v.clone()))
+                .map_err(|_| illegal(format!("Failed to parse search_after value [{s}] as a number"))),
+            Value::String(s) => Ok(SortVal::Text(s.clone())),
+            other => Err(illegal(format!("search_after value [{other}] is not a number, string or null"))),
+        }
+    }
+}
+
+/// Ascending comparison, missing last whatever the order (OpenSearch's `missing: _last`).
+fn cmp_vals(a: &SortVal, b: &SortVal, desc: bool) -> Ordering {
+    let ord = match (a, b) {
+        (SortVal::Missing, SortVal::Missing) => return Ordering::Equal,
+        (SortVal::Missing, _) => return Ordering::Greater,
+        (_, SortVal::Missing) => return Ordering::Less,
+        (SortVal::Num(x, _), SortVal::Num(y, _)) => x.total_cmp(y),
+        (SortVal::Text(x), SortVal::Text(y)) => x.cmp(y),
+        (SortVal::Num(..), SortVal::Text(_)) => Ordering::Less,
+        (SortVal::Text(_), SortVal::Num(..)) => Ordering::Greater,
+    };
+    if desc { ord.reverse() } else { ord }
+}
+
+/// The value a document sorts by on `field`: with several values, the smallest for ascending and
+/// the largest for descending (OpenSearch's default `mode`).
+fn doc_sort_val(source: &Value, field: &str, ty: Option<FieldType>, desc: bool) -> SortVal {
+    let mut best: Option<SortVal> = None;
+    for v in resolve(source, field) {
+        let candidate = match (ty, v) {
+            (Some(FieldType::Date { .. }), v) => match date_millis(v) {
+                #[allow(clippy::cast_possible_truncation)]
+                Some(ms) => SortVal::Num(ms, json!(ms as i64)),
+                None => continue,
+            },
+            (Some(FieldType::Numeric), Value::String(s)) => match s.parse::<f64>() {
+                Ok(x) => SortVal::Num(x, v.clone()),
+                Err(_) => continue,
+            },
+            (Some(FieldType::Keyword | FieldType::Text), v) => SortVal::Text(value_text(v)),
+            (_, Value::Number(n)) => SortVal::Num(n.as_f64().unwrap_or(0.0), v.clone()),
+            (_, Value::Null) => continue,
+            (_, v) => SortVal::Text(value_text(v)),
+        };
+        best = Some(match best {
+            Some(b) if cmp_vals(&b, &candidate, desc) != Ordering::Greater => b,
+            _ => candidate,
+        });
+    }
+    best.unwrap_or(SortVal::Missing)
+}
+
+/// One matching document.
+struct Hit<'a> {
+    index: &'a str,
+    id: &'a str,
+    source: Value,
+    sort: Vec<SortVal>,
+}
+
+/// Runs `request` over the indices `names` of `store`; returns the `_search` answer without `took`.
+pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<Map<String, Value>, ApiError> {
+    let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
+    for key in &request.sort {
+        if let Some(field) = &key.field
+            && fields.get(field).is_none()
+            && !store_has_field(store, names, field)
+        {
+            return Err(ApiError::new(
+                400,
+                "query_shard_exception",
+                format!("No mapping found for [{field}] in order to sort on"),
+            ));
+        }
+        if let Some(path) = key.field.as_deref().and_then(|f| fields.nested_parent(f)) {
+            return Err(parsing(format!(
+                "sorting on a field inside nested [{path}] is not implemented by spanline-devstore"
+            )));
+        }
+    }
+
+    let mut hits: Vec<Hit<'_>> = Vec::new();
+    let mut terminated_early = false;
+    'indices: for name in names {
+        let Some(index) = store.index(name) else { continue };
+        for (id, doc) in &index.docs {
+            let Some(visible) = &doc.visible else { continue };
+            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
+            if !request.query.matches(id, &source) {
+                continue;
+            }
+            if request.terminate_after.is_some_and(|n| hits.len() >= n) {
+                terminated_early = true;
+                break 'indices;
+            }
+            let sort = request
+                .sort
+                .iter()
+                .map(|k| match &k.field {
+                    Some(f) => doc_sort_val(&source, f, fields.get(f), k.desc),
+                    #[allow(clippy::cast_precision_loss)]
+                    None => SortVal::Num(hits.len() as f64, json!(hits.len())),
+                })
+                .collect();
+            hits.push(Hit { index: name, id, source, sort });
+        }
+    }
+    let total = hits.len();
+
+    let aggregations = if request.aggs.is_empty() {
+        None
+    } else {
+        let sources: Vec<&Value> = hits.iter().map(|h| &h.source).collect();
+        Some(aggs::run(&request.aggs, &sources, &fields)?)
+    };
+
+    let sorted = !request.sort.is_empty();
+    if sorted {
+        // Stable, so ties keep index order, as one shard's doc ids would.
+        hits.sort_by(|a, b| {
+            request
+                .sort
+                .iter()
+                .enumerate()
+                .map(|(i, k)| cmp_vals(&a.sort[i], &b.sort[i], k.desc))
+                .find(|o| *o != Ordering::Equal)
+                .unwrap_or(Ordering::Equal)
+        });
+    }
+    if let Some(after) = &request.search_after {
+        let after: Vec<SortVal> = after
+            .iter()
+            .zip(&request.sort)
+            .map(|(v, k)| {
+                let numeric = k.field.as_deref().and_then(|f| fields.get(f)).is_some_and(FieldType::is_numeric);
+                SortVal::from_after(v, numeric || k.field.is_none())
+            })
+            .collect::<Result<_, _>>()?;
+        hits.retain(|h| {
+            request
+                .sort
+                .iter()
+                .enumerate()
+                .map(|(i, k)| cmp_vals(&h.sort[i], &after[i], k.desc))
+                .find(|o| *o != Ordering::Equal)
+                == Some(Ordering::Greater)
+        });
+    }
+
+    let shown: Vec<Value> = hits
+        .iter()
+        .skip(request.from)
+        .take(request.size)
+        .map(|h| {
+            let mut hit = Map::new();
+            hit.insert("_index".into(), json!(h.index));
+            hit.insert("_id".into(), json!(h.id));
+            // OpenSearch does not score when sorting on fields: `_score` is null.
+            hit.insert("_score".into(), if sorted { Value::Null } else { json!(1.0) });
+            match &request.source {
+                None => {
+                    hit.insert("_source".into(), h.source.clone());
+                }
+                Some(paths) if paths.is_empty() => {}
+                Some(paths) => {
+                    hit.insert("_source".into(), filter_source(&h.source, "", paths).unwrap_or_else(|| json!({})));
+                }
+            }
+            if sorted {
+                let values = request
+                    .sort
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        let numeric = k.field.as_deref().and_then(|f| fields.get(f)).is_some_and(FieldType::is_numeric);
+                        h.sort[i].json(numeric, k.desc)
+                    })
+                    .collect();
+                hit.insert("sort".into(), Value::Array(values));
+            }
+            Value::Object(hit)
+        })
+        .collect();
+
+    let max_score = if sorted || shown.is_empty() { Value::Null } else { json!(1.0) };
+    let mut hits_obj = Map::new();
+    match (request.track_total, request.total_as_int) {
+        (_, true) => {
+            hits_obj.insert("total".into(), json!(total));
+        }
+        (TrackTotal::Off, false) => {}
+        (TrackTotal::Exact, false) => {
+            hits_obj.insert("total".into(), json!({"value": total, "relation": "eq"}));
+        }
+        (TrackTotal::UpTo(limit), false) => {
+            let (value, relation) = if total > limit { (limit, "gte") } else { (total, "eq") };
+            hits_obj.insert("total".into(), json!({"value": value, "relation": relation}));
+        }
+    }
+    hits_obj.insert("max_score".into(), max_score);
+    hits_obj.insert("hits".into(), Value::Array(shown));
+
+    let n = names.len();
+    let mut out = Map::new();
+    out.insert("timed_out".into(), json!(false));
+    if request.terminate_after.is_some() {
+        out.insert("terminated_early".into(), json!(terminated_early));
+    }
+    out.insert("_shards".into(), json!({"total": n, "successful": n, "skipped": 0, "failed": 0}));
+    out.insert("hits".into(), Value::Object(hits_obj));
+    if let Some(aggregations) = aggregations {
+        out.insert("aggregations".into(), aggregations);
+    }
+    Ok(out)
+}
+
+/// Whether any document of `names` has `field` (a dynamically mapped field exists once a document
+/// carried it, mapped or not).
+fn store_has_field(store: &Store, names: &[String], field: &str) -> bool {
+    names.iter().filter_map(|n| store.index(n)).any(|index| {
+        index.docs.values().any(|doc| {
+            serde_json::from_str::<Value>(&doc.source)
+                .is_ok_and(|source| resolve(&source, field).iter().any(|v| !v.is_null()))
+        })
+    })
+}
+
+/// Counts the documents of `names` matching `query` (`_count`).
+pub fn count(store: &Store, names: &[String], query: &Query) -> usize {
+    if matches!(query, Query::MatchAll) {
+        return names.iter().filter_map(|name| store.index(name)).map(|index| index.visible_count()).sum();
+    }
+    let mut total = 0usize;
+    for name in names {
+        let Some(index) = store.index(name) else { continue };
+        for (id, doc) in &index.docs {
+            let Some(visible) = &doc.visible else { continue };
+            if serde_json::from_str::<Value>(visible).is_ok_and(|source| query.matches(id, &source)) {
+                total += 1;
+            }
+        }
+    }
+    total
+}
