@@ -138,6 +138,12 @@ pub struct OpenSearch {
     pub out_of_range: OutOfRange,
     /// Install the span and service index templates at start when missing. Default `true`.
     pub create_templates: bool,
+    /// `priority` of those composable templates (a non-negative integer; the type refuses
+    /// negatives). OpenSearch refuses a template whose patterns overlap another composable
+    /// template's at the same priority, and the ingester then stops at start naming that
+    /// template: pick a priority it does not use (higher to win over it). Jaeger's own templates
+    /// on OpenSearch are legacy ones and never conflict. Default `100`.
+    pub template_priority: u32,
     /// Timeout of one `_bulk` request. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -170,6 +176,7 @@ impl Default for OpenSearch {
             max_clock_skew: Duration::from_secs(3600),
             out_of_range: OutOfRange::DeadLetter,
             create_templates: true,
+            template_priority: 100,
             request_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),

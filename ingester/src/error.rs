@@ -12,4 +12,17 @@ pub enum Error {
     Aborted,
     #[error("{0}")]
     Setup(String),
+    /// OpenSearch refused to install our index template because another composable template
+    /// matches the same indices at the same priority; retrying cannot help, only configuration.
+    #[error(
+        "index template {template} (priority {priority}) was refused: existing template(s) [{conflicting}] match the same indices with the same priority, so OpenSearch cannot choose; set opensearch.template_priority to a priority none of them uses (higher to win over them) or change [{conflicting}] (opensearch said: {reason})"
+    )]
+    TemplateConflict { template: String, priority: u32, conflicting: String, reason: String },
+}
+
+impl Error {
+    /// Whether waiting and trying again could help; `false` for what only configuration can fix.
+    pub fn is_fatal_at_start(&self) -> bool {
+        matches!(self, Error::TemplateConflict { .. })
+    }
 }

@@ -1,5 +1,12 @@
 //! The index templates for span and service indices (REFERENCE.md §4), installed at start when
 //! missing, so every daily index gets Jaeger's mapping.
+//!
+//! They are composable templates (`_index_template`) with `opensearch.template_priority`. OpenSearch
+//! refuses a composable template whose patterns overlap another one's at the same priority (it
+//! could not choose between them when creating an index); that is a configuration problem, so it
+//! stops the ingester at start with [`Error::TemplateConflict`], which names the other template and
+//! the setting. Jaeger's own templates on OpenSearch are legacy `_template`s, which never conflict
+//! and which a composable template overrides.
 
 use opensearch::http::{Method, StatusCode, headers::HeaderMap};
 use serde_json::{Value, json};
@@ -14,11 +21,14 @@ fn key_values() -> Value {
     json!({"type": "nested", "dynamic": false, "properties": {"key": keyword(), "value": keyword(), "type": keyword()}})
 }
 
+/// The default of `opensearch.template_priority`.
+pub const DEFAULT_PRIORITY: u32 = 100;
+
 /// The composable template for span indices matching `pattern`.
-pub fn span_template(pattern: &str) -> Value {
+pub fn span_template(pattern: &str, priority: u32) -> Value {
     json!({
         "index_patterns": [pattern],
-        "priority": 100,
+        "priority": priority,
         "template": {
             "settings": {
                 "index.number_of_shards": 5,
@@ -61,10 +71,10 @@ pub fn span_template(pattern: &str) -> Value {
 }
 
 /// The composable template for service indices matching `pattern`.
-pub fn service_template(pattern: &str) -> Value {
+pub fn service_template(pattern: &str, priority: u32) -> Value {
     json!({
         "index_patterns": [pattern],
-        "priority": 100,
+        "priority": priority,
         "template": {
             "settings": {"index.number_of_shards": 5, "index.number_of_replicas": 1},
             "mappings": {"properties": {"serviceName": keyword(), "operationName": keyword()}}
@@ -72,13 +82,25 @@ pub fn service_template(pattern: &str) -> Value {
     })
 }
 
-/// Installs both templates unless a template of the same name exists.
+/// Installs both templates with [`DEFAULT_PRIORITY`] unless a template of the same name exists.
 pub async fn install(client: &opensearch::OpenSearch, names: &IndexNames, prefix: &str) -> Result<(), Error> {
+    install_with_priority(client, names, prefix, DEFAULT_PRIORITY).await
+}
+
+/// Installs both templates with `priority` unless a template of the same name exists. A refusal
+/// because another template matches the same indices at this priority is
+/// [`Error::TemplateConflict`] (see [`Error::is_fatal_at_start`]).
+pub async fn install_with_priority(
+    client: &opensearch::OpenSearch,
+    names: &IndexNames,
+    prefix: &str,
+    priority: u32,
+) -> Result<(), Error> {
     let (span_pattern, service_pattern) = names.patterns();
     let p = if prefix.is_empty() { String::new() } else { format!("{prefix}-") };
     for (name, body) in [
-        (format!("{p}jaeger-span"), span_template(&span_pattern)),
-        (format!("{p}jaeger-service"), service_template(&service_pattern)),
+        (format!("{p}jaeger-span"), span_template(&span_pattern, priority)),
+        (format!("{p}jaeger-service"), service_template(&service_pattern, priority)),
     ] {
         let path = format!("/_index_template/{name}");
         let exists = client
@@ -99,11 +121,66 @@ pub async fn install(client: &opensearch::OpenSearch, names: &IndexNames, prefix
             .await
             .map_err(|e| Error::OpenSearch(format!("cannot install index template {name}: {e}")))?;
         if !response.status_code().is_success() {
-            let status = response.status_code();
+            let status = response.status_code().as_u16();
             let text = response.text().await.unwrap_or_default();
-            return Err(Error::OpenSearch(format!("installing index template {name} answered {status}: {text}")));
+            return Err(refusal(&name, priority, status, &text));
         }
-        tracing::info!(template = %name, "index template installed");
+        tracing::info!(template = %name, priority, "index template installed");
     }
     Ok(())
+}
+
+/// Classifies OpenSearch's refusal of a template PUT: a same-priority conflict (a 400
+/// `illegal_argument_exception` naming the existing templates) or anything else.
+pub fn refusal(template: &str, priority: u32, status: u16, body: &str) -> Error {
+    let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let reason = parsed.pointer("/error/reason").and_then(Value::as_str).unwrap_or_default();
+    let conflicting = (status == 400
+        && parsed.pointer("/error/type").and_then(Value::as_str) == Some("illegal_argument_exception"))
+    .then(|| {
+        // "... matching patterns from existing templates [a,b] with patterns (a => [...]) that have
+        // the same priority [100], ..." (OpenSearch's MetadataIndexTemplateService)
+        let rest = reason.split_once("from existing templates [")?.1;
+        let (names, rest) = rest.split_once("] with patterns (")?;
+        rest.contains("that have the same priority").then(|| names.to_owned())
+    })
+    .flatten();
+    match conflicting {
+        Some(conflicting) => {
+            Error::TemplateConflict { template: template.to_owned(), priority, conflicting, reason: reason.to_owned() }
+        }
+        None => Error::OpenSearch(format!("installing index template {template} answered {status}: {body}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_same_priority_refusal_is_a_conflict_naming_the_other_template() {
+        let body = json!({"error": {"type": "illegal_argument_exception", "reason": "index template [jaeger-span] has index patterns [jaeger-span-*] matching patterns from existing templates [legacy-spans,x] with patterns (legacy-spans => [jaeger-*],x => [*-span-*]) that have the same priority [100], multiple index templates may not match during index creation, please use a different priority"}, "status": 400}).to_string();
+        let error = refusal("jaeger-span", 100, 400, &body);
+        assert!(error.is_fatal_at_start());
+        let Error::TemplateConflict { conflicting, .. } = &error else { panic!("{error}") };
+        assert_eq!(conflicting, "legacy-spans,x");
+        let text = error.to_string();
+        assert!(text.contains("[legacy-spans,x]") && text.contains("opensearch.template_priority"), "{text}");
+
+        for (status, body) in [
+            (400, json!({"error": {"type": "illegal_argument_exception", "reason": "unknown setting [index.x]"}}).to_string()),
+            (400, json!({"error": {"type": "x_content_parse_exception", "reason": "from existing templates [a] with patterns ( that have the same priority"}}).to_string()),
+            (403, "forbidden".to_owned()),
+            (503, String::new()),
+        ] {
+            let error = refusal("jaeger-span", 100, status, &body);
+            assert!(matches!(error, Error::OpenSearch(_)) && !error.is_fatal_at_start(), "{status} {body}: {error}");
+        }
+    }
+
+    #[test]
+    fn templates_carry_the_priority() {
+        assert_eq!(span_template("jaeger-span-*", 7)["priority"], 7);
+        assert_eq!(service_template("jaeger-service-*", 7)["priority"], 7);
+    }
 }
