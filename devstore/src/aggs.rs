@@ -169,7 +169,9 @@ fn parse_order(name: &str, v: &Value) -> Result<Vec<(OrderKey, bool)>, ApiError>
                 Some("desc") => true,
                 Some("asc") => false,
                 _ => {
-                    return Err(parsing(format!("Unknown terms order direction [{dir}] in terms aggregation [{name}]")));
+                    return Err(parsing(format!(
+                        "Unknown terms order direction [{dir}] in terms aggregation [{name}]"
+                    )));
                 }
             };
             let key = match key.as_str() {

@@ -84,6 +84,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/_index_template/{name}",
             put(put_template).post(put_template).get(get_template).delete(delete_template).head(head_template),
         )
+        .route(
+            "/_template/{name}",
+            put(put_legacy_template)
+                .post(put_legacy_template)
+                .get(get_legacy_template)
+                .delete(delete_legacy_template)
+                .head(head_legacy_template),
+        )
         .route("/_bulk", post(bulk_all).put(bulk_all))
         .route("/_refresh", post(refresh_all).get(refresh_all))
         .route("/_count", get(count_all).post(count_all))
@@ -205,6 +213,40 @@ async fn delete_template(State(state): Shared, Path(name): Path<String>) -> Resu
         Ok(Json(json!({"acknowledged": true})))
     } else {
         Err(template_not_found(&name))
+    }
+}
+
+async fn put_legacy_template(
+    State(state): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&body)?;
+    state.store.lock().put_legacy_template(&name, &body)?;
+    Ok(Json(json!({"acknowledged": true})))
+}
+
+fn legacy_template_not_found(name: &str) -> ApiError {
+    ApiError::new(404, "index_template_missing_exception", format!("index_template [{name}] missing"))
+}
+
+async fn get_legacy_template(State(state): Shared, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.lock();
+    let template = store.legacy_template(&name).ok_or_else(|| legacy_template_not_found(&name))?;
+    let mut out = serde_json::Map::new();
+    out.insert(name, template.clone());
+    Ok(Json(Value::Object(out)))
+}
+
+async fn head_legacy_template(State(state): Shared, Path(name): Path<String>) -> StatusCode {
+    if state.store.lock().legacy_template(&name).is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND }
+}
+
+async fn delete_legacy_template(State(state): Shared, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    if state.store.lock().delete_legacy_template(&name) {
+        Ok(Json(json!({"acknowledged": true})))
+    } else {
+        Err(legacy_template_not_found(&name))
     }
 }
 

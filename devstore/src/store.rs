@@ -77,6 +77,8 @@ impl WriteOp {
 pub struct Store {
     indices: BTreeMap<String, Index>,
     templates: BTreeMap<String, Value>,
+    /// Legacy `_template`s (Jaeger installs these on OpenSearch), stored normalised.
+    legacy_templates: BTreeMap<String, Value>,
     bytes_used: u64,
     memory_limit: u64,
     uuid_counter: u64,
@@ -84,7 +86,14 @@ pub struct Store {
 
 impl Store {
     pub fn new(memory_limit: u64) -> Self {
-        Self { indices: BTreeMap::new(), templates: BTreeMap::new(), bytes_used: 0, memory_limit, uuid_counter: 0 }
+        Self {
+            indices: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            legacy_templates: BTreeMap::new(),
+            bytes_used: 0,
+            memory_limit,
+            uuid_counter: 0,
+        }
     }
 
     pub fn bytes_used(&self) -> u64 {
@@ -104,6 +113,7 @@ impl Store {
     pub fn clear(&mut self) {
         self.indices.clear();
         self.templates.clear();
+        self.legacy_templates.clear();
         self.bytes_used = 0;
     }
 
@@ -174,14 +184,39 @@ impl Store {
                     .is_some_and(|ps| ps.iter().filter_map(Value::as_str).any(|p| glob(p, name)))
             })
             .max_by_key(|t| t.get("priority").and_then(Value::as_i64).unwrap_or(0));
-        let from_template = |key: &str| template.and_then(|t| t.pointer(&format!("/template/{key}"))).cloned();
         // Templates are stored normalised already; the request's own settings win over them.
         let mut settings =
             json!({"index": {"number_of_shards": "1", "number_of_replicas": "1", "replication": {"type": "DOCUMENT"}}});
-        if let Some(s) = from_template("settings") {
-            merge(&mut settings, &s);
+        let mut mappings = json!({});
+        if let Some(template) = template {
+            if let Some(s) = template.pointer("/template/settings") {
+                merge(&mut settings, s);
+            }
+            if let Some(m) = template.pointer("/template/mappings") {
+                merge(&mut mappings, m);
+            }
+        } else {
+            // As in OpenSearch: legacy templates apply only when no composable one matches, all
+            // that match, merged by ascending `order`.
+            let mut legacy: Vec<&Value> = self
+                .legacy_templates
+                .values()
+                .filter(|t| {
+                    t.get("index_patterns")
+                        .and_then(Value::as_array)
+                        .is_some_and(|ps| ps.iter().filter_map(Value::as_str).any(|p| glob(p, name)))
+                })
+                .collect();
+            legacy.sort_by_key(|t| t.get("order").and_then(Value::as_i64).unwrap_or(0));
+            for t in legacy {
+                if let Some(s) = t.get("settings") {
+                    merge(&mut settings, s);
+                }
+                if let Some(m) = t.get("mappings") {
+                    merge(&mut mappings, m);
+                }
+            }
         }
-        let mut mappings = from_template("mappings").unwrap_or_else(|| json!({}));
         if let Some(s) = body.get("settings") {
             merge(&mut settings, &normalize_settings(s)?);
         }
@@ -359,6 +394,62 @@ impl Store {
             .collect()
     }
 
+    /// Stores a legacy `_template` in the form OpenSearch answers it with.
+    pub fn put_legacy_template(&mut self, name: &str, body: &Value) -> Result<(), ApiError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ApiError::new(400, "parse_exception", "request body is required and must be an object"))?;
+        let mut stored = serde_json::Map::new();
+        stored.insert("order".into(), json!(0));
+        stored.insert("index_patterns".into(), json!([]));
+        stored.insert("settings".into(), json!({}));
+        stored.insert("mappings".into(), json!({}));
+        stored.insert("aliases".into(), json!({}));
+        for (key, value) in obj {
+            match key.as_str() {
+                "index_patterns" => {
+                    let patterns: Vec<Value> = match value {
+                        Value::String(p) => vec![json!(p)],
+                        Value::Array(ps) if ps.iter().all(Value::is_string) => ps.clone(),
+                        _ => return Err(illegal("Malformed [index_patterns] value, should be a list of strings")),
+                    };
+                    stored.insert(key.clone(), Value::Array(patterns));
+                }
+                "order" | "version" => {
+                    stored.insert(key.clone(), value.clone());
+                }
+                "settings" => {
+                    stored.insert(key.clone(), normalize_settings(value)?);
+                }
+                "mappings" | "aliases" => {
+                    stored.insert(key.clone(), value.clone());
+                }
+                other => {
+                    return Err(illegal(format!(
+                        "unknown key [{other}] in the template (or not implemented by spanline-devstore)"
+                    )));
+                }
+            }
+        }
+        if stored.get("index_patterns").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+            return Err(ApiError::new(
+                400,
+                "action_request_validation_exception",
+                "Validation Failed: 1: index patterns are missing;",
+            ));
+        }
+        self.legacy_templates.insert(name.to_owned(), Value::Object(stored));
+        Ok(())
+    }
+
+    pub fn legacy_template(&self, name: &str) -> Option<&Value> {
+        self.legacy_templates.get(name)
+    }
+
+    pub fn delete_legacy_template(&mut self, name: &str) -> bool {
+        self.legacy_templates.remove(name).is_some()
+    }
+
     pub fn template(&self, name: &str) -> Option<&Value> {
         self.templates.get(name)
     }
@@ -436,6 +527,10 @@ impl Store {
     pub fn refresh_all(&mut self) {
         self.indices.values_mut().filter(|i| !i.dirty.is_empty()).for_each(Index::refresh);
     }
+}
+
+fn illegal(reason: impl Into<String>) -> ApiError {
+    ApiError::new(400, "illegal_argument_exception", reason)
 }
 
 /// OpenSearch 2.19.0's version id as it shows in `index.version.created`.

@@ -173,3 +173,40 @@ async fn get_index_and_mapping_have_opensearch_shapes() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(got["error"]["type"], "index_not_found_exception");
 }
+
+#[tokio::test]
+async fn legacy_templates_as_jaeger_installs_them_on_opensearch() {
+    let (s, c) = store().await;
+    let u = s.url();
+    // Jaeger's legacy span template body on OpenSearch: settings, mappings, index_patterns.
+    let body = json!({"index_patterns": "jaeger-span-*",
+        "settings": {"index.number_of_shards": 5, "index.mapping.nested_fields.limit": 50},
+        "mappings": {"properties": {"traceID": {"type": "keyword"}}}});
+    let (status, resp) = send(&c, Method::PUT, format!("{u}/_template/jaeger-span"), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let (status, _) = send(&c, Method::HEAD, format!("{u}/_template/jaeger-span"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, got) = send(&c, Method::GET, format!("{u}/_template/jaeger-span"), None).await;
+    assert_eq!(
+        got,
+        json!({"jaeger-span": {"order": 0, "index_patterns": ["jaeger-span-*"],
+            "settings": {"index": {"number_of_shards": "5", "mapping": {"nested_fields": {"limit": "50"}}}},
+            "mappings": {"properties": {"traceID": {"type": "keyword"}}}, "aliases": {}}})
+    );
+    // Applied when no composable template matches; a composable one takes precedence.
+    send(&c, Method::PUT, format!("{u}/jaeger-span-1"), None).await;
+    let (_, got) = send(&c, Method::GET, format!("{u}/jaeger-span-1"), None).await;
+    assert_eq!(got["jaeger-span-1"]["settings"]["index"]["number_of_shards"], "5");
+    let composable = json!({"index_patterns": ["jaeger-span-*"], "template": {"settings": {"number_of_shards": 2}}});
+    send(&c, Method::PUT, format!("{u}/_index_template/ours"), Some(composable)).await;
+    send(&c, Method::PUT, format!("{u}/jaeger-span-2"), None).await;
+    let (_, got) = send(&c, Method::GET, format!("{u}/jaeger-span-2"), None).await;
+    assert_eq!(got["jaeger-span-2"]["settings"]["index"]["number_of_shards"], "2");
+    assert_eq!(got["jaeger-span-2"]["mappings"], json!({}));
+
+    let (status, _) = send(&c, Method::DELETE, format!("{u}/_template/jaeger-span"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, got) = send(&c, Method::GET, format!("{u}/_template/jaeger-span"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(got["error"]["type"], "index_template_missing_exception");
+}
