@@ -412,7 +412,11 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
         }
     }
 
+    // Sorting and aggregations need every match; otherwise only the requested page is kept (a
+    // big store would otherwise hold a copy of every matching document per search).
+    let keep_all = !request.sort.is_empty() || !request.aggs.is_empty();
     let mut hits: Vec<Hit<'_>> = Vec::new();
+    let mut total = 0usize;
     let mut terminated_early = false;
     'indices: for name in names {
         let Some(index) = store.index(name) else { continue };
@@ -422,9 +426,13 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
             if !request.query.matches(id, &source) {
                 continue;
             }
-            if request.terminate_after.is_some_and(|n| hits.len() >= n) {
+            if request.terminate_after.is_some_and(|n| total >= n) {
                 terminated_early = true;
                 break 'indices;
+            }
+            total += 1;
+            if !keep_all && (total <= request.from || hits.len() >= request.size) {
+                continue;
             }
             let sort = request
                 .sort
@@ -438,8 +446,6 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
             hits.push(Hit { index: name, id, source, sort });
         }
     }
-    let total = hits.len();
-
     let aggregations = if request.aggs.is_empty() {
         None
     } else {
@@ -482,7 +488,7 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
 
     let shown: Vec<Value> = hits
         .iter()
-        .skip(request.from)
+        .skip(if keep_all { request.from } else { 0 })
         .take(request.size)
         .map(|h| {
             let mut hit = Map::new();
