@@ -34,8 +34,10 @@ start() {
     echo "broker: already running (pid $(cat "$dir/tansu.pid"))" >&2
   else
     local url="tcp://127.0.0.1:$port"
-    (cd "$dir" && exec tansu broker --listener-url "$url" --advertised-listener-url "$url" \
-      --storage-engine sqlite://spanline.db >"$dir/tansu.log" 2>&1) &
+    # Its own session: a terminal's Ctrl-C reaches the whole foreground process group, and the
+    # broker must outlive the components that drain into it; `stop` ends it, last.
+    (cd "$dir" && exec setsid tansu broker --listener-url "$url" --advertised-listener-url "$url" \
+      --storage-engine sqlite://spanline.db >>"$dir/tansu.log" 2>&1 </dev/null) &
     echo $! >"$dir/tansu.pid"
   fi
   local tries=0

@@ -2,7 +2,8 @@
 # Installs what building and testing Spanline needs on a fresh machine; fast when all is present.
 #   - Debian: libsasl2-dev (rdkafka's GSSAPI support), pkg-config, libssl-dev, curl
 #   - tansu 0.6.0, the test broker (scripts/broker.sh install)
-#   - cargo-deny, for the offline license/ban/source checks
+#   - cargo-deny, for the offline license/ban/source checks, and every crate Cargo.lock names (for all
+#     target platforms: cargo-deny reads them all)
 #   - Python's opentelemetry-proto, the independent decoder the collector tests use
 #   - Node.js + npm and deploy/check's pinned packages (schemas for the offline deployment check)
 set -euo pipefail
@@ -39,6 +40,12 @@ if [ ! -d deploy/check/node_modules ] || [ deploy/check/package-lock.json -nt de
   echo "deps: npm ci (deploy/check)" >&2
   npm ci --prefix deploy/check --no-audit --no-fund --loglevel=error
 fi
+
+# Every crate of Cargo.lock, for every target platform: `cargo deny --offline` reads the metadata of
+# crates the host build never downloads (android_system_properties, valuable, ...). Fast when they
+# are all in the cargo home already.
+echo "deps: cargo fetch --locked" >&2
+cargo fetch --locked --quiet
 
 if ! command -v cargo-deny >/dev/null 2>&1; then
   echo "deps: installing cargo-deny" >&2

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # `make up`: the whole pipeline on this machine, in the foreground, until Ctrl-C.
 #
-#   COLLECTORS=N     collectors to run (default 1); collector i listens on OTLP gRPC 4317+2i,
-#                    OTLP HTTP 4318+2i, admin 14269+10i
-#   INGESTERS=N      ingesters in group spanline-ingester (default 1); ingester j: admin 14270+10j
-#   PARTITIONS=N     partitions of the span topic when this script creates it (default 6)
-#   KAFKA_BROKERS    use this Kafka instead of starting Tansu on 127.0.0.1:9092
-#                    (the topics otlp_spans and otlp_spans_dlq must exist there)
-#   OPENSEARCH_URL   use this OpenSearch instead of starting the dev store on 127.0.0.1:9200
-#   RUN_DIR          where logs and broker data go (default .run)
+#   COLLECTORS=N      collectors to run (default 1); collector i listens on OTLP gRPC GRPC_PORT+2i,
+#                     OTLP HTTP HTTP_PORT+2i, admin ADMIN_PORT+10i
+#   INGESTERS=N       ingesters in group spanline-ingester (default 1), static members
+#                     spanline-ingester-J; ingester j: admin ADMIN_PORT+1+10j
+#   PARTITIONS=N      partitions of the span topic when this script creates it (default 6)
+#   KAFKA_BROKERS     use this Kafka instead of starting Tansu on 127.0.0.1:BROKER_PORT
+#                     (the topics otlp_spans and otlp_spans_dlq must exist there)
+#   OPENSEARCH_URL    use this OpenSearch instead of starting the dev store on 127.0.0.1:STORE_PORT
+#   RUN_DIR           where logs, process ids and broker data go (default .run)
+#   BROKER_PORT, STORE_PORT, GRPC_PORT, HTTP_PORT, ADMIN_PORT
+#                     defaults 9092, 9200, 4317, 4318, 14269
+#   SHUTDOWN_GRACE    seconds each collector and ingester may take to drain on stop (default 20)
+#   SPANLINE_BIN      run the binaries in this directory instead of building target/release
+#
+# Ctrl-C (or SIGTERM) stops the stack in order: collectors first (no new spans; in-flight exports
+# answered), then the ingesters (final flush, bulk, commit), then the dev store, the broker last.
+# Every component runs in its own session, so the terminal's SIGINT reaches only this script,
+# which stops them in that order, each bounded by its grace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -16,41 +26,109 @@ export PATH="$HOME/.cargo/bin:$PATH"
 COLLECTORS=${COLLECTORS:-1}
 INGESTERS=${INGESTERS:-1}
 PARTITIONS=${PARTITIONS:-6}
+BROKER_PORT=${BROKER_PORT:-9092}
+STORE_PORT=${STORE_PORT:-9200}
+GRPC_PORT=${GRPC_PORT:-4317}
+HTTP_PORT=${HTTP_PORT:-4318}
+ADMIN_PORT=${ADMIN_PORT:-14269}
+SHUTDOWN_GRACE=${SHUTDOWN_GRACE:-20}
 RUN_DIR=${RUN_DIR:-.run}
 mkdir -p "$RUN_DIR/logs"
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
 LOGS=$RUN_DIR/logs
-BIN=target/release
+PIDS=$RUN_DIR/pids
 
-echo "building release binaries..." >&2
-cargo build --release --quiet --bin spanline-collector --bin spanline-ingester --bin spanline-devstore --bin spanline-loadtest
+if [ -n "${SPANLINE_BIN:-}" ]; then
+  BIN=$SPANLINE_BIN
+else
+  BIN=target/release
+  echo "building release binaries..." >&2
+  cargo build --release --locked --quiet --bin spanline-collector --bin spanline-ingester --bin spanline-devstore \
+    --bin spanline-loadtest
+fi
 
-pids=()
+# Waits up to $2 seconds for process $1 to end; 1 if it is still there.
+wait_gone() {
+  local pid=$1 tenths=$(($2 * 10))
+  while kill -0 "$pid" 2>/dev/null; do
+    [ "$tenths" -gt 0 ] || return 1
+    sleep 0.1
+    tenths=$((tenths - 1))
+  done
+}
+
+# Stops process $1 (named $2): SIGTERM, up to $3 seconds, then SIGKILL.
+stop_one() {
+  local pid=$1 name=$2 grace=$3
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_gone "$pid" "$grace"; then
+    echo "  $name (pid $pid) still running after ${grace}s: killed" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# A previous run that was killed before its cleanup leaves its processes behind, holding the ports.
+if [ -f "$PIDS" ]; then
+  while read -r name pid; do
+    if kill -0 "$pid" 2>/dev/null && grep -q spanline "/proc/$pid/cmdline" 2>/dev/null; then
+      echo "stopping $name (pid $pid) left from an earlier run" >&2
+      stop_one "$pid" "$name" "$SHUTDOWN_GRACE"
+    fi
+  done <"$PIDS"
+  rm -f "$PIDS"
+fi
+
+collector_pids=()
+ingester_pids=()
+store_pids=()
 started_broker=0
 cleanup() {
-  trap - INT TERM EXIT
-  printf '\nstopping...\n' >&2
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  trap - INT TERM HUP EXIT
+  local started=$SECONDS
+  printf '\nstopping: collectors, then ingesters (final flush and commit), then the store, then the broker\n' >&2
+  # One group at a time, members of a group in parallel.
+  for group in collector ingester store; do
+    local -n group_pids="${group}_pids"
+    local stoppers=()
+    for pid in "${group_pids[@]}"; do
+      stop_one "$pid" "$group" $((SHUTDOWN_GRACE + 5)) &
+      stoppers+=($!)
+    done
+    for stopper in "${stoppers[@]}"; do wait "$stopper" 2>/dev/null || true; done
+    for pid in "${group_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  done
   if [ "$started_broker" = 1 ]; then scripts/broker.sh stop "$RUN_DIR/broker"; fi
-  echo "stopped; logs in $LOGS" >&2
+  rm -f "$PIDS"
+  echo "stopped in $((SECONDS - started))s; logs in $LOGS" >&2
 }
-trap 'cleanup; exit 0' INT TERM
+trap 'cleanup; exit 0' INT TERM HUP
 trap cleanup EXIT
 
+# Starts "$@" in its own session (out of reach of the terminal's Ctrl-C), output to log $2... and
+# records its pid under name $1. Sets LAST_PID.
+spawn() {
+  local name=$1 log=$2
+  shift 2
+  setsid "$@" >"$log" 2>&1 </dev/null &
+  LAST_PID=$!
+  echo "$name $LAST_PID" >>"$PIDS"
+}
+
 if [ -z "${KAFKA_BROKERS:-}" ]; then
-  scripts/broker.sh start "$RUN_DIR/broker" 9092 "otlp_spans:$PARTITIONS" "otlp_spans_dlq:$PARTITIONS"
+  scripts/broker.sh start "$RUN_DIR/broker" "$BROKER_PORT" "otlp_spans:$PARTITIONS" "otlp_spans_dlq:$PARTITIONS"
   started_broker=1
-  KAFKA_BROKERS=127.0.0.1:9092
+  KAFKA_BROKERS=127.0.0.1:$BROKER_PORT
   broker_desc="tansu (sqlite, $RUN_DIR/broker)"
 else
   broker_desc="external"
 fi
 
 if [ -z "${OPENSEARCH_URL:-}" ]; then
-  DEVSTORE_LISTEN=127.0.0.1:9200 "$BIN/spanline-devstore" >"$LOGS/devstore.log" 2>&1 &
-  pids+=($!)
-  OPENSEARCH_URL=http://127.0.0.1:9200
+  spawn devstore "$LOGS/devstore.log" env DEVSTORE_LISTEN=127.0.0.1:$STORE_PORT "$BIN/spanline-devstore"
+  store_pids+=("$LAST_PID")
+  OPENSEARCH_URL=http://127.0.0.1:$STORE_PORT
   store_desc="spanline-devstore (in memory)"
   for _ in $(seq 1 50); do curl -fsS "$OPENSEARCH_URL" >/dev/null 2>&1 && break; sleep 0.1; done
 else
@@ -61,25 +139,33 @@ collector_admins=()
 ingester_admins=()
 rows=()
 for i in $(seq 0 $((COLLECTORS - 1))); do
-  grpc=$((4317 + 2 * i)); http=$((4318 + 2 * i)); admin=$((14269 + 10 * i))
-  SPANLINE_COLLECTOR__KAFKA__BROKERS=$KAFKA_BROKERS \
-  SPANLINE_COLLECTOR__RECEIVERS__GRPC_LISTEN=127.0.0.1:$grpc \
-  SPANLINE_COLLECTOR__RECEIVERS__HTTP_LISTEN=127.0.0.1:$http \
-  SPANLINE_COLLECTOR__ADMIN__LISTEN=127.0.0.1:$admin \
-    "$BIN/spanline-collector" --config deploy/collector.toml >"$LOGS/collector-$i.log" 2>&1 &
-  pids+=($!)
+  grpc=$((GRPC_PORT + 2 * i)); http=$((HTTP_PORT + 2 * i)); admin=$((ADMIN_PORT + 10 * i))
+  spawn "collector-$i" "$LOGS/collector-$i.log" env \
+    SPANLINE_COLLECTOR__KAFKA__BROKERS="$KAFKA_BROKERS" \
+    SPANLINE_COLLECTOR__RECEIVERS__GRPC_LISTEN=127.0.0.1:$grpc \
+    SPANLINE_COLLECTOR__RECEIVERS__HTTP_LISTEN=127.0.0.1:$http \
+    SPANLINE_COLLECTOR__ADMIN__LISTEN=127.0.0.1:$admin \
+    SPANLINE_COLLECTOR__SHUTDOWN_GRACE="${SHUTDOWN_GRACE}s" \
+    "$BIN/spanline-collector" --config deploy/collector.toml
+  collector_pids+=("$LAST_PID")
   collector_admins+=("127.0.0.1:$admin")
   rows+=("collector $i|OTLP gRPC 127.0.0.1:$grpc, OTLP HTTP http://127.0.0.1:$http/v1/traces, admin http://127.0.0.1:$admin/metrics")
 done
 for j in $(seq 0 $((INGESTERS - 1))); do
-  admin=$((14270 + 10 * j))
-  SPANLINE_INGESTER__KAFKA__BROKERS=$KAFKA_BROKERS \
-  SPANLINE_INGESTER__OPENSEARCH__URL=$OPENSEARCH_URL \
-  SPANLINE_INGESTER__ADMIN__LISTEN=127.0.0.1:$admin \
-    "$BIN/spanline-ingester" --config deploy/ingester.toml >"$LOGS/ingester-$j.log" 2>&1 &
-  pids+=($!)
+  admin=$((ADMIN_PORT + 1 + 10 * j))
+  # Static membership: a restarted stack's ingester j takes back ingester j's partitions, even when
+  # the last run ended without leaving the group (Tansu 0.6.0 never gives a vanished dynamic
+  # member's partitions to a newcomer).
+  spawn "ingester-$j" "$LOGS/ingester-$j.log" env \
+    SPANLINE_INGESTER__KAFKA__BROKERS="$KAFKA_BROKERS" \
+    SPANLINE_INGESTER__KAFKA__GROUP_INSTANCE_ID="spanline-ingester-$j" \
+    SPANLINE_INGESTER__OPENSEARCH__URL="$OPENSEARCH_URL" \
+    SPANLINE_INGESTER__ADMIN__LISTEN=127.0.0.1:$admin \
+    SPANLINE_INGESTER__SHUTDOWN_GRACE="${SHUTDOWN_GRACE}s" \
+    "$BIN/spanline-ingester" --config deploy/ingester.toml
+  ingester_pids+=("$LAST_PID")
   ingester_admins+=("127.0.0.1:$admin")
-  rows+=("ingester $j|group spanline-ingester, admin http://127.0.0.1:$admin/metrics")
+  rows+=("ingester $j|group spanline-ingester (member spanline-ingester-$j), admin http://127.0.0.1:$admin/metrics")
 done
 
 echo
@@ -88,8 +174,8 @@ printf '  %-12s %s\n' "kafka" "$KAFKA_BROKERS  [$broker_desc], topic otlp_spans"
 printf '  %-12s %s\n' "opensearch" "$OPENSEARCH_URL  [$store_desc], indices jaeger-span-*, jaeger-service-*"
 for row in "${rows[@]}"; do printf '  %-12s %s\n' "${row%%|*}" "${row#*|}"; done
 echo "  logs         $LOGS"
-echo "Send spans with any OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317), or:"
-echo "  $BIN/spanline-loadtest --traces 1000"
+echo "Send spans with any OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$GRPC_PORT), or:"
+echo "  $BIN/spanline-loadtest --endpoint http://127.0.0.1:$GRPC_PORT --traces 1000"
 echo "Ctrl-C stops everything."
 echo
 
@@ -104,10 +190,14 @@ sum_metric() {
   echo "$total"
 }
 
+broker_pid() {
+  cat "$RUN_DIR/broker/tansu.pid" 2>/dev/null || true
+}
+
 while true; do
-  for pid in "${pids[@]}"; do
+  for pid in "${collector_pids[@]}" "${ingester_pids[@]}" "${store_pids[@]}" $([ "$started_broker" = 1 ] && broker_pid); do
     if ! kill -0 "$pid" 2>/dev/null; then
-      printf '\na component exited; see %s\n' "$LOGS" >&2
+      printf '\na component (pid %s) exited; see %s\n' "$pid" "$LOGS" >&2
       exit 1
     fi
   done
@@ -115,6 +205,14 @@ while true; do
   produced=$(sum_metric "${collector_admins[*]}" spanline_collector_spans_total 'outcome="accepted"')
   indexed=$(sum_metric "${ingester_admins[*]}" spanline_ingester_documents_indexed_total 'kind="span"')
   lag=$(sum_metric "${ingester_admins[*]}" spanline_ingester_consumer_lag_records)
-  printf '\r  spans received %-10s produced %-10s indexed %-10s consumer lag %-8s' "$received" "$produced" "$indexed" "$lag"
+  owned=$(sum_metric "${ingester_admins[*]}" spanline_ingester_assigned_partitions)
+  warning=""
+  for addr in "${ingester_admins[@]}"; do
+    if [ "$(sum_metric "$addr" spanline_ingester_stalled_group)" -gt 0 ]; then
+      warning="  ! $addr owns no partition while the group lags $(sum_metric "$addr" spanline_ingester_unowned_lag_records) records without moving"
+    fi
+  done
+  printf '\r  spans received %-10s produced %-10s indexed %-10s consumer lag %-8s partitions owned %-4s%s' \
+    "$received" "$produced" "$indexed" "$lag" "$owned" "$warning"
   sleep 2
 done

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, config::RDKafkaLogLevel, error::KafkaError};
 use serde::{Deserialize, Serialize};
+
+use crate::repeats::Repeats;
 
 /// Connection settings for one Kafka cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +48,43 @@ impl KafkaClientConfig {
             return Err("kafka.brokers must name at least one broker".into());
         }
         Ok(())
+    }
+}
+
+/// librdkafka's own log lines, through `repeats`: a broker that stays down makes librdkafka say the
+/// same thing on every reconnect, which is logged once per interval with a count instead.
+pub fn log_librdkafka(repeats: &Repeats, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    let quiet = || repeats.check(facility);
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            if let Some(repeated) = quiet() {
+                tracing::error!(target: "librdkafka", facility, repeated, %message, "librdkafka error");
+            }
+        }
+        RDKafkaLogLevel::Warning => {
+            if let Some(repeated) = quiet() {
+                tracing::warn!(target: "librdkafka", facility, repeated, %message, "librdkafka warning");
+            }
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility, %message, "librdkafka");
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, %message, "librdkafka"),
+    }
+}
+
+/// The kind under which a client error is counted by [`Repeats`]: its error code, never its text.
+pub fn error_kind(error: &KafkaError) -> String {
+    match error.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => "other".to_owned(),
+    }
+}
+
+/// A client-level error (all brokers down, a transport failure), through `repeats`.
+pub fn log_client_error(repeats: &Repeats, error: &KafkaError, reason: &str) {
+    if let Some(repeated) = repeats.check(&error_kind(error)) {
+        tracing::warn!(target: "librdkafka", %error, reason, repeated, "kafka client error");
     }
 }
 

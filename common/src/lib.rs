@@ -7,6 +7,7 @@ pub mod config;
 pub mod ids;
 pub mod kafka;
 pub mod otlp;
+pub mod repeats;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -31,13 +31,18 @@ pub async fn signal() {
     }
 }
 
-/// A token cancelled on the first signal: the root of the process's cancellation tree.
+/// A token cancelled on the first signal: the root of the process's cancellation tree. A second
+/// signal during the drain exits at once (status 130), as a user pressing Ctrl-C twice expects:
+/// what was not committed is read again by the next owner.
 pub fn token_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let child = token.clone();
     tokio::spawn(async move {
         signal().await;
         child.cancel();
+        signal().await;
+        tracing::warn!("second signal: exiting without finishing the drain");
+        std::process::exit(130);
     });
     token
 }

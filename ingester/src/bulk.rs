@@ -28,6 +28,7 @@ use opensearch::{
     },
 };
 use serde::Deserialize;
+use spanline_common::repeats::Repeats;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -154,6 +155,9 @@ pub struct BulkClient {
     metrics: Metrics,
     backoff: ExponentialBuilder,
     timeout: Duration,
+    /// Whole-request failures repeat on every retry while the store is down: logged once per
+    /// interval with a count, not once per retry and partition.
+    repeats: Arc<Repeats>,
 }
 
 impl std::fmt::Debug for BulkClient {
@@ -216,6 +220,7 @@ impl BulkClient {
             metrics,
             backoff,
             timeout: config.request_timeout,
+            repeats: Arc::new(Repeats::default()),
         }
     }
 
@@ -269,6 +274,12 @@ impl BulkClient {
                 () = abort.cancelled() => return Err(Error::Aborted),
                 attempt = self.send(body.freeze(), pending.len()) => attempt,
             };
+            if matches!(attempt, Attempt::Items(_)) {
+                let repeated = self.repeats.clear("bulk_retry");
+                if repeated > 0 {
+                    tracing::info!(repeated, "bulk requests answered again after failing");
+                }
+            }
             let retry_items = match attempt {
                 Attempt::Items(None) => {
                     self.record_durable(&pending, ItemClass::Created);
@@ -333,7 +344,9 @@ impl BulkClient {
                     continue;
                 }
                 Attempt::Retry(reason) => {
-                    tracing::warn!(%reason, items = pending.len(), "bulk request failed, retrying; offsets held");
+                    if let Some(repeated) = self.repeats.check("bulk_retry") {
+                        tracing::warn!(%reason, items = pending.len(), repeated, "bulk request failed, retrying; offsets held");
+                    }
                     pending
                 }
             };

@@ -56,6 +56,12 @@ pub struct Kafka {
     /// Records librdkafka may fetch ahead per partition (`queued.max.messages.kbytes`; with one
     /// queue per partition it applies per partition). Default `4MiB`.
     pub max_prefetch_bytes: ByteSize,
+    /// How long this member may own no partition while the group's committed offsets on the topic
+    /// lag the high watermark without moving, before it says so (log, `stalled_group` metric) and
+    /// turns `/health/ready` false: the partitions are held by a member that does not consume them.
+    /// `0s` disables the check. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub stalled_group_timeout: Duration,
     /// librdkafka `session.timeout.ms`. Default `45s`.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
@@ -92,6 +98,7 @@ impl Default for Kafka {
             group_instance_id: String::new(),
             drain_deadline: Duration::from_secs(15),
             max_prefetch_bytes: ByteSize::mib(4),
+            stalled_group_timeout: Duration::from_secs(60),
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
             encoding: Encoding::OtlpProto,

@@ -46,9 +46,12 @@ use std::{
 
 use rdkafka::{
     ClientContext, Message, TopicPartitionList,
+    config::RDKafkaLogLevel,
+    error::KafkaError,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     statistics::Statistics,
 };
+use spanline_common::{kafka, repeats::Repeats};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -75,11 +78,20 @@ pub struct IngestContext {
     /// The consumer, to split partition queues from the callbacks; set right after creation.
     consumer: OnceLock<Weak<IngestConsumer>>,
     workers: Mutex<HashMap<i32, Handle>>,
+    /// librdkafka repeats the same complaint on every reconnect while a broker is down.
+    repeats: Repeats,
 }
 
 impl IngestContext {
     pub fn new(shared: Arc<Shared>, runtime: tokio::runtime::Handle, drain_deadline: Duration) -> Self {
-        Self { shared, runtime, drain_deadline, consumer: OnceLock::new(), workers: Mutex::new(HashMap::new()) }
+        Self {
+            shared,
+            runtime,
+            drain_deadline,
+            consumer: OnceLock::new(),
+            workers: Mutex::new(HashMap::new()),
+            repeats: Repeats::default(),
+        }
     }
 
     fn metrics(&self) -> &Metrics {
@@ -200,6 +212,14 @@ impl IngestContext {
 }
 
 impl ClientContext for IngestContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        kafka::log_librdkafka(&self.repeats, level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka::log_client_error(&self.repeats, &error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.shared.topic) {
             for (&partition, p) in &topic.partitions {
@@ -276,7 +296,7 @@ pub fn spawn_poller(
                                 break;
                             }
                             Err(error) => {
-                                tracing::warn!(%error, "kafka consumer error");
+                                kafka::log_client_error(&consumer.context().repeats, &error, "consumer poll");
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                             }
                         },

@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use spanline_common::repeats::Repeats;
 use spanline_proto::{DeadLetter, PayloadKind, Stage};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,8 @@ pub struct DeadLetters {
     source_topic: String,
     backoff: ExponentialBuilder,
     metrics: Metrics,
+    /// A dead-letter topic that cannot be written fails every retry: logged once per interval.
+    repeats: std::sync::Arc<Repeats>,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -143,6 +146,7 @@ impl DeadLetters {
             source_topic: config.kafka.topic.clone(),
             backoff,
             metrics,
+            repeats: std::sync::Arc::new(Repeats::default()),
         })
     }
 
@@ -171,7 +175,9 @@ impl DeadLetters {
                         self.metrics.dead_lettered.get_or_create(&StageLabels { stage }).inc();
                     }
                     Err(error) => {
-                        tracing::warn!(%error, topic = %self.topic, "dead-letter write failed, retrying; offsets held");
+                        if let Some(repeated) = self.repeats.check("dead_letter_retry") {
+                            tracing::warn!(%error, topic = %self.topic, repeated, "dead-letter write failed, retrying; offsets held");
+                        }
                         failed.push((letter, bytes));
                     }
                 }

@@ -2,6 +2,7 @@
 //!
 //! - [`consume`]: group membership — the consumer in group `spanline-ingester`, the rebalance
 //!   state machine, one worker per assigned partition.
+//! - [`idle`]: a member that owns no partition while the group's lag does not move says so.
 //! - [`worker`]: a partition's records → documents → batches → bulk requests in flight → offsets.
 //! - [`document`]: an OTLP record → Jaeger span documents and service documents.
 //! - [`batch`]: a pure batcher that flushes on bytes, documents, time, and shutdown.
@@ -20,6 +21,7 @@ pub mod consume;
 pub mod deadletter;
 pub mod document;
 pub mod error;
+pub mod idle;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;

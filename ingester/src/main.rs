@@ -1,7 +1,7 @@
 //! `spanline-ingester`: parses flags, loads config, starts logging and runs the ingester, or a
 //! replay (`spanline-ingester replay --help`).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -26,9 +26,22 @@ enum Command {
     Replay(ReplayArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How long the runtime waits, after the ingester returned, for blocking work still running: a
+/// consumer close that a vanished broker holds up must not keep the process past its grace.
+const EXIT_WAIT: Duration = Duration::from_millis(500);
+
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(args));
+    runtime.shutdown_timeout(EXIT_WAIT);
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = spanline_common::shutdown::token_on_signal();
     match args.command {
         None => {

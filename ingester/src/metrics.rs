@@ -57,6 +57,8 @@ pub struct Metrics {
     pub inflight_bulks: Gauge,
     pub rebalances: Family<EventLabels, Counter>,
     pub freshness: Histogram,
+    pub unowned_lag: Gauge,
+    pub stalled_group: Gauge,
 }
 
 impl Metrics {
@@ -78,6 +80,8 @@ impl Metrics {
             inflight_bulks: Gauge::default(),
             rebalances: Family::default(),
             freshness: Histogram::new(buckets),
+            unowned_lag: Gauge::default(),
+            stalled_group: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("spanline_ingester");
         r.register("records", "Kafka records consumed", m.records.clone());
@@ -129,6 +133,16 @@ impl Metrics {
             "Time from a span's end to its document being durable in the store",
             Unit::Seconds,
             m.freshness.clone(),
+        );
+        r.register(
+            "unowned_lag_records",
+            "While this member owns no partition: the group's lag on the topic (high watermark minus committed offset, all partitions); 0 while it owns some",
+            m.unowned_lag.clone(),
+        );
+        r.register(
+            "stalled_group",
+            "1 while this member owns no partition and the group's lag has not moved for kafka.stalled_group_timeout (readiness is then false)",
+            m.stalled_group.clone(),
         );
         m
     }

@@ -23,6 +23,7 @@ use crate::{
     deadletter::DeadLetters,
     document::{IndexNames, Routing},
     error::Error,
+    idle,
     metrics::Metrics,
     templates,
     worker::{RateLimiter, ServiceCache, Shared},
@@ -152,23 +153,38 @@ pub fn build(
     Ok(Parts { consumer, failed, nodes, names })
 }
 
-/// Drains every worker within `grace`, commits, stops the polling thread and closes the consumer
-/// (leaving the group when it has one). librdkafka blocks for all of it, so it runs off the runtime.
+/// The part of the shutdown grace kept for the final commit and leaving the group: draining gets
+/// the rest.
+fn close_reserve(grace: Duration) -> Duration {
+    (grace / 4).min(Duration::from_secs(5))
+}
+
+/// Drains every worker, commits, stops the polling thread and closes the consumer (leaving the
+/// group when it has one), all within `grace`. librdkafka blocks for all of it, so it runs off the
+/// runtime; with the broker gone its commit and close can block far longer, so past `grace` this
+/// returns anyway and the caller exits without waiting for it (records after the last commit are
+/// read again by the partition's next owner: deterministic ids make that harmless).
 pub async fn close(
     consumer: Arc<IngestConsumer>,
     poller: Option<(std::thread::JoinHandle<()>, CancellationToken)>,
     grace: Duration,
 ) {
-    let _ = tokio::task::spawn_blocking(move || {
-        consumer.context().drain_all(grace);
+    let drain = grace.saturating_sub(close_reserve(grace));
+    let closing = tokio::task::spawn_blocking(move || {
+        consumer.context().drain_all(drain);
         commit::commit_now(consumer.as_ref());
         if let Some((thread, stop)) = poller {
             stop.cancel();
             let _ = thread.join();
         }
         drop(consumer);
-    })
-    .await;
+    });
+    if tokio::time::timeout(grace, closing).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace passed before the consumer closed (broker unreachable?); stopping without the final commit"
+        );
+    }
 }
 
 /// Binds the admin port and starts the ingester in the background.
@@ -190,12 +206,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "spanline-ingester starting"
     );
 
-    let Parts { consumer, mut failed, nodes, names } = build(&config, metrics, consumer_config(&config), None)?;
+    let Parts { consumer, mut failed, nodes, names } =
+        build(&config, metrics.clone(), consumer_config(&config), None)?;
     let grace = config.shutdown_grace;
 
     let task = tokio::spawn(async move {
         let stop_polling = CancellationToken::new();
+        let stop_watching = CancellationToken::new();
         let mut poller = None;
+        let mut idle_task = None;
         let result = async {
             prepare_store(&nodes, &config, &names, &shutdown).await?;
             poller = Some(consume::spawn_poller(consumer.clone(), stop_polling.clone())?);
@@ -205,12 +224,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 max_inflight_bulks = config.batch.max_inflight_bulks, "subscribed, ready"
             );
             ready.set(true);
+            idle_task = Some(tokio::spawn(idle::watch(
+                consumer.clone(),
+                config.kafka.topic.clone(),
+                config.kafka.stalled_group_timeout,
+                metrics.clone(),
+                ready.clone(),
+                stop_watching.clone(),
+            )));
             tokio::select! {
                 () = shutdown.cancelled() => Ok(()),
                 Some(error) = failed.recv() => Err(error),
             }
         }
         .await;
+        stop_watching.cancel();
+        if let Some(task) = idle_task {
+            let _ = task.await;
+        }
         ready.set(false);
         if let Err(error) = &result
             && !matches!(error, Error::Aborted)
