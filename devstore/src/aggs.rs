@@ -95,14 +95,13 @@ fn parse_one(name: &str, spec: &Value) -> Result<Agg, ApiError> {
                             return Err(illegal(format!("[size] must be greater than 0. Found [0] in [{name}]")));
                         }
                     }
-                    "min_doc_count" if value.as_u64().is_some_and(|n| n >= 1) => {
-                        // Every bucket holds at least one document here, so 1 or more changes
-                        // nothing until it is above 1.
-                        if value.as_u64() != Some(1) {
-                            return Err(illegal(format!(
-                                "[terms] min_doc_count above 1 in [{name}] is not implemented by spanline-devstore"
-                            )));
-                        }
+                    // Every bucket holds at least one document here, so 1 is the only value
+                    // that changes nothing; 0 (empty buckets) and above 1 are not implemented.
+                    "min_doc_count" if value.as_u64() == Some(1) => {}
+                    "min_doc_count" => {
+                        return Err(illegal(format!(
+                            "[terms] min_doc_count [{value}] in [{name}] is not implemented by spanline-devstore (only 1)"
+                        )));
                     }
                     "order" => order = parse_order(name, value)?,
                     other => {

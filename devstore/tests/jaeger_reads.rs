@@ -373,6 +373,11 @@ async fn unimplemented_aggregations_are_clear_400s() {
         ),
         (json!({"x": {"terms": {"field": "tags.key"}}}), "illegal_argument_exception", "needs a nested aggregation"),
         (
+            json!({"x": {"terms": {"field": "traceID", "min_doc_count": 0}}}),
+            "illegal_argument_exception",
+            "min_doc_count [0]",
+        ),
+        (
             json!({"x": {"max": {"field": "startTime"}, "aggs": {"y": {"max": {"field": "duration"}}}}}),
             "aggregation_initialization_exception",
             "cannot accept sub-aggregations",
