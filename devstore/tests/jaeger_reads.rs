@@ -498,3 +498,31 @@ async fn totals_and_source_filtering() {
     let (_, resp) = search(&c, url, json!({"size": 1, "_source": false})).await;
     assert!(resp["hits"]["hits"][0].get("_source").is_none());
 }
+
+#[tokio::test]
+async fn msearch_with_indices_in_the_url_like_jaeger_v1() {
+    let (s, c) = store().await;
+    let u = s.url();
+    jaeger_data(&c, &u).await;
+    // Jaeger 1.x (olivere): the indices go in the URL, each header only says ignore_unavailable,
+    // and the first page already sends search_after [0] on a single startTime sort.
+    let body = |trace: &str| {
+        format!(
+            "{}\n{}\n",
+            json!({"ignore_unavailable": true}),
+            json!({"query": {"bool": {"must": {"term": {"traceID": trace}}}}, "search_after": [0],
+                "size": 10000, "sort": [{"startTime": {"order": "asc"}}]})
+        )
+    };
+    let (status, resp) = ndjson(
+        &c,
+        format!("{u}/jaeger-span-2026-11-30,jaeger-span-2026-11-29,jaeger-span-2026-11-28/_msearch"),
+        &(body("aaaa") + &body("cccc")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(ids(&resp["responses"][0]), vec!["a1", "a2"]);
+    assert_eq!(ids(&resp["responses"][1]), vec!["c1"]);
+    assert_eq!(resp["responses"][0]["hits"]["total"], json!({"value": 2, "relation": "eq"}));
+    assert_eq!(resp["responses"][1]["hits"]["hits"][0]["sort"], json!([T0 + 1_000]));
+}
