@@ -145,7 +145,7 @@ for i in $(seq 0 $((COLLECTORS - 1))); do
     SPANLINE_COLLECTOR__RECEIVERS__GRPC_LISTEN=127.0.0.1:$grpc \
     SPANLINE_COLLECTOR__RECEIVERS__HTTP_LISTEN=127.0.0.1:$http \
     SPANLINE_COLLECTOR__ADMIN__LISTEN=127.0.0.1:$admin \
-    SPANLINE_COLLECTOR__SHUTDOWN_GRACE="${SHUTDOWN_GRACE}s" \
+    SPANLINE_COLLECTOR__LIMITS__SHUTDOWN_GRACE="${SHUTDOWN_GRACE}s" \
     "$BIN/spanline-collector" --config deploy/collector.toml
   collector_pids+=("$LAST_PID")
   collector_admins+=("127.0.0.1:$admin")

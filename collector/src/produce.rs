@@ -13,9 +13,10 @@ use std::{sync::Arc, time::Instant};
 use futures::future::try_join_all;
 use rdkafka::{
     ClientConfig,
-    producer::{FutureProducer, FutureRecord, Producer as _},
+    producer::{FutureRecord, Producer as _},
     util::Timeout,
 };
+use spanline_common::kafka::{QuietContext, QuietProducer};
 use tokio::sync::Semaphore;
 
 use crate::{config::Config, encode::Record, error::Error, metrics::Metrics};
@@ -26,7 +27,7 @@ const PERMIT_BYTES: usize = 1024;
 /// The Kafka side of the collector.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: QuietProducer,
     topic: Arc<str>,
     inflight: Arc<Semaphore>,
     metrics: Metrics,
@@ -60,8 +61,9 @@ pub fn client_config(config: &Config) -> ClientConfig {
 impl Producer {
     /// Creates the producer; it connects lazily.
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, Error> {
-        let inner: FutureProducer =
-            client_config(config).create().map_err(|e| Error::Setup(format!("cannot create kafka producer: {e}")))?;
+        let inner: QuietProducer = client_config(config)
+            .create_with_context(QuietContext::default())
+            .map_err(|e| Error::Setup(format!("cannot create kafka producer: {e}")))?;
         let permits = config.limits.max_inflight_bytes.as_usize() / PERMIT_BYTES;
         Ok(Self {
             inner,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::{ClientConfig, config::RDKafkaLogLevel, error::KafkaError};
+use rdkafka::{ClientConfig, ClientContext, config::RDKafkaLogLevel, error::KafkaError};
 use serde::{Deserialize, Serialize};
 
 use crate::repeats::Repeats;
@@ -87,6 +87,26 @@ pub fn log_client_error(repeats: &Repeats, error: &KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, reason, repeated, "kafka client error");
     }
 }
+
+/// The client context of every producer: librdkafka's logs and client errors through
+/// [`Repeats`], so a broker that stays down is one line per interval, not one per reconnect.
+#[derive(Debug, Default)]
+pub struct QuietContext {
+    repeats: Repeats,
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka(&self.repeats, level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&self.repeats, &error, reason);
+    }
+}
+
+/// A producer whose logs go through [`QuietContext`].
+pub type QuietProducer = rdkafka::producer::FutureProducer<QuietContext>;
 
 #[cfg(test)]
 mod tests {

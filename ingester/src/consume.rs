@@ -47,8 +47,8 @@ use std::{
 use rdkafka::{
     ClientContext, Message, TopicPartitionList,
     config::RDKafkaLogLevel,
-    error::KafkaError,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaError,
     statistics::Statistics,
 };
 use spanline_common::{kafka, repeats::Repeats};

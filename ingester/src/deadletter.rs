@@ -16,8 +16,11 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans},
 };
 use prost::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use spanline_common::repeats::Repeats;
+use rdkafka::producer::FutureRecord;
+use spanline_common::{
+    kafka::{QuietContext, QuietProducer},
+    repeats::Repeats,
+};
 use spanline_proto::{DeadLetter, PayloadKind, Stage};
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +41,7 @@ pub struct Letter {
 /// The dead-letter producer.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: QuietProducer,
     topic: String,
     source_topic: String,
     backoff: ExponentialBuilder,
@@ -134,7 +137,7 @@ impl DeadLetters {
         let mut cfg = client.base("spanline-ingester-dlq");
         cfg.set("enable.idempotence", "true").set("linger.ms", "5").set("message.timeout.ms", "30000");
         client.apply_overrides(&mut cfg);
-        let producer: FutureProducer = cfg.create().map_err(Error::Kafka)?;
+        let producer: QuietProducer = cfg.create_with_context(QuietContext::default()).map_err(Error::Kafka)?;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.opensearch.min_backoff)
             .with_max_delay(config.opensearch.max_backoff)
@@ -204,11 +207,7 @@ fn stage_name(stage: Stage) -> &'static str {
     }
 }
 
-async fn futures_join(
-    producer: &FutureProducer,
-    topic: &str,
-    pending: &[(Letter, Vec<u8>)],
-) -> Vec<Result<(), String>> {
+async fn futures_join(producer: &QuietProducer, topic: &str, pending: &[(Letter, Vec<u8>)]) -> Vec<Result<(), String>> {
     let mut deliveries = Vec::with_capacity(pending.len());
     for (letter, bytes) in pending {
         let mut record = FutureRecord::to(topic).payload(bytes.as_slice());

@@ -189,8 +189,9 @@ mod tests {
     fn a_moving_group_is_not_stalled_however_long_it_lags() {
         let t0 = Instant::now();
         let mut w = IdleWatch::new(Duration::from_secs(60));
-        for i in 0..100 {
-            let v = w.observe(false, at(500, i * 10), t0 + Duration::from_secs(i * 5));
+        for i in 0..100_u64 {
+            let committed = i64::try_from(i * 10).expect("small");
+            let v = w.observe(false, at(500, committed), t0 + Duration::from_secs(i * 5));
             assert!(!v.stalled, "committed offsets move every look: other members are consuming");
         }
     }

@@ -32,10 +32,8 @@ const EXIT_WAIT: Duration = Duration::from_millis(500);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let result = runtime.block_on(run(args));
     runtime.shutdown_timeout(EXIT_WAIT);
     result

@@ -83,12 +83,20 @@ pub async fn prepare_store(
                 "connected to the search store"
             );
             if config.opensearch.create_templates {
-                templates::install(os, names, &config.opensearch.index_prefix).await?;
+                templates::install_with_priority(
+                    os,
+                    names,
+                    &config.opensearch.index_prefix,
+                    config.opensearch.template_priority,
+                )
+                .await?;
             }
             Ok::<(), Error>(())
         };
         match attempt.await {
             Ok(()) => return Ok(()),
+            // Only configuration can fix these: waiting would hide the cause behind retries.
+            Err(error) if error.is_fatal_at_start() => return Err(error),
             Err(error) => tracing::warn!(%error, retry_in = ?delay, "search store not ready"),
         }
         tokio::select! {
@@ -206,8 +214,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "spanline-ingester starting"
     );
 
-    let Parts { consumer, mut failed, nodes, names } =
-        build(&config, metrics.clone(), consumer_config(&config), None)?;
+    let Parts { consumer, mut failed, nodes, names } = build(&config, metrics.clone(), consumer_config(&config), None)?;
     let grace = config.shutdown_grace;
 
     let task = tokio::spawn(async move {

@@ -376,3 +376,57 @@ async fn a_store_pushing_back_pauses_fetching_and_memory_stays_bounded() {
     eprintln!("peak RSS after catching up: {} MiB", peak >> 20);
     assert!(peak < 64 << 20, "peak RSS {} MiB while catching up", peak >> 20);
 }
+
+/// Sends SIGTERM to `child` and returns how long it took to exit (at most `limit`).
+fn terminate(child: &mut Guard, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    while started.elapsed() < limit {
+        if child.try_wait().expect("wait").is_some() {
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the ingester did not exit within {limit:?} of SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_by_its_grace_with_the_broker_and_the_store_gone_and_logs_each_failure_once() {
+    let mut broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
+    let start = fixtures::now_unix_nano();
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 100, 5, start))
+        .await
+        .expect("produced");
+    let admin = free_port();
+    let mut child = spawn_ingester_with_admin(&broker, &store.url(), admin, "cooperative-sticky");
+    assert_eq!(settle(&store.url(), 500).await, 500);
+
+    // The store now fails every bulk (retried, offsets held), then the broker goes away.
+    spanline_testkit::set_faults(&store.url(), serde_json::json!({"bulk_status": 503})).await.expect("faults");
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1_000, 50, 5, start))
+        .await
+        .expect("produced");
+    wait_for(Duration::from_secs(30), || async move { (records_consumed(admin).await? >= 150.0).then_some(()) })
+        .await
+        .expect("the new records are read and their bulks fail");
+    broker.kill();
+    // Long enough for librdkafka to notice and retry its connections many times.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The tests' grace is 3 s: drain, final commit and close must all fit in it.
+    let took = terminate(&mut child, Duration::from_secs(30));
+    assert!(took <= Duration::from_millis(4_500), "shutdown took {took:?} against a 3s grace");
+
+    let log = std::fs::read_to_string(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")))
+        .expect("ingester log");
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert!(lines("bulk request failed") <= 2, "bulk retries logged once per interval:\n{log}");
+    // Two clients (the consumer and the dead-letter producer), each saying it once per kind
+    // (all brokers down; a transport failure; librdkafka's own FAIL line): not once per reconnect.
+    assert!(lines("AllBrokersDown") <= 4, "a broker that is down is logged once per interval, not per retry:\n{log}");
+    assert!(lines("Connection refused") <= 6, "librdkafka's reconnect complaints once per interval:\n{log}");
+    assert!(log.contains("shutdown grace passed") || log.contains("ingester stopped"), "{log}");
+    assert_eq!(count(&store.url(), "jaeger-span-*").await.expect("count"), 500, "nothing written while failing");
+}

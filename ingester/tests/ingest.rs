@@ -282,3 +282,56 @@ async fn several_nodes_share_the_bulks_and_a_down_node_is_passed_over() {
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }
+
+async fn ready(admin: std::net::SocketAddr) -> bool {
+    reqwest::get(format!("http://{admin}/health/ready")).await.is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_owning_nothing_while_the_group_does_not_move_says_so_and_is_not_ready() {
+    // One partition, two members: the second owns nothing. The first cannot write (the store
+    // answers 503), so the group's offsets lag and stand still.
+    let broker = Broker::start().await.expect("broker starts");
+    broker.create_topic("otlp_spans", 1).await.expect("topic");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
+    let shutdown = CancellationToken::new();
+    let mut c = config(&broker, &store.url());
+    c.kafka.stalled_group_timeout = Duration::from_secs(2);
+    let first = spanline_ingester::start(c.clone(), shutdown.clone()).await.expect("first starts");
+    let owns = |admin| async move { metric(admin, "spanline_ingester_assigned_partitions", "").await.ok() };
+    wait_for(Duration::from_secs(30), || async { (owns(first.admin_addr).await? == 1.0).then_some(()) })
+        .await
+        .expect("the first member owns the partition");
+    let second = spanline_ingester::start(c, shutdown.clone()).await.expect("second starts");
+    wait_for(Duration::from_secs(30), || async { ready(second.admin_addr).await.then_some(()) })
+        .await
+        .expect("the second member is ready");
+
+    spanline_testkit::set_faults(&store.url(), serde_json::json!({"bulk_status": 503})).await.expect("faults");
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 20, 3, fixtures::now_unix_nano()))
+        .await
+        .expect("produced");
+    let stalled = |admin| async move { metric(admin, "spanline_ingester_stalled_group", "").await.ok() };
+    wait_for(Duration::from_secs(30), || async { (stalled(second.admin_addr).await? == 1.0).then_some(()) })
+        .await
+        .expect("the idle member reports the stalled group");
+    assert_eq!(owns(second.admin_addr).await, Some(0.0));
+    assert!(
+        metric(second.admin_addr, "spanline_ingester_unowned_lag_records", "").await.expect("metrics") >= 20.0,
+        "the group's lag is shown"
+    );
+    assert!(!ready(second.admin_addr).await, "a member of a stalled group is not ready");
+    assert!(ready(first.admin_addr).await, "the owner is busy retrying, not idle");
+
+    // The store recovers, the owner commits: the group moves and the idle member is ready again.
+    spanline_testkit::set_faults(&store.url(), serde_json::json!({})).await.expect("faults cleared");
+    assert_eq!(wait_count(&store.url(), 60).await, 60);
+    wait_for(Duration::from_secs(30), || async {
+        (stalled(second.admin_addr).await? == 0.0 && ready(second.admin_addr).await).then_some(())
+    })
+    .await
+    .expect("ready again once the group moves");
+    shutdown.cancel();
+    first.task.await.expect("join").expect("clean stop");
+    second.task.await.expect("join").expect("clean stop");
+}

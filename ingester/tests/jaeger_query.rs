@@ -397,7 +397,6 @@ fn store_only_config(url: &str) -> spanline_ingester::Config {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs ingester/src/pipeline.rs to pass opensearch.template_priority to templates::install_with_priority and to stop on Error::is_fatal_at_start (see the helper's report)"]
 async fn ingester_start_fails_on_a_same_priority_template_and_starts_with_another_priority() {
     let store = devstore_with(Settings::default()).await.expect("store");
     let u = store.url();
