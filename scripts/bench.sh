@@ -4,7 +4,7 @@
 # spanline-bench (see `target/release/spanline-bench --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 scripts/broker.sh install
 cargo build --release --locked --quiet \
   --bin spanline-collector --bin spanline-ingester --bin spanline-devstore --bin spanline-bench

@@ -10,7 +10,7 @@
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 tansu_ok() {
   command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"

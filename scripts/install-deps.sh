@@ -7,7 +7,7 @@
 #   - Python's opentelemetry-proto, the independent decoder the collector tests use
 #   - Node.js + npm and deploy/check's pinned packages (schemas for the offline deployment check)
 set -euo pipefail
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cd "$(dirname "$0")/.."
 
 missing=()

@@ -21,7 +21,7 @@
 # which stops them in that order, each bounded by its grace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 COLLECTORS=${COLLECTORS:-1}
 INGESTERS=${INGESTERS:-1}

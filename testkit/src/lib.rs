@@ -30,7 +30,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// The `tansu` binary: `$TANSU_BIN`, else on `PATH`, else `~/.cargo/bin/tansu`.
+/// The `tansu` binary: `$TANSU_BIN`, else on `PATH`, else in `$CARGO_HOME/bin` (`~/.cargo/bin`).
 pub fn tansu_bin() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("TANSU_BIN") {
         return Ok(PathBuf::from(path));
@@ -39,6 +39,7 @@ pub fn tansu_bin() -> anyhow::Result<PathBuf> {
         .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
+        .chain(std::env::var_os("CARGO_HOME").map(|h| PathBuf::from(h).join("bin/tansu")))
         .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")));
     for candidate in candidates {
         if candidate.is_file() {
