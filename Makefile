@@ -4,6 +4,7 @@
 CARGO ?= cargo
 
 up:
+	scripts/install-deps.sh --run-only
 	scripts/up.sh
 
 test: deps fmt lint deny deploy-check unit

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing Spanline needs on a fresh machine; fast when all is present.
+# With --run-only, only what `make up` needs (the Debian packages and the broker).
 #   - Debian: libsasl2-dev (rdkafka's GSSAPI support), pkg-config, libssl-dev, curl
 #   - tansu 0.6.0, the test broker (scripts/broker.sh install)
 #   - cargo-deny, for the offline license/ban/source checks, and every crate Cargo.lock names (for all
@@ -10,13 +11,18 @@ set -euo pipefail
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cd "$(dirname "$0")/.."
 
+run_only=0
+[ "${1:-}" = "--run-only" ] && run_only=1
+
 missing=()
 for pkg in libsasl2-dev pkg-config libssl-dev curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ "$run_only" = 0 ]; then
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: apt-get install ${missing[*]}" >&2
   SUDO=""
@@ -26,6 +32,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 scripts/broker.sh install
+
+# `make up` needs only what builds and runs the pipeline (above); `make test` needs the rest too.
+if [ "$run_only" = 1 ]; then
+  exit 0
+fi
 
 # An independent OTLP implementation, to check the collector's records decode elsewhere.
 if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" >/dev/null 2>&1; then

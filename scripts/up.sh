@@ -99,6 +99,10 @@ cleanup() {
     for stopper in "${stoppers[@]}"; do wait "$stopper" 2>/dev/null || true; done
     for pid in "${group_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   done
+  # Anything recorded but not yet in a group above (Ctrl-C during start-up).
+  if [ -f "$PIDS" ]; then
+    while read -r name pid; do stop_one "$pid" "$name" $((SHUTDOWN_GRACE + 5)); done <"$PIDS"
+  fi
   if [ "$started_broker" = 1 ]; then scripts/broker.sh stop "$RUN_DIR/broker"; fi
   rm -f "$PIDS"
   echo "stopped in $((SECONDS - started))s; logs in $LOGS" >&2
@@ -117,8 +121,9 @@ spawn() {
 }
 
 if [ -z "${KAFKA_BROKERS:-}" ]; then
-  scripts/broker.sh start "$RUN_DIR/broker" "$BROKER_PORT" "otlp_spans:$PARTITIONS" "otlp_spans_dlq:$PARTITIONS"
+  # Set first: a Ctrl-C while broker.sh waits for the broker must still stop it.
   started_broker=1
+  scripts/broker.sh start "$RUN_DIR/broker" "$BROKER_PORT" "otlp_spans:$PARTITIONS" "otlp_spans_dlq:$PARTITIONS"
   KAFKA_BROKERS=127.0.0.1:$BROKER_PORT
   broker_desc="tansu (sqlite, $RUN_DIR/broker)"
 else
