@@ -24,14 +24,25 @@ install() {
   cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql
 }
 
+# Whether the pid recorded in DIR/tansu.pid is a tansu broker serving DIR (a recorded pid may have
+# been reused by another process since, after a reboot for instance).
+running_pid() {
+  local dir=$1 pid
+  pid=$(cat "$dir/tansu.pid" 2>/dev/null) || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  grep -q tansu "/proc/$pid/cmdline" 2>/dev/null || return 1
+  [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$dir" ] || return 1
+  echo "$pid"
+}
+
 start() {
   local dir=$1 port=$2
   shift 2
   install
   mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd)
-  if [ -f "$dir/tansu.pid" ] && kill -0 "$(cat "$dir/tansu.pid")" 2>/dev/null; then
-    echo "broker: already running (pid $(cat "$dir/tansu.pid"))" >&2
+  dir=$(cd "$dir" && pwd -P)
+  if running_pid "$dir" >/dev/null; then
+    echo "broker: already running (pid $(running_pid "$dir"))" >&2
   else
     local url="tcp://127.0.0.1:$port"
     # Its own session: a terminal's Ctrl-C reaches the whole foreground process group, and the
@@ -63,15 +74,14 @@ start() {
 }
 
 stop() {
-  local dir=$1
-  if [ -f "$dir/tansu.pid" ]; then
-    local pid
-    pid=$(cat "$dir/tansu.pid")
+  local dir pid
+  dir=$(cd "$1" 2>/dev/null && pwd -P) || return 0
+  if pid=$(running_pid "$dir"); then
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/tansu.pid"
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   fi
+  rm -f "$dir/tansu.pid"
 }
 
 case "${1:-}" in

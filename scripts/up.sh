@@ -32,6 +32,12 @@ GRPC_PORT=${GRPC_PORT:-4317}
 HTTP_PORT=${HTTP_PORT:-4318}
 ADMIN_PORT=${ADMIN_PORT:-14269}
 SHUTDOWN_GRACE=${SHUTDOWN_GRACE:-20}
+for var in COLLECTORS INGESTERS PARTITIONS BROKER_PORT STORE_PORT GRPC_PORT HTTP_PORT ADMIN_PORT SHUTDOWN_GRACE; do
+  if ! [[ ${!var} =~ ^[0-9]+$ ]]; then
+    echo "make up: $var must be a whole number (seconds for SHUTDOWN_GRACE), not '${!var}'" >&2
+    exit 2
+  fi
+done
 RUN_DIR=${RUN_DIR:-.run}
 mkdir -p "$RUN_DIR/logs"
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
@@ -69,10 +75,15 @@ stop_one() {
   wait "$pid" 2>/dev/null || true
 }
 
+# Whether pid $1 is one of this project's processes (a recorded pid may have been reused since).
+ours() {
+  kill -0 "$1" 2>/dev/null && grep -q spanline "/proc/$1/cmdline" 2>/dev/null
+}
+
 # A previous run that was killed before its cleanup leaves its processes behind, holding the ports.
 if [ -f "$PIDS" ]; then
   while read -r name pid; do
-    if kill -0 "$pid" 2>/dev/null && grep -q spanline "/proc/$pid/cmdline" 2>/dev/null; then
+    if ours "$pid"; then
       echo "stopping $name (pid $pid) left from an earlier run" >&2
       stop_one "$pid" "$name" "$SHUTDOWN_GRACE"
     fi
@@ -84,10 +95,18 @@ collector_pids=()
 ingester_pids=()
 store_pids=()
 started_broker=0
+# Messages from the cleanup must never stop it: after a closed terminal (HUP) or a dead `| tee`, a
+# write to stderr fails, and with `set -e` the script would exit with the stack still running.
+say() {
+  { printf "$@" >&2; } 2>/dev/null || true
+}
+
 cleanup() {
-  trap - INT TERM HUP EXIT
+  set +e
+  trap '' INT TERM HUP PIPE
+  trap - EXIT
   local started=$SECONDS
-  printf '\nstopping: collectors, then ingesters (final flush and commit), then the store, then the broker\n' >&2
+  say '\nstopping: collectors, then ingesters (final flush and commit), then the store, then the broker\n'
   # One group at a time, members of a group in parallel.
   for group in collector ingester store; do
     local -n group_pids="${group}_pids"
@@ -99,13 +118,15 @@ cleanup() {
     for stopper in "${stoppers[@]}"; do wait "$stopper" 2>/dev/null || true; done
     for pid in "${group_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   done
-  # Anything recorded but not yet in a group above (Ctrl-C during start-up).
+  # Anything recorded but not in a group above (Ctrl-C during start-up): only our own processes.
   if [ -f "$PIDS" ]; then
-    while read -r name pid; do stop_one "$pid" "$name" $((SHUTDOWN_GRACE + 5)); done <"$PIDS"
+    while read -r name pid; do
+      if ours "$pid"; then stop_one "$pid" "$name" $((SHUTDOWN_GRACE + 5)); fi
+    done <"$PIDS"
   fi
-  if [ "$started_broker" = 1 ]; then scripts/broker.sh stop "$RUN_DIR/broker"; fi
+  if [ "$started_broker" = 1 ]; then scripts/broker.sh stop "$RUN_DIR/broker" 2>/dev/null; fi
   rm -f "$PIDS"
-  echo "stopped in $((SECONDS - started))s; logs in $LOGS" >&2
+  say 'stopped in %ss; logs in %s\n' "$((SECONDS - started))" "$LOGS"
 }
 trap 'cleanup; exit 0' INT TERM HUP
 trap cleanup EXIT
@@ -212,11 +233,10 @@ while true; do
   lag=$(sum_metric "${ingester_admins[*]}" spanline_ingester_consumer_lag_records)
   owned=$(sum_metric "${ingester_admins[*]}" spanline_ingester_assigned_partitions)
   warning=""
-  for addr in "${ingester_admins[@]}"; do
-    if [ "$(sum_metric "$addr" spanline_ingester_stalled_group)" -gt 0 ]; then
-      warning="  ! $addr owns no partition while the group lags $(sum_metric "$addr" spanline_ingester_unowned_lag_records) records without moving"
-    fi
-  done
+  stalled=$(sum_metric "${ingester_admins[0]}" spanline_ingester_stalled_partitions)
+  if [ "$stalled" -gt 0 ]; then
+    warning="  ! $stalled partition(s) lag without moving: held by no live ingester? (see docs/development.md)"
+  fi
   printf '\r  spans received %-10s produced %-10s indexed %-10s consumer lag %-8s partitions owned %-4s%s' \
     "$received" "$produced" "$indexed" "$lag" "$owned" "$warning"
   sleep 2

@@ -54,7 +54,8 @@ impl KafkaClientConfig {
 /// librdkafka's own log lines, through `repeats`: a broker that stays down makes librdkafka say the
 /// same thing on every reconnect, which is logged once per interval with a count instead.
 pub fn log_librdkafka(repeats: &Repeats, level: RDKafkaLogLevel, facility: &str, message: &str) {
-    let quiet = || repeats.check(facility);
+    // Keyed by level and facility (librdkafka's own short words): a warning never hides an error.
+    let quiet = || repeats.check(&format!("{}:{facility}", level as i32));
     match level {
         RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
             if let Some(repeated) = quiet() {

@@ -1,6 +1,7 @@
 //! Logging a failure that repeats on every retry (a broker or a store that is down) without one
 //! line per retry: the first occurrence of a kind is logged, then at most one line per interval
-//! saying how often it repeated meanwhile. Kinds are our own words (an error code, a librdkafka
+//! saying how often it repeated meanwhile (a burst that ends within the interval is summed into the
+//! next line about that kind, whenever it comes). Kinds are our own words (an error code, a librdkafka
 //! facility), never client-controlled text, and their number is capped.
 
 use std::{
@@ -61,13 +62,6 @@ impl Repeats {
         }
         Some(0)
     }
-
-    /// Forgets `kind` (it recovered), so its next occurrence is logged at once. Returns how many
-    /// occurrences were suppressed since its last line.
-    pub fn clear(&self, kind: &str) -> u64 {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.remove(kind).map_or(0, |s| s.suppressed)
-    }
 }
 
 #[cfg(test)]
@@ -86,8 +80,7 @@ mod tests {
         assert_eq!(r.check_at("Transport", t0 + Duration::from_secs(1)), Some(0));
         assert_eq!(r.check_at("AllBrokersDown", t0 + Duration::from_secs(31)), Some(59));
         assert_eq!(r.check_at("AllBrokersDown", t0 + Duration::from_secs(32)), None);
-        assert_eq!(r.clear("AllBrokersDown"), 1);
-        assert_eq!(r.check_at("AllBrokersDown", t0 + Duration::from_secs(33)), Some(0));
+        assert_eq!(r.check_at("AllBrokersDown", t0 + Duration::from_secs(62)), Some(1));
     }
 
     #[test]

@@ -3,8 +3,25 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-pub async fn signal() {
+/// Which signal arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    /// The exit status a shell gives a process ended by this signal (128 + its number).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
+        }
+    }
+}
+
+/// Resolves on the next SIGINT (Ctrl-C) or SIGTERM, saying which.
+pub async fn signal() -> Signal {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for ctrl-c");
@@ -26,23 +43,26 @@ pub async fn signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => tracing::info!("received sigint, shutting down"),
-        () = term => tracing::info!("received sigterm, shutting down"),
+        () = ctrl_c => Signal::Interrupt,
+        () = term => Signal::Terminate,
     }
 }
 
 /// A token cancelled on the first signal: the root of the process's cancellation tree. A second
-/// signal during the drain exits at once (status 130), as a user pressing Ctrl-C twice expects:
-/// what was not committed is read again by the next owner.
+/// signal during the drain exits at once (status 130 or 143), as a user pressing Ctrl-C twice
+/// expects: what was not committed is read again by the next owner.
 pub fn token_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let child = token.clone();
     tokio::spawn(async move {
-        signal().await;
+        match signal().await {
+            Signal::Interrupt => tracing::info!("received sigint, shutting down"),
+            Signal::Terminate => tracing::info!("received sigterm, shutting down"),
+        }
         child.cancel();
-        signal().await;
-        tracing::warn!("second signal: exiting without finishing the drain");
-        std::process::exit(130);
+        let second = signal().await;
+        tracing::warn!(signal = ?second, "second signal: exiting without finishing the drain");
+        std::process::exit(second.exit_code());
     });
     token
 }

@@ -274,12 +274,6 @@ impl BulkClient {
                 () = abort.cancelled() => return Err(Error::Aborted),
                 attempt = self.send(body.freeze(), pending.len()) => attempt,
             };
-            if matches!(attempt, Attempt::Items(_)) {
-                let repeated = self.repeats.clear("bulk_retry");
-                if repeated > 0 {
-                    tracing::info!(repeated, "bulk requests answered again after failing");
-                }
-            }
             let retry_items = match attempt {
                 Attempt::Items(None) => {
                     self.record_durable(&pending, ItemClass::Created);
@@ -344,7 +338,9 @@ impl BulkClient {
                     continue;
                 }
                 Attempt::Retry(reason) => {
-                    if let Some(repeated) = self.repeats.check("bulk_retry") {
+                    // One line per interval per kind of failure (the status, or our own first word).
+                    let kind = reason.split([' ', ':']).next().unwrap_or("other");
+                    if let Some(repeated) = self.repeats.check(kind) {
                         tracing::warn!(%reason, items = pending.len(), repeated, "bulk request failed, retrying; offsets held");
                     }
                     pending

@@ -56,10 +56,10 @@ pub struct Kafka {
     /// Records librdkafka may fetch ahead per partition (`queued.max.messages.kbytes`; with one
     /// queue per partition it applies per partition). Default `4MiB`.
     pub max_prefetch_bytes: ByteSize,
-    /// How long this member may own no partition while the group's committed offsets on the topic
-    /// lag the high watermark without moving, before it says so (log, `stalled_group` metric) and
-    /// turns `/health/ready` false: the partitions are held by a member that does not consume them.
-    /// `0s` disables the check. Default `60s`.
+    /// How long a partition this member does not own may lag with its committed offset standing
+    /// still before this member says so (a log line, the `stalled_partitions` metric) and, when it
+    /// owns no partition at all, turns `/health/ready` false: a member holds the partition without
+    /// consuming it (or its owner cannot write). `0s` disables the check. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub stalled_group_timeout: Duration,
     /// librdkafka `session.timeout.ms`. Default `45s`.

@@ -32,7 +32,7 @@
 //! partition's new owner starts from offsets committed by this member, and records in flight at the
 //! deadline are re-read by the new owner (deterministic document ids make that harmless). Shutdown
 //! drains every worker the same way (reason `shutdown`, bounded by `shutdown_grace`), commits, and
-//! then closes the consumer, which leaves the group.
+//! then closes the consumer, which leaves the group unless the member is static.
 //!
 //! Records never arrive on the group queue: each partition's queue is split off before the
 //! partition is assigned, and librdkafka keeps an application-set forwarding across reassignments.

@@ -58,7 +58,7 @@ pub struct Metrics {
     pub rebalances: Family<EventLabels, Counter>,
     pub freshness: Histogram,
     pub unowned_lag: Gauge,
-    pub stalled_group: Gauge,
+    pub stalled_partitions: Gauge,
 }
 
 impl Metrics {
@@ -81,7 +81,7 @@ impl Metrics {
             rebalances: Family::default(),
             freshness: Histogram::new(buckets),
             unowned_lag: Gauge::default(),
-            stalled_group: Gauge::default(),
+            stalled_partitions: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("spanline_ingester");
         r.register("records", "Kafka records consumed", m.records.clone());
@@ -136,13 +136,13 @@ impl Metrics {
         );
         r.register(
             "unowned_lag_records",
-            "While this member owns no partition: the group's lag on the topic (high watermark minus committed offset, all partitions); 0 while it owns some",
+            "The group's lag (high watermark minus committed offset) summed over the partitions this member does not own",
             m.unowned_lag.clone(),
         );
         r.register(
-            "stalled_group",
-            "1 while this member owns no partition and the group's lag has not moved for kafka.stalled_group_timeout (readiness is then false)",
-            m.stalled_group.clone(),
+            "stalled_partitions",
+            "Partitions this member does not own whose committed offset lags and has not moved for kafka.stalled_group_timeout (a member owning none is then not ready)",
+            m.stalled_partitions.clone(),
         );
         m
     }

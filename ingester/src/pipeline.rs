@@ -2,7 +2,9 @@
 //! membership ([`consume`]) → one worker per assigned partition, and the admin server, under one
 //! cancellation token. On shutdown every worker stops taking records, writes its last batches,
 //! stores and commits, within `shutdown_grace`; past it the rest is abandoned uncommitted (it will
-//! be read again); then the consumer closes and leaves the group.
+//! be read again); then the consumer closes and, as a dynamic member, leaves the group (a static member
+//! keeps its partitions for its restart until the session times out). All of it within
+//! `shutdown_grace`: past it the process stops anyway.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

@@ -311,7 +311,7 @@ async fn a_member_owning_nothing_while_the_group_does_not_move_says_so_and_is_no
     produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 20, 3, fixtures::now_unix_nano()))
         .await
         .expect("produced");
-    let stalled = |admin| async move { metric(admin, "spanline_ingester_stalled_group", "").await.ok() };
+    let stalled = |admin| async move { metric(admin, "spanline_ingester_stalled_partitions", "").await.ok() };
     wait_for(Duration::from_secs(30), || async { (stalled(second.admin_addr).await? == 1.0).then_some(()) })
         .await
         .expect("the idle member reports the stalled group");

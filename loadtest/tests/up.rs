@@ -22,7 +22,7 @@ const PARTITIONS: i32 = 3;
 /// script's own margin).
 const GRACE_SECS: u64 = 10;
 /// What a stop of healthy components may take.
-const STOP_SECS: u64 = 6;
+const STOP_SECS: u64 = 8;
 
 /// The directory holding the workspace's debug binaries, built if one is missing.
 fn bin_dir() -> PathBuf {
