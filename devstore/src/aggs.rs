@@ -3,7 +3,10 @@
 //! `max` / `min` metrics, answered in OpenSearch's shape. Any other type or option is a 400 that
 //! names it, never a silently different answer.
 
-use std::{cmp::Ordering, collections::HashMap};
+use std::{
+    cmp::Ordering,
+    collections::{HashMap, HashSet},
+};
 
 use serde_json::{Map, Value, json};
 
@@ -226,11 +229,42 @@ fn date_text(millis: f64, epoch_millis: bool) -> String {
         .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
 }
 
+/// OpenSearch's default `search.max_buckets`: the most buckets one search may create.
+pub const MAX_BUCKETS: usize = 65_535;
+
+/// Counts the buckets a search creates, as OpenSearch's `MultiBucketConsumer` does: one per
+/// bucket built, across every aggregation and level of the request; past [`MAX_BUCKETS`] the
+/// search fails with `too_many_buckets_exception` (503, OpenSearch's status for it).
+#[derive(Debug, Default)]
+struct BucketCount(usize);
+
+impl BucketCount {
+    fn add_one(&mut self) -> Result<(), ApiError> {
+        self.0 += 1;
+        if self.0 > MAX_BUCKETS {
+            return Err(ApiError::new(
+                503,
+                "too_many_buckets_exception",
+                format!(
+                    "Trying to create too many buckets. Must be less than or equal to: [{MAX_BUCKETS}] but was [{}]. This limit can be set by changing the [search.max_buckets] cluster level setting.",
+                    self.0
+                ),
+            )
+            .with("max_buckets", MAX_BUCKETS));
+        }
+        Ok(())
+    }
+}
+
 /// Runs `aggs` over `docs` (the sources matching the query) and returns the `aggregations` object.
 pub fn run(aggs: &[Named], docs: &[&Value], fields: &Fields) -> Result<Value, ApiError> {
+    run_counted(aggs, docs, fields, &mut BucketCount::default())
+}
+
+fn run_counted(aggs: &[Named], docs: &[&Value], fields: &Fields, count: &mut BucketCount) -> Result<Value, ApiError> {
     let mut out = Map::new();
     for Named { name, agg } in aggs {
-        out.insert(name.clone(), run_one(agg, docs, fields)?);
+        out.insert(name.clone(), run_one(agg, docs, fields, count)?);
     }
     Ok(Value::Object(out))
 }
@@ -267,7 +301,7 @@ impl Key {
     }
 }
 
-fn run_one(agg: &Agg, docs: &[&Value], fields: &Fields) -> Result<Value, ApiError> {
+fn run_one(agg: &Agg, docs: &[&Value], fields: &Fields, count: &mut BucketCount) -> Result<Value, ApiError> {
     match agg {
         Agg::Max { field } => Ok(metric_json(metric(field, docs, fields, true), field, fields)),
         Agg::Min { field } => Ok(metric_json(metric(field, docs, fields, false), field, fields)),
@@ -282,7 +316,7 @@ fn run_one(agg: &Agg, docs: &[&Value], fields: &Fields) -> Result<Value, ApiErro
             let mut buckets: Vec<(Key, Vec<&Value>)> = Vec::new();
             let mut positions: HashMap<HashKey, usize> = HashMap::new();
             for doc in docs {
-                let mut seen: Vec<Key> = Vec::new();
+                let mut seen: HashSet<HashKey> = HashSet::new();
                 for v in resolve(doc, field) {
                     let key = match (ty, v) {
                         (Some(FieldType::Keyword | FieldType::Text), _) | (None, Value::String(_) | Value::Bool(_)) => {
@@ -302,17 +336,17 @@ fn run_one(agg: &Agg, docs: &[&Value], fields: &Fields) -> Result<Value, ApiErro
                         },
                         _ => continue,
                     };
-                    if seen.contains(&key) {
+                    let hash_key = key.hash_key();
+                    if !seen.insert(hash_key.clone()) {
                         continue;
                     }
-                    match positions.get(&key.hash_key()) {
+                    match positions.get(&hash_key) {
                         Some(&at) => buckets[at].1.push(doc),
                         None => {
-                            positions.insert(key.hash_key(), buckets.len());
-                            buckets.push((key.clone(), vec![doc]));
+                            positions.insert(hash_key, buckets.len());
+                            buckets.push((key, vec![doc]));
                         }
                     }
-                    seen.push(key);
                 }
             }
             let mut order = if order.is_empty() { vec![(OrderKey::Count, true)] } else { order.clone() };
@@ -361,8 +395,10 @@ fn run_one(agg: &Agg, docs: &[&Value], fields: &Fields) -> Result<Value, ApiErro
             });
             let buckets: Vec<&(Key, Vec<&Value>)> = sorted.iter().map(|&i| &buckets[i]).collect();
             let other: usize = buckets.iter().skip(*size).map(|(_, m)| m.len()).sum();
+            // Only the top `size` buckets are built (and counted), as on one OpenSearch shard.
             let mut shown = Vec::new();
             for (key, members) in buckets.iter().take(*size).copied() {
+                count.add_one()?;
                 let mut bucket = Map::new();
                 match key {
                     Key::Text(t) => {
@@ -379,12 +415,51 @@ fn run_one(agg: &Agg, docs: &[&Value], fields: &Fields) -> Result<Value, ApiErro
                     }
                 }
                 bucket.insert("doc_count".into(), json!(members.len()));
-                if let Value::Object(sub_results) = run(subs, members, fields)? {
+                if let Value::Object(sub_results) = run_counted(subs, members, fields, count)? {
                     bucket.extend(sub_results);
                 }
                 shown.push(Value::Object(bucket));
             }
             Ok(json!({"doc_count_error_upper_bound": 0, "sum_other_doc_count": other, "buckets": shown}))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terms(field: &str, size: usize, subs: Vec<Named>) -> Named {
+        Named { name: field.to_owned(), agg: Agg::Terms { field: field.to_owned(), size, order: Vec::new(), subs } }
+    }
+
+    #[test]
+    fn buckets_created_are_counted_against_max_buckets() {
+        let fields = Fields::default();
+        // One document with MAX_BUCKETS distinct values: exactly at the limit is fine.
+        let doc = json!({"v": (0..MAX_BUCKETS).collect::<Vec<_>>()});
+        let out = run(&[terms("v", usize::MAX, Vec::new())], &[&doc], &fields).expect("at the limit");
+        assert_eq!(out["v"]["buckets"].as_array().map(Vec::len), Some(MAX_BUCKETS));
+        // A huge size over few keys creates few buckets.
+        let few = json!({"v": [1, 2, 3]});
+        assert!(run(&[terms("v", usize::MAX, Vec::new())], &[&few], &fields).is_ok());
+
+        let over = json!({"v": (0..=MAX_BUCKETS).collect::<Vec<_>>()});
+        let err = run(&[terms("v", usize::MAX, Vec::new())], &[&over], &fields).expect_err("over the limit");
+        assert_eq!(err.status, 503);
+        assert_eq!(err.kind, "too_many_buckets_exception");
+        assert_eq!(
+            err.reason,
+            "Trying to create too many buckets. Must be less than or equal to: [65535] but was [65536]. This limit can be set by changing the [search.max_buckets] cluster level setting."
+        );
+        assert_eq!(err.extra.get("max_buckets"), Some(&json!(65_535)));
+        // Only the buckets built count: the same keys under a small size are fine.
+        assert!(run(&[terms("v", 10, Vec::new())], &[&over], &fields).is_ok());
+
+        // Sub-aggregation buckets count too: 300 outer × 300 inner.
+        let wide = json!({"a": (0..300).collect::<Vec<_>>(), "b": (0..300).collect::<Vec<_>>()});
+        let nested = terms("a", 1000, vec![terms("b", 1000, Vec::new())]);
+        let err = run(&[nested], &[&wide], &fields).expect_err("nested over the limit");
+        assert_eq!(err.kind, "too_many_buckets_exception");
     }
 }

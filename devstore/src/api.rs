@@ -697,6 +697,10 @@ fn run_msearch(
     }
 }
 
+/// The most searches one `_msearch` request may hold in the dev store (OpenSearch has no such
+/// cap, only `max_concurrent_searches`, how many of them run at once).
+pub const MAX_MSEARCH_ITEMS: usize = 1_000;
+
 /// One `_msearch` header line.
 struct MsearchHeader {
     index: Option<String>,
@@ -762,6 +766,11 @@ fn msearch_items(
             ));
         };
         pairs.push((header, search_body));
+        if pairs.len() > MAX_MSEARCH_ITEMS {
+            return Err(illegal(format!(
+                "the msearch request has more than [{MAX_MSEARCH_ITEMS}] searches, spanline-devstore's limit per request (OpenSearch has none; it bounds only how many run at once, [max_concurrent_searches]); split the request"
+            )));
+        }
     }
     if pairs.is_empty() {
         return Err(ApiError::new(
@@ -770,9 +779,11 @@ fn msearch_items(
             "Validation Failed: 1: no requests added;",
         ));
     }
-    let store = state.store.lock();
     let mut responses = Vec::with_capacity(pairs.len());
     for (header, search_body) in pairs {
+        // Per item, as OpenSearch runs each search on its own: writes and other searches go on
+        // between the items of a long request.
+        let store = state.store.lock();
         let started = Instant::now();
         let expr = header.index.as_deref().or(default_index).unwrap_or("_all");
         let answer = serde_json::from_slice::<Value>(search_body)

@@ -311,6 +311,17 @@ pub fn date_millis(v: &Value) -> Option<f64> {
 /// `~` complement, `<n-m>` intervals, `#` empty language) are on by default (`flags: ALL`) and
 /// are refused rather than misread; with `flags: NONE` they are literal characters.
 pub fn lucene_regex(pattern: &str, operators: bool, case_insensitive: bool) -> Result<regex::Regex, ApiError> {
+    // OpenSearch counts Java `String.length()`, UTF-16 code units.
+    let length = pattern.encode_utf16().count();
+    if length > MAX_REGEX_LENGTH {
+        return Err(ApiError::new(
+            400,
+            "illegal_argument_exception",
+            format!(
+                "The length of regex [{length}] used in the Regexp Query request has exceeded the allowed maximum of [{MAX_REGEX_LENGTH}]. This maximum can be set by changing the [index.max_regex_length] index level setting."
+            ),
+        ));
+    }
     let mut out = String::from(if case_insensitive { "(?si)^(?:" } else { "(?s)^(?:" });
     let mut chars = pattern.chars().peekable();
     let literal = |c: char, out: &mut String| out.push_str(&format!("\\x{{{:x}}}", u32::from(c)));
@@ -374,8 +385,23 @@ pub fn lucene_regex(pattern: &str, operators: bool, case_insensitive: bool) -> R
         }
     }
     out.push_str(")$");
-    regex::Regex::new(&out).map_err(|e| parsing(format!("[regexp] invalid pattern [{pattern}]: {e}")))
+    regex::RegexBuilder::new(&out).size_limit(REGEX_SIZE_LIMIT).build().map_err(|e| match e {
+        regex::Error::CompiledTooBig(limit) => ApiError::new(
+            400,
+            "illegal_argument_exception",
+            format!(
+                "[regexp] pattern [{pattern}] is too complex: it compiles to more than {limit} bytes, spanline-devstore's bound (OpenSearch bounds it with [max_determinized_states])"
+            ),
+        ),
+        e => parsing(format!("[regexp] invalid pattern [{pattern}]: {e}")),
+    })
 }
+
+/// OpenSearch's default `index.max_regex_length`, in UTF-16 code units.
+pub const MAX_REGEX_LENGTH: usize = 1000;
+
+/// The most memory one compiled `regexp` may take (the `regex` crate's `size_limit`).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -455,6 +481,25 @@ mod tests {
         assert!(lucene_regex("a@", false, false).expect("literal").is_match("a@"));
         assert!(lucene_regex("(", true, false).is_err());
         assert!(lucene_regex("get", true, true).expect("compiles").is_match("GET"));
+    }
+
+    #[test]
+    fn regexp_length_and_compiled_size_are_bounded() {
+        assert!(lucene_regex(&"a".repeat(MAX_REGEX_LENGTH), true, false).is_ok());
+        let err = lucene_regex(&"a".repeat(MAX_REGEX_LENGTH + 1), true, false).expect_err("too long");
+        assert_eq!(err.status, 400);
+        assert_eq!(err.kind, "illegal_argument_exception");
+        assert_eq!(
+            err.reason,
+            "The length of regex [1001] used in the Regexp Query request has exceeded the allowed maximum of [1000]. This maximum can be set by changing the [index.max_regex_length] index level setting."
+        );
+        // Java counts UTF-16 code units: 500 astral characters are 1000 units, 501 are 1002.
+        assert!(lucene_regex(&"\u{1F600}".repeat(500), true, false).is_ok());
+        assert!(lucene_regex(&"\u{1F600}".repeat(501), true, false).is_err());
+        // Short but huge once compiled: refused, not built.
+        let err = lucene_regex("(((a{100}){100}){100})", true, false).expect_err("too big compiled");
+        assert_eq!(err.status, 400);
+        assert!(err.reason.contains("too complex"), "{}", err.reason);
         let q = q(json!({"regexp": {"tags.value": {"value": "2.."}}}));
         assert!(q.matches("1", &doc()));
     }

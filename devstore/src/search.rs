@@ -150,10 +150,12 @@ impl SearchRequest {
                 }
             }
         }
-        if request.from + request.size > MAX_RESULT_WINDOW {
+        // `from` and `size` may each be up to `usize::MAX`: their sum is checked, never wrapped.
+        if request.from.checked_add(request.size).is_none_or(|window| window > MAX_RESULT_WINDOW) {
+            #[allow(clippy::cast_lossless)] // usize → u128 is lossless on every target
+            let window = request.from as u128 + request.size as u128;
             return Err(illegal(format!(
-                "Result window is too large, from + size must be less than or equal to: [{MAX_RESULT_WINDOW}] but was [{}]. See the scroll api for a more efficient way to request large data sets. This limit can be set by changing the [index.max_result_window] index level setting.",
-                request.from + request.size
+                "Result window is too large, from + size must be less than or equal to: [{MAX_RESULT_WINDOW}] but was [{window}]. See the scroll api for a more efficient way to request large data sets. This limit can be set by changing the [index.max_result_window] index level setting."
             )));
         }
         if let Some(after) = &request.search_after {
@@ -316,14 +318,26 @@ enum SortVal {
 }
 
 impl SortVal {
-    fn json(&self, numeric_missing: bool, desc: bool) -> Value {
+    fn json(&self) -> Value {
         match self {
             SortVal::Num(_, v) => v.clone(),
             SortVal::Text(t) => json!(t),
-            // OpenSearch substitutes the type's extreme for a missing long/date so it sorts
-            // last, and shows it; a missing keyword shows as null.
-            SortVal::Missing if numeric_missing => json!(if desc { i64::MIN } else { i64::MAX }),
             SortVal::Missing => Value::Null,
+        }
+    }
+
+    /// The key a document without a value sorts by on a numeric (long/date) field: as in
+    /// OpenSearch, the type's extreme itself (`i64::MAX` ascending, `i64::MIN` descending), so it
+    /// sorts last, shows as that number, and a `search_after` holding that number pages past it.
+    /// A missing keyword stays `Missing` (shown as null, sorted last).
+    fn or_numeric_extreme(self, numeric: bool, desc: bool) -> SortVal {
+        match self {
+            SortVal::Missing if numeric => {
+                let extreme = if desc { i64::MIN } else { i64::MAX };
+                #[allow(clippy::cast_precision_loss)] // ±2^63 is exact in f64
+                SortVal::Num(extreme as f64, json!(extreme))
+            }
+            other => other,
         }
     }
 
@@ -438,7 +452,8 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
                 .sort
                 .iter()
                 .map(|k| match &k.field {
-                    Some(f) => doc_sort_val(&source, f, fields.get(f), k.desc),
+                    Some(f) => doc_sort_val(&source, f, fields.get(f), k.desc)
+                        .or_numeric_extreme(fields.get(f).is_some_and(FieldType::is_numeric), k.desc),
                     #[allow(clippy::cast_precision_loss)]
                     None => SortVal::Num(hits.len() as f64, json!(hits.len())),
                 })
@@ -506,16 +521,7 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
                 }
             }
             if sorted {
-                let values = request
-                    .sort
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        let numeric = k.field.as_deref().and_then(|f| fields.get(f)).is_some_and(FieldType::is_numeric);
-                        h.sort[i].json(numeric, k.desc)
-                    })
-                    .collect();
-                hit.insert("sort".into(), Value::Array(values));
+                hit.insert("sort".into(), h.sort.iter().map(SortVal::json).collect());
             }
             Value::Object(hit)
         })

@@ -320,6 +320,9 @@ impl Store {
                 ),
             ));
         }
+        // OpenSearch validates after its conflict check; here first, as the check's work grows
+        // with the patterns' lengths, which validation bounds.
+        validate_template(name, &patterns)?;
         let conflicts = self.conflicting_templates(name, &patterns, priority.unwrap_or(0));
         if !conflicts.is_empty() {
             let names: Vec<&str> = conflicts.iter().map(|(n, _)| n.as_str()).collect();
@@ -431,15 +434,63 @@ impl Store {
                 }
             }
         }
-        if stored.get("index_patterns").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        let patterns: Vec<String> = stored
+            .get("index_patterns")
+            .and_then(Value::as_array)
+            .map(|ps| ps.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        if patterns.is_empty() {
             return Err(ApiError::new(
                 400,
                 "action_request_validation_exception",
                 "Validation Failed: 1: index patterns are missing;",
             ));
         }
+        validate_template(name, &patterns)?;
+        // OpenSearch 2.x's `innerPutTemplate`: a legacy template whose patterns overlap a
+        // composable template's (any priority) is refused, unless it only updates an existing
+        // legacy template without changing its patterns or has the match-all pattern `*` (then
+        // OpenSearch only warns, in a `Warning` header this dev store does not send).
+        let unchanged_update = self.legacy_templates.get(name).is_some_and(|t| {
+            t.get("index_patterns")
+                .and_then(Value::as_array)
+                .is_some_and(|old| old.iter().filter_map(Value::as_str).eq(patterns.iter().map(String::as_str)))
+        });
+        if !unchanged_update && !patterns.iter().any(|p| p == "*") {
+            let overlaps = self.overlapping_composable(&patterns);
+            if !overlaps.is_empty() {
+                let names: Vec<&str> = overlaps.iter().map(|(n, _)| n.as_str()).collect();
+                let with_patterns: Vec<String> =
+                    overlaps.iter().map(|(n, ps)| format!("{n} => {}", java_list(ps))).collect();
+                return Err(illegal(format!(
+                    "legacy template [{name}] has index patterns {} matching patterns from existing composable templates [{}] with patterns ({}), use composable templates (/_index_template) instead",
+                    java_list(&patterns),
+                    names.join(","),
+                    with_patterns.join(",")
+                )));
+            }
+        }
         self.legacy_templates.insert(name.to_owned(), Value::Object(stored));
         Ok(())
+    }
+
+    /// Composable templates, of any priority, whose patterns overlap `patterns`, with their
+    /// patterns, by name (OpenSearch's two-argument `findConflictingV2Templates`).
+    fn overlapping_composable(&self, patterns: &[String]) -> Vec<(String, Vec<String>)> {
+        self.templates
+            .iter()
+            .filter_map(|(other, t)| {
+                let theirs: Vec<String> = t
+                    .get("index_patterns")
+                    .and_then(Value::as_array)?
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect();
+                let overlap = patterns.iter().any(|p| theirs.iter().any(|q| globs_overlap(p, q)));
+                overlap.then(|| (other.clone(), theirs))
+            })
+            .collect()
     }
 
     pub fn legacy_template(&self, name: &str) -> Option<&Value> {
@@ -658,6 +709,65 @@ pub fn glob(pattern: &str, name: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// The longest index pattern a template may have: OpenSearch's index-name limit of 255 bytes
+/// (a dev-store bound: OpenSearch itself does not limit pattern length). It also bounds the
+/// work of [`globs_overlap`], which is quadratic in the two patterns' lengths.
+pub const MAX_PATTERN_BYTES: usize = 255;
+
+/// OpenSearch's `MetadataIndexTemplateService.validate` for a template PUT (composable or
+/// legacy): the name and every index pattern, all problems listed in one
+/// `invalid_index_template_exception`; plus the dev store's pattern length bound.
+pub fn validate_template(name: &str, patterns: &[String]) -> Result<(), ApiError> {
+    let mut errors: Vec<String> = Vec::new();
+    for (bad, what) in
+        [(" ", "contain a space"), (",", "contain a ','"), ("#", "contain a '#'"), ("*", "contain a '*'")]
+    {
+        if name.contains(bad) {
+            errors.push(format!("name must not {what}"));
+        }
+    }
+    if name.starts_with('_') {
+        errors.push("name must not start with '_'".into());
+    }
+    if name.to_lowercase() != name {
+        errors.push("name must be lower cased".into());
+    }
+    for p in patterns {
+        if p.contains(' ') {
+            errors.push(format!("index_patterns [{p}] must not contain a space"));
+        }
+        for bad in [',', '#', ':'] {
+            if p.contains(bad) {
+                errors.push(format!("index_pattern [{p}] must not contain a '{bad}'"));
+            }
+        }
+        if p.starts_with('_') {
+            errors.push(format!("index_pattern [{p}] must not start with '_'"));
+        }
+        // `Strings.validFileNameExcludingAstrix`: OpenSearch's invalid file name characters
+        // but `*`, printed as OpenSearch prints the whole set.
+        if p.contains(['\\', '/', '?', '"', '<', '>', '|', ' ', ',']) {
+            errors.push(format!(
+                "index_pattern [{p}] must not contain the following characters [ , \", *, \\, <, |, ,, >, /, ?]"
+            ));
+        }
+        if p.len() > MAX_PATTERN_BYTES {
+            errors.push(format!(
+                "index_pattern [{p}] must not be longer than {MAX_PATTERN_BYTES} bytes (a spanline-devstore limit, OpenSearch's index name limit)"
+            ));
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let listed: String = errors.iter().enumerate().map(|(i, e)| format!("{}: {e};", i + 1)).collect();
+    Err(ApiError::new(
+        400,
+        "invalid_index_template_exception",
+        format!("index_template [{name}] invalid, cause [Validation Failed: {listed}]"),
+    ))
 }
 
 /// OpenSearch's index name rules.

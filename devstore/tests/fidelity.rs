@@ -210,3 +210,171 @@ async fn legacy_templates_as_jaeger_installs_them_on_opensearch() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(got["error"]["type"], "index_template_missing_exception");
 }
+
+/// `from + size` is checked, never wrapped: sizes up to `u64::MAX` from the body or the URL are
+/// the result window 400, with the true sum.
+#[tokio::test]
+async fn huge_from_and_size_are_the_result_window_400() {
+    let (s, c) = store().await;
+    let u = s.url();
+    send(&c, Method::PUT, format!("{u}/i"), None).await;
+    let max = u64::MAX;
+    let window_error = |sum: &str| {
+        format!(
+            "Result window is too large, from + size must be less than or equal to: [10000] but was [{sum}]. See the scroll api for a more efficient way to request large data sets. This limit can be set by changing the [index.max_result_window] index level setting."
+        )
+    };
+    for (url, body, sum) in [
+        (format!("{u}/i/_search"), json!({"from": 1, "size": max}), "18446744073709551616"),
+        (format!("{u}/i/_search"), json!({"from": max, "size": max}), "36893488147419103230"),
+        (format!("{u}/i/_search?size={max}&from=1"), json!({}), "18446744073709551616"),
+        (format!("{u}/i/_search?from={max}"), json!({}), "18446744073709551625"),
+        (format!("{u}/i/_search"), json!({"from": 1, "size": 10_000}), "10001"),
+    ] {
+        let (status, resp) = send(&c, Method::POST, url.clone(), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {resp}");
+        assert_eq!(resp["error"]["type"], "illegal_argument_exception");
+        assert_eq!(resp["error"]["reason"], window_error(sum), "{url}");
+        assert_eq!(resp["error"]["root_cause"][0]["reason"], window_error(sum));
+        assert_eq!(resp["status"], 400);
+    }
+}
+
+/// `search.max_buckets`: more buckets than 65 535 in one search is OpenSearch's
+/// `too_many_buckets_exception`, a 503; a large `size` over few keys is fine.
+#[tokio::test]
+async fn too_many_buckets_is_opensearchs_503() {
+    let (s, c) = store().await;
+    let u = s.url();
+    let values: Vec<u64> = (0..=65_535).collect();
+    common::index_docs(&c, &u, "b", &[("1", json!({"v": values}))]).await;
+    let terms = |size: u64| json!({"size": 0, "aggs": {"v": {"terms": {"field": "v", "size": size}}}});
+    let (status, resp) = send(&c, Method::POST, format!("{u}/b/_search"), Some(terms(1_000_000))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{resp}");
+    let reason = "Trying to create too many buckets. Must be less than or equal to: [65535] but was [65536]. This limit can be set by changing the [search.max_buckets] cluster level setting.";
+    assert_eq!(resp["error"]["type"], "too_many_buckets_exception");
+    assert_eq!(resp["error"]["reason"], reason);
+    assert_eq!(resp["error"]["max_buckets"], 65_535);
+    assert_eq!(resp["error"]["root_cause"][0]["type"], "too_many_buckets_exception");
+    assert_eq!(resp["status"], 503);
+    let (status, resp) = send(&c, Method::POST, format!("{u}/b/_search"), Some(terms(65_535))).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["aggregations"]["v"]["buckets"].as_array().map(Vec::len), Some(65_535));
+    assert_eq!(resp["aggregations"]["v"]["sum_other_doc_count"], 1);
+}
+
+/// `index.max_regex_length`: a `regexp` longer than 1 000 characters is OpenSearch's 400.
+#[tokio::test]
+async fn regexp_longer_than_max_regex_length_is_a_400() {
+    let (s, c) = store().await;
+    let u = s.url();
+    send(&c, Method::PUT, format!("{u}/i"), None).await;
+    let query = |p: String| json!({"query": {"regexp": {"f": {"value": p}}}});
+    let (status, resp) = send(&c, Method::POST, format!("{u}/i/_search"), Some(query("a".repeat(1001)))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert_eq!(resp["error"]["type"], "illegal_argument_exception");
+    assert_eq!(
+        resp["error"]["reason"],
+        "The length of regex [1001] used in the Regexp Query request has exceeded the allowed maximum of [1000]. This maximum can be set by changing the [index.max_regex_length] index level setting."
+    );
+    let (status, resp) = send(&c, Method::POST, format!("{u}/i/_search"), Some(query("a".repeat(1000)))).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+}
+
+/// Template PUTs (composable and legacy) validate the name and index patterns as OpenSearch's
+/// `MetadataIndexTemplateService.validate` does, every problem in one
+/// `invalid_index_template_exception`; patterns are at most 255 bytes (the dev store's bound).
+#[tokio::test]
+async fn template_patterns_are_validated() {
+    let (s, c) = store().await;
+    let u = s.url();
+    for path in ["_index_template", "_template"] {
+        let put = |name: &str, patterns: Value| {
+            send(&c, Method::PUT, format!("{u}/{path}/{name}"), Some(json!({"index_patterns": patterns})))
+        };
+        let (status, resp) = put("t", json!(["a b", "x,y", "_z", "q:1#"])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {resp}");
+        assert_eq!(resp["error"]["type"], "invalid_index_template_exception");
+        assert_eq!(
+            resp["error"]["reason"],
+            "index_template [t] invalid, cause [Validation Failed: 1: index_patterns [a b] must not contain a space;2: index_pattern [a b] must not contain the following characters [ , \", *, \\, <, |, ,, >, /, ?];3: index_pattern [x,y] must not contain a ',';4: index_pattern [x,y] must not contain the following characters [ , \", *, \\, <, |, ,, >, /, ?];5: index_pattern [_z] must not start with '_';6: index_pattern [q:1#] must not contain a '#';7: index_pattern [q:1#] must not contain a ':';]",
+            "{path}"
+        );
+        assert_eq!(resp["status"], 400);
+        let (status, resp) = put("t", json!(["a/b*"])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {resp}");
+        let (status, resp) = put("Upper", json!(["ok-*"])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {resp}");
+        assert_eq!(
+            resp["error"]["reason"],
+            "index_template [Upper] invalid, cause [Validation Failed: 1: name must be lower cased;]"
+        );
+        let long = format!("{}*", "x".repeat(255));
+        let (status, resp) = put("t", json!([long])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {resp}");
+        assert_eq!(resp["error"]["type"], "invalid_index_template_exception");
+        assert!(resp["error"]["reason"].as_str().is_some_and(|r| r.contains("longer than 255 bytes")), "{resp}");
+        let (status, resp) =
+            put(&format!("ok-{path}"), json!([format!("{}-{}*", path.trim_start_matches('_'), "x".repeat(200))])).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {resp}");
+    }
+}
+
+/// OpenSearch 2.x refuses a legacy template whose patterns overlap a composable template's
+/// (whatever its priority), unless it has the match-all pattern `*` or updates an existing legacy
+/// template without changing its patterns (then it only warns).
+#[tokio::test]
+async fn legacy_template_overlapping_a_composable_one_is_refused() {
+    let (s, c) = store().await;
+    let u = s.url();
+    let legacy = |name: &str, patterns: Value| {
+        send(&c, Method::PUT, format!("{u}/_template/{name}"), Some(json!({"index_patterns": patterns})))
+    };
+    assert_eq!(legacy("jaeger-span", json!(["jaeger-span-*"])).await.0, StatusCode::OK);
+    let composable = json!({"index_patterns": ["jaeger-span-*", "other"], "priority": 100});
+    let (status, _) = send(&c, Method::PUT, format!("{u}/_index_template/ours"), Some(composable)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        &c,
+        Method::PUT,
+        format!("{u}/_index_template/more"),
+        Some(json!({"index_patterns": ["*-span-2026*"], "priority": 7})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, resp) = legacy("new", json!(["jaeger-*", "x"])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert_eq!(resp["error"]["type"], "illegal_argument_exception");
+    assert_eq!(
+        resp["error"]["reason"],
+        "legacy template [new] has index patterns [jaeger-*, x] matching patterns from existing composable templates [more,ours] with patterns (more => [*-span-2026*],ours => [jaeger-span-*, other]), use composable templates (/_index_template) instead"
+    );
+    assert_eq!(resp["status"], 400);
+    let (status, _) = send(&c, Method::HEAD, format!("{u}/_template/new"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing stored");
+
+    // Updating an existing legacy template with the same patterns, or a match-all one: allowed.
+    assert_eq!(legacy("jaeger-span", json!(["jaeger-span-*"])).await.0, StatusCode::OK);
+    assert_eq!(legacy("global", json!(["*"])).await.0, StatusCode::OK);
+    // Changing the patterns of an existing one is checked like a new one.
+    assert_eq!(legacy("jaeger-span", json!(["jaeger-span-2026*"])).await.0, StatusCode::BAD_REQUEST);
+    // No overlap: fine.
+    assert_eq!(legacy("svc", json!(["jaeger-service"])).await.0, StatusCode::OK);
+}
+
+/// `_msearch` holds at most 1 000 searches in the dev store (OpenSearch has no such cap).
+#[tokio::test]
+async fn msearch_with_too_many_searches_is_a_400() {
+    let (s, c) = store().await;
+    let u = s.url();
+    send(&c, Method::PUT, format!("{u}/i"), None).await;
+    let (status, resp) = ndjson(&c, format!("{u}/i/_msearch"), &"{}\n{\"size\":0}\n".repeat(1000)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["responses"].as_array().map(Vec::len), Some(1000));
+    let (status, resp) = ndjson(&c, format!("{u}/i/_msearch"), &"{}\n{\"size\":0}\n".repeat(1001)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert_eq!(resp["error"]["type"], "illegal_argument_exception");
+    assert!(resp["error"]["reason"].as_str().is_some_and(|r| r.contains("[1000]") && r.contains("spanline-devstore")));
+    assert_eq!(resp["status"], 400);
+}

@@ -169,6 +169,58 @@ async fn search_after_pages_through_a_trace_like_jaeger() {
     }
 }
 
+/// A document without the numeric sort field sorts last with the long's extreme as its sort
+/// value (OpenSearch's `missing: _last`); paging on past it with `search_after` must not return it
+/// again, in either order: every document exactly once.
+#[tokio::test]
+async fn search_after_pages_past_documents_missing_the_numeric_sort_field() {
+    let (s, c) = store().await;
+    let u = s.url();
+    let (status, _) = send(
+        &c,
+        Method::PUT,
+        format!("{u}/m"),
+        Some(json!({"mappings": {"properties": {"n": {"type": "long"}, "k": {"type": "keyword"}}}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let docs: Vec<(String, Value)> = (0..7)
+        .map(|i| {
+            let id = format!("d{i}");
+            // d0, d3 and d6 have no `n`.
+            let doc = if i % 3 == 0 { json!({"k": id}) } else { json!({"k": id, "n": i * 10}) };
+            (id, doc)
+        })
+        .collect();
+    let refs: Vec<(&str, Value)> = docs.iter().map(|(id, d)| (id.as_str(), d.clone())).collect();
+    index_docs(&c, &u, "m", &refs).await;
+    for (order, want_last_sort) in [("asc", i64::MAX), ("desc", i64::MIN)] {
+        let mut after: Option<Value> = None;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let mut body = json!({"size": 2, "sort": [{"n": {"order": order}}, {"k": {"order": "asc"}}]});
+            if let Some(after) = &after {
+                body["search_after"] = after.clone();
+            }
+            let (status, resp) = search(&c, format!("{u}/m/_search"), body).await;
+            assert_eq!(status, StatusCode::OK, "{resp}");
+            let page = ids(&resp);
+            if page.is_empty() {
+                break;
+            }
+            after = Some(resp["hits"]["hits"].as_array().and_then(|h| h.last()).expect("last")["sort"].clone());
+            seen.extend(page);
+        }
+        let mut want: Vec<String> = vec!["d1", "d2", "d4", "d5"].into_iter().map(str::to_owned).collect();
+        if order == "desc" {
+            want.reverse();
+        }
+        want.extend(["d0", "d3", "d6"].map(str::to_owned));
+        assert_eq!(seen, want, "{order}: every document exactly once, those without `n` last");
+        assert_eq!(after, Some(json!([want_last_sort, "d6"])), "{order}: shown as the long's extreme");
+    }
+}
+
 #[tokio::test]
 async fn unsupported_sorts_are_clear_400s() {
     let (s, c) = store().await;

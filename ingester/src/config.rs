@@ -149,7 +149,8 @@ pub struct OpenSearch {
     /// negatives). OpenSearch refuses a template whose patterns overlap another composable
     /// template's at the same priority, and the ingester then stops at start naming that
     /// template: pick a priority it does not use (higher to win over it). Jaeger's own templates
-    /// on OpenSearch are legacy ones and never conflict. Default `100`.
+    /// on OpenSearch are legacy ones: ours may be installed over them, but OpenSearch 2.x then
+    /// refuses Jaeger creating (or re-patterning) an overlapping legacy template. Default `100`.
     pub template_priority: u32,
     /// Timeout of one `_bulk` request. Default `30s`.
     #[serde(with = "humantime_serde")]

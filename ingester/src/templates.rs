@@ -5,8 +5,11 @@
 //! refuses a composable template whose patterns overlap another one's at the same priority (it
 //! could not choose between them when creating an index); that is a configuration problem, so it
 //! stops the ingester at start with [`Error::TemplateConflict`], which names the other template and
-//! the setting. Jaeger's own templates on OpenSearch are legacy `_template`s, which never conflict
-//! and which a composable template overrides.
+//! the setting. Jaeger's own templates on OpenSearch are legacy `_template`s: installing ours over
+//! them is allowed (a composable template overrides a legacy one; OpenSearch only warns), but the
+//! reverse is not — once ours exists, OpenSearch 2.x refuses (400) a new legacy template, or one
+//! whose patterns change, that overlaps its patterns, so Jaeger's own template creation fails
+//! unless its legacy templates were installed first (or it runs with template creation off).
 
 use opensearch::http::{Method, StatusCode, headers::HeaderMap};
 use serde_json::{Value, json};
