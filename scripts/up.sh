@@ -97,8 +97,9 @@ store_pids=()
 started_broker=0
 # Messages from the cleanup must never stop it: after a closed terminal (HUP) or a dead `| tee`, a
 # write to stderr fails, and with `set -e` the script would exit with the stack still running.
+exec 3>&2
 say() {
-  { printf "$@" >&2; } 2>/dev/null || true
+  { printf "$@" >&3; } 2>/dev/null || true
 }
 
 cleanup() {

@@ -71,7 +71,9 @@ struct Up {
 }
 
 impl Up {
-    fn start(run_dir: &Path, ports: &Ports, bin: &Path) -> Self {
+    /// With `piped_stderr`, the script's stderr is a pipe the test can close, as when `make up | tee`
+    /// dies or the terminal goes away.
+    fn start(run_dir: &Path, ports: &Ports, bin: &Path, piped_stderr: bool) -> Self {
         let child = Command::new(workspace().join("scripts/up.sh"))
             .env("RUN_DIR", run_dir)
             .env("SPANLINE_BIN", bin)
@@ -84,7 +86,7 @@ impl Up {
             .env("SHUTDOWN_GRACE", GRACE_SECS.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if piped_stderr { Stdio::piped() } else { Stdio::inherit() })
             .process_group(0)
             .spawn()
             .expect("up.sh starts");
@@ -182,7 +184,7 @@ async fn ready(admin: u16) -> bool {
 /// One run of the stack: start, wait until ready and owning every partition, send, check that
 /// exactly this run's spans are indexed. Returns the running stack.
 async fn one_run(run: usize, run_dir: &Path, ports: &Ports, bin: &Path) -> Up {
-    let up = Up::start(run_dir, ports, bin);
+    let up = Up::start(run_dir, ports, bin, run == 5);
     let (collector_admin, ingester_admin) = (ports.admin, ports.admin + 1);
     wait_for(Duration::from_secs(90), || async move {
         (ready(collector_admin).await && ready(ingester_admin).await).then_some(())
@@ -221,8 +223,9 @@ async fn make_up_stops_cleanly_on_ctrl_c_and_restarts_every_time() {
     let bootstrap = format!("127.0.0.1:{}", ports.broker);
 
     // Runs 0-2: Ctrl-C each time. Run 3: the ingester is SIGKILLed (the script notices and stops the
-    // rest). Run 4: the stack comes back after that and still indexes.
-    for run in 0..5 {
+    // rest). Run 4: the stack comes back after that and still indexes. Run 5: the terminal goes away
+    // (SIGHUP) with the script's stderr a closed pipe: the stop must not die on its first message.
+    for run in 0..6 {
         let mut up = one_run(run, run_dir.path(), &ports, &bin).await;
         let pids = up.pids();
         let broker = up.broker_pid().expect("broker pid");
@@ -248,6 +251,9 @@ async fn make_up_stops_cleanly_on_ctrl_c_and_restarts_every_time() {
             .expect("offsets committed");
             let ingester = pids.iter().find(|(n, _)| n.starts_with("ingester")).expect("ingester pid").1;
             Command::new("kill").args(["-KILL", &ingester.to_string()]).status().expect("kill");
+        } else if run == 5 {
+            drop(up.child.stderr.take());
+            up.signal_group("HUP");
         } else {
             up.signal_group("INT");
         }
