@@ -379,21 +379,12 @@ impl Store {
     /// Templates other than `name` with `priority` whose patterns overlap `patterns`, with their
     /// patterns, by name (OpenSearch's `findConflictingV2Templates`).
     fn conflicting_templates(&self, name: &str, patterns: &[String], priority: i64) -> Vec<(String, Vec<String>)> {
-        self.templates
-            .iter()
-            .filter(|(other, _)| other.as_str() != name)
-            .filter(|(_, t)| t.get("priority").and_then(Value::as_i64).unwrap_or(0) == priority)
-            .filter_map(|(other, t)| {
-                let theirs: Vec<String> = t
-                    .get("index_patterns")
-                    .and_then(Value::as_array)?
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect();
-                let overlap = patterns.iter().any(|p| theirs.iter().any(|q| globs_overlap(p, q)));
-                overlap.then(|| (other.clone(), theirs))
-            })
+        let priority_of = |other: &str| {
+            self.templates.get(other).and_then(|t| t.get("priority")).and_then(Value::as_i64).unwrap_or(0)
+        };
+        self.overlapping_composable(patterns)
+            .into_iter()
+            .filter(|(other, _)| other.as_str() != name && priority_of(other) == priority)
             .collect()
     }
 

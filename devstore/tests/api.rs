@@ -7,36 +7,17 @@ use serde_json::{Value, json};
 use spanline_devstore::{Faults, RejectRule, Running, Settings, start};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
+use common::{send, store};
+
 async fn store_with(settings: Settings) -> (Running, Client) {
     let running = start(settings, CancellationToken::new()).await.expect("dev store starts");
     (running, Client::new())
 }
 
-async fn store() -> (Running, Client) {
-    store_with(Settings { refresh_interval: Duration::ZERO, ..Settings::default() }).await
-}
-
-async fn send(client: &Client, method: reqwest::Method, url: String, body: Option<Value>) -> (StatusCode, Value) {
-    let mut req = client.request(method, url);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("request sent");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("json body") })
-}
-
-async fn bulk(client: &Client, url: &str, ndjson: &str) -> (StatusCode, Value) {
-    let resp = client
-        .post(format!("{url}/_bulk"))
-        .header("content-type", "application/x-ndjson")
-        .body(ndjson.to_owned())
-        .send()
-        .await
-        .expect("bulk sent");
-    let status = resp.status();
-    (status, resp.json().await.expect("json"))
+async fn bulk(client: &Client, url: &str, body: &str) -> (StatusCode, Value) {
+    common::ndjson(client, format!("{url}/_bulk"), body).await
 }
 
 fn ndjson(op: &str, index: &str, docs: &[(&str, Value)]) -> String {
