@@ -74,7 +74,12 @@ impl Up {
     /// With `piped_stderr`, the script's stderr is a pipe the test can close, as when `make up | tee`
     /// dies or the terminal goes away.
     fn start(run_dir: &Path, ports: &Ports, bin: &Path, piped_stderr: bool) -> Self {
-        let child = Command::new(workspace().join("scripts/up.sh"))
+        // A process started in the background of a non-interactive shell (as CI may start `make
+        // test`) inherits SIGINT ignored, and bash cannot trap a signal ignored on entry: reset it to
+        // its default, as a terminal's foreground job has it.
+        let child = Command::new("env")
+            .arg("--default-signal=INT")
+            .arg(workspace().join("scripts/up.sh"))
             .env("RUN_DIR", run_dir)
             .env("SPANLINE_BIN", bin)
             .env("PARTITIONS", PARTITIONS.to_string())
