@@ -142,6 +142,7 @@ spawn() {
   echo "$name $LAST_PID" >>"$PIDS"
 }
 
+KAFKA_BROKERS_GIVEN=${KAFKA_BROKERS:-}
 if [ -z "${KAFKA_BROKERS:-}" ]; then
   # Set first: a Ctrl-C while broker.sh waits for the broker must still stop it.
   started_broker=1
@@ -160,6 +161,15 @@ if [ -z "${OPENSEARCH_URL:-}" ]; then
   for _ in $(seq 1 50); do curl -fsS "$OPENSEARCH_URL" >/dev/null 2>&1 && break; sleep 0.1; done
 else
   store_desc="external"
+fi
+
+# Static members keep their partitions across runs: with fewer ingesters than last time, the
+# missing members' partitions stay theirs (Tansu 0.6.0 never hands them over), unread.
+if [ -z "${KAFKA_BROKERS_GIVEN:-}" ] && [ -f "$RUN_DIR/ingesters" ] && [ "$(cat "$RUN_DIR/ingesters")" -gt "$INGESTERS" ]; then
+  say 'warning: the last run had %s ingesters and this one %s: the partitions of static members spanline-ingester-%s.. stay unread; run with INGESTERS=%s, or remove %s for a new broker\n' \
+    "$(cat "$RUN_DIR/ingesters")" "$INGESTERS" "$INGESTERS" "$(cat "$RUN_DIR/ingesters")" "$RUN_DIR/broker"
+else
+  echo "$INGESTERS" >"$RUN_DIR/ingesters"
 fi
 
 collector_admins=()
