@@ -80,6 +80,19 @@ fn committed(bootstrap: &str) -> i64 {
         .expect("committed offsets")
 }
 
+/// A broker with the span topic holding 500 spans (traces 1-100 of 5 spans, starting at the returned
+/// time), and a healthy store.
+async fn broker_store_and_500_spans() -> (Broker, spanline_devstore::Running, u64) {
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
+    let start = fixtures::now_unix_nano();
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 100, 5, start))
+        .await
+        .expect("produced");
+    (broker, store, start)
+}
+
 async fn settle(url: &str, want: u64) -> u64 {
     settled_count(url, "jaeger-span-*", want, Duration::from_secs(90)).await
 }
@@ -123,13 +136,7 @@ async fn sigkill_between_bulk_and_commit_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_holds_offsets_and_everything_arrives_after() {
-    let broker = Broker::start().await.expect("broker");
-    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
-    let store = devstore_with_faults(Faults::default()).await.expect("store");
-    let start = fixtures::now_unix_nano();
-    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 100, 5, start))
-        .await
-        .expect("produced");
+    let (broker, store, start) = broker_store_and_500_spans().await;
     let mut child = spawn_ingester(&broker, &store.url());
     assert_eq!(settle(&store.url(), 500).await, 500);
     let bootstrap = broker.bootstrap();
@@ -392,13 +399,7 @@ fn terminate(child: &mut Guard, limit: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_bounded_by_its_grace_with_the_broker_and_the_store_gone_and_logs_each_failure_once() {
-    let mut broker = Broker::start().await.expect("broker");
-    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
-    let store = devstore_with_faults(Faults::default()).await.expect("store");
-    let start = fixtures::now_unix_nano();
-    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 100, 5, start))
-        .await
-        .expect("produced");
+    let (mut broker, store, start) = broker_store_and_500_spans().await;
     let admin = free_port();
     let mut child = spawn_ingester_with_admin(&broker, &store.url(), admin, "cooperative-sticky");
     assert_eq!(settle(&store.url(), 500).await, 500);
