@@ -30,6 +30,11 @@ impl FieldType {
 #[derive(Debug, Default)]
 pub struct Fields {
     types: HashMap<String, FieldType>,
+    /// The mapping's own type name (`long`, `date`, ...), for OpenSearch's error messages.
+    kinds: HashMap<String, String>,
+    /// Keyword fields' `ignore_above`: longer values (in UTF-16 code units, Java's
+    /// `String.length()`) are not indexed.
+    ignore_above: HashMap<String, usize>,
     nested: Vec<String>,
 }
 
@@ -69,6 +74,12 @@ impl Fields {
                     _ => FieldType::Other,
                 };
                 self.types.entry(path.clone()).or_insert(ty);
+                self.kinds.entry(path.clone()).or_insert_with(|| kind.to_owned());
+                if ty == FieldType::Keyword
+                    && let Some(limit) = spec.get("ignore_above").and_then(Value::as_u64)
+                {
+                    self.ignore_above.entry(path.clone()).or_insert(usize::try_from(limit).unwrap_or(usize::MAX));
+                }
             }
             if let Some(inner) = spec.get("properties") {
                 self.walk(&path, inner);
@@ -78,6 +89,72 @@ impl Fields {
 
     pub fn get(&self, path: &str) -> Option<FieldType> {
         self.types.get(path).copied()
+    }
+
+    /// The mapping type name of `path` (`long`, `keyword`, ...).
+    pub fn kind(&self, path: &str) -> Option<&str> {
+        self.kinds.get(path).map(String::as_str)
+    }
+
+    /// The document as OpenSearch indexed it, when that differs from its `_source`: keyword
+    /// values longer than their field's `ignore_above` are left out (not indexed, so no query,
+    /// aggregation or sort sees them, and `exists` is false where they were the only values).
+    /// `None` when nothing was left out.
+    pub fn indexed_view(&self, source: &Value) -> Option<Value> {
+        if self.ignore_above.is_empty() {
+            return None;
+        }
+        let mut view = source.clone();
+        self.strip_ignored("", &mut view).then_some(view)
+    }
+
+    /// Removes ignored values under `prefix` in `v`; whether anything was removed.
+    fn strip_ignored(&self, prefix: &str, v: &mut Value) -> bool {
+        match v {
+            Value::Array(items) => items.iter_mut().fold(false, |acc, item| self.strip_ignored(prefix, item) | acc),
+            Value::Object(map) => {
+                let mut changed = false;
+                let mut emptied = Vec::new();
+                for (key, value) in map.iter_mut() {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    if let Some(&limit) = self.ignore_above.get(&path) {
+                        let too_long = |x: &Value| {
+                            !x.is_array() && !x.is_object() && !x.is_null() && {
+                                let text = match x {
+                                    Value::String(s) => s.clone(),
+                                    other => other.to_string(),
+                                };
+                                text.encode_utf16().count() > limit
+                            }
+                        };
+                        match value {
+                            Value::Array(items) => {
+                                let before = items.len();
+                                items.retain(|x| !too_long(x));
+                                if items.len() != before {
+                                    changed = true;
+                                    if items.is_empty() {
+                                        emptied.push(key.clone());
+                                    }
+                                }
+                            }
+                            x if too_long(x) => {
+                                changed = true;
+                                emptied.push(key.clone());
+                            }
+                            _ => {}
+                        }
+                    } else {
+                        changed |= self.strip_ignored(&path, value);
+                    }
+                }
+                for key in emptied {
+                    map.remove(&key);
+                }
+                changed
+            }
+            _ => false,
+        }
     }
 
     /// The nested object path `path` lies inside, if any.
@@ -110,5 +187,29 @@ mod tests {
         assert_eq!(f.nested_parent("tags.key"), Some("tags"));
         assert_eq!(f.nested_parent("tagsx.key"), None);
         assert_eq!(f.get("missing"), None);
+    }
+
+    #[test]
+    fn ignore_above_leaves_long_keyword_values_out_of_the_indexed_view() {
+        let m = json!({"properties": {
+            "traceID": {"type": "keyword", "ignore_above": 3},
+            "body": {"type": "text"},
+            "tags": {"type": "nested", "properties": {"value": {"type": "keyword", "ignore_above": 3}}}
+        }});
+        let f = Fields::from_mappings([&m]);
+        let short = json!({"traceID": "abc", "tags": [{"value": "ok"}]});
+        assert_eq!(f.indexed_view(&short), None, "nothing ignored");
+        let doc = json!({"traceID": "abcd", "body": "long text is not keyword",
+            "tags": [{"value": "ok"}, {"value": ["x", "toolong"]}, {"value": 1234}]});
+        assert_eq!(
+            f.indexed_view(&doc),
+            Some(json!({"body": "long text is not keyword", "tags": [{"value": "ok"}, {"value": ["x"]}, {}]}))
+        );
+        // Java counts UTF-16 code units: one astral character is two.
+        let astral = json!({"traceID": "a\u{1F600}"});
+        assert_eq!(f.indexed_view(&astral), None);
+        let astral = json!({"traceID": "ab\u{1F600}"});
+        assert_eq!(f.indexed_view(&astral), Some(json!({})));
+        assert_eq!(f.kind("traceID"), Some("keyword"));
     }
 }

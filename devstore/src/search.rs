@@ -402,6 +402,8 @@ struct Hit<'a> {
     index: &'a str,
     id: &'a str,
     source: Value,
+    /// The document as indexed, when it differs from `source` (see [`Fields::indexed_view`]).
+    indexed: Option<Value>,
     sort: Vec<SortVal>,
 }
 
@@ -437,7 +439,9 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
         for (id, doc) in &index.docs {
             let Some(visible) = &doc.visible else { continue };
             let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
-            if !request.query.matches(id, &source) {
+            // Queries, sorts and aggregations see what OpenSearch indexed; hits show `_source`.
+            let indexed = fields.indexed_view(&source);
+            if !request.query.matches(id, indexed.as_ref().unwrap_or(&source)) {
                 continue;
             }
             if request.terminate_after.is_some_and(|n| total >= n) {
@@ -452,19 +456,19 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
                 .sort
                 .iter()
                 .map(|k| match &k.field {
-                    Some(f) => doc_sort_val(&source, f, fields.get(f), k.desc)
+                    Some(f) => doc_sort_val(indexed.as_ref().unwrap_or(&source), f, fields.get(f), k.desc)
                         .or_numeric_extreme(fields.get(f).is_some_and(FieldType::is_numeric), k.desc),
                     #[allow(clippy::cast_precision_loss)]
                     None => SortVal::Num(hits.len() as f64, json!(hits.len())),
                 })
                 .collect();
-            hits.push(Hit { index: name, id, source, sort });
+            hits.push(Hit { index: name, id, source, indexed, sort });
         }
     }
     let aggregations = if request.aggs.is_empty() {
         None
     } else {
-        let sources: Vec<&Value> = hits.iter().map(|h| &h.source).collect();
+        let sources: Vec<&Value> = hits.iter().map(|h| h.indexed.as_ref().unwrap_or(&h.source)).collect();
         Some(aggs::run(&request.aggs, &sources, &fields)?)
     };
 
@@ -575,12 +579,15 @@ pub fn count(store: &Store, names: &[String], query: &Query) -> usize {
     if matches!(query, Query::MatchAll) {
         return names.iter().filter_map(|name| store.index(name)).map(|index| index.visible_count()).sum();
     }
+    let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
     let mut total = 0usize;
     for name in names {
         let Some(index) = store.index(name) else { continue };
         for (id, doc) in &index.docs {
             let Some(visible) = &doc.visible else { continue };
-            if serde_json::from_str::<Value>(visible).is_ok_and(|source| query.matches(id, &source)) {
+            if serde_json::from_str::<Value>(visible)
+                .is_ok_and(|source| query.matches(id, fields.indexed_view(&source).as_ref().unwrap_or(&source)))
+            {
                 total += 1;
             }
         }

@@ -378,3 +378,74 @@ async fn msearch_with_too_many_searches_is_a_400() {
     assert!(resp["error"]["reason"].as_str().is_some_and(|r| r.contains("[1000]") && r.contains("spanline-devstore")));
     assert_eq!(resp["status"], 400);
 }
+
+/// Searches index `i` with `body`; the answer, asserting a 200.
+async fn search_ok(c: &reqwest::Client, u: &str, body: Value) -> Value {
+    let (status, resp) = send(c, Method::POST, format!("{u}/i/_search"), Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}: {resp}");
+    resp
+}
+
+fn hit_ids(resp: &Value) -> Vec<String> {
+    resp["hits"]["hits"].as_array().expect("hits").iter().map(|h| h["_id"].as_str().expect("id").to_owned()).collect()
+}
+
+/// `ignore_above`: a keyword value longer than the limit is not indexed, so no query,
+/// aggregation or sort sees it (`exists` is false where it was the only value), while `_source`
+/// still holds it.
+#[tokio::test]
+async fn keyword_values_over_ignore_above_are_not_indexed() {
+    let (s, c) = store().await;
+    let u = s.url();
+    let kw = json!({"type": "keyword", "ignore_above": 5});
+    let mappings = json!({"mappings": {"properties": {
+        "k": kw, "tags": {"type": "nested", "properties": {"key": kw, "value": kw}}}}});
+    let (status, resp) = send(&c, Method::PUT, format!("{u}/i"), Some(mappings)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    common::index_docs(
+        &c,
+        &u,
+        "i",
+        &[
+            ("short", json!({"k": "abc", "tags": [{"key": "t", "value": "v"}]})),
+            ("long", json!({"k": "abcdefgh", "tags": [{"key": "t", "value": "toolong"}]})),
+            ("both", json!({"k": ["zz", "zzzzzzzz"]})),
+        ],
+    )
+    .await;
+    let ids = |resp: &Value| {
+        let mut ids = hit_ids(resp);
+        ids.sort();
+        ids
+    };
+    let r = search_ok(&c, &u, json!({"query": {"term": {"k": "abcdefgh"}}})).await;
+    assert!(ids(&r).is_empty(), "{r}");
+    let r = search_ok(&c, &u, json!({"query": {"match": {"k": "zzzzzzzz"}}})).await;
+    assert!(ids(&r).is_empty(), "{r}");
+    let r = search_ok(&c, &u, json!({"query": {"terms": {"k": ["abcdefgh", "abc"]}}})).await;
+    assert_eq!(ids(&r), ["short"]);
+    let r = search_ok(&c, &u, json!({"query": {"regexp": {"k": "abc.*"}}})).await;
+    assert_eq!(ids(&r), ["short"]);
+    let r = search_ok(&c, &u, json!({"query": {"exists": {"field": "k"}}})).await;
+    assert_eq!(ids(&r), ["both", "short"], "only-ignored values do not exist");
+    let nested = json!({"query": {"nested": {"path": "tags", "query": {"term": {"tags.value": "toolong"}}}}});
+    assert!(ids(&search_ok(&c, &u, nested).await).is_empty());
+    let nested = json!({"query": {"nested": {"path": "tags", "query": {"exists": {"field": "tags.value"}}}}});
+    assert_eq!(ids(&search_ok(&c, &u, nested).await), ["short"]);
+    let r = search_ok(&c, &u, json!({"size": 0, "aggs": {"k": {"terms": {"field": "k"}}}})).await;
+    assert_eq!(
+        r["aggregations"]["k"]["buckets"],
+        json!([{"key": "abc", "doc_count": 1}, {"key": "zz", "doc_count": 1}])
+    );
+    // Sorting: the long-only document has no value and sorts last either way.
+    let r = search_ok(&c, &u, json!({"sort": [{"k": "desc"}]})).await;
+    assert_eq!(hit_ids(&r), ["both", "short", "long"]);
+    assert_eq!(r["hits"]["hits"][0]["sort"], json!(["zz"]));
+    assert_eq!(r["hits"]["hits"][2]["sort"], json!([null]));
+    // `_source` is untouched.
+    let r = search_ok(&c, &u, json!({"query": {"ids": {"values": ["long"]}}})).await;
+    assert_eq!(r["hits"]["hits"][0]["_source"]["k"], "abcdefgh");
+    let (_, count) =
+        send(&c, Method::POST, format!("{u}/i/_count"), Some(json!({"query": {"term": {"k": "abcdefgh"}}}))).await;
+    assert_eq!(count["count"], 0);
+}
