@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     error::ApiError,
-    mapping::{FieldType, Fields},
+    mapping::{FieldType, Fields, fielddata_disabled},
     query::{date_millis, resolve, value_text},
 };
 
@@ -254,6 +254,21 @@ impl BucketCount {
         }
         Ok(())
     }
+}
+
+/// Refuses what OpenSearch refuses before collecting, whatever the documents: `terms`, `max` and
+/// `min` on a `text` field (fielddata is disabled), at any level.
+pub fn validate(aggs: &[Named], fields: &Fields) -> Result<(), ApiError> {
+    for Named { agg, .. } in aggs {
+        let (Agg::Terms { field, .. } | Agg::Max { field } | Agg::Min { field }) = agg;
+        if fields.get(field) == Some(FieldType::Text) {
+            return Err(fielddata_disabled(field));
+        }
+        if let Agg::Terms { subs, .. } = agg {
+            validate(subs, fields)?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `aggs` over `docs` (the sources matching the query) and returns the `aggregations` object.

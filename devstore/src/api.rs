@@ -639,7 +639,7 @@ async fn count(
     let request = search_request(&body, &params, false)?;
     let store = state.store.lock();
     let names = store.resolve_with(&expr, flag(params.ignore_unavailable.as_deref()))?;
-    let total = search::count(&store, &names, &request.query);
+    let total = search::count(&store, &names, &request.query)?;
     let n = names.len();
     Ok(Json(json!({"count": total, "_shards": {"total": n, "successful": n, "skipped": 0, "failed": 0}})))
 }

@@ -6,6 +6,20 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use crate::error::ApiError;
+
+/// OpenSearch's 400 for sorting or aggregating on a `text` field (`TextFieldMapper`, fielddata
+/// disabled by default).
+pub fn fielddata_disabled(field: &str) -> ApiError {
+    ApiError::new(
+        400,
+        "illegal_argument_exception",
+        format!(
+            "Text fields are not optimised for operations that require per-document field data like aggregations and sorting, so these operations are disabled by default. Please use a keyword field instead. Alternatively, set fielddata=true on [{field}] in order to load field data by uninverting the inverted index. Note that this can use significant memory."
+        ),
+    )
+}
+
 /// What a mapped field is, as far as sort values and bucket keys care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {

@@ -7,7 +7,10 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    mapping::{FieldType, Fields},
+};
 
 /// A parsed query.
 #[derive(Debug, Clone)]
@@ -182,6 +185,33 @@ impl Query {
                 Ok(Query::Bool { must, should, must_not, minimum_should_match })
             }
             other => Err(parsing(format!("unknown query [{other}]"))),
+        }
+    }
+
+    /// Refuses what OpenSearch refuses once it knows the searched indices' mappings: `regexp` on a
+    /// field that is not a string field (numbers, dates, booleans, IPs) is its
+    /// `query_shard_exception`.
+    pub fn validate(&self, fields: &Fields) -> Result<(), ApiError> {
+        match self {
+            Query::Regexp { field, .. } => {
+                let not_a_string = matches!(fields.get(field), Some(FieldType::Numeric | FieldType::Date { .. }))
+                    || matches!(fields.kind(field), Some("boolean" | "ip"));
+                match fields.kind(field) {
+                    Some(kind) if not_a_string => Err(ApiError::new(
+                        400,
+                        "query_shard_exception",
+                        format!(
+                            "Can only use regexp queries on keyword and text fields - not on [{field}] which is of type [{kind}]"
+                        ),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            Query::Nested { query, .. } => query.validate(fields),
+            Query::Bool { must, should, must_not, .. } => {
+                must.iter().chain(should).chain(must_not).try_for_each(|q| q.validate(fields))
+            }
+            _ => Ok(()),
         }
     }
 

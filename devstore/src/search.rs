@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     aggs::{self, Named},
     error::ApiError,
-    mapping::{FieldType, Fields},
+    mapping::{FieldType, Fields, fielddata_disabled},
     query::{Query, date_millis, resolve, value_text},
     store::Store,
 };
@@ -410,7 +410,14 @@ struct Hit<'a> {
 /// Runs `request` over the indices `names` of `store`; returns the `_search` answer without `took`.
 pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<Map<String, Value>, ApiError> {
     let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
+    request.query.validate(&fields)?;
+    aggs::validate(&request.aggs, &fields)?;
     for key in &request.sort {
+        if let Some(field) = &key.field
+            && fields.get(field) == Some(FieldType::Text)
+        {
+            return Err(fielddata_disabled(field));
+        }
         if let Some(field) = &key.field
             && fields.get(field).is_none()
             && !store_has_field(store, names, field)
@@ -575,11 +582,12 @@ fn store_has_field(store: &Store, names: &[String], field: &str) -> bool {
 }
 
 /// Counts the documents of `names` matching `query` (`_count`).
-pub fn count(store: &Store, names: &[String], query: &Query) -> usize {
+pub fn count(store: &Store, names: &[String], query: &Query) -> Result<usize, ApiError> {
     if matches!(query, Query::MatchAll) {
-        return names.iter().filter_map(|name| store.index(name)).map(|index| index.visible_count()).sum();
+        return Ok(names.iter().filter_map(|name| store.index(name)).map(|index| index.visible_count()).sum());
     }
     let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
+    query.validate(&fields)?;
     let mut total = 0usize;
     for name in names {
         let Some(index) = store.index(name) else { continue };
@@ -592,5 +600,5 @@ pub fn count(store: &Store, names: &[String], query: &Query) -> usize {
             }
         }
     }
-    total
+    Ok(total)
 }

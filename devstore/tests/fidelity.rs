@@ -449,3 +449,58 @@ async fn keyword_values_over_ignore_above_are_not_indexed() {
         send(&c, Method::POST, format!("{u}/i/_count"), Some(json!({"query": {"term": {"k": "abcdefgh"}}}))).await;
     assert_eq!(count["count"], 0);
 }
+
+/// Sorting on, or `terms`/`max`/`min` over, a `text` field is OpenSearch's fielddata 400;
+/// `regexp` on a numeric or date field is its `query_shard_exception`.
+#[tokio::test]
+async fn text_fielddata_and_regexp_on_numbers_are_opensearchs_400s() {
+    let (s, c) = store().await;
+    let u = s.url();
+    let mappings = json!({"mappings": {"properties": {
+        "body": {"type": "text"}, "k": {"type": "keyword"}, "n": {"type": "long"},
+        "at": {"type": "date"}, "i": {"type": "integer"}}}});
+    let (status, resp) = send(&c, Method::PUT, format!("{u}/i"), Some(mappings)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    common::index_docs(
+        &c,
+        &u,
+        "i",
+        &[("1", json!({"body": "some words", "k": "a", "n": 12, "at": 1_700_000_000_000_i64, "i": 3}))],
+    )
+    .await;
+    let fielddata = "Text fields are not optimised for operations that require per-document field data like aggregations and sorting, so these operations are disabled by default. Please use a keyword field instead. Alternatively, set fielddata=true on [body] in order to load field data by uninverting the inverted index. Note that this can use significant memory.";
+    for body in [
+        json!({"sort": [{"body": "asc"}]}),
+        json!({"sort": "body"}),
+        json!({"size": 0, "aggs": {"a": {"terms": {"field": "body"}}}}),
+        json!({"size": 0, "aggs": {"a": {"max": {"field": "body"}}}}),
+        json!({"size": 0, "aggs": {"a": {"min": {"field": "body"}}}}),
+        json!({"size": 0, "aggs": {"a": {"terms": {"field": "k"}, "aggs": {"b": {"terms": {"field": "body"}}}}}}),
+        // Refused whatever matched, as OpenSearch checks the mapping before collecting.
+        json!({"query": {"term": {"k": "none"}}, "size": 0, "aggs": {"a": {"terms": {"field": "k"}, "aggs": {"b": {"max": {"field": "body"}}}}}}),
+    ] {
+        let (status, resp) = send(&c, Method::POST, format!("{u}/i/_search"), Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {resp}");
+        assert_eq!(resp["error"]["root_cause"][0]["type"], "illegal_argument_exception", "{body}");
+        assert_eq!(resp["error"]["root_cause"][0]["reason"], fielddata, "{body}");
+        assert_eq!(resp["status"], 400);
+    }
+    for (field, kind) in [("n", "long"), ("at", "date"), ("i", "integer")] {
+        let body = json!({"query": {"bool": {"filter": [{"regexp": {field: "1.*"}}]}}});
+        let reason = format!(
+            "Can only use regexp queries on keyword and text fields - not on [{field}] which is of type [{kind}]"
+        );
+        for url in [format!("{u}/i/_search"), format!("{u}/i/_count")] {
+            let (status, resp) = send(&c, Method::POST, url.clone(), Some(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{url} {body}: {resp}");
+            assert_eq!(resp["error"]["root_cause"][0]["type"], "query_shard_exception");
+            assert_eq!(resp["error"]["root_cause"][0]["reason"], reason);
+        }
+    }
+    // Keyword and text fields, and unmapped ones, still take regexp.
+    for field in ["k", "body", "unmapped"] {
+        let (status, resp) =
+            send(&c, Method::POST, format!("{u}/i/_search"), Some(json!({"query": {"regexp": {field: ".*"}}}))).await;
+        assert_eq!(status, StatusCode::OK, "{field}: {resp}");
+    }
+}
