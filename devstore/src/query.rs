@@ -358,11 +358,15 @@ pub fn lucene_regex(pattern: &str, operators: bool, case_insensitive: bool) -> R
     while let Some(c) = chars.next() {
         match c {
             '\\' => match chars.next() {
-                Some(d @ ('d' | 'D' | 's' | 'S' | 'w' | 'W')) => {
-                    out.push('\\');
-                    out.push(d);
-                }
-                Some(other) => literal(other, &mut out),
+                Some(other) => match shorthand_class(other, pattern)? {
+                    // Lucene's classes are ASCII-only, and keep their meaning under `case_insensitive`.
+                    Some((ranges, negated)) => {
+                        out.push_str(if negated { "(?-i:[^" } else { "(?-i:[" });
+                        out.push_str(ranges);
+                        out.push_str("])");
+                    }
+                    None => literal(other, &mut out),
+                },
                 None => return Err(parsing(format!("[regexp] invalid pattern [{pattern}]: trailing backslash"))),
             },
             '"' if operators => {
@@ -398,7 +402,23 @@ pub fn lucene_regex(pattern: &str, operators: bool, case_insensitive: bool) -> R
                         }
                         '-' => out.push('-'),
                         '\\' => match chars.next() {
-                            Some(e) => literal(e, &mut out),
+                            Some(e) => match shorthand_class(e, pattern)? {
+                                Some((ranges, negated)) => {
+                                    if negated {
+                                        out.push_str("[^");
+                                        out.push_str(ranges);
+                                        out.push(']');
+                                    } else {
+                                        out.push_str(ranges);
+                                    }
+                                    // Lucene reads a `-` right after a class shorthand as a literal.
+                                    if chars.peek() == Some(&'-') {
+                                        chars.next();
+                                        literal('-', &mut out);
+                                    }
+                                }
+                                None => literal(e, &mut out),
+                            },
                             None => break,
                         },
                         other => literal(other, &mut out),
@@ -425,6 +445,24 @@ pub fn lucene_regex(pattern: &str, operators: bool, case_insensitive: bool) -> R
         ),
         e => parsing(format!("[regexp] invalid pattern [{pattern}]: {e}")),
     })
+}
+
+/// Lucene's predefined classes after a `\\` (`RegExp.expandPreDefined`, inside and outside `[...]`):
+/// `\\d` `[0-9]`, `\\s` `[\\t\\n\\r ]`, `\\w` `[0-9A-Z_a-z]` (ASCII only, unlike Rust's Unicode
+/// `\\d \\s \\w`), the capitals their complements, as (Rust class ranges, negated). Any other ASCII
+/// letter after a backslash is an error in Lucene ("invalid character class"); anything else is
+/// the character itself (`None`).
+fn shorthand_class(c: char, pattern: &str) -> Result<Option<(&'static str, bool)>, ApiError> {
+    let ranges = match c.to_ascii_lowercase() {
+        'd' => "0-9",
+        's' => "\\x{9}\\x{a}\\x{d}\\x{20}",
+        'w' => "0-9A-Z_a-z",
+        _ if c.is_ascii_alphabetic() => {
+            return Err(parsing(format!("[regexp] invalid pattern [{pattern}]: invalid character class \\{c}")));
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some((ranges, c.is_ascii_uppercase())))
 }
 
 /// OpenSearch's default `index.max_regex_length`, in UTF-16 code units.
@@ -511,6 +549,33 @@ mod tests {
         assert!(lucene_regex("a@", false, false).expect("literal").is_match("a@"));
         assert!(lucene_regex("(", true, false).is_err());
         assert!(lucene_regex("get", true, true).expect("compiles").is_match("GET"));
+    }
+
+    #[test]
+    fn lucene_shorthand_classes_are_ascii_only() {
+        let m = |p: &str, v: &str| lucene_regex(p, true, false).expect("compiles").is_match(v);
+        assert!(m("\\d+", "0123456789"));
+        assert!(!m("\\d", "\u{663}"), "Arabic-Indic digit three is not Lucene's \\d");
+        assert!(m("\\D", "\u{663}"));
+        assert!(m("\\w+", "aZ_9"));
+        assert!(!m("\\w", "é") && m("\\W", "é"));
+        assert!(m("a\\sb", "a\tb") && m("a\\sb", "a b") && m("a\\sb", "a\nb") && m("a\\sb", "a\rb"));
+        assert!(!m("a\\sb", "a\u{a0}b"), "no-break space is not Lucene's \\s");
+        assert!(!m("a\\sb", "a\u{c}b"), "form feed is not Lucene's \\s");
+        assert!(m("a\\Sb", "a\u{a0}b"));
+        // Inside brackets too, with a `-` after a shorthand taken literally.
+        assert!(m("[\\d]+", "42") && !m("[\\d]", "\u{663}"));
+        assert!(m("[x\\D]", "\u{663}") && !m("[x\\D]", "5") && m("[x\\D]", "x"));
+        assert!(m("[\\d-]+", "4-2"));
+        // Under case_insensitive the classes keep their ASCII meaning (no Kelvin sign for `\\w`).
+        let ci = |p: &str, v: &str| lucene_regex(p, true, true).expect("compiles").is_match(v);
+        assert!(ci("\\w", "k") && !ci("\\w", "\u{212a}"));
+        // Other letters after a backslash are Lucene errors; other characters are themselves.
+        let err = lucene_regex("a\\qb", true, false).expect_err("invalid class");
+        assert_eq!(err.status, 400);
+        assert!(err.reason.contains("invalid character class \\q"), "{}", err.reason);
+        assert!(lucene_regex("[\\A]", true, false).is_err());
+        assert!(m("a\\.b", "a.b") && m("a\\\\b", "a\\b"));
     }
 
     #[test]
