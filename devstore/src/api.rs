@@ -524,14 +524,30 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     }
 
     // Parse every action first: a malformed action line fails the whole request, as in OpenSearch.
+    // As OpenSearch's `BulkRequestParser`: a blank line where an action is expected is skipped (but
+    // counted in line numbers); the line after an action is its source whatever it holds, a blank
+    // one included (that item then fails: "failed to parse, document is empty"); an action on the
+    // last line, without a source line, is dropped.
     let mut pairs: Vec<(Action, Option<ApiError>, &[u8])> = Vec::new();
-    let mut lines = body.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
-    while let Some((n, line)) = lines.next() {
-        let (action, item_error) = parse_action(line, n + 1, default_index)?;
-        let (_, source) = lines.next().ok_or_else(|| {
-            ApiError::new(400, "action_request_validation_exception", "Validation Failed: 1: no requests added;")
-        })?;
+    let lines: Vec<&[u8]> = body[..body.len() - 1].split(|&b| b == b'\n').collect();
+    let mut next = 0;
+    while let Some(line) = lines.get(next) {
+        let line_no = next + 1;
+        next += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let (action, item_error) = parse_action(line, line_no, default_index)?;
+        let Some(source) = lines.get(next) else { break };
+        next += 1;
         pairs.push((action, item_error, source));
+    }
+    if pairs.is_empty() {
+        return Err(ApiError::new(
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: no requests added;",
+        ));
     }
 
     let mut items = Vec::with_capacity(pairs.len());
@@ -578,6 +594,10 @@ fn write_item(
     id: &str,
     source: &[u8],
 ) -> Result<Value, ApiError> {
+    // OpenSearch trims one `\r` before the newline; nothing left is its empty document.
+    if source.strip_suffix(b"\r").unwrap_or(source).is_empty() {
+        return Err(ApiError::new(400, "mapper_parsing_exception", "failed to parse, document is empty"));
+    }
     let text = std::str::from_utf8(source)
         .map_err(|_| ApiError::new(400, "mapper_parsing_exception", "failed to parse: invalid UTF-8"))?;
     let parsed: Value = serde_json::from_str(text)
@@ -754,18 +774,27 @@ fn msearch_items(
     if body.last() != Some(&b'\n') {
         return Err(illegal("The msearch request must be terminated by a newline [\\n]"));
     }
+    // As OpenSearch's `MultiSearchRequest.readMultiLineFormat`: an empty first line is skipped; any
+    // other blank header line is the header `{}`; the line after a header is its body whatever it
+    // holds (a blank one is a whole-request 400, as OpenSearch cannot parse it); a header on the
+    // last line, without a body line, is dropped.
     let mut pairs = Vec::new();
-    let mut lines = body.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
-    while let Some((n, line)) = lines.next() {
-        let header = parse_msearch_header(line, n + 1)?;
-        let Some((_, search_body)) = lines.next() else {
-            return Err(ApiError::new(
-                400,
-                "action_request_validation_exception",
-                "Validation Failed: 1: no requests added;",
-            ));
+    let lines: Vec<&[u8]> = body[..body.len() - 1].split(|&b| b == b'\n').collect();
+    let mut next = usize::from(lines.first().is_some_and(|l| l.is_empty()));
+    while let Some(line) = lines.get(next) {
+        let line_no = next + 1;
+        next += 1;
+        let header = if line.iter().all(u8::is_ascii_whitespace) {
+            MsearchHeader { index: None, ignore_unavailable: false }
+        } else {
+            parse_msearch_header(line, line_no)?
         };
-        pairs.push((header, search_body));
+        let Some(search_body) = lines.get(next) else { break };
+        next += 1;
+        if search_body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::new(400, "parsing_exception", "Expected [START_OBJECT] but found [null]"));
+        }
+        pairs.push((header, *search_body));
         if pairs.len() > MAX_MSEARCH_ITEMS {
             return Err(illegal(format!(
                 "the msearch request has more than [{MAX_MSEARCH_ITEMS}] searches, spanline-devstore's limit per request (OpenSearch has none; it bounds only how many run at once, [max_concurrent_searches]); split the request"

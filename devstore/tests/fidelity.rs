@@ -504,3 +504,87 @@ async fn text_fielddata_and_regexp_on_numbers_are_opensearchs_400s() {
         assert_eq!(status, StatusCode::OK, "{field}: {resp}");
     }
 }
+
+/// Blank lines in `_bulk`, as OpenSearch's `BulkRequestParser` reads them: skipped where an action
+/// is expected (still counted in line numbers), the (empty) source where a source is expected, and
+/// an action on the last line without a source is dropped.
+#[tokio::test]
+async fn bulk_blank_lines_are_read_as_opensearch_reads_them() {
+    let (s, c) = store().await;
+    let u = s.url();
+    // Blank action lines are skipped.
+    let body = "\n{\"index\":{\"_index\":\"i\",\"_id\":\"1\"}}\n{\"a\":1}\n\n \n{\"index\":{\"_index\":\"i\",\"_id\":\"2\"}}\n{\"a\":2}\n";
+    let (status, resp) = ndjson(&c, format!("{u}/_bulk?refresh=true"), body).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["items"].as_array().map(Vec::len), Some(2), "{resp}");
+    assert_eq!(resp["errors"], false);
+    // ... but counted in line numbers.
+    let (status, resp) = ndjson(&c, format!("{u}/_bulk"), "\n\n{\"explode\":{}}\n{}\n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        resp["error"]["reason"],
+        "Malformed action/metadata line [3], expected one of [create, delete, index, update] but found [explode]"
+    );
+    // A blank line where a source is expected is that item's (empty) source.
+    let body =
+        "{\"index\":{\"_index\":\"i\",\"_id\":\"3\"}}\n\n{\"index\":{\"_index\":\"i\",\"_id\":\"4\"}}\n{\"a\":4}\n";
+    let (status, resp) = ndjson(&c, format!("{u}/_bulk?refresh=true"), body).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["errors"], true);
+    let failed = &resp["items"][0]["index"];
+    assert_eq!(failed["_id"], "3");
+    assert_eq!(failed["status"], 400, "{resp}");
+    assert_eq!(failed["error"]["type"], "mapper_parsing_exception");
+    assert_eq!(failed["error"]["reason"], "failed to parse, document is empty");
+    assert_eq!(resp["items"][1]["index"]["_id"], "4");
+    assert_eq!(resp["items"][1]["index"]["status"], 201);
+    // An action on the last line, without a source, is dropped; the rest is written.
+    let body =
+        "{\"index\":{\"_index\":\"i\",\"_id\":\"5\"}}\n{\"a\":5}\n{\"index\":{\"_index\":\"i\",\"_id\":\"6\"}}\n";
+    let (status, resp) = ndjson(&c, format!("{u}/_bulk?refresh=true"), body).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["items"].as_array().map(Vec::len), Some(1), "{resp}");
+    assert_eq!(resp["items"][0]["index"]["_id"], "5");
+    let (_, count) = send(&c, Method::GET, format!("{u}/i/_count"), None).await;
+    assert_eq!(count["count"], 4, "1, 2, 4 and 5");
+    // Nothing left to do is OpenSearch's validation error.
+    let (status, resp) = ndjson(&c, format!("{u}/_bulk"), "{\"index\":{\"_index\":\"i\"}}\n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(resp["error"]["type"], "action_request_validation_exception");
+    assert_eq!(resp["error"]["reason"], "Validation Failed: 1: no requests added;");
+}
+
+/// Blank lines in `_msearch`, as OpenSearch's `MultiSearchRequest` reads them: an empty first line
+/// is skipped, any other blank header is `{}`, a blank body is a whole-request 400, and a header on
+/// the last line without a body is dropped.
+#[tokio::test]
+async fn msearch_blank_lines_are_read_as_opensearch_reads_them() {
+    let (s, c) = store().await;
+    let u = s.url();
+    common::index_docs(&c, &u, "i", &[("1", json!({"a": 1}))]).await;
+    let url = format!("{u}/i/_msearch");
+    let (status, resp) = ndjson(&c, url.clone(), "\n{}\n{\"size\":0}\n").await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["responses"].as_array().map(Vec::len), Some(1), "{resp}");
+    // A blank header (not the first line) is `{}`, followed by its body.
+    let (status, resp) = ndjson(&c, url.clone(), "{}\n{}\n\n{\"size\":0}\n").await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let responses = resp["responses"].as_array().expect("responses");
+    assert_eq!(responses.len(), 2, "{resp}");
+    assert_eq!(responses[0]["hits"]["hits"].as_array().map(Vec::len), Some(1));
+    assert_eq!(responses[1]["status"], 200);
+    assert_eq!(responses[1]["hits"]["total"]["value"], 1);
+    assert_eq!(responses[1]["hits"]["hits"].as_array().map(Vec::len), Some(0), "size 0 was the body");
+    // A header on the last line without a body is dropped.
+    let (status, resp) = ndjson(&c, url.clone(), "{}\n{}\n{\"index\":\"nope\"}\n").await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["responses"].as_array().map(Vec::len), Some(1), "{resp}");
+    let (status, resp) = ndjson(&c, url.clone(), "{}\n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(resp["error"]["reason"], "Validation Failed: 1: no requests added;");
+    // A blank body cannot be parsed: the whole request fails.
+    let (status, resp) = ndjson(&c, url, "{}\n{}\n{}\n\n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert_eq!(resp["error"]["type"], "parsing_exception");
+    assert_eq!(resp["error"]["reason"], "Expected [START_OBJECT] but found [null]");
+}
