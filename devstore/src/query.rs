@@ -52,14 +52,62 @@ fn single_field<'a>(kind: &str, v: &'a Value) -> Result<(&'a String, &'a Value),
 
 fn clauses(v: &Value) -> Result<Vec<Query>, ApiError> {
     match v {
-        Value::Array(items) => items.iter().map(Query::parse).collect(),
-        other => Ok(vec![Query::parse(other)?]),
+        Value::Array(items) => items.iter().map(Query::parse_clause).collect(),
+        other => Ok(vec![Query::parse_clause(other)?]),
     }
 }
 
+/// OpenSearch's default `indices.query.bool.max_clause_count` (Lucene's `IndexSearcher` max clause
+/// count): the most clauses one `bool` may have, and the most leaf queries in the whole query.
+pub const MAX_CLAUSE_COUNT: usize = 1024;
+
+/// OpenSearch's default `index.max_terms_count`: the most values one `terms` query may have.
+pub const MAX_TERMS_COUNT: usize = 65_536;
+
 impl Query {
-    /// Parses the value of a `query` key.
+    /// Parses the value of a `query` key, then bounds its size as Lucene does before running it:
+    /// a `bool` with more than [`MAX_CLAUSE_COUNT`] clauses is `too_many_clauses`, a query with more
+    /// leaf queries than that in all is `too_many_nested_clauses` (OpenSearch before 3.x answers
+    /// these as a 500 `search_phase_execution_exception` around them; here, as in later versions, a
+    /// 400). Nesting depth is bounded by serde_json's recursion limit (128) when the body is read.
     pub fn parse(v: &Value) -> Result<Self, ApiError> {
+        let query = Self::parse_clause(v)?;
+        query.leaf_count()?;
+        Ok(query)
+    }
+
+    /// The number of leaf queries, as Lucene's clause-count visitor counts them, refusing a `bool`
+    /// with too many clauses on the way.
+    fn leaf_count(&self) -> Result<usize, ApiError> {
+        let leaves = match self {
+            Query::Bool { must, should, must_not, .. } => {
+                if must.len() + should.len() + must_not.len() > MAX_CLAUSE_COUNT {
+                    return Err(ApiError::new(
+                        400,
+                        "too_many_clauses",
+                        format!("maxClauseCount is set to {MAX_CLAUSE_COUNT}"),
+                    ));
+                }
+                let mut sum = 0;
+                for q in must.iter().chain(should).chain(must_not) {
+                    sum += q.leaf_count()?;
+                }
+                sum
+            }
+            Query::Nested { query, .. } => query.leaf_count()?,
+            _ => 1,
+        };
+        if leaves > MAX_CLAUSE_COUNT {
+            return Err(ApiError::new(
+                400,
+                "too_many_nested_clauses",
+                format!("Query contains too many nested clauses; maxClauseCount is set to {MAX_CLAUSE_COUNT}"),
+            ));
+        }
+        Ok(leaves)
+    }
+
+    fn parse_clause(v: &Value) -> Result<Self, ApiError> {
         let (kind, body) =
             single_field("query", v).map_err(|_| parsing("query malformed, expected a single query type"))?;
         match kind.as_str() {
@@ -78,7 +126,18 @@ impl Query {
             "terms" => {
                 let (field, spec) = single_field(kind, body)?;
                 let values =
-                    spec.as_array().ok_or_else(|| parsing("[terms] query does not support a non-array value"))?.clone();
+                    spec.as_array().ok_or_else(|| parsing("[terms] query does not support a non-array value"))?;
+                if values.len() > MAX_TERMS_COUNT {
+                    return Err(ApiError::new(
+                        400,
+                        "illegal_argument_exception",
+                        format!(
+                            "The number of terms [{}] used in the Terms Query request has exceeded the allowed maximum of [{MAX_TERMS_COUNT}]. This maximum can be set by changing the [index.max_terms_count] index level setting.",
+                            values.len()
+                        ),
+                    ));
+                }
+                let values = values.clone();
                 Ok(Query::Terms { field: field.clone(), values })
             }
             "range" => {
@@ -155,7 +214,7 @@ impl Query {
                     .and_then(Value::as_str)
                     .ok_or_else(|| parsing("[nested] requires 'path' field"))?;
                 let inner = body.get("query").ok_or_else(|| parsing("[nested] requires 'query' field"))?;
-                Ok(Query::Nested { path: path.to_owned(), query: Box::new(Query::parse(inner)?) })
+                Ok(Query::Nested { path: path.to_owned(), query: Box::new(Query::parse_clause(inner)?) })
             }
             "bool" => {
                 let obj = body.as_object().ok_or_else(|| parsing("[bool] query malformed"))?;
@@ -530,6 +589,27 @@ mod tests {
         let crossed = q(json!({"nested": {"path": "tags", "query": {"bool": {"must": [
             {"term": {"tags.key": "http.status"}}, {"term": {"tags.value": "true"}}]}}}}));
         assert!(!crossed.matches("1", &d));
+    }
+
+    #[test]
+    fn clause_and_terms_counts_are_bounded() {
+        let term = json!({"term": {"a": 1}});
+        let bool_of = |n: usize| json!({"bool": {"should": vec![term.clone(); n]}});
+        assert!(Query::parse(&bool_of(MAX_CLAUSE_COUNT)).is_ok());
+        let err = Query::parse(&bool_of(MAX_CLAUSE_COUNT + 1)).expect_err("too many clauses");
+        assert_eq!((err.status, err.kind.as_str()), (400, "too_many_clauses"));
+        assert_eq!(err.reason, "maxClauseCount is set to 1024");
+        // Each bool within the limit, the whole query over it.
+        let half = bool_of(MAX_CLAUSE_COUNT / 2 + 1);
+        let err = Query::parse(&json!({"bool": {"must": [half.clone(), half]}})).expect_err("too many leaves");
+        assert_eq!((err.status, err.kind.as_str()), (400, "too_many_nested_clauses"));
+        assert_eq!(err.reason, "Query contains too many nested clauses; maxClauseCount is set to 1024");
+
+        let terms = |n: usize| json!({"terms": {"a": vec![1; n]}});
+        assert!(Query::parse(&terms(MAX_TERMS_COUNT)).is_ok());
+        let err = Query::parse(&terms(MAX_TERMS_COUNT + 1)).expect_err("too many terms");
+        assert_eq!((err.status, err.kind.as_str()), (400, "illegal_argument_exception"));
+        assert!(err.reason.starts_with("The number of terms [65537] used in the Terms Query request has exceeded the allowed maximum of [65536]."), "{}", err.reason);
     }
 
     #[test]
