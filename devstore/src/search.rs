@@ -2,7 +2,7 @@
 //! paged hits (with `search_after`), and aggregations, in OpenSearch's answer shape. Called by the
 //! `_search`, `_count` and `_msearch` handlers in `api`; pure over a locked [`Store`].
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, ops::ControlFlow};
 
 use serde_json::{Map, Value, json};
 
@@ -397,14 +397,45 @@ fn doc_sort_val(source: &Value, field: &str, ty: Option<FieldType>, desc: bool) 
     best.unwrap_or(SortVal::Missing)
 }
 
-/// One matching document.
+/// One matching document. Only its text is kept: the parsed document is dropped once the query,
+/// sort values and aggregations have seen it, and parsed again only for the hits shown.
 struct Hit<'a> {
     index: &'a str,
     id: &'a str,
-    source: Value,
-    /// The document as indexed, when it differs from `source` (see [`Fields::indexed_view`]).
-    indexed: Option<Value>,
+    visible: &'a str,
     sort: Vec<SortVal>,
+}
+
+/// Compares two documents' sort values key by key (the first unequal key decides).
+fn cmp_sort(a: &[SortVal], b: &[SortVal], keys: &[SortKey]) -> Ordering {
+    keys.iter()
+        .zip(a.iter().zip(b))
+        .map(|(k, (x, y))| cmp_vals(x, y, k.desc))
+        .find(|o| *o != Ordering::Equal)
+        .unwrap_or(Ordering::Equal)
+}
+
+/// Calls `f(index, id, visible text, indexed document)` for every searchable document of `names`
+/// matching `query`, in index name order and then insertion order, until `f` breaks. The document
+/// passed is what OpenSearch indexed (see [`Fields::indexed_view`]); `_source` is the text.
+fn for_each_match<'a>(
+    store: &'a Store,
+    names: &'a [String],
+    fields: &Fields,
+    query: &Query,
+    mut f: impl FnMut(&'a str, &'a str, &'a str, Value) -> ControlFlow<()>,
+) {
+    for name in names {
+        let Some(index) = store.index(name) else { continue };
+        for (id, doc) in &index.docs {
+            let Some(visible) = &doc.visible else { continue };
+            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
+            let indexed = fields.indexed_view(&source).unwrap_or(source);
+            if query.matches(id, &indexed) && f(name, id, visible, indexed).is_break() {
+                return;
+            }
+        }
+    }
 }
 
 /// Runs `request` over the indices `names` of `store`; returns the `_search` answer without `took`.
@@ -412,85 +443,69 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
     let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
     request.query.validate(&fields)?;
     aggs::validate(&request.aggs, &fields)?;
-    for key in &request.sort {
-        if let Some(field) = &key.field
-            && fields.get(field) == Some(FieldType::Text)
-        {
-            return Err(fielddata_disabled(field));
+    let mut unmapped: Vec<&str> = Vec::new();
+    for field in request.sort.iter().filter_map(|k| k.field.as_deref()) {
+        match fields.get(field) {
+            Some(FieldType::Text) => return Err(fielddata_disabled(field)),
+            None => unmapped.push(field),
+            Some(_) => {}
         }
-        if let Some(field) = &key.field
-            && fields.get(field).is_none()
-            && !store_has_field(store, names, field)
-        {
-            return Err(ApiError::new(
-                400,
-                "query_shard_exception",
-                format!("No mapping found for [{field}] in order to sort on"),
-            ));
-        }
-        if let Some(path) = key.field.as_deref().and_then(|f| fields.nested_parent(f)) {
+        if let Some(path) = fields.nested_parent(field) {
             return Err(parsing(format!(
                 "sorting on a field inside nested [{path}] is not implemented by spanline-devstore"
             )));
         }
     }
+    if let Some(field) = field_no_document_has(store, names, unmapped) {
+        return Err(ApiError::new(
+            400,
+            "query_shard_exception",
+            format!("No mapping found for [{field}] in order to sort on"),
+        ));
+    }
 
-    // Sorting and aggregations need every match; otherwise only the requested page is kept (a
-    // big store would otherwise hold a copy of every matching document per search).
+    // Sorting and aggregations need every match; otherwise only the requested page is kept.
     let keep_all = !request.sort.is_empty() || !request.aggs.is_empty();
     let mut hits: Vec<Hit<'_>> = Vec::new();
+    // Aggregations see every match's indexed document; kept only when there are aggregations.
+    let mut agg_docs: Vec<Value> = Vec::new();
     let mut total = 0usize;
     let mut terminated_early = false;
-    'indices: for name in names {
-        let Some(index) = store.index(name) else { continue };
-        for (id, doc) in &index.docs {
-            let Some(visible) = &doc.visible else { continue };
-            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
-            // Queries, sorts and aggregations see what OpenSearch indexed; hits show `_source`.
-            let indexed = fields.indexed_view(&source);
-            if !request.query.matches(id, indexed.as_ref().unwrap_or(&source)) {
-                continue;
-            }
-            if request.terminate_after.is_some_and(|n| total >= n) {
-                terminated_early = true;
-                break 'indices;
-            }
-            total += 1;
-            if !keep_all && (total <= request.from || hits.len() >= request.size) {
-                continue;
-            }
-            let sort = request
-                .sort
-                .iter()
-                .map(|k| match &k.field {
-                    Some(f) => doc_sort_val(indexed.as_ref().unwrap_or(&source), f, fields.get(f), k.desc)
-                        .or_numeric_extreme(fields.get(f).is_some_and(FieldType::is_numeric), k.desc),
-                    #[allow(clippy::cast_precision_loss)]
-                    None => SortVal::Num(hits.len() as f64, json!(hits.len())),
-                })
-                .collect();
-            hits.push(Hit { index: name, id, source, indexed, sort });
+    for_each_match(store, names, &fields, &request.query, |index, id, visible, doc| {
+        if request.terminate_after.is_some_and(|n| total >= n) {
+            terminated_early = true;
+            return ControlFlow::Break(());
         }
-    }
+        total += 1;
+        if !keep_all && (total <= request.from || hits.len() >= request.size) {
+            return ControlFlow::Continue(());
+        }
+        let sort = request
+            .sort
+            .iter()
+            .map(|k| match &k.field {
+                Some(f) => doc_sort_val(&doc, f, fields.get(f), k.desc)
+                    .or_numeric_extreme(fields.get(f).is_some_and(FieldType::is_numeric), k.desc),
+                #[allow(clippy::cast_precision_loss)]
+                None => SortVal::Num(hits.len() as f64, json!(hits.len())),
+            })
+            .collect();
+        hits.push(Hit { index, id, visible, sort });
+        if !request.aggs.is_empty() {
+            agg_docs.push(doc);
+        }
+        ControlFlow::Continue(())
+    });
     let aggregations = if request.aggs.is_empty() {
         None
     } else {
-        let sources: Vec<&Value> = hits.iter().map(|h| h.indexed.as_ref().unwrap_or(&h.source)).collect();
-        Some(aggs::run(&request.aggs, &sources, &fields)?)
+        Some(aggs::run(&request.aggs, &agg_docs.iter().collect::<Vec<_>>(), &fields)?)
     };
 
     let sorted = !request.sort.is_empty();
     if sorted {
         // Stable, so ties keep index order, as one shard's doc ids would.
-        hits.sort_by(|a, b| {
-            request
-                .sort
-                .iter()
-                .enumerate()
-                .map(|(i, k)| cmp_vals(&a.sort[i], &b.sort[i], k.desc))
-                .find(|o| *o != Ordering::Equal)
-                .unwrap_or(Ordering::Equal)
-        });
+        hits.sort_by(|a, b| cmp_sort(&a.sort, &b.sort, &request.sort));
     }
     if let Some(after) = &request.search_after {
         let after: Vec<SortVal> = after
@@ -501,15 +516,7 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
                 SortVal::from_after(v, numeric || k.field.is_none())
             })
             .collect::<Result<_, _>>()?;
-        hits.retain(|h| {
-            request
-                .sort
-                .iter()
-                .enumerate()
-                .map(|(i, k)| cmp_vals(&h.sort[i], &after[i], k.desc))
-                .find(|o| *o != Ordering::Equal)
-                == Some(Ordering::Greater)
-        });
+        hits.retain(|h| cmp_sort(&h.sort, &after, &request.sort) == Ordering::Greater);
     }
 
     let shown: Vec<Value> = hits
@@ -517,6 +524,8 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
         .skip(if keep_all { request.from } else { 0 })
         .take(request.size)
         .map(|h| {
+            // The text parsed when the document matched, so it parses again.
+            let source: Value = serde_json::from_str(h.visible).unwrap_or_default();
             let mut hit = Map::new();
             hit.insert("_index".into(), json!(h.index));
             hit.insert("_id".into(), json!(h.id));
@@ -524,11 +533,11 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
             hit.insert("_score".into(), if sorted { Value::Null } else { json!(1.0) });
             match &request.source {
                 None => {
-                    hit.insert("_source".into(), h.source.clone());
+                    hit.insert("_source".into(), source);
                 }
                 Some(paths) if paths.is_empty() => {}
                 Some(paths) => {
-                    hit.insert("_source".into(), filter_source(&h.source, "", paths).unwrap_or_else(|| json!({})));
+                    hit.insert("_source".into(), filter_source(&source, "", paths).unwrap_or_else(|| json!({})));
                 }
             }
             if sorted {
@@ -570,15 +579,20 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
     Ok(out)
 }
 
-/// Whether any document of `names` has `field` (a dynamically mapped field exists once a document
-/// carried it, mapped or not).
-fn store_has_field(store: &Store, names: &[String], field: &str) -> bool {
-    names.iter().filter_map(|n| store.index(n)).any(|index| {
-        index.docs.values().any(|doc| {
-            serde_json::from_str::<Value>(&doc.source)
-                .is_ok_and(|source| resolve(&source, field).iter().any(|v| !v.is_null()))
-        })
-    })
+/// The first of `fields` that no document of `names` has (a dynamically mapped field exists once a
+/// document carried it, mapped or not). One pass over the documents, whatever the number of fields.
+fn field_no_document_has<'f>(store: &Store, names: &[String], mut fields: Vec<&'f str>) -> Option<&'f str> {
+    if fields.is_empty() {
+        return None;
+    }
+    for doc in names.iter().filter_map(|n| store.index(n)).flat_map(|index| index.docs.values()) {
+        let Ok(source) = serde_json::from_str::<Value>(&doc.source) else { continue };
+        fields.retain(|field| !resolve(&source, field).iter().any(|v| !v.is_null()));
+        if fields.is_empty() {
+            return None;
+        }
+    }
+    fields.first().copied()
 }
 
 /// Counts the documents of `names` matching `query` (`_count`).
@@ -589,16 +603,23 @@ pub fn count(store: &Store, names: &[String], query: &Query) -> Result<usize, Ap
     let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
     query.validate(&fields)?;
     let mut total = 0usize;
-    for name in names {
-        let Some(index) = store.index(name) else { continue };
-        for (id, doc) in &index.docs {
-            let Some(visible) = &doc.visible else { continue };
-            if serde_json::from_str::<Value>(visible)
-                .is_ok_and(|source| query.matches(id, fields.indexed_view(&source).as_ref().unwrap_or(&source)))
-            {
-                total += 1;
-            }
-        }
-    }
+    for_each_match(store, names, &fields, query, |_, _, _, _| {
+        total += 1;
+        ControlFlow::Continue(())
+    });
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_values_compare_key_by_key() {
+        let keys = [SortKey { field: None, desc: false }, SortKey { field: None, desc: true }];
+        let v = |a: f64, b: f64| [SortVal::Num(a, json!(a)), SortVal::Num(b, json!(b))];
+        assert_eq!(cmp_sort(&v(1.0, 5.0), &v(2.0, 0.0), &keys), Ordering::Less);
+        assert_eq!(cmp_sort(&v(1.0, 5.0), &v(1.0, 0.0), &keys), Ordering::Less, "second key descending");
+        assert_eq!(cmp_sort(&v(1.0, 5.0), &v(1.0, 5.0), &keys), Ordering::Equal);
+    }
 }
