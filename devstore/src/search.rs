@@ -116,7 +116,15 @@ impl SearchRequest {
                 "query" => request.query = Query::parse(value)?,
                 "size" if allow_paging => request.size = as_usize()?,
                 "from" if allow_paging => request.from = as_usize()?,
-                "sort" if allow_paging => request.sort = parse_sort(value)?,
+                "sort" if allow_paging => {
+                    request.sort = parse_sort(value)?;
+                    if request.sort.len() > MAX_SORT_KEYS {
+                        return Err(illegal(format!(
+                            "[sort] has {} keys, more than [{MAX_SORT_KEYS}], spanline-devstore's limit (OpenSearch has none)",
+                            request.sort.len()
+                        )));
+                    }
+                }
                 "search_after" if allow_paging => {
                     request.search_after =
                         Some(value.as_array().cloned().ok_or_else(|| parsing("[search_after] must be an array"))?);
@@ -406,6 +414,10 @@ struct Hit<'a> {
     sort: Vec<SortVal>,
 }
 
+/// The most sort keys one search may have: a dev-store bound (OpenSearch has none), since every
+/// key costs a value per matching document and a comparison per pair compared.
+pub const MAX_SORT_KEYS: usize = 64;
+
 /// Compares two documents' sort values key by key (the first unequal key decides).
 fn cmp_sort(a: &[SortVal], b: &[SortVal], keys: &[SortKey]) -> Ordering {
     keys.iter()
@@ -613,6 +625,17 @@ pub fn count(store: &Store, names: &[String], query: &Query) -> Result<usize, Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sort_keys_are_bounded() {
+        let sort = |n: usize| json!({"sort": (0..n).map(|i| format!("f{i}")).collect::<Vec<_>>()});
+        let params = SearchParams::default();
+        let request = SearchRequest::parse(&sort(MAX_SORT_KEYS), &params, true).expect("at the limit");
+        assert_eq!(request.sort.len(), MAX_SORT_KEYS);
+        let err = SearchRequest::parse(&sort(MAX_SORT_KEYS + 1), &params, true).expect_err("over the limit");
+        assert_eq!((err.status, err.kind.as_str()), (400, "illegal_argument_exception"));
+        assert_eq!(err.reason, "[sort] has 65 keys, more than [64], spanline-devstore's limit (OpenSearch has none)");
+    }
 
     #[test]
     fn sort_values_compare_key_by_key() {
