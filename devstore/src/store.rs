@@ -178,11 +178,7 @@ impl Store {
         let template = self
             .templates
             .values()
-            .filter(|t| {
-                t.get("index_patterns")
-                    .and_then(Value::as_array)
-                    .is_some_and(|ps| ps.iter().filter_map(Value::as_str).any(|p| glob(p, name)))
-            })
+            .filter(|t| patterns_of(t).any(|p| glob(p, name)))
             .max_by_key(|t| t.get("priority").and_then(Value::as_i64).unwrap_or(0));
         // Templates are stored normalised already; the request's own settings win over them.
         let mut settings =
@@ -198,15 +194,8 @@ impl Store {
         } else {
             // As in OpenSearch: legacy templates apply only when no composable one matches, all
             // that match, merged by ascending `order`.
-            let mut legacy: Vec<&Value> = self
-                .legacy_templates
-                .values()
-                .filter(|t| {
-                    t.get("index_patterns")
-                        .and_then(Value::as_array)
-                        .is_some_and(|ps| ps.iter().filter_map(Value::as_str).any(|p| glob(p, name)))
-                })
-                .collect();
+            let mut legacy: Vec<&Value> =
+                self.legacy_templates.values().filter(|t| patterns_of(t).any(|p| glob(p, name))).collect();
             legacy.sort_by_key(|t| t.get("order").and_then(Value::as_i64).unwrap_or(0));
             for t in legacy {
                 if let Some(s) = t.get("settings") {
@@ -425,11 +414,8 @@ impl Store {
                 }
             }
         }
-        let patterns: Vec<String> = stored
-            .get("index_patterns")
-            .and_then(Value::as_array)
-            .map(|ps| ps.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-            .unwrap_or_default();
+        let stored = Value::Object(stored);
+        let patterns: Vec<String> = patterns_of(&stored).map(str::to_owned).collect();
         if patterns.is_empty() {
             return Err(ApiError::new(
                 400,
@@ -442,11 +428,8 @@ impl Store {
         // composable template's (any priority) is refused, unless it only updates an existing
         // legacy template without changing its patterns or has the match-all pattern `*` (then
         // OpenSearch only warns, in a `Warning` header this dev store does not send).
-        let unchanged_update = self.legacy_templates.get(name).is_some_and(|t| {
-            t.get("index_patterns")
-                .and_then(Value::as_array)
-                .is_some_and(|old| old.iter().filter_map(Value::as_str).eq(patterns.iter().map(String::as_str)))
-        });
+        let unchanged_update =
+            self.legacy_templates.get(name).is_some_and(|t| patterns_of(t).eq(patterns.iter().map(String::as_str)));
         if !unchanged_update && !patterns.iter().any(|p| p == "*") {
             let overlaps = self.overlapping_composable(&patterns);
             if !overlaps.is_empty() {
@@ -461,7 +444,7 @@ impl Store {
                 )));
             }
         }
-        self.legacy_templates.insert(name.to_owned(), Value::Object(stored));
+        self.legacy_templates.insert(name.to_owned(), stored);
         Ok(())
     }
 
@@ -471,13 +454,7 @@ impl Store {
         self.templates
             .iter()
             .filter_map(|(other, t)| {
-                let theirs: Vec<String> = t
-                    .get("index_patterns")
-                    .and_then(Value::as_array)?
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect();
+                let theirs: Vec<String> = patterns_of(t).map(str::to_owned).collect();
                 let overlap = patterns.iter().any(|p| theirs.iter().any(|q| globs_overlap(p, q)));
                 overlap.then(|| (other.clone(), theirs))
             })
@@ -672,6 +649,11 @@ pub fn globs_overlap(a: &str, b: &str) -> bool {
         }
     }
     false
+}
+
+/// The index patterns of a stored template (composable or legacy, both stored with a list).
+fn patterns_of(template: &Value) -> impl Iterator<Item = &str> {
+    template.get("index_patterns").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
 }
 
 /// Merges `from` into `into`, objects key by key, anything else replaced.
