@@ -377,13 +377,11 @@ fn parse_action(
     default_index: Option<&str>,
 ) -> Result<(Action, Option<ApiError>), ApiError> {
     let malformed = |what: String| illegal(format!("Malformed action/metadata line [{line_no}], {what}"));
-    let value: Value = serde_json::from_slice(line)
-        .map_err(|e| malformed(format!("expected START_OBJECT but found invalid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(malformed(format!("expected START_OBJECT but found [{}]", token_name(&value))));
-    }
-    let Entries(entries) = serde_json::from_slice(line)
-        .map_err(|e| malformed(format!("expected START_OBJECT but found invalid JSON: {e}")))?;
+    // One parse per line: only a line that is not an object is read again, for its error.
+    let Entries(entries) = serde_json::from_slice(line).map_err(|_| match serde_json::from_slice::<Value>(line) {
+        Ok(value) => malformed(format!("expected START_OBJECT but found [{}]", token_name(&value))),
+        Err(e) => malformed(format!("expected START_OBJECT but found invalid JSON: {e}")),
+    })?;
     let mut entries = entries.into_iter();
     let Some((name, meta)) = entries.next() else {
         return Err(malformed("expected FIELD_NAME but found [END_OBJECT]".into()));
