@@ -184,7 +184,7 @@ impl Default for OpenSearch {
             max_clock_skew: Duration::from_secs(3600),
             out_of_range: OutOfRange::DeadLetter,
             create_templates: true,
-            template_priority: 100,
+            template_priority: crate::templates::DEFAULT_PRIORITY,
             request_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),

@@ -85,13 +85,8 @@ pub async fn prepare_store(
                 "connected to the search store"
             );
             if config.opensearch.create_templates {
-                templates::install_with_priority(
-                    os,
-                    names,
-                    &config.opensearch.index_prefix,
-                    config.opensearch.template_priority,
-                )
-                .await?;
+                templates::install(os, names, &config.opensearch.index_prefix, config.opensearch.template_priority)
+                    .await?;
             }
             Ok::<(), Error>(())
         };

@@ -85,15 +85,11 @@ pub fn service_template(pattern: &str, priority: u32) -> Value {
     })
 }
 
-/// Installs both templates with [`DEFAULT_PRIORITY`] unless a template of the same name exists.
-pub async fn install(client: &opensearch::OpenSearch, names: &IndexNames, prefix: &str) -> Result<(), Error> {
-    install_with_priority(client, names, prefix, DEFAULT_PRIORITY).await
-}
-
-/// Installs both templates with `priority` unless a template of the same name exists. A refusal
-/// because another template matches the same indices at this priority is
-/// [`Error::TemplateConflict`] (see [`Error::is_fatal_at_start`]).
-pub async fn install_with_priority(
+/// Installs both templates with `priority` unless a template of the same name exists (an existing
+/// template is left as it is, whatever its priority). A refusal because another template matches
+/// the same indices at this priority is [`Error::TemplateConflict`] (see
+/// [`Error::is_fatal_at_start`]).
+pub async fn install(
     client: &opensearch::OpenSearch,
     names: &IndexNames,
     prefix: &str,

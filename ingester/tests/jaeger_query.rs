@@ -371,8 +371,7 @@ async fn template_install_names_a_same_priority_template() {
     let client = opensearch::OpenSearch::new(transport);
     let names = IndexNames::new("");
 
-    let error =
-        templates::install_with_priority(&client, &names, "", templates::DEFAULT_PRIORITY).await.expect_err("refused");
+    let error = templates::install(&client, &names, "", templates::DEFAULT_PRIORITY).await.expect_err("refused");
     assert!(error.is_fatal_at_start(), "{error}");
     let Error::TemplateConflict { ref template, ref conflicting, priority, .. } = error else { panic!("{error}") };
     assert_eq!((template.as_str(), conflicting.as_str(), priority), ("jaeger-span", "legacy-spans", 100));
@@ -380,7 +379,7 @@ async fn template_install_names_a_same_priority_template() {
     assert!(text.contains("[legacy-spans]") && text.contains("opensearch.template_priority"), "{text}");
     assert_eq!(template_priority(&u, "jaeger-span").await, None, "nothing installed");
 
-    templates::install_with_priority(&client, &names, "", 101).await.expect("a different priority installs");
+    templates::install(&client, &names, "", 101).await.expect("a different priority installs");
     assert_eq!(template_priority(&u, "jaeger-span").await, Some(101));
     assert_eq!(template_priority(&u, "jaeger-service").await, Some(101));
 }
