@@ -431,3 +431,34 @@ async fn shutdown_is_bounded_by_its_grace_with_the_broker_and_the_store_gone_and
     assert!(log.contains("shutdown grace passed") || log.contains("ingester stopped"), "{log}");
     assert_eq!(count(&store.url(), "jaeger-span-*").await.expect("count"), 500, "nothing written while failing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_instead_of_waiting_out_the_drain() {
+    let (broker, store, _) = broker_store_and_500_spans().await;
+    // Every bulk fails, so the drain cannot finish and would take the whole 20 s grace.
+    spanline_testkit::set_faults(&store.url(), serde_json::json!({"bulk_status": 503})).await.expect("faults");
+    let admin = free_port();
+    let mut child = spawn_ingester_with(
+        &broker,
+        &store.url(),
+        admin,
+        "cooperative-sticky",
+        &[
+            ("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "30s"),
+            ("SPANLINE_INGESTER__SHUTDOWN_GRACE", "20s"),
+            ("SPANLINE_INGESTER__KAFKA__DRAIN_DEADLINE", "20s"),
+        ],
+    );
+    wait_for(Duration::from_secs(30), || async move { (records_consumed(admin).await? >= 100.0).then_some(()) })
+        .await
+        .expect("the records are read and their bulks fail");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(child.try_wait().expect("wait").is_none(), "the first SIGTERM drains (and the drain is stuck)");
+
+    let took = terminate(&mut child, Duration::from_secs(15));
+    assert!(took < Duration::from_secs(2), "the second SIGTERM took {took:?}");
+    let status = child.try_wait().expect("wait").expect("exited");
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM, as a shell reports a process killed by it");
+    assert_eq!(count(&store.url(), "jaeger-span-*").await.expect("count"), 0, "nothing written while failing");
+}
