@@ -69,7 +69,7 @@ stop_one() {
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
   if ! wait_gone "$pid" "$grace"; then
-    echo "  $name (pid $pid) still running after ${grace}s: killed" >&2
+    say '  %s (pid %s) still running after %ss: killed\n' "$name" "$pid" "$grace"
     kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
@@ -80,27 +80,32 @@ ours() {
   kill -0 "$1" 2>/dev/null && grep -q spanline "/proc/$1/cmdline" 2>/dev/null
 }
 
-# A previous run that was killed before its cleanup leaves its processes behind, holding the ports.
-if [ -f "$PIDS" ]; then
-  while read -r name pid; do
-    if ours "$pid"; then
-      echo "stopping $name (pid $pid) left from an earlier run" >&2
-      stop_one "$pid" "$name" "$SHUTDOWN_GRACE"
-    fi
-  done <"$PIDS"
-  rm -f "$PIDS"
-fi
-
-collector_pids=()
-ingester_pids=()
-store_pids=()
-started_broker=0
 # Messages from the cleanup must never stop it: after a closed terminal (HUP) or a dead `| tee`, a
 # write to stderr fails, and with `set -e` the script would exit with the stack still running.
 exec 3>&2
 say() {
   { printf "$@" >&3; } 2>/dev/null || true
 }
+
+# The recorded pids (`.run/pids`, one "name pid" line per component) whose name starts with $1 and
+# that are still ours. The file is the one record of what runs: the cleanup, the liveness check
+# and the next run all read it.
+pids_of() {
+  [ -f "$PIDS" ] || return 0
+  local name pid
+  while read -r name pid; do
+    if [[ $name == "$1"* ]] && ours "$pid"; then echo "$pid"; fi
+  done <"$PIDS"
+}
+
+# A previous run that was killed before its cleanup leaves its processes behind, holding the ports.
+for pid in $(pids_of ""); do
+  say 'stopping pid %s left from an earlier run\n' "$pid"
+  stop_one "$pid" "leftover" "$SHUTDOWN_GRACE"
+done
+rm -f "$PIDS"
+
+started_broker=0
 
 cleanup() {
   set +e
@@ -109,21 +114,18 @@ cleanup() {
   local started=$SECONDS
   say '\nstopping: collectors, then ingesters (final flush and commit), then the store, then the broker\n'
   # One group at a time, members of a group in parallel.
-  for group in collector ingester store; do
-    local -n group_pids="${group}_pids"
-    local stoppers=()
-    for pid in "${group_pids[@]}"; do
+  local group pid stoppers
+  for group in collector ingester devstore; do
+    stoppers=()
+    for pid in $(pids_of "$group"); do
       stop_one "$pid" "$group" $((SHUTDOWN_GRACE + 5)) &
       stoppers+=($!)
     done
-    for stopper in "${stoppers[@]}"; do wait "$stopper" 2>/dev/null || true; done
-    for pid in "${group_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${stoppers[@]}"; do wait "$pid" 2>/dev/null || true; done
   done
-  # Anything recorded but not in a group above (Ctrl-C during start-up): only our own processes.
+  # Reap the components themselves (children of this script).
   if [ -f "$PIDS" ]; then
-    while read -r name pid; do
-      if ours "$pid"; then stop_one "$pid" "$name" $((SHUTDOWN_GRACE + 5)); fi
-    done <"$PIDS"
+    for pid in $(cut -d' ' -f2 "$PIDS"); do wait "$pid" 2>/dev/null; done
   fi
   if [ "$started_broker" = 1 ]; then scripts/broker.sh stop "$RUN_DIR/broker" 2>/dev/null; fi
   rm -f "$PIDS"
@@ -133,13 +135,12 @@ trap 'cleanup; exit 0' INT TERM HUP
 trap cleanup EXIT
 
 # Starts "$@" in its own session (out of reach of the terminal's Ctrl-C), output to log $2... and
-# records its pid under name $1. Sets LAST_PID.
+# records its pid under name $1.
 spawn() {
   local name=$1 log=$2
   shift 2
   setsid "$@" >"$log" 2>&1 </dev/null &
-  LAST_PID=$!
-  echo "$name $LAST_PID" >>"$PIDS"
+  echo "$name $!" >>"$PIDS"
 }
 
 KAFKA_BROKERS_GIVEN=${KAFKA_BROKERS:-}
@@ -155,7 +156,6 @@ fi
 
 if [ -z "${OPENSEARCH_URL:-}" ]; then
   spawn devstore "$LOGS/devstore.log" env DEVSTORE_LISTEN=127.0.0.1:$STORE_PORT "$BIN/spanline-devstore"
-  store_pids+=("$LAST_PID")
   OPENSEARCH_URL=http://127.0.0.1:$STORE_PORT
   store_desc="spanline-devstore (in memory)"
   for _ in $(seq 1 50); do curl -fsS "$OPENSEARCH_URL" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -184,7 +184,6 @@ for i in $(seq 0 $((COLLECTORS - 1))); do
     SPANLINE_COLLECTOR__ADMIN__LISTEN=127.0.0.1:$admin \
     SPANLINE_COLLECTOR__LIMITS__SHUTDOWN_GRACE="${SHUTDOWN_GRACE}s" \
     "$BIN/spanline-collector" --config deploy/collector.toml
-  collector_pids+=("$LAST_PID")
   collector_admins+=("127.0.0.1:$admin")
   rows+=("collector $i|OTLP gRPC 127.0.0.1:$grpc, OTLP HTTP http://127.0.0.1:$http/v1/traces, admin http://127.0.0.1:$admin/metrics")
 done
@@ -200,7 +199,6 @@ for j in $(seq 0 $((INGESTERS - 1))); do
     SPANLINE_INGESTER__ADMIN__LISTEN=127.0.0.1:$admin \
     SPANLINE_INGESTER__SHUTDOWN_GRACE="${SHUTDOWN_GRACE}s" \
     "$BIN/spanline-ingester" --config deploy/ingester.toml
-  ingester_pids+=("$LAST_PID")
   ingester_admins+=("127.0.0.1:$admin")
   rows+=("ingester $j|group spanline-ingester (member spanline-ingester-$j), admin http://127.0.0.1:$admin/metrics")
 done
@@ -232,7 +230,7 @@ broker_pid() {
 }
 
 while true; do
-  for pid in "${collector_pids[@]}" "${ingester_pids[@]}" "${store_pids[@]}" $([ "$started_broker" = 1 ] && broker_pid); do
+  for pid in $(cut -d' ' -f2 "$PIDS") $([ "$started_broker" = 1 ] && broker_pid); do
     if ! kill -0 "$pid" 2>/dev/null; then
       printf '\na component (pid %s) exited; see %s\n' "$pid" "$LOGS" >&2
       exit 1
