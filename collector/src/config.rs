@@ -106,19 +106,41 @@ impl Default for Kafka {
     }
 }
 
-/// Request limits and backpressure bounds.
+/// Request limits and backpressure bounds. docs/collector.md ("Memory") derives the process's
+/// worst-case memory from them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Largest request body after decompression. Default `16MiB`.
+    /// Largest request body, compressed or not, and after decompression. Default `16MiB`.
     pub max_request_bytes: ByteSize,
-    /// Bytes of encoded records waiting for Kafka's acknowledgement across all requests; past it,
-    /// exports are refused with UNAVAILABLE / 503 and `Retry-After`. Default `256MiB`.
+    /// Memory held by exports in progress, across all requests: request bodies as they arrive, the
+    /// decoded requests (estimated from their wire shape before decoding) and the encoded records
+    /// until Kafka acknowledges them (also librdkafka's queue bound). A request that needs more
+    /// than is free gets UNAVAILABLE / 503 and `Retry-After`; one that needs more than the whole
+    /// budget gets RESOURCE_EXHAUSTED / 413. Default `256MiB`.
     pub max_inflight_bytes: ByteSize,
-    /// Requests served at once over both receivers; beyond it a request is refused with UNAVAILABLE /
-    /// 503 and `Retry-After` before its body is read. With `max_inflight_bytes` this bounds memory:
-    /// about max_inflight_bytes + max_concurrent_requests × (request size, decoded). Default 256.
+    /// Requests exported at once over both receivers, counted once a request's body has arrived;
+    /// beyond it a request is refused with UNAVAILABLE / 503 and `Retry-After`. Default 256.
     pub max_concurrent_requests: usize,
+    /// Most spans in one request: RESOURCE_EXHAUSTED / 413 above it, checked before decoding.
+    /// Default 200000.
+    pub max_spans_per_request: usize,
+    /// Most attributes on a span, and on each of its events and links. Default 1024.
+    pub max_attributes_per_span: usize,
+    /// Most attributes on a resource or an instrumentation scope. Default 1024.
+    pub max_attributes_per_resource: usize,
+    /// Longest string or bytes attribute value (also inside arrays and maps). Default `256KiB`.
+    pub max_attribute_value_bytes: ByteSize,
+    /// What happens past an attribute limit: `truncate` (extra attributes are dropped and counted
+    /// in `dropped_attributes_count`, long values cut at a character boundary) or `reject` (the
+    /// span, or every span of the resource, is rejected through partial success). Default `truncate`.
+    pub attribute_limit_action: LimitAction,
+    /// Longest a client may take to send a request's headers and whole body; a slower client loses
+    /// its connection (HTTP) or gets DEADLINE_EXCEEDED (gRPC). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// gRPC streams (requests) one HTTP/2 connection may have open at once. Default 100.
+    pub max_concurrent_streams: u32,
     /// Longest time one export may take before it fails with UNAVAILABLE / 503. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -127,12 +149,27 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
+/// What happens to data past an attribute limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitAction {
+    Truncate,
+    Reject,
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_bytes: ByteSize::mib(16),
             max_inflight_bytes: ByteSize::mib(256),
             max_concurrent_requests: 256,
+            max_spans_per_request: 200_000,
+            max_attributes_per_span: 1024,
+            max_attributes_per_resource: 1024,
+            max_attribute_value_bytes: ByteSize::kib(256),
+            attribute_limit_action: LimitAction::Truncate,
+            read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 100,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
         }
@@ -165,8 +202,20 @@ impl Validate for Config {
         if self.limits.max_inflight_bytes < self.kafka.max_message_bytes {
             return Err("limits.max_inflight_bytes must be at least kafka.max_message_bytes".into());
         }
-        if self.limits.max_concurrent_requests == 0 {
-            return Err("limits.max_concurrent_requests must be at least 1".into());
+        if self.limits.max_inflight_bytes < self.limits.max_request_bytes {
+            return Err("limits.max_inflight_bytes must be at least limits.max_request_bytes".into());
+        }
+        if self.limits.max_concurrent_requests == 0
+            || self.limits.max_spans_per_request == 0
+            || self.limits.max_concurrent_streams == 0
+        {
+            return Err(
+                "limits.max_concurrent_requests, max_spans_per_request and max_concurrent_streams must be at least 1"
+                    .into(),
+            );
+        }
+        if self.limits.read_timeout.is_zero() {
+            return Err("limits.read_timeout must be positive".into());
         }
         if self.kafka.delivery_timeout.is_zero() || self.limits.request_timeout.is_zero() {
             return Err("kafka.delivery_timeout and limits.request_timeout must be positive".into());

@@ -34,6 +34,7 @@ pub enum RejectReason {
     InvalidParentSpanId,
     EndBeforeStart,
     TooLarge,
+    AttributeLimit,
 }
 
 impl RejectReason {
@@ -45,6 +46,7 @@ impl RejectReason {
             RejectReason::InvalidParentSpanId => "invalid_parent_span_id",
             RejectReason::EndBeforeStart => "end_before_start",
             RejectReason::TooLarge => "too_large",
+            RejectReason::AttributeLimit => "attribute_limit",
         }
     }
 
@@ -55,6 +57,9 @@ impl RejectReason {
             RejectReason::InvalidParentSpanId => "parent span id neither empty nor 8 bytes",
             RejectReason::EndBeforeStart => "end time before start time",
             RejectReason::TooLarge => "span larger than kafka.max_message_bytes",
+            RejectReason::AttributeLimit => {
+                "over limits.max_attributes_per_span, max_attributes_per_resource or max_attribute_value_bytes"
+            }
         }
     }
 }
@@ -65,9 +70,16 @@ pub struct Rejections(pub Vec<(RejectReason, usize)>);
 
 impl Rejections {
     fn add(&mut self, reason: RejectReason) {
+        self.add_many(reason, 1);
+    }
+    /// Counts `n` more spans rejected for `reason`.
+    pub fn add_many(&mut self, reason: RejectReason, n: usize) {
+        if n == 0 {
+            return;
+        }
         match self.0.iter_mut().find(|(r, _)| *r == reason) {
-            Some((_, n)) => *n += 1,
-            None => self.0.push((reason, 1)),
+            Some((_, count)) => *count += n,
+            None => self.0.push((reason, n)),
         }
     }
     /// Total rejected spans.
@@ -125,106 +137,156 @@ pub fn validate(span: &Span) -> Option<RejectReason> {
 /// Upper bound of a length-delimited field's framing: one tag byte and a five-byte length.
 const FRAMING: usize = 6;
 
-/// A record being filled.
-struct Group {
+/// A record as planned: its trace, its size bound and how many spans it takes.
+#[derive(Debug)]
+struct Planned {
     key: [u8; 16],
-    request: ExportTraceServiceRequest,
-    /// Upper bound of `request.encoded_len()`.
+    /// Upper bound of the record value's encoded length.
     size: usize,
     /// Input (resource, scope) positions of the last span appended, to reuse their wrappers.
     last: Option<(usize, usize)>,
     spans: usize,
 }
 
-/// Validates and groups `request` into records of at most `max_message_bytes`.
-pub fn encode(request: ExportTraceServiceRequest, max_message_bytes: usize) -> Encoded {
-    let mut out = Encoded::default();
-    let mut groups: Vec<Group> = Vec::new();
-    // Trace id → index in `groups` of that trace's open (last) group.
-    let mut open: HashMap<[u8; 16], usize> = HashMap::new();
+/// Where every span of a request goes, computed from sizes alone: nothing is copied until
+/// [`Plan::build`], so the caller can charge [`Plan::bytes`] before paying for it.
+#[derive(Debug, Default)]
+pub struct Plan {
+    records: Vec<Planned>,
+    /// For each input span in order: the record it goes to, or `None` when rejected.
+    assignment: Vec<Option<u32>>,
+    rejected: Rejections,
+}
 
-    for (ri, resource_spans) in request.resource_spans.into_iter().enumerate() {
-        let ResourceSpans { resource, scope_spans, schema_url: resource_schema, .. } = resource_spans;
-        let resource_cost =
-            resource.as_ref().map_or(0, |r| r.encoded_len() + FRAMING) + resource_schema.len() + 2 * FRAMING;
-        for (si, scope_spans) in scope_spans.into_iter().enumerate() {
-            let ScopeSpans { scope, spans, schema_url: scope_schema, .. } = scope_spans;
-            let scope_cost = scope.as_ref().map_or(0, |s| s.encoded_len() + FRAMING) + scope_schema.len() + 2 * FRAMING;
-            for span in spans {
-                if let Some(reason) = validate(&span) {
-                    out.rejected.add(reason);
-                    continue;
-                }
-                let span_cost = span.encoded_len() + FRAMING;
-                if resource_cost + scope_cost + span_cost > max_message_bytes {
-                    out.rejected.add(RejectReason::TooLarge);
-                    continue;
-                }
-                let mut key = [0u8; 16];
-                key.copy_from_slice(&span.trace_id);
-                let slot = match open.get(&key) {
-                    Some(&i) => {
-                        let g = &groups[i];
-                        let header = match g.last {
-                            Some((r, s)) if r == ri && s == si => 0,
-                            Some((r, _)) if r == ri => scope_cost,
-                            _ => resource_cost + scope_cost,
-                        };
-                        (g.size + header + span_cost <= max_message_bytes).then_some(i)
+impl Plan {
+    /// Bytes the records will hold (values and keys), an upper bound.
+    pub fn bytes(&self) -> usize {
+        self.records.iter().map(|r| r.size + 2 * r.key.len()).sum()
+    }
+
+    /// How many records the request becomes.
+    pub fn records(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Builds the records as planned, moving the spans out of `request`.
+    pub fn build(self, request: ExportTraceServiceRequest) -> Encoded {
+        let Plan { records: planned, assignment, rejected } = self;
+        let mut requests: Vec<(ExportTraceServiceRequest, Option<(usize, usize)>)> =
+            planned.iter().map(|_| (ExportTraceServiceRequest::default(), None)).collect();
+        let mut assignment = assignment.into_iter();
+        for (ri, resource_spans) in request.resource_spans.into_iter().enumerate() {
+            let ResourceSpans { resource, scope_spans, schema_url: resource_schema, .. } = resource_spans;
+            for (si, scope_spans) in scope_spans.into_iter().enumerate() {
+                let ScopeSpans { scope, spans, schema_url: scope_schema, .. } = scope_spans;
+                for span in spans {
+                    let Some(Some(i)) = assignment.next() else { continue };
+                    let Some((request, last)) = requests.get_mut(i as usize) else { continue };
+                    let same_resource = last.is_some_and(|(r, _)| r == ri);
+                    if !same_resource {
+                        request.resource_spans.push(ResourceSpans {
+                            resource: resource.clone(),
+                            scope_spans: Vec::new(),
+                            schema_url: resource_schema.clone(),
+                        });
                     }
-                    None => None,
-                };
-                let i = slot.unwrap_or_else(|| {
-                    groups.push(Group {
-                        key,
-                        request: ExportTraceServiceRequest::default(),
-                        size: 0,
-                        last: None,
-                        spans: 0,
-                    });
-                    open.insert(key, groups.len() - 1);
-                    groups.len() - 1
-                });
-                let g = &mut groups[i];
-                let same_resource = g.last.is_some_and(|(r, _)| r == ri);
-                if !same_resource {
-                    g.request.resource_spans.push(ResourceSpans {
-                        resource: resource.clone(),
-                        scope_spans: Vec::new(),
-                        schema_url: resource_schema.clone(),
-                    });
-                    g.size += resource_cost;
-                }
-                if !(same_resource && g.last.is_some_and(|(_, s)| s == si)) {
-                    if let Some(rs) = g.request.resource_spans.last_mut() {
+                    if !(same_resource && last.is_some_and(|(_, s)| s == si))
+                        && let Some(rs) = request.resource_spans.last_mut()
+                    {
                         rs.scope_spans.push(ScopeSpans {
                             scope: scope.clone(),
                             spans: Vec::new(),
                             schema_url: scope_schema.clone(),
                         });
                     }
-                    g.size += scope_cost;
+                    if let Some(ss) = request.resource_spans.last_mut().and_then(|rs| rs.scope_spans.last_mut()) {
+                        ss.spans.push(span);
+                    }
+                    *last = Some((ri, si));
                 }
-                if let Some(ss) = g.request.resource_spans.last_mut().and_then(|rs| rs.scope_spans.last_mut()) {
-                    ss.spans.push(span);
+            }
+        }
+        let mut out = Encoded { rejected, ..Encoded::default() };
+        out.records = planned
+            .into_iter()
+            .zip(requests)
+            .map(|(p, (request, _))| {
+                out.accepted_spans += p.spans;
+                let payload = request.encode_to_vec();
+                debug_assert!(payload.len() <= p.size, "size bound {} below real size {}", p.size, payload.len());
+                Record { key: ids::to_hex(&p.key), payload, spans: p.spans }
+            })
+            .collect();
+        out
+    }
+}
+
+/// Validates every span and plans records of at most `max_message_bytes`, one trace each.
+pub fn plan(request: &ExportTraceServiceRequest, max_message_bytes: usize) -> Plan {
+    let mut plan = Plan::default();
+    // Trace id → index in `plan.records` of that trace's open (last) record.
+    let mut open: HashMap<[u8; 16], usize> = HashMap::new();
+
+    for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
+        let resource_cost = resource_spans.resource.as_ref().map_or(0, |r| r.encoded_len() + FRAMING)
+            + resource_spans.schema_url.len()
+            + 2 * FRAMING;
+        for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
+            let scope_cost = scope_spans.scope.as_ref().map_or(0, |s| s.encoded_len() + FRAMING)
+                + scope_spans.schema_url.len()
+                + 2 * FRAMING;
+            for span in &scope_spans.spans {
+                if let Some(reason) = validate(span) {
+                    plan.rejected.add(reason);
+                    plan.assignment.push(None);
+                    continue;
+                }
+                let span_cost = span.encoded_len() + FRAMING;
+                if resource_cost + scope_cost + span_cost > max_message_bytes {
+                    plan.rejected.add(RejectReason::TooLarge);
+                    plan.assignment.push(None);
+                    continue;
+                }
+                let mut key = [0u8; 16];
+                key.copy_from_slice(&span.trace_id);
+                let fits = |g: &Planned| {
+                    let header = match g.last {
+                        Some((r, s)) if r == ri && s == si => 0,
+                        Some((r, _)) if r == ri => scope_cost,
+                        _ => resource_cost + scope_cost,
+                    };
+                    g.size + header + span_cost <= max_message_bytes
+                };
+                let i = match open.get(&key) {
+                    Some(&i) if fits(&plan.records[i]) => i,
+                    _ => {
+                        plan.records.push(Planned { key, size: 0, last: None, spans: 0 });
+                        open.insert(key, plan.records.len() - 1);
+                        plan.records.len() - 1
+                    }
+                };
+                let g = &mut plan.records[i];
+                let same_resource = g.last.is_some_and(|(r, _)| r == ri);
+                if !same_resource {
+                    g.size += resource_cost;
+                }
+                if !(same_resource && g.last.is_some_and(|(_, s)| s == si)) {
+                    g.size += scope_cost;
                 }
                 g.size += span_cost;
                 g.last = Some((ri, si));
                 g.spans += 1;
+                plan.assignment.push(Some(u32::try_from(i).unwrap_or(u32::MAX)));
             }
         }
     }
+    plan
+}
 
-    out.records = groups
-        .into_iter()
-        .map(|g| {
-            out.accepted_spans += g.spans;
-            let payload = g.request.encode_to_vec();
-            debug_assert!(payload.len() <= g.size, "size bound {} below real size {}", g.size, payload.len());
-            Record { key: ids::to_hex(&g.key), payload, spans: g.spans }
-        })
-        .collect();
-    out
+/// Validates and groups `request` into records of at most `max_message_bytes` (plan and build in
+/// one step, for callers that have nothing to charge).
+pub fn encode(request: ExportTraceServiceRequest, max_message_bytes: usize) -> Encoded {
+    plan(&request, max_message_bytes).build(request)
 }
 
 #[cfg(test)]

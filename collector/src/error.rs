@@ -18,6 +18,17 @@ pub enum Error {
     /// The body, after decompression, is over `limits.max_request_bytes`.
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// The request needs more memory than the whole `limits.max_inflight_bytes` budget.
+    #[error(
+        "{what} needs {need} bytes of memory, more than limits.max_inflight_bytes ({limit} bytes): send fewer or smaller spans per request"
+    )]
+    OverBudget { what: &'static str, need: usize, limit: usize },
+    /// The request is over a count limit checked before decoding (e.g. `limits.max_spans_per_request`).
+    #[error("{0}")]
+    OverLimit(String),
+    /// The client did not send the request within `limits.read_timeout`.
+    #[error("request not received within limits.read_timeout ({0:?})")]
+    ReadTimeout(Duration),
     /// The HTTP content type is neither protobuf nor JSON.
     #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
@@ -51,7 +62,10 @@ impl Error {
             Error::Malformed(_) | Error::UnsupportedMediaType(_) | Error::UnsupportedEncoding(_) => {
                 tonic::Status::invalid_argument(message)
             }
-            Error::TooLarge { .. } => tonic::Status::resource_exhausted(message),
+            Error::TooLarge { .. } | Error::OverBudget { .. } | Error::OverLimit(_) => {
+                tonic::Status::resource_exhausted(message)
+            }
+            Error::ReadTimeout(_) => tonic::Status::deadline_exceeded(message),
             Error::Overloaded(_) | Error::Delivery(_) | Error::Timeout(_) => tonic::Status::unavailable(message),
             Error::Setup(_) => tonic::Status::internal(message),
         }
@@ -61,7 +75,8 @@ impl Error {
     pub fn http_status(&self) -> StatusCode {
         match self {
             Error::Malformed(_) => StatusCode::BAD_REQUEST,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooLarge { .. } | Error::OverBudget { .. } | Error::OverLimit(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::UnsupportedMediaType(_) | Error::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Overloaded(_) | Error::Delivery(_) | Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,7 +87,8 @@ impl Error {
     pub fn outcome(&self) -> &'static str {
         match self {
             Error::Malformed(_) | Error::UnsupportedMediaType(_) | Error::UnsupportedEncoding(_) => "malformed",
-            Error::TooLarge { .. } => "too_large",
+            Error::TooLarge { .. } | Error::OverBudget { .. } | Error::OverLimit(_) => "too_large",
+            Error::ReadTimeout(_) => "read_timeout",
             Error::Overloaded(_) => "overloaded",
             Error::Delivery(_) | Error::Timeout(_) => "kafka_unavailable",
             Error::Setup(_) => "internal",
@@ -104,6 +120,14 @@ mod tests {
                 tonic::Code::InvalidArgument,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ),
+            (
+                Error::OverBudget { what: "request", need: 2, limit: 1 },
+                false,
+                tonic::Code::ResourceExhausted,
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (Error::OverLimit("spans".into()), false, tonic::Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE),
+            (Error::ReadTimeout(RETRY_AFTER), false, tonic::Code::DeadlineExceeded, StatusCode::REQUEST_TIMEOUT),
             (Error::Overloaded("q".into()), true, tonic::Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
             (
                 Error::from(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),

@@ -1,15 +1,20 @@
-//! The Spanline collector: `receive → process → encode → produce`.
+//! The Spanline collector: `receive → decode → limit → process → encode → produce`.
 //!
 //! - [`receive`]: OTLP gRPC `TraceService/Export` and OTLP HTTP `POST /v1/traces`.
+//! - [`decode`]: bounds what decoding a request costs (span count, memory) before decoding it.
+//! - [`limit`]: attribute count and length limits.
 //! - [`process`]: optional consistent sampling by trace id and attribute redaction.
 //! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
 //!
-//! [`pipeline`] wires them; [`run`] is what the binary calls.
+//! [`budget`] is the memory bound every stage draws on. [`pipeline`] wires them; [`run`] is what the binary calls.
 
+pub mod budget;
 pub mod config;
+pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;

@@ -26,6 +26,12 @@ pub struct SpanLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `dropped` (past a count limit) or `truncated` (past the length limit).
+    pub action: &'static str,
+}
+
 /// Every collector metric.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -34,6 +40,7 @@ pub struct Metrics {
     pub received_bytes: Family<ProtocolLabels, Counter>,
     pub records_produced: Counter,
     pub redacted_attributes: Counter,
+    pub limited_attributes: Family<LimitLabels, Counter>,
     pub produce_latency: Histogram,
     pub inflight_bytes: Gauge,
     pub kafka_queue_messages: Gauge,
@@ -48,6 +55,7 @@ impl Metrics {
             received_bytes: Family::default(),
             records_produced: Counter::default(),
             redacted_attributes: Counter::default(),
+            limited_attributes: Family::default(),
             produce_latency: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
@@ -68,6 +76,11 @@ impl Metrics {
             "Attributes dropped, masked or hashed by redaction rules",
             m.redacted_attributes.clone(),
         );
+        r.register(
+            "limited_attributes",
+            "Attributes dropped or keys and values truncated by the attribute limits",
+            m.limited_attributes.clone(),
+        );
         r.register("records_produced", "Kafka records acknowledged by the broker", m.records_produced.clone());
         r.register_with_unit(
             "produce_latency",
@@ -77,7 +90,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "inflight",
-            "Encoded bytes waiting for Kafka's acknowledgement",
+            "Bytes of limits.max_inflight_bytes held by exports: bodies, decoded requests and records until acknowledged",
             Unit::Bytes,
             m.inflight_bytes.clone(),
         );

@@ -6,28 +6,37 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::TraceServiceServer,
 };
 use prometheus_client::registry::Registry;
 use spanline_common::admin::{self, Readiness};
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
 
 use crate::{
+    budget::{Budget, Charge},
     config::Config,
-    encode::encode,
+    encode::{self, RejectReason},
     error::Error,
-    metrics::{Metrics, SpanLabels},
+    limit::AttributeLimits,
+    metrics::{LimitLabels, Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
-    receive::{GrpcReceiver, http_router, malformed_is_invalid_argument, overloaded_is_unavailable},
+    receive::{GrpcService, charge_grpc_body, http_router},
 };
 
 /// How often readiness re-checks Kafka metadata.
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Shared by both receivers: encodes a request and publishes it.
+/// HTTP/2 keep-alive on gRPC connections: a ping after this much silence...
+const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and the connection is closed when the ping is not answered within this.
+const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared by both receivers: admits, limits, encodes and publishes a request.
 #[derive(Debug, Clone)]
 pub struct Exporter {
     inner: Arc<ExporterInner>,
@@ -37,23 +46,35 @@ pub struct Exporter {
 struct ExporterInner {
     producer: Producer,
     processors: Processors,
+    attribute_limits: AttributeLimits,
     metrics: Metrics,
+    budget: Budget,
+    /// `limits.max_concurrent_requests` slots, taken once a request's body has arrived.
+    slots: Arc<Semaphore>,
     max_message_bytes: usize,
     max_request_bytes: usize,
+    max_spans: usize,
+    read_timeout: Duration,
     request_timeout: Duration,
 }
 
 impl Exporter {
     pub fn new(config: &Config, producer: Producer, metrics: Metrics) -> Result<Self, Error> {
         let processors = Processors::new(&config.processors).map_err(Error::Setup)?;
+        let limits = &config.limits;
         Ok(Self {
             inner: Arc::new(ExporterInner {
                 producer,
                 processors,
+                attribute_limits: AttributeLimits::new(limits),
+                budget: Budget::new(limits.max_inflight_bytes.as_usize(), metrics.inflight_bytes.clone()),
                 metrics,
+                slots: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
                 max_message_bytes: config.kafka.max_message_bytes.as_usize(),
-                max_request_bytes: config.limits.max_request_bytes.as_usize(),
-                request_timeout: config.limits.request_timeout,
+                max_request_bytes: limits.max_request_bytes.as_usize(),
+                max_spans: limits.max_spans_per_request,
+                read_timeout: limits.read_timeout,
+                request_timeout: limits.request_timeout,
             }),
         })
     }
@@ -62,13 +83,46 @@ impl Exporter {
         &self.inner.metrics
     }
 
+    pub fn budget(&self) -> &Budget {
+        &self.inner.budget
+    }
+
     pub fn max_request_bytes(&self) -> usize {
         self.inner.max_request_bytes
     }
 
-    /// Validates, groups per trace and publishes; answers after Kafka acknowledged every record.
-    pub async fn export(&self, mut request: ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse, Error> {
+    pub fn max_spans(&self) -> usize {
+        self.inner.max_spans
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        self.inner.read_timeout
+    }
+
+    /// Takes one of the `limits.max_concurrent_requests` slots, or refuses the request (retryable).
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        self.inner
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded("limits.max_concurrent_requests exports already in progress".into()))
+    }
+
+    /// Limits, samples, redacts, validates and groups per trace, then publishes; answers after Kafka
+    /// acknowledged every record. `charge` holds the decoded request's share of the memory budget;
+    /// the records are charged before they are built.
+    pub async fn export(
+        &self,
+        mut request: ExportTraceServiceRequest,
+        mut charge: Charge,
+    ) -> Result<ExportTraceServiceResponse, Error> {
         let inner = &self.inner;
+        let limited = inner.attribute_limits.apply(&mut request);
+        for (action, n) in [("dropped", limited.dropped), ("truncated", limited.truncated)] {
+            if n > 0 {
+                inner.metrics.limited_attributes.get_or_create(&LimitLabels { action }).inc_by(n as u64);
+            }
+        }
         let processed = inner.processors.apply(&mut request);
         if processed.sampled_out > 0 {
             inner
@@ -80,7 +134,14 @@ impl Exporter {
         if processed.redacted > 0 {
             inner.metrics.redacted_attributes.inc_by(processed.redacted as u64);
         }
-        let encoded = encode(request, inner.max_message_bytes);
+        let plan = encode::plan(&request, inner.max_message_bytes);
+        let decoded = charge.bytes();
+        // The resource and scope are copied into every trace's record: what that costs is known
+        // from the plan and charged before a byte is copied.
+        charge.grow(plan.bytes(), "encoding one Kafka record per trace")?;
+        let mut encoded = plan.build(request);
+        charge.shrink_to(charge.bytes() - decoded);
+        encoded.rejected.add_many(RejectReason::AttributeLimit, limited.rejected_spans);
         for (reason, n) in &encoded.rejected.0 {
             inner
                 .metrics
@@ -88,19 +149,17 @@ impl Exporter {
                 .get_or_create(&SpanLabels { outcome: "rejected", reason: reason.as_str() })
                 .inc_by(*n as u64);
         }
-        tokio::time::timeout(inner.request_timeout, inner.producer.publish(&encoded.records))
+        let accepted = encoded.accepted_spans;
+        let rejected = encoded.rejected;
+        tokio::time::timeout(inner.request_timeout, inner.producer.publish(encoded.records, charge))
             .await
             .map_err(|_| Error::Timeout(inner.request_timeout))??;
-        inner
-            .metrics
-            .spans
-            .get_or_create(&SpanLabels { outcome: "accepted", reason: "none" })
-            .inc_by(encoded.accepted_spans as u64);
-        let rejected = encoded.rejected.total();
+        inner.metrics.spans.get_or_create(&SpanLabels { outcome: "accepted", reason: "none" }).inc_by(accepted as u64);
+        let total = rejected.total();
         Ok(ExportTraceServiceResponse {
-            partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
-                rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),
-                error_message: encoded.rejected.to_string(),
+            partial_success: (total > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: i64::try_from(total).unwrap_or(i64::MAX),
+                error_message: rejected.to_string(),
             }),
         })
     }
@@ -141,41 +200,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Receivers stop on their own token, so shutdown can stop intake before flushing the producer.
     let intake = shutdown.child_token();
     let mut servers = JoinSet::new();
-    let limit = config.limits.max_request_bytes.as_usize();
-    let service = TraceServiceServer::new(GrpcReceiver::new(exporter.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit);
-    // Shared by both protocols: the transport-level bound on requests being read and served.
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_requests));
-    let grpc_slots = slots.clone();
-    let shed_metrics = exporter.metrics().clone();
+    let limits = &config.limits;
+    let body_exporter = exporter.clone();
+    let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        // Every body is charged to the memory budget as it arrives and must arrive within
+        // limits.read_timeout; the export slot is taken only once it has been decoded.
+        .layer(tower::ServiceBuilder::new().map_request(move |request| charge_grpc_body(&body_exporter, request)))
+        .add_service(GrpcService::new(exporter.clone()));
     let token = intake.clone();
     servers.spawn(async move {
-        tonic::transport::Server::builder()
-            // Beyond limits.max_concurrent_requests an export is refused with UNAVAILABLE before
-            // its body is read, so request bodies in memory stay bounded whatever the clients do.
-            .layer(
-                tower::ServiceBuilder::new()
-                    .map_response(malformed_is_invalid_argument)
-                    .map_result(move |result| overloaded_is_unavailable(&shed_metrics, result))
-                    .load_shed()
-                    .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(grpc_slots)),
-            )
-            .add_service(service)
+        grpc_server
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), token.cancelled_owned())
             .await
             .map_err(|e| Error::Setup(format!("otlp grpc server failed: {e}")))
     });
-    let router = http_router(exporter.clone(), limit, slots);
+    let router = http_router(exporter.clone());
     let token = intake.clone();
-    servers.spawn(async move {
-        axum::serve(http, router)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-            .map_err(|e| Error::Setup(format!("otlp http server failed: {e}")))
-    });
+    let read_timeout = limits.read_timeout;
+    servers.spawn(async move { serve_http(http, router, read_timeout, token).await });
     let admin_router = admin::router(Arc::new(registry), ready.clone());
     let admin_token = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_router, admin_token.clone()));
@@ -234,6 +279,53 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Ok(())
     });
     Ok(Running { grpc_addr, http_addr, admin_addr, task })
+}
+
+/// Serves OTLP HTTP until `token` is cancelled, then lets open requests finish. HTTP/1 clients
+/// must send their headers within `read_timeout`; bodies are bounded in [`crate::receive`].
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    read_timeout: Duration,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::{conn::auto, graceful::GracefulShutdown},
+        service::TowerToHyperService,
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(GRPC_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(GRPC_KEEPALIVE_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(%error, "otlp http accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "otlp http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 fn local(listener: &TcpListener) -> Result<SocketAddr, Error> {

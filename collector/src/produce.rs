@@ -1,12 +1,14 @@
 //! `produce`: encoded records → the span topic, answered only after Kafka acknowledged every one.
 //!
-//! Called by [`crate::pipeline::Exporter`] once per export. Guarantees: `publish` returns `Ok` only
-//! when every record of the request has a successful delivery report from an idempotent producer
-//! (`enable.idempotence=true`, so `acks=all`). Encoded bytes waiting for Kafka are bounded by
-//! `limits.max_inflight_bytes`: past the bound `publish` fails at once with
-//! [`Error::Overloaded`] instead of buffering. A failed `publish` may leave some records of the
-//! request in Kafka; the client retries the whole request and the ingester's deterministic document
-//! ids make the repeat harmless.
+//! Called by [`crate::pipeline::Exporter`] once per export, with the records' [`Charge`] on the
+//! memory budget. Guarantees: `publish` returns `Ok` only when every record of the request has a
+//! successful delivery report from an idempotent producer (`enable.idempotence=true`, so
+//! `acks=all`). librdkafka's queue is sized by the same budget (`queue.buffering.max.kbytes` =
+//! `limits.max_inflight_bytes`, and no message-count bound short of librdkafka's maximum), so a
+//! request whose records were charged always fits the queue whole: it is never refused half-way
+//! with `QueueFull`. Each record's own copy is freed as soon as librdkafka has copied it. A request
+//! that fails later (a delivery error or timeout) may leave some records in Kafka; the client retries
+//! the whole request and the ingester's deterministic document ids make the repeat harmless.
 
 use std::{sync::Arc, time::Instant};
 
@@ -17,19 +19,18 @@ use rdkafka::{
     util::Timeout,
 };
 use spanline_common::kafka::{QuietContext, QuietProducer};
-use tokio::sync::Semaphore;
 
-use crate::{config::Config, encode::Record, error::Error, metrics::Metrics};
+use crate::{budget::Charge, config::Config, encode::Record, error::Error, metrics::Metrics};
 
-/// Permits of the in-flight semaphore are KiB, so a `u32` permit count covers 4 TiB.
-const PERMIT_BYTES: usize = 1024;
+/// librdkafka's largest `queue.buffering.max.messages`: the queue is bounded by bytes (the budget),
+/// and a count bound below it would refuse a request of many small traces part-way.
+const QUEUE_MAX_MESSAGES: u32 = 2_147_483_647;
 
 /// The Kafka side of the collector.
 #[derive(Clone)]
 pub struct Producer {
     inner: QuietProducer,
     topic: Arc<str>,
-    inflight: Arc<Semaphore>,
     metrics: Metrics,
 }
 
@@ -53,6 +54,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
         .set("partitioner", &kafka.partitioner)
         // librdkafka's own queue has the same byte bound as the collector, so neither grows past it.
         .set("queue.buffering.max.kbytes", queue_kib.to_string())
+        .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string())
         .set("message.max.bytes", (kafka.max_message_bytes.bytes() + 64 * 1024).to_string());
     client.apply_overrides(&mut cfg);
     cfg
@@ -64,45 +66,33 @@ impl Producer {
         let inner: QuietProducer = client_config(config)
             .create_with_context(QuietContext::default())
             .map_err(|e| Error::Setup(format!("cannot create kafka producer: {e}")))?;
-        let permits = config.limits.max_inflight_bytes.as_usize() / PERMIT_BYTES;
-        Ok(Self {
-            inner,
-            topic: Arc::from(config.kafka.topic.as_str()),
-            inflight: Arc::new(Semaphore::new(permits)),
-            metrics,
-        })
+        Ok(Self { inner, topic: Arc::from(config.kafka.topic.as_str()), metrics })
     }
 
-    /// Produces `records` and waits for all their delivery reports.
-    pub async fn publish(&self, records: &[Record]) -> Result<(), Error> {
+    /// Produces `records` and waits for all their delivery reports; `charge` (the records' share of
+    /// the memory budget) is held until then.
+    pub async fn publish(&self, records: Vec<Record>, charge: Charge) -> Result<(), Error> {
         if records.is_empty() {
             return Ok(());
         }
-        let bytes: usize = records.iter().map(|r| r.payload.len() + r.key.len()).sum();
-        let permits = u32::try_from(bytes.div_ceil(PERMIT_BYTES)).unwrap_or(u32::MAX);
-        let _permit = self.inflight.clone().try_acquire_many_owned(permits).map_err(|_| {
-            Error::Overloaded(format!(
-                "more than limits.max_inflight_bytes waiting for kafka (this request needs {bytes} bytes)"
-            ))
-        })?;
-        let bytes_i64 = i64::try_from(bytes).unwrap_or(i64::MAX);
-        self.metrics.inflight_bytes.inc_by(bytes_i64);
+        let count = records.len() as u64;
         let started = Instant::now();
         let result = self.send_all(records).await;
-        self.metrics.inflight_bytes.dec_by(bytes_i64);
+        drop(charge);
         self.metrics.kafka_queue_messages.set(i64::from(self.inner.in_flight_count()));
         if result.is_ok() {
             self.metrics.produce_latency.observe(started.elapsed().as_secs_f64());
-            self.metrics.records_produced.inc_by(records.len() as u64);
+            self.metrics.records_produced.inc_by(count);
         }
         result
     }
 
-    async fn send_all(&self, records: &[Record]) -> Result<(), Error> {
+    async fn send_all(&self, records: Vec<Record>) -> Result<(), Error> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
             let message = FutureRecord::to(&self.topic).key(record.key.as_str()).payload(record.payload.as_slice());
-            // `send_result` never blocks: a full queue comes back at once as `QueueFull`.
+            // `send_result` never blocks: a full queue comes back at once as `QueueFull`. librdkafka
+            // copies the record, so ours is dropped at the end of this iteration.
             let delivery = self.inner.send_result(message).map_err(|(error, _)| Error::from(error))?;
             deliveries.push(async move {
                 match delivery.await {

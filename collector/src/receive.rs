@@ -1,77 +1,127 @@
 //! `receive`: OTLP over gRPC (`TraceService/Export`) and HTTP (`POST /v1/traces`, protobuf or JSON,
-//! optionally gzip) → [`Exporter::export`]. Turns each outcome into the protocol's answer:
-//! success with `partial_success` when spans were rejected, and [`Error`]'s gRPC/HTTP status
-//! otherwise (with `Retry-After` when the client should retry).
+//! optionally gzip or zstd) → [`crate::decode`] → [`Exporter::export`]. Turns each outcome into the
+//! protocol's answer: success with `partial_success` when spans were rejected, and [`Error`]'s
+//! gRPC/HTTP status otherwise (with `Retry-After` when the client should retry).
+//!
+//! Guarantees, whatever clients send:
+//! - request bodies are charged to the memory budget as their bytes arrive ([`ChargedBody`]), so
+//!   bodies being read hold at most `limits.max_inflight_bytes` together, and each is cut at
+//!   `limits.max_request_bytes`;
+//! - a request must arrive whole within `limits.read_timeout` of its headers (HTTP/1 headers too),
+//!   so a client that trickles bytes loses its request and holds no export slot: the
+//!   `limits.max_concurrent_requests` slot is taken only once the body is in;
+//! - decompression and decoding are charged before they allocate (see [`crate::decode`]).
 
-use std::{io::Read, sync::Arc};
-
-use tokio::sync::Semaphore;
+use std::{
+    convert::Infallible,
+    future::Future as _,
+    io::Read,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{
     Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    body::Body as AxumBody,
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::post,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::TraceService,
-};
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
+use tonic::{
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings},
+    server::{Grpc, NamedService, UnaryService},
+};
 
 use crate::{
+    budget::{Budget, Charge},
+    decode,
     error::{Error, RETRY_AFTER},
     metrics::{Metrics, ProtocolLabels, RequestLabels},
     pipeline::Exporter,
 };
 
-/// The OTLP gRPC service.
-#[derive(Debug, Clone)]
-pub struct GrpcReceiver {
-    exporter: Exporter,
+/// The gRPC path of OTLP trace export.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A request body charged to the memory budget as its bytes arrive, cut at a byte limit, and failed
+/// when it has not arrived whole by a deadline. The charge is released when the body is dropped.
+pub struct ChargedBody<B> {
+    inner: B,
+    charge: Charge,
+    limit: usize,
+    received: usize,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl GrpcReceiver {
-    pub fn new(exporter: Exporter) -> Self {
-        Self { exporter }
+impl<B> ChargedBody<B> {
+    pub fn new(inner: B, budget: &Budget, limit: usize, timeout: Duration) -> Self {
+        Self {
+            inner,
+            charge: budget.start(),
+            limit,
+            received: 0,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let request = request.into_inner();
-        let metrics = self.exporter.metrics();
-        metrics.received_bytes.get_or_create(&ProtocolLabels { protocol: "grpc" }).inc_by(request.encoded_len() as u64);
-        let result = self.exporter.export(request).await;
-        record_outcome(&self.exporter, "grpc", &result);
-        result.map(tonic::Response::new).map_err(|error| {
-            let status = error.grpc_status();
-            if error.is_retryable() { with_retry_after(status) } else { status }
-        })
+impl<B> HttpBody for ChargedBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<tower::BoxError>,
+{
+    type Data = Bytes;
+    type Error = tower::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(Error::ReadTimeout(this.timeout).grpc_status()))));
+                }
+                return Poll::Pending;
+            }
+        };
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let len = data.map_or(0, Buf::remaining);
+            this.received += len;
+            if this.received > this.limit + GRPC_PREFIX {
+                return Poll::Ready(Some(Err(Box::new(Error::TooLarge { limit: this.limit }.grpc_status()))));
+            }
+            if let Err(error) = this.charge.grow(len, "the request body") {
+                return Poll::Ready(Some(Err(Box::new(status(&error)))));
+            }
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
-/// tonic answers a request body that is not valid protobuf with INTERNAL (gRPC's own convention);
-/// OTLP clients must see INVALID_ARGUMENT for a malformed request, so the status is rewritten on the
-/// trailers-only response tonic sends for it. Other INTERNAL answers are left alone.
-pub fn malformed_is_invalid_argument<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
-    let headers = response.headers_mut();
-    let decode_error = headers.get("grpc-status").is_some_and(|v| v == "13")
-        && headers.get("grpc-message").is_some_and(|m| m.as_bytes().starts_with(b"failed%20to%20decode"));
-    if decode_error {
-        headers.insert("grpc-status", HeaderValue::from_static("3"));
-    }
-    response
-}
+/// The five-byte gRPC message prefix, allowed on top of the message limit.
+const GRPC_PREFIX: usize = 5;
 
-/// The refusal of a request shed because every `limits.max_concurrent_requests` slot is busy.
-fn shed() -> Error {
-    Error::Overloaded("limits.max_concurrent_requests exports already in progress".into())
+/// The gRPC status for `error`, with `retry-after` when the client should retry.
+fn status(error: &Error) -> tonic::Status {
+    let status = error.grpc_status();
+    if error.is_retryable() { with_retry_after(status) } else { status }
 }
 
 /// Adds the `retry-after` hint for clients that read it; OTLP clients back off on UNAVAILABLE anyway.
@@ -82,24 +132,158 @@ pub fn with_retry_after(mut status: tonic::Status) -> tonic::Status {
     status
 }
 
-/// A gRPC export refused by load shedding (every `limits.max_concurrent_requests` slot busy) is
-/// answered UNAVAILABLE with `retry-after`, which OTLP clients retry, like every other overload, and
-/// counted as an `overloaded` request.
-pub fn overloaded_is_unavailable(
-    metrics: &Metrics,
-    result: Result<axum::http::Response<tonic::body::Body>, tower::BoxError>,
-) -> Result<axum::http::Response<tonic::body::Body>, tower::BoxError> {
-    match result {
-        Err(error) if error.is::<tower::load_shed::error::Overloaded>() => {
-            let error = shed();
-            metrics.requests.get_or_create(&RequestLabels { protocol: "grpc", outcome: error.outcome() }).inc();
-            Ok(with_retry_after(error.grpc_status()).into_http())
-        }
-        other => other,
+/// A decoded request with its charge on the memory budget.
+pub struct Admitted {
+    request: ExportTraceServiceRequest,
+    charge: Charge,
+}
+
+/// TraceService/Export's codec: responses are encoded by prost; a request is scanned, charged and
+/// only then decoded ([`decode::protobuf`]), after tonic has decompressed it.
+#[derive(Clone)]
+struct ExportCodec {
+    exporter: Exporter,
+}
+
+struct ExportDecoder {
+    exporter: Exporter,
+}
+
+impl Codec for ExportCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Admitted;
+    type Encoder = tonic_prost::ProstEncoder<ExportTraceServiceResponse>;
+    type Decoder = ExportDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ExportDecoder { exporter: self.exporter.clone() }
     }
 }
 
-fn record_outcome(exporter: &Exporter, protocol: &'static str, result: &Result<ExportTraceServiceResponse, Error>) {
+impl Decoder for ExportDecoder {
+    type Item = Admitted;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Admitted>, tonic::Status> {
+        let len = src.remaining();
+        // A DecodeBuf is one contiguous buffer; copy only if that ever changes.
+        let copied;
+        let raw = if src.chunk().len() == len {
+            src.chunk()
+        } else {
+            copied = src.copy_to_bytes(len);
+            &copied[..]
+        };
+        let mut charge = self.exporter.budget().start();
+        let decoded = decode::protobuf(raw, self.exporter.max_spans(), &mut charge);
+        if src.remaining() == len {
+            src.advance(len);
+        }
+        self.exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "grpc" }).inc_by(len as u64);
+        match decoded {
+            Ok(request) => Ok(Some(Admitted { request, charge })),
+            Err(error) => {
+                refused(self.exporter.metrics(), "grpc", &error);
+                Err(status(&error))
+            }
+        }
+    }
+}
+
+/// The OTLP gRPC trace service.
+#[derive(Clone)]
+pub struct GrpcService {
+    exporter: Exporter,
+    max_request_bytes: usize,
+}
+
+impl GrpcService {
+    pub fn new(exporter: Exporter) -> Self {
+        let max_request_bytes = exporter.max_request_bytes();
+        Self { exporter, max_request_bytes }
+    }
+}
+
+impl NamedService for GrpcService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for GrpcService
+where
+    B: HttpBody + Send + 'static,
+    B::Error: Into<tower::BoxError> + Send,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let exporter = self.exporter.clone();
+        let limit = self.max_request_bytes;
+        Box::pin(async move {
+            if request.uri().path() != EXPORT_PATH {
+                return Ok(tonic::Status::unimplemented("only TraceService/Export is served").into_http());
+            }
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            accept.enable(CompressionEncoding::Zstd);
+            let mut send = EnabledCompressionEncodings::default();
+            send.enable(CompressionEncoding::Gzip);
+            let mut grpc = Grpc::new(ExportCodec { exporter: exporter.clone() })
+                .apply_compression_config(accept, send)
+                .apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.unary(ExportMethod { exporter }, request).await)
+        })
+    }
+}
+
+/// One gRPC export, once decoded.
+struct ExportMethod {
+    exporter: Exporter,
+}
+
+impl UnaryService<Admitted> for ExportMethod {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<'static, Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<Admitted>) -> Self::Future {
+        let exporter = self.exporter.clone();
+        Box::pin(async move {
+            let Admitted { request, charge } = request.into_inner();
+            let result = match exporter.admit() {
+                Ok(_slot) => exporter.export(request, charge).await,
+                Err(error) => Err(error),
+            };
+            record_outcome(exporter.metrics(), "grpc", &result);
+            result.map(tonic::Response::new).map_err(|error| status(&error))
+        })
+    }
+}
+
+/// Wraps every gRPC request body in a [`ChargedBody`] (tonic reads it before decoding).
+pub fn charge_grpc_body(
+    exporter: &Exporter,
+    request: axum::http::Request<tonic::body::Body>,
+) -> axum::http::Request<tonic::body::Body> {
+    let budget = exporter.budget().clone();
+    let (limit, timeout) = (exporter.max_request_bytes(), exporter.read_timeout());
+    request.map(|body| tonic::body::Body::new(ChargedBody::new(body, &budget, limit, timeout)))
+}
+
+fn refused(metrics: &Metrics, protocol: &'static str, error: &Error) {
+    tracing::debug!(protocol, %error, "export refused");
+    metrics.requests.get_or_create(&RequestLabels { protocol, outcome: error.outcome() }).inc();
+}
+
+fn record_outcome(metrics: &Metrics, protocol: &'static str, result: &Result<ExportTraceServiceResponse, Error>) {
     let outcome = match result {
         Ok(response) if response.partial_success.as_ref().is_some_and(|p| p.rejected_spans > 0) => "partial_success",
         Ok(_) => "success",
@@ -108,31 +292,12 @@ fn record_outcome(exporter: &Exporter, protocol: &'static str, result: &Result<E
             error.outcome()
         }
     };
-    exporter.metrics().requests.get_or_create(&RequestLabels { protocol, outcome }).inc();
+    metrics.requests.get_or_create(&RequestLabels { protocol, outcome }).inc();
 }
 
-/// The OTLP HTTP routes. At most `slots` requests are served at once; beyond them a request is
-/// answered 503 with `Retry-After` before its body is read, so bodies in memory stay bounded by
-/// `limits.max_concurrent_requests` × `limits.max_request_bytes` whatever the number of clients.
-pub fn http_router(exporter: Exporter, max_request_bytes: usize, slots: Arc<Semaphore>) -> Router {
-    let metrics = exporter.metrics().clone();
-    let shed = tower::ServiceBuilder::new()
-        .layer(axum::error_handling::HandleErrorLayer::new(move |_: tower::BoxError| {
-            let metrics = metrics.clone();
-            async move {
-                let error = shed();
-                metrics.requests.get_or_create(&RequestLabels { protocol: "http", outcome: error.outcome() }).inc();
-                error_response(Format::Protobuf, &error)
-            }
-        }))
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(slots));
-    Router::new()
-        .route("/v1/traces", post(http_traces))
-        // The compressed body is capped too; the decompressed size is checked in `decode_http`.
-        .layer(DefaultBodyLimit::max(max_request_bytes))
-        .layer(shed)
-        .with_state(exporter)
+/// The OTLP HTTP routes.
+pub fn http_router(exporter: Exporter) -> Router {
+    Router::new().route("/v1/traces", post(http_traces)).with_state(exporter)
 }
 
 /// The body format of an OTLP HTTP request, which is also the answer's format.
@@ -160,19 +325,14 @@ struct RpcStatus {
     message: String,
 }
 
-async fn http_traces(State(exporter): State<Exporter>, headers: HeaderMap, body: Bytes) -> Response {
-    let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("") {
+async fn http_traces(State(exporter): State<Exporter>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let format = match parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("") {
         ct if ct.starts_with("application/x-protobuf") || ct.starts_with("application/protobuf") => Format::Protobuf,
         ct if ct.starts_with("application/json") => Format::Json,
         other => return http_error(&exporter, Format::Json, &Error::UnsupportedMediaType(other.to_owned())),
     };
-    let request = match decode_http(&headers, &body, format, exporter.max_request_bytes()) {
-        Ok(request) => request,
-        Err(error) => return http_error(&exporter, format, &error),
-    };
-    let result = exporter.export(request).await;
-    record_outcome(&exporter, "http", &result);
-    match result {
+    match http_export(&exporter, &parts.headers, body, format).await {
         Ok(response) => {
             let body = match format {
                 Format::Protobuf => response.encode_to_vec(),
@@ -180,13 +340,78 @@ async fn http_traces(State(exporter): State<Exporter>, headers: HeaderMap, body:
             };
             (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
         }
-        Err(error) => error_response(format, &error),
+        Err(error) => http_error(&exporter, format, &error),
+    }
+}
+
+/// Reads, admits, decodes and exports one OTLP HTTP request.
+async fn http_export(
+    exporter: &Exporter,
+    headers: &HeaderMap,
+    body: AxumBody,
+    format: Format,
+) -> Result<ExportTraceServiceResponse, Error> {
+    let limit = exporter.max_request_bytes();
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::TooLarge { limit });
+    }
+    let (body, mut charge) = read_body(exporter, body, declared.unwrap_or(0)).await?;
+    // The slot is taken only now: a client still sending its body holds none.
+    let _slot = exporter.admit()?;
+    let inflated = inflate_body(headers, &body, limit, &mut charge)?;
+    let raw: &[u8] = inflated.as_deref().unwrap_or(&body);
+    exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "http" }).inc_by(raw.len() as u64);
+    let read = charge.bytes();
+    let request = match format {
+        Format::Protobuf => decode::protobuf(raw, exporter.max_spans(), &mut charge)?,
+        Format::Json => decode::json(raw, exporter.max_spans(), &mut charge)?,
+    };
+    drop(inflated);
+    drop(body);
+    // Only the decoded request stays charged.
+    charge.shrink_to(charge.bytes() - read);
+    let result = exporter.export(request, charge).await;
+    record_outcome(exporter.metrics(), "http", &result);
+    result
+}
+
+/// Reads a whole body, charged as it arrives, within `limits.read_timeout`.
+async fn read_body(exporter: &Exporter, body: AxumBody, declared: usize) -> Result<(Vec<u8>, Charge), Error> {
+    use http_body_util::BodyExt as _;
+    let limit = exporter.max_request_bytes();
+    let mut body = ChargedBody::new(body, exporter.budget(), limit, exporter.read_timeout());
+    let mut out = Vec::with_capacity(declared.min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e.downcast::<tonic::Status>() {
+            Ok(status) => error_of(&status, exporter),
+            Err(other) => Error::Malformed(format!("cannot read the request body: {other}")),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            out.extend_from_slice(&data);
+        }
+    }
+    let charge = std::mem::replace(&mut body.charge, exporter.budget().start());
+    Ok((out, charge))
+}
+
+/// The [`Error`] a [`ChargedBody`] failed with (it speaks gRPC statuses).
+fn error_of(status: &tonic::Status, exporter: &Exporter) -> Error {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => Error::ReadTimeout(exporter.read_timeout()),
+        tonic::Code::ResourceExhausted if status.message().contains("max_inflight_bytes") => Error::OverBudget {
+            what: "the request body",
+            need: exporter.max_request_bytes(),
+            limit: exporter.budget().capacity(),
+        },
+        tonic::Code::ResourceExhausted => Error::TooLarge { limit: exporter.max_request_bytes() },
+        tonic::Code::Unavailable => Error::Overloaded(status.message().to_owned()),
+        _ => Error::Malformed(status.message().to_owned()),
     }
 }
 
 fn http_error(exporter: &Exporter, format: Format, error: &Error) -> Response {
-    exporter.metrics().requests.get_or_create(&RequestLabels { protocol: "http", outcome: error.outcome() }).inc();
-    tracing::debug!(%error, "otlp http request refused");
+    refused(exporter.metrics(), "http", error);
     error_response(format, error)
 }
 
@@ -200,81 +425,121 @@ fn error_response(format: Format, error: &Error) -> Response {
     if error.is_retryable() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
     }
+    if matches!(error, Error::ReadTimeout(_)) {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
-/// Decompresses (never past `limit`) and decodes an OTLP HTTP body.
-fn decode_http(
-    headers: &HeaderMap,
-    body: &Bytes,
-    format: Format,
-    limit: usize,
-) -> Result<ExportTraceServiceRequest, Error> {
+/// Decompresses the body per `Content-Encoding` (never past `limit`, charging what it inflates);
+/// `None` when it is not compressed.
+fn inflate_body(headers: &HeaderMap, body: &[u8], limit: usize, charge: &mut Charge) -> Result<Option<Vec<u8>>, Error> {
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
-    let inflated;
-    let raw: &[u8] = match encoding.trim() {
-        "" | "identity" => body,
-        "gzip" => {
-            inflated = inflate(flate2::read::GzDecoder::new(&body[..]), body.len(), limit, "gzip")?;
-            &inflated
-        }
+    match encoding.trim() {
+        "" | "identity" => Ok(None),
+        "gzip" => inflate(flate2::read::GzDecoder::new(body), limit, "gzip", charge).map(Some),
         "zstd" => {
-            let decoder = zstd::stream::read::Decoder::new(&body[..])
+            let decoder = zstd::stream::read::Decoder::new(body)
                 .map_err(|e| Error::Malformed(format!("invalid zstd body: {e}")))?;
-            inflated = inflate(decoder, body.len(), limit, "zstd")?;
-            &inflated
+            inflate(decoder, limit, "zstd", charge).map(Some)
         }
-        other => return Err(Error::UnsupportedEncoding(other.to_owned())),
-    };
-    if raw.len() > limit {
-        return Err(Error::TooLarge { limit });
-    }
-    match format {
-        Format::Protobuf => {
-            ExportTraceServiceRequest::decode(raw).map_err(|e| Error::Malformed(format!("invalid OTLP protobuf: {e}")))
-        }
-        Format::Json => decode_json(raw),
+        other => Err(Error::UnsupportedEncoding(other.to_owned())),
     }
 }
 
-/// Inflates at most `limit + 1` bytes, so a decompression bomb costs at most the limit in memory.
-fn inflate(decoder: impl Read, compressed: usize, limit: usize, what: &str) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::with_capacity(compressed.saturating_mul(4).min(limit));
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Malformed(format!("invalid {what} body: {e}")))?;
-    if out.len() > limit {
-        return Err(Error::TooLarge { limit });
+/// Step in which inflated bytes are charged.
+const INFLATE_STEP: usize = 256 * 1024;
+
+/// Inflates at most `limit` bytes, charging them step by step, so a decompression bomb costs at most
+/// the limit (and never more than the budget has free).
+fn inflate(mut decoder: impl Read, limit: usize, what: &str, charge: &mut Charge) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    loop {
+        let room = (limit + 1).saturating_sub(out.len()).min(INFLATE_STEP);
+        if room == 0 {
+            return Err(Error::TooLarge { limit });
+        }
+        charge.grow(room, "the decompressed body")?;
+        let start = out.len();
+        out.resize(start + room, 0);
+        let n = read_full(&mut decoder, &mut out[start..])
+            .map_err(|e| Error::Malformed(format!("invalid {what} body: {e}")))?;
+        out.truncate(start + n);
+        charge.shrink_to(charge.bytes() - (room - n));
+        if n < room {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }
 
-/// OTLP/JSON: camelCase keys, hex trace and span ids.
-pub fn decode_json(raw: &[u8]) -> Result<ExportTraceServiceRequest, Error> {
-    spanline_common::otlp::decode_json(raw).map_err(Error::Malformed)
+/// Reads until `buf` is full or the reader ends; the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::metrics::gauge::Gauge;
     use std::io::Write;
 
     #[test]
     fn gzip_bomb_stops_at_the_limit() {
+        let budget = Budget::new(64 << 20, Gauge::default());
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         encoder.write_all(&vec![0u8; 8 << 20]).expect("compress");
         let bomb = encoder.finish().expect("finish");
         assert!(bomb.len() < 64 * 1024);
+        let mut charge = budget.start();
         let err =
-            inflate(flate2::read::GzDecoder::new(&bomb[..]), bomb.len(), 1 << 20, "gzip").expect_err("over the limit");
+            inflate(flate2::read::GzDecoder::new(&bomb[..]), 1 << 20, "gzip", &mut charge).expect_err("over the limit");
         assert!(matches!(err, Error::TooLarge { limit } if limit == 1 << 20));
-        assert_eq!(
-            inflate(flate2::read::GzDecoder::new(&bomb[..]), bomb.len(), 16 << 20, "gzip").expect("fits").len(),
-            8 << 20
-        );
+        let mut charge = budget.start();
+        let out = inflate(flate2::read::GzDecoder::new(&bomb[..]), 16 << 20, "gzip", &mut charge).expect("fits");
+        assert_eq!(out.len(), 8 << 20);
+        assert_eq!(charge.bytes(), 8 << 20, "exactly the inflated bytes stay charged");
         let zbomb = zstd::encode_all(&vec![0u8; 8 << 20][..], 3).expect("zstd");
         let decoder = zstd::stream::read::Decoder::new(&zbomb[..]).expect("decoder");
-        assert!(matches!(inflate(decoder, zbomb.len(), 1 << 20, "zstd"), Err(Error::TooLarge { .. })));
+        assert!(matches!(inflate(decoder, 1 << 20, "zstd", &mut budget.start()), Err(Error::TooLarge { .. })));
+        // Inflating past what the budget has free is refused as it happens, not after.
+        let small = Budget::new(2 << 20, Gauge::default());
+        let err =
+            inflate(flate2::read::GzDecoder::new(&bomb[..]), 16 << 20, "gzip", &mut small.start()).expect_err("budget");
+        assert!(matches!(err, Error::OverBudget { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_times_out_and_releases_its_charge() {
+        use http_body_util::BodyExt as _;
+        let budget = Budget::new(1 << 20, Gauge::default());
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        let stream = http_body_util::StreamBody::new(rx);
+        let mut body = ChargedBody::new(stream, &budget, 1 << 20, Duration::from_millis(200));
+        tx.try_send(Ok(Frame::data(Bytes::from(vec![1u8; 4096])))).expect("room");
+        body.frame().await.expect("a frame").expect("data");
+        assert_eq!(budget.capacity() - budget_free(&budget), 4096);
+        let err = body.frame().await.expect("the deadline").expect_err("times out");
+        let status = err.downcast::<tonic::Status>().expect("a status");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        drop(body);
+        assert_eq!(budget_free(&budget), budget.capacity());
+        drop(tx);
+    }
+
+    fn budget_free(budget: &Budget) -> usize {
+        // The whole budget can be charged only if nothing else holds any.
+        (0..=budget.capacity() / 1024)
+            .rev()
+            .find(|kib| budget.charge(kib * 1024, "probe").is_ok())
+            .map_or(0, |kib| kib * 1024)
     }
 }
