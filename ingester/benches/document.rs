@@ -12,6 +12,7 @@ use prost::Message;
 use spanline_ingester::{
     bulk::{encode_item, parse_response},
     config::Encoding,
+    deadletter::RecordLimits,
     document::{IndexNames, Mapped, Routing, map_request},
     worker::decode,
 };
@@ -57,6 +58,8 @@ fn bench(c: &mut Criterion) {
         clamp: false,
     };
     let now_micros = i64::try_from(fixtures::now_unix_nano() / 1_000).expect("fits");
+    // The default bounds, counted as live ingestion counts them.
+    let limits = RecordLimits::from_config(&spanline_ingester::Config::default()).documents;
     let mut group = c.benchmark_group("ingester");
     group.throughput(Throughput::Elements(spans as u64));
     group.bench_function("decode_map_ndjson", |b| {
@@ -66,7 +69,7 @@ fn bench(c: &mut Criterion) {
             for record in &records {
                 mapped.clear();
                 let (request, _) = decode(Encoding::OtlpProto, record).expect("decodes");
-                map_request(&request, &routing, now_micros, &mut mapped);
+                map_request(&request, &routing, limits, now_micros, &mut mapped);
                 for doc in mapped.docs.drain(..) {
                     out += encode_item(&doc).len();
                 }

@@ -18,6 +18,7 @@ pub struct Config {
     pub kafka: Kafka,
     pub opensearch: OpenSearch,
     pub batch: Batch,
+    pub limits: Limits,
     /// The admin server. Default `127.0.0.1:14270`.
     pub admin: AdminConfig,
     /// How long shutdown may take to flush, index and commit. Default `20s`.
@@ -228,6 +229,44 @@ impl Default for Batch {
     }
 }
 
+/// What one Kafka record may cost. A record or span over a bound is dead-lettered with a reason
+/// naming the setting, and its offset moves on: never indexed in part, never lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A record whose value is larger is dead-lettered whole without being decoded (stage `DECODE`,
+    /// error type `record_too_large`): decoding protobuf can allocate up to ~260 times a record's
+    /// size (many empty spans), once per runtime thread at a time. Default `1MiB`, above Kafka's
+    /// default `max.message.bytes` (1 MB).
+    pub max_record_bytes: ByteSize,
+    /// The most one record may expand to: the JSON of its documents plus 128 bytes each (the bulk
+    /// action line), or per span the dead letter that would replace it if larger. Jaeger's
+    /// schema repeats the resource's attributes in every span document, so a small record can make
+    /// gigabytes. Counted while mapping, which stops at the bound: the record is dead-lettered whole
+    /// (stage `MAP`, error type `record_documents_too_large`). Default `32MiB`.
+    pub max_record_document_bytes: ByteSize,
+    /// A span whose document's JSON is larger is dead-lettered alone (stage `MAP`, error type
+    /// `document_too_large`); the record's other spans are indexed. Default `1MiB`.
+    pub max_document_bytes: ByteSize,
+    /// The largest dead-letter record (envelope and key). An envelope that would be larger is
+    /// written without its payload, keeping the source topic, partition, offset, key and reason (the
+    /// payload stays in the source topic until its retention ends). Must not exceed the dead-letter
+    /// topic's `max.message.bytes`; the dead-letter producer's `message.max.bytes` is set to it plus
+    /// 1KiB of framing unless `kafka.librdkafka` says otherwise. Default `1MB` (1 000 000 bytes).
+    pub max_dead_letter_bytes: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: ByteSize::mib(1),
+            max_record_document_bytes: ByteSize::mib(32),
+            max_document_bytes: ByteSize::mib(1),
+            max_dead_letter_bytes: ByteSize(1_000_000),
+        }
+    }
+}
+
 impl Config {
     /// Loads `file` then `SPANLINE_INGESTER__*` variables, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -275,6 +314,19 @@ impl Validate for Config {
         if self.batch.max_inflight_bulks == 0 || self.batch.max_inflight_bulks > 64 {
             return Err("batch.max_inflight_bulks must be between 1 and 64".into());
         }
+        let limits = &self.limits;
+        if limits.max_record_bytes.bytes() < 1024 || limits.max_document_bytes.bytes() < 1024 {
+            return Err("limits.max_record_bytes and limits.max_document_bytes must be at least 1KiB".into());
+        }
+        if limits.max_record_document_bytes < limits.max_document_bytes {
+            return Err(format!(
+                "limits.max_record_document_bytes ({}) must be at least limits.max_document_bytes ({})",
+                limits.max_record_document_bytes, limits.max_document_bytes
+            ));
+        }
+        if limits.max_dead_letter_bytes.bytes() < 4096 {
+            return Err("limits.max_dead_letter_bytes must be at least 4KiB".into());
+        }
         if self.kafka.max_prefetch_bytes.bytes() < 1024 {
             return Err("kafka.max_prefetch_bytes must be at least 1KiB".into());
         }
@@ -309,6 +361,7 @@ impl Default for Config {
             kafka: Kafka::default(),
             opensearch: OpenSearch::default(),
             batch: Batch::default(),
+            limits: Limits::default(),
             admin: AdminConfig::loopback(14270),
             shutdown_grace: Duration::from_secs(20),
         }
@@ -329,6 +382,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ingester.toml");
         let config = Config::load(Some(&path)).expect("deploy/ingester.toml loads");
         assert_eq!(config.kafka.group_id, "spanline-ingester");
+        assert_eq!(config.limits, Limits::default(), "the example shows the defaults");
     }
 
     #[test]
@@ -341,6 +395,12 @@ mod tests {
         let mut c = Config::default();
         c.batch.max_inflight_bulks = 0;
         assert!(c.validate().expect_err("rejected").contains("max_inflight_bulks"));
+        let mut c = Config::default();
+        c.limits.max_record_document_bytes = ByteSize::kib(512);
+        assert!(c.validate().expect_err("rejected").contains("limits.max_record_document_bytes"));
+        let mut c = Config::default();
+        c.limits.max_dead_letter_bytes = ByteSize(100);
+        assert!(c.validate().expect_err("rejected").contains("limits.max_dead_letter_bytes"));
         let mut c = Config::default();
         c.opensearch.url = "localhost:9200".into();
         assert!(c.validate().expect_err("rejected").contains("opensearch.url"));

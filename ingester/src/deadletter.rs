@@ -1,11 +1,17 @@
 //! `deadletter`: what can never be indexed → the dead-letter topic, before its offset is stored.
 //!
-//! Called by the consume loop for records that are not OTLP protobuf (stage `DECODE`, the raw record)
-//! and for span documents the store rejects for good (stage `INDEX`, the span alone in an OTLP
-//! request with its resource and scope). Guarantees: [`DeadLetters::send`] returns only when the
-//! dead-letter topic acknowledged every envelope (idempotent producer), retrying with backoff until
-//! then or until `abort`; the caller stores offsets only after it returns, so a rejected span is in
-//! OpenSearch or in the dead-letter topic with its reason, never neither.
+//! Called by the worker for records that are not OTLP protobuf or are larger than
+//! `limits.max_record_bytes` (stage `DECODE`, the raw record), records whose documents would pass
+//! `limits.max_record_document_bytes` (stage `MAP`, the raw record), spans refused alone (stage
+//! `MAP`: outside the accepted window, or a document over `limits.max_document_bytes`) and span
+//! documents the store rejects for good (stage `INDEX`); a span goes alone in an OTLP request with its
+//! resource and scope. Guarantees: [`DeadLetters::send`] returns only when the dead-letter topic
+//! acknowledged every envelope (idempotent producer), retrying with backoff until then or until
+//! `abort`; the caller stores offsets only after it returns, so a rejected span is in OpenSearch or
+//! in the dead-letter topic with its reason, never neither. No envelope is larger than
+//! `limits.max_dead_letter_bytes`: one that would be is sent without its payload, naming the source
+//! record's topic, partition and offset, so an oversize payload cannot wedge the partition in
+//! endless retries.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +24,7 @@ use opentelemetry_proto::tonic::{
 use prost::Message;
 use rdkafka::producer::FutureRecord;
 use spanline_common::{
+    ByteSize,
     kafka::{QuietContext, QuietProducer},
     repeats::Repeats,
 };
@@ -27,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     batch::Origin,
     config::Config,
+    document::{DocumentLimits, OverRecord},
     error::Error,
-    metrics::{Metrics, StageLabels},
+    metrics::{LimitLabels, Metrics, StageLabels},
 };
 
 /// One envelope and the key it is produced with.
@@ -36,6 +44,40 @@ use crate::{
 pub struct Letter {
     pub key: Option<Bytes>,
     pub envelope: DeadLetter,
+    /// Set when a `[limits]` bound refused the record or span, for the metrics.
+    pub over_limit: Option<OverLimit>,
+}
+
+/// Which `[limits]` setting refused a dead-lettered record or span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimit {
+    /// The setting's name under `[limits]`.
+    pub setting: &'static str,
+    /// The whole record was refused (else one span).
+    pub whole_record: bool,
+    /// Spans refused (0 for a record that was not decoded).
+    pub spans: u64,
+}
+
+/// The bounds on one record, from `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLimits {
+    /// `limits.max_record_bytes`: larger records are not decoded.
+    pub max_record_bytes: usize,
+    pub documents: DocumentLimits,
+}
+
+impl RecordLimits {
+    pub fn from_config(config: &Config) -> Self {
+        let l = &config.limits;
+        Self {
+            max_record_bytes: l.max_record_bytes.as_usize(),
+            documents: DocumentLimits {
+                max_document_bytes: l.max_document_bytes.as_usize(),
+                max_record_document_bytes: l.max_record_document_bytes.as_usize(),
+            },
+        }
+    }
 }
 
 /// The dead-letter producer.
@@ -48,6 +90,10 @@ pub struct DeadLetters {
     metrics: Metrics,
     /// A dead-letter topic that cannot be written fails every retry: logged once per interval.
     repeats: std::sync::Arc<Repeats>,
+    /// `limits.max_dead_letter_bytes`: the largest envelope plus key.
+    max_bytes: usize,
+    /// The record bounds whose refusals end here; the worker reads them from [`DeadLetters::limits`].
+    limits: RecordLimits,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -84,12 +130,55 @@ pub fn undecodable(
             dead_lettered_at_unix_nano: now_nanos(),
             span_count: 0,
         },
+        over_limit: None,
     }
 }
 
+/// The envelope for a record larger than `limits.max_record_bytes`, which was not decoded.
+pub fn record_too_large(
+    source_topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    record: &[u8],
+    max_record_bytes: usize,
+) -> Letter {
+    let reason = format!(
+        "record of {} bytes is over limits.max_record_bytes ({}), not decoded",
+        record.len(),
+        ByteSize(u64::try_from(max_record_bytes).unwrap_or(u64::MAX))
+    );
+    let mut letter = undecodable(source_topic, partition, offset, key, record, reason);
+    letter.envelope.error_type = "record_too_large".into();
+    letter.over_limit = Some(OverLimit { setting: "max_record_bytes", whole_record: true, spans: 0 });
+    letter
+}
+
+/// The envelope for a record whose documents would pass `limits.max_record_document_bytes`, at
+/// stage `MAP`: `request` (the record as OTLP protobuf) whole, every span in it.
+pub fn record_over_documents(
+    source_topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    request: &[u8],
+    over: &OverRecord,
+) -> Letter {
+    let spans = u64::try_from(over.spans).unwrap_or(u64::MAX);
+    let mut letter = undecodable(source_topic, partition, offset, key, request, over.reason());
+    let env = &mut letter.envelope;
+    env.payload_kind = PayloadKind::OtlpProto as i32;
+    env.stage = Stage::Map as i32;
+    env.error_type = "record_documents_too_large".into();
+    env.span_count = u32::try_from(spans).unwrap_or(u32::MAX);
+    letter.over_limit = Some(OverLimit { setting: "max_record_document_bytes", whole_record: true, spans });
+    letter
+}
+
 /// The envelope for one span that will never be indexed (`stage` says why: the store rejected it,
-/// or its start time is outside the accepted window): the span alone in an OTLP request, with its
-/// resource and scope. `None` if the record no longer holds the span (it always should).
+/// or it was refused before indexing), cut from the record's bytes: the span alone in an OTLP
+/// request, with its resource and scope. `None` if the record no longer holds the span (it always
+/// should).
 pub fn rejected_span(
     source_topic: &str,
     origin: &Origin,
@@ -98,18 +187,30 @@ pub fn rejected_span(
     reason: String,
 ) -> Option<Letter> {
     let request = ExportTraceServiceRequest::decode(origin.record.as_ref()).ok()?;
+    refused_span(source_topic, &request, origin, stage, error_type, reason)
+}
+
+/// [`rejected_span`] for a request already decoded (`origin.record` is not read).
+pub fn refused_span(
+    source_topic: &str,
+    request: &ExportTraceServiceRequest,
+    origin: &Origin,
+    stage: Stage,
+    error_type: String,
+    reason: String,
+) -> Option<Letter> {
     let [r, s, p] = origin.position;
-    let resource_spans = request.resource_spans.into_iter().nth(r)?;
-    let scope_spans = resource_spans.scope_spans.into_iter().nth(s)?;
-    let span = scope_spans.spans.into_iter().nth(p)?;
+    let resource_spans = request.resource_spans.get(r)?;
+    let scope_spans = resource_spans.scope_spans.get(s)?;
+    let span = scope_spans.spans.get(p)?;
     let single = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: resource_spans.resource,
-            schema_url: resource_spans.schema_url,
+            resource: resource_spans.resource.clone(),
+            schema_url: resource_spans.schema_url.clone(),
             scope_spans: vec![ScopeSpans {
-                scope: scope_spans.scope,
-                schema_url: scope_spans.schema_url,
-                spans: vec![span],
+                scope: scope_spans.scope.clone(),
+                schema_url: scope_spans.schema_url.clone(),
+                spans: vec![span.clone()],
             }],
         }],
     };
@@ -128,14 +229,59 @@ pub fn rejected_span(
             dead_lettered_at_unix_nano: now_nanos(),
             span_count: 1,
         },
+        over_limit: None,
     })
+}
+
+/// The longest reason kept in an envelope that had to shed its payload.
+const MAX_SHED_REASON: usize = 4096;
+
+/// `letter`'s envelope as bytes, at most `max` of them with its key: past it the payload is left
+/// out (the reason says so and where the record is), then, if still too large, the key and the end
+/// of the reason. Returns whether the payload was left out.
+fn encode_within(letter: &mut Letter, max: usize) -> (Vec<u8>, bool) {
+    let key_len = letter.key.as_ref().map_or(0, Bytes::len);
+    let bytes = letter.envelope.encode_to_vec();
+    if bytes.len() + key_len <= max {
+        return (bytes, false);
+    }
+    let env = &mut letter.envelope;
+    let omitted = std::mem::take(&mut env.payload).len();
+    env.payload_kind = PayloadKind::Unspecified as i32;
+    env.span_count = 0;
+    if env.reason.len() > MAX_SHED_REASON {
+        let mut cut = MAX_SHED_REASON;
+        while !env.reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        env.reason.truncate(cut);
+        env.reason.push('…');
+    }
+    env.reason = format!(
+        "{}; payload of {omitted} bytes left out: the envelope would pass limits.max_dead_letter_bytes ({}); the source record is {} partition {} offset {}",
+        env.reason,
+        ByteSize(u64::try_from(max).unwrap_or(u64::MAX)),
+        env.source_topic,
+        env.source_partition,
+        env.source_offset
+    );
+    let bytes = env.encode_to_vec();
+    if bytes.len() + key_len > max {
+        letter.key = None;
+    }
+    (bytes, true)
 }
 
 impl DeadLetters {
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, Error> {
         let client = config.kafka.client();
         let mut cfg = client.base("spanline-ingester-dlq");
-        cfg.set("enable.idempotence", "true").set("linger.ms", "5").set("message.timeout.ms", "30000");
+        let max_bytes = config.limits.max_dead_letter_bytes.as_usize();
+        cfg.set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            // Room for the largest envelope and its record framing (librdkafka's default is 1000000).
+            .set("message.max.bytes", max_bytes.saturating_add(1024).max(1_000_000).to_string());
         client.apply_overrides(&mut cfg);
         let producer: QuietProducer = cfg.create_with_context(QuietContext::default()).map_err(Error::Kafka)?;
         let backoff = ExponentialBuilder::default()
@@ -150,7 +296,14 @@ impl DeadLetters {
             backoff,
             metrics,
             repeats: std::sync::Arc::new(Repeats::default()),
+            max_bytes,
+            limits: RecordLimits::from_config(config),
         })
+    }
+
+    /// The bounds on one record (`[limits]`).
+    pub fn limits(&self) -> RecordLimits {
+        self.limits
     }
 
     /// The topic records are consumed from (named in every envelope).
@@ -162,8 +315,18 @@ impl DeadLetters {
     pub async fn send(&self, letters: Vec<Letter>, abort: &CancellationToken) -> Result<(), Error> {
         let mut pending: Vec<(Letter, Vec<u8>)> = letters
             .into_iter()
-            .map(|l| {
-                let bytes = l.envelope.encode_to_vec();
+            .map(|mut l| {
+                let (bytes, shed) = encode_within(&mut l, self.max_bytes);
+                if shed {
+                    let env = &l.envelope;
+                    tracing::warn!(
+                        partition = env.source_partition,
+                        offset = env.source_offset,
+                        stage = env.stage,
+                        "dead letter over limits.max_dead_letter_bytes, written without its payload"
+                    );
+                    self.metrics.dead_letter_payloads_left_out.inc();
+                }
                 (l, bytes)
             })
             .collect();
@@ -176,6 +339,13 @@ impl DeadLetters {
                     Ok(()) => {
                         let stage = Stage::try_from(letter.envelope.stage).map_or("unknown", stage_name);
                         self.metrics.dead_lettered.get_or_create(&StageLabels { stage }).inc();
+                        if let Some(over) = letter.over_limit {
+                            let labels = LimitLabels { limit: over.setting };
+                            if over.whole_record {
+                                self.metrics.over_limit_records.get_or_create(&labels).inc();
+                            }
+                            self.metrics.over_limit_spans.get_or_create(&labels).inc_by(over.spans);
+                        }
                     }
                     Err(error) => {
                         if let Some(repeated) = self.repeats.check("dead_letter_retry") {

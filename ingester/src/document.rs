@@ -1,21 +1,37 @@
 //! `document`: one OTLP `ExportTraceServiceRequest` (a Kafka record) → Jaeger span documents and
 //! service documents (REFERENCE.md §4), each with its target index and a deterministic `_id`.
 //!
-//! Called by the consume loop for every record. Pure. Guarantees: the same span always maps to the
-//! same bytes and the same `_id` (`{traceID}_{spanID}_{fnv64a(document) as hex}`), so retries and
-//! replays are idempotent under the bulk `create` action; indices are chosen by the span's start
-//! time in UTC.
+//! Called by the worker for every record. Pure. Guarantees: the same span always maps to the same
+//! bytes and the same `_id` (`{traceID}_{spanID}_{fnv64a(document) as hex}`), so retries and replays
+//! are idempotent under the bulk `create` action; indices are chosen by the span's start time in UTC.
+//!
+//! Bounded ([`DocumentLimits`]): Jaeger's schema repeats the resource's attributes (the process tags)
+//! in every span document, so a small record can expand a thousandfold. Each document's size is
+//! known before it is kept: the process part is written once per resource, a span's own part is
+//! written up to the room left and only counted past it, so a span whose document would be over
+//! `max_document_bytes` is refused alone having cost its length, not its bytes. A record's documents
+//! (and the dead letters of its refused spans) are added up as they are made, and mapping stops as
+//! soon as the sum passes `max_record_document_bytes`: the work done for a record that is refused
+//! whole is at most that bound plus one document.
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    fmt::{self},
+    io,
+};
 
 use chrono::{DateTime, Datelike};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{AnyValue, KeyValue, any_value},
-    trace::v1::{Span, span::SpanKind, status::StatusCode},
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+    trace::v1::{Span, span::Event, span::SpanKind, status::StatusCode},
 };
-use serde::Serialize;
-use spanline_common::ids::{fnv64a, to_hex};
+use prost::Message as _;
+use serde::{Serialize, Serializer, ser::SerializeSeq};
+use spanline_common::{
+    ByteSize,
+    ids::{fnv64a, to_hex},
+};
 
 /// A document ready for `_bulk`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,25 +75,107 @@ pub struct Routing {
     pub clamp: bool,
 }
 
-/// A span whose start time is outside the accepted window, and why.
+/// How far one record may expand (`[limits]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentLimits {
+    /// The largest span document (JSON source bytes); a span whose document is larger is refused
+    /// alone (`limits.max_document_bytes`).
+    pub max_document_bytes: usize,
+    /// The most one record may cost: per span the larger of its document (JSON bytes plus 128 for
+    /// the bulk action line) and the dead letter that would replace it (256 bytes plus the span with
+    /// its resource and scope as protobuf), per service document its JSON plus 128; past it the
+    /// record is refused whole (`limits.max_record_document_bytes`).
+    pub max_record_document_bytes: usize,
+}
+
+impl DocumentLimits {
+    /// No bound: for measuring the mapping alone.
+    pub const UNBOUNDED: Self = Self { max_document_bytes: usize::MAX, max_record_document_bytes: usize::MAX };
+}
+
+/// Why a span gets no document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its start time is outside the accepted window.
+    OutOfWindow,
+    /// Its document is larger than `max_document_bytes`.
+    TooLarge,
+    /// Its document cannot be written as JSON (no known span does this).
+    Unwritable,
+}
+
+impl Refusal {
+    /// The dead letter's `error_type`.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Refusal::OutOfWindow => "span_out_of_range",
+            Refusal::TooLarge => "document_too_large",
+            Refusal::Unwritable => "document_error",
+        }
+    }
+}
+
+/// A span that gets no document, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutOfWindow {
+pub struct Refused {
     /// (resource, scope, span) indices in the request.
     pub position: [usize; 3],
+    pub refusal: Refusal,
     pub reason: String,
+}
+
+/// A record whose documents would pass `max_record_document_bytes`: mapping stopped there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverRecord {
+    /// The bytes counted when mapping stopped (more than `limit`).
+    pub counted: usize,
+    /// Spans looked at before it stopped, of `spans`.
+    pub spans_seen: usize,
+    pub spans: usize,
+    pub limit: usize,
+}
+
+impl OverRecord {
+    /// The dead letter's reason: what was counted, and the setting that bounds it.
+    pub fn reason(&self) -> String {
+        format!(
+            "record would produce more than {} bytes of documents (counted over {} of its {} spans), over limits.max_record_document_bytes ({})",
+            self.counted,
+            self.spans_seen,
+            self.spans,
+            ByteSize(u64::try_from(self.limit).unwrap_or(u64::MAX))
+        )
+    }
 }
 
 /// What [`map_request`] produces.
 #[derive(Debug, Default)]
 pub struct Mapped {
     pub docs: Vec<Document>,
-    pub out_of_window: Vec<OutOfWindow>,
+    /// Spans refused alone (each to be dead-lettered); the record's other spans are in `docs`.
+    pub refused: Vec<Refused>,
+    /// Spans in the request.
+    pub spans: usize,
+    /// What the record cost, as [`DocumentLimits::max_record_document_bytes`] counts it.
+    pub bytes: usize,
+    /// Set when the record is refused whole; `docs` and `refused` are then empty.
+    pub over: Option<OverRecord>,
 }
 
 impl Mapped {
     pub fn clear(&mut self) {
         self.docs.clear();
-        self.out_of_window.clear();
+        self.refused.clear();
+        self.spans = 0;
+        self.bytes = 0;
+        self.over = None;
+    }
+
+    /// Stops the record: nothing of it is kept.
+    fn refuse_whole(&mut self, spans_seen: usize, limit: usize) {
+        self.docs.clear();
+        self.refused.clear();
+        self.over = Some(OverRecord { counted: self.bytes, spans_seen, spans: self.spans, limit });
     }
 }
 
@@ -111,12 +209,75 @@ impl IndexNames {
     }
 }
 
+/// A tag's value as Jaeger reads it: a string. Values derived from large inputs (hex of bytes, the
+/// JSON of arrays and maps) are written straight into the document, never built apart.
+enum Text<'a> {
+    Str(&'a str),
+    Owned(String),
+    /// Lowercase hex of the bytes.
+    Hex(&'a [u8]),
+    /// The OTLP/JSON form of the value, as a string.
+    Json(&'a AnyValue),
+}
+
+impl Serialize for Text<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Text::Str(v) => s.serialize_str(v),
+            Text::Owned(v) => s.serialize_str(v),
+            Text::Hex(v) => s.collect_str(&Hex(v)),
+            Text::Json(v) => s.collect_str(&Json(v)),
+        }
+    }
+}
+
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut chunk = [0u8; 128];
+        for bytes in self.0.chunks(chunk.len() / 2) {
+            for (i, b) in bytes.iter().enumerate() {
+                chunk[2 * i] = DIGITS[usize::from(b >> 4)];
+                chunk[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+            }
+            // Hex digits are ASCII.
+            f.write_str(std::str::from_utf8(&chunk[..2 * bytes.len()]).unwrap_or_default())?;
+        }
+        Ok(())
+    }
+}
+
+struct Json<'a>(&'a AnyValue);
+
+impl fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// serde_json writes whole UTF-8 fragments (text between escapes, escapes, numbers).
+        struct Utf8<'a, 'b>(&'a mut fmt::Formatter<'b>);
+        impl io::Write for Utf8<'_, '_> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let text = std::str::from_utf8(buf).map_err(io::Error::other)?;
+                self.0.write_str(text).map_err(io::Error::other)?;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        // An error here can only come from the formatter, which reports it itself; returning
+        // `fmt::Error` of our own would make serde_json panic, so a value cut short is the worst case.
+        let _ = serde_json::to_writer(Utf8(f), self.0);
+        Ok(())
+    }
+}
+
 #[derive(Serialize)]
 struct Tag<'a> {
     key: Cow<'a, str>,
     #[serde(rename = "type")]
     kind: &'static str,
-    value: Cow<'a, str>,
+    value: Text<'a>,
 }
 
 #[derive(Serialize)]
@@ -130,18 +291,105 @@ struct Reference {
 }
 
 #[derive(Serialize)]
-struct Log<'a> {
-    timestamp: u64,
-    fields: Vec<Tag<'a>>,
-}
-
-#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Process<'a> {
     service_name: &'a str,
-    tags: Vec<Tag<'a>>,
+    tags: ProcessTags<'a>,
 }
 
+/// The resource's attributes but `service.name`.
+struct ProcessTags<'a>(&'a [KeyValue]);
+
+impl Serialize for ProcessTags<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        for kv in self.0.iter().filter(|kv| kv.key != "service.name") {
+            seq.serialize_element(&tag(kv))?;
+        }
+        seq.end()
+    }
+}
+
+/// A span's attributes, then the tags synthesized from its scope, kind, status and trace state.
+struct SpanTags<'a> {
+    span: &'a Span,
+    scope: Option<&'a InstrumentationScope>,
+}
+
+impl Serialize for SpanTags<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Self { span, scope } = self;
+        let mut seq = s.serialize_seq(None)?;
+        for kv in &span.attributes {
+            seq.serialize_element(&tag(kv))?;
+        }
+        if let Some(scope) = scope {
+            if !scope.name.is_empty() {
+                seq.serialize_element(&str_tag("otel.scope.name", &scope.name))?;
+            }
+            if !scope.version.is_empty() {
+                seq.serialize_element(&str_tag("otel.scope.version", &scope.version))?;
+            }
+        }
+        if let Some(kind) = span_kind(span.kind) {
+            seq.serialize_element(&str_tag("span.kind", kind))?;
+        }
+        if let Some(status) = &span.status {
+            match StatusCode::try_from(status.code) {
+                Ok(StatusCode::Ok) => seq.serialize_element(&str_tag("otel.status_code", "OK"))?,
+                Ok(StatusCode::Error) => {
+                    seq.serialize_element(&str_tag("otel.status_code", "ERROR"))?;
+                    seq.serialize_element(&Tag {
+                        key: Cow::Borrowed("error"),
+                        kind: "bool",
+                        value: Text::Str("true"),
+                    })?;
+                }
+                _ => {}
+            }
+            if !status.message.is_empty() {
+                seq.serialize_element(&str_tag("otel.status_description", &status.message))?;
+            }
+        }
+        if !span.trace_state.is_empty() {
+            seq.serialize_element(&str_tag("w3c.tracestate", &span.trace_state))?;
+        }
+        seq.end()
+    }
+}
+
+/// A span's events as Jaeger logs: timestamp in µs, the event's name as field `event`.
+struct Logs<'a>(&'a [Event]);
+
+impl Serialize for Logs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Log<'a> {
+            timestamp: u64,
+            fields: Fields<'a>,
+        }
+        struct Fields<'a>(&'a Event);
+        impl Serialize for Fields<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(None)?;
+                if !self.0.name.is_empty() {
+                    seq.serialize_element(&str_tag("event", &self.0.name))?;
+                }
+                for kv in &self.0.attributes {
+                    seq.serialize_element(&tag(kv))?;
+                }
+                seq.end()
+            }
+        }
+        let mut seq = s.serialize_seq(None)?;
+        for event in self.0 {
+            seq.serialize_element(&Log { timestamp: event.time_unix_nano / 1_000, fields: Fields(event) })?;
+        }
+        seq.end()
+    }
+}
+
+/// A span document but its `process`, which is the last field: [`span_document`] appends it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct JaegerSpan<'a> {
@@ -158,10 +406,19 @@ struct JaegerSpan<'a> {
     start_time: u64,
     start_time_millis: u64,
     duration: u64,
-    tags: Vec<Tag<'a>>,
-    logs: Vec<Log<'a>>,
-    process: &'a Process<'a>,
+    tags: SpanTags<'a>,
+    logs: Logs<'a>,
 }
+
+/// What a document costs beyond its JSON: its bulk action line (index and id) and bookkeeping.
+const DOCUMENT_OVERHEAD: usize = 128;
+
+/// What a dead letter costs beyond its payload: the envelope's other fields (the reason, the source
+/// and target names) and bookkeeping.
+const LETTER_OVERHEAD: usize = 256;
+
+/// What joins a span's own part to its process part.
+const PROCESS_KEY: &[u8] = b",\"process\":";
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
@@ -174,6 +431,43 @@ struct ServiceDoc<'a> {
     operation_name: &'a str,
 }
 
+/// JSON kept up to `limit` bytes and only counted past it: the length of a document is known
+/// without holding more than `limit` of it.
+struct Bounded {
+    bytes: Vec<u8>,
+    len: usize,
+    limit: usize,
+}
+
+impl Bounded {
+    /// `value` as JSON, kept if it fits in `limit` bytes; `None` if it cannot be written.
+    fn write(value: &impl Serialize, limit: usize) -> Option<Self> {
+        let mut out = Self { bytes: Vec::new(), len: 0, limit };
+        serde_json::to_writer(&mut out, value).ok()?;
+        Some(out)
+    }
+
+    fn fits(&self) -> bool {
+        self.len <= self.limit
+    }
+}
+
+impl io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.len = self.len.saturating_add(buf.len());
+        if self.len <= self.limit {
+            self.bytes.extend_from_slice(buf);
+        } else if self.bytes.capacity() > 0 {
+            self.bytes = Vec::new();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The Jaeger tag for an OTLP attribute: type name and value as a string (REFERENCE.md §4: every
 /// Jaeger Query version reads string values).
 fn tag(kv: &KeyValue) -> Tag<'_> {
@@ -181,24 +475,24 @@ fn tag(kv: &KeyValue) -> Tag<'_> {
     Tag { key: Cow::Borrowed(&kv.key), kind, value }
 }
 
-fn any_value_text(v: Option<&AnyValue>) -> (&'static str, Cow<'_, str>) {
-    match v.and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => ("string", Cow::Borrowed(s)),
-        Some(any_value::Value::BoolValue(b)) => ("bool", Cow::Borrowed(if *b { "true" } else { "false" })),
-        Some(any_value::Value::IntValue(i)) => ("int64", Cow::Owned(i.to_string())),
-        Some(any_value::Value::DoubleValue(d)) => ("float64", Cow::Owned(d.to_string())),
-        Some(any_value::Value::BytesValue(b)) => ("binary", Cow::Owned(to_hex(b))),
-        Some(other @ (any_value::Value::ArrayValue(_) | any_value::Value::KvlistValue(_))) => {
-            ("string", Cow::Owned(serde_json::to_string(&AnyValue { value: Some(other.clone()) }).unwrap_or_default()))
+fn any_value_text(v: Option<&AnyValue>) -> (&'static str, Text<'_>) {
+    match v.map(|any| (any, any.value.as_ref())) {
+        Some((_, Some(any_value::Value::StringValue(s)))) => ("string", Text::Str(s)),
+        Some((_, Some(any_value::Value::BoolValue(b)))) => ("bool", Text::Str(if *b { "true" } else { "false" })),
+        Some((_, Some(any_value::Value::IntValue(i)))) => ("int64", Text::Owned(i.to_string())),
+        Some((_, Some(any_value::Value::DoubleValue(d)))) => ("float64", Text::Owned(d.to_string())),
+        Some((_, Some(any_value::Value::BytesValue(b)))) => ("binary", Text::Hex(b)),
+        Some((any, Some(any_value::Value::ArrayValue(_) | any_value::Value::KvlistValue(_)))) => {
+            ("string", Text::Json(any))
         }
         // Newer OTLP value kinds (e.g. references into a string table) are written as their debug form.
-        Some(other) => ("string", Cow::Owned(format!("{other:?}"))),
-        None => ("string", Cow::Borrowed("")),
+        Some((_, Some(other))) => ("string", Text::Owned(format!("{other:?}"))),
+        Some((_, None)) | None => ("string", Text::Str("")),
     }
 }
 
 fn str_tag<'a>(key: &'static str, value: &'a str) -> Tag<'a> {
-    Tag { key: Cow::Borrowed(key), kind: "string", value: Cow::Borrowed(value) }
+    Tag { key: Cow::Borrowed(key), kind: "string", value: Text::Str(value) }
 }
 
 fn span_kind(kind: i32) -> Option<&'static str> {
@@ -224,52 +518,121 @@ fn service_name(attributes: &[KeyValue]) -> &str {
         .unwrap_or("unknown_service")
 }
 
-/// Maps every span of `request` to its documents, appending to `out`: one span document per span,
-/// and one service document per distinct (service, operation, day) in the request. Spans starting
-/// outside [now − max age, now + max skew] are listed in `out.out_of_window` instead, unless the
-/// routing clamps them to the nearest allowed day.
-pub fn map_request(request: &ExportTraceServiceRequest, routing: &Routing, now_micros: i64, out: &mut Mapped) {
+/// Maps every span of `request` to its documents, into `out` (cleared first): one span document
+/// per span, and one service document per distinct (service, operation, day) in the request.
+///
+/// Spans starting outside [now − max age, now + max skew] are listed in `out.refused` instead,
+/// unless the routing clamps them to the nearest allowed day; so are spans whose document would be
+/// over `limits.max_document_bytes` (their service documents are not made either). Each span and
+/// service document costs what [`DocumentLimits::max_record_document_bytes`] says; once the sum
+/// passes it, mapping stops and `out.over` says so, with nothing kept.
+pub fn map_request(
+    request: &ExportTraceServiceRequest,
+    routing: &Routing,
+    limits: DocumentLimits,
+    now_micros: i64,
+    out: &mut Mapped,
+) {
+    out.clear();
+    out.spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
     let names = &routing.names;
     let (oldest, newest) = (now_micros - routing.max_age_micros, now_micros + routing.max_skew_micros);
+    let max_record = limits.max_record_document_bytes;
+    let mut seen = 0;
     let mut services: Vec<(String, String)> = Vec::new();
     for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
-        let attributes = resource_spans.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
+        let resource = resource_spans.resource.as_ref();
+        let attributes = resource.map_or(&[][..], |r| &r.attributes[..]);
         let service = service_name(attributes);
-        let process = Process {
-            service_name: service,
-            tags: attributes.iter().filter(|kv| kv.key != "service.name").map(tag).collect(),
-        };
+        // Written once per resource (when it has a span to index), at most `max_document_bytes`.
+        let mut process: Option<Option<Bounded>> = None;
+        let resource_len = resource.map_or(0, prost::Message::encoded_len);
         for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
             let scope = scope_spans.scope.as_ref();
+            let scope_len = scope.map_or(0, prost::Message::encoded_len);
             for (pi, span) in scope_spans.spans.iter().enumerate() {
+                seen += 1;
+                let position = [ri, si, pi];
+                // The dead letter if the span is refused: a request of this span alone, its resource
+                // and scope, in an envelope.
+                let letter = resource_len + scope_len + span.encoded_len() + LETTER_OVERHEAD;
                 let start = micros(span.start_time_unix_nano);
                 let day = if (oldest..=newest).contains(&start) {
-                    start
+                    Some(start)
                 } else if routing.clamp {
-                    start.clamp(oldest, newest)
+                    Some(start.clamp(oldest, newest))
                 } else {
-                    let when =
-                        DateTime::from_timestamp_micros(start).map_or_else(|| start.to_string(), |t| t.to_rfc3339());
-                    out.out_of_window.push(OutOfWindow {
-                        position: [ri, si, pi],
-                        reason: format!(
-                            "span start {when} is outside the accepted window (max_span_age, max_clock_skew)"
-                        ),
-                    });
-                    continue;
+                    None
                 };
-                let mut doc = span_document(span, scope, &process);
-                doc.index = names.daily(DocKind::Span, day);
-                doc.position = Some([ri, si, pi]);
-                let key = (names.daily(DocKind::Service, day), span.name.clone());
-                if !services.contains(&key) {
-                    services.push(key);
+                let cost = match day {
+                    None => {
+                        let when = DateTime::from_timestamp_micros(start)
+                            .map_or_else(|| start.to_string(), |t| t.to_rfc3339());
+                        out.refused.push(Refused {
+                            position,
+                            refusal: Refusal::OutOfWindow,
+                            reason: format!(
+                                "span start {when} is outside the accepted window (max_span_age, max_clock_skew)"
+                            ),
+                        });
+                        letter
+                    }
+                    Some(day) => {
+                        let process = process.get_or_insert_with(|| {
+                            Bounded::write(
+                                &Process { service_name: service, tags: ProcessTags(attributes) },
+                                limits.max_document_bytes,
+                            )
+                        });
+                        match span_document(span, scope, process.as_ref(), limits.max_document_bytes) {
+                            Written::Doc(mut doc) => {
+                                let len = doc.source.len();
+                                doc.index = names.daily(DocKind::Span, day);
+                                doc.position = Some(position);
+                                let key = (names.daily(DocKind::Service, day), span.name.clone());
+                                if !services.contains(&key) {
+                                    services.push(key);
+                                }
+                                out.docs.push(doc);
+                                (len + DOCUMENT_OVERHEAD).max(letter)
+                            }
+                            Written::TooLarge(len) => {
+                                out.refused.push(Refused {
+                                    position,
+                                    refusal: Refusal::TooLarge,
+                                    reason: format!(
+                                        "span document of {len} bytes is over limits.max_document_bytes ({})",
+                                        ByteSize(u64::try_from(limits.max_document_bytes).unwrap_or(u64::MAX))
+                                    ),
+                                });
+                                len.max(letter)
+                            }
+                            Written::Unwritable => {
+                                out.refused.push(Refused {
+                                    position,
+                                    refusal: Refusal::Unwritable,
+                                    reason: "span document cannot be written as JSON".into(),
+                                });
+                                letter
+                            }
+                        }
+                    }
+                };
+                out.bytes = out.bytes.saturating_add(cost);
+                if out.bytes > max_record {
+                    out.refuse_whole(seen, max_record);
+                    return;
                 }
-                out.docs.push(doc);
             }
         }
         for (index, operation) in services.drain(..) {
-            out.docs.push(service_document(service, &operation, index));
+            let doc = service_document(service, &operation, index);
+            out.bytes = out.bytes.saturating_add(doc.source.len() + DOCUMENT_OVERHEAD);
+            out.docs.push(doc);
+            if out.bytes > max_record {
+                out.refuse_whole(seen, max_record);
+                return;
+            }
         }
     }
 }
@@ -278,11 +641,19 @@ fn micros(nanos: u64) -> i64 {
     i64::try_from(nanos / 1_000).unwrap_or(i64::MAX)
 }
 
-fn span_document(
-    span: &Span,
-    scope: Option<&opentelemetry_proto::tonic::common::v1::InstrumentationScope>,
-    process: &Process<'_>,
-) -> Document {
+/// What [`span_document`] made.
+enum Written {
+    /// The document, not yet routed.
+    Doc(Document),
+    /// The document would be this many bytes, over the limit: nothing was kept.
+    TooLarge(usize),
+    Unwritable,
+}
+
+/// The span's document: its own part written up to the room `process` (the resource's part,
+/// `None` if unwritable) leaves in `max` bytes, then the process part appended.
+fn span_document(span: &Span, scope: Option<&InstrumentationScope>, process: Option<&Bounded>, max: usize) -> Written {
+    let Some(process) = process else { return Written::Unwritable };
     let trace_id = to_hex(&span.trace_id);
     let span_id = to_hex(&span.span_id);
     let parent_span_id = to_hex(&span.parent_span_id);
@@ -301,51 +672,8 @@ fn span_document(
             span_id: to_hex(&link.span_id),
         });
     }
-
-    let mut tags: Vec<Tag<'_>> = span.attributes.iter().map(tag).collect();
-    if let Some(scope) = scope {
-        if !scope.name.is_empty() {
-            tags.push(str_tag("otel.scope.name", &scope.name));
-        }
-        if !scope.version.is_empty() {
-            tags.push(str_tag("otel.scope.version", &scope.version));
-        }
-    }
-    if let Some(kind) = span_kind(span.kind) {
-        tags.push(str_tag("span.kind", kind));
-    }
-    if let Some(status) = &span.status {
-        match StatusCode::try_from(status.code) {
-            Ok(StatusCode::Ok) => tags.push(str_tag("otel.status_code", "OK")),
-            Ok(StatusCode::Error) => {
-                tags.push(str_tag("otel.status_code", "ERROR"));
-                tags.push(Tag { key: Cow::Borrowed("error"), kind: "bool", value: Cow::Borrowed("true") });
-            }
-            _ => {}
-        }
-        if !status.message.is_empty() {
-            tags.push(str_tag("otel.status_description", &status.message));
-        }
-    }
-    if !span.trace_state.is_empty() {
-        tags.push(str_tag("w3c.tracestate", &span.trace_state));
-    }
-
-    let logs = span
-        .events
-        .iter()
-        .map(|event| {
-            let mut fields = Vec::with_capacity(event.attributes.len() + 1);
-            if !event.name.is_empty() {
-                fields.push(str_tag("event", &event.name));
-            }
-            fields.extend(event.attributes.iter().map(tag));
-            Log { timestamp: event.time_unix_nano / 1_000, fields }
-        })
-        .collect();
-
     let start_time = span.start_time_unix_nano / 1_000;
-    let doc = JaegerSpan {
+    let head = JaegerSpan {
         trace_id: &trace_id,
         span_id: &span_id,
         parent_span_id: &parent_span_id,
@@ -355,16 +683,27 @@ fn span_document(
         start_time,
         start_time_millis: start_time / 1_000,
         duration: span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1_000,
-        tags,
-        logs,
-        process,
+        tags: SpanTags { span, scope },
+        logs: Logs(&span.events),
     };
-    // Serializing plain structs of strings and integers cannot fail.
-    let source = serde_json::to_vec(&doc).unwrap_or_default();
+    // The head's closing brace makes way for `,"process":{…}}`: the bytes serde writes for the
+    // whole struct with `process` as its last field.
+    let rest = PROCESS_KEY.len().saturating_add(process.len);
+    let Some(head) = Bounded::write(&head, max.saturating_sub(rest)) else { return Written::Unwritable };
+    let len = head.len.saturating_add(rest);
+    if !head.fits() || !process.fits() || len > max {
+        return Written::TooLarge(len);
+    }
+    let mut source = head.bytes;
+    source.pop();
+    source.reserve_exact(rest + 1);
+    source.extend_from_slice(PROCESS_KEY);
+    source.extend_from_slice(&process.bytes);
+    source.push(b'}');
     let id = format!("{trace_id}_{span_id}_{:x}", fnv64a(&[&source]));
     // The caller routes it.
     let end_micros = i64::try_from(span.end_time_unix_nano / 1_000).unwrap_or(i64::MAX);
-    Document { index: String::new(), id, source, kind: DocKind::Span, position: None, end_micros }
+    Written::Doc(Document { index: String::new(), id, source, kind: DocKind::Span, position: None, end_micros })
 }
 
 /// The service document for (service, operation), with Jaeger's id: FNV-64a of the service name
@@ -462,7 +801,7 @@ mod tests {
 
     fn map(request: &ExportTraceServiceRequest, routing: &Routing, now_micros: i64) -> Mapped {
         let mut out = Mapped::default();
-        map_request(request, routing, now_micros, &mut out);
+        map_request(request, routing, DocumentLimits::UNBOUNDED, now_micros, &mut out);
         out
     }
 
@@ -581,8 +920,9 @@ mod tests {
         spans[1].start_time_unix_nano = u64::try_from(now + 5 * hour).expect("positive") * 1_000; // 5 h ahead
         let refused = map(&request, &r, now);
         assert!(refused.docs.is_empty(), "no document, not even a service document, for refused spans");
-        assert_eq!(refused.out_of_window.iter().map(|o| o.position).collect::<Vec<_>>(), vec![[0, 0, 0], [0, 0, 1]]);
-        assert!(refused.out_of_window[0].reason.contains("1970"));
+        assert_eq!(refused.refused.iter().map(|o| o.position).collect::<Vec<_>>(), vec![[0, 0, 0], [0, 0, 1]]);
+        assert!(refused.refused.iter().all(|o| o.refusal == Refusal::OutOfWindow));
+        assert!(refused.refused[0].reason.contains("1970"));
         r.clamp = true;
         let clamped = map(&request, &r, now);
         let indices: Vec<&str> = clamped.docs.iter().map(|d| d.index.as_str()).collect();
@@ -597,6 +937,183 @@ mod tests {
         );
         let doc: Value = serde_json::from_slice(&clamped.docs[0].source).expect("json");
         assert_eq!(doc["startTime"], 1, "the document keeps the span's own start time");
+    }
+
+    /// Attributes whose JSON needs escaping, every value kind, on the resource, the span and an event.
+    fn tricky() -> ExportTraceServiceRequest {
+        use opentelemetry_proto::tonic::common::v1::KeyValueList;
+        let mut request = sample();
+        let odd = "quote \" backslash \\ newline \n tab \t control \u{1} unicode é ✓ 😀";
+        let values = vec![
+            kv("s", any_value::Value::StringValue(odd.into())),
+            kv("i", any_value::Value::IntValue(-42)),
+            kv("d", any_value::Value::DoubleValue(1e300)),
+            kv("b", any_value::Value::BytesValue((0..=255).collect())),
+            kv(
+                "a",
+                any_value::Value::ArrayValue(ArrayValue {
+                    values: vec![
+                        AnyValue { value: Some(any_value::Value::StringValue(odd.into())) },
+                        AnyValue { value: Some(any_value::Value::BytesValue(vec![1, 2])) },
+                        AnyValue { value: None },
+                    ],
+                }),
+            ),
+            kv(
+                "kv",
+                any_value::Value::KvlistValue(KeyValueList {
+                    values: vec![kv("inner", any_value::Value::BoolValue(false))],
+                }),
+            ),
+            KeyValue { key: "none".into(), value: None, ..Default::default() },
+            kv(odd, any_value::Value::StringValue(String::new())),
+        ];
+        let resource = request.resource_spans[0].resource.as_mut().expect("resource");
+        resource.attributes.extend(values.clone());
+        let span = &mut request.resource_spans[0].scope_spans[0].spans[0];
+        span.attributes.extend(values.clone());
+        span.events[0].attributes.extend(values);
+        span.name = odd.into();
+        request
+    }
+
+    #[test]
+    fn documents_are_byte_stable() {
+        // The FNV-64a of every document (index, id, source) of two requests, as released: a change
+        // here changes document ids, so a replay of old records would index their spans twice.
+        for (request, want) in [(sample(), 0x454a_1194_966f_9041_u64), (tricky(), 0xf01d_d52c_2456_d3e9_u64)] {
+            let docs = map(&request, &routing(""), 1_795_608_000_000_000).docs;
+            let parts: Vec<&[u8]> =
+                docs.iter().flat_map(|d| [d.index.as_bytes(), d.id.as_bytes(), &d.source[..]]).collect();
+            let got = fnv64a(&parts);
+            assert_eq!(got, want, "documents changed: {got:#x}\n{}", String::from_utf8_lossy(&docs[0].source));
+        }
+    }
+
+    /// One resource with a `resource_bytes` attribute and `spans` spans of one trace.
+    fn hostile(resource_bytes: usize, spans: u64, start_unix_nano: u64) -> ExportTraceServiceRequest {
+        let mut request = sample();
+        let resource_spans = &mut request.resource_spans[0];
+        resource_spans
+            .resource
+            .as_mut()
+            .expect("resource")
+            .attributes
+            .push(kv("big", any_value::Value::StringValue("x".repeat(resource_bytes))));
+        let template = resource_spans.scope_spans[0].spans[0].clone();
+        resource_spans.scope_spans[0].spans = (0..spans)
+            .map(|n| Span {
+                span_id: (n + 1).to_be_bytes().to_vec(),
+                name: format!("op-{n}"),
+                start_time_unix_nano: start_unix_nano,
+                end_time_unix_nano: start_unix_nano + 1_000,
+                ..template.clone()
+            })
+            .collect();
+        request
+    }
+
+    const NOW: i64 = 1_795_608_000_000_000;
+    const NOW_NANOS: u64 = 1_795_608_000_000_000_000;
+
+    fn limits(max_document_bytes: usize, max_record_document_bytes: usize) -> DocumentLimits {
+        DocumentLimits { max_document_bytes, max_record_document_bytes }
+    }
+
+    fn map_within(
+        request: &ExportTraceServiceRequest,
+        limits: DocumentLimits,
+    ) -> (Mapped, allocation_counter::AllocationInfo) {
+        let mut out = Mapped::default();
+        let info = allocation_counter::measure(|| map_request(request, &routing(""), limits, NOW, &mut out));
+        (out, info)
+    }
+
+    #[test]
+    fn a_record_over_its_bound_is_refused_whole_after_at_most_the_bound_plus_one_document() {
+        // Issue 12: 3 000 spans sharing an 800 KiB resource attribute would make 2.4 GB of documents.
+        let request = hostile(800 << 10, 3_000, NOW_NANOS);
+        let (bound, per_doc) = (32 << 20, 1 << 20);
+        let (out, info) = map_within(&request, limits(per_doc, bound));
+        let over = out.over.expect("refused whole");
+        assert!(out.docs.is_empty() && out.refused.is_empty(), "nothing of the record is kept");
+        assert_eq!(over.spans, 3_000);
+        assert!(over.counted > bound && over.counted <= bound + per_doc, "{over:?}");
+        assert!(over.spans_seen < 50, "stopped at the bound: {over:?}");
+        let reason = over.reason();
+        assert!(reason.contains("limits.max_record_document_bytes (32MiB)"), "{reason}");
+        // The work done: at most the bound, one document, and the process part, allocated in all.
+        assert!(info.bytes_total < (bound + 4 * per_doc) as u64, "allocated {} bytes", info.bytes_total);
+        assert!(info.bytes_max < (bound + 4 * per_doc) as u64, "peak {} bytes", info.bytes_max);
+    }
+
+    #[test]
+    fn refused_spans_count_their_dead_letters_toward_the_record_bound() {
+        // The same record from 1970: no document, but each span's dead letter carries the resource.
+        let hour = 3_600_000_000_i64;
+        let window =
+            Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp: false };
+        let within = |request: &ExportTraceServiceRequest| {
+            let mut out = Mapped::default();
+            let info =
+                allocation_counter::measure(|| map_request(request, &window, limits(1 << 20, 32 << 20), NOW, &mut out));
+            (out, info)
+        };
+        let (out, info) = within(&hostile(800 << 10, 3_000, 1_000));
+        let over = out.over.expect("refused whole");
+        assert!(over.spans_seen < 50, "{over:?}");
+        assert!(info.bytes_total < 40 << 20, "allocated {} bytes", info.bytes_total);
+        // A few such spans stay under the bound: refused alone, each with its reason.
+        let (out, _) = within(&hostile(800 << 10, 3, 1_000));
+        assert!(out.over.is_none());
+        assert_eq!(out.refused.len(), 3);
+        assert!(out.bytes > 3 * (800 << 10), "each refused span costs its dead letter: {}", out.bytes);
+    }
+
+    #[test]
+    fn a_span_over_max_document_bytes_is_refused_alone() {
+        let mut request = sample();
+        let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+        spans[1].name = "huge".into();
+        spans[1].attributes.push(kv("blob", any_value::Value::StringValue("y".repeat(10_000))));
+        let (out, info) = map_within(&request, limits(4096, 1 << 20));
+        assert!(out.over.is_none());
+        assert_eq!(out.refused.len(), 1);
+        let refused = &out.refused[0];
+        assert_eq!((refused.position, refused.refusal), ([0, 0, 1], Refusal::TooLarge));
+        assert!(refused.reason.contains("over limits.max_document_bytes (4KiB)"), "{}", refused.reason);
+        let kinds: Vec<_> = out.docs.iter().map(|d| (d.kind, d.position)).collect();
+        assert_eq!(
+            kinds,
+            vec![(DocKind::Span, Some([0, 0, 0])), (DocKind::Service, None)],
+            "no service document for it"
+        );
+        // Counted, not kept: the oversize document was never held whole.
+        assert!(info.bytes_max < 16_000, "peak {} bytes", info.bytes_max);
+        assert!(out.bytes > 10_000, "its bytes count toward the record: {}", out.bytes);
+    }
+
+    #[test]
+    fn the_document_size_is_known_exactly_before_it_is_kept() {
+        let request = tricky();
+        let full = map(&request, &routing(""), NOW);
+        let first = full.docs[0].source.len();
+        let (fits, _) = map_within(&request, limits(first, usize::MAX));
+        assert_eq!(fits.docs[0].source.len(), first, "a document exactly at the limit is kept");
+        let (over, _) = map_within(&request, limits(first - 1, usize::MAX));
+        assert_eq!(over.refused[0].position, [0, 0, 0]);
+        assert!(
+            over.refused[0].reason.contains(&format!("span document of {first} bytes")),
+            "{}",
+            over.refused[0].reason
+        );
+        // A process part alone over the limit refuses every span of its resource.
+        let (all, _) = map_within(&hostile(8_000, 3, NOW_NANOS), limits(4096, usize::MAX));
+        assert_eq!(all.refused.len(), 3);
+        assert!(all.docs.is_empty());
+        // And the record's sum is what the documents hold, plus their dead letters where larger.
+        let (sum, _) = map_within(&request, DocumentLimits::UNBOUNDED);
+        assert!(sum.bytes >= full.docs.iter().map(|d| d.source.len()).sum::<usize>());
     }
 
     #[test]

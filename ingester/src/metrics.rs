@@ -29,6 +29,12 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+/// A `[limits]` setting's name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event: &'static str,
@@ -50,6 +56,9 @@ pub struct Metrics {
     pub items: Family<ClassLabels, Counter>,
     pub retries: Counter,
     pub dead_lettered: Family<StageLabels, Counter>,
+    pub over_limit_records: Family<LimitLabels, Counter>,
+    pub over_limit_spans: Family<LimitLabels, Counter>,
+    pub dead_letter_payloads_left_out: Counter,
     pub assigned_partitions: Gauge,
     pub lag: Family<PartitionLabels, Gauge>,
     pub lag_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
@@ -73,6 +82,9 @@ impl Metrics {
             items: Family::default(),
             retries: Counter::default(),
             dead_lettered: Family::default(),
+            over_limit_records: Family::default(),
+            over_limit_spans: Family::default(),
+            dead_letter_payloads_left_out: Counter::default(),
             assigned_partitions: Gauge::default(),
             lag: Family::default(),
             lag_seconds: Family::default(),
@@ -103,8 +115,23 @@ impl Metrics {
         r.register("assigned_partitions", "Partitions this member owns", m.assigned_partitions.clone());
         r.register(
             "dead_lettered",
-            "Envelopes written to the dead-letter topic, by stage (decode, index)",
+            "Envelopes written to the dead-letter topic, by stage (decode, map, index)",
             m.dead_lettered.clone(),
+        );
+        r.register(
+            "over_limit_records",
+            "Records dead-lettered whole for a [limits] bound, by setting (max_record_bytes, max_record_document_bytes)",
+            m.over_limit_records.clone(),
+        );
+        r.register(
+            "over_limit_spans",
+            "Spans dead-lettered for a [limits] bound, by setting (max_record_document_bytes: every span of a record refused whole; max_document_bytes: one span); records over max_record_bytes are not decoded, so their spans are not counted",
+            m.over_limit_spans.clone(),
+        );
+        r.register(
+            "dead_letter_payloads_left_out",
+            "Dead letters written without their payload because the envelope would pass limits.max_dead_letter_bytes",
+            m.dead_letter_payloads_left_out.clone(),
         );
         r.register(
             "consumer_lag_records",

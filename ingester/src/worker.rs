@@ -3,20 +3,25 @@
 //!
 //! Started and stopped by the group membership in [`crate::consume`], which hands it the partition's
 //! own queue (split from the consumer before librdkafka starts fetching it). Guarantees:
-//! - every record's spans are indexed or dead-lettered before its offset is stored: an undecodable
-//!   record and out-of-window spans are dead-lettered before the record enters a batch; spans the
-//!   store rejects for good are dead-lettered inside the batch's bulk task;
+//! - every record's spans are indexed or dead-lettered before its offset is stored: a record that
+//!   is undecodable, larger than `limits.max_record_bytes` or whose documents would pass
+//!   `limits.max_record_document_bytes` is dead-lettered whole, and spans refused alone (outside the
+//!   accepted window, a document over `limits.max_document_bytes`) are dead-lettered, before the
+//!   record enters a batch (a record refused whole enters it with no items, so the watermark passes
+//!   it); spans the store rejects for good are dead-lettered inside the batch's bulk task;
 //! - offsets are stored only up to [`Watermark`]'s contiguous prefix of durable batches, through the
 //!   partition's [`Fence`], so never after the partition is given up;
-//! - memory is bounded: at most `max_inflight_bulks` batches in flight, one full batch waiting and
-//!   one open; while a full batch waits, the partition's fetching is paused (the store is pushing
-//!   back) and resumed when a bulk slot frees;
+//! - memory is bounded: one record's documents at a time, at most `limits.max_record_document_bytes`
+//!   plus one document, counted before they are kept ([`crate::document`]); at most
+//!   `max_inflight_bulks` batches in flight, the full batches of one record waiting and one open;
+//!   while a full batch waits, the partition's fetching is paused (the store is pushing back) and
+//!   resumed when the waiting batches are all in flight;
 //! - on drain (revocation or shutdown) it stops reading, flushes the open batch, waits for its bulk
 //!   requests, stores and synchronously commits the watermark, then ends. On abort it ends at once
 //!   and stores nothing more.
 
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
@@ -42,8 +47,9 @@ use crate::{
     commit::{Covered, Fence, Watermark},
     config::Encoding,
     consume::{IngestConsumer, IngestContext},
+    deadletter::OverLimit,
     deadletter::{self, DeadLetters},
-    document::{DocKind, Mapped, Routing, map_request},
+    document::{DocKind, Mapped, Refusal, Routing, map_request},
     error::Error,
     metrics::{Metrics, PartitionLabels, ReasonLabels},
 };
@@ -189,8 +195,10 @@ impl Worker {
         let mut batcher = Batcher::new(shared.limits);
         let mut watermark = Watermark::default();
         let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
-        // A flushed batch waiting for a free bulk slot; while it waits, nothing is read.
-        let mut waiting: Option<Batch> = None;
+        // Flushed batches waiting for a free bulk slot, oldest first; while any waits, nothing is
+        // read. Bounded by one record: its items fill at most (max_record_document_bytes +
+        // max_document_bytes) / max_bytes + 1 batches, each at most max_bytes plus one item.
+        let mut waiting: VecDeque<Batch> = VecDeque::new();
         let mut paused = false;
         // Set when draining (revocation, shutdown, or a replay's end bound), with the flush reason.
         let mut draining: Option<FlushReason> = None;
@@ -200,26 +208,26 @@ impl Worker {
         let result = loop {
             // Draining: the open batch is flushed once no full batch waits before it (batches
             // must enter the watermark in offset order).
-            if waiting.is_none()
+            if waiting.is_empty()
                 && let Some(reason) = draining
             {
-                waiting = batcher.take(reason);
+                waiting.extend(batcher.take(reason));
             }
-            if in_flight.len() < shared.max_inflight_bulks
-                && let Some(batch) = waiting.take()
+            while in_flight.len() < shared.max_inflight_bulks
+                && let Some(batch) = waiting.pop_front()
             {
                 let covered = Covered { offset: batch.last_offset, timestamp_ms: last_timestamp_ms };
                 in_flight.push(self.launch(batch, watermark.open(covered)));
             }
-            let blocked = waiting.is_some();
+            let blocked = !waiting.is_empty();
             if blocked != paused {
                 self.pause(blocked);
                 paused = blocked;
             }
-            if draining.is_some() && waiting.is_none() && in_flight.is_empty() && batcher.is_empty() {
+            if draining.is_some() && waiting.is_empty() && in_flight.is_empty() && batcher.is_empty() {
                 break Ok(());
             }
-            let reading = waiting.is_none() && draining.is_none();
+            let reading = waiting.is_empty() && draining.is_none();
             tokio::select! {
                 biased;
                 () = control.abort.cancelled() => break Err(Error::Aborted),
@@ -234,7 +242,10 @@ impl Worker {
                     if let Err(error) = outcome {
                         break Err(error);
                     }
+                    // A batch holding only the middle of a large record covers no new offset.
                     if let Some(covered) = watermark.finish(seq)
+                        && covered.offset >= 0
+                        && stored.is_none_or(|last| covered.offset > last)
                         && control.fence.store(self.consumer.as_ref(), covered.offset)
                     {
                         stored = Some(covered.offset);
@@ -245,7 +256,7 @@ impl Worker {
                         shared.metrics.lag_seconds.get_or_create(&labels).set(age as f64 / 1000.0);
                     }
                 }
-                () = sleep_until(batcher.deadline()), if reading => waiting = batcher.take(FlushReason::Timeout),
+                () = sleep_until(batcher.deadline()), if reading => waiting.extend(batcher.take(FlushReason::Timeout)),
                 received = self.queue.recv(), if reading => match received {
                     // Replays ask for end-of-partition events: the end bound is at or below the
                     // high watermark it was resolved against, so the partition's end is past it.
@@ -274,7 +285,7 @@ impl Worker {
                         last_timestamp_ms = message.timestamp().to_millis().unwrap_or(last_timestamp_ms);
                         drop(message);
                         let items = self.take(record, &mut mapped).await?;
-                        waiting = batcher.push(offset, items, Instant::now());
+                        waiting.extend(batcher.push(offset, items, Instant::now()));
                     }
                 },
             }
@@ -321,35 +332,21 @@ impl Worker {
         .boxed()
     }
 
-    /// Decodes and maps one record into bulk items. What can never be indexed (an undecodable
-    /// record, spans outside the accepted time window) is dead-lettered first, so the record's
-    /// offset enters a batch only after that is durable.
+    /// Decodes and maps one record into bulk items. What can never be indexed (a record that is
+    /// undecodable, over `limits.max_record_bytes`, or whose documents would pass
+    /// `limits.max_record_document_bytes`; spans refused alone) is dead-lettered first, so the
+    /// record's offset enters a batch only after that is durable.
     async fn take(&self, record: Record, mapped: &mut Mapped) -> Result<Vec<Item>, Error> {
         let shared = &self.shared;
         let partition = self.control.partition;
         shared.metrics.records.inc();
         let Record { offset, key, value } = record;
+        let limits = shared.dead_letters.limits();
         mapped.clear();
         let mut letters = Vec::new();
         // The request's protobuf bytes, which a dead letter of one of its spans is cut from.
         let mut payload = value.clone();
-        match decode(shared.encoding, &value) {
-            Ok((request, proto)) => {
-                payload = proto;
-                map_request(&request, &shared.routing, now_ms() * 1000, mapped);
-                let spans = mapped.docs.iter().filter(|d| d.kind == DocKind::Span).count();
-                control_spans(&self.control, spans + mapped.out_of_window.len());
-                if let Some(rate) = &shared.rate {
-                    rate.acquire(spans).await;
-                }
-            }
-            Err(error) => {
-                shared.metrics.decode_errors.inc();
-                tracing::warn!(partition, offset, %error, "record cannot be decoded, dead-lettering it");
-                letters.push(deadletter::undecodable(&shared.topic, partition, offset, key.clone(), &value, error));
-            }
-        }
-        let origin = |position: [usize; 3], index: String| Origin {
+        let origin = |payload: &Bytes, position: [usize; 3], index: String| Origin {
             partition,
             offset,
             key: key.clone(),
@@ -357,15 +354,73 @@ impl Worker {
             position,
             index,
         };
-        for out in mapped.out_of_window.drain(..) {
-            tracing::debug!(partition, offset, reason = %out.reason, "span outside the accepted window, dead-lettering it");
-            letters.extend(deadletter::rejected_span(
+        if value.len() > limits.max_record_bytes {
+            tracing::warn!(
+                partition,
+                offset,
+                bytes = value.len(),
+                "record over limits.max_record_bytes, dead-lettering it undecoded"
+            );
+            letters.push(deadletter::record_too_large(
                 &shared.topic,
-                &origin(out.position, String::new()),
-                Stage::Map,
-                "span_out_of_range".into(),
-                out.reason,
+                partition,
+                offset,
+                key.clone(),
+                &value,
+                limits.max_record_bytes,
             ));
+        } else {
+            match decode(shared.encoding, &value) {
+                Ok((request, proto)) => {
+                    payload = proto;
+                    map_request(&request, &shared.routing, limits.documents, now_ms() * 1000, mapped);
+                    control_spans(&self.control, mapped.spans);
+                    if let Some(over) = &mapped.over {
+                        tracing::warn!(
+                            partition,
+                            offset,
+                            spans = over.spans,
+                            counted = over.counted,
+                            "record's documents over limits.max_record_document_bytes, dead-lettering it whole"
+                        );
+                        letters.push(deadletter::record_over_documents(
+                            &shared.topic,
+                            partition,
+                            offset,
+                            key.clone(),
+                            &payload,
+                            over,
+                        ));
+                    }
+                    // Built from the decoded request; their sizes were counted in the record's bound.
+                    for refused in mapped.refused.drain(..) {
+                        tracing::debug!(partition, offset, reason = %refused.reason, "span refused, dead-lettering it");
+                        let letter = deadletter::refused_span(
+                            &shared.topic,
+                            &request,
+                            &origin(&payload, refused.position, String::new()),
+                            Stage::Map,
+                            refused.refusal.error_type().into(),
+                            refused.reason,
+                        );
+                        letters.extend(letter.map(|mut letter| {
+                            if refused.refusal == Refusal::TooLarge {
+                                letter.over_limit =
+                                    Some(OverLimit { setting: "max_document_bytes", whole_record: false, spans: 1 });
+                            }
+                            letter
+                        }));
+                    }
+                }
+                Err(error) => {
+                    shared.metrics.decode_errors.inc();
+                    tracing::warn!(partition, offset, %error, "record cannot be decoded, dead-lettering it");
+                    letters.push(deadletter::undecodable(&shared.topic, partition, offset, key.clone(), &value, error));
+                }
+            }
+        }
+        if let Some(rate) = &shared.rate {
+            rate.acquire(mapped.docs.iter().filter(|d| d.kind == DocKind::Span).count()).await;
         }
         if !letters.is_empty() {
             shared.dead_letters.send(letters, &self.control.abort).await?;
@@ -380,11 +435,16 @@ impl Worker {
                 ndjson: encode_item(&d),
                 kind: d.kind,
                 end_micros: d.end_micros,
-                origin: d.position.map(|position| origin(position, d.index)),
+                origin: d.position.map(|position| origin(&payload, position, d.index)),
             })
             .collect())
     }
 }
+
+/// Dead letters of one batch are sent in groups of about this many payload bytes, so a batch whose
+/// spans the store all rejects holds at most this much of them at once (each decodes its record
+/// again to cut its span out).
+const DEAD_LETTER_GROUP_BYTES: usize = 8 << 20;
 
 /// Writes one batch until every item is durable, dead-lettering the spans the store rejects for
 /// good. The batch's offsets are the caller's business.
@@ -395,6 +455,7 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
     let ends: Vec<i64> = batch.items.iter().filter(|i| i.kind == DocKind::Span).map(|i| i.end_micros).collect();
     let rejected = bulk.write_all(batch.items, abort).await?;
     let mut letters = Vec::new();
+    let mut letter_bytes = 0;
     for r in rejected {
         let letter = r.item.origin.as_ref().and_then(|origin| {
             deadletter::rejected_span(topic, origin, Stage::Index, r.error_type.clone(), r.reason.clone())
@@ -402,7 +463,12 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
         match letter {
             Some(letter) => {
                 tracing::warn!(status = r.status, error_type = %r.error_type, reason = %r.reason, "span rejected by the store, dead-lettering it");
+                letter_bytes += letter.envelope.payload.len();
                 letters.push(letter);
+                if letter_bytes >= DEAD_LETTER_GROUP_BYTES {
+                    dead_letters.send(std::mem::take(&mut letters), abort).await?;
+                    letter_bytes = 0;
+                }
             }
             // Service documents are derived from spans that are themselves indexed or
             // dead-lettered; losing one only hides an operation name from the service list.
@@ -468,5 +534,45 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::{
+        common::v1::KeyValue,
+        resource::v1::Resource,
+        trace::v1::{ResourceSpans, ScopeSpans, Span},
+    };
+
+    /// The most decoding a record allocates, as a multiple of its size, on the worst inputs known
+    /// (many empty spans or attributes): the figure `limits.max_record_bytes` is documented with.
+    const DECODE_AMPLIFICATION: usize = 300;
+
+    #[test]
+    fn decoding_allocates_at_most_the_documented_multiple_of_the_record() {
+        let spans = |n| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![Span::default(); n], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let attributes = |n| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: vec![KeyValue::default(); n], ..Default::default() }),
+                ..Default::default()
+            }],
+        };
+        for (name, request) in [("empty spans", spans(50_000)), ("empty attributes", attributes(50_000))] {
+            let record = Bytes::from(request.encode_to_vec());
+            let info = allocation_counter::measure(|| {
+                let decoded = decode(Encoding::OtlpProto, &record);
+                assert!(decoded.is_ok());
+            });
+            let factor = usize::try_from(info.bytes_max).unwrap_or(usize::MAX) / record.len();
+            eprintln!("{name}: {} bytes decode to a peak of {} bytes ({factor}x)", record.len(), info.bytes_max);
+            assert!(factor <= DECODE_AMPLIFICATION, "{name}: {factor}x");
+        }
     }
 }
