@@ -7,6 +7,8 @@
 
 pub mod fixtures;
 
+pub mod fuzz;
+
 pub mod process;
 
 use std::{
