@@ -443,4 +443,29 @@ mod tests {
         assert_eq!(raw.envelope.payload_kind(), PayloadKind::RawRecord);
         assert_eq!(raw.envelope.payload, b"\xff");
     }
+
+    #[test]
+    fn an_envelope_over_the_bound_goes_without_its_payload_naming_the_record() {
+        let record = vec![7u8; 50_000];
+        let mut letter = record_too_large("otlp_spans", 3, 42, Some(Bytes::from_static(b"k")), &record, 10_240);
+        assert_eq!(letter.over_limit, Some(OverLimit { setting: "max_record_bytes", whole_record: true, spans: 0 }));
+        assert!(letter.envelope.reason.contains("record of 50000 bytes is over limits.max_record_bytes (10KiB)"));
+        let (fits, shed) = encode_within(&mut letter.clone(), 60_000);
+        assert!(!shed);
+        assert_eq!(DeadLetter::decode(fits.as_slice()).expect("envelope").payload, record);
+        let (bytes, shed) = encode_within(&mut letter, 8_192);
+        assert!(shed && bytes.len() <= 8_192);
+        let env = DeadLetter::decode(bytes.as_slice()).expect("envelope");
+        assert!(env.payload.is_empty());
+        assert_eq!(env.payload_kind(), PayloadKind::Unspecified);
+        assert_eq!((env.stage(), env.error_type.as_str(), env.source_offset), (Stage::Decode, "record_too_large", 42));
+        assert!(env.reason.contains("payload of 50000 bytes left out"), "{}", env.reason);
+        assert!(env.reason.contains("otlp_spans partition 3 offset 42"), "{}", env.reason);
+        assert_eq!(letter.key.as_deref(), Some(&b"k"[..]), "the key stays when it fits");
+        // A key that alone passes the bound goes too; a huge reason is cut.
+        let mut letter =
+            undecodable("otlp_spans", 0, 1, Some(Bytes::from(vec![b'k'; 9_000])), b"x", "r".repeat(20_000));
+        let (bytes, shed) = encode_within(&mut letter, 8_192);
+        assert!(shed && bytes.len() <= 8_192 && letter.key.is_none());
+    }
 }

@@ -34,9 +34,10 @@ impl Drop for Guard {
     }
 }
 
-/// The ingester binary on one partition's topic, with the tests' timings. Every other setting
-/// (the `[limits]` among them) is its default, or what this process's environment says.
-fn spawn_ingester(broker: &Broker, store: &str, admin: u16) -> Guard {
+/// The ingester binary with the tests' timings, then `extra` (`SPANLINE_INGESTER__...`, value).
+/// Every other setting (the `[limits]` among them) is its default, or what this process's
+/// environment says.
+fn spawn_ingester(broker: &Broker, store: &str, admin: u16, extra: &[(&str, &str)]) -> Guard {
     Guard(
         Command::new(env!("CARGO_BIN_EXE_spanline-ingester"))
             .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
@@ -48,6 +49,7 @@ fn spawn_ingester(broker: &Broker, store: &str, admin: u16) -> Guard {
             .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
             .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
             .env("RUST_LOG", "info")
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")))
@@ -61,6 +63,23 @@ fn spawn_ingester(broker: &Broker, store: &str, admin: u16) -> Guard {
 
 fn key(trace: u64) -> String {
     spanline_common::ids::to_hex(&fixtures::trace_id(trace))
+}
+
+/// The group's committed offset of partition 0 of `otlp_spans` once it is `want` (fails after 20 s).
+async fn committed_to(bootstrap: &str, want: i64) -> anyhow::Result<i64> {
+    wait_for(Duration::from_secs(20), || {
+        let bootstrap = bootstrap.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                spanline_testkit::committed_sum(&bootstrap, "spanline-ingester", "otlp_spans", 1).ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .filter(|c| *c == want)
+        }
+    })
+    .await
 }
 
 /// Issue 12's record: one resource with an 800 KiB attribute and 3 000 spans of one trace, about
@@ -116,7 +135,7 @@ async fn a_record_that_would_expand_to_gigabytes_is_dead_lettered_whole_in_bound
     produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
 
     let admin = free_port();
-    let child = spawn_ingester(&broker, &store.url(), admin);
+    let child = spawn_ingester(&broker, &store.url(), admin, &[]);
     let pid = child.0.id();
     let indexed = settled_count(&store.url(), "jaeger-span-*", good_spans, Duration::from_secs(90)).await;
     // Read while the process lives; a value that cannot be read fails the test rather than pass as 0.
@@ -149,20 +168,7 @@ async fn a_record_that_would_expand_to_gigabytes_is_dead_lettered_whole_in_bound
     assert_eq!(span.resource_spans[0].scope_spans[0].spans.len(), 1);
     assert_eq!(letters.len(), 2, "nothing else dead-lettered");
 
-    let bootstrap = broker.bootstrap();
-    let committed = wait_for(Duration::from_secs(20), || {
-        let bootstrap = bootstrap.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                spanline_testkit::committed_sum(&bootstrap, "spanline-ingester", "otlp_spans", 1).ok()
-            })
-            .await
-            .ok()
-            .flatten()
-            .filter(|c| *c == total_records)
-        }
-    })
-    .await;
+    let committed = committed_to(&broker.bootstrap(), total_records).await;
     assert!(committed.is_ok(), "the partition is committed past the hostile record, to its end");
     let admin_addr = format!("127.0.0.1:{admin}").parse().expect("addr");
     let over = |name: &'static str, limit: &'static str| async move {
@@ -182,4 +188,52 @@ async fn a_record_that_would_expand_to_gigabytes_is_dead_lettered_whole_in_bound
         peak >> 20,
         PEAK_RSS_BOUND >> 20
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_max_record_bytes_is_dead_lettered_undecoded_and_an_envelope_too_large_goes_without_payload() {
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", 1).await.expect("topic");
+    broker.create_topic("otlp_spans_dlq", 1).await.expect("dlq topic");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
+    let start = fixtures::now_unix_nano();
+    // Offsets 0-4 good, 5 a 200 KiB record (not even protobuf: it is never decoded), 6-10 good.
+    let mut records = fixtures::trace_records("svc", 1, 5, 3, start);
+    records.push((key(50), vec![0xff; 200 << 10]));
+    records.extend(fixtures::trace_records("svc", 100, 5, 3, start));
+    produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
+
+    let admin = free_port();
+    let _child = spawn_ingester(
+        &broker,
+        &store.url(),
+        admin,
+        &[
+            ("SPANLINE_INGESTER__LIMITS__MAX_RECORD_BYTES", "64KiB"),
+            ("SPANLINE_INGESTER__LIMITS__MAX_DEAD_LETTER_BYTES", "100KiB"),
+        ],
+    );
+    assert_eq!(settled_count(&store.url(), "jaeger-span-*", 30, Duration::from_secs(60)).await, 30);
+    let letters = read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 1).await.expect("dead letters");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].key.as_deref(), Some(key(50).as_bytes()), "keyed like the source");
+    let letter = DeadLetter::decode(letters[0].payload.as_slice()).expect("envelope");
+    assert_eq!(
+        (letter.stage(), letter.error_type.as_str(), letter.source_offset),
+        (Stage::Decode, "record_too_large", 5)
+    );
+    assert!(
+        letter.reason.contains("record of 204800 bytes is over limits.max_record_bytes (64KiB)"),
+        "{}",
+        letter.reason
+    );
+    assert!(letter.reason.contains("payload of 204800 bytes left out"), "{}", letter.reason);
+    assert!(letter.reason.contains("otlp_spans partition 0 offset 5"), "{}", letter.reason);
+    assert_eq!((letter.payload_kind(), letter.payload.len()), (PayloadKind::Unspecified, 0));
+    assert!(committed_to(&broker.bootstrap(), 11).await.is_ok(), "committed past it, to the end");
+    let admin_addr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    let records_over = metric(admin_addr, "spanline_ingester_over_limit_records_total", "limit=\"max_record_bytes\"");
+    assert_eq!(records_over.await.expect("metrics"), 1.0);
+    let left_out = metric(admin_addr, "spanline_ingester_dead_letter_payloads_left_out_total", "");
+    assert_eq!(left_out.await.expect("metrics"), 1.0);
 }
