@@ -32,11 +32,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut request = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes");
             processors.apply(&mut request);
-            encode(request, 900 * 1024)
+            encode(&request, 900 * 1024)
         })
     });
     let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes");
-    group.bench_function("group_encode", |b| b.iter(|| encode(decoded.clone(), 900 * 1024)));
+    group.bench_function("group_encode", |b| b.iter(|| encode(&decoded, 900 * 1024)));
     group.finish();
     eprintln!("request: {} bytes, {} spans, {} bytes/span", bytes.len(), spans, bytes.len() as u64 / spans);
 }

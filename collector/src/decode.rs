@@ -264,7 +264,7 @@ mod tests {
             }
         }
         fn attrs(kvs: &[KeyValue]) -> usize {
-            kvs.len() * size_of::<KeyValue>()
+            std::mem::size_of_val(kvs)
                 + kvs.iter().map(|kv| kv.key.len() + kv.value.as_ref().map_or(0, value)).sum::<usize>()
         }
         request.resource_spans.len() * size_of::<ResourceSpans>()

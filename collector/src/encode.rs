@@ -137,6 +137,10 @@ pub fn validate(span: &Span) -> Option<RejectReason> {
 /// Upper bound of a length-delimited field's framing: one tag byte and a five-byte length.
 const FRAMING: usize = 6;
 
+/// Memory per record beside its value, until it is acknowledged: the hex key (ours and librdkafka's
+/// copy), the `Record`, librdkafka's message header and the delivery report's future and channel.
+const RECORD_OVERHEAD: usize = 512;
+
 /// A record as planned: its trace, its size bound and how many spans it takes.
 #[derive(Debug)]
 struct Planned {
@@ -159,9 +163,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Bytes the records will hold (values and keys), an upper bound.
+    /// Memory the records will hold until Kafka acknowledges them, an upper bound: their values and
+    /// keys, and per record our bookkeeping and librdkafka's (its message header and copy of the
+    /// key, the delivery report's channel).
     pub fn bytes(&self) -> usize {
-        self.records.iter().map(|r| r.size + 2 * r.key.len()).sum()
+        self.records.iter().map(|r| r.size + RECORD_OVERHEAD).sum()
     }
 
     /// How many records the request becomes.
@@ -169,55 +175,175 @@ impl Plan {
         self.records.len()
     }
 
-    /// Builds the records as planned, moving the spans out of `request`.
-    pub fn build(self, request: ExportTraceServiceRequest) -> Encoded {
+    /// Builds the records as planned, writing each record's protobuf bytes directly: every resource
+    /// and scope is encoded once and copied into the records that need it, so building allocates
+    /// the records' bytes and little else.
+    pub fn build(self, request: &ExportTraceServiceRequest) -> Encoded {
         let Plan { records: planned, assignment, rejected } = self;
-        let mut requests: Vec<(ExportTraceServiceRequest, Option<(usize, usize)>)> =
-            planned.iter().map(|_| (ExportTraceServiceRequest::default(), None)).collect();
+        // Each record's spans as (resource, scope, span) in input order, and each input span's
+        // encoded length (computed once).
+        let mut members: Vec<Vec<(u32, u32, &Span)>> = planned.iter().map(|p| Vec::with_capacity(p.spans)).collect();
         let mut assignment = assignment.into_iter();
-        for (ri, resource_spans) in request.resource_spans.into_iter().enumerate() {
-            let ResourceSpans { resource, scope_spans, schema_url: resource_schema, .. } = resource_spans;
-            for (si, scope_spans) in scope_spans.into_iter().enumerate() {
-                let ScopeSpans { scope, spans, schema_url: scope_schema, .. } = scope_spans;
-                for span in spans {
+        let mut resources: Vec<Option<Vec<u8>>> = vec![None; request.resource_spans.len()];
+        let mut scopes: Vec<Vec<Option<Vec<u8>>>> =
+            request.resource_spans.iter().map(|rs| vec![None; rs.scope_spans.len()]).collect();
+        for (ri, rs) in request.resource_spans.iter().enumerate() {
+            for (si, ss) in rs.scope_spans.iter().enumerate() {
+                for span in &ss.spans {
                     let Some(Some(i)) = assignment.next() else { continue };
-                    let Some((request, last)) = requests.get_mut(i as usize) else { continue };
-                    let same_resource = last.is_some_and(|(r, _)| r == ri);
-                    if !same_resource {
-                        request.resource_spans.push(ResourceSpans {
-                            resource: resource.clone(),
-                            scope_spans: Vec::new(),
-                            schema_url: resource_schema.clone(),
-                        });
+                    if let Some(m) = members.get_mut(i as usize) {
+                        m.push((index(ri), index(si), span));
                     }
-                    if !(same_resource && last.is_some_and(|(_, s)| s == si))
-                        && let Some(rs) = request.resource_spans.last_mut()
-                    {
-                        rs.scope_spans.push(ScopeSpans {
-                            scope: scope.clone(),
-                            spans: Vec::new(),
-                            schema_url: scope_schema.clone(),
-                        });
-                    }
-                    if let Some(ss) = request.resource_spans.last_mut().and_then(|rs| rs.scope_spans.last_mut()) {
-                        ss.spans.push(span);
-                    }
-                    *last = Some((ri, si));
+                    // Encoded once, the first time a record needs them.
+                    resources[ri]
+                        .get_or_insert_with(|| rs.resource.as_ref().map(Message::encode_to_vec).unwrap_or_default());
+                    scopes[ri][si]
+                        .get_or_insert_with(|| ss.scope.as_ref().map(Message::encode_to_vec).unwrap_or_default());
                 }
             }
         }
+        let layout = Layout { request, resources: &resources, scopes: &scopes };
         let mut out = Encoded { rejected, ..Encoded::default() };
         out.records = planned
-            .into_iter()
-            .zip(requests)
-            .map(|(p, (request, _))| {
-                out.accepted_spans += p.spans;
-                let payload = request.encode_to_vec();
+            .iter()
+            .zip(&members)
+            .map(|(p, spans)| {
+                out.accepted_spans += spans.len();
+                let payload = layout.write(spans);
                 debug_assert!(payload.len() <= p.size, "size bound {} below real size {}", p.size, payload.len());
-                Record { key: ids::to_hex(&p.key), payload, spans: p.spans }
+                Record { key: ids::to_hex(&p.key), payload, spans: spans.len() }
             })
             .collect();
         out
+    }
+}
+
+fn index(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// What the records of one request are written from.
+struct Layout<'a> {
+    request: &'a ExportTraceServiceRequest,
+    /// Each resource's encoding (empty when it has none), once some record uses it.
+    resources: &'a [Option<Vec<u8>>],
+    scopes: &'a [Vec<Option<Vec<u8>>>],
+}
+
+/// A span's place: (resource, scope, span).
+type Member<'a> = (u32, u32, &'a Span);
+
+impl Layout<'_> {
+    fn resource_spans(&self, ri: u32) -> &ResourceSpans {
+        &self.request.resource_spans[ri as usize]
+    }
+
+    fn scope_spans(&self, ri: u32, si: u32) -> &ScopeSpans {
+        &self.resource_spans(ri).scope_spans[si as usize]
+    }
+
+    /// The `ExportTraceServiceRequest` holding `spans`: one `ResourceSpans` per run of spans of one
+    /// resource, one `ScopeSpans` per run of one scope within it, as prost would encode them.
+    fn write(&self, spans: &[Member<'_>]) -> Vec<u8> {
+        let lens: Vec<usize> = spans.iter().map(|(_, _, s)| s.encoded_len()).collect();
+        let total: usize =
+            runs(spans, |a, b| a.0 == b.0).map(|r| framed(self.resource_len(&spans[r.clone()], &lens[r]))).sum();
+        let mut buf = Vec::with_capacity(total);
+        for r in runs(spans, |a, b| a.0 == b.0) {
+            let (group, lens) = (&spans[r.clone()], &lens[r]);
+            let ri = group[0].0;
+            let rs = self.resource_spans(ri);
+            field(&mut buf, 1, self.resource_len(group, lens));
+            if rs.resource.is_some() {
+                let bytes = self.resources[ri as usize].as_deref().unwrap_or_default();
+                field(&mut buf, 1, bytes.len());
+                buf.extend_from_slice(bytes);
+            }
+            for r in runs(group, |a, b| a.1 == b.1) {
+                let (scope_group, scope_lens) = (&group[r.clone()], &lens[r]);
+                let si = scope_group[0].1;
+                let ss = self.scope_spans(ri, si);
+                field(&mut buf, 2, self.scope_len(scope_group, scope_lens));
+                if ss.scope.is_some() {
+                    let bytes = self.scopes[ri as usize][si as usize].as_deref().unwrap_or_default();
+                    field(&mut buf, 1, bytes.len());
+                    buf.extend_from_slice(bytes);
+                }
+                for ((_, _, span), len) in scope_group.iter().zip(scope_lens) {
+                    field(&mut buf, 2, *len);
+                    span.encode_raw(&mut buf);
+                }
+                string_field(&mut buf, 3, &ss.schema_url);
+            }
+            string_field(&mut buf, 3, &rs.schema_url);
+        }
+        debug_assert_eq!(buf.len(), total);
+        buf
+    }
+
+    /// Encoded length of the `ResourceSpans` holding `group` (spans of one resource).
+    fn resource_len(&self, group: &[Member<'_>], lens: &[usize]) -> usize {
+        let ri = group[0].0;
+        let rs = self.resource_spans(ri);
+        let resource =
+            if rs.resource.is_some() { framed(self.resources[ri as usize].as_ref().map_or(0, Vec::len)) } else { 0 };
+        let scopes: usize =
+            runs(group, |a, b| a.1 == b.1).map(|r| framed(self.scope_len(&group[r.clone()], &lens[r]))).sum();
+        resource + scopes + string_len(&rs.schema_url)
+    }
+
+    /// Encoded length of the `ScopeSpans` holding `group` (spans of one scope).
+    fn scope_len(&self, group: &[Member<'_>], lens: &[usize]) -> usize {
+        let (ri, si) = (group[0].0, group[0].1);
+        let ss = self.scope_spans(ri, si);
+        let scope = if ss.scope.is_some() {
+            framed(self.scopes[ri as usize][si as usize].as_ref().map_or(0, Vec::len))
+        } else {
+            0
+        };
+        scope + lens.iter().map(|&l| framed(l)).sum::<usize>() + string_len(&ss.schema_url)
+    }
+}
+
+/// The index ranges of maximal runs of `items` that `same` joins.
+fn runs<'a, T>(
+    items: &'a [T],
+    same: impl Fn(&T, &T) -> bool + 'a,
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= items.len() {
+            return None;
+        }
+        let mut end = start + 1;
+        while end < items.len() && same(&items[start], &items[end]) {
+            end += 1;
+        }
+        let run = start..end;
+        start = end;
+        Some(run)
+    })
+}
+
+/// Bytes of a length-delimited field (tag below 16) holding `len` bytes.
+fn framed(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+fn string_len(s: &str) -> usize {
+    if s.is_empty() { 0 } else { framed(s.len()) }
+}
+
+/// Writes the tag and length of a length-delimited field.
+fn field(buf: &mut Vec<u8>, tag: u32, len: usize) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(len as u64, buf);
+}
+
+fn string_field(buf: &mut Vec<u8>, tag: u32, s: &str) {
+    if !s.is_empty() {
+        field(buf, tag, s.len());
+        buf.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -285,8 +411,8 @@ pub fn plan(request: &ExportTraceServiceRequest, max_message_bytes: usize) -> Pl
 
 /// Validates and groups `request` into records of at most `max_message_bytes` (plan and build in
 /// one step, for callers that have nothing to charge).
-pub fn encode(request: ExportTraceServiceRequest, max_message_bytes: usize) -> Encoded {
-    plan(&request, max_message_bytes).build(request)
+pub fn encode(request: &ExportTraceServiceRequest, max_message_bytes: usize) -> Encoded {
+    plan(request, max_message_bytes).build(request)
 }
 
 #[cfg(test)]
@@ -348,7 +474,7 @@ mod tests {
     #[test]
     fn groups_by_trace_keeping_resource_and_scope() {
         let req = request(vec![("a", vec![span(1, 1, 0), span(2, 2, 0), span(1, 3, 0)]), ("b", vec![span(1, 4, 0)])]);
-        let enc = encode(req, 900 * 1024);
+        let enc = encode(&req, 900 * 1024);
         assert_eq!(enc.accepted_spans, 4);
         assert_eq!(enc.records.len(), 2);
         let first = &enc.records[0];
@@ -372,7 +498,7 @@ mod tests {
         let mut bad_parent = span(1, 4, 0);
         bad_parent.parent_span_id = vec![1; 3];
         let req = request(vec![("a", vec![zero_trace, short_span, backwards, bad_parent, span(1, 5, 0)])]);
-        let enc = encode(req, 900 * 1024);
+        let enc = encode(&req, 900 * 1024);
         assert_eq!(enc.accepted_spans, 1);
         assert_eq!(enc.rejected.total(), 4);
         let msg = enc.rejected.to_string();
@@ -387,7 +513,7 @@ mod tests {
         let max = 10_000;
         let spans: Vec<Span> = (1..=40).map(|i| span(7, i, 900)).collect();
         let req = request(vec![("a", spans), ("b", vec![span(7, 99, 20_000)])]);
-        let enc = encode(req, max);
+        let enc = encode(&req, max);
         assert_eq!(enc.rejected.0, vec![(RejectReason::TooLarge, 1)]);
         assert_eq!(enc.accepted_spans, 40);
         assert!(enc.records.len() >= 4, "40 spans of ~1KB split into 10KB records: {}", enc.records.len());
@@ -406,9 +532,94 @@ mod tests {
         assert_eq!(seen, (1..=40).collect::<Vec<u8>>(), "every span in exactly one record");
     }
 
+    /// The records as prost encodes them when built as messages (the old way): one `ResourceSpans`
+    /// per run of one resource, one `ScopeSpans` per run of one scope.
+    fn oracle(request: &ExportTraceServiceRequest, r: &Record) -> Vec<u8> {
+        let wanted: Vec<Vec<u8>> = decode(r)
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .map(|s| s.span_id.clone())
+            .collect();
+        let mut out = ExportTraceServiceRequest::default();
+        let mut last: Option<(usize, usize)> = None;
+        for (ri, rs) in request.resource_spans.iter().enumerate() {
+            for (si, ss) in rs.scope_spans.iter().enumerate() {
+                for span in ss.spans.iter().filter(|s| wanted.contains(&s.span_id)) {
+                    if last.is_none_or(|(r, _)| r != ri) {
+                        out.resource_spans.push(ResourceSpans { scope_spans: vec![], ..rs.clone() });
+                    }
+                    if last != Some((ri, si)) {
+                        let target = out.resource_spans.last_mut().expect("pushed");
+                        target.scope_spans.push(ScopeSpans { spans: vec![], ..ss.clone() });
+                    }
+                    let target =
+                        out.resource_spans.last_mut().and_then(|rs| rs.scope_spans.last_mut()).expect("pushed");
+                    target.spans.push(span.clone());
+                    last = Some((ri, si));
+                }
+            }
+        }
+        out.encode_to_vec()
+    }
+
+    #[test]
+    fn records_are_byte_for_byte_what_prost_writes() {
+        let mut req = request(vec![
+            ("a", vec![span(1, 1, 10), span(2, 2, 0), span(1, 3, 300)]),
+            ("b", vec![span(1, 4, 0), span(3, 5, 2000)]),
+            ("a", vec![span(1, 6, 0)]),
+        ]);
+        req.resource_spans[1].schema_url = "https://opentelemetry.io/schemas/1.21.0".into();
+        req.resource_spans[1].scope_spans[0].schema_url = "s".into();
+        req.resource_spans[1].scope_spans.push(ScopeSpans {
+            scope: None,
+            spans: vec![span(1, 7, 0)],
+            schema_url: String::new(),
+        });
+        req.resource_spans[2].resource = None;
+        let enc = encode(&req, 900 * 1024);
+        assert_eq!(enc.accepted_spans, 7);
+        for r in &enc.records {
+            assert_eq!(r.payload, oracle(&req, r), "record {}", r.key);
+        }
+        // Split records too.
+        let enc = encode(&req, 250);
+        assert!(enc.records.len() > 3);
+        for r in &enc.records {
+            assert_eq!(r.payload, oracle(&req, r), "record {}", r.key);
+        }
+    }
+
+    #[test]
+    fn the_plan_prices_resource_copies_before_any_is_made() {
+        // An 800 KiB resource in front of 5 000 spans of different traces: 3.9 GiB of records.
+        let mut spans: Vec<Span> = (0..5_000u32)
+            .map(|i| {
+                let mut s = span(1, 1, 0);
+                s.trace_id = [i.to_be_bytes().as_slice(), &[7; 12]].concat();
+                s.attributes.clear();
+                s
+            })
+            .collect();
+        spans.truncate(5_000);
+        let mut req = request(vec![("a", spans)]);
+        if let Some(resource) = req.resource_spans[0].resource.as_mut() {
+            resource.attributes.push(KeyValue {
+                key: "blob".into(),
+                value: Some(AnyValue { value: Some(any_value::Value::StringValue("r".repeat(800 * 1024))) }),
+                ..Default::default()
+            });
+        }
+        let plan = plan(&req, 900 * 1024);
+        assert_eq!(plan.records(), 5_000);
+        assert!(plan.bytes() > 5_000 * 800 * 1024, "{}", plan.bytes());
+    }
+
     #[test]
     fn empty_request_is_empty() {
-        let enc = encode(ExportTraceServiceRequest::default(), 1024);
+        let enc = encode(&ExportTraceServiceRequest::default(), 1024);
         assert!(enc.records.is_empty());
         assert_eq!(enc.accepted_spans, 0);
         assert_eq!(enc.rejected.total(), 0);

@@ -139,7 +139,8 @@ impl Exporter {
         // The resource and scope are copied into every trace's record: what that costs is known
         // from the plan and charged before a byte is copied.
         charge.grow(plan.bytes(), "encoding one Kafka record per trace")?;
-        let mut encoded = plan.build(request);
+        let mut encoded = plan.build(&request);
+        drop(request);
         charge.shrink_to(charge.bytes() - decoded);
         encoded.rejected.add_many(RejectReason::AttributeLimit, limited.rejected_spans);
         for (reason, n) in &encoded.rejected.0 {

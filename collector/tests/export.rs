@@ -294,8 +294,6 @@ async fn malformed_grpc_body_is_invalid_argument() {
     client.export(fixtures::request("svc", 1, 1, 1, fixtures::now_unix_nano())).await.expect("valid export");
 }
 
-/// Past `limits.max_inflight_bytes` waiting for Kafka, exports are refused at once with
-/// UNAVAILABLE / 503 + Retry-After instead of being buffered, and nothing is acknowledged.
 /// POSTs `request` as OTLP/HTTP protobuf to the collector at `addr`.
 async fn post_protobuf(
     addr: std::net::SocketAddr,
@@ -310,12 +308,17 @@ async fn post_protobuf(
         .expect("sent")
 }
 
+/// Past `limits.max_inflight_bytes` held by exports waiting for Kafka, exports are refused at once
+/// with UNAVAILABLE / 503 + Retry-After instead of being buffered, and nothing is acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_bytes_over_the_bound_are_refused_not_buffered() {
     let mut broker = broker().await;
     let mut c = config(&broker);
     c.kafka.max_message_bytes = spanline_common::ByteSize::kib(64);
-    c.limits.max_inflight_bytes = spanline_common::ByteSize::kib(96);
+    c.limits.max_request_bytes = spanline_common::ByteSize::kib(64);
+    // One export of `big()` peaks near 140 KiB (decoded request + records) and then holds its
+    // 64 KiB of records until Kafka answers; a second one no longer fits beside it.
+    c.limits.max_inflight_bytes = spanline_common::ByteSize::kib(160);
     c.kafka.delivery_timeout = Duration::from_secs(5);
     c.limits.request_timeout = Duration::from_secs(8);
     let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
@@ -349,7 +352,7 @@ async fn in_flight_bytes_over_the_bound_are_refused_not_buffered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_beyond_max_concurrent_requests_are_refused_before_their_body_is_read() {
+async fn requests_beyond_max_concurrent_requests_are_refused_at_once() {
     let mut broker = broker().await;
     let mut c = config(&broker);
     c.limits.max_concurrent_requests = 2;

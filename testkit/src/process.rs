@@ -1,7 +1,30 @@
 //! Process accounting from the kernel (`/proc`): CPU seconds and peak resident memory of a child,
 //! as the operating system counts them. Used by the memory tests and by `spanline-bench`.
 
-use std::{fs, process::Command};
+use std::{fs, path::PathBuf, process::Command};
+
+/// A release binary of this workspace (`target/release/NAME`, or under `$CARGO_TARGET_DIR`): the
+/// memory tests measure what users run. `scripts/test.sh` (`make test`) builds them first.
+pub fn release_bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+    let path = target.join("release").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --release --locked --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Peak resident memory of a live child in bytes; panics when the kernel does not say, so a memory
+/// bound can never pass on a zero.
+pub fn peak_rss_of(pid: u32) -> u64 {
+    match peak_rss(pid) {
+        Some(bytes) if bytes > 0 => bytes,
+        other => panic!("cannot read VmHWM of process {pid} from /proc: {other:?}"),
+    }
+}
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux when it cannot be asked).
 pub fn clock_ticks() -> f64 {
