@@ -10,10 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    common::v1::KeyValue,
-    trace::v1::Span,
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
 };
 use prost::Message;
 use spanline_testkit::{
@@ -151,13 +149,7 @@ async fn a_resource_copied_into_every_trace_is_charged_before_it_is_copied() {
     let collector = Collector::start(&broker, &[]).await;
     let baseline = collector.peak_rss();
 
-    let mut hostile = fixtures::request("hostile", 1_000_000, 5_000, 1, fixtures::now_unix_nano());
-    for span in &mut hostile.resource_spans[0].scope_spans[0].spans {
-        span.attributes.clear();
-    }
-    if let Some(resource) = hostile.resource_spans[0].resource.as_mut() {
-        resource.attributes.push(fixtures::attr("blob", &"r".repeat(800 * 1024)));
-    }
+    let hostile = fixtures::hostile::resource_amplifier(1_000_000, 5_000, 800 * 1024);
     let wire = hostile.encode_to_vec();
     assert!(wire.len() < 1_200_000, "{} bytes on the wire", wire.len());
 
@@ -184,14 +176,6 @@ async fn a_resource_copied_into_every_trace_is_charged_before_it_is_copied() {
     assert_eq!(seen.len(), acknowledged.len());
 }
 
-/// A span with `n` empty attributes: two bytes each on the wire, a whole `KeyValue` decoded.
-fn empty_attributes(trace: u64, n: usize) -> ExportTraceServiceRequest {
-    let mut request = fixtures::request("hostile", trace, 1, 1, fixtures::now_unix_nano());
-    let span: &mut Span = &mut request.resource_spans[0].scope_spans[0].spans[0];
-    span.attributes = vec![KeyValue::default(); n];
-    request
-}
-
 /// Issue 12, item 3: memory follows the budget, not the wire. Each request below is 800 KB on the
 /// wire and about 45 MiB decoded; eight clients send them back to back for three seconds. With a
 /// 64 MiB budget one fits at a time and the others are told to retry; one of 4 MiB (220 MiB decoded)
@@ -202,7 +186,7 @@ async fn decoded_memory_is_bounded_by_the_budget_not_the_wire_size() {
     let collector = Collector::start(&broker, &[("MAX_INFLIGHT_BYTES", "64MiB"), ("MAX_REQUEST_BYTES", "4MiB")]).await;
     let baseline = collector.peak_rss();
 
-    let huge = empty_attributes(900_000, 2_000_000).encode_to_vec();
+    let huge = fixtures::hostile::empty_attributes(900_000, 2_000_000).encode_to_vec();
     assert!(huge.len() < 4 << 20);
     let response = collector.post(huge.clone(), None).await;
     assert_eq!(response.status(), 413);
@@ -218,7 +202,7 @@ async fn decoded_memory_is_bounded_by_the_budget_not_the_wire_size() {
                 .await
                 .expect("connects")
                 .send_compressed(CompressionEncoding::Gzip);
-            let request = empty_attributes(800_000 + i, 400_000);
+            let request = fixtures::hostile::empty_attributes(800_000 + i, 400_000);
             let mut outcomes: HashMap<String, usize> = HashMap::new();
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(3) {
@@ -264,11 +248,7 @@ async fn slow_clients_lose_their_request_not_everyone_else() {
             std::thread::spawn(move || {
                 let mut stream = TcpStream::connect(("127.0.0.1", http)).expect("connects");
                 stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-                let head = if i < 300 {
-                    "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\n"
-                } else {
-                    "POST /v1/traces HTTP/1.1\r\nhost: x\r\n"
-                };
+                let head = fixtures::hostile::slow_http_head(i < 300);
                 stream.write_all(head.as_bytes()).expect("headers");
                 let started = Instant::now();
                 let mut answer = Vec::new();
@@ -280,7 +260,9 @@ async fn slow_clients_lose_their_request_not_everyone_else() {
                     match stream.read(&mut buf) {
                         Ok(0) => break,
                         Ok(n) => answer.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut => {}
                         Err(_) => break,
                     }
                     std::thread::sleep(Duration::from_millis(800));

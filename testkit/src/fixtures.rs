@@ -107,3 +107,38 @@ pub fn trace_records(
         })
         .collect()
 }
+
+/// Hostile shapes (issue 12), shared by the collector's hostile tests and `spanline-bench`.
+pub mod hostile {
+    use super::{ExportTraceServiceRequest, KeyValue, attr, now_unix_nano, request};
+
+    /// One resource with a `resource_bytes` attribute in front of `traces` one-span traces (no span
+    /// attributes): every trace's record would carry a copy of the resource.
+    pub fn resource_amplifier(first_trace: u64, traces: u64, resource_bytes: usize) -> ExportTraceServiceRequest {
+        let mut r = request("hostile", first_trace, traces, 1, now_unix_nano());
+        for span in &mut r.resource_spans[0].scope_spans[0].spans {
+            span.attributes.clear();
+        }
+        if let Some(resource) = r.resource_spans[0].resource.as_mut() {
+            resource.attributes.push(attr("blob", &"r".repeat(resource_bytes)));
+        }
+        r
+    }
+
+    /// One span with `n` empty attributes: two bytes each on the wire, a whole `KeyValue` decoded.
+    pub fn empty_attributes(trace: u64, n: usize) -> ExportTraceServiceRequest {
+        let mut r = request("hostile", trace, 1, 1, now_unix_nano());
+        r.resource_spans[0].scope_spans[0].spans[0].attributes = vec![KeyValue::default(); n];
+        r
+    }
+
+    /// The first bytes of an OTLP/HTTP request whose body never comes: `body` true sends whole
+    /// headers announcing a 100 000-byte body, false stops in the middle of the headers.
+    pub fn slow_http_head(body: bool) -> &'static str {
+        if body {
+            "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\n"
+        } else {
+            "POST /v1/traces HTTP/1.1\r\nhost: x\r\n"
+        }
+    }
+}

@@ -454,9 +454,10 @@ async fn main() -> anyhow::Result<()> {
     collector.stop();
     ingester.stop();
 
-    // Overload: 3x the collector's capacity offered to a collector with a 64 MiB in-flight bound.
+    // Overload: 3x the collector's capacity offered to a collector with a 64 MiB in-flight bound,
+    // with hostile requests and slow clients mixed in (issue 12).
     eprintln!(
-        "[+] overload: 3x capacity ({:.0} spans/s) against max_inflight_bytes = 64MiB, max_concurrent_requests = 64, for {} s",
+        "[+] overload: 3x capacity ({:.0} spans/s) plus hostile requests and 100 slow clients against max_inflight_bytes = 64MiB, max_concurrent_requests = 64, for {} s",
         peak * 3.0,
         args.seconds
     );
@@ -465,18 +466,24 @@ async fn main() -> anyhow::Result<()> {
     env.push(("SPANLINE_COLLECTOR__LIMITS__MAX_CONCURRENT_REQUESTS", "64".into()));
     let collector = spawn(&args.bin, "collector-c", &COLLECTOR_ARGS, &env, &logs)?;
     wait_http("http://127.0.0.1:24369/health/ready").await?;
+    let hostile = tokio::spawn(hostile_mix(Instant::now() + Duration::from_secs(args.seconds)));
     let report =
         // Enough connections that 3x the rate is really offered while exports wait (64 MiB of
         // in-flight bytes is about 250 requests).
         send::run(plan(GRPC, u64::MAX / 2, Some(peak * 3.0), Some(Duration::from_secs(args.seconds)), 400), None, true)
             .await?;
+    let hostile = hostile.await??;
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     results.insert(
         "overload",
         json!({
             "offered_spans_per_s": peak * 3.0, "acknowledged_spans_per_s": report.spans_per_second(),
             "refused_requests": report.failed_requests, "requests": report.requests,
             "collector_peak_rss_mib": mib(peak_rss(collector.pid())), "max_inflight_mib": 64, "max_concurrent_requests": 64,
+            // docs/collector.md: 1.25 x max_inflight_bytes + workers x max_request_bytes + 40 MiB.
+            "memory_formula_mib": 1.25 * 64.0 + workers as f64 * 16.0 + 40.0,
             "export_latency_ms": latency_ms(&report),
+            "hostile": hostile,
         }),
     );
     save(&results)?;
@@ -493,6 +500,68 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(&all)?);
     println!("results written to {}", args.out.display());
     Ok(())
+}
+
+/// Hostile traffic for the overload stage, until `end`: resource amplifiers (an 800 KiB resource in
+/// front of 5 000 traces), decoded-size amplifiers (400 000 empty attributes) and 100 slow HTTP
+/// clients (80 trickling a body, 20 their headers). What each got.
+async fn hostile_mix(end: Instant) -> anyhow::Result<Value> {
+    use spanline_testkit::fixtures::hostile;
+    let amplifier = tokio::spawn(hostile_grpc(hostile::resource_amplifier(9_000_000, 5_000, 800 * 1024), end));
+    let empty = tokio::spawn(hostile_grpc(hostile::empty_attributes(9_100_000, 400_000), end));
+    let slow: Vec<_> = (0..100).map(|i| std::thread::spawn(move || slow_client(i % 5 != 0, end))).collect();
+    let amplifier = amplifier.await??;
+    let empty = empty.await??;
+    let cut = slow.into_iter().map(|h| h.join().unwrap_or(false)).filter(|&cut| cut).count();
+    Ok(
+        json!({ "resource_amplifier": amplifier, "empty_attributes": empty, "slow_clients": 100, "slow_clients_cut": cut }),
+    )
+}
+
+/// Sends `request` over gRPC (gzip) back to back until `end`; outcomes by status code.
+async fn hostile_grpc(
+    request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    end: Instant,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let mut client = TraceServiceClient::connect(GRPC)
+        .await?
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_encoding_message_size(usize::MAX);
+    let mut outcomes = BTreeMap::new();
+    while Instant::now() < end {
+        let outcome = match client.export(request.clone()).await {
+            Ok(_) => "ok".to_owned(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    Ok(outcomes)
+}
+
+/// A client sending one byte a second of a request it never finishes; whether the collector cut it
+/// (closed the connection) before `end`.
+fn slow_client(body: bool, end: Instant) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:24318") else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    if stream.write_all(spanline_testkit::fixtures::hostile::slow_http_head(body).as_bytes()).is_err() {
+        return true;
+    }
+    while Instant::now() < end {
+        if stream.write_all(b"x").is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 256];
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    false
 }
 
 fn chrono_date() -> String {
