@@ -26,8 +26,9 @@ use crate::{budget::Charge, error::Error};
 /// Nesting prost refuses to decode past (its default recursion limit).
 const MAX_DEPTH: usize = 100;
 
-/// A `Vec` grown by pushing holds up to twice its length.
-const GROWTH: usize = 2;
+/// A `Vec` grown by pushing holds up to twice its length, and while it grows its old and new buffers
+/// are held at once: up to three times its length (`collector/tests/fuzz.rs` finds exactly that).
+const GROWTH: usize = 3;
 
 /// What decoding a protobuf request will produce, read from its wire form.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -301,7 +302,7 @@ mod tests {
         assert_eq!(shape.spans, 3);
         let exact = heap(&request);
         assert!(shape.decoded_bytes >= exact, "estimate {} below the real {exact}", shape.decoded_bytes);
-        assert!(shape.decoded_bytes <= 3 * exact, "estimate {} far above the real {exact}", shape.decoded_bytes);
+        assert!(shape.decoded_bytes <= 4 * exact, "estimate {} far above the real {exact}", shape.decoded_bytes);
     }
 
     #[test]

@@ -503,12 +503,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Hostile traffic for the overload stage, until `end`: resource amplifiers (an 800 KiB resource in
-/// front of 5 000 traces), decoded-size amplifiers (400 000 empty attributes) and 100 slow HTTP
+/// front of 5 000 traces), decoded-size amplifiers (300 000 empty attributes) and 100 slow HTTP
 /// clients (80 trickling a body, 20 their headers). What each got.
 async fn hostile_mix(end: Instant) -> anyhow::Result<Value> {
     use spanline_testkit::fixtures::hostile;
     let amplifier = tokio::spawn(hostile_grpc(hostile::resource_amplifier(9_000_000, 5_000, 800 * 1024), end));
-    let empty = tokio::spawn(hostile_grpc(hostile::empty_attributes(9_100_000, 400_000), end));
+    let empty = tokio::spawn(hostile_grpc(hostile::empty_attributes(9_100_000, 300_000), end));
     let slow: Vec<_> = (0..100).map(|i| std::thread::spawn(move || slow_client(i % 5 != 0, end))).collect();
     let amplifier = amplifier.await??;
     let empty = empty.await??;
