@@ -393,3 +393,54 @@ async fn requests_beyond_max_concurrent_requests_are_refused_at_once() {
         assert!(w.await.expect("join").is_err(), "exports Kafka never acknowledged are not successes");
     }
 }
+
+/// A gRPC client that sends its headers and a few bytes of its message, then nothing: at
+/// `limits.read_timeout` it gets DEADLINE_EXCEEDED, and meanwhile it holds no export slot (the only
+/// one serves a normal export) and only the bytes it sent are charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_grpc_client_times_out_without_holding_a_slot() {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use tower::ServiceExt as _;
+    let broker = broker().await;
+    let mut c = config(&broker);
+    c.limits.max_concurrent_requests = 1;
+    c.limits.read_timeout = Duration::from_secs(2);
+    let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects");
+    // The gRPC frame announces 1 000 bytes; 5 arrive.
+    let (tx, rx) = futures::channel::mpsc::channel::<Result<http_body::Frame<Bytes>, tonic::Status>>(4);
+    let mut tx = tx;
+    tx.try_send(Ok(http_body::Frame::data(Bytes::from_static(&[0, 0, 0, 3, 232, 10, 1, 2, 3, 4])))).expect("room");
+    let request = tonic::codegen::http::Request::post(format!(
+        "http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        running.grpc_addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(tonic::body::Body::new(StreamBody::new(rx)))
+    .expect("request");
+    let started = std::time::Instant::now();
+    let slow = tokio::spawn(channel.clone().oneshot(request));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
+    client
+        .export(fixtures::request("svc", 1, 1, 2, fixtures::now_unix_nano()))
+        .await
+        .expect("the only slot is free while the slow client trickles");
+
+    let response = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the slow request is answered, not left hanging")
+        .expect("join")
+        .expect("answered");
+    let status = tonic::Status::from_header_map(response.headers()).expect("a trailers-only status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(5));
+    drop(tx);
+}
