@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` runs the whole pipeline here, `make test` runs every test.
-.PHONY: up test deps fmt lint deny deploy-check unit bench clean
+.PHONY: up test deps fmt lint deny deploy-check unit fuzz bench clean
 
 CARGO ?= cargo
 
@@ -29,6 +29,13 @@ deploy-check:
 
 unit:
 	scripts/test.sh
+
+# The long fuzzing run: every decoder property (common/tests/fuzz.rs, ingester/tests/fuzz.rs) with
+# FUZZ_CASES cases each instead of `make test`'s 256; one summary line per property
+# (docs/development.md, "Fuzzing").
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p spanline-common -p spanline-ingester --test fuzz -- --nocapture
 
 # Each stage alone, then the whole pipeline, on this machine; results in bench/results.json
 # (BENCHMARKS.md explains them). Criterion: cargo bench -p spanline-collector / -p spanline-ingester.

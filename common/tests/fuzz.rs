@@ -3,7 +3,7 @@
 //! generated requests (docs/development.md, "Fuzzing"). `PROPTEST_CASES` sets the cases per property
 //! (256 by default; `make fuzz` runs many more).
 //!
-//! Property: no panic; `Ok` or an error starting with the decoder's name, at most 1 KiB; and at most
+//! Property: no panic; `Ok` or an error starting with the decoder's name, at most 4 KiB; and at most
 //! [`JSON`]'s bound held at once while decoding, measured per thread by `allocation-counter`.
 
 #![allow(clippy::unwrap_used)]
@@ -30,10 +30,6 @@ fn decode(bytes: &[u8]) -> Run {
     fuzz::measured(peak, bytes.len(), || decode_json(bytes))
 }
 
-fn json(request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest) -> Vec<u8> {
-    serde_json::to_vec(request).unwrap()
-}
-
 /// Nesting `depth` levels deep: plain arrays, objects, or `AnyValue` arrays inside an attribute.
 fn deep(depth: usize, shape: u8) -> Vec<u8> {
     let (open, close): (&str, &str) = match shape % 3 {
@@ -57,8 +53,8 @@ fn json_survives_arbitrary_bytes() {
 #[test]
 fn json_survives_mutated_requests() {
     let inputs = prop_oneof![
-        fuzz::mutated(fuzz::request().prop_map(|r| json(&r)), JSON_TOKENS),
-        fuzz::json_confused(fuzz::request().prop_map(|r| serde_json::to_value(&r).unwrap())),
+        fuzz::mutated(fuzz::otlp_json(fuzz::request()).prop_map(|v| serde_json::to_vec(&v).unwrap()), JSON_TOKENS),
+        fuzz::json_confused(fuzz::otlp_json(fuzz::request())),
     ];
     fuzz::check(file!(), JSON, inputs, |b| decode(b));
 }

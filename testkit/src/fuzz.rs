@@ -375,6 +375,43 @@ pub fn mutated(
     })
 }
 
+/// `request` as OTLP/JSON without its default fields, as exporters write it: serde writes every
+/// field, which makes an empty span 200 bytes instead of `{}` (the shape that costs the most per
+/// byte). Only object members are dropped, never array elements.
+pub fn compact_json(request: &ExportTraceServiceRequest) -> serde_json::Value {
+    fn prune(value: &mut serde_json::Value) -> bool {
+        use serde_json::Value as Json;
+        match value {
+            Json::Object(map) => {
+                map.retain(|_, member| !prune(member));
+                map.is_empty()
+            }
+            Json::Array(items) => {
+                items.iter_mut().for_each(|item| {
+                    prune(item);
+                });
+                items.is_empty()
+            }
+            Json::Null => true,
+            Json::Bool(b) => !*b,
+            Json::Number(n) => n.as_f64() == Some(0.0),
+            Json::String(s) => s.is_empty() || s == "0",
+        }
+    }
+    let mut value = serde_json::to_value(request).unwrap();
+    prune(&mut value);
+    value
+}
+
+/// OTLP/JSON of `request`: serde's (every field) or [`compact_json`].
+pub fn otlp_json(
+    request: impl Strategy<Value = ExportTraceServiceRequest>,
+) -> impl Strategy<Value = serde_json::Value> {
+    (request, any::<bool>()).prop_map(|(request, compact)| {
+        if compact { compact_json(&request) } else { serde_json::to_value(&request).unwrap() }
+    })
+}
+
 /// Values that replace a JSON node of another type. Strings stay under [`MAX_ERROR_LEN`]: serde
 /// quotes a wrongly typed string whole in its error, which `decode_json_error_echoes_the_input`
 /// (common/tests/fuzz.rs) pins.

@@ -1,0 +1,308 @@
+//! Fuzzing every ingester decoder that reads untrusted bytes, on the stable toolchain: property tests
+//! over arbitrary bytes and mutated encodings of generated messages (docs/development.md,
+//! "Fuzzing"). `PROPTEST_CASES` sets the cases per property (256 by default; `make fuzz` runs many
+//! more).
+//!
+//! - `worker::decode` for the three topic encodings: OTLP protobuf records, OTLP/JSON records and
+//!   `spanline.v1.DeadLetter` envelopes (what `replay` re-drives from the dead-letter topic);
+//! - `document::map_request` on whatever decodes: the documents built from a hostile record;
+//! - `bulk::parse_response`: the store's `_bulk` answer.
+//!
+//! Property: no panic; `Ok` or an error starting with the decoder's name, at most 4 KiB; and at most
+//! the target's bound held at once, measured per thread by `allocation-counter`.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use proptest::{collection::vec, prelude::*};
+use prost::Message as _;
+use spanline_ingester::{
+    bulk::parse_response,
+    config::Encoding,
+    document::{DocumentLimits, IndexNames, Mapped, Routing, map_request},
+    worker,
+};
+use spanline_proto::{DeadLetter, PayloadKind};
+use spanline_testkit::fuzz::{self, Bound, JSON_TOKENS, Outcome, PROTO_TOKENS, Run, Target};
+
+/// The most bytes this thread held at once while `f` ran.
+fn peak(f: &mut dyn FnMut()) -> u64 {
+    allocation_counter::measure(f).bytes_max
+}
+
+/// OTLP protobuf. The worst case per byte is a run of empty spans (`12 00`: 2 bytes become a 264-byte
+/// `Span`), 396 × len when the vector has just grown (old and new buffers held at once); see
+/// `bounds_are_tight`.
+const PROTO: Target = Target {
+    name: "otlp protobuf record",
+    bound: Bound { per_byte: 512, fixed: 64 * 1024 },
+    errors: &["invalid OTLP protobuf: "],
+};
+
+/// OTLP/JSON, decoded then re-encoded as protobuf. The worst case per byte is a run of empty objects
+/// where spans are expected (`{},`: 3 bytes become a `Span`), 264 × len just after the vector grew.
+const JSON: Target = Target {
+    name: "otlp json record",
+    bound: Bound { per_byte: 320, fixed: 64 * 1024 },
+    errors: &["invalid OTLP JSON: ", "OTLP JSON uses camelCase keys"],
+};
+
+/// A dead letter: the envelope's payload copied out, then decoded as OTLP protobuf, so the protobuf
+/// worst case plus one copy (397 × len).
+const DEAD_LETTER: Target = Target {
+    name: "dead letter",
+    bound: Bound { per_byte: 512, fixed: 64 * 1024 },
+    errors: &["invalid spanline.v1.DeadLetter: ", "dead letter with unknown payload kind ", "invalid OTLP protobuf: "],
+};
+
+/// A decoded record mapped to documents (the decoding measured by the targets above). `map_request`
+/// stops once the documents and dead letters it counts pass `LIMITS.max_record_document_bytes`, with
+/// at most one document of `LIMITS.max_document_bytes` over; what they hold on the heap (`Document`
+/// structs, ids, index names, the vector's growth) is more than what it counts, up to 1.33 times
+/// for many small documents (see `bounds_are_tight`). So: at most twice the two limits, whatever
+/// the record's length.
+const DOCUMENTS: Target = Target {
+    name: "record to documents",
+    bound: Bound { per_byte: 0, fixed: 2 * COUNTED_LIMIT + 16 * 1024 },
+    errors: &[
+        "invalid OTLP protobuf: ",
+        "invalid OTLP JSON: ",
+        "OTLP JSON uses camelCase keys",
+        "invalid spanline.v1.DeadLetter: ",
+        "dead letter with unknown payload kind ",
+    ],
+};
+
+/// A `_bulk` answer. The worst case per byte is a run of empty items (`{},`: 3 bytes become an empty
+/// 48-byte map), 51 × len just after the vector grew.
+const BULK: Target = Target {
+    name: "_bulk answer",
+    bound: Bound { per_byte: 64, fixed: 64 * 1024 },
+    errors: &["unreadable _bulk answer: ", "_bulk answered "],
+};
+
+/// The mapping's clock: 2027-01-15T08:00:00Z in µs, inside the generated times' usual range.
+const NOW_MICROS: i64 = 1_800_000_000_000_000;
+
+/// The mapping's bounds, small so that short runs reach them (the defaults are 1 MiB and 32 MiB).
+const LIMITS: DocumentLimits = DocumentLimits { max_document_bytes: 16 * 1024, max_record_document_bytes: 256 * 1024 };
+
+/// What one record's mapping may count before it stops: the record bound plus one document.
+const COUNTED_LIMIT: u64 = (LIMITS.max_record_document_bytes + LIMITS.max_document_bytes) as u64;
+
+/// A decoded record mapped to documents as the worker maps it (`Worker::take`). The one call of
+/// `map_request` in these tests.
+fn map(request: &ExportTraceServiceRequest, clamp: bool) -> Mapped {
+    let routing = Routing {
+        names: IndexNames::new("fuzz"),
+        max_age_micros: 72 * 3_600_000_000,
+        max_skew_micros: 3_600_000_000,
+        clamp,
+    };
+    let mut mapped = Mapped::default();
+    map_request(request, &routing, LIMITS, NOW_MICROS, &mut mapped);
+    mapped
+}
+
+fn decode(encoding: Encoding, bytes: &[u8]) -> Run {
+    let value = Bytes::copy_from_slice(bytes);
+    fuzz::measured(peak, bytes.len(), || worker::decode(encoding, &value))
+}
+
+fn documents(encoding: Encoding, bytes: &[u8], clamp: bool) -> Run {
+    let value = Bytes::copy_from_slice(bytes);
+    match worker::decode(encoding, &value) {
+        Ok((request, _)) => fuzz::measured(peak, bytes.len(), || Ok::<_, String>(map(&request, clamp))),
+        Err(error) => Run { len: bytes.len(), peak: 0, outcome: Outcome::Err(error) },
+    }
+}
+
+fn bulk(body: &[u8], expected: usize) -> Run {
+    fuzz::measured(peak, body.len(), || parse_response(body, expected))
+}
+
+fn proto(request: &ExportTraceServiceRequest) -> Vec<u8> {
+    request.encode_to_vec()
+}
+
+fn json(request: &ExportTraceServiceRequest) -> Vec<u8> {
+    serde_json::to_vec(&fuzz::compact_json(request)).unwrap()
+}
+
+fn letter(kind: i32, payload: Vec<u8>) -> Vec<u8> {
+    DeadLetter {
+        payload_kind: kind,
+        payload,
+        stage: 1,
+        error_type: "decode_error".into(),
+        reason: "invalid OTLP protobuf: buffer underflow".into(),
+        source_topic: "otlp_spans".into(),
+        source_partition: 3,
+        source_offset: 42,
+        target_index: "jaeger-span-2027-01-15".into(),
+        dead_lettered_at_unix_nano: 1,
+        span_count: 1,
+    }
+    .encode_to_vec()
+}
+
+/// Payload kinds: the two that replay indexes, the unspecified one, and anything.
+fn payload_kind() -> impl Strategy<Value = i32> {
+    prop_oneof![
+        4 => Just(PayloadKind::OtlpProto as i32),
+        2 => Just(PayloadKind::RawRecord as i32),
+        1 => Just(0),
+        1 => any::<i32>(),
+    ]
+}
+
+/// A record of `encoding` holding `request`.
+fn record(encoding: Encoding, request: &ExportTraceServiceRequest, kind: i32) -> Vec<u8> {
+    match encoding {
+        Encoding::OtlpProto => proto(request),
+        Encoding::OtlpJson => json(request),
+        Encoding::DeadLetter => letter(kind, proto(request)),
+    }
+}
+
+fn encoding() -> impl Strategy<Value = Encoding> {
+    prop_oneof![Just(Encoding::OtlpProto), Just(Encoding::OtlpJson), Just(Encoding::DeadLetter)]
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP protobuf records.
+
+#[test]
+fn proto_survives_arbitrary_bytes() {
+    fuzz::check(file!(), PROTO, fuzz::raw_bytes(512), |b| decode(Encoding::OtlpProto, b));
+}
+
+#[test]
+fn proto_survives_mutated_requests() {
+    let inputs = fuzz::mutated(fuzz::request().prop_map(|r| proto(&r)), PROTO_TOKENS);
+    fuzz::check(file!(), PROTO, inputs, |b| decode(Encoding::OtlpProto, b));
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP/JSON records (decoded, then re-encoded as protobuf for dead letters).
+
+#[test]
+fn json_record_survives_mutated_requests() {
+    let inputs = prop_oneof![
+        1 => fuzz::raw_bytes(256),
+        3 => fuzz::mutated(fuzz::otlp_json(fuzz::request()).prop_map(|v| serde_json::to_vec(&v).unwrap()), JSON_TOKENS),
+        2 => fuzz::json_confused(fuzz::otlp_json(fuzz::request())),
+    ];
+    fuzz::check(file!(), JSON, inputs, |b| decode(Encoding::OtlpJson, b));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead letters, as replay re-drives them.
+
+#[test]
+fn dead_letter_survives_mutated_envelopes() {
+    let payload = prop_oneof![
+        3 => fuzz::request().prop_map(|r| proto(&r)),
+        2 => fuzz::mutated(fuzz::request().prop_map(|r| proto(&r)), PROTO_TOKENS),
+        1 => fuzz::raw_bytes(256),
+    ];
+    let envelope = (payload_kind(), payload).prop_map(|(kind, payload)| letter(kind, payload));
+    let inputs = prop_oneof![
+        1 => fuzz::raw_bytes(256),
+        4 => fuzz::mutated(envelope, PROTO_TOKENS),
+    ];
+    fuzz::check(file!(), DEAD_LETTER, inputs, |b| decode(Encoding::DeadLetter, b));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records to documents.
+
+#[test]
+fn documents_from_hostile_records_stay_bounded() {
+    let tokens = |e: Encoding| if e == Encoding::OtlpJson { JSON_TOKENS } else { PROTO_TOKENS };
+    let inputs = (encoding(), fuzz::request(), payload_kind(), any::<bool>(), any::<bool>()).prop_flat_map(
+        |(encoding, request, kind, clamp, mutate)| {
+            let bytes = record(encoding, &request, kind);
+            let bytes = if mutate { fuzz::mutated(Just(bytes), tokens(encoding)).boxed() } else { Just(bytes).boxed() };
+            (Just(encoding), bytes, Just(clamp))
+        },
+    );
+    fuzz::check(file!(), DOCUMENTS, inputs, |(encoding, bytes, clamp)| documents(*encoding, bytes, *clamp));
+}
+
+// ---------------------------------------------------------------------------------------------
+// `_bulk` answers.
+
+fn bulk_answer() -> impl Strategy<Value = Vec<u8>> {
+    let error = (prop_oneof![Just("mapper_parsing_exception".to_owned()), any::<String>()], any::<String>())
+        .prop_map(|(kind, reason)| serde_json::json!({"type": kind, "reason": reason}));
+    let status = prop_oneof![Just(200u16), Just(201), Just(409), Just(429), Just(400), Just(503), any::<u16>()];
+    let item = (prop_oneof![Just("create"), Just("index"), Just("")], status, proptest::option::of(error)).prop_map(
+        |(op, status, error)| {
+            let mut inner = serde_json::json!({"_index": "jaeger-span-2027-01-15", "_id": "a_b_c", "status": status});
+            if let Some(error) = error {
+                inner["error"] = error;
+            }
+            serde_json::json!({ op: inner })
+        },
+    );
+    let answer = (any::<bool>(), vec(item, 0..40))
+        .prop_map(|(errors, items)| serde_json::json!({"took": 3, "errors": errors, "items": items}));
+    prop_oneof![
+        3 => answer.clone().prop_map(|a| serde_json::to_vec(&a).unwrap()),
+        2 => fuzz::json_confused(answer),
+        // Thousands of empty items: 3 bytes each in the answer.
+        1 => (0usize..20_000).prop_map(|n| format!(r#"{{"errors":true,"items":[{}]}}"#, vec!["{}"; n].join(",")).into_bytes()),
+        // Deep nesting in a field nobody reads.
+        1 => (0usize..4000).prop_map(|d| format!(r#"{{"took":{}{},"errors":true}}"#, "[".repeat(d), "]".repeat(d)).into_bytes()),
+        1 => fuzz::raw_bytes(256),
+    ]
+}
+
+#[test]
+fn bulk_answer_survives_mutations() {
+    let inputs = (fuzz::mutated(bulk_answer(), JSON_TOKENS), prop_oneof![0usize..50, 0usize..20_001]);
+    fuzz::check(file!(), BULK, inputs, |(body, expected)| bulk(body, *expected));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bounds bite: each target's worst shape needs more than half its stated factor.
+
+fn empty_spans(n: usize) -> ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans { spans: vec![Span::default(); n], ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Asserts `run` is within `target`'s bound but over the bound with its per-byte factor halved.
+fn assert_tight(target: Target, run: &Run) {
+    assert_eq!(run.outcome, Outcome::Ok, "{}", target.name);
+    assert!(target.violation(run).is_none(), "{}: {run:?}", target.name);
+    let lowered = Target { bound: target.bound.lowered(2), ..target };
+    assert!(lowered.violation(run).is_some(), "{}: {} would hold too: {run:?}", target.name, lowered.bound);
+}
+
+#[test]
+fn bounds_are_tight() {
+    // 2^14 + 1 spans: the vector has just doubled.
+    let request = empty_spans(16_385);
+    assert_tight(PROTO, &decode(Encoding::OtlpProto, &proto(&request)));
+    assert_tight(DEAD_LETTER, &decode(Encoding::DeadLetter, &letter(1, proto(&request))));
+    let spans = vec!["{}"; 16_385].join(",");
+    let body = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{spans}]}}]}}]}}"#);
+    assert_tight(JSON, &decode(Encoding::OtlpJson, body.as_bytes()));
+    let body = format!(r#"{{"errors":true,"items":[{}]}}"#, vec!["{}"; 16_385].join(","));
+    assert_tight(BULK, &bulk(body.as_bytes(), 16_385));
+
+    // Many small in-window span documents, stopped at the record bound; its fixed part bites.
+    let run = documents(Encoding::OtlpProto, &proto(&fuzz::fan_out(0, 0, 1000)), false);
+    assert_eq!(run.outcome, Outcome::Ok);
+    assert!(DOCUMENTS.violation(&run).is_none(), "{run:?}");
+    let lowered = Target { bound: Bound { per_byte: 0, fixed: COUNTED_LIMIT + 16 * 1024 }, ..DOCUMENTS };
+    assert!(lowered.violation(&run).is_some(), "{} would hold too: {run:?}", lowered.bound);
+}
