@@ -138,6 +138,15 @@ pub fn parse_response(body: &[u8], expected: usize) -> Result<Option<ItemResults
     ))
 }
 
+/// The largest answer read for a request other than `_bulk` (cluster info, a template refusal).
+pub const SMALL_ANSWER: u64 = 1 << 20;
+
+/// The largest `_bulk` answer read for `count` items: each item's result with a long error reason,
+/// and room for a whole-request error.
+pub fn answer_cap(count: usize) -> u64 {
+    (1 << 20) + 16 * 1024 * count as u64
+}
+
 /// An item that will never be indexed, with why.
 #[derive(Debug)]
 pub struct Rejected {
@@ -234,6 +243,14 @@ impl BulkClient {
                 Err(e) => return Attempt::Retry(format!("request failed: {e}")),
             };
         let status = response.status_code();
+        // The store's answer is hostile input too: one bigger than any answer for `count` items
+        // could be is not read (the client exposes no stream, so only a declared length is checked).
+        let cap = answer_cap(count);
+        if let Some(len) = response.content_length().filter(|&len| len > cap) {
+            return Attempt::Retry(format!(
+                "{status}: answer of {len} bytes, over the {cap} bytes {count} items can need"
+            ));
+        }
         let text = match response.bytes().await {
             Ok(b) => b,
             Err(e) => return Attempt::Retry(format!("reading the answer failed: {e}")),
@@ -380,6 +397,48 @@ mod tests {
         assert_eq!(classify(503), ItemClass::Transient);
         assert_eq!(classify(400), ItemClass::Terminal);
         assert_eq!(classify(404), ItemClass::Terminal);
+    }
+
+    /// A store (here a fake one on another thread) that answers a `_bulk` with 256 MiB is not read:
+    /// what this thread allocates while sending stays small.
+    #[test]
+    fn an_oversized_answer_is_not_read() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(1) {
+                let Ok(mut stream) = stream else { return };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 268435456\r\n\r\n",
+                );
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..256 {
+                    if stream.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let config = config::OpenSearch { url: format!("http://{addr}"), ..config::OpenSearch::default() };
+        let client = BulkClient::new(
+            clients(&config).expect("client"),
+            &config,
+            Metrics::register(&mut prometheus_client::registry::Registry::default()),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let mut attempt = None;
+        let held = allocation_counter::measure(|| {
+            attempt = Some(runtime.block_on(client.send(Bytes::from_static(b"{}\n"), 1)));
+        })
+        .bytes_max;
+        match attempt {
+            Some(Attempt::Retry(why)) => assert!(why.contains("over the"), "{why}"),
+            _ => panic!("an oversized answer is a retry"),
+        }
+        assert!(held < 8 << 20, "held {held} bytes for a 256 MiB answer");
     }
 
     #[test]

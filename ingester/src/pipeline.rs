@@ -77,6 +77,9 @@ pub async fn prepare_store(
                 .send(Method::Get, "/", HeaderMap::new(), None::<&()>, None::<Vec<u8>>, None)
                 .await
                 .map_err(|e| Error::OpenSearch(format!("{} unreachable: {e}", config.opensearch.url)))?;
+            if let Some(len) = response.content_length().filter(|&n| n > crate::bulk::SMALL_ANSWER) {
+                return Err(Error::OpenSearch(format!("{} answered GET / with {len} bytes", config.opensearch.url)));
+            }
             let info: serde_json::Value = response.json().await.map_err(|e| Error::OpenSearch(e.to_string()))?;
             tracing::info!(
                 url = %config.opensearch.url,

@@ -121,7 +121,11 @@ pub async fn install(
             .map_err(|e| Error::OpenSearch(format!("cannot install index template {name}: {e}")))?;
         if !response.status_code().is_success() {
             let status = response.status_code().as_u16();
-            let text = response.text().await.unwrap_or_default();
+            let text = if response.content_length().is_some_and(|n| n > crate::bulk::SMALL_ANSWER) {
+                String::from("(answer too large to read)")
+            } else {
+                response.text().await.unwrap_or_default()
+            };
             return Err(refusal(&name, priority, status, &text));
         }
         tracing::info!(template = %name, priority, "index template installed");
