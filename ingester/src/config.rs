@@ -240,7 +240,7 @@ pub struct Limits {
     /// default `max.message.bytes` (1 MB).
     pub max_record_bytes: ByteSize,
     /// The most one record may expand to: the JSON of its documents plus 128 bytes each (the bulk
-    /// action line), or per span the dead letter that would replace it if larger. Jaeger's
+    /// action line), and for a span refused alone the dead letter replacing it if larger. Jaeger's
     /// schema repeats the resource's attributes in every span document, so a small record can make
     /// gigabytes. Counted while mapping, which stops at the bound: the record is dead-lettered whole
     /// (stage `MAP`, error type `record_documents_too_large`). Default `32MiB`.

@@ -241,16 +241,17 @@ const MAX_SHED_REASON: usize = 4096;
 /// of the reason. Returns whether the payload was left out.
 fn encode_within(letter: &mut Letter, max: usize) -> (Vec<u8>, bool) {
     let key_len = letter.key.as_ref().map_or(0, Bytes::len);
-    let bytes = letter.envelope.encode_to_vec();
-    if bytes.len() + key_len <= max {
-        return (bytes, false);
+    if letter.envelope.encoded_len() + key_len <= max {
+        return (letter.envelope.encode_to_vec(), false);
     }
     let env = &mut letter.envelope;
     let omitted = std::mem::take(&mut env.payload).len();
     env.payload_kind = PayloadKind::Unspecified as i32;
     env.span_count = 0;
-    if env.reason.len() > MAX_SHED_REASON {
-        let mut cut = MAX_SHED_REASON;
+    // Half the bound at most, so the envelope's other fields (names, the note below) fit in the rest.
+    let keep = MAX_SHED_REASON.min(max / 2);
+    if env.reason.len() > keep {
+        let mut cut = keep;
         while !env.reason.is_char_boundary(cut) {
             cut -= 1;
         }

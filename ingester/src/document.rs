@@ -14,17 +14,17 @@
 //! soon as the sum passes `max_record_document_bytes`: the work done for a record that is refused
 //! whole is at most that bound plus one document.
 
-use std::{
-    borrow::Cow,
-    fmt::{self},
-    io,
-};
+use std::{borrow::Cow, fmt, io};
 
 use chrono::{DateTime, Datelike};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
-    trace::v1::{Span, span::Event, span::SpanKind, status::StatusCode},
+    trace::v1::{
+        Span,
+        span::{Event, SpanKind},
+        status::StatusCode,
+    },
 };
 use prost::Message as _;
 use serde::{Serialize, Serializer, ser::SerializeSeq};
@@ -81,9 +81,9 @@ pub struct DocumentLimits {
     /// The largest span document (JSON source bytes); a span whose document is larger is refused
     /// alone (`limits.max_document_bytes`).
     pub max_document_bytes: usize,
-    /// The most one record may cost: per span the larger of its document (JSON bytes plus 128 for
-    /// the bulk action line) and the dead letter that would replace it (256 bytes plus the span with
-    /// its resource and scope as protobuf), per service document its JSON plus 128; past it the
+    /// The most one record may cost: per span and service document its JSON bytes plus 128 (the
+    /// bulk action line); per span refused alone the larger of its document and the dead letter that
+    /// replaces it (256 bytes plus the span with its resource and scope as protobuf); past it the
     /// record is refused whole (`limits.max_record_document_bytes`).
     pub max_record_document_bytes: usize,
 }
@@ -440,9 +440,10 @@ struct Bounded {
 }
 
 impl Bounded {
-    /// `value` as JSON, kept if it fits in `limit` bytes; `None` if it cannot be written.
-    fn write(value: &impl Serialize, limit: usize) -> Option<Self> {
-        let mut out = Self { bytes: Vec::new(), len: 0, limit };
+    /// `value` as JSON, kept if it fits in `limit` bytes, in a buffer of `capacity` to begin with;
+    /// `None` if it cannot be written.
+    fn write(value: &impl Serialize, limit: usize, capacity: usize) -> Option<Self> {
+        let mut out = Self { bytes: Vec::with_capacity(capacity), len: 0, limit };
         serde_json::to_writer(&mut out, value).ok()?;
         Some(out)
     }
@@ -454,13 +455,19 @@ impl Bounded {
 
 impl io::Write for Bounded {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.len = self.len.saturating_add(buf.len());
         if self.len <= self.limit {
             self.bytes.extend_from_slice(buf);
         } else if self.bytes.capacity() > 0 {
             self.bytes = Vec::new();
         }
-        Ok(buf.len())
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -539,6 +546,8 @@ pub fn map_request(
     let (oldest, newest) = (now_micros - routing.max_age_micros, now_micros + routing.max_skew_micros);
     let max_record = limits.max_record_document_bytes;
     let mut seen = 0;
+    // The last document's size: the next one's buffer, as a record's spans are alike.
+    let mut last_len = 0;
     let mut services: Vec<(String, String)> = Vec::new();
     for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
         let resource = resource_spans.resource.as_ref();
@@ -555,7 +564,7 @@ pub fn map_request(
                 let position = [ri, si, pi];
                 // The dead letter if the span is refused: a request of this span alone, its resource
                 // and scope, in an envelope.
-                let letter = resource_len + scope_len + span.encoded_len() + LETTER_OVERHEAD;
+                let letter = || resource_len + scope_len + span.encoded_len() + LETTER_OVERHEAD;
                 let start = micros(span.start_time_unix_nano);
                 let day = if (oldest..=newest).contains(&start) {
                     Some(start)
@@ -575,18 +584,20 @@ pub fn map_request(
                                 "span start {when} is outside the accepted window (max_span_age, max_clock_skew)"
                             ),
                         });
-                        letter
+                        letter()
                     }
                     Some(day) => {
                         let process = process.get_or_insert_with(|| {
                             Bounded::write(
                                 &Process { service_name: service, tags: ProcessTags(attributes) },
                                 limits.max_document_bytes,
+                                0,
                             )
                         });
-                        match span_document(span, scope, process.as_ref(), limits.max_document_bytes) {
+                        match span_document(span, scope, process.as_ref(), limits.max_document_bytes, last_len) {
                             Written::Doc(mut doc) => {
                                 let len = doc.source.len();
+                                last_len = len;
                                 doc.index = names.daily(DocKind::Span, day);
                                 doc.position = Some(position);
                                 let key = (names.daily(DocKind::Service, day), span.name.clone());
@@ -594,7 +605,7 @@ pub fn map_request(
                                     services.push(key);
                                 }
                                 out.docs.push(doc);
-                                (len + DOCUMENT_OVERHEAD).max(letter)
+                                len + DOCUMENT_OVERHEAD
                             }
                             Written::TooLarge(len) => {
                                 out.refused.push(Refused {
@@ -605,7 +616,7 @@ pub fn map_request(
                                         ByteSize(u64::try_from(limits.max_document_bytes).unwrap_or(u64::MAX))
                                     ),
                                 });
-                                len.max(letter)
+                                len.max(letter())
                             }
                             Written::Unwritable => {
                                 out.refused.push(Refused {
@@ -613,7 +624,7 @@ pub fn map_request(
                                     refusal: Refusal::Unwritable,
                                     reason: "span document cannot be written as JSON".into(),
                                 });
-                                letter
+                                letter()
                             }
                         }
                     }
@@ -651,8 +662,15 @@ enum Written {
 }
 
 /// The span's document: its own part written up to the room `process` (the resource's part,
-/// `None` if unwritable) leaves in `max` bytes, then the process part appended.
-fn span_document(span: &Span, scope: Option<&InstrumentationScope>, process: Option<&Bounded>, max: usize) -> Written {
+/// `None` if unwritable) leaves in `max` bytes, then the process part appended; `size_hint` is the
+/// document's likely size.
+fn span_document(
+    span: &Span,
+    scope: Option<&InstrumentationScope>,
+    process: Option<&Bounded>,
+    max: usize,
+    size_hint: usize,
+) -> Written {
     let Some(process) = process else { return Written::Unwritable };
     let trace_id = to_hex(&span.trace_id);
     let span_id = to_hex(&span.span_id);
@@ -689,7 +707,9 @@ fn span_document(span: &Span, scope: Option<&InstrumentationScope>, process: Opt
     // The head's closing brace makes way for `,"process":{…}}`: the bytes serde writes for the
     // whole struct with `process` as its last field.
     let rest = PROCESS_KEY.len().saturating_add(process.len);
-    let Some(head) = Bounded::write(&head, max.saturating_sub(rest)) else { return Written::Unwritable };
+    // Room for the whole document, so appending the process part does not move it.
+    let capacity = size_hint.saturating_add(64).min(max.saturating_add(1));
+    let Some(head) = Bounded::write(&head, max.saturating_sub(rest), capacity) else { return Written::Unwritable };
     let len = head.len.saturating_add(rest);
     if !head.fits() || !process.fits() || len > max {
         return Written::TooLarge(len);
