@@ -94,12 +94,15 @@ where
             }
         };
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            let len = data.map_or(0, Buf::remaining);
-            this.received += len;
+            this.received += data.map_or(0, Buf::remaining);
             if this.received > this.limit + GRPC_PREFIX {
                 return Poll::Ready(Some(Err(Box::new(Error::TooLarge { limit: this.limit }.grpc_status()))));
             }
-            if let Err(error) = this.charge.grow(len, "the request body") {
+            // The charge covers what arrived, or what was charged ahead for a declared length.
+            let more = this.received.saturating_sub(this.charge.bytes());
+            if more > 0
+                && let Err(error) = this.charge.grow(more, "the request body")
+            {
                 return Poll::Ready(Some(Err(Box::new(status(&error)))));
             }
         }
@@ -381,7 +384,10 @@ async fn read_body(exporter: &Exporter, body: AxumBody, declared: usize) -> Resu
     use http_body_util::BodyExt as _;
     let limit = exporter.max_request_bytes();
     let mut body = ChargedBody::new(body, exporter.budget(), limit, exporter.read_timeout());
-    let mut out = Vec::with_capacity(declared.min(limit));
+    // A declared length is charged before its buffer is allocated (hyper holds the body to it).
+    let declared = declared.min(limit);
+    body.charge.grow(declared, "the request body")?;
+    let mut out = Vec::with_capacity(declared);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| match e.downcast::<tonic::Status>() {
             Ok(status) => error_of(&status, exporter),
