@@ -24,6 +24,7 @@ const JSON: Target = Target {
     name: "otlp json",
     bound: Bound { per_byte: 320, fixed: 64 * 1024 },
     errors: &["invalid OTLP JSON: ", "OTLP JSON uses camelCase keys"],
+    quotes_input: true,
 };
 
 fn decode(bytes: &[u8]) -> Run {
@@ -78,7 +79,8 @@ fn json_bound_is_tight() {
     assert!(lowered.violation(&run).is_some(), "{} × len would hold too: {run:?}", lowered.bound);
 }
 
-/// Found by fuzzing (type confusion with a long string): serde quotes a wrongly typed string whole in
+/// Found by fuzzing (type confusion with a long string, and a quote inserted before a run of `{},`,
+/// 53 248 cases into a long run): serde quotes a wrongly typed string whole in
 /// its error, so the error grows with the input. A 600 KB record whose `resourceSpans` is a string
 /// makes a 600 KB error, which the ingester logs at warn and puts in the dead letter's `reason`
 /// beside the record itself: the envelope passes `limits.max_dead_letter_bytes` (1 MB) and is
@@ -89,5 +91,6 @@ fn json_bound_is_tight() {
 fn decode_json_error_echoes_the_input() {
     let body = format!(r#"{{"resourceSpans":"{}"}}"#, "x".repeat(600_000));
     let run = decode(body.as_bytes());
-    assert!(JSON.violation(&run).is_none(), "{}", JSON.violation(&run).unwrap_or_default());
+    let strict = Target { quotes_input: false, ..JSON };
+    assert!(strict.violation(&run).is_none(), "{}", strict.violation(&run).unwrap_or_default());
 }
