@@ -1,6 +1,16 @@
-//! OTLP encodings shared by the collector (HTTP bodies) and the ingester (topic records).
+//! OTLP encodings shared by the collector (HTTP bodies) and the ingester (topic records), and
+//! [`scan`], which prices a protobuf request before it is decoded.
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use std::mem::size_of;
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{AnyValue, EntityRef, KeyValue},
+    trace::v1::{
+        ResourceSpans, ScopeSpans, Span,
+        span::{Event, Link},
+    },
+};
 
 /// Decodes OTLP/JSON: camelCase keys, hex trace and span ids.
 pub fn decode_json(raw: &[u8]) -> Result<ExportTraceServiceRequest, String> {
@@ -12,6 +22,150 @@ pub fn decode_json(raw: &[u8]) -> Result<ExportTraceServiceRequest, String> {
         return Err("OTLP JSON uses camelCase keys: found \"resource_spans\", expected \"resourceSpans\"".into());
     }
     Ok(request)
+}
+
+/// Nesting prost refuses to decode past (its default recursion limit).
+const MAX_DEPTH: usize = 100;
+
+/// A `Vec` grown by pushing holds up to twice its length, and while it grows its old and new buffers
+/// are held at once: up to three times its length (`collector/tests/fuzz.rs` finds exactly that).
+pub const GROWTH: usize = 3;
+
+/// What decoding a protobuf request will produce, read from its wire form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub spans: usize,
+    /// Upper bound of the heap bytes the decoded message holds.
+    pub decoded_bytes: usize,
+}
+
+/// The messages of `ExportTraceServiceRequest` whose fields the scan follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Msg {
+    Request,
+    ResourceSpans,
+    Resource,
+    ScopeSpans,
+    Scope,
+    Span,
+    Event,
+    Link,
+    Status,
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KvList,
+    EntityRef,
+}
+
+/// What a length-delimited field holds.
+enum Field {
+    /// A nested message; `element` is its in-memory size when it is an element of a repeated field,
+    /// 0 when it is stored inline in its parent.
+    Message(Msg, usize),
+    /// A string or bytes value; `element` as above for repeated strings.
+    Bytes(usize),
+}
+
+/// The length-delimited fields of each message (the others allocate nothing when decoded).
+fn field(msg: Msg, number: u64) -> Option<Field> {
+    use Field::{Bytes, Message};
+    let kv = size_of::<KeyValue>();
+    Some(match (msg, number) {
+        (Msg::Request, 1) => Message(Msg::ResourceSpans, size_of::<ResourceSpans>()),
+        (Msg::ResourceSpans, 1) => Message(Msg::Resource, 0),
+        (Msg::ResourceSpans, 2) => Message(Msg::ScopeSpans, size_of::<ScopeSpans>()),
+        (Msg::Resource, 1) | (Msg::Scope, 3) | (Msg::Span, 9) | (Msg::Event, 3) | (Msg::Link, 4) | (Msg::KvList, 1) => {
+            Message(Msg::KeyValue, kv)
+        }
+        (Msg::Resource, 3) => Message(Msg::EntityRef, size_of::<EntityRef>()),
+        (Msg::ScopeSpans, 1) => Message(Msg::Scope, 0),
+        (Msg::ScopeSpans, 2) => Message(Msg::Span, size_of::<Span>()),
+        (Msg::Span, 11) => Message(Msg::Event, size_of::<Event>()),
+        (Msg::Span, 13) => Message(Msg::Link, size_of::<Link>()),
+        (Msg::Span, 15) => Message(Msg::Status, 0),
+        (Msg::KeyValue, 2) => Message(Msg::AnyValue, 0),
+        (Msg::AnyValue, 5) => Message(Msg::ArrayValue, 0),
+        (Msg::AnyValue, 6) => Message(Msg::KvList, 0),
+        (Msg::ArrayValue, 1) => Message(Msg::AnyValue, size_of::<AnyValue>()),
+        (Msg::EntityRef, 3 | 4) => Bytes(size_of::<String>()),
+        (Msg::ResourceSpans | Msg::ScopeSpans, 3)
+        | (Msg::Scope, 1 | 2)
+        | (Msg::Span, 1..=5)
+        | (Msg::Event | Msg::Status, 2)
+        | (Msg::Link, 1..=3)
+        | (Msg::KeyValue, 1)
+        | (Msg::AnyValue, 1 | 7)
+        | (Msg::EntityRef, 1 | 2) => Bytes(0),
+        _ => return None,
+    })
+}
+
+/// Walks a protobuf `ExportTraceServiceRequest` without decoding it. Fails on what prost would fail
+/// on structurally (truncated fields, bad wire types, nesting past prost's limit, groups).
+pub fn scan(buf: &[u8]) -> Result<Shape, String> {
+    let mut shape = Shape { spans: 0, decoded_bytes: size_of::<ExportTraceServiceRequest>() };
+    walk(Msg::Request, buf, 0, &mut shape)?;
+    Ok(shape)
+}
+
+fn walk(msg: Msg, mut buf: &[u8], depth: usize, shape: &mut Shape) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err("message nested too deeply".into());
+    }
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let (number, wire) = (key >> 3, key & 7);
+        if number == 0 {
+            return Err("field number 0".into());
+        }
+        match wire {
+            0 => {
+                varint(&mut buf)?;
+            }
+            1 => buf = skip(buf, 8)?,
+            5 => buf = skip(buf, 4)?,
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).map_err(|_| "length overflows".to_owned())?;
+                let Some((value, rest)) = buf.split_at_checked(len) else {
+                    return Err(format!("field {number} claims {len} bytes, {} left", buf.len()));
+                };
+                buf = rest;
+                match field(msg, number) {
+                    Some(Field::Message(child, element)) => {
+                        if child == Msg::Span {
+                            shape.spans += 1;
+                        }
+                        shape.decoded_bytes = shape.decoded_bytes.saturating_add(GROWTH * element);
+                        walk(child, value, depth + 1, shape)?;
+                    }
+                    Some(Field::Bytes(element)) => {
+                        shape.decoded_bytes = shape.decoded_bytes.saturating_add(GROWTH * element + len);
+                    }
+                    None => {}
+                }
+            }
+            _ => return Err(format!("unsupported wire type {wire} in field {number}")),
+        }
+    }
+    Ok(())
+}
+
+fn varint(buf: &mut &[u8]) -> Result<u64, String> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&byte, rest) = buf.split_first().ok_or("truncated varint")?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err("varint longer than 10 bytes".into())
+}
+
+fn skip(buf: &[u8], n: usize) -> Result<&[u8], String> {
+    buf.get(n..).ok_or_else(|| format!("truncated {n}-byte field"))
 }
 
 #[cfg(test)]

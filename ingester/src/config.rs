@@ -235,10 +235,14 @@ impl Default for Batch {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// A record whose value is larger is dead-lettered whole without being decoded (stage `DECODE`,
-    /// error type `record_too_large`): decoding protobuf can allocate up to ~260 times a record's
-    /// size (many empty spans), once per runtime thread at a time. Default `1MiB`, above Kafka's
-    /// default `max.message.bytes` (1 MB).
+    /// error type `record_too_large`). Default `1MiB`, above Kafka's default `max.message.bytes`
+    /// (1 MB).
     pub max_record_bytes: ByteSize,
+    /// The most memory decoding one record may take, priced from its wire shape before decoding
+    /// (the walk the collector prices requests with): a protobuf record over it is dead-lettered
+    /// whole without being decoded (stage `DECODE`, error type `record_too_costly`). Ordinary
+    /// records decode to 3 to 6 times their size. Default `64MiB`.
+    pub max_record_decoded_bytes: ByteSize,
     /// The most one record may expand to: the JSON of its documents plus 128 bytes each (the bulk
     /// action line), and for a span refused alone the dead letter replacing it if larger. Jaeger's
     /// schema repeats the resource's attributes in every span document, so a small record can make
@@ -260,6 +264,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_record_bytes: ByteSize::mib(1),
+            max_record_decoded_bytes: ByteSize::mib(64),
             max_record_document_bytes: ByteSize::mib(32),
             max_document_bytes: ByteSize::mib(1),
             max_dead_letter_bytes: ByteSize(1_000_000),
@@ -315,6 +320,9 @@ impl Validate for Config {
             return Err("batch.max_inflight_bulks must be between 1 and 64".into());
         }
         let limits = &self.limits;
+        if limits.max_record_decoded_bytes < limits.max_record_bytes {
+            return Err("limits.max_record_decoded_bytes must be at least limits.max_record_bytes".into());
+        }
         if limits.max_record_bytes.bytes() < 1024 || limits.max_document_bytes.bytes() < 1024 {
             return Err("limits.max_record_bytes and limits.max_document_bytes must be at least 1KiB".into());
         }

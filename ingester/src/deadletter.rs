@@ -64,6 +64,8 @@ pub struct OverLimit {
 pub struct RecordLimits {
     /// `limits.max_record_bytes`: larger records are not decoded.
     pub max_record_bytes: usize,
+    /// `limits.max_record_decoded_bytes`: records priced higher are not decoded.
+    pub max_record_decoded_bytes: usize,
     pub documents: DocumentLimits,
 }
 
@@ -72,6 +74,7 @@ impl RecordLimits {
         let l = &config.limits;
         Self {
             max_record_bytes: l.max_record_bytes.as_usize(),
+            max_record_decoded_bytes: l.max_record_decoded_bytes.as_usize(),
             documents: DocumentLimits {
                 max_document_bytes: l.max_document_bytes.as_usize(),
                 max_record_document_bytes: l.max_record_document_bytes.as_usize(),
@@ -92,8 +95,6 @@ pub struct DeadLetters {
     repeats: std::sync::Arc<Repeats>,
     /// `limits.max_dead_letter_bytes`: the largest envelope plus key.
     max_bytes: usize,
-    /// The record bounds whose refusals end here; the worker reads them from [`DeadLetters::limits`].
-    limits: RecordLimits,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -151,6 +152,29 @@ pub fn record_too_large(
     let mut letter = undecodable(source_topic, partition, offset, key, record, reason);
     letter.envelope.error_type = "record_too_large".into();
     letter.over_limit = Some(OverLimit { setting: "max_record_bytes", whole_record: true, spans: 0 });
+    letter
+}
+
+/// The envelope for a record whose decoding would take more than `limits.max_record_decoded_bytes`
+/// (priced from its wire shape), which was not decoded.
+pub fn record_too_costly(
+    source_topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    record: &[u8],
+    cost: usize,
+    bound: usize,
+) -> Letter {
+    let size = |n: usize| ByteSize(u64::try_from(n).unwrap_or(u64::MAX));
+    let reason = format!(
+        "record of {} bytes would take {cost} bytes to decode, over limits.max_record_decoded_bytes ({}), not decoded",
+        record.len(),
+        size(bound)
+    );
+    let mut letter = undecodable(source_topic, partition, offset, key, record, reason);
+    letter.envelope.error_type = "record_too_costly".into();
+    letter.over_limit = Some(OverLimit { setting: "max_record_decoded_bytes", whole_record: true, spans: 0 });
     letter
 }
 
@@ -298,15 +322,10 @@ impl DeadLetters {
             metrics,
             repeats: std::sync::Arc::new(Repeats::default()),
             max_bytes,
-            limits: RecordLimits::from_config(config),
         })
     }
 
     /// The bounds on one record (`[limits]`).
-    pub fn limits(&self) -> RecordLimits {
-        self.limits
-    }
-
     /// The topic records are consumed from (named in every envelope).
     pub fn source_topic(&self) -> &str {
         &self.source_topic

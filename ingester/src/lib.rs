@@ -7,7 +7,8 @@
 //! - [`document`]: an OTLP record → Jaeger span documents and service documents.
 //! - [`batch`]: a pure batcher that flushes on bytes, documents, time, and shutdown.
 //! - [`bulk`]: `_bulk` requests, per-item classification and retries until every item is durable.
-//! - [`deadletter`]: undecodable records and terminally rejected spans → the dead-letter topic.
+//! - [`deadletter`]: undecodable records, records and spans over the `[limits]` bounds, and terminally
+//!   rejected spans → the dead-letter topic.
 //! - [`replay`]: re-indexes a window of a topic (or re-drives the dead-letter topic) and stops.
 //! - [`commit`]: the contiguous durable watermark and the only place offsets are stored or committed.
 //!

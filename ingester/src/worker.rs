@@ -47,7 +47,7 @@ use crate::{
     commit::{Covered, Fence, Watermark},
     config::Encoding,
     consume::{IngestConsumer, IngestContext},
-    deadletter::{self, DeadLetters, OverLimit},
+    deadletter::{self, DeadLetters, OverLimit, RecordLimits},
     document::{DocKind, Mapped, Refusal, Routing, map_request},
     error::Error,
     metrics::{Metrics, PartitionLabels, ReasonLabels},
@@ -59,6 +59,8 @@ pub struct Shared {
     pub encoding: Encoding,
     pub routing: Routing,
     pub limits: Limits,
+    /// What one record may cost (`[limits]`).
+    pub record_limits: RecordLimits,
     pub max_inflight_bulks: usize,
     pub bulk: BulkClient,
     pub dead_letters: DeadLetters,
@@ -340,7 +342,7 @@ impl Worker {
         let partition = self.control.partition;
         shared.metrics.records.inc();
         let Record { offset, key, value } = record;
-        let limits = shared.dead_letters.limits();
+        let limits = shared.record_limits;
         mapped.clear();
         let mut letters = Vec::new();
         // The request's protobuf bytes, which a dead letter of one of its spans is cut from.
@@ -367,6 +369,25 @@ impl Worker {
                 key.clone(),
                 &value,
                 limits.max_record_bytes,
+            ));
+        } else if let Some(cost) =
+            decoded_cost(shared.encoding, &value).filter(|&c| c > limits.max_record_decoded_bytes)
+        {
+            tracing::warn!(
+                partition,
+                offset,
+                bytes = value.len(),
+                cost,
+                "record would take over limits.max_record_decoded_bytes to decode, dead-lettering it undecoded"
+            );
+            letters.push(deadletter::record_too_costly(
+                &shared.topic,
+                partition,
+                offset,
+                key.clone(),
+                &value,
+                cost,
+                limits.max_record_decoded_bytes,
             ));
         } else {
             match decode(shared.encoding, &value) {
@@ -491,6 +512,22 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
 
 fn control_spans(control: &Control, n: usize) {
     control.spans.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+/// What decoding a record as `encoding` would take, priced from its wire shape without decoding it
+/// (protobuf records and dead letters); `None` when it cannot be priced (JSON, or bytes the decoder
+/// will refuse anyway).
+pub fn decoded_cost(encoding: Encoding, value: &[u8]) -> Option<usize> {
+    match encoding {
+        Encoding::OtlpProto => spanline_common::otlp::scan(value).ok().map(|shape| shape.decoded_bytes),
+        Encoding::DeadLetter => {
+            let letter = DeadLetter::decode(value).ok()?;
+            let cost = spanline_common::otlp::scan(&letter.payload).ok()?.decoded_bytes;
+            // The envelope's own copy of the payload is held while its request is decoded.
+            Some(cost.saturating_add(letter.payload.len()))
+        }
+        Encoding::OtlpJson => None,
+    }
 }
 
 /// Decodes a record as `encoding`: the request, and its protobuf bytes (the record itself when it

@@ -34,12 +34,12 @@ impl Drop for Guard {
     }
 }
 
-/// The ingester binary with the tests' timings, then `extra` (`SPANLINE_INGESTER__...`, value).
+/// The release ingester binary with the tests' timings, then `extra` (`SPANLINE_INGESTER__...`, value).
 /// Every other setting (the `[limits]` among them) is its default, or what this process's
 /// environment says.
 fn spawn_ingester(broker: &Broker, store: &str, admin: u16, extra: &[(&str, &str)]) -> Guard {
     Guard(
-        Command::new(env!("CARGO_BIN_EXE_spanline-ingester"))
+        Command::new(spanline_testkit::process::release_bin("spanline-ingester"))
             .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
             .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
             .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
@@ -236,4 +236,47 @@ async fn a_record_over_max_record_bytes_is_dead_lettered_undecoded_and_an_envelo
     assert_eq!(records_over.await.expect("metrics"), 1.0);
     let left_out = metric(admin_addr, "spanline_ingester_dead_letter_payloads_left_out_total", "");
     assert_eq!(left_out.await.expect("metrics"), 1.0);
+}
+
+/// A record of 400 000 empty spans: 800 KB on the wire, under `max_record_bytes`, and 300 MB once
+/// decoded (a `Span` is a few hundred bytes in memory, two on the wire). Priced from its wire shape,
+/// it is dead-lettered undecoded; the records around it are indexed and memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_would_decode_to_hundreds_of_megabytes_is_dead_lettered_undecoded() {
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", 1).await.expect("topic");
+    broker.create_topic("otlp_spans_dlq", 1).await.expect("dlq topic");
+    let store = devstore_with_faults(Faults::default()).await.expect("store");
+    let start = fixtures::now_unix_nano();
+    let mut empty = fixtures::request("hostile", 700, 1, 0, start);
+    empty.resource_spans[0].scope_spans[0].spans = vec![Span::default(); 400_000];
+    let empty = (key(700), empty.encode_to_vec());
+    assert!(empty.1.len() < 1 << 20, "under max_record_bytes: {} bytes", empty.1.len());
+    // Offsets 0-4 good, 5 the empty spans, 6-10 good.
+    let mut records = fixtures::trace_records("svc", 1, 5, 3, start);
+    records.push(empty.clone());
+    records.extend(fixtures::trace_records("svc", 100, 5, 3, start));
+    produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
+
+    let admin = free_port();
+    let child = spawn_ingester(&broker, &store.url(), admin, &[]);
+    let pid = child.0.id();
+    assert_eq!(settled_count(&store.url(), "jaeger-span-*", 30, Duration::from_secs(60)).await, 30);
+    assert_eq!(spanline_testkit::span_conflicts(&store.url()).await.expect("stats"), 0, "none written twice");
+    let letters = read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 1).await.expect("dead letters");
+    assert_eq!(letters.len(), 1);
+    let letter = DeadLetter::decode(letters[0].payload.as_slice()).expect("envelope");
+    assert_eq!(
+        (letter.stage(), letter.error_type.as_str(), letter.source_offset),
+        (Stage::Decode, "record_too_costly", 5)
+    );
+    assert!(letter.reason.contains("over limits.max_record_decoded_bytes (64MiB)"), "{}", letter.reason);
+    assert_eq!(letter.payload, empty.1, "the record itself");
+    assert!(committed_to(&broker.bootstrap(), 11).await.is_ok(), "committed past it, to the end");
+    let admin_addr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    let over = metric(admin_addr, "spanline_ingester_over_limit_records_total", "limit=\"max_record_decoded_bytes\"");
+    assert_eq!(over.await.expect("metrics"), 1.0);
+    let peak = spanline_testkit::process::peak_rss_of(pid);
+    eprintln!("empty-span record: ingester peak RSS {} MiB", peak >> 20);
+    assert!(peak < 150 << 20, "peak RSS {} MiB: the record was decoded", peak >> 20);
 }
