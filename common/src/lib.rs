@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod bytesize;
+pub mod clip;
 pub mod config;
 pub mod ids;
 pub mod kafka;

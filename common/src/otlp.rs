@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::{
 /// Decodes OTLP/JSON: camelCase keys, hex trace and span ids.
 pub fn decode_json(raw: &[u8]) -> Result<ExportTraceServiceRequest, String> {
     let request: ExportTraceServiceRequest =
-        serde_json::from_slice(raw).map_err(|e| format!("invalid OTLP JSON: {e}"))?;
+        serde_json::from_slice(raw).map_err(|e| crate::clip::clip(format!("invalid OTLP JSON: {e}")))?;
     // Unknown keys are ignored by the decoder, so snake_case `resource_spans` silently decodes to an
     // empty request; say so instead of accepting nothing.
     if request.resource_spans.is_empty() && raw.windows(16).any(|w| w == b"\"resource_spans\"") {

@@ -84,11 +84,10 @@ fn json_bound_is_tight() {
 /// its error, so the error grows with the input. A 600 KB record whose `resourceSpans` is a string
 /// makes a 600 KB error, which the ingester logs at warn and puts in the dead letter's `reason`
 /// beside the record itself: the envelope passes `limits.max_dead_letter_bytes` (1 MB) and is
-/// written without its payload; the collector answers it in its 400. Ignored until `decode_json`
-/// bounds its error (e.g. cuts it to a few hundred bytes).
+/// written without its payload; the collector answers it in its 400. `decode_json` now clips its
+/// error (`spanline_common::clip`), and this pins it.
 #[test]
-#[ignore = "decode_json echoes a wrongly typed string whole in its error"]
-fn decode_json_error_echoes_the_input() {
+fn decode_json_errors_do_not_echo_the_input() {
     let body = format!(r#"{{"resourceSpans":"{}"}}"#, "x".repeat(600_000));
     let run = decode(body.as_bytes());
     let strict = Target { quotes_input: false, ..JSON };

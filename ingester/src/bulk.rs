@@ -28,7 +28,7 @@ use opensearch::{
     },
 };
 use serde::Deserialize;
-use spanline_common::repeats::Repeats;
+use spanline_common::{clip::clip, repeats::Repeats};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -121,11 +121,11 @@ pub type ItemResults = Vec<(u16, Option<ItemError>)>;
 
 /// The per-item statuses of a `_bulk` answer, in request order; `None` when every item succeeded.
 pub fn parse_response(body: &[u8], expected: usize) -> Result<Option<ItemResults>, String> {
-    let head: BulkHead = serde_json::from_slice(body).map_err(|e| format!("unreadable _bulk answer: {e}"))?;
+    let head: BulkHead = serde_json::from_slice(body).map_err(|e| clip(format!("unreadable _bulk answer: {e}")))?;
     if !head.errors {
         return Ok(None);
     }
-    let full: BulkResponse = serde_json::from_slice(body).map_err(|e| format!("unreadable _bulk answer: {e}"))?;
+    let full: BulkResponse = serde_json::from_slice(body).map_err(|e| clip(format!("unreadable _bulk answer: {e}")))?;
     debug_assert!(full.errors);
     if full.items.len() != expected {
         return Err(format!("_bulk answered {} items for {expected} sent", full.items.len()));
