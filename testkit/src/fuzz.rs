@@ -86,11 +86,6 @@ pub struct Target {
     pub name: &'static str,
     pub bound: Bound,
     pub errors: &'static [&'static str],
-    /// The decoder's errors may quote the input: serde_json's `invalid type: string "…"` quotes a
-    /// wrongly typed string whole. Such errors may be up to the input's length plus
-    /// [`MAX_ERROR_LEN`] (never more than the input: no amplification) until the decoder cuts them;
-    /// the ignored `*_error_echoes_*` tests pin the finding.
-    pub quotes_input: bool,
 }
 
 impl Target {
@@ -98,7 +93,6 @@ impl Target {
     pub fn violation(&self, run: &Run) -> Option<String> {
         let Run { len, peak, outcome } = run;
         let limit = self.bound.of(*len);
-        let max_error = if self.quotes_input { MAX_ERROR_LEN + len } else { MAX_ERROR_LEN };
         if *peak > limit {
             return Some(format!(
                 "{}: held {peak} bytes for a {len}-byte input, over {} = {limit}",
@@ -111,7 +105,7 @@ impl Target {
             Outcome::Err(error) if !self.errors.iter().any(|p| error.starts_with(p)) => {
                 Some(format!("{}: error names no decoder (expected one of {:?}): {error}", self.name, self.errors))
             }
-            Outcome::Err(error) if error.len() > max_error => {
+            Outcome::Err(error) if error.len() > MAX_ERROR_LEN => {
                 Some(format!("{}: {}-byte error: {}…", self.name, error.len(), truncated(error, 200)))
             }
             Outcome::Err(_) => None,
@@ -418,9 +412,8 @@ pub fn otlp_json(
     })
 }
 
-/// Values that replace a JSON node of another type. Strings stay under [`MAX_ERROR_LEN`]: serde
-/// quotes a wrongly typed string whole in its error, which `decode_json_error_echoes_the_input`
-/// (common/tests/fuzz.rs) pins.
+/// Values that replace a JSON node of another type. serde quotes a wrongly typed string whole in its
+/// error, which the decoders clip (`decode_json_errors_do_not_echo_the_input`, common/tests/fuzz.rs).
 fn replacement() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::{Value as Json, json};
     prop_oneof![
