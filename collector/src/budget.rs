@@ -80,6 +80,15 @@ impl Charge {
         self.permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 
+    /// Refuses for good when `more` bytes beside this charge could never fit the whole budget.
+    pub fn fits_with(&self, more: usize, what: &'static str) -> Result<(), Error> {
+        let need = self.bytes.saturating_add(more);
+        if need > self.budget.capacity {
+            return Err(Error::OverBudget { what, need, limit: self.budget.capacity });
+        }
+        Ok(())
+    }
+
     /// Adds `more` bytes for `what`: refused for good when the total would exceed the whole
     /// budget, as retryable when the budget is busy. Nothing is charged on refusal.
     pub fn grow(&mut self, more: usize, what: &'static str) -> Result<(), Error> {

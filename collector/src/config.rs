@@ -139,8 +139,12 @@ pub struct Limits {
     /// its connection (HTTP) or gets DEADLINE_EXCEEDED (gRPC). Default `10s`.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
-    /// gRPC streams (requests) one HTTP/2 connection may have open at once. Default 100.
+    /// Requests one HTTP/2 connection may have open at once (gRPC, and h2c on the HTTP port).
+    /// Default 100.
     pub max_concurrent_streams: u32,
+    /// Connections open at once over both receivers; past it a new connection is closed at once.
+    /// A connection must send its first byte within `read_timeout`. Default 4096.
+    pub max_connections: usize,
     /// Longest time one export may take before it fails with UNAVAILABLE / 503. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -170,6 +174,7 @@ impl Default for Limits {
             attribute_limit_action: LimitAction::Truncate,
             read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 100,
+            max_connections: 4096,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
         }
@@ -208,9 +213,10 @@ impl Validate for Config {
         if self.limits.max_concurrent_requests == 0
             || self.limits.max_spans_per_request == 0
             || self.limits.max_concurrent_streams == 0
+            || self.limits.max_connections == 0
         {
             return Err(
-                "limits.max_concurrent_requests, max_spans_per_request and max_concurrent_streams must be at least 1"
+                "limits.max_concurrent_requests, max_spans_per_request, max_concurrent_streams and max_connections must be at least 1"
                     .into(),
             );
         }

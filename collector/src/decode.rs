@@ -22,19 +22,63 @@ use crate::{budget::Charge, error::Error};
 
 use spanline_common::otlp::GROWTH;
 
-/// Upper bound of what decoding an OTLP/JSON body allocates: every JSON object may become the
-/// largest message of the schema (held in a growing `Vec`, and first buffered by the untagged
-/// `AnyValue` decoder), and every string is copied once.
+/// Upper bound of what decoding an OTLP/JSON body allocates, from one pass over its bytes:
+/// - every object may become the largest message of the schema, in a growing vector;
+/// - every other value (each `,`, `:` and `[` starts one) may first be buffered by serde as a
+///   `Content` node (opentelemetry-proto decodes `AnyValue` through `flatten` and `untagged`, which
+///   buffer the whole subtree, unknown keys and scalar arrays included), with a key beside it;
+/// - every string is copied once, and the longest may be quoted in an error (escaped, up to six
+///   bytes per byte, in a growing buffer, then formatted once more) before the error is clipped.
+///
+/// Pessimistic for ordinary JSON (about 50 times its size): large batches are cheaper as protobuf.
 pub fn json_cost(raw: &[u8]) -> usize {
-    let objects = raw.iter().filter(|&&b| b == b'{').count();
+    /// serde's `Content` node, and a map entry is two of them.
+    const CONTENT: usize = 64;
+    let (mut objects, mut values, mut longest) = (0usize, 0usize, 0usize);
+    let (mut in_string, mut escaped, mut run) = (false, false, 0usize);
+    for &b in raw {
+        if in_string {
+            run += 1;
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    in_string = false;
+                    longest = longest.max(run);
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                run = 0;
+            }
+            b'{' => objects += 1,
+            b',' | b':' | b'[' => values += 1,
+            _ => {}
+        }
+    }
     let largest = size_of::<Span>().max(size_of::<ResourceSpans>());
-    raw.len().saturating_add(objects.saturating_mul(2 * GROWTH * largest))
+    raw.len()
+        .saturating_add(objects.saturating_mul(GROWTH * largest))
+        .saturating_add(values.saturating_mul(GROWTH * CONTENT))
+        .saturating_add(longest.saturating_mul(32))
 }
 
-/// Decodes a protobuf body after checking its shape and charging its decoded size.
-pub fn protobuf(raw: &[u8], max_spans: usize, charge: &mut Charge) -> Result<ExportTraceServiceRequest, Error> {
+/// Decodes a protobuf body after checking its shape and charging its decoded size. `held_elsewhere`
+/// is budget the same request holds under another charge (gRPC's body while it is decoded): a
+/// request whose parts together could never fit is refused for good, not as busy.
+pub fn protobuf(
+    raw: &[u8],
+    max_spans: usize,
+    charge: &mut Charge,
+    held_elsewhere: usize,
+) -> Result<ExportTraceServiceRequest, Error> {
     let shape = scan(raw).map_err(|e| Error::Malformed(format!("invalid OTLP protobuf: {e}")))?;
     check_spans(shape.spans, max_spans)?;
+    charge.fits_with(shape.decoded_bytes.saturating_add(held_elsewhere), "the decoded request")?;
     charge.grow(shape.decoded_bytes, "the decoded request")?;
     ExportTraceServiceRequest::decode(raw).map_err(|e| Error::Malformed(format!("invalid OTLP protobuf: {e}")))
 }
@@ -179,10 +223,10 @@ mod tests {
         assert!(shape.decoded_bytes >= 100_000 * size_of::<Span>(), "{}", shape.decoded_bytes);
         let budget = Budget::new(16 << 20, Gauge::default());
         let mut charge = budget.start();
-        let err = protobuf(&body, 1_000_000, &mut charge).expect_err("over the budget");
+        let err = protobuf(&body, 1_000_000, &mut charge, 0).expect_err("over the budget");
         assert!(matches!(err, Error::OverBudget { .. }), "{err}");
         assert_eq!(charge.bytes(), 0);
-        let err = protobuf(&body, 50_000, &mut budget.start()).expect_err("over the span limit");
+        let err = protobuf(&body, 50_000, &mut budget.start(), 0).expect_err("over the span limit");
         assert!(err.to_string().contains("max_spans_per_request"), "{err}");
     }
 
@@ -201,7 +245,9 @@ mod tests {
             let prefix = &bytes[..cut];
             assert_eq!(scan(prefix).is_err(), ExportTraceServiceRequest::decode(prefix).is_err(), "truncated at {cut}");
         }
-        assert!(scan(&[0x0b]).is_err(), "groups are refused");
+        assert!(scan(&[0x0b]).is_err(), "an unterminated group is refused");
+        assert_eq!(scan(&[0x5b, 0x08, 0x01, 0x5c]).map(|s| s.spans), Ok(0), "a group is skipped, as prost does");
+        assert!(ExportTraceServiceRequest::decode(&[0x5b, 0x08, 0x01, 0x5c][..]).is_ok());
         assert!(scan(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err(), "a length past the end");
         // Nested arrays past prost's recursion limit.
         let mut value = AnyValue::default();

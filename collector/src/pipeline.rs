@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 use spanline_common::admin::{self, Readiness};
 use tokio::{
     net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ use crate::{
     metrics::{LimitLabels, Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
-    receive::{GrpcService, charge_grpc_body, http_router},
+    receive::{GrpcService, charge_grpc_body, http_router, oversized_is_resource_exhausted},
 };
 
 /// How often readiness re-checks Kafka metadata.
@@ -152,9 +152,7 @@ impl Exporter {
         }
         let accepted = encoded.accepted_spans;
         let rejected = encoded.rejected;
-        tokio::time::timeout(inner.request_timeout, inner.producer.publish(encoded.records, charge))
-            .await
-            .map_err(|_| Error::Timeout(inner.request_timeout))??;
+        inner.producer.publish(encoded.records, charge, inner.request_timeout).await?;
         inner.metrics.spans.get_or_create(&SpanLabels { outcome: "accepted", reason: "none" }).inc_by(accepted as u64);
         let total = rejected.total();
         Ok(ExportTraceServiceResponse {
@@ -209,19 +207,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         // Every body is charged to the memory budget as it arrives and must arrive within
         // limits.read_timeout; the export slot is taken only once it has been decoded.
-        .layer(tower::ServiceBuilder::new().map_request(move |request| charge_grpc_body(&body_exporter, request)))
+        .layer(
+            tower::ServiceBuilder::new()
+                .map_response(oversized_is_resource_exhausted)
+                .map_request(move |request| charge_grpc_body(&body_exporter, request)),
+        )
         .add_service(GrpcService::new(exporter.clone()));
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let grpc_connections = accept(grpc, connection_slots.clone(), limits.read_timeout, intake.clone(), "otlp grpc");
+    let http_connections = accept(http, connection_slots, limits.read_timeout, intake.clone(), "otlp http");
     let token = intake.clone();
     servers.spawn(async move {
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(grpc_connections),
+            Ok::<_, std::io::Error>,
+        );
         grpc_server
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), token.cancelled_owned())
+            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
             .await
             .map_err(|e| Error::Setup(format!("otlp grpc server failed: {e}")))
     });
     let router = http_router(exporter.clone());
     let token = intake.clone();
-    let read_timeout = limits.read_timeout;
-    servers.spawn(async move { serve_http(http, router, read_timeout, token).await });
+    let (read_timeout, max_streams) = (limits.read_timeout, limits.max_concurrent_streams);
+    servers.spawn(async move { serve_http(http_connections, router, read_timeout, max_streams, token).await });
     let admin_router = admin::router(Arc::new(registry), ready.clone());
     let admin_token = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_router, admin_token.clone()));
@@ -282,12 +291,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running { grpc_addr, http_addr, admin_addr, task })
 }
 
-/// Serves OTLP HTTP until `token` is cancelled, then lets open requests finish. HTTP/1 clients
-/// must send their headers within `read_timeout`; bodies are bounded in [`crate::receive`].
+/// Serves OTLP HTTP on the connections `accept` hands over until `token` is cancelled, then lets
+/// open requests finish. HTTP/1 clients must send their headers within `read_timeout`; bodies are
+/// bounded in [`crate::receive`].
 async fn serve_http(
-    listener: TcpListener,
+    mut connections: mpsc::Receiver<Connection>,
     router: axum::Router,
     read_timeout: Duration,
+    max_streams: u32,
     token: CancellationToken,
 ) -> Result<(), Error> {
     use hyper_util::{
@@ -300,33 +311,135 @@ async fn serve_http(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams)
         .keep_alive_interval(GRPC_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(GRPC_KEEPALIVE_TIMEOUT);
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let connection = tokio::select! {
             () = token.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(%error, "otlp http accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            connection = connections.recv() => match connection {
+                Some(connection) => connection,
+                None => break,
             },
         };
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(connection), service).into_owned());
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "otlp http connection ended with an error");
             }
         });
     }
-    drop(listener);
+    drop(connections);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Connections waiting to be handed to a server: few, since each waits at most `read_timeout`.
+const HANDOFF: usize = 64;
+
+/// Accepts connections on `listener` while fewer than `limits.max_connections` are open over both
+/// receivers (past it a new connection is closed at once), and hands each on only once its first
+/// byte arrived within `first_byte`: a client that connects and says nothing holds nothing for long.
+fn accept(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    first_byte: Duration,
+    token: CancellationToken,
+    what: &'static str,
+) -> mpsc::Receiver<Connection> {
+    let (tx, rx) = mpsc::channel(HANDOFF);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = token.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait rather than spin.
+                        tracing::warn!(what, %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(what, "limits.max_connections connections open, closing a new one");
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                if let Ok(Ok(n)) = tokio::time::timeout(first_byte, stream.peek(&mut byte)).await
+                    && n > 0
+                {
+                    let _ = tx.send(Connection { stream, _slot: slot }).await;
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// An accepted connection holding one of the `limits.max_connections` slots until it closes.
+pub struct Connection {
+    stream: tokio::net::TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
 }
 
 fn local(listener: &TcpListener) -> Result<SocketAddr, Error> {

@@ -10,9 +10,12 @@
 //! that fails later (a delivery error or timeout) may leave some records in Kafka; the client retries
 //! the whole request and the ingester's deterministic document ids make the repeat harmless.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use futures::future::try_join_all;
+use futures::{StreamExt as _, stream::FuturesUnordered};
 use rdkafka::{
     ClientConfig,
     producer::{FutureRecord, Producer as _},
@@ -45,7 +48,8 @@ pub fn client_config(config: &Config) -> ClientConfig {
     let kafka = &config.kafka;
     let client = kafka.client();
     let mut cfg = client.base("spanline-collector");
-    let queue_kib = (config.limits.max_inflight_bytes.bytes() / 1024).clamp(1, 2_097_151);
+    // librdkafka's largest queue.buffering.max.kbytes (2 TiB).
+    let queue_kib = (config.limits.max_inflight_bytes.bytes() / 1024).clamp(1, 2_147_483_647);
     cfg.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", kafka.delivery_timeout.as_millis().to_string())
@@ -69,40 +73,57 @@ impl Producer {
         Ok(Self { inner, topic: Arc::from(config.kafka.topic.as_str()), metrics })
     }
 
-    /// Produces `records` and waits for all their delivery reports; `charge` (the records' share of
-    /// the memory budget) is held until then.
-    pub async fn publish(&self, records: Vec<Record>, charge: Charge) -> Result<(), Error> {
+    /// Produces `records` and waits up to `timeout` for all their delivery reports. `charge` (the
+    /// records' share of the memory budget) is held until librdkafka is done with every record: when
+    /// the export fails early (a refused record, a failed delivery, the timeout), a task keeps it
+    /// until the remaining reports arrive, so librdkafka's queue never holds uncharged records.
+    pub async fn publish(&self, records: Vec<Record>, charge: Charge, timeout: Duration) -> Result<(), Error> {
         if records.is_empty() {
             return Ok(());
         }
         let count = records.len() as u64;
         let started = Instant::now();
-        let result = self.send_all(records).await;
-        drop(charge);
+        let mut deliveries = FuturesUnordered::new();
+        let mut result = Ok(());
+        for record in records {
+            let message = FutureRecord::to(&self.topic).key(record.key.as_str()).payload(record.payload.as_slice());
+            // `send_result` never blocks: a full queue comes back at once as `QueueFull`. librdkafka
+            // copies the record, so ours is dropped at the end of this iteration.
+            match self.inner.send_result(message) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => {
+                    result = Err(Error::from(error));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = tokio::time::timeout(timeout, async {
+                while let Some(delivery) = deliveries.next().await {
+                    match delivery {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((error, _))) => return Err(Error::from(error)),
+                        Err(_cancelled) => return Err(Error::Delivery(rdkafka::error::KafkaError::Canceled)),
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or(Err(Error::Timeout(timeout)));
+        }
+        if !deliveries.is_empty() {
+            // librdkafka still holds these records (until kafka.delivery_timeout at most).
+            tokio::spawn(async move {
+                while deliveries.next().await.is_some() {}
+                drop(charge);
+            });
+        }
         self.metrics.kafka_queue_messages.set(i64::from(self.inner.in_flight_count()));
         if result.is_ok() {
             self.metrics.produce_latency.observe(started.elapsed().as_secs_f64());
             self.metrics.records_produced.inc_by(count);
         }
         result
-    }
-
-    async fn send_all(&self, records: Vec<Record>) -> Result<(), Error> {
-        let mut deliveries = Vec::with_capacity(records.len());
-        for record in records {
-            let message = FutureRecord::to(&self.topic).key(record.key.as_str()).payload(record.payload.as_slice());
-            // `send_result` never blocks: a full queue comes back at once as `QueueFull`. librdkafka
-            // copies the record, so ours is dropped at the end of this iteration.
-            let delivery = self.inner.send_result(message).map_err(|(error, _)| Error::from(error))?;
-            deliveries.push(async move {
-                match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((error, _))) => Err(Error::from(error)),
-                    Err(_cancelled) => Err(Error::Delivery(rdkafka::error::KafkaError::Canceled)),
-                }
-            });
-        }
-        try_join_all(deliveries).await.map(|_| ())
     }
 
     /// Whether the brokers answer a metadata request for the span topic within `timeout`.

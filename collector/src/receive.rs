@@ -57,17 +57,20 @@ pub struct ChargedBody<B> {
     charge: Charge,
     limit: usize,
     received: usize,
+    /// Bytes allowed past `limit` (gRPC's five-byte message prefix).
+    slack: usize,
     timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<B> ChargedBody<B> {
-    pub fn new(inner: B, budget: &Budget, limit: usize, timeout: Duration) -> Self {
+    pub fn new(inner: B, budget: &Budget, limit: usize, slack: usize, timeout: Duration) -> Self {
         Self {
             inner,
             charge: budget.start(),
             limit,
             received: 0,
+            slack,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
         }
@@ -95,10 +98,10 @@ where
         };
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             this.received += data.map_or(0, Buf::remaining);
-            if this.received > this.limit + GRPC_PREFIX {
+            if this.received > this.limit + this.slack {
                 return Poll::Ready(Some(Err(Box::new(Error::TooLarge { limit: this.limit }.grpc_status()))));
             }
-            // The charge covers what arrived, or what was charged ahead for a declared length.
+            // The charge covers what arrived.
             let more = this.received.saturating_sub(this.charge.bytes());
             if more > 0
                 && let Err(error) = this.charge.grow(more, "the request body")
@@ -181,8 +184,13 @@ impl Decoder for ExportDecoder {
             copied = src.copy_to_bytes(len);
             &copied[..]
         };
+        // tonic has inflated the message into a buffer it keeps until the stream ends: charged here,
+        // and held by the export (as long as that buffer can live). The compressed body, still
+        // charged apart, is at most as large: counted beside it to tell "never fits" from "busy".
         let mut charge = self.exporter.budget().start();
-        let decoded = decode::protobuf(raw, self.exporter.max_spans(), &mut charge);
+        let decoded = charge
+            .grow(len, "the decompressed request")
+            .and_then(|()| decode::protobuf(raw, self.exporter.max_spans(), &mut charge, len));
         if src.remaining() == len {
             src.advance(len);
         }
@@ -271,6 +279,59 @@ impl UnaryService<Admitted> for ExportMethod {
     }
 }
 
+/// tonic refuses a message whose frame announces more than the size limit with OUT_OF_RANGE, which
+/// OTLP clients retry; like every other over-size request it is RESOURCE_EXHAUSTED, not retryable.
+/// The status is in the headers (trailers-only answer) or in the trailers.
+pub fn oversized_is_resource_exhausted(
+    mut response: axum::http::Response<tonic::body::Body>,
+) -> axum::http::Response<tonic::body::Body> {
+    rewrite_oversized(response.headers_mut());
+    response.map(|body| tonic::body::Body::new(OversizedTrailers(body)))
+}
+
+fn rewrite_oversized(headers: &mut HeaderMap) {
+    let oversized = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers.get("grpc-message").is_some_and(|m| {
+            let m = m.as_bytes();
+            [&b"decoded%20message%20length%20too%20large"[..], b"decoded message length too large"]
+                .iter()
+                .any(|needle| m.windows(needle.len()).any(|w| w == *needle))
+        });
+    if oversized {
+        headers.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+}
+
+/// A gRPC answer body whose trailers go through [`rewrite_oversized`].
+struct OversizedTrailers(tonic::body::Body);
+
+impl HttpBody for OversizedTrailers {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.0).poll_frame(cx).map(|frame| {
+            frame.map(|f| {
+                f.map(|frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        rewrite_oversized(&mut trailers);
+                        Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
 /// Wraps every gRPC request body in a [`ChargedBody`] (tonic reads it before decoding).
 pub fn charge_grpc_body(
     exporter: &Exporter,
@@ -278,7 +339,7 @@ pub fn charge_grpc_body(
 ) -> axum::http::Request<tonic::body::Body> {
     let budget = exporter.budget().clone();
     let (limit, timeout) = (exporter.max_request_bytes(), exporter.read_timeout());
-    request.map(|body| tonic::body::Body::new(ChargedBody::new(body, &budget, limit, timeout)))
+    request.map(|body| tonic::body::Body::new(ChargedBody::new(body, &budget, limit, GRPC_PREFIX, timeout)))
 }
 
 fn refused(metrics: &Metrics, protocol: &'static str, error: &Error) {
@@ -359,7 +420,7 @@ async fn http_export(
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::TooLarge { limit });
     }
-    let (body, mut charge) = read_body(exporter, body, declared.unwrap_or(0)).await?;
+    let (body, mut charge) = read_body(exporter, body).await?;
     // The slot is taken only now: a client still sending its body holds none.
     let _slot = exporter.admit()?;
     let inflated = inflate_body(headers, &body, limit, &mut charge)?;
@@ -367,7 +428,7 @@ async fn http_export(
     exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "http" }).inc_by(raw.len() as u64);
     let read = charge.bytes();
     let request = match format {
-        Format::Protobuf => decode::protobuf(raw, exporter.max_spans(), &mut charge)?,
+        Format::Protobuf => decode::protobuf(raw, exporter.max_spans(), &mut charge, 0)?,
         Format::Json => decode::json(raw, exporter.max_spans(), &mut charge)?,
     };
     drop(inflated);
@@ -379,25 +440,31 @@ async fn http_export(
     result
 }
 
-/// Reads a whole body, charged as it arrives, within `limits.read_timeout`.
-async fn read_body(exporter: &Exporter, body: AxumBody, declared: usize) -> Result<(Vec<u8>, Charge), Error> {
+/// Reads a whole body, charged as it arrives, within `limits.read_timeout`. Nothing is reserved
+/// for a declared length (a client announcing 16 MiB and sending nothing holds nothing): the chunks
+/// are kept as they come and joined once at the end, that copy charged too.
+async fn read_body(exporter: &Exporter, body: AxumBody) -> Result<(Vec<u8>, Charge), Error> {
     use http_body_util::BodyExt as _;
     let limit = exporter.max_request_bytes();
-    let mut body = ChargedBody::new(body, exporter.budget(), limit, exporter.read_timeout());
-    // A declared length is charged before its buffer is allocated (hyper holds the body to it).
-    let declared = declared.min(limit);
-    body.charge.grow(declared, "the request body")?;
-    let mut out = Vec::with_capacity(declared);
+    let mut body = ChargedBody::new(body, exporter.budget(), limit, 0, exporter.read_timeout());
+    let mut chunks = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| match e.downcast::<tonic::Status>() {
             Ok(status) => error_of(&status, exporter),
             Err(other) => Error::Malformed(format!("cannot read the request body: {other}")),
         })?;
         if let Ok(data) = frame.into_data() {
-            out.extend_from_slice(&data);
+            chunks.push(data);
         }
     }
-    let charge = std::mem::replace(&mut body.charge, exporter.budget().start());
+    let mut charge = std::mem::replace(&mut body.charge, exporter.budget().start());
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    charge.grow(total, "the request body")?;
+    let mut out = Vec::with_capacity(total);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
+    charge.shrink_to(total);
     Ok((out, charge))
 }
 
@@ -529,7 +596,7 @@ mod tests {
         let budget = Budget::new(1 << 20, Gauge::default());
         let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
         let stream = http_body_util::StreamBody::new(rx);
-        let mut body = ChargedBody::new(stream, &budget, 1 << 20, Duration::from_millis(200));
+        let mut body = ChargedBody::new(stream, &budget, 1 << 20, 0, Duration::from_millis(200));
         tx.try_send(Ok(Frame::data(Bytes::from(vec![1u8; 4096])))).expect("room");
         body.frame().await.expect("a frame").expect("data");
         assert_eq!(budget.capacity() - budget_free(&budget), 4096);

@@ -316,9 +316,10 @@ async fn in_flight_bytes_over_the_bound_are_refused_not_buffered() {
     let mut c = config(&broker);
     c.kafka.max_message_bytes = spanline_common::ByteSize::kib(64);
     c.limits.max_request_bytes = spanline_common::ByteSize::kib(64);
-    // One export of `big()` peaks near 140 KiB (decoded request + records) and then holds its
-    // 64 KiB of records until Kafka answers; a second one no longer fits beside it.
-    c.limits.max_inflight_bytes = spanline_common::ByteSize::kib(160);
+    // One export of `big()` (a 62 KB body) peaks near 210 KB: inflated and decoded request priced at
+    // 143 KB, then its 67 KB of records beside it; it then holds the records until Kafka answers, and
+    // a second one no longer fits beside them.
+    c.limits.max_inflight_bytes = spanline_common::ByteSize::kib(240);
     c.kafka.delivery_timeout = Duration::from_secs(5);
     c.limits.request_timeout = Duration::from_secs(8);
     let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
@@ -443,4 +444,22 @@ async fn a_trickling_grpc_client_times_out_without_holding_a_slot() {
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(5));
     drop(tx);
+}
+
+/// A gRPC request over `limits.max_request_bytes`, uncompressed, is refused for good
+/// (RESOURCE_EXHAUSTED), as over HTTP (413): tonic's own OUT_OF_RANGE would be retried by clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_grpc_request_is_resource_exhausted() {
+    let broker = broker().await;
+    let mut c = config(&broker);
+    c.limits.max_request_bytes = spanline_common::ByteSize::mib(1);
+    let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+    let mut request = fixtures::request("svc", 1, 1, 1, fixtures::now_unix_nano());
+    request.resource_spans[0].scope_spans[0].spans[0].attributes.push(fixtures::attr("pad", &"a".repeat(2 << 20)));
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr))
+        .await
+        .expect("connects")
+        .max_encoding_message_size(usize::MAX);
+    let status = client.export(request).await.expect_err("over the limit");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 }

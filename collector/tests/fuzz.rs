@@ -48,7 +48,7 @@ fn charged(bytes: &[u8], json: bool) -> Run {
         let decoded = if json {
             decode::json(bytes, usize::MAX, &mut charge)
         } else {
-            decode::protobuf(bytes, usize::MAX, &mut charge)
+            decode::protobuf(bytes, usize::MAX, &mut charge, 0)
         };
         decoded.map_err(|e| e.to_string())
     });
@@ -124,4 +124,39 @@ fn the_charge_property_catches_an_estimate_of_wire_bytes() {
     });
     assert!(run.peak > bytes.len() as u64 + ALLOWANCE, "decoding {} bytes held {}", bytes.len(), run.peak);
     assert_eq!(charged(&bytes, false).outcome, Outcome::Ok, "the scan's price covers it");
+}
+
+/// Found by review: serde buffers an `AnyValue` subtree (unknown keys and scalar arrays included)
+/// before decoding it, so `"value":{"x":[0,0,…]}` costs tens of times its size; and a long string of
+/// the wrong type is quoted, escaped, in an error. Both priced.
+#[test]
+fn json_scalar_arrays_and_quoted_strings_are_priced() {
+    let zeros = vec!["0"; 200_000].join(",");
+    for value in [format!(r#"{{"x":[{zeros}]}}"#), format!(r#"{{"intValue":[{zeros}]}}"#)] {
+        let body = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"attributes":[{{"key":"k","value":{value}}}]}}]}}]}}]}}"#
+        );
+        let run = charged(body.as_bytes(), true);
+        assert!(!matches!(run.outcome, Outcome::Panic(_)), "{:?}", run.outcome);
+    }
+    let quoted =
+        format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"kind":"{}"}}]}}]}}]}}"#, "\u{7f}".repeat(200_000));
+    let run = charged(quoted.as_bytes(), true);
+    assert!(matches!(run.outcome, Outcome::Err(_)), "{:?}", run.outcome);
+}
+
+/// Found by review: a repeated field's first element allocates a vector of four; chains of
+/// single-element arrays cost more than three times their elements.
+#[test]
+fn chains_of_single_element_arrays_are_priced() {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
+    let mut chain = AnyValue::default();
+    for _ in 0..45 {
+        chain = AnyValue { value: Some(Value::ArrayValue(ArrayValue { values: vec![chain] })) };
+    }
+    let mut request = spanline_testkit::fixtures::hostile::empty_attributes(1, 0);
+    request.resource_spans[0].scope_spans[0].spans[0].attributes =
+        vec![KeyValue { key: "k".into(), value: Some(chain), ..Default::default() }; 2_000];
+    let run = charged(&proto(&request), false);
+    assert_eq!(run.outcome, Outcome::Ok, "held within the charge");
 }

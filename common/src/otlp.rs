@@ -31,6 +31,12 @@ const MAX_DEPTH: usize = 100;
 /// are held at once: up to three times its length (`collector/tests/fuzz.rs` finds exactly that).
 pub const GROWTH: usize = 3;
 
+/// A vector's first allocation holds four elements (Rust's minimum non-zero capacity).
+const MIN_CAPACITY: usize = 4;
+
+/// The allocator's bookkeeping per heap allocation.
+const ALLOCATION: usize = 16;
+
 /// What decoding a protobuf request will produce, read from its wire form.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Shape {
@@ -113,6 +119,8 @@ fn walk(msg: Msg, mut buf: &[u8], depth: usize, shape: &mut Shape) -> Result<(),
     if depth > MAX_DEPTH {
         return Err("message nested too deeply".into());
     }
+    // Which fields of this message were seen, to price a repeated field's first element.
+    let mut seen = 0u32;
     while !buf.is_empty() {
         let key = varint(&mut buf)?;
         let (number, wire) = (key >> 3, key & 7);
@@ -131,24 +139,66 @@ fn walk(msg: Msg, mut buf: &[u8], depth: usize, shape: &mut Shape) -> Result<(),
                     return Err(format!("field {number} claims {len} bytes, {} left", buf.len()));
                 };
                 buf = rest;
+                // A repeated field's first element allocates the vector's minimum capacity.
+                let first = number < 32 && seen & (1 << number) == 0;
+                if number < 32 {
+                    seen |= 1 << number;
+                }
+                let element_cost = |element: usize| {
+                    if element == 0 {
+                        0
+                    } else if first {
+                        MIN_CAPACITY * element + ALLOCATION
+                    } else {
+                        GROWTH * element
+                    }
+                };
                 match field(msg, number) {
                     Some(Field::Message(child, element)) => {
                         if child == Msg::Span {
                             shape.spans += 1;
                         }
-                        shape.decoded_bytes = shape.decoded_bytes.saturating_add(GROWTH * element);
+                        shape.decoded_bytes = shape.decoded_bytes.saturating_add(element_cost(element));
                         walk(child, value, depth + 1, shape)?;
                     }
                     Some(Field::Bytes(element)) => {
-                        shape.decoded_bytes = shape.decoded_bytes.saturating_add(GROWTH * element + len);
+                        let heap = if len == 0 { 0 } else { len + ALLOCATION };
+                        shape.decoded_bytes = shape.decoded_bytes.saturating_add(element_cost(element) + heap);
                     }
                     None => {}
                 }
             }
+            // A group (deprecated, never written by OTLP): skipped as prost skips unknown ones.
+            3 => buf = skip_group(buf, number, depth + 1)?,
             _ => return Err(format!("unsupported wire type {wire} in field {number}")),
         }
     }
     Ok(())
+}
+
+/// Skips the rest of group `number` (after its start tag); what follows its end tag.
+fn skip_group(mut buf: &[u8], number: u64, depth: usize) -> Result<&[u8], String> {
+    if depth > MAX_DEPTH {
+        return Err("message nested too deeply".into());
+    }
+    loop {
+        let key = varint(&mut buf)?;
+        let (inner, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => {
+                varint(&mut buf)?;
+            }
+            1 => buf = skip(buf, 8)?,
+            5 => buf = skip(buf, 4)?,
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).map_err(|_| "length overflows".to_owned())?;
+                buf = buf.get(len..).ok_or_else(|| format!("field {inner} claims {len} bytes past the end"))?;
+            }
+            3 => buf = skip_group(buf, inner, depth + 1)?,
+            4 if inner == number => return Ok(buf),
+            _ => return Err(format!("unexpected wire type {wire} in group {number}")),
+        }
+    }
 }
 
 fn varint(buf: &mut &[u8]) -> Result<u64, String> {

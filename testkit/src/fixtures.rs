@@ -133,10 +133,11 @@ pub mod hostile {
     }
 
     /// The first bytes of an OTLP/HTTP request whose body never comes: `body` true sends whole
-    /// headers announcing a 100 000-byte body, false stops in the middle of the headers.
+    /// headers announcing a 16 MiB body (the default `limits.max_request_bytes`), false stops in the
+    /// middle of the headers.
     pub fn slow_http_head(body: bool) -> &'static str {
         if body {
-            "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\n"
+            "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 16777216\r\n\r\n"
         } else {
             "POST /v1/traces HTTP/1.1\r\nhost: x\r\n"
         }

@@ -480,8 +480,9 @@ async fn main() -> anyhow::Result<()> {
             "offered_spans_per_s": peak * 3.0, "acknowledged_spans_per_s": report.spans_per_second(),
             "refused_requests": report.failed_requests, "requests": report.requests,
             "collector_peak_rss_mib": mib(peak_rss(collector.pid())), "max_inflight_mib": 64, "max_concurrent_requests": 64,
-            // docs/collector.md: 1.25 x max_inflight_bytes + workers x max_request_bytes + 40 MiB.
-            "memory_formula_mib": 1.25 * 64.0 + workers as f64 * 16.0 + 40.0,
+            // docs/collector.md: 1.25 x max_inflight_bytes + workers x max_request_bytes
+            // + 16 KiB x max_connections (4096) + 40 MiB.
+            "memory_formula_mib": 1.25 * 64.0 + workers as f64 * 16.0 + 64.0 + 40.0,
             "export_latency_ms": latency_ms(&report),
             "hostile": hostile,
         }),
