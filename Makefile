@@ -30,12 +30,12 @@ deploy-check:
 unit:
 	scripts/test.sh
 
-# The long fuzzing run: every decoder property (common/tests/fuzz.rs, ingester/tests/fuzz.rs) with
+# The long fuzzing run: every decoder property (common/, collector/ and ingester/tests/fuzz.rs) with
 # FUZZ_CASES cases each instead of `make test`'s 256; one summary line per property
 # (docs/development.md, "Fuzzing").
 FUZZ_CASES ?= 100000
 fuzz:
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p spanline-common -p spanline-ingester --test fuzz -- --nocapture
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p spanline-common -p spanline-collector -p spanline-ingester --test fuzz -- --nocapture
 
 # Each stage alone, then the whole pipeline, on this machine; results in bench/results.json
 # (BENCHMARKS.md explains them). Criterion: cargo bench -p spanline-collector / -p spanline-ingester.
