@@ -128,11 +128,6 @@ fn walk(msg: Msg, mut buf: &[u8], depth: usize, shape: &mut Shape) -> Result<(),
             return Err("field number 0".into());
         }
         match wire {
-            0 => {
-                varint(&mut buf)?;
-            }
-            1 => buf = skip(buf, 8)?,
-            5 => buf = skip(buf, 4)?,
             2 => {
                 let len = usize::try_from(varint(&mut buf)?).map_err(|_| "length overflows".to_owned())?;
                 let Some((value, rest)) = buf.split_at_checked(len) else {
@@ -168,12 +163,28 @@ fn walk(msg: Msg, mut buf: &[u8], depth: usize, shape: &mut Shape) -> Result<(),
                     None => {}
                 }
             }
-            // A group (deprecated, never written by OTLP): skipped as prost skips unknown ones.
-            3 => buf = skip_group(buf, number, depth + 1)?,
+            // Scalars allocate nothing; a group (deprecated, never written by OTLP) is skipped as
+            // prost skips unknown ones.
+            0 | 1 | 3 | 5 => buf = skip_value(buf, number, wire, depth)?,
             _ => return Err(format!("unsupported wire type {wire} in field {number}")),
         }
     }
     Ok(())
+}
+
+/// Skips the value of field `number` of wire type `wire` (0, 1, 2, 3 or 5); what follows it.
+fn skip_value(mut buf: &[u8], number: u64, wire: u64, depth: usize) -> Result<&[u8], String> {
+    match wire {
+        0 => varint(&mut buf).map(|_| buf),
+        1 => skip(buf, 8),
+        5 => skip(buf, 4),
+        2 => {
+            let len = usize::try_from(varint(&mut buf)?).map_err(|_| "length overflows".to_owned())?;
+            buf.get(len..).ok_or_else(|| format!("field {number} claims {len} bytes past the end"))
+        }
+        3 => skip_group(buf, number, depth + 1),
+        _ => Err(format!("unsupported wire type {wire} in field {number}")),
+    }
 }
 
 /// Skips the rest of group `number` (after its start tag); what follows its end tag.
@@ -184,20 +195,10 @@ fn skip_group(mut buf: &[u8], number: u64, depth: usize) -> Result<&[u8], String
     loop {
         let key = varint(&mut buf)?;
         let (inner, wire) = (key >> 3, key & 7);
-        match wire {
-            0 => {
-                varint(&mut buf)?;
-            }
-            1 => buf = skip(buf, 8)?,
-            5 => buf = skip(buf, 4)?,
-            2 => {
-                let len = usize::try_from(varint(&mut buf)?).map_err(|_| "length overflows".to_owned())?;
-                buf = buf.get(len..).ok_or_else(|| format!("field {inner} claims {len} bytes past the end"))?;
-            }
-            3 => buf = skip_group(buf, inner, depth + 1)?,
-            4 if inner == number => return Ok(buf),
-            _ => return Err(format!("unexpected wire type {wire} in group {number}")),
+        if wire == 4 {
+            return if inner == number { Ok(buf) } else { Err(format!("unexpected end of group {inner} in {number}")) };
         }
+        buf = skip_value(buf, inner, wire, depth)?;
     }
 }
 
