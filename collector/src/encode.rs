@@ -157,8 +157,9 @@ struct Planned {
 #[derive(Debug, Default)]
 pub struct Plan {
     records: Vec<Planned>,
-    /// For each input span in order: the record it goes to, or `None` when rejected.
-    assignment: Vec<Option<u32>>,
+    /// For each input span in order: the record it goes to and its encoded length (measured once,
+    /// here), or `None` when rejected.
+    assignment: Vec<Option<(u32, u32)>>,
     rejected: Rejections,
 }
 
@@ -180,9 +181,8 @@ impl Plan {
     /// the records' bytes and little else.
     pub fn build(self, request: &ExportTraceServiceRequest) -> Encoded {
         let Plan { records: planned, assignment, rejected } = self;
-        // Each record's spans as (resource, scope, span) in input order, and each input span's
-        // encoded length (computed once).
-        let mut members: Vec<Vec<(u32, u32, &Span)>> = planned.iter().map(|p| Vec::with_capacity(p.spans)).collect();
+        // Each record's spans as (resource, scope, span, encoded length) in input order.
+        let mut members: Vec<Vec<Member<'_>>> = planned.iter().map(|p| Vec::with_capacity(p.spans)).collect();
         let mut assignment = assignment.into_iter();
         let mut resources: Vec<Option<Vec<u8>>> = vec![None; request.resource_spans.len()];
         let mut scopes: Vec<Vec<Option<Vec<u8>>>> =
@@ -190,9 +190,9 @@ impl Plan {
         for (ri, rs) in request.resource_spans.iter().enumerate() {
             for (si, ss) in rs.scope_spans.iter().enumerate() {
                 for span in &ss.spans {
-                    let Some(Some(i)) = assignment.next() else { continue };
+                    let Some(Some((i, len))) = assignment.next() else { continue };
                     if let Some(m) = members.get_mut(i as usize) {
-                        m.push((index(ri), index(si), span));
+                        m.push((index(ri), index(si), span, len as usize));
                     }
                     // Encoded once, the first time a record needs them.
                     resources[ri]
@@ -230,8 +230,8 @@ struct Layout<'a> {
     scopes: &'a [Vec<Option<Vec<u8>>>],
 }
 
-/// A span's place: (resource, scope, span).
-type Member<'a> = (u32, u32, &'a Span);
+/// A span's place and size: (resource, scope, span, encoded length).
+type Member<'a> = (u32, u32, &'a Span, usize);
 
 impl Layout<'_> {
     fn resource_spans(&self, ri: u32) -> &ResourceSpans {
@@ -245,32 +245,30 @@ impl Layout<'_> {
     /// The `ExportTraceServiceRequest` holding `spans`: one `ResourceSpans` per run of spans of one
     /// resource, one `ScopeSpans` per run of one scope within it, as prost would encode them.
     fn write(&self, spans: &[Member<'_>]) -> Vec<u8> {
-        let lens: Vec<usize> = spans.iter().map(|(_, _, s)| s.encoded_len()).collect();
-        let total: usize =
-            runs(spans, |a, b| a.0 == b.0).map(|r| framed(self.resource_len(&spans[r.clone()], &lens[r]))).sum();
+        let total: usize = runs(spans, |a, b| a.0 == b.0).map(|r| framed(self.resource_len(&spans[r]))).sum();
         let mut buf = Vec::with_capacity(total);
         for r in runs(spans, |a, b| a.0 == b.0) {
-            let (group, lens) = (&spans[r.clone()], &lens[r]);
+            let group = &spans[r];
             let ri = group[0].0;
             let rs = self.resource_spans(ri);
-            field(&mut buf, 1, self.resource_len(group, lens));
+            field(&mut buf, 1, self.resource_len(group));
             if rs.resource.is_some() {
                 let bytes = self.resources[ri as usize].as_deref().unwrap_or_default();
                 field(&mut buf, 1, bytes.len());
                 buf.extend_from_slice(bytes);
             }
             for r in runs(group, |a, b| a.1 == b.1) {
-                let (scope_group, scope_lens) = (&group[r.clone()], &lens[r]);
+                let scope_group = &group[r];
                 let si = scope_group[0].1;
                 let ss = self.scope_spans(ri, si);
-                field(&mut buf, 2, self.scope_len(scope_group, scope_lens));
+                field(&mut buf, 2, self.scope_len(scope_group));
                 if ss.scope.is_some() {
                     let bytes = self.scopes[ri as usize][si as usize].as_deref().unwrap_or_default();
                     field(&mut buf, 1, bytes.len());
                     buf.extend_from_slice(bytes);
                 }
-                for ((_, _, span), len) in scope_group.iter().zip(scope_lens) {
-                    field(&mut buf, 2, *len);
+                for &(_, _, span, len) in scope_group {
+                    field(&mut buf, 2, len);
                     span.encode_raw(&mut buf);
                 }
                 string_field(&mut buf, 3, &ss.schema_url);
@@ -282,18 +280,17 @@ impl Layout<'_> {
     }
 
     /// Encoded length of the `ResourceSpans` holding `group` (spans of one resource).
-    fn resource_len(&self, group: &[Member<'_>], lens: &[usize]) -> usize {
+    fn resource_len(&self, group: &[Member<'_>]) -> usize {
         let ri = group[0].0;
         let rs = self.resource_spans(ri);
         let resource =
             if rs.resource.is_some() { framed(self.resources[ri as usize].as_ref().map_or(0, Vec::len)) } else { 0 };
-        let scopes: usize =
-            runs(group, |a, b| a.1 == b.1).map(|r| framed(self.scope_len(&group[r.clone()], &lens[r]))).sum();
+        let scopes: usize = runs(group, |a, b| a.1 == b.1).map(|r| framed(self.scope_len(&group[r]))).sum();
         resource + scopes + string_len(&rs.schema_url)
     }
 
     /// Encoded length of the `ScopeSpans` holding `group` (spans of one scope).
-    fn scope_len(&self, group: &[Member<'_>], lens: &[usize]) -> usize {
+    fn scope_len(&self, group: &[Member<'_>]) -> usize {
         let (ri, si) = (group[0].0, group[0].1);
         let ss = self.scope_spans(ri, si);
         let scope = if ss.scope.is_some() {
@@ -301,7 +298,7 @@ impl Layout<'_> {
         } else {
             0
         };
-        scope + lens.iter().map(|&l| framed(l)).sum::<usize>() + string_len(&ss.schema_url)
+        scope + group.iter().map(|m| framed(m.3)).sum::<usize>() + string_len(&ss.schema_url)
     }
 }
 
@@ -367,7 +364,8 @@ pub fn plan(request: &ExportTraceServiceRequest, max_message_bytes: usize) -> Pl
                     plan.assignment.push(None);
                     continue;
                 }
-                let span_cost = span.encoded_len() + FRAMING;
+                let span_len = span.encoded_len();
+                let span_cost = span_len + FRAMING;
                 if resource_cost + scope_cost + span_cost > max_message_bytes {
                     plan.rejected.add(RejectReason::TooLarge);
                     plan.assignment.push(None);
@@ -402,7 +400,8 @@ pub fn plan(request: &ExportTraceServiceRequest, max_message_bytes: usize) -> Pl
                 g.size += span_cost;
                 g.last = Some((ri, si));
                 g.spans += 1;
-                plan.assignment.push(Some(u32::try_from(i).unwrap_or(u32::MAX)));
+                // Under max_message_bytes, so it fits.
+                plan.assignment.push(Some((index(i), u32::try_from(span_len).unwrap_or(u32::MAX))));
             }
         }
     }
