@@ -18,6 +18,10 @@ impl ByteSize {
     pub const fn bytes(self) -> u64 {
         self.0
     }
+    /// A size counted in memory (saturating where `usize` is wider than 64 bits).
+    pub fn from_usize(n: usize) -> Self {
+        Self(u64::try_from(n).unwrap_or(u64::MAX))
+    }
     /// The size as `usize`, saturating on 32-bit targets.
     pub fn as_usize(self) -> usize {
         usize::try_from(self.0).unwrap_or(usize::MAX)

@@ -147,12 +147,13 @@ pub fn record_too_large(
     let reason = format!(
         "record of {} bytes is over limits.max_record_bytes ({}), not decoded",
         record.len(),
-        ByteSize(u64::try_from(max_record_bytes).unwrap_or(u64::MAX))
+        ByteSize::from_usize(max_record_bytes)
     );
-    let mut letter = undecodable(source_topic, partition, offset, key, record, reason);
-    letter.envelope.error_type = "record_too_large".into();
-    letter.over_limit = Some(OverLimit { setting: "max_record_bytes", whole_record: true, spans: 0 });
-    letter
+    refused_undecoded(
+        undecodable(source_topic, partition, offset, key, record, reason),
+        "record_too_large",
+        "max_record_bytes",
+    )
 }
 
 /// The envelope for a record whose decoding would take more than `limits.max_record_decoded_bytes`
@@ -166,15 +167,22 @@ pub fn record_too_costly(
     cost: usize,
     bound: usize,
 ) -> Letter {
-    let size = |n: usize| ByteSize(u64::try_from(n).unwrap_or(u64::MAX));
     let reason = format!(
         "record of {} bytes would take {cost} bytes to decode, over limits.max_record_decoded_bytes ({}), not decoded",
         record.len(),
-        size(bound)
+        ByteSize::from_usize(bound)
     );
-    let mut letter = undecodable(source_topic, partition, offset, key, record, reason);
-    letter.envelope.error_type = "record_too_costly".into();
-    letter.over_limit = Some(OverLimit { setting: "max_record_decoded_bytes", whole_record: true, spans: 0 });
+    refused_undecoded(
+        undecodable(source_topic, partition, offset, key, record, reason),
+        "record_too_costly",
+        "max_record_decoded_bytes",
+    )
+}
+
+/// An undecoded record's letter marked as refused whole by the bound `setting`.
+fn refused_undecoded(mut letter: Letter, error_type: &str, setting: &'static str) -> Letter {
+    letter.envelope.error_type = error_type.into();
+    letter.over_limit = Some(OverLimit { setting, whole_record: true, spans: 0 });
     letter
 }
 
@@ -285,7 +293,7 @@ fn encode_within(letter: &mut Letter, max: usize) -> (Vec<u8>, bool) {
     env.reason = format!(
         "{}; payload of {omitted} bytes left out: the envelope would pass limits.max_dead_letter_bytes ({}); the source record is {} partition {} offset {}",
         env.reason,
-        ByteSize(u64::try_from(max).unwrap_or(u64::MAX)),
+        ByteSize::from_usize(max),
         env.source_topic,
         env.source_partition,
         env.source_offset

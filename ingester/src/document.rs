@@ -143,7 +143,7 @@ impl OverRecord {
             self.counted,
             self.spans_seen,
             self.spans,
-            ByteSize(u64::try_from(self.limit).unwrap_or(u64::MAX))
+            ByteSize::from_usize(self.limit)
         )
     }
 }
@@ -613,7 +613,7 @@ pub fn map_request(
                                     refusal: Refusal::TooLarge,
                                     reason: format!(
                                         "span document of {len} bytes is over limits.max_document_bytes ({})",
-                                        ByteSize(u64::try_from(limits.max_document_bytes).unwrap_or(u64::MAX))
+                                        ByteSize::from_usize(limits.max_document_bytes)
                                     ),
                                 });
                                 len.max(letter())
