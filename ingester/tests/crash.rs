@@ -2,38 +2,15 @@
 //! and commit, a search store that refuses connections or pushes back (bounded memory), and
 //! members joining, leaving and dying.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use spanline_devstore::Faults;
-use spanline_testkit::{Broker, count, devstore_with_faults, fixtures, free_port, produce, settled_count, wait_for};
+use spanline_testkit::{
+    Broker, count, devstore_with_faults, fixtures, free_port, process, process::Killed as Guard, produce,
+    settled_count, wait_for,
+};
 
 const PARTITIONS: i32 = 6;
-
-/// A child process killed when the test ends, even when it fails.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Guard {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Guard {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
 
 /// Tansu 0.6.0 sometimes never completes the rejoin of a cooperative-sticky member that lost its
 /// assignment when another member's session expired (its partitions are revoked and never
@@ -48,30 +25,11 @@ fn spawn_ingester_with_admin(broker: &Broker, store: &str, admin: u16, strategy:
     spawn_ingester_with(broker, store, admin, strategy, &[])
 }
 
-/// An ingester binary with the tests' settings, then `extra` (`SPANLINE_INGESTER__...`, value).
+/// An ingester binary with the tests' settings and `strategy`, then `extra`.
 fn spawn_ingester_with(broker: &Broker, store: &str, admin: u16, strategy: &str, extra: &[(&str, &str)]) -> Guard {
-    Guard(
-        Command::new(env!("CARGO_BIN_EXE_spanline-ingester"))
-            .env("SPANLINE_INGESTER__KAFKA__ASSIGNMENT_STRATEGY", strategy)
-            .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
-            .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
-            .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
-            .env("SPANLINE_INGESTER__KAFKA__DRAIN_DEADLINE", "3s")
-            .env("SPANLINE_INGESTER__OPENSEARCH__URL", store)
-            .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
-            .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
-            .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
-            .env("RUST_LOG", "info")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .expect("ingester binary starts"),
-    )
+    let mut settings = vec![("SPANLINE_INGESTER__KAFKA__ASSIGNMENT_STRATEGY", strategy)];
+    settings.extend_from_slice(extra);
+    process::ingester(Path::new(env!("CARGO_BIN_EXE_spanline-ingester")), &broker.bootstrap(), store, admin, &settings)
 }
 
 /// Sum over partitions of the live group's committed offsets (0 where none).

@@ -2,10 +2,7 @@
 //! real broker and the dev store: each is dead-lettered with the bound it passed, the records around
 //! it are indexed once, the partition moves on, and memory stays bounded.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
@@ -16,49 +13,20 @@ use prost::Message as _;
 use spanline_devstore::Faults;
 use spanline_proto::{DeadLetter, PayloadKind, Stage};
 use spanline_testkit::{
-    Broker, devstore_with_faults, fixtures, free_port, metric, produce, read_at_least, read_topic, settled_count,
-    wait_for,
+    Broker, devstore_with_faults, fixtures, free_port, metric,
+    process::{self, Killed},
+    produce, read_at_least, read_topic, settled_count, wait_for,
 };
 
 /// The most the ingester may hold at its peak (VmHWM) while taking the hostile record. Without the
 /// bound it builds 2.4 GB of documents.
 const PEAK_RSS_BOUND: u64 = 300 << 20;
 
-/// A child process killed when the test ends, even when it fails.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The release ingester binary with the tests' timings, then `extra` (`SPANLINE_INGESTER__...`, value).
 /// Every other setting (the `[limits]` among them) is its default, or what this process's
 /// environment says.
-fn spawn_ingester(broker: &Broker, store: &str, admin: u16, extra: &[(&str, &str)]) -> Guard {
-    Guard(
-        Command::new(spanline_testkit::process::release_bin("spanline-ingester"))
-            .env("SPANLINE_INGESTER__KAFKA__BROKERS", broker.bootstrap())
-            .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
-            .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
-            .env("SPANLINE_INGESTER__KAFKA__DRAIN_DEADLINE", "3s")
-            .env("SPANLINE_INGESTER__OPENSEARCH__URL", store)
-            .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
-            .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
-            .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
-            .env("RUST_LOG", "info")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .expect("ingester binary starts"),
-    )
+fn spawn_ingester(broker: &Broker, store: &str, admin: u16, extra: &[(&str, &str)]) -> Killed {
+    process::ingester(&process::release_bin("spanline-ingester"), &broker.bootstrap(), store, admin, extra)
 }
 
 fn key(trace: u64) -> String {
@@ -136,7 +104,7 @@ async fn a_record_that_would_expand_to_gigabytes_is_dead_lettered_whole_in_bound
 
     let admin = free_port();
     let child = spawn_ingester(&broker, &store.url(), admin, &[]);
-    let pid = child.0.id();
+    let pid = child.id();
     let indexed = settled_count(&store.url(), "jaeger-span-*", good_spans, Duration::from_secs(90)).await;
     // Read while the process lives; a value that cannot be read fails the test rather than pass as 0.
     let peak = spanline_testkit::process::peak_rss(pid).expect("the ingester's VmHWM is readable in /proc");
@@ -260,7 +228,7 @@ async fn a_record_that_would_decode_to_hundreds_of_megabytes_is_dead_lettered_un
 
     let admin = free_port();
     let child = spawn_ingester(&broker, &store.url(), admin, &[]);
-    let pid = child.0.id();
+    let pid = child.id();
     assert_eq!(settled_count(&store.url(), "jaeger-span-*", 30, Duration::from_secs(60)).await, 30);
     assert_eq!(spanline_testkit::span_conflicts(&store.url()).await.expect("stats"), 0, "none written twice");
     let letters = read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 1).await.expect("dead letters");

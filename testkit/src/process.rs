@@ -1,7 +1,59 @@
 //! Process accounting from the kernel (`/proc`): CPU seconds and peak resident memory of a child,
 //! as the operating system counts them. Used by the memory tests and by `spanline-bench`.
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves nothing running.
+#[derive(Debug)]
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// The ingester `binary` with the tests' timings (6 s sessions, 3 s drains, 400-document batches
+/// flushed every 200 ms) against `bootstrap` and `store`, its admin server on `admin`, then `extra`
+/// (`SPANLINE_INGESTER__...`, value); its log in the temporary directory, named by the admin port.
+pub fn ingester(binary: &Path, bootstrap: &str, store: &str, admin: u16, extra: &[(&str, &str)]) -> Killed {
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("spanline-ingester-{admin}.log")));
+    Killed(
+        Command::new(binary)
+            .env("SPANLINE_INGESTER__KAFKA__BROKERS", bootstrap)
+            .env("SPANLINE_INGESTER__KAFKA__SESSION_TIMEOUT", "6s")
+            .env("SPANLINE_INGESTER__SHUTDOWN_GRACE", "3s")
+            .env("SPANLINE_INGESTER__KAFKA__DRAIN_DEADLINE", "3s")
+            .env("SPANLINE_INGESTER__OPENSEARCH__URL", store)
+            .env("SPANLINE_INGESTER__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+            .env("SPANLINE_INGESTER__BATCH__MAX_DOCS", "400")
+            .env("SPANLINE_INGESTER__BATCH__FLUSH_INTERVAL", "200ms")
+            .env("RUST_LOG", "info")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log.map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .spawn()
+            .expect("ingester binary starts"),
+    )
+}
 
 /// A release binary of this workspace (`target/release/NAME`, or under `$CARGO_TARGET_DIR`): the
 /// memory tests measure what users run. `scripts/test.sh` (`make test`) builds them first.
