@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::TcpStream,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use spanline_testkit::{
     Broker, fixtures, free_port,
-    process::{peak_rss_of, release_bin},
+    process::{Killed, peak_rss_of, release_bin},
     read_topic, wait_for,
 };
 use tonic::codec::CompressionEncoding;
@@ -25,7 +25,7 @@ const MIB: u64 = 1 << 20;
 
 /// The release collector as a child process.
 struct Collector {
-    child: Child,
+    child: Killed,
     grpc: u16,
     http: u16,
 }
@@ -44,7 +44,7 @@ impl Collector {
         for (key, value) in settings {
             command.env(format!("SPANLINE_COLLECTOR__LIMITS__{key}"), value);
         }
-        let child = command.spawn().expect("collector starts");
+        let child = Killed(command.spawn().expect("collector starts"));
         let collector = Self { child, grpc, http };
         wait_for(Duration::from_secs(30), || async move {
             reqwest::get(format!("http://127.0.0.1:{admin}/health/ready"))
@@ -76,13 +76,6 @@ impl Collector {
             request = request.header("content-encoding", encoding);
         }
         request.body(body).send().await.expect("sent")
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

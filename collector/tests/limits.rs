@@ -3,40 +3,22 @@
 
 use std::{
     io::Write,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use spanline_testkit::{Broker, fixtures, free_port, wait_for};
+use spanline_testkit::{
+    Broker, fixtures, free_port,
+    process::{Killed, peak_rss_of},
+    wait_for,
+};
 use tonic::codec::CompressionEncoding;
 
 /// What a bomb inflates to.
 const INFLATED: usize = 256 << 20;
 /// The collector's decompressed-body limit in this test.
 const LIMIT: usize = 4 << 20;
-
-struct Collector(Child);
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Collector {
-    /// Peak resident memory of the process so far, in bytes (`VmHWM`).
-    fn peak_rss(&self) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).expect("proc status");
-        let kib: usize = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        kib * 1024
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decompression_bombs_are_refused_without_inflating() {
@@ -53,13 +35,13 @@ async fn decompression_bombs_are_refused_without_inflating() {
         .stderr(Stdio::null())
         .spawn()
         .expect("collector binary starts");
-    let collector = Collector(child);
+    let collector = Killed(child);
     wait_for(Duration::from_secs(30), || async move {
         reqwest::get(format!("http://127.0.0.1:{admin}/health/ready")).await.ok().filter(|r| r.status().is_success())
     })
     .await
     .expect("collector ready");
-    let baseline = collector.peak_rss();
+    let baseline = peak_rss_of(collector.id());
 
     // OTLP HTTP: a gzip body that inflates to 256 MiB.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -87,10 +69,10 @@ async fn decompression_bombs_are_refused_without_inflating() {
     let status = client.export(request).await.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 
-    let peak = collector.peak_rss();
+    let peak = peak_rss_of(collector.id());
     eprintln!("collector peak rss: baseline {} MiB, after bombs {} MiB", baseline >> 20, peak >> 20);
     assert!(
-        peak < baseline + 3 * LIMIT + (16 << 20),
+        peak < baseline + 3 * LIMIT as u64 + (16 << 20),
         "collector peak RSS grew from {} MiB to {} MiB for a {} MiB bomb",
         baseline >> 20,
         peak >> 20,
