@@ -463,3 +463,35 @@ async fn an_oversized_grpc_request_is_resource_exhausted() {
     let status = client.export(request).await.expect_err("over the limit");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 }
+
+/// Past `limits.max_connections` open connections over both ports a new one is closed at once, and a
+/// connection that never sends a byte is closed at `limits.read_timeout`, freeing its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_bound_are_closed_and_silent_ones_time_out() {
+    use std::io::{Read as _, Write as _};
+    let broker = broker().await;
+    let mut c = config(&broker);
+    c.limits.max_connections = 2;
+    c.limits.read_timeout = Duration::from_secs(2);
+    let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+    let (http, grpc) = (running.http_addr, running.grpc_addr);
+    // Two silent connections, one per port, take both places.
+    let silent: Vec<std::net::TcpStream> =
+        [http, grpc].iter().map(|a| std::net::TcpStream::connect(a).expect("connects")).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let mut third = std::net::TcpStream::connect(http).expect("accepted by the kernel");
+    third.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)), "closed without an answer");
+    assert!(started.elapsed() < Duration::from_secs(1), "closed at once, not after the read timeout");
+    // The silent ones are closed at the read timeout; an export then gets a place.
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "a silent connection is closed");
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}")).await.expect("connects");
+    client.export(fixtures::request("svc", 1, 1, 1, fixtures::now_unix_nano())).await.expect("export after they left");
+}
