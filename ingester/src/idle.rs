@@ -21,10 +21,9 @@ use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{Consumer, ConsumerContext},
 };
-use spanline_common::admin::Readiness;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{health::Cause, metrics::Metrics};
 
 /// How long each metadata, committed-offset or list-offsets query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -141,14 +140,8 @@ fn interval(timeout: Duration) -> Duration {
 
 /// Watches the group until `stop`; `timeout` zero disables the watch. Never waits for a query at
 /// `stop`: a broker that is gone must not hold up the shutdown.
-pub async fn watch<C, X>(
-    consumer: Arc<C>,
-    topic: String,
-    timeout: Duration,
-    metrics: Metrics,
-    ready: Readiness,
-    stop: CancellationToken,
-) where
+pub async fn watch<C, X>(consumer: Arc<C>, topic: String, timeout: Duration, metrics: Metrics, stop: CancellationToken)
+where
     C: Consumer<X> + Send + Sync + 'static,
     X: ConsumerContext + 'static,
 {
@@ -158,7 +151,9 @@ pub async fn watch<C, X>(
     let mut watch = IdleWatch::new(timeout);
     let mut ticker = tokio::time::interval(interval(timeout));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut was_stalled, mut was_unready) = (0, false);
+    let mut was_stalled = 0;
+    // Held while this member owns nothing and the group stands still: readiness is false.
+    let mut unready = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -185,15 +180,16 @@ pub async fn watch<C, X>(
                  or their owner cannot write"
             );
         }
-        if verdict.not_ready != was_unready {
+        if verdict.not_ready != unready.is_some() {
             if verdict.not_ready {
                 tracing::warn!("this member owns no partition while the group is stalled; not ready");
+                unready = Some(metrics.health.stall(Cause::Idle));
             } else {
                 tracing::info!(owned = owned.len(), "the group moves again; ready");
+                unready = None;
             }
-            ready.set(!verdict.not_ready);
         }
-        (was_stalled, was_unready) = (verdict.stalled, verdict.not_ready);
+        was_stalled = verdict.stalled;
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`bulk`]: `_bulk` requests, per-item classification and retries until every item is durable.
 //! - [`deadletter`]: undecodable records, records and spans over the `[limits]` bounds, and terminally
 //!   rejected spans → the dead-letter topic.
+//! - [`health`]: what stalls the ingester that only an operator can fix → readiness and a metric.
 //! - [`replay`]: re-indexes a window of a topic (or re-drives the dead-letter topic) and stops.
 //! - [`commit`]: the contiguous durable watermark and the only place offsets are stored or committed.
 //!
@@ -22,6 +23,7 @@ pub mod consume;
 pub mod deadletter;
 pub mod document;
 pub mod error;
+pub mod health;
 pub mod idle;
 pub mod metrics;
 pub mod pipeline;

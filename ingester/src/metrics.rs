@@ -3,6 +3,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use crate::health::Health;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -68,6 +69,8 @@ pub struct Metrics {
     pub freshness: Histogram,
     pub unowned_lag: Gauge,
     pub stalled_partitions: Gauge,
+    /// Readiness, and what stalls the ingester (`spanline_ingester_stalled`).
+    pub health: Health,
 }
 
 impl Metrics {
@@ -94,6 +97,7 @@ impl Metrics {
             freshness: Histogram::new(buckets),
             unowned_lag: Gauge::default(),
             stalled_partitions: Gauge::default(),
+            health: Health::register(registry),
         };
         let r = registry.sub_registry_with_prefix("spanline_ingester");
         r.register("records", "Kafka records consumed", m.records.clone());

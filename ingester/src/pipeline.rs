@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use opensearch::http::{Method, headers::HeaderMap};
 use prometheus_client::registry::Registry;
 use rdkafka::{ClientConfig, consumer::Consumer};
-use spanline_common::admin::{self, Readiness};
+use spanline_common::admin;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -200,14 +200,16 @@ pub async fn close(
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let ready = Readiness::default();
     let listener = TcpListener::bind(config.admin.listen)
         .await
         .map_err(|e| Error::Setup(format!("cannot listen for admin on {}: {e}", config.admin.listen)))?;
     let admin_addr = listener.local_addr().map_err(|e| Error::Setup(e.to_string()))?;
     let admin_token = CancellationToken::new();
-    let admin_task =
-        tokio::spawn(admin::serve(listener, admin::router(Arc::new(registry), ready.clone()), admin_token.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        listener,
+        admin::router(Arc::new(registry), metrics.health.readiness()),
+        admin_token.clone(),
+    ));
     tracing::info!(
         admin = %admin_addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
         group = %config.kafka.group_id, dead_letter_topic = %config.kafka.dead_letter_topic, opensearch = %config.opensearch.url,
@@ -231,13 +233,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 topic = %config.kafka.topic, group = %config.kafka.group_id,
                 max_inflight_bulks = config.batch.max_inflight_bulks, "subscribed, ready"
             );
-            ready.set(true);
+            metrics.health.set_started(true);
             idle_task = Some(tokio::spawn(idle::watch(
                 consumer.clone(),
                 config.kafka.topic.clone(),
                 config.kafka.stalled_group_timeout,
                 metrics.clone(),
-                ready.clone(),
                 stop_watching.clone(),
             )));
             tokio::select! {
@@ -250,7 +251,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         if let Some(task) = idle_task {
             let _ = task.await;
         }
-        ready.set(false);
+        metrics.health.set_started(false);
         if let Err(error) = &result
             && !matches!(error, Error::Aborted)
         {
