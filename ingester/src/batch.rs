@@ -61,6 +61,9 @@ pub struct Item {
     pub end_micros: i64,
     /// Where a span document came from, to dead-letter the span if the store rejects it for good.
     pub origin: Option<Origin>,
+    /// For service documents, their key in the service cache: marked written once the batch holding
+    /// it is durable, never before.
+    pub service: Option<u64>,
 }
 
 /// The Kafka record a span document came from, and the span's place in it.
@@ -184,7 +187,7 @@ mod tests {
     use super::*;
 
     fn item(n: usize) -> Item {
-        Item { ndjson: Bytes::from(vec![b'x'; n]), kind: DocKind::Span, end_micros: 0, origin: None }
+        Item { ndjson: Bytes::from(vec![b'x'; n]), kind: DocKind::Span, end_micros: 0, origin: None, service: None }
     }
 
     fn limits() -> Limits {
@@ -231,7 +234,7 @@ mod tests {
 
     /// An item of `n` bytes, all `tag`, to follow items through batches.
     fn tagged(n: usize, tag: u8) -> Item {
-        Item { ndjson: Bytes::from(vec![tag; n]), kind: DocKind::Span, end_micros: 0, origin: None }
+        Item { ndjson: Bytes::from(vec![tag; n]), kind: DocKind::Span, end_micros: 0, origin: None, service: None }
     }
 
     #[test]

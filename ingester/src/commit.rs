@@ -89,7 +89,7 @@ impl Fence {
         Self { topic: topic.to_owned(), partition, owned: Mutex::new(true) }
     }
 
-    /// After this returns, no store or commit for the partition runs or will run.
+    /// After this returns, no store runs or will run for the partition, and no commit will start.
     pub fn close(&self) {
         *self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = false;
     }
@@ -120,9 +120,14 @@ impl Fence {
 
     /// Commits `last` + 1 for the partition and waits for the broker, if the partition is still
     /// owned. Blocking: call from a blocking thread.
+    ///
+    /// The fence is checked, not held, while the broker answers: a synchronous commit can block for
+    /// as long as the group coordinator moves, and [`Fence::close`] (the rebalance callback, under
+    /// its drain deadline) must never wait for it. A commit already under way when the fence closes
+    /// may still land after: it names only durable offsets, so the partition's next owner re-reads
+    /// at worst records already indexed, and never skips one.
     pub fn commit<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, last: i64) -> bool {
-        let owned = self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !*owned {
+        if !self.is_open() {
             return false;
         }
         let mut tpl = TopicPartitionList::new();
@@ -194,5 +199,37 @@ mod tests {
         assert!(!fence.is_open());
         assert!(!fence.store(&consumer, 5));
         assert!(!fence.commit(&consumer, 5));
+    }
+
+    /// A coordinator that answers slowly (here: a 3 s round trip on the mock cluster) holds a
+    /// synchronous commit, and must not hold the rebalance callback closing the fence with it.
+    #[test]
+    fn closing_the_fence_never_waits_for_a_commit_under_way() {
+        use std::time::{Duration, Instant};
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("t", 1, 1).expect("topic");
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "t")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Beginning).expect("tpl");
+        consumer.assign(&tpl).expect("assign");
+        cluster.broker_round_trip_time(1, Duration::from_secs(3)).expect("slow broker");
+        let (consumer, fence) = (std::sync::Arc::new(consumer), std::sync::Arc::new(Fence::new("t", 0)));
+        let committing = {
+            let (consumer, fence) = (consumer.clone(), fence.clone());
+            std::thread::spawn(move || fence.commit(consumer.as_ref(), 4))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!committing.is_finished(), "the commit waits for the slow coordinator");
+        let started = Instant::now();
+        fence.close();
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(200), "closing the fence took {took:?}");
+        assert!(!committing.is_finished(), "the commit was still under way when the fence closed");
+        let _ = committing.join();
+        assert!(!fence.commit(consumer.as_ref(), 5), "no commit starts after the fence closed");
     }
 }

@@ -40,14 +40,18 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock, PoisonError, Weak, atomic::Ordering},
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, OnceLock, PoisonError, Weak},
     time::{Duration, Instant},
 };
 
+use futures::FutureExt as _;
 use rdkafka::{
     ClientContext, Message, TopicPartitionList,
     config::RDKafkaLogLevel,
-    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{
+        BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer, stream_consumer::StreamPartitionQueue,
+    },
     error::KafkaError,
     statistics::Statistics,
 };
@@ -56,18 +60,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::Error,
+    health::{Cause, Stalled},
     metrics::{EventLabels, Metrics, PartitionLabels},
-    worker::{Control, Shared, Worker},
+    worker::{Control, Shared, Worker, partition::Progress},
 };
 
 /// The consumer type the ingester uses.
 pub type IngestConsumer = StreamConsumer<IngestContext>;
 
-/// A running worker, as the membership sees it.
+/// How a worker task ended, as its supervisor saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Drained: its last batches are durable and its watermark committed.
+    Drained,
+    /// Aborted: it stored nothing more.
+    Aborted,
+    /// It failed or panicked; the failure was reported and stops the ingester.
+    Failed,
+}
+
+/// A running worker, as the membership sees it: the task's handle is kept, and its supervisor says
+/// how it ended, so a panic is never read as a drain.
 struct Handle {
     control: Arc<Control>,
-    /// Disconnects when the worker ends.
-    done: std::sync::mpsc::Receiver<()>,
+    task: tokio::task::JoinHandle<()>,
+    ended: std::sync::mpsc::Receiver<Ended>,
 }
 
 /// librdkafka callbacks: the rebalance protocol and per-partition lag from the statistics.
@@ -78,6 +95,13 @@ pub struct IngestContext {
     /// The consumer, to split partition queues from the callbacks; set right after creation.
     consumer: OnceLock<Weak<IngestConsumer>>,
     workers: Mutex<HashMap<i32, Handle>>,
+    /// Each partition's queue, split once and kept for the consumer's life: dropping a split queue
+    /// clears the wake-up callback of the partition's one native queue, so a second split of the
+    /// same partition while an older one is still alive (a fenced worker not yet gone) would leave
+    /// the new worker never woken. Bounded by the topic's partition count.
+    queues: Mutex<HashMap<i32, Arc<StreamPartitionQueue<IngestContext>>>>,
+    /// Every partition's progress, kept after its worker ends (replay's summary).
+    progress: Mutex<HashMap<i32, tokio::sync::watch::Receiver<Progress>>>,
     /// librdkafka repeats the same complaint on every reconnect while a broker is down.
     repeats: Repeats,
 }
@@ -90,6 +114,8 @@ impl IngestContext {
             drain_deadline,
             consumer: OnceLock::new(),
             workers: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
             repeats: Repeats::default(),
         }
     }
@@ -107,6 +133,17 @@ impl IngestContext {
         self.start_workers(tpl, |_| None);
     }
 
+    /// The partition's queue: split on its first assignment, the same one after.
+    fn queue(&self, consumer: &Arc<IngestConsumer>, partition: i32) -> Option<Arc<StreamPartitionQueue<Self>>> {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(queue) = queues.get(&partition) {
+            return Some(queue.clone());
+        }
+        let queue = Arc::new(consumer.split_partition_queue(&self.shared.topic, partition)?);
+        queues.insert(partition, queue.clone());
+        Some(queue)
+    }
+
     /// Spawns a worker for each partition of `tpl` this member does not run yet, each ending at
     /// `end(partition)` (exclusive) when that is given (replay).
     pub fn start_workers(&self, tpl: &TopicPartitionList, end: impl Fn(i32) -> Option<i64>) {
@@ -121,19 +158,24 @@ impl IngestContext {
             if workers.contains_key(&partition) {
                 continue;
             }
-            let Some(queue) = consumer.split_partition_queue(&self.shared.topic, partition) else {
+            let Some(queue) = self.queue(&consumer, partition) else {
                 tracing::error!(partition, "cannot split the partition's queue; not started");
                 continue;
             };
-            let control = Arc::new(Control::new(&self.shared.topic, partition, end(partition)));
-            let (done_tx, done) = std::sync::mpsc::channel::<()>();
-            let worker =
-                Worker { shared: self.shared.clone(), consumer: consumer.clone(), queue, control: control.clone() };
-            self.runtime.spawn(async move {
-                worker.run().await;
-                drop(done_tx);
-            });
-            workers.insert(partition, Handle { control, done });
+            let control = Arc::new(Control::new(&self.shared.topic, partition));
+            let (progress_tx, progress) = tokio::sync::watch::channel(Progress::default());
+            let worker = Worker {
+                shared: self.shared.clone(),
+                consumer: consumer.clone(),
+                queue,
+                control: control.clone(),
+                end: end(partition),
+                progress: progress_tx,
+            };
+            let (ended_tx, ended) = std::sync::mpsc::sync_channel(1);
+            let task = self.runtime.spawn(supervise(partition, worker.run(), self.shared.failures.clone(), ended_tx));
+            self.progress.lock().unwrap_or_else(PoisonError::into_inner).insert(partition, progress);
+            workers.insert(partition, Handle { control, task, ended });
             started.push(partition);
         }
         self.event("assigned", started.len());
@@ -142,59 +184,67 @@ impl IngestContext {
         }
     }
 
-    /// Takes the handles of `partitions` out of the registry.
+    /// Takes the handles of `partitions` out of the registry; their lag gauges go with them.
     fn remove(&self, partitions: impl IntoIterator<Item = i32>) -> Vec<Handle> {
         let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-        partitions.into_iter().filter_map(|p| workers.remove(&p)).collect()
+        let handles: Vec<Handle> = partitions.into_iter().filter_map(|p| workers.remove(&p)).collect();
+        for h in &handles {
+            let labels = PartitionLabels { partition: h.control.partition };
+            self.metrics().lag.remove(&labels);
+            self.metrics().lag_seconds.remove(&labels);
+        }
+        handles
     }
 
-    /// Drains every worker of `handles` within `deadline`, then fences and aborts them all.
+    /// Drains every worker of `handles` within `deadline`, then fences and aborts them all. The
+    /// deadline holds whatever the broker does: a worker's final commit never holds the fence.
     /// Blocking: runs on the polling thread or a blocking task.
     fn drain(&self, handles: Vec<Handle>, deadline: Duration, shutting_down: bool) {
         let until = Instant::now() + deadline;
         for h in &handles {
-            h.control.shutting_down.store(shutting_down, Ordering::Relaxed);
-            h.control.drain.cancel();
+            h.control.drain(shutting_down);
         }
-        let (mut drained, mut late) = (Vec::new(), Vec::new());
+        let (mut drained, mut late, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         for h in &handles {
             let left = until.saturating_duration_since(Instant::now());
-            match h.done.recv_timeout(left) {
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => late.push(h.control.partition),
-                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => drained.push(h.control.partition),
+            let partition = h.control.partition;
+            match h.ended.recv_timeout(left) {
+                Ok(Ended::Drained) => drained.push(partition),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => late.push(partition),
+                // Aborted before the drain asked (never by us before the fence), failed, panicked,
+                // or its supervisor dropped with the runtime: not drained, nothing more is committed.
+                Ok(Ended::Aborted | Ended::Failed) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    failed.push(partition);
+                }
             }
         }
         self.fence(&handles);
         self.event("drained", drained.len());
         self.event("drain_timeout", late.len());
-        if late.is_empty() {
+        self.event("drain_failed", failed.len());
+        if late.is_empty() && failed.is_empty() {
             tracing::info!(partitions = ?drained, "partitions drained and committed");
         } else {
             tracing::warn!(
-                drained = ?drained, late = ?late, ?deadline,
-                "drain deadline passed; the late partitions' uncommitted records will be read again by their next owner"
+                drained = ?drained, late = ?late, failed = ?failed, ?deadline,
+                "not every partition drained; their uncommitted records will be read again by their next owner"
             );
         }
     }
 
-    /// Closes the fences of `handles` (no store or commit can follow) and aborts the workers.
+    /// Closes the fences of `handles` (no store or commit can start after this) and aborts the
+    /// worker tasks: an abort drops a task at its next await, whatever it waits on.
     fn fence(&self, handles: &[Handle]) {
         for h in handles {
-            h.control.fence.close();
-            h.control.abort.cancel();
+            h.control.fence();
+            h.task.abort();
         }
     }
 
-    /// Each worker's progress, by partition; `None` once it ended.
-    pub fn workers(&self) -> Vec<(Arc<Control>, bool)> {
-        let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-        workers
-            .values()
-            .map(|h| {
-                let running = matches!(h.done.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty));
-                (h.control.clone(), running)
-            })
-            .collect()
+    /// Each partition's last progress, whether its worker still runs or ended.
+    pub fn progress(&self) -> Vec<(i32, Progress)> {
+        let progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        progress.iter().map(|(&p, rx)| (p, *rx.borrow())).collect()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -209,6 +259,62 @@ impl IngestContext {
             self.drain(handles, deadline, true);
         }
     }
+
+    /// A fatal error librdkafka reports (`fatal`: its code and reason) is a failure that stops the
+    /// ingester; the returned guard keeps readiness down until the process ends.
+    fn fatal(&self, fatal: Option<(rdkafka::types::RDKafkaErrorCode, String)>) -> Option<Stalled> {
+        let (code, reason) = fatal?;
+        let stalled = self.metrics().health.stall(Cause::ConsumerFailing);
+        tracing::error!(?code, %reason, "the kafka consumer failed for good; stopping");
+        let _ = self.shared.failures.send(Error::ConsumerFatal(format!("{code:?}: {reason}")));
+        Some(stalled)
+    }
+
+    /// Whether `partition` has a worker in this member.
+    fn owns(&self, partition: i32) -> bool {
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&partition)
+    }
+}
+
+/// Runs `worker` and says how it ended: a failure or a panic is reported to `failures` (the
+/// ingester stops: a partition left assigned but unread must never look healthy), and `ended`
+/// carries the outcome to a drain waiting for it. An abort drops this future and `ended` with it.
+async fn supervise(
+    partition: i32,
+    worker: impl Future<Output = Result<(), Error>>,
+    failures: tokio::sync::mpsc::UnboundedSender<Error>,
+    ended: std::sync::mpsc::SyncSender<Ended>,
+) {
+    let outcome = match AssertUnwindSafe(worker).catch_unwind().await {
+        Ok(Ok(())) => {
+            tracing::debug!(partition, "worker drained");
+            Ended::Drained
+        }
+        Ok(Err(Error::Aborted)) => {
+            tracing::debug!(partition, "worker aborted");
+            Ended::Aborted
+        }
+        Ok(Err(error)) => {
+            tracing::error!(partition, %error, "worker failed");
+            let _ = failures.send(error);
+            Ended::Failed
+        }
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(partition, %message, "worker panicked");
+            let _ = failures.send(Error::WorkerPanicked { partition, message });
+            Ended::Failed
+        }
+    };
+    let _ = ended.try_send(outcome);
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl ClientContext for IngestContext {
@@ -223,7 +329,8 @@ impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.shared.topic) {
             for (&partition, p) in &topic.partitions {
-                if partition >= 0 && p.consumer_lag_stored >= 0 {
+                // Only partitions this member owns: a revoked one's gauge is removed with its worker.
+                if partition >= 0 && p.consumer_lag_stored >= 0 && self.owns(partition) {
                     self.metrics().lag.get_or_create(&PartitionLabels { partition }).set(p.consumer_lag_stored);
                 }
             }
@@ -271,6 +378,9 @@ pub fn register(consumer: &Arc<IngestConsumer>) {
 
 /// Serves the group queue (rebalances, errors, statistics) on a dedicated thread until `stop`:
 /// the rebalance callback blocks while workers drain, which must not stall the async runtime.
+/// An error librdkafka calls fatal (a static member fenced by another with its id, for one) ends
+/// the consumer for good: it is reported as a failure, which stops the ingester, and readiness
+/// drops at once.
 pub fn spawn_poller(
     consumer: Arc<IngestConsumer>,
     stop: CancellationToken,
@@ -283,6 +393,8 @@ pub fn spawn_poller(
         .name("kafka-group".into())
         .spawn(move || {
             runtime.block_on(async {
+                // Held from a fatal error until the thread ends (the ingester is stopping).
+                let mut _failing = None;
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => break,
@@ -296,6 +408,11 @@ pub fn spawn_poller(
                                 break;
                             }
                             Err(error) => {
+                                _failing = consumer.context().fatal(consumer.client().fatal_error());
+                                if _failing.is_some() {
+                                    stop.cancelled().await;
+                                    break;
+                                }
                                 kafka::log_client_error(&consumer.context().repeats, &error, "consumer poll");
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                             }
@@ -305,4 +422,108 @@ pub fn spawn_poller(
             });
         })
         .map_err(|e| Error::Setup(format!("cannot start the polling thread: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::{
+        Offset,
+        mocking::MockCluster,
+        producer::{FutureProducer, FutureRecord},
+    };
+
+    use super::*;
+    use crate::{config::Config, health::Cause, metrics::Metrics, pipeline};
+
+    /// A single-broker mock cluster with topic `t` of one partition, and an ingester's consumer
+    /// on it (not subscribed).
+    fn setup() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, pipeline::Parts, Config) {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("t", 1, 1).expect("topic");
+        let mut config = Config::default();
+        config.kafka.brokers = cluster.bootstrap_servers();
+        config.kafka.topic = "t".into();
+        let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let parts = pipeline::build(&config, metrics, pipeline::consumer_config(&config), None).expect("build");
+        (cluster, parts, config)
+    }
+
+    async fn produce(bootstrap: &str, value: &[u8]) {
+        let producer: FutureProducer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("producer");
+        producer
+            .send(FutureRecord::<(), [u8]>::to("t").payload(value), Duration::from_secs(10))
+            .await
+            .expect("produced");
+    }
+
+    /// The hazard behind [`IngestContext::queue`]: dropping a split queue clears the wake-up of the
+    /// partition's one native queue, so a worker holding a second split of it is never woken. The
+    /// membership hands every worker of a partition the same queue, so dropping an old worker's
+    /// handle (a fenced worker that outlived its replacement) leaves the new one woken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_reassigned_while_its_old_worker_lingers_still_wakes_the_new_one() {
+        let (cluster, parts, _config) = setup();
+        let consumer = parts.consumer.clone();
+        let context = consumer.context();
+        let old = context.queue(&consumer, 0).expect("split");
+        let new = context.queue(&consumer, 0).expect("split again");
+        assert!(Arc::ptr_eq(&old, &new), "one queue per partition for the consumer's life");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Beginning).expect("tpl");
+        consumer.assign(&tpl).expect("assign");
+        drop(old);
+        produce(&cluster.bootstrap_servers(), b"one record").await;
+        let received = tokio::time::timeout(Duration::from_secs(15), new.recv()).await;
+        let message = received.expect("the new worker is woken").expect("a record");
+        assert_eq!(message.payload(), Some(&b"one record"[..]));
+    }
+
+    /// A worker that panics is a failure the ingester stops for, and a drain waiting on it does not
+    /// count it as drained.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_worker_is_reported_and_never_counted_as_drained() {
+        let (_cluster, mut parts, _config) = setup();
+        let context = parts.consumer.context();
+        let control = Arc::new(Control::new("t", 0));
+        let (ended_tx, ended) = std::sync::mpsc::sync_channel(1);
+        let task = tokio::spawn(supervise(
+            0,
+            async {
+                panic!("boom");
+            },
+            context.shared.failures.clone(),
+            ended_tx,
+        ));
+        let handle = Handle { control, task, ended };
+        let failure = tokio::time::timeout(Duration::from_secs(5), parts.failed.recv()).await.expect("reported");
+        assert!(matches!(failure, Some(Error::WorkerPanicked { partition: 0, ref message }) if message == "boom"));
+        let consumer = parts.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.context().drain(vec![handle], Duration::from_secs(1), false))
+            .await
+            .expect("drain");
+        let count = |event| context.metrics().rebalances.get_or_create(&EventLabels { event }).get();
+        assert_eq!((count("drained"), count("drain_failed")), (0, 1));
+    }
+
+    /// A fatal consumer error stops the ingester and drops readiness instead of being logged
+    /// forever. (librdkafka's mock cluster does not fence static members, and raising a fatal
+    /// error by hand needs `unsafe`, which the workspace forbids: the reaction is tested here, the
+    /// detection is librdkafka's `fatal_error()`.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_consumer_error_is_a_failure_and_drops_readiness() {
+        let (_cluster, mut parts, _config) = setup();
+        let context = parts.consumer.context();
+        let health = context.metrics().health.clone();
+        health.set_started(true);
+        assert!(context.fatal(None).is_none(), "a transient error changes nothing");
+        assert!(health.readiness().get());
+        let code = rdkafka::types::RDKafkaErrorCode::FencedInstanceId;
+        let held = context.fatal(Some((code, "fenced by another member".into())));
+        let failure = tokio::time::timeout(Duration::from_secs(5), parts.failed.recv()).await.expect("reported");
+        assert!(matches!(failure, Some(Error::ConsumerFatal(ref why)) if why.contains("fenced by another member")));
+        assert_eq!(health.held(Cause::ConsumerFailing), 1);
+        assert!(!health.readiness().get());
+        drop(held);
+    }
 }

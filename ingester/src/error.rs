@@ -12,6 +12,13 @@ pub enum Error {
     Aborted,
     #[error("{0}")]
     Setup(String),
+    /// A partition's worker panicked: the ingester stops rather than leave the partition assigned
+    /// and unread.
+    #[error("the worker of partition {partition} panicked: {message}")]
+    WorkerPanicked { partition: i32, message: String },
+    /// librdkafka reported a fatal consumer error; the consumer cannot go on.
+    #[error("fatal kafka consumer error: {0}")]
+    ConsumerFatal(String),
     /// OpenSearch refused to install our index template because another composable template
     /// matches the same indices at the same priority; retrying cannot help, only configuration.
     #[error(

@@ -16,7 +16,6 @@ use std::{
     fmt,
     io::IsTerminal as _,
     str::FromStr,
-    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -34,9 +33,9 @@ use crate::{
     config::{Config, Encoding},
     consume,
     error::Error,
-    metrics::{KindLabels, Metrics},
+    metrics::Metrics,
     pipeline::{self, Parts},
-    worker::{self, RateLimiter},
+    worker::{self, RateLimiter, partition::Progress},
 };
 
 /// Where a window starts or ends in each partition.
@@ -396,39 +395,35 @@ pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) 
             () = shutdown.cancelled() => break Ok(true),
             Some(error) = failed.recv() => break Err(error),
             _ = ticker.tick() => {
-                let workers = consumer.context().workers();
-                bars.update(&workers, &windows);
+                let progress: BTreeMap<i32, Progress> = consumer.context().progress().into_iter().collect();
+                bars.update(&progress, &windows);
                 if !bars.visible && last_log.elapsed() >= Duration::from_secs(5) {
                     last_log = Instant::now();
-                    let (done, total) = bars.totals(&workers, &windows);
+                    let (done, total) = bars.totals(&progress, &windows);
                     tracing::info!(records_done = done, records = total, "replay progress");
                 }
-                if workers.iter().all(|(_, running)| !running) {
+                if progress.values().all(|p| p.ended) {
                     break Ok(false);
                 }
             }
         }
     };
-    let workers = consumer.context().workers();
-    pipeline::close(consumer, Some((poller, stop)), config.shutdown_grace).await;
+    pipeline::close(consumer.clone(), Some((poller, stop)), config.shutdown_grace).await;
+    let progress: BTreeMap<i32, Progress> = consumer.context().progress().into_iter().collect();
+    drop(consumer);
     bars.finish();
     let interrupted = outcome?;
 
     let mut summary = Summary { interrupted, elapsed: started.elapsed(), ..Summary::default() };
     for w in &windows {
-        let control = workers.iter().find(|(c, _)| c.partition == w.partition).map(|(c, _)| c);
-        let done = control.map_or(0, |c| c.durable.load(Ordering::Relaxed) + 1 - w.start).max(0);
-        let spans = control.map_or(0, |c| c.spans.load(Ordering::Relaxed));
-        let records = u64::try_from(done).unwrap_or(0);
-        summary.partitions.insert(w.partition, (records, spans));
+        let p = progress.get(&w.partition).copied().unwrap_or_default();
+        let records = done(&progress, w);
+        summary.partitions.insert(w.partition, (records, p.spans));
         summary.records += records;
-        summary.spans += spans;
+        summary.spans += p.spans;
+        summary.indexed += p.indexed;
+        summary.dead_lettered += p.dead_lettered;
     }
-    summary.indexed = metrics.documents_indexed.get_or_create(&KindLabels { kind: "span" }).get();
-    summary.dead_lettered = ["decode", "map", "index"]
-        .into_iter()
-        .map(|stage| metrics.dead_lettered.get_or_create(&crate::metrics::StageLabels { stage }).get())
-        .sum();
     Ok(summary)
 }
 
@@ -465,18 +460,18 @@ impl Bars {
     }
 
     /// (records durable, records in all windows).
-    fn totals(&self, workers: &[(Arc<worker::Control>, bool)], windows: &[Window]) -> (u64, u64) {
-        let done = windows.iter().map(|w| done(workers, w)).sum();
+    fn totals(&self, progress: &BTreeMap<i32, Progress>, windows: &[Window]) -> (u64, u64) {
+        let done = windows.iter().map(|w| done(progress, w)).sum();
         (done, windows.iter().map(Window::records).sum())
     }
 
-    fn update(&self, workers: &[(Arc<worker::Control>, bool)], windows: &[Window]) {
+    fn update(&self, progress: &BTreeMap<i32, Progress>, windows: &[Window]) {
         for w in windows {
             if let Some(bar) = self.partitions.get(&w.partition) {
-                bar.set_position(done(workers, w));
+                bar.set_position(done(progress, w));
             }
         }
-        self.overall.set_position(self.totals(workers, windows).0);
+        self.overall.set_position(self.totals(progress, windows).0);
     }
 
     fn finish(&self) {
@@ -488,11 +483,12 @@ impl Bars {
     }
 }
 
-fn done(workers: &[(Arc<worker::Control>, bool)], w: &Window) -> u64 {
-    workers
-        .iter()
-        .find(|(c, _)| c.partition == w.partition)
-        .map_or(0, |(c, _)| u64::try_from(c.durable.load(Ordering::Relaxed) + 1 - w.start).unwrap_or(0))
+/// Records of `w` durable, from its partition's progress.
+fn done(progress: &BTreeMap<i32, Progress>, w: &Window) -> u64 {
+    progress
+        .get(&w.partition)
+        .and_then(|p| p.durable)
+        .map_or(0, |durable| u64::try_from(durable + 1 - w.start).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
-//! `worker`: one task per assigned partition — records → documents → batches → up to
-//! `max_inflight_bulks` bulk requests in flight → the contiguous durable watermark stored.
+//! `worker`: one task per assigned partition — the partition's records → documents → batches →
+//! up to `max_inflight_bulks` bulk requests in flight → the contiguous durable watermark stored.
 //!
-//! Started and stopped by the group membership in [`crate::consume`], which hands it the partition's
-//! own queue (split from the consumer before librdkafka starts fetching it). Guarantees:
+//! Started and stopped by the group membership ([`crate::consume`]), which hands it the partition's
+//! own queue (split from the consumer before librdkafka starts fetching it, and kept by the
+//! membership across reassignments). The loop itself is [`partition`]; this module is its Kafka and
+//! OpenSearch side: records are read from the partition queue and mapped here ([`KafkaSource`]),
+//! batches are written by [`write`] and offsets stored through the partition's fence ([`KafkaIo`]).
+//! Guarantees:
 //! - every record's spans are indexed or dead-lettered before its offset is stored: a record that
 //!   is undecodable, larger than `limits.max_record_bytes` or whose documents would pass
 //!   `limits.max_record_document_bytes` is dead-lettered whole, and spans refused alone (outside the
@@ -18,40 +22,45 @@
 //!   resumed when the waiting batches are all in flight;
 //! - on drain (revocation or shutdown) it stops reading, flushes the open batch, waits for its bulk
 //!   requests, stores and synchronously commits the watermark, then ends. On abort it ends at once
-//!   and stores nothing more.
+//!   and stores nothing more;
+//! - a service document is remembered as written only once the batch holding it is durable.
+//!
+//! [`Watermark`]: crate::commit::Watermark
+
+pub mod partition;
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::HashSet,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
-use futures::{FutureExt as _, StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
+use futures::{FutureExt as _, future::BoxFuture};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use rdkafka::{
     Message, TopicPartitionList,
-    consumer::{Consumer, stream_consumer::StreamPartitionQueue},
+    consumer::{Consumer, ConsumerContext, StreamConsumer, stream_consumer::StreamPartitionQueue},
     error::KafkaError,
 };
 use spanline_proto::{DeadLetter, PayloadKind, Stage};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    batch::{Batch, Batcher, FlushReason, Item, Limits, Origin},
+    batch::{Batch, FlushReason, Item, Limits, Origin},
     bulk::{BulkClient, encode_item},
-    commit::{Covered, Fence, Watermark},
+    commit::{Covered, Fence},
     config::Encoding,
-    consume::{IngestConsumer, IngestContext},
     deadletter::{self, DeadLetters, OverLimit, RecordLimits},
     document::{DocKind, Mapped, Refusal, Routing, map_request},
     error::Error,
     metrics::{Metrics, PartitionLabels, ReasonLabels},
 };
+use partition::{Io, Partition, Progress, Steering, Written};
 
 /// What every worker shares.
 pub struct Shared {
@@ -112,20 +121,33 @@ impl RateLimiter {
 /// How many (index, service document) pairs are remembered; past it the memory is cleared.
 const SERVICE_CACHE_CAPACITY: usize = 100_000;
 
-/// The service documents already sent, so each (service, operation) is written once per daily index
-/// rather than with every record. Bounded: cleared when full, after which some are written again
-/// (harmlessly: the id is deterministic and `create` answers 409).
+/// The service documents already durable, so each (service, operation) is written once per daily
+/// index rather than with every record. Bounded: cleared when full, after which some are written
+/// again (harmlessly: the id is deterministic and `create` answers 409). A document is remembered
+/// only once the batch holding it is durable: one lost with an aborted batch is written again.
 #[derive(Debug, Default)]
 pub struct ServiceCache(HashSet<u64>);
 
 impl ServiceCache {
-    /// True the first time (`index`, `id`) is seen since the last clear. Keyed by a 64-bit hash, so
-    /// a lookup allocates nothing; a collision only skips one repeat write of a service document.
-    pub fn first_time(&mut self, index: &str, id: &str) -> bool {
-        if self.0.len() >= SERVICE_CACHE_CAPACITY {
-            self.0.clear();
+    /// The key of (`index`, `id`): a 64-bit hash, so a lookup allocates nothing; a collision only
+    /// skips one repeat write of a service document.
+    pub fn key(index: &str, id: &str) -> u64 {
+        spanline_common::ids::fnv64a(&[index.as_bytes(), b"/", id.as_bytes()])
+    }
+
+    /// Whether the document with `key` is known to be durable.
+    pub fn written(&self, key: u64) -> bool {
+        self.0.contains(&key)
+    }
+
+    /// Remembers the documents of `keys` as durable.
+    pub fn mark(&mut self, keys: impl IntoIterator<Item = u64>) {
+        for key in keys {
+            if self.0.len() >= SERVICE_CACHE_CAPACITY {
+                self.0.clear();
+            }
+            self.0.insert(key);
         }
-        self.0.insert(spanline_common::ids::fnv64a(&[index.as_bytes(), b"/", id.as_bytes()]))
     }
 }
 
@@ -133,177 +155,108 @@ impl ServiceCache {
 #[derive(Debug)]
 pub struct Control {
     pub partition: i32,
-    /// Stop reading, flush, finish the bulk requests, commit, end.
-    pub drain: CancellationToken,
-    /// End now; store nothing more.
-    pub abort: CancellationToken,
+    /// Drain (stop reading, flush, finish the bulks, commit, end) and abort (end now).
+    pub(crate) steering: Steering,
     /// Whether the drain is for shutdown (else a revocation): the flush reason.
     pub shutting_down: AtomicBool,
     pub fence: Fence,
-    /// Replay: the first offset not to index; the worker drains itself on reaching it.
-    pub end: Option<i64>,
-    /// Progress: the last offset whose record is durable (-1: none).
-    pub durable: AtomicI64,
-    /// Progress: spans taken from records (before indexing).
-    pub spans: AtomicU64,
 }
 
 impl Control {
-    pub fn new(topic: &str, partition: i32, end: Option<i64>) -> Self {
+    pub fn new(topic: &str, partition: i32) -> Self {
         Self {
             partition,
-            drain: CancellationToken::new(),
-            abort: CancellationToken::new(),
+            steering: Steering::default(),
             shutting_down: AtomicBool::new(false),
             fence: Fence::new(topic, partition),
-            end,
-            durable: AtomicI64::new(-1),
-            spans: AtomicU64::new(0),
         }
+    }
+
+    /// Asks the worker to drain, for shutdown or a revocation.
+    pub fn drain(&self, shutting_down: bool) {
+        self.shutting_down.store(shutting_down, Ordering::Relaxed);
+        self.steering.drain.cancel();
+    }
+
+    /// Closes the fence (no store or commit can follow) and asks the worker to end now.
+    pub fn fence(&self) {
+        self.fence.close();
+        self.steering.abort.cancel();
+    }
+
+    fn drain_reason(&self) -> FlushReason {
+        if self.shutting_down.load(Ordering::Relaxed) { FlushReason::Shutdown } else { FlushReason::Revoke }
     }
 }
 
 /// One partition's worker.
-pub struct Worker {
+pub struct Worker<C: ConsumerContext + 'static> {
     pub shared: Arc<Shared>,
-    pub consumer: Arc<IngestConsumer>,
-    pub queue: StreamPartitionQueue<IngestContext>,
+    pub consumer: Arc<StreamConsumer<C>>,
+    /// The partition's queue; the membership keeps it for the partition's next assignment.
+    pub queue: Arc<StreamPartitionQueue<C>>,
     pub control: Arc<Control>,
+    /// Replay: the first offset not to index; the worker drains itself on reaching it.
+    pub end: Option<i64>,
+    pub progress: tokio::sync::watch::Sender<Progress>,
 }
 
-/// A bulk request in flight: its batch's sequence number and outcome.
-type InFlight = BoxFuture<'static, (u64, Result<(), Error>)>;
-
-impl Worker {
-    /// Runs until drained or aborted; a failure that must stop the ingester is reported to
-    /// `shared.failures`.
-    pub async fn run(self) {
-        let partition = self.control.partition;
-        match self.work().await {
-            Ok(()) => tracing::debug!(partition, "worker drained"),
-            Err(Error::Aborted) => tracing::debug!(partition, "worker aborted"),
-            Err(error) => {
-                tracing::error!(partition, %error, "worker failed");
-                let _ = self.shared.failures.send(error);
-            }
-        }
-    }
-
-    async fn work(&self) -> Result<(), Error> {
-        let Self { shared, control, .. } = self;
-        let partition = control.partition;
-        let labels = PartitionLabels { partition };
-        let mut batcher = Batcher::new(shared.limits);
-        let mut watermark = Watermark::default();
-        let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
-        // Flushed batches waiting for a free bulk slot, oldest first; while any waits, nothing is
-        // read. Bounded by one record: its items fill at most (max_record_document_bytes +
-        // max_document_bytes) / max_bytes + 1 batches, each at most max_bytes plus one item.
-        let mut waiting: VecDeque<Batch> = VecDeque::new();
-        let mut paused = false;
-        // Set when draining (revocation, shutdown, or a replay's end bound), with the flush reason.
-        let mut draining: Option<FlushReason> = None;
-        let mut stored: Option<i64> = None;
-        let mut last_timestamp_ms = 0;
-        let mut mapped = Mapped::default();
-        let result = loop {
-            // Draining: the open batch is flushed once no full batch waits before it (batches
-            // must enter the watermark in offset order).
-            if waiting.is_empty()
-                && let Some(reason) = draining
-            {
-                waiting.extend(batcher.take(reason));
-            }
-            while in_flight.len() < shared.max_inflight_bulks
-                && let Some(batch) = waiting.pop_front()
-            {
-                let covered = Covered { offset: batch.last_offset, timestamp_ms: last_timestamp_ms };
-                in_flight.push(self.launch(batch, watermark.open(covered)));
-            }
-            let blocked = !waiting.is_empty();
-            if blocked != paused {
-                self.pause(blocked);
-                paused = blocked;
-            }
-            if draining.is_some() && waiting.is_empty() && in_flight.is_empty() && batcher.is_empty() {
-                break Ok(());
-            }
-            let reading = waiting.is_empty() && draining.is_none();
-            tokio::select! {
-                biased;
-                () = control.abort.cancelled() => break Err(Error::Aborted),
-                () = control.drain.cancelled(), if draining.is_none() => {
-                    draining = Some(if control.shutting_down.load(Ordering::Relaxed) {
-                        FlushReason::Shutdown
-                    } else {
-                        FlushReason::Revoke
-                    });
-                }
-                Some((seq, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Err(error) = outcome {
-                        break Err(error);
-                    }
-                    // A batch holding only the middle of a large record covers no new offset.
-                    if let Some(covered) = watermark.finish(seq)
-                        && covered.offset >= 0
-                        && stored.is_none_or(|last| covered.offset > last)
-                        && control.fence.store(self.consumer.as_ref(), covered.offset)
-                    {
-                        stored = Some(covered.offset);
-                        control.durable.store(covered.offset, Ordering::Relaxed);
-                        let age = now_ms().saturating_sub(covered.timestamp_ms).max(0);
-                        // Milliseconds to seconds; precision loss is irrelevant at these magnitudes.
-                        #[allow(clippy::cast_precision_loss)]
-                        shared.metrics.lag_seconds.get_or_create(&labels).set(age as f64 / 1000.0);
-                    }
-                }
-                () = sleep_until(batcher.deadline()), if reading => waiting.extend(batcher.take(FlushReason::Timeout)),
-                received = self.queue.recv(), if reading => match received {
-                    // Replays ask for end-of-partition events: the end bound is at or below the
-                    // high watermark it was resolved against, so the partition's end is past it.
-                    Err(KafkaError::PartitionEOF(_)) => {
-                        if control.end.is_some() {
-                            draining = Some(FlushReason::End);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(partition, %error, "kafka consume error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Ok(message) if control.end.is_some_and(|end| message.offset() >= end) => {
-                        draining = Some(FlushReason::End);
-                    }
-                    Ok(message) => {
-                        let offset = message.offset();
-                        if control.end.is_some_and(|end| offset + 1 >= end) {
-                            draining = Some(FlushReason::End);
-                        }
-                        let record = Record {
-                            offset,
-                            key: message.key().map(Bytes::copy_from_slice),
-                            value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-                        };
-                        last_timestamp_ms = message.timestamp().to_millis().unwrap_or(last_timestamp_ms);
-                        drop(message);
-                        let items = self.take(record, &mut mapped).await?;
-                        waiting.extend(batcher.push(offset, items, Instant::now()));
-                    }
-                },
-            }
+impl<C: ConsumerContext + 'static> Worker<C> {
+    /// Runs until drained (`Ok`) or aborted ([`Error::Aborted`]); then, when drained, commits the
+    /// stored watermark and waits for the broker.
+    pub async fn run(self) -> Result<(), Error> {
+        let Self { shared, consumer, queue, control, end, progress } = self;
+        let io = KafkaIo { shared: shared.clone(), consumer: consumer.clone(), control: control.clone() };
+        let mut source = KafkaSource {
+            shared: shared.clone(),
+            control: control.clone(),
+            queue,
+            end,
+            ended: false,
+            mapped: Mapped::default(),
         };
-        shared.metrics.inflight_bulks.dec_by(i64::try_from(in_flight.len()).unwrap_or(0));
-        if paused {
-            self.pause(false);
-        }
-        result?;
-        if let Some(last) = stored {
-            let (consumer, control) = (self.consumer.clone(), self.control.clone());
-            let _ = tokio::task::spawn_blocking(move || control.fence.commit(consumer.as_ref(), last)).await;
+        let mut partition = Partition::new(shared.limits, shared.max_inflight_bulks);
+        let steering = &control.steering;
+        partition::run(&mut partition, &io, &mut source, steering, || control.drain_reason(), &progress).await?;
+        if let Some(last) = partition.progress().durable {
+            // Blocking on the broker's answer; the membership's drain deadline bounds the wait, and the
+            // fence never waits for this commit (see `Fence::commit`).
+            let fence_control = control.clone();
+            let _ = tokio::task::spawn_blocking(move || fence_control.fence.commit(consumer.as_ref(), last)).await;
         }
         Ok(())
     }
+}
 
-    /// Pauses or resumes fetching for the partition.
+/// Bulk requests and offsets, for the partition loop.
+struct KafkaIo<C: ConsumerContext + 'static> {
+    shared: Arc<Shared>,
+    consumer: Arc<StreamConsumer<C>>,
+    control: Arc<Control>,
+}
+
+impl<C: ConsumerContext + 'static> Io for KafkaIo<C> {
+    fn launch(&self, batch: Batch) -> BoxFuture<'static, Result<Written, Error>> {
+        let (shared, abort) = (self.shared.clone(), self.control.steering.abort.clone());
+        async move {
+            let _in_flight = InFlightGauge::raise(&shared.metrics);
+            write(&shared, batch, &abort).await
+        }
+        .boxed()
+    }
+
+    fn store(&self, covered: Covered) -> bool {
+        if !self.control.fence.store(self.consumer.as_ref(), covered.offset) {
+            return false;
+        }
+        let age = now_ms().saturating_sub(covered.timestamp_ms).max(0);
+        let labels = PartitionLabels { partition: self.control.partition };
+        // Milliseconds to seconds; precision loss is irrelevant at these magnitudes.
+        #[allow(clippy::cast_precision_loss)]
+        self.shared.metrics.lag_seconds.get_or_create(&labels).set(age as f64 / 1000.0);
+        true
+    }
+
     fn pause(&self, pause: bool) {
         let partition = self.control.partition;
         let mut tpl = TopicPartitionList::new();
@@ -321,27 +274,92 @@ impl Worker {
             Err(error) => tracing::warn!(partition, pause, %error, "cannot pause or resume fetching"),
         }
     }
+}
 
-    fn launch(&self, batch: Batch, seq: u64) -> InFlight {
-        let (shared, abort) = (self.shared.clone(), self.control.abort.clone());
-        shared.metrics.inflight_bulks.inc();
-        async move {
-            let outcome = write(&shared, batch, &abort).await;
-            shared.metrics.inflight_bulks.dec();
-            (seq, outcome)
+/// `inflight_bulks` raised while a bulk runs, lowered however it ends (a dropped future too).
+struct InFlightGauge(Metrics);
+
+impl InFlightGauge {
+    fn raise(metrics: &Metrics) -> Self {
+        metrics.inflight_bulks.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.inflight_bulks.dec();
+    }
+}
+
+/// The partition's records, mapped into bulk items.
+struct KafkaSource<C: ConsumerContext + 'static> {
+    shared: Arc<Shared>,
+    control: Arc<Control>,
+    queue: Arc<StreamPartitionQueue<C>>,
+    end: Option<i64>,
+    /// The end bound was reached: no more records.
+    ended: bool,
+    /// The current record's documents; its buffers are reused from record to record.
+    mapped: Mapped,
+}
+
+/// One consumed record, copied out of librdkafka's buffer.
+pub(crate) struct Record {
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<Bytes>,
+    value: Bytes,
+}
+
+impl<C: ConsumerContext + 'static> partition::Source for KafkaSource<C> {
+    type Raw = Record;
+
+    async fn recv(&mut self) -> Option<Record> {
+        let partition = self.control.partition;
+        loop {
+            if self.ended {
+                return None;
+            }
+            match self.queue.recv().await {
+                // Replays ask for end-of-partition events: the end bound is at or below the high
+                // watermark it was resolved against, so the partition's end is past it.
+                Err(KafkaError::PartitionEOF(_)) if self.end.is_some() => self.ended = true,
+                Err(KafkaError::PartitionEOF(_)) => {}
+                Err(error) => {
+                    tracing::warn!(partition, %error, "kafka consume error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(message) if self.end.is_some_and(|end| message.offset() >= end) => self.ended = true,
+                Ok(message) => {
+                    let offset = message.offset();
+                    self.ended = self.end.is_some_and(|end| offset + 1 >= end);
+                    return Some(Record {
+                        offset,
+                        timestamp_ms: message.timestamp().to_millis(),
+                        key: message.key().map(Bytes::copy_from_slice),
+                        value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                    });
+                }
+            }
         }
-        .boxed()
     }
 
+    async fn map(&mut self, record: Record) -> Result<partition::Incoming, Error> {
+        self.take(record).await
+    }
+}
+
+impl<C: ConsumerContext + 'static> KafkaSource<C> {
     /// Decodes and maps one record into bulk items. What can never be indexed (a record that is
     /// undecodable, over `limits.max_record_bytes`, or whose documents would pass
     /// `limits.max_record_document_bytes`; spans refused alone) is dead-lettered first, so the
     /// record's offset enters a batch only after that is durable.
-    async fn take(&self, record: Record, mapped: &mut Mapped) -> Result<Vec<Item>, Error> {
-        let shared = &self.shared;
-        let partition = self.control.partition;
+    async fn take(&mut self, record: Record) -> Result<partition::Incoming, Error> {
+        let Self { shared, control, mapped, .. } = self;
+        let partition = control.partition;
         shared.metrics.records.inc();
-        let Record { offset, key, value } = record;
+        let Record { offset, timestamp_ms, key, value } = record;
         let limits = shared.record_limits;
         mapped.clear();
         let mut letters = Vec::new();
@@ -394,7 +412,6 @@ impl Worker {
                 Ok((request, proto)) => {
                     payload = proto;
                     map_request(&request, &shared.routing, limits.documents, now_ms() * 1000, mapped);
-                    control_spans(&self.control, mapped.spans);
                     if let Some(over) = &mapped.over {
                         tracing::warn!(
                             partition,
@@ -442,22 +459,31 @@ impl Worker {
         if let Some(rate) = &shared.rate {
             rate.acquire(mapped.docs.iter().filter(|d| d.kind == DocKind::Span).count()).await;
         }
+        let dead_lettered = letters.len() as u64;
         if !letters.is_empty() {
-            shared.dead_letters.send(letters, &self.control.abort).await?;
+            shared.dead_letters.send(letters, &control.steering.abort).await?;
         }
-        let mut services = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let services = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Documents are moved into their items: the index name goes to the origin without a copy.
-        Ok(mapped
+        // Service documents already durable are left out; the others are marked once their batch is.
+        let items = mapped
             .docs
             .drain(..)
-            .filter(|d| d.kind == DocKind::Span || services.first_time(&d.index, &d.id))
-            .map(|d| Item {
-                ndjson: encode_item(&d),
-                kind: d.kind,
-                end_micros: d.end_micros,
-                origin: d.position.map(|position| origin(&payload, position, d.index)),
+            .filter_map(|d| {
+                let service = (d.kind != DocKind::Span).then(|| ServiceCache::key(&d.index, &d.id));
+                if service.is_some_and(|key| services.written(key)) {
+                    return None;
+                }
+                Some(Item {
+                    ndjson: encode_item(&d),
+                    kind: d.kind,
+                    end_micros: d.end_micros,
+                    origin: d.position.map(|position| origin(&payload, position, d.index)),
+                    service,
+                })
             })
-            .collect())
+            .collect();
+        Ok(partition::Incoming { offset, timestamp_ms, items, spans: mapped.spans as u64, dead_lettered })
     }
 }
 
@@ -468,15 +494,23 @@ const DEAD_LETTER_GROUP_BYTES: usize = 8 << 20;
 
 /// Writes one batch until every item is durable, dead-lettering the spans the store rejects for
 /// good. The batch's offsets are the caller's business.
-async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Result<(), Error> {
+async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Result<Written, Error> {
     let Shared { bulk, dead_letters, metrics, topic, .. } = shared;
     metrics.flushes.get_or_create(&ReasonLabels { reason: batch.reason.as_str() }).inc();
     tracing::debug!(reason = %batch.reason, items = batch.items.len(), bytes = batch.bytes, "flushing batch");
     let ends: Vec<i64> = batch.items.iter().filter(|i| i.kind == DocKind::Span).map(|i| i.end_micros).collect();
+    let mut services: HashSet<u64> = batch.items.iter().filter_map(|i| i.service).collect();
     let rejected = bulk.write_all(batch.items, abort).await?;
+    let mut written = Written { indexed: ends.len() as u64, dead_lettered: 0 };
     let mut letters = Vec::new();
     let mut letter_bytes = 0;
     for r in rejected {
+        if let Some(key) = r.item.service {
+            services.remove(&key);
+        }
+        if r.item.kind == DocKind::Span {
+            written.indexed -= 1;
+        }
         let letter = r.item.origin.as_ref().and_then(|origin| {
             deadletter::rejected_span(topic, origin, Stage::Index, r.error_type.clone(), r.reason.clone())
         });
@@ -484,6 +518,7 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
             Some(letter) => {
                 tracing::warn!(status = r.status, error_type = %r.error_type, reason = %r.reason, "span rejected by the store, dead-lettering it");
                 letter_bytes += letter.envelope.payload.len();
+                written.dead_lettered += 1;
                 letters.push(letter);
                 if letter_bytes >= DEAD_LETTER_GROUP_BYTES {
                     dead_letters.send(std::mem::take(&mut letters), abort).await?;
@@ -507,11 +542,9 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
         #[allow(clippy::cast_precision_loss)]
         metrics.freshness.observe(now.saturating_sub(end).max(0) as f64 / 1e6);
     }
-    Ok(())
-}
-
-fn control_spans(control: &Control, n: usize) {
-    control.spans.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    // Only now are this batch's service documents durable.
+    shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner).mark(services);
+    Ok(written)
 }
 
 /// What decoding a record as `encoding` would take, priced from its wire shape without decoding it
@@ -553,24 +586,10 @@ pub fn decode(encoding: Encoding, value: &Bytes) -> Result<(ExportTraceServiceRe
     }
 }
 
-/// One consumed record, copied out of librdkafka's buffer.
-struct Record {
-    offset: i64,
-    key: Option<Bytes>,
-    value: Bytes,
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
