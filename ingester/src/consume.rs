@@ -251,13 +251,15 @@ impl IngestContext {
         &self.shared
     }
 
-    /// Drains every worker (shutdown).
+    /// Drains every worker (shutdown), then lets go of the partition queues: each holds the
+    /// consumer, which must be dropped to close and leave the group.
     pub fn drain_all(&self, deadline: Duration) {
         let all: Vec<i32> = self.workers.lock().unwrap_or_else(PoisonError::into_inner).keys().copied().collect();
         let handles = self.remove(all);
         if !handles.is_empty() {
             self.drain(handles, deadline, true);
         }
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
     /// A fatal error librdkafka reports (`fatal`: its code and reason) is a failure that stops the

@@ -121,32 +121,53 @@ impl RateLimiter {
 /// How many (index, service document) pairs are remembered; past it the memory is cleared.
 const SERVICE_CACHE_CAPACITY: usize = 100_000;
 
-/// The service documents already durable, so each (service, operation) is written once per daily
-/// index rather than with every record. Bounded: cleared when full, after which some are written
-/// again (harmlessly: the id is deterministic and `create` answers 409). A document is remembered
-/// only once the batch holding it is durable: one lost with an aborted batch is written again.
+/// The service documents already written, so each (service, operation) is written once per daily
+/// index rather than with every record. A document is *claimed* by the worker whose record first
+/// holds it, remembered as *written* once the batch holding it is durable, and released again if
+/// that worker ends before (aborted with its batch): a document lost with an aborted batch is
+/// written again by the next record that holds it. Bounded: the written set is cleared when full,
+/// after which some are written again (harmlessly: the id is deterministic and `create` answers
+/// 409). Keyed by a 64-bit hash, so a lookup allocates nothing; a collision only skips one repeat
+/// write of a service document.
 #[derive(Debug, Default)]
-pub struct ServiceCache(HashSet<u64>);
+pub struct ServiceCache {
+    written: HashSet<u64>,
+    /// Claimed by a worker, not yet durable.
+    pending: HashSet<u64>,
+}
 
 impl ServiceCache {
-    /// The key of (`index`, `id`): a 64-bit hash, so a lookup allocates nothing; a collision only
-    /// skips one repeat write of a service document.
+    /// The key of (`index`, `id`).
     pub fn key(index: &str, id: &str) -> u64 {
         spanline_common::ids::fnv64a(&[index.as_bytes(), b"/", id.as_bytes()])
     }
 
+    /// Claims the document with `key` for writing: false when it is written or another batch
+    /// already carries it.
+    pub fn claim(&mut self, key: u64) -> bool {
+        !self.written.contains(&key) && self.pending.insert(key)
+    }
+
     /// Whether the document with `key` is known to be durable.
     pub fn written(&self, key: u64) -> bool {
-        self.0.contains(&key)
+        self.written.contains(&key)
     }
 
     /// Remembers the documents of `keys` as durable.
     pub fn mark(&mut self, keys: impl IntoIterator<Item = u64>) {
         for key in keys {
-            if self.0.len() >= SERVICE_CACHE_CAPACITY {
-                self.0.clear();
+            self.pending.remove(&key);
+            if self.written.len() >= SERVICE_CACHE_CAPACITY {
+                self.written.clear();
             }
-            self.0.insert(key);
+            self.written.insert(key);
+        }
+    }
+
+    /// Gives up the claims of `keys` that are not durable (their batch will never be written).
+    pub fn release(&mut self, keys: impl IntoIterator<Item = u64>) {
+        for key in keys {
+            self.pending.remove(&key);
         }
     }
 }
@@ -214,6 +235,7 @@ impl<C: ConsumerContext + 'static> Worker<C> {
             end,
             ended: false,
             mapped: Mapped::default(),
+            claimed: Vec::new(),
         };
         let mut partition = Partition::new(shared.limits, shared.max_inflight_bulks);
         let steering = &control.steering;
@@ -302,6 +324,17 @@ struct KafkaSource<C: ConsumerContext + 'static> {
     ended: bool,
     /// The current record's documents; its buffers are reused from record to record.
     mapped: Mapped,
+    /// Service documents this worker claimed ([`ServiceCache::claim`]); released when it ends.
+    claimed: Vec<u64>,
+}
+
+impl<C: ConsumerContext + 'static> Drop for KafkaSource<C> {
+    /// The claims of documents whose batch never became durable (an abort) are given up, so another
+    /// record writes them; the durable ones were already moved to the written set.
+    fn drop(&mut self) {
+        let mut services = self.shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        services.release(self.claimed.drain(..));
+    }
 }
 
 /// One consumed record, copied out of librdkafka's buffer.
@@ -356,7 +389,7 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
     /// `limits.max_record_document_bytes`; spans refused alone) is dead-lettered first, so the
     /// record's offset enters a batch only after that is durable.
     async fn take(&mut self, record: Record) -> Result<partition::Incoming, Error> {
-        let Self { shared, control, mapped, .. } = self;
+        let Self { shared, control, mapped, claimed, .. } = self;
         let partition = control.partition;
         shared.metrics.records.inc();
         let Record { offset, timestamp_ms, key, value } = record;
@@ -463,7 +496,11 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
         if !letters.is_empty() {
             shared.dead_letters.send(letters, &control.steering.abort).await?;
         }
-        let services = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut services = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if claimed.len() >= SERVICE_CACHE_CAPACITY {
+            // Claims already durable need no release.
+            claimed.retain(|&key| !services.written(key));
+        }
         // Documents are moved into their items: the index name goes to the origin without a copy.
         // Service documents already durable are left out; the others are marked once their batch is.
         let items = mapped
@@ -471,8 +508,11 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             .drain(..)
             .filter_map(|d| {
                 let service = (d.kind != DocKind::Span).then(|| ServiceCache::key(&d.index, &d.id));
-                if service.is_some_and(|key| services.written(key)) {
-                    return None;
+                if let Some(key) = service {
+                    if !services.claim(key) {
+                        return None;
+                    }
+                    claimed.push(key);
                 }
                 Some(Item {
                     ndjson: encode_item(&d),
@@ -502,11 +542,13 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
     let mut services: HashSet<u64> = batch.items.iter().filter_map(|i| i.service).collect();
     let rejected = bulk.write_all(batch.items, abort).await?;
     let mut written = Written { indexed: ends.len() as u64, dead_lettered: 0 };
+    let mut refused = Vec::new();
     let mut letters = Vec::new();
     let mut letter_bytes = 0;
     for r in rejected {
         if let Some(key) = r.item.service {
             services.remove(&key);
+            refused.push(key);
         }
         if r.item.kind == DocKind::Span {
             written.indexed -= 1;
@@ -543,7 +585,10 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
         metrics.freshness.observe(now.saturating_sub(end).max(0) as f64 / 1e6);
     }
     // Only now are this batch's service documents durable.
-    shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner).mark(services);
+    let mut cache = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache.mark(services);
+    cache.release(refused);
+    drop(cache);
     Ok(written)
 }
 
