@@ -643,13 +643,21 @@ fn write_item(
 /// OpenSearch's item-level error for an injected item status on `index` (see `Faults::item_status`).
 fn item_fault(status: u16, index: &str) -> ApiError {
     match status {
-        404 => ApiError::new(404, "index_not_found_exception", format!("no such index [{index}] and [action.auto_create_index] is [false]"))
-            .with("index", index)
-            .with("resource.type", "index_expression")
-            .with("resource.id", index)
-            .with("index_uuid", "_na_"),
+        404 => ApiError::new(
+            404,
+            "index_not_found_exception",
+            format!("no such index [{index}] and [action.auto_create_index] is [false]"),
+        )
+        .with("index", index)
+        .with("resource.type", "index_expression")
+        .with("resource.id", index)
+        .with("index_uuid", "_na_"),
         // 403 (validated: the only other one): a write block set through the API.
-        _ => ApiError::new(403, "cluster_block_exception", format!("index [{index}] blocked by: [FORBIDDEN/8/index write (api)];")),
+        _ => ApiError::new(
+            403,
+            "cluster_block_exception",
+            format!("index [{index}] blocked by: [FORBIDDEN/8/index write (api)];"),
+        ),
     }
 }
 
@@ -658,7 +666,11 @@ fn item_fault(status: u16, index: &str) -> ApiError {
 async fn bulk_wrong_method(request: Request) -> ApiError {
     ApiError::text(
         405,
-        format!("Incorrect HTTP method for uri [{}] and method [{}], allowed: [PUT, POST]", request.uri().path(), request.method()),
+        format!(
+            "Incorrect HTTP method for uri [{}] and method [{}], allowed: [PUT, POST]",
+            request.uri().path(),
+            request.method()
+        ),
     )
 }
 

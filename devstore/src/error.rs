@@ -16,8 +16,9 @@ pub struct ApiError {
     /// Extra fields OpenSearch puts beside `type` and `reason` (e.g. `index`, `index_uuid`).
     pub extra: Map<String, Value>,
     /// A body that is not OpenSearch's error object: its text error (`{"error": "...", "status"}`),
-    /// or a proxy's HTML page. Answered instead of [`ApiError::body`].
-    pub raw: Option<Raw>,
+    /// or a proxy's HTML page. Answered instead of [`ApiError::body`]. Boxed: rare, and errors
+    /// are returned by value everywhere.
+    pub raw: Option<Box<Raw>>,
 }
 
 /// A body answered as it is.
@@ -38,15 +39,23 @@ impl ApiError {
     pub fn text(status: u16, reason: impl Into<String>) -> Self {
         let reason = reason.into();
         let body = json!({"error": &reason, "status": status}).to_string();
-        Self { raw: Some(Raw { content_type: "application/json; charset=UTF-8", body, location: None }), ..Self::new(status, "", reason) }
+        Self {
+            raw: Some(Box::new(Raw { content_type: "application/json; charset=UTF-8", body, location: None })),
+            ..Self::new(status, "", reason)
+        }
     }
 
     /// The HTML page nginx (an ingress, a load balancer) answers for `status`, with `location` for a
     /// redirect.
     pub fn proxy_page(status: u16, location: Option<String>) -> Self {
-        let title = format!("{status} {}", StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error"));
-        let body = format!("<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n");
-        Self { raw: Some(Raw { content_type: "text/html", body, location }), ..Self::new(status, "", title) }
+        let title = format!(
+            "{status} {}",
+            StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error")
+        );
+        let body = format!(
+            "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+        );
+        Self { raw: Some(Box::new(Raw { content_type: "text/html", body, location })), ..Self::new(status, "", title) }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {

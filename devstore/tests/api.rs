@@ -323,7 +323,10 @@ async fn fault_whole_request_refusals_have_opensearchs_shapes() {
         }
     };
     let (st, _, text) = answer(400).await;
-    assert_eq!((st, text.as_str()), (400, r#"{"error":"no handler found for uri [/_bulk] and method [POST]","status":400}"#));
+    assert_eq!(
+        (st, text.as_str()),
+        (400, r#"{"error":"no handler found for uri [/_bulk] and method [POST]","status":400}"#)
+    );
     let (st, _, text) = answer(405).await;
     assert_eq!(st, 405);
     assert!(text.starts_with(r#"{"error":"Incorrect HTTP method for uri [/_bulk] and method [POST]"#), "{text}");

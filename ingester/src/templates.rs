@@ -200,7 +200,9 @@ mod tests {
             let error = refusal("jaeger-span", 100, status, body);
             assert!(matches!(error, Error::TemplatePermission { .. }) && !error.is_fatal_at_start(), "{error}");
             let text = error.to_string();
-            for needle in ["indices:admin/index_template/put", "opensearch.create_templates = false", "grant", "retrying"] {
+            for needle in
+                ["indices:admin/index_template/put", "opensearch.create_templates = false", "grant", "retrying"]
+            {
                 assert!(text.contains(needle), "{needle} missing from: {text}");
             }
         }

@@ -292,21 +292,26 @@ impl Level {
 /// A bounded label for a refusal's status: the statuses named in the docs as they are, the rest by
 /// class, so a store answering odd statuses cannot grow the metric.
 pub(crate) fn status_label(status: u16) -> &'static str {
+    const NAMED: [(u16, &str); 12] = [
+        (200, "200"),
+        (301, "301"),
+        (302, "302"),
+        (303, "303"),
+        (307, "307"),
+        (308, "308"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (429, "429"),
+    ];
+    if let Some((_, label)) = NAMED.iter().find(|(s, _)| *s == status) {
+        return label;
+    }
     match status {
-        200 => "200",
-        301 => "301",
-        302 => "302",
-        303 => "303",
-        307 => "307",
-        308 => "308",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        429 => "429",
         100..=199 => "1xx",
-        201..=299 => "2xx",
+        200..=299 => "2xx",
         300..=399 => "3xx",
         400..=499 => "4xx",
         500..=599 => "5xx",
@@ -364,7 +369,9 @@ mod tests {
                 .to_string()
         };
         let nginx = |status: &str| {
-            format!("<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+            format!(
+                "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+            )
         };
         let cases: Vec<(u16, String, Check, &str)> = vec![
             (200, json!({"took": 3, "errors": false, "items": [{"create": {"_index": "jaeger-span-2026-11-30", "_id": "a", "_version": 1, "result": "created", "_shards": {"total": 2, "successful": 1, "failed": 0}, "_seq_no": 0, "_primary_term": 1, "status": 201}}]}).to_string(),
@@ -406,14 +413,23 @@ mod tests {
     #[test]
     fn refusals_keep_the_type_and_a_clipped_reason() {
         let r = refusal(403, br#"{"error":{"root_cause":[],"type":"security_exception","reason":"no permissions for [indices:data/write/bulk]"},"status":403}"#);
-        assert_eq!((r.error_type.as_str(), r.reason.as_str()), ("security_exception", "no permissions for [indices:data/write/bulk]"));
+        assert_eq!(
+            (r.error_type.as_str(), r.reason.as_str()),
+            ("security_exception", "no permissions for [indices:data/write/bulk]")
+        );
         let r = refusal(405, br#"{"error":"Incorrect HTTP method for uri [/_bulk] and method [GET], allowed: [PUT, POST]","status":405}"#);
-        assert_eq!((r.error_type.as_str(), r.reason.as_str()), ("", "Incorrect HTTP method for uri [/_bulk] and method [GET], allowed: [PUT, POST]"));
+        assert_eq!(
+            (r.error_type.as_str(), r.reason.as_str()),
+            ("", "Incorrect HTTP method for uri [/_bulk] and method [GET], allowed: [PUT, POST]")
+        );
         let r = refusal(502, b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body></body></html>");
         assert_eq!(r.reason, "502 Bad Gateway");
         let long = json!({"error": {"type": "x".repeat(1000), "reason": "é".repeat(5000)}}).to_string();
         let r = refusal(400, long.as_bytes());
-        assert!(r.error_type.len() <= MAX_TYPE + '…'.len_utf8() && r.reason.len() <= MAX_REASON + '…'.len_utf8(), "{r:?}");
+        assert!(
+            r.error_type.len() <= MAX_TYPE + '…'.len_utf8() && r.reason.len() <= MAX_REASON + '…'.len_utf8(),
+            "{r:?}"
+        );
         let r = refusal(400, &vec![b'a'; 1 << 20]);
         assert!(r.reason.len() <= MAX_REASON + '…'.len_utf8());
     }
@@ -435,25 +451,110 @@ mod tests {
         let cases = [
             (item(201, Value::Null), ItemClass::Created),
             (item(200, Value::Null), ItemClass::Created),
-            (item(409, json!({"type": "version_conflict_engine_exception", "reason": "[0123_abcd_ef]: version conflict, document already exists (current version [1])", "index": index, "shard": "0", "index_uuid": "aSdF"})), ItemClass::Exists),
-            (item(429, json!({"type": "es_rejected_execution_exception", "reason": "rejected execution of primary operation [shard_detail=[jaeger-span-2026-11-30][0][P], shard_coordinating_and_primary_bytes=0, shard_operation_bytes=1024, shard_max_coordinating_and_primary_bytes=0]"})), ItemClass::Transient),
-            (item(429, json!({"type": "circuit_breaking_exception", "reason": "[parent] Data too large", "bytes_wanted": 1024, "bytes_limit": 512, "durability": "TRANSIENT"})), ItemClass::Transient),
-            (item(429, json!({"type": "cluster_block_exception", "reason": format!("index [{index}] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];")})), ItemClass::Blocked),
-            (item(400, json!({"type": "mapper_parsing_exception", "reason": "failed to parse field [startTime] of type [long] in document with id '0123_abcd_ef'. Preview of field's value: 'x'", "caused_by": {"type": "illegal_argument_exception", "reason": "For input string: \"x\""}})), ItemClass::Terminal),
-            (item(400, json!({"type": "document_parsing_exception", "reason": "[1:42] failed to parse field [startTime] of type [long]"})), ItemClass::Terminal),
-            (item(400, json!({"type": "illegal_argument_exception", "reason": "Limit of total fields [1000] has been exceeded"})), ItemClass::Terminal),
-            (item(400, json!({"type": "validation_exception", "reason": "Validation Failed: 1: this action would add [10] total shards, but this cluster currently has [1000]/[1000] maximum shards open;"})), ItemClass::Blocked),
-            (item(400, json!({"type": "invalid_index_name_exception", "reason": "Invalid index name [Jaeger], must be lowercase"})), ItemClass::Blocked),
-            (item(401, json!({"type": "security_exception", "reason": "missing authentication credentials"})), ItemClass::Blocked),
-            (item(403, json!({"type": "cluster_block_exception", "reason": format!("index [{index}] blocked by: [FORBIDDEN/8/index write (api)];")})), ItemClass::Blocked),
-            (item(403, json!({"type": "security_exception", "reason": "no permissions for [indices:admin/create] and User [name=spanline, backend_roles=[], requestedTenant=null]"})), ItemClass::Blocked),
-            (item(404, json!({"type": "index_not_found_exception", "reason": format!("no such index [{index}] and [action.auto_create_index] is [false]"), "index": index, "resource.type": "index_expression", "resource.id": index, "index_uuid": "_na_"})), ItemClass::Blocked),
-            (item(500, json!({"type": "exception", "reason": "java.lang.IllegalStateException"})), ItemClass::Transient),
-            (item(503, json!({"type": "unavailable_shards_exception", "reason": "[jaeger-span-2026-11-30][0] primary shard is not active Timeout: [1m]"})), ItemClass::Transient),
+            (
+                item(
+                    409,
+                    json!({"type": "version_conflict_engine_exception", "reason": "[0123_abcd_ef]: version conflict, document already exists (current version [1])", "index": index, "shard": "0", "index_uuid": "aSdF"}),
+                ),
+                ItemClass::Exists,
+            ),
+            (
+                item(
+                    429,
+                    json!({"type": "es_rejected_execution_exception", "reason": "rejected execution of primary operation [shard_detail=[jaeger-span-2026-11-30][0][P], shard_coordinating_and_primary_bytes=0, shard_operation_bytes=1024, shard_max_coordinating_and_primary_bytes=0]"}),
+                ),
+                ItemClass::Transient,
+            ),
+            (
+                item(
+                    429,
+                    json!({"type": "circuit_breaking_exception", "reason": "[parent] Data too large", "bytes_wanted": 1024, "bytes_limit": 512, "durability": "TRANSIENT"}),
+                ),
+                ItemClass::Transient,
+            ),
+            (
+                item(
+                    429,
+                    json!({"type": "cluster_block_exception", "reason": format!("index [{index}] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];")}),
+                ),
+                ItemClass::Blocked,
+            ),
+            (
+                item(
+                    400,
+                    json!({"type": "mapper_parsing_exception", "reason": "failed to parse field [startTime] of type [long] in document with id '0123_abcd_ef'. Preview of field's value: 'x'", "caused_by": {"type": "illegal_argument_exception", "reason": "For input string: \"x\""}}),
+                ),
+                ItemClass::Terminal,
+            ),
+            (
+                item(
+                    400,
+                    json!({"type": "document_parsing_exception", "reason": "[1:42] failed to parse field [startTime] of type [long]"}),
+                ),
+                ItemClass::Terminal,
+            ),
+            (
+                item(
+                    400,
+                    json!({"type": "illegal_argument_exception", "reason": "Limit of total fields [1000] has been exceeded"}),
+                ),
+                ItemClass::Terminal,
+            ),
+            (
+                item(
+                    400,
+                    json!({"type": "validation_exception", "reason": "Validation Failed: 1: this action would add [10] total shards, but this cluster currently has [1000]/[1000] maximum shards open;"}),
+                ),
+                ItemClass::Blocked,
+            ),
+            (
+                item(
+                    400,
+                    json!({"type": "invalid_index_name_exception", "reason": "Invalid index name [Jaeger], must be lowercase"}),
+                ),
+                ItemClass::Blocked,
+            ),
+            (
+                item(401, json!({"type": "security_exception", "reason": "missing authentication credentials"})),
+                ItemClass::Blocked,
+            ),
+            (
+                item(
+                    403,
+                    json!({"type": "cluster_block_exception", "reason": format!("index [{index}] blocked by: [FORBIDDEN/8/index write (api)];")}),
+                ),
+                ItemClass::Blocked,
+            ),
+            (
+                item(
+                    403,
+                    json!({"type": "security_exception", "reason": "no permissions for [indices:admin/create] and User [name=spanline, backend_roles=[], requestedTenant=null]"}),
+                ),
+                ItemClass::Blocked,
+            ),
+            (
+                item(
+                    404,
+                    json!({"type": "index_not_found_exception", "reason": format!("no such index [{index}] and [action.auto_create_index] is [false]"), "index": index, "resource.type": "index_expression", "resource.id": index, "index_uuid": "_na_"}),
+                ),
+                ItemClass::Blocked,
+            ),
+            (
+                item(500, json!({"type": "exception", "reason": "java.lang.IllegalStateException"})),
+                ItemClass::Transient,
+            ),
+            (
+                item(
+                    503,
+                    json!({"type": "unavailable_shards_exception", "reason": "[jaeger-span-2026-11-30][0] primary shard is not active Timeout: [1m]"}),
+                ),
+                ItemClass::Transient,
+            ),
             (item(410, json!({"type": "x", "reason": "y"})), ItemClass::Blocked),
             (item(302, Value::Null), ItemClass::Blocked),
         ];
-        let body = json!({"took": 5, "errors": true, "items": cases.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>()});
+        let body =
+            json!({"took": 5, "errors": true, "items": cases.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>()});
         let Answer::Items(items) = classify(200, body.to_string().as_bytes(), cases.len()) else {
             panic!("a 200 with item errors is classified item by item")
         };

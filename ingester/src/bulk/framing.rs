@@ -60,7 +60,12 @@ mod tests {
     fn a_body_is_its_items_in_order_ending_with_a_newline() {
         let items: Vec<Item> = [("1", br#"{"a":1}"#), ("2", br#"{"b":2}"#)]
             .into_iter()
-            .map(|(id, source)| Item { ndjson: encode_item(&doc(id, source)), kind: DocKind::Span, end_micros: 0, origin: None })
+            .map(|(id, source)| Item {
+                ndjson: encode_item(&doc(id, source)),
+                kind: DocKind::Span,
+                end_micros: 0,
+                origin: None,
+            })
             .collect();
         let body = body(&items);
         let text = std::str::from_utf8(&body).expect("utf-8");

@@ -132,7 +132,8 @@ impl BulkClient {
     /// Sends one request of `count` items and classifies the answer; a request that got no answer
     /// (or one too large to read) is [`Answer::Transient`].
     async fn send(&self, body: Bytes, count: usize) -> Answer {
-        let transient = |reason: String| Answer::Transient(Refusal { status: 0, error_type: "transport".into(), reason });
+        let transient =
+            |reason: String| Answer::Transient(Refusal { status: 0, error_type: "transport".into(), reason });
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         let node = &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len()];
