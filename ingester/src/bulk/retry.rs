@@ -213,3 +213,130 @@ impl BulkClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead as _, BufReader, Read as _, Write as _},
+        net::TcpListener,
+        sync::mpsc,
+    };
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::{
+        bulk::{clients, encode_item},
+        config,
+        document::{DocKind, Document},
+        metrics::Metrics,
+    };
+
+    /// A store on another thread that answers the n-th `_bulk` with `answers[n]` (status, body),
+    /// each after `go` lets it, on a connection it then closes.
+    fn fake_store(answers: Vec<(u16, &'static str)>, go: mpsc::Receiver<()>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for (status, body) in answers {
+                let Ok((stream, _)) = listener.accept() else { return };
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut request = vec![0; length];
+                let _ = reader.read_exact(&mut request);
+                if go.recv().is_err() {
+                    return;
+                }
+                let mut stream = reader.into_inner();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn item() -> Item {
+        let doc = Document {
+            index: "jaeger-span-2026-11-30".into(),
+            id: "a_b_c".into(),
+            source: b"{}".to_vec(),
+            kind: DocKind::Span,
+            position: None,
+            end_micros: 0,
+        };
+        Item { ndjson: encode_item(&doc), kind: DocKind::Span, end_micros: 0, origin: None }
+    }
+
+    /// A refusal stalls the ingester while the batch waits for the store, is counted by level and
+    /// status, and is released as soon as the store accepts; nothing is rejected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_stalls_until_the_store_accepts_and_rejects_nothing() {
+        let (go, wait) = mpsc::channel();
+        let url = fake_store(
+            vec![
+                (403, r#"{"error":{"type":"security_exception","reason":"no permissions"},"status":403}"#),
+                (
+                    200,
+                    r#"{"took":1,"errors":true,"items":[{"create":{"_index":"i","_id":"a_b_c","status":403,"error":{"type":"cluster_block_exception","reason":"index [i] blocked by: [FORBIDDEN/8/index write (api)];"}}}]}"#,
+                ),
+                (200, r#"{"took":1,"errors":false,"items":[{"create":{"_index":"i","_id":"a_b_c","status":201}}]}"#),
+            ],
+            wait,
+        );
+        let config = config::OpenSearch {
+            url,
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            ..config::OpenSearch::default()
+        };
+        let metrics = Metrics::register(&mut Registry::default());
+        let health = metrics.health.clone();
+        let client = BulkClient::new(clients(&config).expect("client"), &config, metrics.clone());
+        let abort = CancellationToken::new();
+        let task = tokio::spawn(async move { client.write_all(vec![item()], &abort).await });
+        let refusals = |level: &'static str, status: &'static str| {
+            metrics.bulk_refusals.get_or_create(&RefusalLabels { level, status }).get()
+        };
+        go.send(()).expect("first answer");
+        while refusals("request", "403") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(health.held(Cause::StoreRefusing), 1, "stalled while the whole request is refused");
+        go.send(()).expect("second answer");
+        while refusals("item", "403") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(health.held(Cause::StoreRefusing), 1, "still stalled while items are refused");
+        go.send(()).expect("third answer");
+        let rejected = task.await.expect("join").expect("written");
+        assert!(rejected.is_empty(), "a refusal is never the span's fault");
+        assert_eq!(health.held(Cause::StoreRefusing), 0, "released once the store accepts");
+        assert_eq!((refusals("request", "403"), refusals("item", "403")), (1, 1));
+    }
+
+    /// `clear` releases what `hold` took (the stall is not left to the end of `write_all`).
+    #[test]
+    fn held_releases_the_stall_when_cleared() {
+        let config = config::OpenSearch::default();
+        let metrics = Metrics::register(&mut Registry::default());
+        let client = BulkClient::new(clients(&config).expect("client"), &config, metrics.clone());
+        let mut held = Held::default();
+        let refusal = Refusal { status: 404, error_type: String::new(), reason: "404 Not Found".into() };
+        held.hold(&client, Level::Request, &refusal, 3);
+        held.hold(&client, Level::Request, &refusal, 3);
+        assert_eq!(metrics.health.held(Cause::StoreRefusing), 1, "one stall per held batch, however many answers");
+        held.clear();
+        assert_eq!(metrics.health.held(Cause::StoreRefusing), 0);
+        assert_eq!(metrics.bulk_refusals.get_or_create(&RefusalLabels { level: "request", status: "404" }).get(), 2);
+    }
+}
