@@ -121,7 +121,7 @@ const DOCUMENT_ERRORS: [&str; 8] = [
 /// while holding costs only lag, shows in readiness and in the refusal metric, and ends by itself
 /// once the store answers something known. A new kind of answer should stop the line and be looked
 /// at, not be taken for the span's fault.
-pub fn classify_item(status: u16, error: Option<&ItemError>) -> ItemClass {
+pub(crate) fn classify_item(status: u16, error: Option<&ItemError>) -> ItemClass {
     let kind = error.map_or("", |e| e.kind.as_str());
     match status {
         200 | 201 => ItemClass::Created,

@@ -14,8 +14,8 @@
 //! up, so the batch's offsets are held. Only `abort` (shutdown's deadline) stops the retrying, and
 //! then nothing is reported durable.
 
-pub mod classify;
-pub mod framing;
+pub(crate) mod classify;
+pub(crate) mod framing;
 mod retry;
 
 use std::{
@@ -41,7 +41,7 @@ use spanline_common::repeats::Repeats;
 
 use crate::{batch::Item, config, error::Error, metrics::Metrics};
 
-pub use classify::{ItemClass, ItemError, ItemResults, classify_item, parse_response};
+pub use classify::{ItemClass, ItemError, ItemResults, parse_response};
 pub use framing::encode_item;
 
 use classify::{Answer, Refusal};
