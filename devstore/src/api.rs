@@ -92,12 +92,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(delete_legacy_template)
                 .head(head_legacy_template),
         )
-        .route("/_bulk", post(bulk_all).put(bulk_all))
+        .route("/_bulk", post(bulk_all).put(bulk_all).get(bulk_wrong_method).delete(bulk_wrong_method))
         .route("/_refresh", post(refresh_all).get(refresh_all))
         .route("/_count", get(count_all).post(count_all))
         .route("/_search", get(search_all).post(search_all))
         .route("/_msearch", get(msearch_all).post(msearch_all))
-        .route("/{index}/_bulk", post(bulk).put(bulk))
+        .route("/{index}/_bulk", post(bulk).put(bulk).get(bulk_wrong_method).delete(bulk_wrong_method))
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", get(search).post(search))
@@ -485,6 +485,14 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
             } else {
                 faults.bulk_status_times = Some(times - 1);
             }
+        } else if let (Some(_), Some(times)) = (faults.item_status, faults.item_status_times) {
+            // Counted only for requests that reach the items (no whole-request fault before them).
+            if times <= 1 {
+                faults.item_status = None;
+                faults.item_status_times = None;
+            } else {
+                faults.item_status_times = Some(times - 1);
+            }
         }
         snapshot
     };
@@ -501,7 +509,8 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
         ));
     }
     if let Some(status) = faults.bulk_status {
-        return Err(for_status(status));
+        let path = default_index.map_or_else(|| "/_bulk".to_owned(), |index| format!("/{index}/_bulk"));
+        return Err(for_status(status, &path));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(400, "parse_exception", "request body is required"));
@@ -607,6 +616,9 @@ fn write_item(
             "failed to parse, document is empty or not an object",
         ));
     }
+    if let Some(status) = faults.item_status {
+        return Err(item_fault(status, &action.index));
+    }
     if faults.item_429_rate > 0.0 && rng.random_bool(faults.item_429_rate) {
         return Err(ApiError::new(
             429,
@@ -626,6 +638,40 @@ fn write_item(
     }
     crate::store::validate_index_name(&action.index)?;
     store.write(action.op, &action.index, id, Arc::from(text))
+}
+
+/// OpenSearch's item-level error for an injected item status on `index` (see `Faults::item_status`).
+fn item_fault(status: u16, index: &str) -> ApiError {
+    match status {
+        404 => ApiError::new(
+            404,
+            "index_not_found_exception",
+            format!("no such index [{index}] and [action.auto_create_index] is [false]"),
+        )
+        .with("index", index)
+        .with("resource.type", "index_expression")
+        .with("resource.id", index)
+        .with("index_uuid", "_na_"),
+        // 403 (validated: the only other one): a write block set through the API.
+        _ => ApiError::new(
+            403,
+            "cluster_block_exception",
+            format!("index [{index}] blocked by: [FORBIDDEN/8/index write (api)];"),
+        ),
+    }
+}
+
+/// A `_bulk` with a method it does not take, answered as OpenSearch does (a client that followed a
+/// 301/302/303 redirect of a POST comes back with GET).
+async fn bulk_wrong_method(request: Request) -> ApiError {
+    ApiError::text(
+        405,
+        format!(
+            "Incorrect HTTP method for uri [{}] and method [{}], allowed: [PUT, POST]",
+            request.uri().path(),
+            request.method()
+        ),
+    )
 }
 
 async fn refresh_all(state: Shared) -> Result<Json<Value>, ApiError> {

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::{Map, Value, json};
@@ -15,11 +15,47 @@ pub struct ApiError {
     pub reason: String,
     /// Extra fields OpenSearch puts beside `type` and `reason` (e.g. `index`, `index_uuid`).
     pub extra: Map<String, Value>,
+    /// A body that is not OpenSearch's error object: its text error (`{"error": "...", "status"}`),
+    /// or a proxy's HTML page. Answered instead of [`ApiError::body`]. Boxed: rare, and errors
+    /// are returned by value everywhere.
+    pub raw: Option<Box<Raw>>,
+}
+
+/// A body answered as it is.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub content_type: &'static str,
+    pub body: String,
+    /// A redirect's `Location` header.
+    pub location: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: u16, kind: &str, reason: impl Into<String>) -> Self {
-        Self { status, kind: kind.to_owned(), reason: reason.into(), extra: Map::new() }
+        Self { status, kind: kind.to_owned(), reason: reason.into(), extra: Map::new(), raw: None }
+    }
+
+    /// OpenSearch's text error, as its REST layer answers a request no handler takes.
+    pub fn text(status: u16, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        let body = json!({"error": &reason, "status": status}).to_string();
+        Self {
+            raw: Some(Box::new(Raw { content_type: "application/json; charset=UTF-8", body, location: None })),
+            ..Self::new(status, "", reason)
+        }
+    }
+
+    /// The HTML page nginx (an ingress, a load balancer) answers for `status`, with `location` for a
+    /// redirect.
+    pub fn proxy_page(status: u16, location: Option<String>) -> Self {
+        let title = format!(
+            "{status} {}",
+            StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error")
+        );
+        let body = format!(
+            "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+        );
+        Self { raw: Some(Box::new(Raw { content_type: "text/html", body, location })), ..Self::new(status, "", title) }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -56,13 +92,31 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.body())).into_response()
+        match self.raw {
+            Some(raw) => {
+                let mut response = (status, [(header::CONTENT_TYPE, raw.content_type)], raw.body).into_response();
+                if let Some(location) = raw.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+                response
+            }
+            None => (status, Json(self.body())).into_response(),
+        }
     }
 }
 
-/// The whole-request error OpenSearch answers for an injected status.
-pub fn for_status(status: u16) -> ApiError {
+/// The whole-request answer for an injected status on a `_bulk` at `path` (`/_bulk`,
+/// `/{index}/_bulk`): OpenSearch's own, or for a 3xx and a 404 the page of the proxy in front of it.
+pub fn for_status(status: u16, path: &str) -> ApiError {
     match status {
+        // A proxy redirecting (http to https, another host): back to the same path on this store,
+        // so a client that follows a 301/302/303 comes back with GET, which OpenSearch answers 405.
+        300..=399 => ApiError::proxy_page(status, Some(path.to_owned())),
+        // What OpenSearch answers when the path names no handler (a path prefix in the URL).
+        400 => ApiError::text(400, format!("no handler found for uri [{path}] and method [POST]")),
+        // An ingress or proxy with no route for the path.
+        404 => ApiError::proxy_page(404, None),
+        405 => ApiError::text(405, format!("Incorrect HTTP method for uri [{path}] and method [POST], allowed: [GET]")),
         429 => ApiError::new(
             429,
             "es_rejected_execution_exception",
@@ -99,6 +153,7 @@ mod tests {
     #[test]
     fn body_has_root_cause_and_status() {
         let body = ApiError::index_not_found("nope").body();
+        assert!(ApiError::index_not_found("nope").raw.is_none());
         assert_eq!(body["status"], 404);
         assert_eq!(body["error"]["type"], "index_not_found_exception");
         assert_eq!(body["error"]["root_cause"][0]["reason"], "no such index [nope]");

@@ -10,12 +10,21 @@ use serde_json::Value;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
-    /// Every `_bulk` request is answered with this whole-request status (429, 503, 500, 401, 403)
-    /// and OpenSearch's error body for it; nothing is stored.
+    /// Every `_bulk` request is answered with this whole-request status (3xx, 400, 401, 403, 404,
+    /// 405, 429, 5xx, ...) and the body OpenSearch (or, for a 3xx or a 404, the proxy in front of it)
+    /// sends with it; nothing is stored. See `error::for_status`.
     pub bulk_status: Option<u16>,
     /// With `bulk_status`: only the next N bulk requests fail, then the fault clears itself.
     /// `None` means until changed.
     pub bulk_status_times: Option<u64>,
+    /// Every `_bulk` item (whose action line parses) is answered with this item-level status inside
+    /// an HTTP 200 and OpenSearch's error for it: 403 `cluster_block_exception` (the index has a
+    /// write block) or 404 `index_not_found_exception` (the index is missing and
+    /// `action.auto_create_index` is false); nothing is stored.
+    pub item_status: Option<u16>,
+    /// With `item_status`: only the next N bulk requests get it, then the fault clears itself.
+    /// `None` means until changed.
+    pub item_status_times: Option<u64>,
     /// `_bulk` bodies larger than this many bytes get HTTP 413 (OpenSearch's
     /// `http.max_content_length`). Default: none beyond the server's own 100 MiB limit.
     pub max_bulk_bytes: Option<u64>,
@@ -59,6 +68,9 @@ impl RejectRule {
     }
 }
 
+/// The item-level statuses `item_status` injects.
+pub const ITEM_STATUSES: [u16; 2] = [403, 404];
+
 impl Faults {
     /// Checks ranges; the admin endpoint answers 400 with this message.
     pub fn validate(&self) -> Result<(), String> {
@@ -66,9 +78,14 @@ impl Faults {
             return Err(format!("item_429_rate must be within 0..=1, got {}", self.item_429_rate));
         }
         if let Some(status) = self.bulk_status
-            && !(400..=599).contains(&status)
+            && !(300..=599).contains(&status)
         {
-            return Err(format!("bulk_status must be an HTTP error status, got {status}"));
+            return Err(format!("bulk_status must be an HTTP redirect or error status (300 to 599), got {status}"));
+        }
+        if let Some(status) = self.item_status
+            && !ITEM_STATUSES.contains(&status)
+        {
+            return Err(format!("item_status must be one of {ITEM_STATUSES:?}, got {status}"));
         }
         Ok(())
     }
@@ -92,5 +109,8 @@ mod tests {
         assert!(Faults { item_429_rate: 1.5, ..Default::default() }.validate().is_err());
         assert!(Faults { bulk_status: Some(200), ..Default::default() }.validate().is_err());
         assert!(Faults { bulk_status: Some(503), ..Default::default() }.validate().is_ok());
+        assert!(Faults { bulk_status: Some(301), ..Default::default() }.validate().is_ok());
+        assert!(Faults { item_status: Some(403), ..Default::default() }.validate().is_ok());
+        assert!(Faults { item_status: Some(500), ..Default::default() }.validate().is_err());
     }
 }

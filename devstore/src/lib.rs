@@ -40,9 +40,13 @@ pub struct Args {
     /// only on `_refresh` or `?refresh=true`.
     #[arg(long, env = "DEVSTORE_REFRESH_INTERVAL", default_value = "1s", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub refresh_interval: Duration,
-    /// Fault: answer every `_bulk` with this status (429, 503, ...).
+    /// Fault: answer every `_bulk` with this status (3xx, 400, 401, 403, 404, 405, 429, 503, ...).
     #[arg(long, env = "DEVSTORE_BULK_STATUS")]
     pub bulk_status: Option<u16>,
+    /// Fault: answer every `_bulk` item with this item-level status (403 index write block, 404
+    /// index missing with auto-create off).
+    #[arg(long, env = "DEVSTORE_ITEM_STATUS")]
+    pub item_status: Option<u16>,
     /// Fault: answer 413 to `_bulk` bodies larger than this.
     #[arg(long, env = "DEVSTORE_MAX_BULK_BYTES")]
     pub max_bulk_bytes: Option<ByteSize>,
@@ -96,6 +100,8 @@ impl Args {
         let faults = Faults {
             bulk_status: self.bulk_status,
             bulk_status_times: None,
+            item_status: self.item_status,
+            item_status_times: None,
             max_bulk_bytes: self.max_bulk_bytes.map(ByteSize::bytes),
             item_429_rate: self.item_429_rate,
             reject: self.reject.as_deref().map(RejectRule::parse).transpose().map_err(anyhow::Error::msg)?,

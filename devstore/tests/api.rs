@@ -301,6 +301,87 @@ async fn fault_whole_request_status_and_times() {
     assert_eq!(resp["docs"], 2);
 }
 
+/// The whole-request statuses a misconfigured path or proxy gives, in the shapes OpenSearch (or the
+/// proxy in front of it) answers them; a redirect points back at the same path, and a client that
+/// follows a 301 with GET gets OpenSearch's 405.
+#[tokio::test]
+async fn fault_whole_request_refusals_have_opensearchs_shapes() {
+    let (s, _) = store().await;
+    let u = s.url();
+    // No redirects followed, to see the 3xx itself.
+    let c = Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let body = ndjson("create", "i", &[("1", json!({}))]);
+    let answer = |status: u16| {
+        let (c, u, body) = (c.clone(), u.clone(), body.clone());
+        async move {
+            let faults = json!({"bulk_status": status, "bulk_status_times": 1});
+            let (st, _) = send(&c, Method::PUT, format!("{u}/_devstore/faults"), Some(faults)).await;
+            assert_eq!(st, StatusCode::OK);
+            let resp = c.post(format!("{u}/_bulk")).body(body).send().await.expect("sent");
+            let location = resp.headers().get("location").map(|l| l.to_str().expect("ascii").to_owned());
+            (resp.status().as_u16(), location, resp.text().await.expect("text"))
+        }
+    };
+    let (st, _, text) = answer(400).await;
+    assert_eq!(
+        (st, text.as_str()),
+        (400, r#"{"error":"no handler found for uri [/_bulk] and method [POST]","status":400}"#)
+    );
+    let (st, _, text) = answer(405).await;
+    assert_eq!(st, 405);
+    assert!(text.starts_with(r#"{"error":"Incorrect HTTP method for uri [/_bulk] and method [POST]"#), "{text}");
+    let (st, _, text) = answer(404).await;
+    assert_eq!(st, 404);
+    assert!(text.contains("<title>404 Not Found</title>"), "{text}");
+    for status in [301u16, 302, 307] {
+        let (st, location, text) = answer(status).await;
+        assert_eq!((st, location.as_deref()), (status, Some("/_bulk")));
+        assert!(text.contains(&format!("<title>{status} ")), "{text}");
+    }
+    let resp = c.get(format!("{u}/_bulk")).send().await.expect("sent");
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(
+        resp.text().await.expect("text"),
+        r#"{"error":"Incorrect HTTP method for uri [/_bulk] and method [GET], allowed: [PUT, POST]","status":405}"#
+    );
+    // Each fault was for one request: the next is written.
+    let (st, resp) = bulk(&c, &u, &body).await;
+    assert_eq!((st, &resp["items"][0]["create"]["status"]), (StatusCode::OK, &json!(201)));
+}
+
+/// Item-level 403 (write block) and 404 (no index, auto-create off) inside a 200, for N requests.
+#[tokio::test]
+async fn fault_item_status_403_and_404_for_n_requests() {
+    let (s, c) = store().await;
+    let u = s.url();
+    for (status, kind, reason) in [
+        (403u16, "cluster_block_exception", "index [i] blocked by: [FORBIDDEN/8/index write (api)];"),
+        (404, "index_not_found_exception", "no such index [i] and [action.auto_create_index] is [false]"),
+    ] {
+        let faults = json!({"item_status": status, "item_status_times": 2});
+        let (st, _) = send(&c, Method::PUT, format!("{u}/_devstore/faults"), Some(faults)).await;
+        assert_eq!(st, StatusCode::OK);
+        let body = ndjson("create", "i", &[(&format!("a{status}"), json!({})), (&format!("b{status}"), json!({}))]);
+        for _ in 0..2 {
+            let (st, resp) = bulk(&c, &u, &body).await;
+            assert_eq!(st, StatusCode::OK, "item-level faults still answer 200");
+            assert_eq!(resp["errors"], true);
+            for item in resp["items"].as_array().expect("items") {
+                assert_eq!(item["create"]["status"], status);
+                assert_eq!(item["create"]["error"]["type"], kind);
+                assert_eq!(item["create"]["error"]["reason"], reason);
+            }
+            if status == 404 {
+                assert_eq!(resp["items"][0]["create"]["error"]["index_uuid"], "_na_");
+            }
+        }
+        let (_, resp) = bulk(&c, &u, &body).await;
+        assert_eq!(resp["errors"], false, "fault cleared after 2 requests: {resp}");
+    }
+    let (st, _) = send(&c, Method::PUT, format!("{u}/_devstore/faults"), Some(json!({"item_status": 500}))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
 #[tokio::test]
 async fn fault_413_above_byte_limit() {
     let (s, c) = store_with(Settings {

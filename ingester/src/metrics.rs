@@ -41,6 +41,14 @@ pub struct EventLabels {
     pub event: &'static str,
 }
 
+/// A refusal of the store: the whole request or items of it, and the status (a bounded set, see
+/// `bulk::classify::status_label`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub level: &'static str,
+    pub status: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
     pub partition: i32,
@@ -56,6 +64,8 @@ pub struct Metrics {
     pub bulk_latency: Histogram,
     pub items: Family<ClassLabels, Counter>,
     pub retries: Counter,
+    /// Bulk answers held because the store refuses for a reason only an operator can fix.
+    pub bulk_refusals: Family<RefusalLabels, Counter>,
     pub dead_lettered: Family<StageLabels, Counter>,
     pub over_limit_records: Family<LimitLabels, Counter>,
     pub over_limit_spans: Family<LimitLabels, Counter>,
@@ -84,6 +94,7 @@ impl Metrics {
             bulk_latency: Histogram::new(buckets),
             items: Family::default(),
             retries: Counter::default(),
+            bulk_refusals: Family::default(),
             dead_lettered: Family::default(),
             over_limit_records: Family::default(),
             over_limit_spans: Family::default(),
@@ -114,8 +125,17 @@ impl Metrics {
             Unit::Seconds,
             m.bulk_latency.clone(),
         );
-        r.register("bulk_items", "Bulk item outcomes by class (created, exists, transient, terminal)", m.items.clone());
-        r.register("bulk_retries", "Bulk requests retried after a transient failure", m.retries.clone());
+        r.register(
+            "bulk_items",
+            "Bulk item outcomes by class (created, exists, transient, blocked, terminal)",
+            m.items.clone(),
+        );
+        r.register("bulk_retries", "Bulk requests retried after a transient failure or a refusal", m.retries.clone());
+        r.register(
+            "bulk_refusals",
+            "Bulk answers that refused for a reason only an operator can fix (offsets held, retried), by level (request, item) and status (301, 302, 303, 307, 308, 400, 401, 403, 404, 405, 429, 200 for an unreadable answer, else 1xx/2xx/3xx/4xx/5xx)",
+            m.bulk_refusals.clone(),
+        );
         r.register("assigned_partitions", "Partitions this member owns", m.assigned_partitions.clone());
         r.register(
             "dead_lettered",

@@ -134,8 +134,19 @@ pub async fn install(
 }
 
 /// Classifies OpenSearch's refusal of a template PUT: a same-priority conflict (a 400
-/// `illegal_argument_exception` naming the existing templates) or anything else.
+/// `illegal_argument_exception` naming the existing templates), a missing permission (401/403:
+/// [`Error::TemplatePermission`], which says which permission and the way around it; still retried,
+/// since a grant needs no restart), or anything else.
 pub fn refusal(template: &str, priority: u32, status: u16, body: &str) -> Error {
+    if matches!(status, 401 | 403) {
+        let said = crate::bulk::classify::refusal(status, body.as_bytes());
+        return Error::TemplatePermission {
+            template: template.to_owned(),
+            status,
+            error_type: if said.error_type.is_empty() { "no error type".into() } else { said.error_type },
+            reason: said.reason,
+        };
+    }
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let reason = parsed.pointer("/error/reason").and_then(Value::as_str).unwrap_or_default();
     let conflicting = (status == 400
@@ -173,12 +184,30 @@ mod tests {
         for (status, body) in [
             (400, json!({"error": {"type": "illegal_argument_exception", "reason": "unknown setting [index.x]"}}).to_string()),
             (400, json!({"error": {"type": "x_content_parse_exception", "reason": "from existing templates [a] with patterns ( that have the same priority"}}).to_string()),
-            (403, "forbidden".to_owned()),
             (503, String::new()),
         ] {
             let error = refusal("jaeger-span", 100, status, &body);
             assert!(matches!(error, Error::OpenSearch(_)) && !error.is_fatal_at_start(), "{status} {body}: {error}");
         }
+    }
+
+    /// A template refused for want of a permission names the permission, the setting that avoids
+    /// it, and the store's own words, and is retried (not fatal at start).
+    #[test]
+    fn a_permission_refusal_says_what_to_grant_or_set() {
+        let security = json!({"error": {"root_cause": [{"type": "security_exception", "reason": "no permissions for [indices:admin/index_template/put] and User [name=spanline, backend_roles=[], requestedTenant=null]"}], "type": "security_exception", "reason": "no permissions for [indices:admin/index_template/put] and User [name=spanline, backend_roles=[], requestedTenant=null]"}, "status": 403}).to_string();
+        for (status, body) in [(403, security.as_str()), (401, "Unauthorized"), (403, "")] {
+            let error = refusal("jaeger-span", 100, status, body);
+            assert!(matches!(error, Error::TemplatePermission { .. }) && !error.is_fatal_at_start(), "{error}");
+            let text = error.to_string();
+            for needle in
+                ["indices:admin/index_template/put", "opensearch.create_templates = false", "grant", "retrying"]
+            {
+                assert!(text.contains(needle), "{needle} missing from: {text}");
+            }
+        }
+        let text = refusal("jaeger-span", 100, 403, &security).to_string();
+        assert!(text.contains("security_exception") && text.contains("User [name=spanline"), "{text}");
     }
 
     #[test]

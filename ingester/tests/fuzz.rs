@@ -119,7 +119,7 @@ fn documents(encoding: Encoding, bytes: &[u8], clamp: bool) -> Run {
 }
 
 fn bulk(body: &[u8], expected: usize) -> Run {
-    fuzz::measured(peak, body.len(), || parse_response(body, expected))
+    fuzz::measured(peak, body.len(), || parse_response(body, expected).map_err(|e| e.to_string()))
 }
 
 fn proto(request: &ExportTraceServiceRequest) -> Vec<u8> {

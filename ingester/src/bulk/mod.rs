@@ -1,0 +1,204 @@
+//! `bulk`: a batch's items → `_bulk` requests, until every item is durable or terminally rejected.
+//!
+//! Called by the worker once per flushed batch ([`BulkClient::write_all`]). Three parts:
+//!
+//! - [`framing`]: documents → NDJSON `create` items → a request body;
+//! - [`classify`]: the store's answer → what to do with the request and each item, a pure function
+//!   table-tested on captured OpenSearch answers;
+//! - [`retry`]: the policy — send, classify, retry what is not durable with backoff and jitter,
+//!   split on 413, hold (and mark the ingester stalled) while the store refuses.
+//!
+//! Guarantees (REFERENCE.md §5): an item is reported durable only when the store said created or
+//! already there (409 on our own id under `create`); only an item-level document error (its mapping
+//! or parsing) is returned as rejected, to be dead-lettered; anything else is retried without giving
+//! up, so the batch's offsets are held. Only `abort` (shutdown's deadline) stops the retrying, and
+//! then nothing is reported durable.
+
+pub(crate) mod classify;
+pub(crate) mod framing;
+mod retry;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use backon::ExponentialBuilder;
+use bytes::Bytes;
+use opensearch::{
+    OpenSearch,
+    cert::{Certificate, CertificateValidation},
+    http::{
+        Method,
+        headers::{CONTENT_TYPE, HeaderMap, HeaderValue},
+        transport::{SingleNodeConnectionPool, TransportBuilder},
+    },
+};
+use spanline_common::repeats::Repeats;
+
+use crate::{batch::Item, config, error::Error, metrics::Metrics};
+
+pub use classify::{ItemClass, ItemError, ItemResults, parse_response};
+pub use framing::encode_item;
+
+use classify::{Answer, Refusal};
+
+/// The largest answer read for a request other than `_bulk` (cluster info, a template refusal).
+pub const SMALL_ANSWER: u64 = 1 << 20;
+
+/// The largest `_bulk` answer read for `count` items: each item's result with a long error reason,
+/// and room for a whole-request error.
+pub fn answer_cap(count: usize) -> u64 {
+    (1 << 20) + 16 * 1024 * count as u64
+}
+
+/// An item that will never be indexed, with why.
+#[derive(Debug)]
+pub struct Rejected {
+    pub item: Item,
+    pub status: u16,
+    pub error_type: String,
+    pub reason: String,
+}
+
+/// Writes batches to OpenSearch.
+#[derive(Clone)]
+pub struct BulkClient {
+    nodes: Arc<[OpenSearch]>,
+    next: Arc<AtomicUsize>,
+    metrics: Metrics,
+    backoff: ExponentialBuilder,
+    timeout: Duration,
+    /// Whole-request failures repeat on every retry while the store is down: logged once per
+    /// interval with a count, not once per retry and partition.
+    repeats: Arc<Repeats>,
+}
+
+impl std::fmt::Debug for BulkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkClient").finish_non_exhaustive()
+    }
+}
+
+/// One client per configured node. Callers take them in turn ([`BulkClient`] per request, start-up
+/// per attempt), so a request that fails on one node is retried on the next.
+pub fn clients(config: &config::OpenSearch) -> Result<Vec<OpenSearch>, Error> {
+    let clients: Vec<OpenSearch> = config.urls().map(|url| client(config, url)).collect::<Result<_, _>>()?;
+    if clients.is_empty() {
+        return Err(Error::Setup("opensearch.url names no node".into()));
+    }
+    Ok(clients)
+}
+
+fn client(config: &config::OpenSearch, url: &str) -> Result<OpenSearch, Error> {
+    let url = url.parse().map_err(|e| Error::Setup(format!("opensearch.url {url:?}: {e}")))?;
+    let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url)).timeout(config.request_timeout);
+    if config.tls_insecure {
+        builder = builder.cert_validation(CertificateValidation::None);
+    } else if !config.ca_file.is_empty() {
+        let pem = std::fs::read(&config.ca_file)
+            .map_err(|e| Error::Setup(format!("opensearch.ca_file {:?}: {e}", config.ca_file)))?;
+        let ca = Certificate::from_pem(&pem)
+            .map_err(|e| Error::Setup(format!("opensearch.ca_file {:?}: {e}", config.ca_file)))?;
+        builder = builder.cert_validation(CertificateValidation::Full(ca));
+    }
+    if !config.username.is_empty() {
+        builder = builder.auth(opensearch::auth::Credentials::Basic(config.username.clone(), config.password.clone()));
+    }
+    let transport = builder.build().map_err(|e| Error::Setup(format!("cannot build opensearch client: {e}")))?;
+    Ok(OpenSearch::new(transport))
+}
+
+impl BulkClient {
+    pub fn new(nodes: Vec<OpenSearch>, config: &config::OpenSearch, metrics: Metrics) -> Self {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(config.min_backoff)
+            .with_max_delay(config.max_backoff)
+            .with_jitter()
+            .without_max_times();
+        Self {
+            nodes: nodes.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            metrics,
+            backoff,
+            timeout: config.request_timeout,
+            repeats: Arc::new(Repeats::default()),
+        }
+    }
+
+    /// Sends one request of `count` items and classifies the answer; a request that got no answer
+    /// (or one too large to read) is [`Answer::Transient`].
+    async fn send(&self, body: Bytes, count: usize) -> Answer {
+        let transient =
+            |reason: String| Answer::Transient(Refusal { status: 0, error_type: "transport".into(), reason });
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        let node = &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len()];
+        let response =
+            match node.send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), Some(self.timeout)).await {
+                Ok(r) => r,
+                Err(e) => return transient(format!("request failed: {e}")),
+            };
+        let status = response.status_code();
+        // The store's answer is hostile input too: one bigger than any answer for `count` items
+        // could be is not read (the client exposes no stream, so only a declared length is checked).
+        let cap = answer_cap(count);
+        if let Some(len) = response.content_length().filter(|&len| len > cap) {
+            return transient(format!("{status}: answer of {len} bytes, over the {cap} bytes {count} items can need"));
+        }
+        match response.bytes().await {
+            Ok(text) => classify::classify(status.as_u16(), &text, count),
+            Err(e) => transient(format!("reading the answer failed: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store (here a fake one on another thread) that answers a `_bulk` with 256 MiB is not read:
+    /// what this thread allocates while sending stays small.
+    #[test]
+    fn an_oversized_answer_is_not_read() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(1) {
+                let Ok(mut stream) = stream else { return };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 268435456\r\n\r\n",
+                );
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..256 {
+                    if stream.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let config = config::OpenSearch { url: format!("http://{addr}"), ..config::OpenSearch::default() };
+        let client = BulkClient::new(
+            clients(&config).expect("client"),
+            &config,
+            Metrics::register(&mut prometheus_client::registry::Registry::default()),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let mut attempt = None;
+        let held = allocation_counter::measure(|| {
+            attempt = Some(runtime.block_on(client.send(Bytes::from_static(b"{}\n"), 1)));
+        })
+        .bytes_max;
+        match attempt {
+            Some(Answer::Transient(why)) => assert!(why.reason.contains("over the"), "{why:?}"),
+            _ => panic!("an oversized answer is a retry"),
+        }
+        assert!(held < 8 << 20, "held {held} bytes for a 256 MiB answer");
+    }
+}
