@@ -175,7 +175,11 @@ mod tests {
             resource_spans: vec![
                 ResourceSpans {
                     resource: Some(Resource::default()),
-                    scope_spans: vec![scope("a", vec![span(1), span(2)]), scope("b", vec![]), scope("c", vec![span(3)])],
+                    scope_spans: vec![
+                        scope("a", vec![span(1), span(2)]),
+                        scope("b", vec![]),
+                        scope("c", vec![span(3)]),
+                    ],
                     ..Default::default()
                 },
                 ResourceSpans::default(),

@@ -48,7 +48,7 @@ use crate::{
     config::Encoding,
     consume::{IngestConsumer, IngestContext},
     deadletter::{self, DeadLetters, OverLimit, RecordLimits},
-    document::{DocKind, Mapped, Refusal, Routing, map_request},
+    document::{DocKind, Mapped, RecordTime, Refusal, Routing, map_request},
     error::Error,
     metrics::{Metrics, PartitionLabels, ReasonLabels},
 };
@@ -282,6 +282,7 @@ impl Worker {
                             offset,
                             key: message.key().map(Bytes::copy_from_slice),
                             value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                            timestamp_ms: message.timestamp().to_millis(),
                         };
                         last_timestamp_ms = message.timestamp().to_millis().unwrap_or(last_timestamp_ms);
                         drop(message);
@@ -341,7 +342,7 @@ impl Worker {
         let shared = &self.shared;
         let partition = self.control.partition;
         shared.metrics.records.inc();
-        let Record { offset, key, value } = record;
+        let Record { offset, key, value, timestamp_ms } = record;
         let limits = shared.record_limits;
         mapped.clear();
         let mut letters = Vec::new();
@@ -393,7 +394,8 @@ impl Worker {
             match decode(shared.encoding, &value) {
                 Ok((request, proto)) => {
                     payload = proto;
-                    map_request(&request, &shared.routing, limits.documents, now_ms() * 1000, mapped);
+                    let at = RecordTime::of(timestamp_ms, now_ms() * 1000, &shared.routing);
+                    map_request(&request, &payload, &shared.routing, limits.documents, at, mapped);
                     control_spans(&self.control, mapped.spans);
                     if let Some(over) = &mapped.over {
                         tracing::warn!(
@@ -558,6 +560,8 @@ struct Record {
     offset: i64,
     key: Option<Bytes>,
     value: Bytes,
+    /// Its Kafka timestamp, which its spans are judged against ([`RecordTime`]).
+    timestamp_ms: Option<i64>,
 }
 
 fn now_ms() -> i64 {
