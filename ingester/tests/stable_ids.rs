@@ -233,6 +233,8 @@ async fn a_record_read_live_and_replayed_days_after_it_was_produced_lands_on_the
     assert_eq!(settled_count(&store.url(), "jaeger-span-*", spans, Duration::from_secs(60)).await, spans);
     shutdown.cancel();
     live.task.await.expect("join").expect("clean stop");
+    let in_clamped = count(&store.url(), &clamped).await.unwrap_or(0);
+    assert_eq!(in_clamped, spans, "every span in {clamped}, the oldest day of the window around its record");
     let indices = [clamped.clone()];
     let live_docs = stored(&store.url(), &indices).await;
     assert_eq!(live_docs, want, "live ingestion four days later: the documents of the day it was produced");
