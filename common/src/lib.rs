@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod otlp;
 pub mod repeats;
 pub mod shutdown;
+pub mod spans;
 pub mod telemetry;
 
 pub use bytesize::ByteSize;

@@ -1,5 +1,6 @@
 //! OTLP encodings shared by the collector (HTTP bodies) and the ingester (topic records), and
-//! [`scan`], which prices a protobuf request before it is decoded.
+//! [`scan`], which prices a protobuf request before it is decoded (its wire reading is shared with
+//! [`crate::spans`]).
 
 use std::mem::size_of;
 
@@ -173,7 +174,7 @@ fn walk(msg: Msg, mut buf: &[u8], depth: usize, shape: &mut Shape) -> Result<(),
 }
 
 /// Skips the value of field `number` of wire type `wire` (0, 1, 2, 3 or 5); what follows it.
-fn skip_value(mut buf: &[u8], number: u64, wire: u64, depth: usize) -> Result<&[u8], String> {
+pub(crate) fn skip_value(mut buf: &[u8], number: u64, wire: u64, depth: usize) -> Result<&[u8], String> {
     match wire {
         0 => varint(&mut buf).map(|_| buf),
         1 => skip(buf, 8),
@@ -202,7 +203,7 @@ fn skip_group(mut buf: &[u8], number: u64, depth: usize) -> Result<&[u8], String
     }
 }
 
-fn varint(buf: &mut &[u8]) -> Result<u64, String> {
+pub(crate) fn varint(buf: &mut &[u8]) -> Result<u64, String> {
     let mut value = 0u64;
     for i in 0..10 {
         let (&byte, rest) = buf.split_first().ok_or("truncated varint")?;

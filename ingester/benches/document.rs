@@ -13,7 +13,7 @@ use spanline_ingester::{
     bulk::{encode_item, parse_response},
     config::Encoding,
     deadletter::RecordLimits,
-    document::{IndexNames, Mapped, Routing, map_request},
+    document::{IndexNames, Mapped, RecordTime, Routing, map_request},
     worker::decode,
 };
 use spanline_testkit::fixtures;
@@ -68,8 +68,8 @@ fn bench(c: &mut Criterion) {
             let mut out = 0;
             for record in &records {
                 mapped.clear();
-                let (request, _) = decode(Encoding::OtlpProto, record).expect("decodes");
-                map_request(&request, &routing, limits, now_micros, &mut mapped);
+                let (request, proto) = decode(Encoding::OtlpProto, record).expect("decodes");
+                map_request(&request, &proto, &routing, limits, RecordTime::Timestamp(now_micros), &mut mapped);
                 for doc in mapped.docs.drain(..) {
                     out += encode_item(&doc).len();
                 }

@@ -132,15 +132,17 @@ pub struct OpenSearch {
     pub password: String,
     /// Prefix of index names: `{prefix}-jaeger-span-YYYY-MM-DD`; empty for none. Default empty.
     pub index_prefix: String,
-    /// Spans that started longer ago than this are not indexed as they are (see `out_of_range`),
-    /// so a bad clock cannot create an index for 1970. Default `72h` (Jaeger Query's
-    /// `max_span_age`).
+    /// Spans that started longer than this before their record's Kafka timestamp (the ingestion
+    /// time for a record without a usable one) are not indexed as they are (see `out_of_range`), so
+    /// a bad clock cannot create an index for 1970. Default `72h` (Jaeger Query's `max_span_age`).
     #[serde(with = "humantime_serde")]
     pub max_span_age: Duration,
-    /// Spans that start further in the future than this are not indexed as they are. Default `1h`.
+    /// Spans that start further than this after their record's Kafka timestamp are not indexed as
+    /// they are; a record stamped further than this ahead of the ingester's clock is judged against
+    /// the ingestion time. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
-    /// What happens to a span outside [now − max_span_age, now + max_clock_skew]:
+    /// What happens to a span outside [T − max_span_age, T + max_clock_skew], T its record's time:
     /// `dead_letter` (with the reason) or `clamp` (indexed unchanged, in the index of the nearest
     /// allowed day). Default `dead_letter`.
     pub out_of_range: OutOfRange,

@@ -1,9 +1,20 @@
 //! `document`: one OTLP `ExportTraceServiceRequest` (a Kafka record) → Jaeger span documents and
 //! service documents (REFERENCE.md §4), each with its target index and a deterministic `_id`.
 //!
-//! Called by the worker for every record. Pure. Guarantees: the same span always maps to the same
-//! bytes and the same `_id` (`{traceID}_{spanID}_{fnv64a(document) as hex}`), so retries and replays
-//! are idempotent under the bulk `create` action; indices are chosen by the span's start time in UTC.
+//! Called by the worker for every record. Pure. Guarantees: a span's index and `_id` are defined by
+//! the record alone, so reading the same record again — live, in a replay, on another day, with a
+//! later version — lands on the same document, and the bulk `create` action makes that idempotent:
+//! - `_id` = `{traceID}_{spanID}_{digest as hex}`, the digest taken over the span's, its scope's and
+//!   its resource's protobuf bytes as they are in the record ([`spanline_common::spans`]), never
+//!   over the mapped JSON, so a change of mapping output keeps every id;
+//! - the index is the span's start day in UTC; which starts are accepted, and the day an
+//!   out-of-window span is clamped to, are judged against the record's Kafka timestamp
+//!   ([`RecordTime`]), not the time it is read; the ingestion time stands in only for a record
+//!   without a usable timestamp;
+//! - a service document's `_id` is Jaeger's, from (service, operation) alone; its index is its
+//!   span's.
+//!
+//! See docs/ingester.md, "Document ids and indices", for the scheme and what changes an id.
 //!
 //! Bounded ([`DocumentLimits`]): Jaeger's schema repeats the resource's attributes (the process tags)
 //! in every span document, so a small record can expand a thousandfold. Each document's size is
@@ -14,9 +25,9 @@
 //! soon as the sum passes `max_record_document_bytes`: the work done for a record that is refused
 //! whole is at most that bound plus one document.
 
-use std::{borrow::Cow, fmt, io};
+use std::{borrow::Cow, collections::HashSet, fmt, io};
 
-use chrono::{DateTime, Datelike};
+use chrono::{DateTime, Datelike, NaiveDate};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
@@ -31,6 +42,7 @@ use serde::{Serialize, Serializer, ser::SerializeSeq};
 use spanline_common::{
     ByteSize,
     ids::{fnv64a, to_hex},
+    spans::SpanSources,
 };
 
 /// A document ready for `_bulk`.
@@ -67,12 +79,58 @@ impl DocKind {
 #[derive(Debug, Clone)]
 pub struct Routing {
     pub names: IndexNames,
-    /// Oldest accepted start, as a distance before now, in microseconds.
+    /// Oldest accepted start, as a distance before the [`RecordTime`] time, in microseconds.
     pub max_age_micros: i64,
-    /// Latest accepted start, as a distance after now, in microseconds.
+    /// Latest accepted start, as a distance after the [`RecordTime`] time, in microseconds.
     pub max_skew_micros: i64,
     /// Out-of-window spans are indexed in the nearest allowed day's index instead of being refused.
     pub clamp: bool,
+}
+
+/// The time a record's spans are judged against: the accepted window is [reference − max age,
+/// reference + max skew], and an out-of-window span is clamped into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordTime {
+    /// The record's Kafka timestamp (the producer's create time, or the broker's append time on a
+    /// topic set to `LogAppendTime`), µs since the epoch: the same whenever the record is read.
+    Timestamp(i64),
+    /// The ingestion time, µs since the epoch: the record has no usable timestamp, so the decision
+    /// depends on when it is read.
+    Ingestion(i64),
+}
+
+impl RecordTime {
+    /// The record's timestamp (`record_ms`, as librdkafka gives it) if it has one that can be real,
+    /// else the ingestion time `now_micros`. A timestamp further ahead of `now_micros` than the
+    /// routing's max skew cannot be real (the record would have been produced in the future: its
+    /// producer's clock is wrong); trusting it would clamp spans into a far-future day's index, so
+    /// such a record is judged against the ingestion time, as one without a timestamp.
+    pub fn of(record_ms: Option<i64>, now_micros: i64, routing: &Routing) -> Self {
+        match record_ms.filter(|&ms| ms >= 0).map(|ms| ms.saturating_mul(1_000)) {
+            Some(at) if at <= now_micros.saturating_add(routing.max_skew_micros) => RecordTime::Timestamp(at),
+            _ => RecordTime::Ingestion(now_micros),
+        }
+    }
+
+    /// The reference time in µs since the epoch.
+    pub fn micros(self) -> i64 {
+        match self {
+            RecordTime::Timestamp(at) | RecordTime::Ingestion(at) => at,
+        }
+    }
+}
+
+impl fmt::Display for RecordTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.micros();
+        let at = DateTime::from_timestamp_micros(at).map_or_else(|| at.to_string(), |t| t.to_rfc3339());
+        match self {
+            RecordTime::Timestamp(_) => write!(f, "the record's Kafka timestamp {at}"),
+            RecordTime::Ingestion(_) => {
+                write!(f, "the ingestion time {at} (the record has no usable Kafka timestamp)")
+            }
+        }
+    }
 }
 
 /// How far one record may expand (`[limits]` in the configuration).
@@ -195,11 +253,15 @@ impl IndexNames {
 
     /// The daily index of `kind` holding a span that started at `start_micros`.
     pub fn daily(&self, kind: DocKind, start_micros: i64) -> String {
+        self.on(kind, day_of(start_micros))
+    }
+
+    /// The index of `kind` for `date`.
+    fn on(&self, kind: DocKind, date: NaiveDate) -> String {
         let base = match kind {
             DocKind::Span => &self.span,
             DocKind::Service => &self.service,
         };
-        let date = DateTime::from_timestamp_micros(start_micros).unwrap_or_default().date_naive();
         format!("{base}{:04}-{:02}-{:02}", date.year(), date.month(), date.day())
     }
 
@@ -526,29 +588,44 @@ fn service_name(attributes: &[KeyValue]) -> &str {
 }
 
 /// Maps every span of `request` to its documents, into `out` (cleared first): one span document
-/// per span, and one service document per distinct (service, operation, day) in the request.
+/// per span, and one service document per distinct (service, operation, day) of each resource.
+/// `proto` is the request's protobuf bytes as read (the record itself, or for an OTLP/JSON record
+/// its protobuf encoding), which each span's `_id` is derived from; `reference` is the time its
+/// spans are judged against.
 ///
-/// Spans starting outside [now − max age, now + max skew] are listed in `out.refused` instead,
-/// unless the routing clamps them to the nearest allowed day; so are spans whose document would be
-/// over `limits.max_document_bytes` (their service documents are not made either). Each span and
-/// service document costs what [`DocumentLimits::max_record_document_bytes`] says; once the sum
-/// passes it, mapping stops and `out.over` says so, with nothing kept.
+/// Spans starting outside [reference − max age, reference + max skew] are listed in `out.refused`
+/// instead, unless the routing clamps them to the nearest allowed day; so are spans whose document
+/// would be over `limits.max_document_bytes` (their service documents are not made either). Each
+/// span and service document costs what [`DocumentLimits::max_record_document_bytes`] says; once
+/// the sum passes it, mapping stops and `out.over` says so, with nothing kept.
 pub fn map_request(
     request: &ExportTraceServiceRequest,
+    proto: &[u8],
     routing: &Routing,
     limits: DocumentLimits,
-    now_micros: i64,
+    reference: RecordTime,
     out: &mut Mapped,
 ) {
     out.clear();
     out.spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+    // prost decoded `proto` into `request`, so the walk finds the same spans; should it ever not,
+    // the ids come from the request's own encoding, which is as deterministic (one allocation).
+    let canonical;
+    let proto = if SpanSources::count(proto) == Ok(out.spans) {
+        proto
+    } else {
+        canonical = request.encode_to_vec();
+        &canonical[..]
+    };
+    let mut sources = SpanSources::new(proto);
     let names = &routing.names;
-    let (oldest, newest) = (now_micros - routing.max_age_micros, now_micros + routing.max_skew_micros);
+    let at = reference.micros();
+    let (oldest, newest) = (at.saturating_sub(routing.max_age_micros), at.saturating_add(routing.max_skew_micros));
     let max_record = limits.max_record_document_bytes;
     let mut seen = 0;
     // The last document's size: the next one's buffer, as a record's spans are alike.
     let mut last_len = 0;
-    let mut services: Vec<(String, String)> = Vec::new();
+    let mut services = Operations::default();
     for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
         let resource = resource_spans.resource.as_ref();
         let attributes = resource.map_or(&[][..], |r| &r.attributes[..]);
@@ -562,6 +639,7 @@ pub fn map_request(
             for (pi, span) in scope_spans.spans.iter().enumerate() {
                 seen += 1;
                 let position = [ri, si, pi];
+                let source = sources.next().and_then(Result::ok);
                 // The dead letter if the span is refused: a request of this span alone, its resource
                 // and scope, in an envelope.
                 let letter = || resource_len + scope_len + span.encoded_len() + LETTER_OVERHEAD;
@@ -573,20 +651,30 @@ pub fn map_request(
                 } else {
                     None
                 };
-                let cost = match day {
-                    None => {
+                let cost = match (day, source) {
+                    (None, _) => {
                         let when = DateTime::from_timestamp_micros(start)
                             .map_or_else(|| start.to_string(), |t| t.to_rfc3339());
                         out.refused.push(Refused {
                             position,
                             refusal: Refusal::OutOfWindow,
                             reason: format!(
-                                "span start {when} is outside the accepted window (max_span_age, max_clock_skew)"
+                                "span start {when} is outside the accepted window around {reference} (max_span_age, max_clock_skew)"
                             ),
                         });
                         letter()
                     }
-                    Some(day) => {
+                    // Cannot happen (the walk was checked above); refused rather than given an id
+                    // that is not its own.
+                    (Some(_), None) => {
+                        out.refused.push(Refused {
+                            position,
+                            refusal: Refusal::Unwritable,
+                            reason: "span not found in the record's protobuf bytes".into(),
+                        });
+                        letter()
+                    }
+                    (Some(day), Some(source)) => {
                         let process = process.get_or_insert_with(|| {
                             Bounded::write(
                                 &Process { service_name: service, tags: ProcessTags(attributes) },
@@ -594,16 +682,16 @@ pub fn map_request(
                                 0,
                             )
                         });
-                        match span_document(span, scope, process.as_ref(), limits.max_document_bytes, last_len) {
+                        let digest = source.digest();
+                        match span_document(span, scope, process.as_ref(), digest, limits.max_document_bytes, last_len)
+                        {
                             Written::Doc(mut doc) => {
                                 let len = doc.source.len();
                                 last_len = len;
-                                doc.index = names.daily(DocKind::Span, day);
+                                let date = day_of(day);
+                                doc.index = names.on(DocKind::Span, date);
                                 doc.position = Some(position);
-                                let key = (names.daily(DocKind::Service, day), span.name.clone());
-                                if !services.contains(&key) {
-                                    services.push(key);
-                                }
+                                services.insert(date, &span.name);
                                 out.docs.push(doc);
                                 len + DOCUMENT_OVERHEAD
                             }
@@ -636,8 +724,8 @@ pub fn map_request(
                 }
             }
         }
-        for (index, operation) in services.drain(..) {
-            let doc = service_document(service, &operation, index);
+        for (date, operation) in services.drain() {
+            let doc = service_document(service, operation, names.on(DocKind::Service, date));
             out.bytes = out.bytes.saturating_add(doc.source.len() + DOCUMENT_OVERHEAD);
             out.docs.push(doc);
             if out.bytes > max_record {
@@ -646,6 +734,35 @@ pub fn map_request(
             }
         }
     }
+}
+
+/// A resource's distinct (day, operation) pairs: its service documents. Kept in the order first seen
+/// (so documents come in a stable order) and as a set, so each span's look-up is O(1) whatever the
+/// number of operations. Both borrow from the request and hold at most one entry per span document
+/// kept, which the record's bound counts.
+#[derive(Default)]
+struct Operations<'a> {
+    order: Vec<(NaiveDate, &'a str)>,
+    known: HashSet<(NaiveDate, &'a str)>,
+}
+
+impl<'a> Operations<'a> {
+    fn insert(&mut self, date: NaiveDate, operation: &'a str) {
+        if self.known.insert((date, operation)) {
+            self.order.push((date, operation));
+        }
+    }
+
+    /// The pairs in the order first seen; empty afterwards, for the next resource.
+    fn drain(&mut self) -> std::vec::Drain<'_, (NaiveDate, &'a str)> {
+        self.known.clear();
+        self.order.drain(..)
+    }
+}
+
+/// The UTC date of `micros` since the epoch (1970-01-01 for a time chrono cannot represent).
+fn day_of(micros: i64) -> NaiveDate {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default().date_naive()
 }
 
 fn micros(nanos: u64) -> i64 {
@@ -662,12 +779,14 @@ enum Written {
 }
 
 /// The span's document: its own part written up to the room `process` (the resource's part,
-/// `None` if unwritable) leaves in `max` bytes, then the process part appended; `size_hint` is the
-/// document's likely size.
+/// `None` if unwritable) leaves in `max` bytes, then the process part appended; `digest` is its
+/// source's ([`spanline_common::spans::SpanSource::digest`]), the end of its `_id`; `size_hint` is
+/// the document's likely size.
 fn span_document(
     span: &Span,
     scope: Option<&InstrumentationScope>,
     process: Option<&Bounded>,
+    digest: u64,
     max: usize,
     size_hint: usize,
 ) -> Written {
@@ -720,7 +839,9 @@ fn span_document(
     source.extend_from_slice(PROCESS_KEY);
     source.extend_from_slice(&process.bytes);
     source.push(b'}');
-    let id = format!("{trace_id}_{span_id}_{:x}", fnv64a(&[&source]));
+    // From the record's bytes, not from `source`: a later version writing other JSON for the same
+    // span must land on the same document.
+    let id = format!("{trace_id}_{span_id}_{digest:x}");
     // The caller routes it.
     let end_micros = i64::try_from(span.end_time_unix_nano / 1_000).unwrap_or(i64::MAX);
     Written::Doc(Document { index: String::new(), id, source, kind: DocKind::Span, position: None, end_micros })
@@ -819,9 +940,20 @@ mod tests {
         }
     }
 
-    fn map(request: &ExportTraceServiceRequest, routing: &Routing, now_micros: i64) -> Mapped {
+    /// `request` as a record of its protobuf encoding with the Kafka timestamp `at_micros`.
+    fn map(request: &ExportTraceServiceRequest, routing: &Routing, at_micros: i64) -> Mapped {
+        map_bytes(request, &request.encode_to_vec(), routing, RecordTime::Timestamp(at_micros))
+    }
+
+    /// `request` decoded from `proto`, judged against `reference`.
+    fn map_bytes(
+        request: &ExportTraceServiceRequest,
+        proto: &[u8],
+        routing: &Routing,
+        reference: RecordTime,
+    ) -> Mapped {
         let mut out = Mapped::default();
-        map_request(request, routing, DocumentLimits::UNBOUNDED, now_micros, &mut out);
+        map_request(request, proto, routing, DocumentLimits::UNBOUNDED, reference, &mut out);
         out
     }
 
@@ -891,15 +1023,6 @@ mod tests {
         );
         assert_eq!(doc["process"]["serviceName"], "cart");
         assert_eq!(tags_of(&doc["process"], "tags"), vec![t("host.name", "string", "h1")]);
-    }
-
-    #[test]
-    fn ids_are_deterministic_and_distinct() {
-        let a = map(&sample(), &routing(""), 1_795_608_000_000_000).docs;
-        let b = map(&sample(), &routing(""), 1_795_608_000_000_000).docs;
-        assert_eq!(a, b);
-        assert_ne!(a[0].id, a[1].id);
-        assert!(a[0].id.starts_with("0102030405060708090a0b0c0d0e0f10_0102030405060708_"));
     }
 
     #[test]
@@ -999,15 +1122,208 @@ mod tests {
 
     #[test]
     fn documents_are_byte_stable() {
-        // The FNV-64a of every document (index, id, source) of two requests, as released: a change
-        // here changes document ids, so a replay of old records would index their spans twice.
-        for (request, want) in [(sample(), 0x454a_1194_966f_9041_u64), (tricky(), 0xf01d_d52c_2456_d3e9_u64)] {
+        // The FNV-64a of every document's index and source of two requests, as released: a change
+        // here changes what Jaeger reads. (Checked equal to the documents of the release before ids
+        // moved to the record bytes.) Ids do not depend on it: `ids_are_pinned_to_the_record`.
+        for (request, want) in [(sample(), 0x8643_49ac_f40a_feb0_u64), (tricky(), 0x39a7_580e_86a7_ec0f_u64)] {
             let docs = map(&request, &routing(""), 1_795_608_000_000_000).docs;
-            let parts: Vec<&[u8]> =
-                docs.iter().flat_map(|d| [d.index.as_bytes(), d.id.as_bytes(), &d.source[..]]).collect();
+            let parts: Vec<&[u8]> = docs.iter().flat_map(|d| [d.index.as_bytes(), &d.source[..]]).collect();
             let got = fnv64a(&parts);
             assert_eq!(got, want, "documents changed: {got:#x}\n{}", String::from_utf8_lossy(&docs[0].source));
         }
+    }
+
+    #[test]
+    fn ids_are_pinned_to_the_record() {
+        // Each span's id is its ids and the digest of its, its scope's and its resource's bytes
+        // (FNV-64a each, as `SpanSource::digest` combines them), here rebuilt from the parts.
+        let request = sample();
+        let rs = &request.resource_spans[0];
+        let resource = fnv64a(&[&rs.resource.as_ref().expect("resource").encode_to_vec()]);
+        let scope = fnv64a(&[&rs.scope_spans[0].scope.as_ref().expect("scope").encode_to_vec()]);
+        let docs = map(&request, &routing(""), NOW).docs;
+        for (doc, span) in docs.iter().zip(&rs.scope_spans[0].spans) {
+            let span_bytes = span.encode_to_vec();
+            let digest = fnv64a(&[&resource.to_le_bytes(), &scope.to_le_bytes(), &span_bytes]);
+            assert_eq!(doc.id, format!("{}_{}_{digest:x}", to_hex(&span.trace_id), to_hex(&span.span_id)));
+        }
+        // As released: a change here changes every document id, so replaying a window indexed before
+        // it would index its spans twice (docs/ingester.md, "Document ids and indices").
+        let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec![
+                "0102030405060708090a0b0c0d0e0f10_0102030405060708_25f720752c0b4855",
+                "0102030405060708090a0b0c0d0e0f10_0303030303030303_a02e7faeeeb738ed",
+                "881de2ed547db5b2",
+            ]
+        );
+    }
+
+    /// `request` as the worker maps it when it reads the record (Kafka timestamp `record_ms`) at
+    /// `now_micros`, with Jaeger's default window.
+    fn read_at(request: &ExportTraceServiceRequest, record_ms: i64, now_micros: i64, clamp: bool) -> Mapped {
+        let hour = 3_600_000_000_i64;
+        let window = Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp };
+        let mut out = Mapped::default();
+        let at = RecordTime::of(Some(record_ms), now_micros, &window);
+        map_request(request, &request.encode_to_vec(), &window, DocumentLimits::UNBOUNDED, at, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_same_record_gives_the_same_documents_whatever_day_it_is_read() {
+        // Produced at NOW; span 0 started then, span 1 five days before (outside the 72 h window).
+        let day = 24 * 3_600_000_000_i64;
+        let mut request = sample();
+        request.resource_spans[0].scope_spans[0].spans[1].start_time_unix_nano -= 5 * 86_400 * 1_000_000_000;
+        for clamp in [false, true] {
+            let first = read_at(&request, NOW / 1000, NOW, clamp);
+            for later in [1, 4, 30, 400] {
+                let again = read_at(&request, NOW / 1000, NOW + later * day, clamp);
+                assert_eq!(again.docs, first.docs, "read {later} days later (clamp: {clamp})");
+                assert_eq!(again.refused, first.refused, "read {later} days later (clamp: {clamp})");
+            }
+            let indices: Vec<&str> = first.docs.iter().map(|d| d.index.as_str()).collect();
+            if clamp {
+                // Span 1 goes to the oldest day of the window around the record, 72 h before NOW.
+                assert_eq!(
+                    indices,
+                    vec![
+                        "jaeger-span-2026-11-25",
+                        "jaeger-span-2026-11-22",
+                        "jaeger-service-2026-11-25",
+                        "jaeger-service-2026-11-22"
+                    ]
+                );
+            } else {
+                assert_eq!(indices, vec!["jaeger-span-2026-11-25", "jaeger-service-2026-11-25"]);
+                assert_eq!(first.refused.len(), 1);
+                assert!(
+                    first.refused[0].reason.contains("the record's Kafka timestamp 2026-11-25T12:00:00+00:00"),
+                    "{}",
+                    first.refused[0].reason
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_record_time_is_its_timestamp_unless_it_has_none_that_can_be_real() {
+        let hour = 3_600_000_000_i64;
+        let window =
+            Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp: true };
+        let ms = NOW / 1000;
+        assert_eq!(RecordTime::of(Some(ms - 3_600_000 * 96), NOW, &window), RecordTime::Timestamp(NOW - 96 * hour));
+        assert_eq!(
+            RecordTime::of(Some(ms + 3_600_000), NOW, &window),
+            RecordTime::Timestamp(NOW + hour),
+            "within skew"
+        );
+        for none in [None, Some(-1), Some(-5), Some(ms + 3_600_001)] {
+            assert_eq!(RecordTime::of(none, NOW, &window), RecordTime::Ingestion(NOW), "{none:?}");
+        }
+        // A record without a timestamp is judged against the time it is read, and the reason says so.
+        let mut request = sample();
+        request.resource_spans[0].scope_spans[0].spans[1].start_time_unix_nano = 1_000;
+        let mut out = Mapped::default();
+        let mut strict = window.clone();
+        strict.clamp = false;
+        let at = RecordTime::of(None, NOW, &strict);
+        map_request(&request, &request.encode_to_vec(), &strict, DocumentLimits::UNBOUNDED, at, &mut out);
+        assert!(
+            out.refused[0]
+                .reason
+                .contains("the ingestion time 2026-11-25T12:00:00+00:00 (the record has no usable Kafka timestamp)"),
+            "{}",
+            out.refused[0].reason
+        );
+    }
+
+    #[test]
+    fn ids_do_not_depend_on_the_mapping_output() {
+        // The same record bytes mapped to other JSON (as a later version might): a span attribute,
+        // an event and the resource's host written differently. The documents differ, the ids not.
+        let request = sample();
+        let proto = request.encode_to_vec();
+        let mut remapped = request.clone();
+        let rs = &mut remapped.resource_spans[0];
+        rs.resource.as_mut().expect("resource").attributes[1] =
+            kv("host.name", any_value::Value::StringValue("h2".into()));
+        let span = &mut rs.scope_spans[0].spans[0];
+        span.attributes[0] = kv("http.method", any_value::Value::StringValue("POST".into()));
+        span.events.clear();
+        let at = RecordTime::Timestamp(NOW);
+        let (before, after) =
+            (map_bytes(&request, &proto, &routing(""), at), map_bytes(&remapped, &proto, &routing(""), at));
+        assert_eq!(before.docs.len(), after.docs.len());
+        for (b, a) in before.docs.iter().zip(&after.docs).filter(|(b, _)| b.kind == DocKind::Span) {
+            assert_ne!(b.source, a.source, "the mapping output changed");
+            assert_eq!(b.id, a.id, "the id did not");
+        }
+    }
+
+    #[test]
+    fn distinct_spans_get_distinct_ids_and_a_changed_span_a_new_one() {
+        let request = sample();
+        let ids = |request: &ExportTraceServiceRequest| -> Vec<String> {
+            map(request, &routing(""), NOW).docs.into_iter().filter(|d| d.kind == DocKind::Span).map(|d| d.id).collect()
+        };
+        let base = ids(&request);
+        assert_ne!(base[0], base[1]);
+        assert!(base[0].starts_with("0102030405060708090a0b0c0d0e0f10_0102030405060708_"), "{}", base[0]);
+        assert_eq!(ids(&request), base, "deterministic");
+        // Span 1 given span 0's ids is span 0 byte for byte: the same document, the same id.
+        let mut twin = request.clone();
+        twin.resource_spans[0].scope_spans[0].spans[1].span_id = (1..=8).collect();
+        assert_eq!(ids(&twin), vec![base[0].clone(), base[0].clone()]);
+        // The same ids with other content (it ended later): same prefix, other digest.
+        twin.resource_spans[0].scope_spans[0].spans[1].end_time_unix_nano += 1;
+        let twins = ids(&twin);
+        assert!(twins[1].starts_with("0102030405060708090a0b0c0d0e0f10_0102030405060708_") && twins[1] != twins[0]);
+        // Span 1 re-encoded with a changed attribute: a new id for it, span 0 keeps its own.
+        let mut changed = request.clone();
+        changed.resource_spans[0].scope_spans[0].spans[1].attributes[0] =
+            kv("http.method", any_value::Value::StringValue("PUT".into()));
+        let after = ids(&changed);
+        assert_eq!(after[0], base[0]);
+        assert_ne!(after[1], base[1]);
+        assert!(after[1].starts_with("0102030405060708090a0b0c0d0e0f10_0303030303030303_"), "{}", after[1]);
+        // A changed resource or scope is part of every span's source.
+        let mut resource = request.clone();
+        resource.resource_spans[0]
+            .resource
+            .as_mut()
+            .expect("resource")
+            .attributes
+            .push(kv("k8s.pod.name", any_value::Value::StringValue("p".into())));
+        let mut scope = request.clone();
+        scope.resource_spans[0].scope_spans[0].scope.as_mut().expect("scope").version = "1.3".into();
+        for other in [ids(&resource), ids(&scope)] {
+            assert!(other.iter().zip(&base).all(|(o, b)| o != b), "{other:?}");
+        }
+        // Many spans of one trace: every id distinct.
+        let many = map(&hostile(0, 2_000, NOW_NANOS), &routing(""), NOW).docs;
+        let distinct: HashSet<&str> = many.iter().filter(|d| d.kind == DocKind::Span).map(|d| d.id.as_str()).collect();
+        assert_eq!(distinct.len(), 2_000);
+    }
+
+    #[test]
+    fn a_json_record_gets_the_ids_of_its_protobuf_encoding() {
+        // The worker maps an OTLP/JSON record with its canonical protobuf encoding as the source.
+        let request = sample();
+        let json = serde_json::to_vec(&request).expect("json");
+        let decoded = spanline_common::otlp::decode_json(&json).expect("decodes");
+        let from_json = map_bytes(&decoded, &decoded.encode_to_vec(), &routing(""), RecordTime::Timestamp(NOW));
+        assert_eq!(from_json.docs, map(&request, &routing(""), NOW).docs);
+    }
+
+    #[test]
+    fn bytes_prost_decodes_differently_from_the_walk_fall_back_to_its_encoding() {
+        // Not the request's bytes at all (the walk finds no span): ids from the request's own encoding.
+        let request = sample();
+        let out = map_bytes(&request, b"", &routing(""), RecordTime::Timestamp(NOW));
+        assert_eq!(out.docs, map(&request, &routing(""), NOW).docs);
     }
 
     /// One resource with a `resource_bytes` attribute and `spans` spans of one trace.
@@ -1045,7 +1361,10 @@ mod tests {
         limits: DocumentLimits,
     ) -> (Mapped, allocation_counter::AllocationInfo) {
         let mut out = Mapped::default();
-        let info = allocation_counter::measure(|| map_request(request, &routing(""), limits, NOW, &mut out));
+        let proto = request.encode_to_vec();
+        let info = allocation_counter::measure(|| {
+            map_request(request, &proto, &routing(""), limits, RecordTime::Timestamp(NOW), &mut out);
+        });
         (out, info)
     }
 
@@ -1075,8 +1394,10 @@ mod tests {
             Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp: false };
         let within = |request: &ExportTraceServiceRequest| {
             let mut out = Mapped::default();
-            let info =
-                allocation_counter::measure(|| map_request(request, &window, limits(1 << 20, 32 << 20), NOW, &mut out));
+            let proto = request.encode_to_vec();
+            let info = allocation_counter::measure(|| {
+                map_request(request, &proto, &window, limits(1 << 20, 32 << 20), RecordTime::Timestamp(NOW), &mut out);
+            });
             (out, info)
         };
         let (out, info) = within(&hostile(800 << 10, 3_000, 1_000));
@@ -1134,6 +1455,39 @@ mod tests {
         // And the record's sum is what the documents hold, plus their dead letters where larger.
         let (sum, _) = map_within(&request, DocumentLimits::UNBOUNDED);
         assert!(sum.bytes >= full.docs.iter().map(|d| d.source.len()).sum::<usize>());
+    }
+
+    #[test]
+    fn service_documents_are_one_per_operation_and_day_in_the_order_first_seen() {
+        // One resource, 30 000 spans over 10 000 distinct operations, each operation three times.
+        let mut request = hostile(0, 30_000, NOW_NANOS);
+        for (n, span) in request.resource_spans[0].scope_spans[0].spans.iter_mut().enumerate() {
+            span.name = format!("op-{}", n % 10_000);
+        }
+        let out = map(&request, &routing(""), NOW);
+        let services: Vec<&Document> = out.docs.iter().filter(|d| d.kind == DocKind::Service).collect();
+        assert_eq!(services.len(), 10_000);
+        for (n, doc) in services.iter().enumerate() {
+            assert_eq!(doc.id, format!("{:x}", fnv64a(&[b"cart", format!("op-{n}").as_bytes()])));
+            assert_eq!(doc.index, "jaeger-service-2026-11-25");
+        }
+    }
+
+    #[test]
+    fn service_operations_are_found_in_constant_time_each() {
+        // 100 000 distinct operations on one day, each seen twice: linear, about 0.1 s even
+        // unoptimized; a look-up that scanned the operations seen (as it once did) makes 10¹⁰
+        // comparisons (218 s measured).
+        let names: Vec<String> = (0..100_000).map(|n| format!("operation-{n}")).collect();
+        let date = day_of(NOW);
+        let started = std::time::Instant::now();
+        let mut operations = Operations::default();
+        for name in names.iter().chain(&names) {
+            operations.insert(date, name);
+        }
+        assert_eq!(operations.drain().len(), 100_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert_eq!(operations.drain().len(), 0, "empty for the next resource");
     }
 
     #[test]

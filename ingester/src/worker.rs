@@ -56,7 +56,7 @@ use crate::{
     commit::{Covered, Fence},
     config::Encoding,
     deadletter::{self, DeadLetters, OverLimit, RecordLimits},
-    document::{DocKind, Mapped, Refusal, Routing, map_request},
+    document::{DocKind, Mapped, RecordTime, Refusal, Routing, map_request},
     error::Error,
     metrics::{Metrics, PartitionLabels, ReasonLabels},
 };
@@ -340,6 +340,7 @@ impl<C: ConsumerContext + 'static> Drop for KafkaSource<C> {
 /// One consumed record, copied out of librdkafka's buffer.
 pub(crate) struct Record {
     offset: i64,
+    /// Its Kafka timestamp, which its spans are judged against ([`RecordTime`]).
     timestamp_ms: Option<i64>,
     key: Option<Bytes>,
     value: Bytes,
@@ -444,7 +445,8 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             match decode(shared.encoding, &value) {
                 Ok((request, proto)) => {
                     payload = proto;
-                    map_request(&request, &shared.routing, limits.documents, now_ms() * 1000, mapped);
+                    let at = RecordTime::of(timestamp_ms, now_ms() * 1000, &shared.routing);
+                    map_request(&request, &payload, &shared.routing, limits.documents, at, mapped);
                     if let Some(over) = &mapped.over {
                         tracing::warn!(
                             partition,

@@ -20,7 +20,7 @@ use prost::Message as _;
 use spanline_ingester::{
     bulk::parse_response,
     config::Encoding,
-    document::{DocumentLimits, IndexNames, Mapped, Routing, map_request},
+    document::{DocumentLimits, IndexNames, Mapped, RecordTime, Routing, map_request},
     worker,
 };
 use spanline_proto::{DeadLetter, PayloadKind};
@@ -93,7 +93,7 @@ const COUNTED_LIMIT: u64 = (LIMITS.max_record_document_bytes + LIMITS.max_docume
 
 /// A decoded record mapped to documents as the worker maps it (`Worker::take`). The one call of
 /// `map_request` in these tests.
-fn map(request: &ExportTraceServiceRequest, clamp: bool) -> Mapped {
+fn map(request: &ExportTraceServiceRequest, proto: &[u8], clamp: bool) -> Mapped {
     let routing = Routing {
         names: IndexNames::new("fuzz"),
         max_age_micros: 72 * 3_600_000_000,
@@ -101,7 +101,7 @@ fn map(request: &ExportTraceServiceRequest, clamp: bool) -> Mapped {
         clamp,
     };
     let mut mapped = Mapped::default();
-    map_request(request, &routing, LIMITS, NOW_MICROS, &mut mapped);
+    map_request(request, proto, &routing, LIMITS, RecordTime::Timestamp(NOW_MICROS), &mut mapped);
     mapped
 }
 
@@ -113,7 +113,12 @@ fn decode(encoding: Encoding, bytes: &[u8]) -> Run {
 fn documents(encoding: Encoding, bytes: &[u8], clamp: bool) -> Run {
     let value = Bytes::copy_from_slice(bytes);
     match worker::decode(encoding, &value) {
-        Ok((request, _)) => fuzz::measured(peak, bytes.len(), || Ok::<_, String>(map(&request, clamp))),
+        Ok((request, proto)) => {
+            // The walk that span ids come from finds exactly the spans prost decoded.
+            let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+            assert_eq!(spanline_common::spans::SpanSources::count(&proto), Ok(spans), "span walk and prost disagree");
+            fuzz::measured(peak, bytes.len(), || Ok::<_, String>(map(&request, &proto, clamp)))
+        }
         Err(error) => Run { len: bytes.len(), peak: 0, outcome: Outcome::Err(error) },
     }
 }

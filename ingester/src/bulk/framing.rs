@@ -65,6 +65,7 @@ mod tests {
                 kind: DocKind::Span,
                 end_micros: 0,
                 origin: None,
+                service: None,
             })
             .collect();
         let body = body(&items);

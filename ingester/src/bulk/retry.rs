@@ -274,7 +274,7 @@ mod tests {
             position: None,
             end_micros: 0,
         };
-        Item { ndjson: encode_item(&doc), kind: DocKind::Span, end_micros: 0, origin: None }
+        Item { ndjson: encode_item(&doc), kind: DocKind::Span, end_micros: 0, origin: None, service: None }
     }
 
     /// A refusal stalls the ingester while the batch waits for the store, is counted by level and
