@@ -174,7 +174,7 @@ impl fmt::Display for Summary {
 pub fn replay_config(config: &Config, args: &ReplayArgs) -> Config {
     let mut c = config.clone();
     if args.dead_letters {
-        c.kafka.topic = args.topic.clone().unwrap_or_else(|| config.kafka.dead_letter_topic.clone());
+        c.kafka.topic = args.topic.clone().unwrap_or_else(|| config.kafka.dead_letter.topic.clone());
         c.kafka.encoding = Encoding::DeadLetter;
     } else if let Some(topic) = &args.topic {
         c.kafka.topic.clone_from(topic);

@@ -347,6 +347,10 @@ impl Worker {
         let mut letters = Vec::new();
         // The request's protobuf bytes, which a dead letter of one of its spans is cut from.
         let mut payload = value.clone();
+        // A re-driven dead letter's spans keep their original coordinates if they fail again.
+        let redrive = (shared.encoding == Encoding::DeadLetter)
+            .then(|| deadletter::Redrive::of(&value, &shared.topic, partition, offset))
+            .flatten();
         let origin = |payload: &Bytes, position: [usize; 3], index: String| Origin {
             partition,
             offset,
@@ -354,6 +358,7 @@ impl Worker {
             record: payload.clone(),
             position,
             index,
+            redrive: redrive.clone(),
         };
         if value.len() > limits.max_record_bytes {
             tracing::warn!(
@@ -443,6 +448,9 @@ impl Worker {
             rate.acquire(mapped.docs.iter().filter(|d| d.kind == DocKind::Span).count()).await;
         }
         if !letters.is_empty() {
+            if let Some(redrive) = &redrive {
+                letters.iter_mut().for_each(|l| redrive.stamp(&mut l.envelope));
+            }
             shared.dead_letters.send(letters, &self.control.abort).await?;
         }
         let mut services = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
