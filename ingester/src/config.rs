@@ -165,8 +165,10 @@ impl DeadLetterProducer {
     /// librdkafka `message.max.bytes` for an envelope bound of `max_dead_letter_bytes`: the
     /// configured value, else the bound plus framing (at least librdkafka's default).
     pub fn message_max_bytes(&self, max_dead_letter_bytes: ByteSize) -> u64 {
-        self.max_message_bytes
-            .map_or_else(|| max_dead_letter_bytes.bytes().saturating_add(DEAD_LETTER_FRAMING).max(1_000_000), |b| b.bytes())
+        self.max_message_bytes.map_or_else(
+            || max_dead_letter_bytes.bytes().saturating_add(DEAD_LETTER_FRAMING).max(1_000_000),
+            |b| b.bytes(),
+        )
     }
 
     /// The producer's librdkafka configuration: the connection (`client`, its overrides included),
@@ -192,10 +194,7 @@ impl DeadLetterProducer {
             return Err("kafka.dead_letter.topic must not be empty".into());
         }
         if self.message_timeout < Duration::from_secs(1) {
-            return Err(format!(
-                "kafka.dead_letter.message_timeout ({:?}) must be at least 1s",
-                self.message_timeout
-            ));
+            return Err(format!("kafka.dead_letter.message_timeout ({:?}) must be at least 1s", self.message_timeout));
         }
         const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
         if !COMPRESSIONS.contains(&self.compression.as_str()) {
@@ -536,6 +535,8 @@ mod tests {
         let config = Config::load(Some(&path)).expect("deploy/ingester.toml loads");
         assert_eq!(config.kafka.group_id, "spanline-ingester");
         assert_eq!(config.limits, Limits::default(), "the example shows the defaults");
+        assert_eq!(config.kafka.dead_letter, DeadLetterProducer::default(), "the example shows the defaults");
+        assert_eq!(config.kafka.dead_letter_topic, None, "the example uses the new section");
     }
 
     #[test]
@@ -577,12 +578,14 @@ mod tests {
         assert_eq!(c.kafka.dead_letter.topic, "new_dlq");
         let c = loaded(&[("KAFKA__DEAD_LETTER_TOPIC", "same"), ("KAFKA__DEAD_LETTER__TOPIC", "same")]).expect("loads");
         assert_eq!(c.kafka.dead_letter.topic, "same");
-        let error = loaded(&[("KAFKA__DEAD_LETTER_TOPIC", "a"), ("KAFKA__DEAD_LETTER__TOPIC", "b")]).expect_err("refused");
+        let error =
+            loaded(&[("KAFKA__DEAD_LETTER_TOPIC", "a"), ("KAFKA__DEAD_LETTER__TOPIC", "b")]).expect_err("refused");
         assert!(error.to_string().contains("disagree"), "{error}");
         let error = loaded(&[("KAFKA__DEAD_LETTER__TIMEOUT", "3s")]).expect_err("unknown field");
         assert!(error.to_string().contains("timeout"), "{error}");
-        let c = loaded(&[("KAFKA__DEAD_LETTER__MESSAGE_TIMEOUT", "3s"), ("KAFKA__DEAD_LETTER__MAX_MESSAGE_BYTES", "2MiB")])
-            .expect("typed duration and size");
+        let c =
+            loaded(&[("KAFKA__DEAD_LETTER__MESSAGE_TIMEOUT", "3s"), ("KAFKA__DEAD_LETTER__MAX_MESSAGE_BYTES", "2MiB")])
+                .expect("typed duration and size");
         assert_eq!(c.kafka.dead_letter.message_timeout, Duration::from_secs(3));
         assert_eq!(c.kafka.dead_letter.message_max_bytes(c.limits.max_dead_letter_bytes), 2 << 20);
     }

@@ -582,11 +582,12 @@ impl DeadLetters {
                 // per round (each round waited for the timeout already).
                 let diagnosed = if classes.contains(&FailureClass::TimedOut) { self.diagnose().await } else { None };
                 let refine = |c: FailureClass| if c == FailureClass::TimedOut { diagnosed.unwrap_or(c) } else { c };
+                let stalls = classes.iter().any(|c| c.stalls());
                 for c in classes {
                     self.count_failure(refine(c));
                 }
                 let class = refine(class);
-                if class.stalls() && stalled.is_none() {
+                if stalls && stalled.is_none() {
                     stalled = Some(self.metrics.health.stall(Cause::DeadLetterFailing));
                 }
                 if let Some(repeated) = self.repeats.check(class.as_str()) {
@@ -662,7 +663,11 @@ fn stage_name(stage: Stage) -> &'static str {
 }
 
 /// Produces every pending letter, then waits for each delivery report.
-async fn deliver(producer: &QuietProducer, topic: &str, pending: &[(Letter, Vec<u8>)]) -> Vec<Result<(), DeliveryError>> {
+async fn deliver(
+    producer: &QuietProducer,
+    topic: &str,
+    pending: &[(Letter, Vec<u8>)],
+) -> Vec<Result<(), DeliveryError>> {
     let mut deliveries = Vec::with_capacity(pending.len());
     for (letter, bytes) in pending {
         let mut record = FutureRecord::to(topic).payload(bytes.as_slice());
@@ -749,7 +754,10 @@ mod tests {
         let digest = Sha256::digest(&record);
         assert_eq!(env.omitted_payload_sha256, digest.to_vec(), "the SHA-256 of the source record's value");
         assert!(
-            env.reason.contains(&format!("payload of 50000 bytes (sha256 {}) left out", spanline_common::ids::to_hex(&digest))),
+            env.reason.contains(&format!(
+                "payload of 50000 bytes (sha256 {}) left out",
+                spanline_common::ids::to_hex(&digest)
+            )),
             "{}",
             env.reason
         );
@@ -816,13 +824,19 @@ mod tests {
         redrive.stamp(&mut again.envelope);
         let env = &again.envelope;
         assert_eq!((env.source_topic.as_str(), env.source_partition, env.source_offset), ("otlp_spans", 4, 1_234));
-        assert_eq!((env.redriven_topic.as_str(), env.redriven_partition, env.redriven_offset), ("otlp_spans_dlq", 2, 9));
+        assert_eq!(
+            (env.redriven_topic.as_str(), env.redriven_partition, env.redriven_offset),
+            ("otlp_spans_dlq", 2, 9)
+        );
         assert_eq!(env.redrives, 1);
         // Re-driven once more, from another dead-letter record: still the original, two re-drives.
         let twice = Redrive::of(&env.encode_to_vec(), "otlp_spans_dlq", 0, 50).expect("an envelope");
         let mut third = undecodable("otlp_spans_dlq", 0, 50, None, b"x", "bad".into());
         twice.stamp(&mut third.envelope);
-        assert_eq!((third.envelope.source_offset, third.envelope.redriven_offset, third.envelope.redrives), (1_234, 50, 2));
+        assert_eq!(
+            (third.envelope.source_offset, third.envelope.redriven_offset, third.envelope.redrives),
+            (1_234, 50, 2)
+        );
         // Bytes that are not an envelope naming a source keep the dead-letter record's coordinates.
         assert!(Redrive::of(b"\xff\xff", "otlp_spans_dlq", 0, 1).is_none());
         assert!(Redrive::of(&DeadLetter::default().encode_to_vec(), "otlp_spans_dlq", 0, 1).is_none());

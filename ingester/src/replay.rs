@@ -591,7 +591,9 @@ mod tests {
         };
         let group = |a: &ReplayArgs| replay_config(&Config::default(), a).kafka.group_id;
         let base = group(&args("earliest", "latest", vec![]));
-        assert!(base.starts_with("spanline-replay-otlp_spans-") && base.len() == "spanline-replay-otlp_spans-".len() + 16);
+        assert!(
+            base.starts_with("spanline-replay-otlp_spans-") && base.len() == "spanline-replay-otlp_spans-".len() + 16
+        );
         assert_eq!(base, group(&args("earliest", "latest", vec![])), "the same arguments resume");
         assert_eq!(
             group(&args("2026-11-25T10:00:00Z", "latest", vec![2, 0])),

@@ -95,9 +95,8 @@ async fn a_missing_dead_letter_topic_holds_the_partition_visibly_until_it_is_cre
     let admin = ingester.admin_addr;
 
     // The poison record cannot be dead-lettered: the partition holds, and says so.
-    let stalled = || async move {
-        metric(admin, "spanline_ingester_stalled", "cause=\"dead_letter_failing\"").await.ok()
-    };
+    let stalled =
+        || async move { metric(admin, "spanline_ingester_stalled", "cause=\"dead_letter_failing\"").await.ok() };
     wait_for(Duration::from_secs(30), || async { (stalled().await? == 1.0).then_some(()) })
         .await
         .expect("the stall is shown");
@@ -109,7 +108,9 @@ async fn a_missing_dead_letter_topic_holds_the_partition_visibly_until_it_is_cre
     let lines = log_lines(&["dead-letter topic cannot be written", "missing_dlq"]);
     assert!(!lines.is_empty(), "an error names the topic");
     assert!(
-        lines.iter().all(|l| l.contains("ERROR") && l.contains("unknown_topic") && l.contains("create the dead-letter topic")),
+        lines
+            .iter()
+            .all(|l| l.contains("ERROR") && l.contains("unknown_topic") && l.contains("create the dead-letter topic")),
         "with the cause and what to fix: {lines:?}"
     );
     // Several retries within the log interval make one line, not one per retry.
@@ -181,7 +182,10 @@ async fn an_envelope_refused_as_too_large_is_written_without_its_payload_and_the
     let letter = DeadLetter::decode(letters[0].payload.as_slice()).expect("envelope");
     assert!(letter.payload.is_empty(), "without its payload");
     assert_eq!(letter.payload_kind(), PayloadKind::Unspecified);
-    assert_eq!((letter.stage(), letter.source_topic.as_str(), letter.source_offset), (Stage::Decode, "otlp_spans", poison));
+    assert_eq!(
+        (letter.stage(), letter.source_topic.as_str(), letter.source_offset),
+        (Stage::Decode, "otlp_spans", poison)
+    );
     assert_eq!(letter.omitted_payload_bytes, 50_000);
     assert_eq!(letter.omitted_payload_sha256, Sha256::digest(&poison_bytes).to_vec(), "the record's digest");
     assert!(letter.reason.contains("refused the envelope"), "{}", letter.reason);
