@@ -355,7 +355,7 @@ fn leave_out_payload(letter: &mut Letter, keep_reason: usize, why: &str) -> bool
         env.reason.push('…');
     }
     env.reason = format!(
-        "{}; payload of {} bytes (sha256 {}) left out: {why}; the source record is {} partition {} offset {}",
+        "{}; payload of {} bytes left out (sha256 {}): {why}; the source record is {} partition {} offset {}",
         env.reason,
         payload.len(),
         spanline_common::ids::to_hex(&digest),
@@ -755,7 +755,7 @@ mod tests {
         assert_eq!(env.omitted_payload_sha256, digest.to_vec(), "the SHA-256 of the source record's value");
         assert!(
             env.reason.contains(&format!(
-                "payload of 50000 bytes (sha256 {}) left out",
+                "payload of 50000 bytes left out (sha256 {})",
                 spanline_common::ids::to_hex(&digest)
             )),
             "{}",
