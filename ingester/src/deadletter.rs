@@ -74,6 +74,9 @@ pub struct OverLimit {
     pub spans: u64,
 }
 
+/// The longest topic name Kafka accepts.
+const MAX_TOPIC_NAME: usize = 249;
+
 /// Where a re-driven dead letter's spans came from, stamped on every envelope they get again, so a
 /// span that fails again still names its original record (and not the dead-letter record it was
 /// re-driven from, which the envelope names separately).
@@ -93,7 +96,11 @@ impl Redrive {
     /// record itself, the only place known). Reads only the coordinate fields: the payload is
     /// skipped, not copied, so this costs nothing even for an envelope that is not decoded.
     pub fn of(value: &[u8], topic: &str, partition: i32, offset: i64) -> Option<Arc<Self>> {
-        let source = DeadLetterSource::decode(value).ok().filter(|s| !s.source_topic.is_empty())?;
+        // A topic name longer than Kafka allows is not a source (and would be copied into every
+        // letter of the record).
+        let source = DeadLetterSource::decode(value)
+            .ok()
+            .filter(|s| !s.source_topic.is_empty() && s.source_topic.len() <= MAX_TOPIC_NAME)?;
         Some(Arc::new(Self { source, topic: topic.to_owned(), partition, offset }))
     }
 
@@ -840,6 +847,8 @@ mod tests {
         // Bytes that are not an envelope naming a source keep the dead-letter record's coordinates.
         assert!(Redrive::of(b"\xff\xff", "otlp_spans_dlq", 0, 1).is_none());
         assert!(Redrive::of(&DeadLetter::default().encode_to_vec(), "otlp_spans_dlq", 0, 1).is_none());
+        let hostile = DeadLetter { source_topic: "t".repeat(250), ..DeadLetter::default() };
+        assert!(Redrive::of(&hostile.encode_to_vec(), "otlp_spans_dlq", 0, 1).is_none(), "no name Kafka refuses");
         // A span cut from a re-driven record is stamped too (the store's rejection, in `write`).
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {

@@ -136,7 +136,7 @@ impl Metrics {
         );
         r.register(
             "dead_letter_payloads_left_out",
-            "Dead letters written without their payload because the envelope would pass limits.max_dead_letter_bytes",
+            "Dead letters written without their payload because the envelope would pass limits.max_dead_letter_bytes or the broker refused it as too large",
             m.dead_letter_payloads_left_out.clone(),
         );
         r.register(
