@@ -38,9 +38,12 @@ pub struct Kafka {
     pub topic: String,
     /// Consumer group. Default `spanline-ingester`.
     pub group_id: String,
-    /// Where undecodable records and documents the store rejects for good go, as
-    /// `spanline.v1.DeadLetter` envelopes (`proto/`). Default `otlp_spans_dlq`.
-    pub dead_letter_topic: String,
+    /// Deprecated: `kafka.dead_letter.topic`. Still read (with a warning at start) so older
+    /// configuration files load; naming both with different topics is refused. Default unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// The dead-letter producer (`[kafka.dead_letter]`).
+    pub dead_letter: DeadLetterProducer,
     /// librdkafka `partition.assignment.strategy`: `cooperative-sticky` (incremental rebalances: a
     /// member keeps its partitions while others join or leave), or the eager `range` / `roundrobin`.
     /// Default `cooperative-sticky`.
@@ -94,7 +97,8 @@ impl Default for Kafka {
             librdkafka: BTreeMap::new(),
             topic: "otlp_spans".into(),
             group_id: "spanline-ingester".into(),
-            dead_letter_topic: "otlp_spans_dlq".into(),
+            dead_letter_topic: None,
+            dead_letter: DeadLetterProducer::default(),
             assignment_strategy: "cooperative-sticky".into(),
             group_instance_id: String::new(),
             drain_deadline: Duration::from_secs(15),
@@ -111,6 +115,116 @@ impl Kafka {
     /// The connection part, shared with the other components' Kafka settings.
     pub fn client(&self) -> KafkaClientConfig {
         KafkaClientConfig { brokers: self.brokers.clone(), librdkafka: self.librdkafka.clone() }
+    }
+}
+
+/// The dead-letter producer: where what can never be indexed goes, as `spanline.v1.DeadLetter`
+/// envelopes (`proto/`), and how it is written. It connects with `kafka.brokers` and
+/// `kafka.librdkafka` (TLS, SASL), then applies its own settings, then its own `librdkafka` map.
+/// A partition's offsets wait until its dead letters are acknowledged, so these settings decide
+/// how a dead-letter topic that cannot be written shows: see docs/ingester.md ("Dead letters").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterProducer {
+    /// The dead-letter topic. Create it before starting (with the span topic's partition count,
+    /// and a `max.message.bytes` of at least `limits.max_dead_letter_bytes`): a missing topic
+    /// holds every partition that has a dead letter to write. Default `otlp_spans_dlq`.
+    pub topic: String,
+    /// librdkafka `message.timeout.ms`: how long one attempt to write a dead letter may take before
+    /// it counts as failed (then retried with backoff; the partition's offsets wait). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// librdkafka `compression.type`: none, gzip, snappy, lz4 or zstd. Default `none`.
+    pub compression: String,
+    /// librdkafka `message.max.bytes`: the largest record this producer builds. Must be at least
+    /// `limits.max_dead_letter_bytes` plus 1KiB of record framing. Default unset: that sum, and at
+    /// least 1 000 000 bytes (librdkafka's default).
+    pub max_message_bytes: Option<ByteSize>,
+    /// librdkafka properties for this producer only, applied last (after `kafka.librdkafka`).
+    /// Settings that could lose a dead letter are refused: `acks` other than `all`/`-1`,
+    /// `enable.idempotence` other than `true`. Default empty.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+/// Room for a record's framing around the largest envelope (record header, key length, headers).
+pub(crate) const DEAD_LETTER_FRAMING: u64 = 1024;
+
+impl Default for DeadLetterProducer {
+    fn default() -> Self {
+        Self {
+            topic: "otlp_spans_dlq".into(),
+            message_timeout: Duration::from_secs(30),
+            compression: "none".into(),
+            max_message_bytes: None,
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl DeadLetterProducer {
+    /// librdkafka `message.max.bytes` for an envelope bound of `max_dead_letter_bytes`: the
+    /// configured value, else the bound plus framing (at least librdkafka's default).
+    pub fn message_max_bytes(&self, max_dead_letter_bytes: ByteSize) -> u64 {
+        self.max_message_bytes.map_or_else(
+            || max_dead_letter_bytes.bytes().saturating_add(DEAD_LETTER_FRAMING).max(1_000_000),
+            |b| b.bytes(),
+        )
+    }
+
+    /// The producer's librdkafka configuration: the connection (`client`, its overrides included),
+    /// these settings, then this section's own overrides, last.
+    pub fn client_config(&self, client: &KafkaClientConfig, max_dead_letter_bytes: ByteSize) -> rdkafka::ClientConfig {
+        let mut cfg = client.base("spanline-ingester-dlq");
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", self.message_timeout.as_millis().to_string())
+            .set("compression.type", &self.compression)
+            .set("message.max.bytes", self.message_max_bytes(max_dead_letter_bytes).to_string());
+        client.apply_overrides(&mut cfg);
+        for (key, value) in &self.librdkafka {
+            cfg.set(key, value);
+        }
+        cfg
+    }
+
+    /// Refuses settings under which a dead letter could be lost or could never fit.
+    fn validate(&self, client: &KafkaClientConfig, max_dead_letter_bytes: ByteSize) -> Result<(), String> {
+        if self.topic.is_empty() {
+            return Err("kafka.dead_letter.topic must not be empty".into());
+        }
+        if self.message_timeout < Duration::from_secs(1) {
+            return Err(format!("kafka.dead_letter.message_timeout ({:?}) must be at least 1s", self.message_timeout));
+        }
+        const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+        if !COMPRESSIONS.contains(&self.compression.as_str()) {
+            return Err(format!(
+                "kafka.dead_letter.compression must be one of {COMPRESSIONS:?}, got {:?}",
+                self.compression
+            ));
+        }
+        let cfg = self.client_config(client, max_dead_letter_bytes);
+        for key in ["acks", "request.required.acks"] {
+            if let Some(acks) = cfg.get(key).filter(|a| !["all", "-1"].contains(a)) {
+                return Err(format!(
+                    "{key} = {acks:?} for the dead-letter producer (kafka.librdkafka or kafka.dead_letter.librdkafka) could lose dead letters: only \"all\" is accepted"
+                ));
+            }
+        }
+        if cfg.get("enable.idempotence") != Some("true") {
+            return Err(
+                "enable.idempotence must stay true for the dead-letter producer (kafka.librdkafka or kafka.dead_letter.librdkafka): retries could reorder or duplicate dead letters".into(),
+            );
+        }
+        let need = max_dead_letter_bytes.bytes().saturating_add(DEAD_LETTER_FRAMING);
+        let have = cfg.get("message.max.bytes").and_then(|v| v.parse::<u64>().ok());
+        if have.is_none_or(|have| have < need) {
+            return Err(format!(
+                "the dead-letter producer's message.max.bytes ({}) must be at least limits.max_dead_letter_bytes ({max_dead_letter_bytes}) plus {DEAD_LETTER_FRAMING} bytes of framing ({need}): raise kafka.dead_letter.max_message_bytes or lower the limit",
+                cfg.get("message.max.bytes").unwrap_or("unreadable")
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -255,10 +369,12 @@ pub struct Limits {
     /// `document_too_large`); the record's other spans are indexed. Default `1MiB`.
     pub max_document_bytes: ByteSize,
     /// The largest dead-letter record (envelope and key). An envelope that would be larger is
-    /// written without its payload, keeping the source topic, partition, offset, key and reason (the
-    /// payload stays in the source topic until its retention ends). Must not exceed the dead-letter
-    /// topic's `max.message.bytes`; the dead-letter producer's `message.max.bytes` is set to it plus
-    /// 1KiB of framing unless `kafka.librdkafka` says otherwise. Default `1MB` (1 000 000 bytes).
+    /// written without its payload, keeping the source topic, partition, offset, key and reason,
+    /// and the left-out bytes' length and SHA-256 (the payload stays in the source topic until its
+    /// retention ends). Should not exceed the dead-letter topic's `max.message.bytes`: an envelope
+    /// the broker refuses as too large is written again without its payload. Must fit in the
+    /// dead-letter producer's `message.max.bytes` with 1KiB of framing (checked at start). Default
+    /// `1MB` (1 000 000 bytes).
     pub max_dead_letter_bytes: ByteSize,
 }
 
@@ -277,15 +393,42 @@ impl Default for Limits {
 impl Config {
     /// Loads `file` then `SPANLINE_INGESTER__*` variables, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        spanline_common::config::load_validated(file, "SPANLINE_INGESTER")
+        Self::settle(spanline_common::config::load(file, "SPANLINE_INGESTER")?)
+    }
+
+    /// A configuration as loaded → deprecated settings moved, then validated.
+    fn settle(mut config: Self) -> Result<Self, ConfigError> {
+        config.migrate().map_err(ConfigError::Invalid)?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Moves deprecated settings to their new place, saying so once at start.
+    fn migrate(&mut self) -> Result<(), String> {
+        if let Some(old) = self.kafka.dead_letter_topic.take() {
+            let default = DeadLetterProducer::default().topic;
+            if self.kafka.dead_letter.topic != default && self.kafka.dead_letter.topic != old {
+                return Err(format!(
+                    "kafka.dead_letter_topic ({old:?}, deprecated) and kafka.dead_letter.topic ({:?}) disagree: keep only kafka.dead_letter.topic",
+                    self.kafka.dead_letter.topic
+                ));
+            }
+            tracing::warn!(topic = %old, "kafka.dead_letter_topic is deprecated: use kafka.dead_letter.topic");
+            self.kafka.dead_letter.topic = old;
+        }
+        Ok(())
     }
 }
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
         self.kafka.client().validate()?;
-        if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() || self.kafka.dead_letter_topic.is_empty() {
-            return Err("kafka.topic, kafka.group_id and kafka.dead_letter_topic must not be empty".into());
+        if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() {
+            return Err("kafka.topic and kafka.group_id must not be empty".into());
+        }
+        if self.kafka.dead_letter_topic.is_some() {
+            // Only a configuration built in code gets here: `load` moves it.
+            return Err("kafka.dead_letter_topic is deprecated: set kafka.dead_letter.topic".into());
         }
         if !["cooperative-sticky", "range", "roundrobin"].contains(&self.kafka.assignment_strategy.as_str()) {
             return Err(format!(
@@ -293,8 +436,8 @@ impl Validate for Config {
                 self.kafka.assignment_strategy
             ));
         }
-        if self.kafka.topic == self.kafka.dead_letter_topic {
-            return Err("kafka.dead_letter_topic must differ from kafka.topic".into());
+        if self.kafka.topic == self.kafka.dead_letter.topic {
+            return Err("kafka.dead_letter.topic must differ from kafka.topic".into());
         }
         for url in self.opensearch.urls() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -337,6 +480,7 @@ impl Validate for Config {
         if limits.max_dead_letter_bytes.bytes() < 4096 {
             return Err("limits.max_dead_letter_bytes must be at least 4KiB".into());
         }
+        self.kafka.dead_letter.validate(&self.kafka.client(), limits.max_dead_letter_bytes)?;
         if self.kafka.max_prefetch_bytes.bytes() < 1024 {
             return Err("kafka.max_prefetch_bytes must be at least 1KiB".into());
         }
@@ -393,6 +537,8 @@ mod tests {
         let config = Config::load(Some(&path)).expect("deploy/ingester.toml loads");
         assert_eq!(config.kafka.group_id, "spanline-ingester");
         assert_eq!(config.limits, Limits::default(), "the example shows the defaults");
+        assert_eq!(config.kafka.dead_letter, DeadLetterProducer::default(), "the example shows the defaults");
+        assert_eq!(config.kafka.dead_letter_topic, None, "the example uses the new section");
     }
 
     #[test]
@@ -419,5 +565,80 @@ mod tests {
         assert!(c.validate().expect_err("rejected").contains("index_prefix"));
         c.opensearch.index_prefix = "prod-eu.1".into();
         c.validate().expect("a valid prefix");
+    }
+
+    fn loaded(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (format!("SPANLINE_INGESTER__{k}"), (*v).to_owned())).collect();
+        Config::settle(spanline_common::config::load_with_env(None, "SPANLINE_INGESTER", Some(env))?)
+    }
+
+    #[test]
+    fn the_old_dead_letter_topic_setting_still_loads_into_the_new_section() {
+        let c = loaded(&[("KAFKA__DEAD_LETTER_TOPIC", "old_dlq")]).expect("loads");
+        assert_eq!((c.kafka.dead_letter.topic.as_str(), c.kafka.dead_letter_topic), ("old_dlq", None));
+        let c = loaded(&[("KAFKA__DEAD_LETTER__TOPIC", "new_dlq")]).expect("loads");
+        assert_eq!(c.kafka.dead_letter.topic, "new_dlq");
+        let c = loaded(&[("KAFKA__DEAD_LETTER_TOPIC", "same"), ("KAFKA__DEAD_LETTER__TOPIC", "same")]).expect("loads");
+        assert_eq!(c.kafka.dead_letter.topic, "same");
+        let error =
+            loaded(&[("KAFKA__DEAD_LETTER_TOPIC", "a"), ("KAFKA__DEAD_LETTER__TOPIC", "b")]).expect_err("refused");
+        assert!(error.to_string().contains("disagree"), "{error}");
+        let error = loaded(&[("KAFKA__DEAD_LETTER__TIMEOUT", "3s")]).expect_err("unknown field");
+        assert!(error.to_string().contains("timeout"), "{error}");
+        let c =
+            loaded(&[("KAFKA__DEAD_LETTER__MESSAGE_TIMEOUT", "3s"), ("KAFKA__DEAD_LETTER__MAX_MESSAGE_BYTES", "2MiB")])
+                .expect("typed duration and size");
+        assert_eq!(c.kafka.dead_letter.message_timeout, Duration::from_secs(3));
+        assert_eq!(c.kafka.dead_letter.message_max_bytes(c.limits.max_dead_letter_bytes), 2 << 20);
+    }
+
+    #[test]
+    fn the_dead_letter_producer_refuses_lossy_or_too_small_settings() {
+        let with = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate()
+        };
+        let cfg = Config::default().kafka.dead_letter.client_config(&KafkaClientConfig::default(), ByteSize(1_000_000));
+        assert_eq!(cfg.get("message.max.bytes"), Some("1001024"), "the bound plus framing by default");
+        assert_eq!((cfg.get("acks"), cfg.get("enable.idempotence")), (Some("all"), Some("true")));
+        let error = with(&|c| {
+            c.kafka.dead_letter.librdkafka.insert("acks".into(), "1".into());
+        })
+        .expect_err("acks=1");
+        assert!(error.contains("acks"), "{error}");
+        let error = with(&|c| {
+            c.kafka.librdkafka.insert("enable.idempotence".into(), "false".into());
+        })
+        .expect_err("idempotence off");
+        assert!(error.contains("enable.idempotence"), "{error}");
+        let error = with(&|c| {
+            c.kafka.dead_letter.max_message_bytes = Some(ByteSize(1_000_000));
+        })
+        .expect_err("no room for framing");
+        assert!(error.contains("limits.max_dead_letter_bytes"), "{error}");
+        let error = with(&|c| {
+            c.kafka.dead_letter.librdkafka.insert("message.max.bytes".into(), "500000".into());
+        })
+        .expect_err("an override below the bound");
+        assert!(error.contains("message.max.bytes (500000)"), "{error}");
+        with(&|c| {
+            c.limits.max_dead_letter_bytes = ByteSize::mib(4);
+            c.kafka.dead_letter.max_message_bytes = Some(ByteSize::mib(5));
+        })
+        .expect("a larger bound with room");
+        with(&|c| c.limits.max_dead_letter_bytes = ByteSize::mib(4)).expect("unset, it follows the bound");
+        let error = with(&|c| {
+            c.limits.max_dead_letter_bytes = ByteSize::mib(4);
+            c.kafka.dead_letter.max_message_bytes = Some(ByteSize::mib(4));
+        })
+        .expect_err("set, it must leave room for the framing");
+        assert!(error.contains("kafka.dead_letter.max_message_bytes"), "{error}");
+        let error = with(&|c| c.kafka.dead_letter.compression = "brotli".into()).expect_err("compression");
+        assert!(error.contains("kafka.dead_letter.compression"), "{error}");
+        let error = with(&|c| c.kafka.dead_letter.topic = "otlp_spans".into()).expect_err("same topic");
+        assert!(error.contains("kafka.dead_letter.topic"), "{error}");
+        let error = with(&|c| c.kafka.dead_letter_topic = Some("x".into())).expect_err("unmigrated");
+        assert!(error.contains("deprecated"), "{error}");
     }
 }

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub over_limit_records: Family<LimitLabels, Counter>,
     pub over_limit_spans: Family<LimitLabels, Counter>,
     pub dead_letter_payloads_left_out: Counter,
+    pub dead_letter_failures: Family<ClassLabels, Counter>,
     pub assigned_partitions: Gauge,
     pub lag: Family<PartitionLabels, Gauge>,
     pub lag_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
@@ -99,6 +100,7 @@ impl Metrics {
             over_limit_records: Family::default(),
             over_limit_spans: Family::default(),
             dead_letter_payloads_left_out: Counter::default(),
+            dead_letter_failures: Family::default(),
             assigned_partitions: Gauge::default(),
             lag: Family::default(),
             lag_seconds: Family::default(),
@@ -154,8 +156,13 @@ impl Metrics {
         );
         r.register(
             "dead_letter_payloads_left_out",
-            "Dead letters written without their payload because the envelope would pass limits.max_dead_letter_bytes",
+            "Dead letters written without their payload because the envelope would pass limits.max_dead_letter_bytes or the broker refused it as too large",
             m.dead_letter_payloads_left_out.clone(),
+        );
+        r.register(
+            "dead_letter_failures",
+            "Dead-letter writes that failed, by class (too_large, unknown_topic, authorization, timed_out, queue_full, fatal, other); each is retried with the partition's offsets held",
+            m.dead_letter_failures.clone(),
         );
         r.register(
             "consumer_lag_records",

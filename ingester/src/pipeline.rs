@@ -212,7 +212,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     tracing::info!(
         admin = %admin_addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
-        group = %config.kafka.group_id, dead_letter_topic = %config.kafka.dead_letter_topic, opensearch = %config.opensearch.url,
+        group = %config.kafka.group_id, dead_letter_topic = %config.kafka.dead_letter.topic, opensearch = %config.opensearch.url,
         max_bytes = %config.batch.max_bytes, max_docs = config.batch.max_docs, flush_interval = ?config.batch.flush_interval,
         "spanline-ingester starting"
     );

@@ -4,7 +4,9 @@
 //! Called by `spanline-ingester replay`. Steps: [`plan`] resolves each partition's `--from` / `--to`
 //! bounds to offsets (timestamps through Kafka's offsets-for-times, checked against the record
 //! found, since the test broker answers 0 for a timestamp after the newest record) and resumes from
-//! the replay group's committed offset when one lies inside the window; then the partitions are
+//! the replay group's committed offset when one lies inside the window (the default group is
+//! derived from the topic and the window, [`default_group`], so only a replay of the same window
+//! resumes another's progress); then the partitions are
 //! *assigned* (no group membership, so the live group is untouched) to one worker each, which ends
 //! by itself at its end bound. Documents get the index of the span's own day and the same
 //! deterministic ids as live ingestion, so overlapping a window already indexed creates nothing
@@ -106,9 +108,13 @@ pub struct ReplayArgs {
     /// Write under this index prefix instead of `opensearch.index_prefix`.
     #[arg(long)]
     pub index_prefix: Option<String>,
-    /// Consumer group the replay commits its progress to (never the live group).
-    #[arg(long, default_value = "spanline-replay")]
-    pub group: String,
+    /// Consumer group the replay commits its progress to (never the live group). Default
+    /// `spanline-replay-<topic>-<16 hex digits>`, a hash of the topic, `--from`, `--to` and
+    /// `--partitions`: the same arguments resume an interrupted run, a different window starts
+    /// afresh. A group given here is shared by whatever window uses it: a replay resumes from its
+    /// committed offset whenever that lies inside the new window.
+    #[arg(long)]
+    pub group: Option<String>,
     /// Ignore the replay group's committed progress and start at `--from`.
     #[arg(long)]
     pub restart: bool,
@@ -173,12 +179,12 @@ impl fmt::Display for Summary {
 pub fn replay_config(config: &Config, args: &ReplayArgs) -> Config {
     let mut c = config.clone();
     if args.dead_letters {
-        c.kafka.topic = args.topic.clone().unwrap_or_else(|| config.kafka.dead_letter_topic.clone());
+        c.kafka.topic = args.topic.clone().unwrap_or_else(|| config.kafka.dead_letter.topic.clone());
         c.kafka.encoding = Encoding::DeadLetter;
     } else if let Some(topic) = &args.topic {
         c.kafka.topic.clone_from(topic);
     }
-    c.kafka.group_id.clone_from(&args.group);
+    c.kafka.group_id = args.group.clone().unwrap_or_else(|| default_group(&c.kafka.topic, args));
     if let Some(url) = &args.opensearch_url {
         c.opensearch.url.clone_from(url);
     }
@@ -186,6 +192,40 @@ pub fn replay_config(config: &Config, args: &ReplayArgs) -> Config {
         c.opensearch.index_prefix.clone_from(prefix);
     }
     c
+}
+
+/// The replay group of a window when `--group` is not given: `spanline-replay-<topic>-<hash>`, the
+/// hash (64-bit FNV-1a, hex) over the topic, the bounds as given and the sorted partitions. Keying
+/// progress to the window means a replay never starts part way into a window because another
+/// window's replay committed there, while running the same command again resumes it. `--to latest`
+/// is part of the key as written, so an interrupted "everything up to now" resumes and then reads
+/// what arrived since.
+pub fn default_group(topic: &str, args: &ReplayArgs) -> String {
+    let mut partitions = args.partitions.clone();
+    partitions.sort_unstable();
+    partitions.dedup();
+    let partitions: Vec<String> = partitions.iter().map(i32::to_string).collect();
+    let (from, to) = (key(args.from), key(args.to));
+    let hash = spanline_common::ids::fnv64a(&[
+        topic.as_bytes(),
+        b"\n",
+        from.as_bytes(),
+        b"\n",
+        to.as_bytes(),
+        b"\n",
+        partitions.join(",").as_bytes(),
+    ]);
+    format!("spanline-replay-{topic}-{hash:016x}")
+}
+
+/// A bound as it enters the group's key: its kind and value, independent of how it was written.
+fn key(bound: Bound) -> String {
+    match bound {
+        Bound::Earliest => "earliest".into(),
+        Bound::Latest => "latest".into(),
+        Bound::Offset(o) => format!("offset:{o}"),
+        Bound::Time(ms) => format!("time:{ms}"),
+    }
 }
 
 /// A consumer with no group duties (manual assignment), for planning and counting.
@@ -200,9 +240,10 @@ fn scratch(config: &Config, group: &str) -> Result<BaseConsumer, Error> {
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves every partition's window. Blocking (Kafka admin calls).
+/// `config` is the replay's ([`replay_config`]): its group is the one progress is read from.
 pub fn plan(config: &Config, args: &ReplayArgs) -> Result<Vec<Window>, Error> {
     let topic = &config.kafka.topic;
-    let consumer = scratch(config, &args.group)?;
+    let consumer = scratch(config, &config.kafka.group_id)?;
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     let mut partitions: Vec<i32> = metadata
         .topics()
@@ -292,9 +333,9 @@ fn timestamp_at(consumer: &BaseConsumer, topic: &str, partition: i32, offset: i6
 }
 
 /// Reads each window and counts its records and spans (`--dry-run`). Blocking.
-pub fn count(config: &Config, args: &ReplayArgs, windows: &[Window]) -> Result<Summary, Error> {
+pub fn count(config: &Config, windows: &[Window]) -> Result<Summary, Error> {
     let started = Instant::now();
-    let consumer = scratch(config, &args.group)?;
+    let consumer = scratch(config, &config.kafka.group_id)?;
     let mut summary = Summary::default();
     for w in windows {
         let mut spans = 0;
@@ -338,14 +379,15 @@ pub fn count(config: &Config, args: &ReplayArgs, windows: &[Window]) -> Result<S
 /// Runs a replay until every window is indexed, or `shutdown` (then the progress is committed and a
 /// second run resumes).
 pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) -> Result<Summary, Error> {
-    if args.group == config.kafka.group_id {
-        return Err(Error::Setup(format!(
-            "--group {:?} is the live ingesters' group; a replay needs its own",
-            args.group
-        )));
-    }
     let live = config.clone();
     let config = replay_config(&config, &args);
+    if config.kafka.group_id == live.kafka.group_id {
+        return Err(Error::Setup(format!(
+            "--group {:?} is the live ingesters' group; a replay needs its own",
+            config.kafka.group_id
+        )));
+    }
+    tracing::info!(group = %config.kafka.group_id, "replay progress is committed to this group");
     // The overrides (target URL, index prefix) obey the same rules as the configuration file.
     let mut check = config.clone();
     check.kafka.topic.clone_from(&live.kafka.topic);
@@ -365,7 +407,7 @@ pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) 
         );
     }
     if args.dry_run {
-        return tokio::task::spawn_blocking(move || count(&config, &args, &windows))
+        return tokio::task::spawn_blocking(move || count(&config, &windows))
             .await
             .map_err(|e| Error::Setup(format!("counting task failed: {e}")))?;
     }
@@ -516,7 +558,7 @@ mod tests {
             rate: None,
             opensearch_url: Some("http://other:9200".into()),
             index_prefix: Some("backfill".into()),
-            group: "spanline-replay".into(),
+            group: Some("spanline-replay".into()),
             restart: false,
             dry_run: false,
         };
@@ -526,5 +568,48 @@ mod tests {
         assert_eq!(c.kafka.group_id, "spanline-replay");
         assert_eq!(c.opensearch.url, "http://other:9200");
         assert_eq!(c.opensearch.index_prefix, "backfill");
+    }
+
+    #[test]
+    fn the_default_group_is_keyed_by_the_topic_and_the_window() {
+        let args = |from: &str, to: &str, partitions: Vec<i32>| ReplayArgs {
+            topic: None,
+            dead_letters: false,
+            from: from.parse().expect("bound"),
+            to: to.parse().expect("bound"),
+            partitions,
+            rate: None,
+            opensearch_url: None,
+            index_prefix: None,
+            group: None,
+            restart: false,
+            dry_run: false,
+        };
+        let group = |a: &ReplayArgs| replay_config(&Config::default(), a).kafka.group_id;
+        let base = group(&args("earliest", "latest", vec![]));
+        assert!(
+            base.starts_with("spanline-replay-otlp_spans-") && base.len() == "spanline-replay-otlp_spans-".len() + 16
+        );
+        assert_eq!(base, group(&args("earliest", "latest", vec![])), "the same arguments resume");
+        assert_eq!(
+            group(&args("2026-11-25T10:00:00Z", "latest", vec![2, 0])),
+            group(&args("2026-11-25T11:00:00+01:00", "latest", vec![0, 2, 2])),
+            "the same window written differently"
+        );
+        let others = [
+            group(&args("2026-11-25T10:00:00Z", "latest", vec![])),
+            group(&args("earliest", "2026-11-25T10:00:00Z", vec![])),
+            group(&args("earliest", "latest", vec![1])),
+            group(&args("0", "latest", vec![])),
+        ];
+        for other in &others {
+            assert_ne!(&base, other, "another window, another group");
+        }
+        let mut dead = args("earliest", "latest", vec![]);
+        dead.dead_letters = true;
+        assert!(group(&dead).starts_with("spanline-replay-otlp_spans_dlq-"));
+        let mut named = args("earliest", "latest", vec![]);
+        named.group = Some("mine".into());
+        assert_eq!(group(&named), "mine");
     }
 }

@@ -399,6 +399,10 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
         let mut letters = Vec::new();
         // The request's protobuf bytes, which a dead letter of one of its spans is cut from.
         let mut payload = value.clone();
+        // A re-driven dead letter's spans keep their original coordinates if they fail again.
+        let redrive = (shared.encoding == Encoding::DeadLetter)
+            .then(|| deadletter::Redrive::of(&value, &shared.topic, partition, offset))
+            .flatten();
         let origin = |payload: &Bytes, position: [usize; 3], index: String| Origin {
             partition,
             offset,
@@ -406,6 +410,7 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             record: payload.clone(),
             position,
             index,
+            redrive: redrive.clone(),
         };
         if value.len() > limits.max_record_bytes {
             tracing::warn!(
@@ -496,6 +501,9 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
         }
         let dead_lettered = letters.len() as u64;
         if !letters.is_empty() {
+            if let Some(redrive) = &redrive {
+                letters.iter_mut().for_each(|l| redrive.stamp(&mut l.envelope));
+            }
             shared.dead_letters.send(letters, &control.steering.abort).await?;
         }
         let mut services = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

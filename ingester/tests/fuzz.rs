@@ -148,6 +148,7 @@ fn letter(kind: i32, payload: Vec<u8>) -> Vec<u8> {
         target_index: "jaeger-span-2027-01-15".into(),
         dead_lettered_at_unix_nano: 1,
         span_count: 1,
+        ..DeadLetter::default()
     }
     .encode_to_vec()
 }

@@ -36,7 +36,7 @@ fn args(from: Bound, to: Bound) -> ReplayArgs {
         rate: None,
         opensearch_url: None,
         index_prefix: None,
-        group: "spanline-replay".into(),
+        group: Some("spanline-replay".into()),
         restart: false,
         dry_run: false,
     }
@@ -140,7 +140,7 @@ async fn a_time_window_indexes_exactly_the_records_produced_inside_it() {
     // A window ending after the newest record ends at the partitions' ends (the test broker
     // answers offset 0 for such a time; the replay must not read that as "nothing").
     let mut tail = args(Bound::Time(t2), Bound::Time(now() + 3_600_000));
-    tail.group = "spanline-replay-tail".into();
+    tail.group = Some("spanline-replay-tail".into());
     let summary = replay(&c, tail).await;
     assert_eq!((summary.records, summary.spans), (40, 200), "{summary}");
     assert_eq!(settle(&store.url(), 470).await, 470);

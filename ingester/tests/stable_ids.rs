@@ -96,7 +96,7 @@ fn args(from: Bound, to: Bound) -> ReplayArgs {
         rate: None,
         opensearch_url: None,
         index_prefix: None,
-        group: "spanline-replay".into(),
+        group: None,
         restart: false,
         dry_run: false,
     }
