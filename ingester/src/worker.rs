@@ -492,7 +492,14 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                 Err(error) => {
                     shared.metrics.decode_errors.inc();
                     tracing::warn!(partition, offset, %error, "record cannot be decoded, dead-lettering it");
-                    letters.push(deadletter::undecodable(&shared.topic, partition, offset, key.clone(), &value, error));
+                    letters.push(deadletter::undecodable(
+                        &shared.topic,
+                        partition,
+                        offset,
+                        key.clone(),
+                        &value,
+                        error.to_string(),
+                    ));
                 }
             }
         }
@@ -618,24 +625,36 @@ pub fn decoded_cost(encoding: Encoding, value: &[u8]) -> Option<usize> {
     }
 }
 
+/// Why a record could not be decoded; its text goes into the dead letter's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid OTLP protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    /// The JSON decoder's own message, clipped to 1 KiB.
+    #[error("{0}")]
+    Json(String),
+    #[error("invalid spanline.v1.DeadLetter: {0}")]
+    Envelope(prost::DecodeError),
+    #[error("dead letter with unknown payload kind {0}")]
+    PayloadKind(i32),
+}
+
 /// Decodes a record as `encoding`: the request, and its protobuf bytes (the record itself when it
 /// is protobuf).
-pub fn decode(encoding: Encoding, value: &Bytes) -> Result<(ExportTraceServiceRequest, Bytes), String> {
+pub fn decode(encoding: Encoding, value: &Bytes) -> Result<(ExportTraceServiceRequest, Bytes), DecodeError> {
     match encoding {
-        Encoding::OtlpProto => ExportTraceServiceRequest::decode(value.as_ref())
-            .map(|r| (r, value.clone()))
-            .map_err(|e| format!("invalid OTLP protobuf: {e}")),
-        Encoding::OtlpJson => spanline_common::otlp::decode_json(value).map(|r| {
-            let proto = Bytes::from(r.encode_to_vec());
-            (r, proto)
-        }),
+        Encoding::OtlpProto => Ok((ExportTraceServiceRequest::decode(value.as_ref())?, value.clone())),
+        Encoding::OtlpJson => {
+            let request = spanline_common::otlp::decode_json(value).map_err(DecodeError::Json)?;
+            let proto = Bytes::from(request.encode_to_vec());
+            Ok((request, proto))
+        }
         Encoding::DeadLetter => {
-            let letter =
-                DeadLetter::decode(value.as_ref()).map_err(|e| format!("invalid spanline.v1.DeadLetter: {e}"))?;
+            let letter = DeadLetter::decode(value.as_ref()).map_err(DecodeError::Envelope)?;
             let payload = Bytes::from(letter.payload);
             match PayloadKind::try_from(letter.payload_kind) {
                 Ok(PayloadKind::OtlpProto | PayloadKind::RawRecord) => decode(Encoding::OtlpProto, &payload),
-                _ => Err(format!("dead letter with unknown payload kind {}", letter.payload_kind)),
+                _ => Err(DecodeError::PayloadKind(letter.payload_kind)),
             }
         }
     }

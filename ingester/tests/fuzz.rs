@@ -107,7 +107,7 @@ fn map(request: &ExportTraceServiceRequest, proto: &[u8], clamp: bool) -> Mapped
 
 fn decode(encoding: Encoding, bytes: &[u8]) -> Run {
     let value = Bytes::copy_from_slice(bytes);
-    fuzz::measured(peak, bytes.len(), || worker::decode(encoding, &value))
+    fuzz::measured(peak, bytes.len(), || worker::decode(encoding, &value).map_err(|e| e.to_string()))
 }
 
 fn documents(encoding: Encoding, bytes: &[u8], clamp: bool) -> Run {
@@ -119,7 +119,7 @@ fn documents(encoding: Encoding, bytes: &[u8], clamp: bool) -> Run {
             assert_eq!(spanline_common::spans::SpanSources::count(&proto), Ok(spans), "span walk and prost disagree");
             fuzz::measured(peak, bytes.len(), || Ok::<_, String>(map(&request, &proto, clamp)))
         }
-        Err(error) => Run { len: bytes.len(), peak: 0, outcome: Outcome::Err(error) },
+        Err(error) => Run { len: bytes.len(), peak: 0, outcome: Outcome::Err(error.to_string()) },
     }
 }
 
