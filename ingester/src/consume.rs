@@ -247,10 +247,6 @@ impl IngestContext {
         progress.iter().map(|(&p, rx)| (p, *rx.borrow())).collect()
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Drains every worker (shutdown), then lets go of the partition queues: each holds the
     /// consumer, which must be dropped to close and leave the group.
     pub fn drain_all(&self, deadline: Duration) {

@@ -27,7 +27,7 @@
 //!
 //! [`Watermark`]: crate::commit::Watermark
 
-pub mod partition;
+pub(crate) mod partition;
 
 use std::{
     collections::HashSet,
@@ -174,7 +174,7 @@ impl ServiceCache {
 
 /// How the group membership steers a worker; shared by the worker and its handle.
 #[derive(Debug)]
-pub struct Control {
+pub(crate) struct Control {
     pub partition: i32,
     /// Drain (stop reading, flush, finish the bulks, commit, end) and abort (end now).
     pub(crate) steering: Steering,
@@ -211,7 +211,7 @@ impl Control {
 }
 
 /// One partition's worker.
-pub struct Worker<C: ConsumerContext + 'static> {
+pub(crate) struct Worker<C: ConsumerContext + 'static> {
     pub shared: Arc<Shared>,
     pub consumer: Arc<StreamConsumer<C>>,
     /// The partition's queue; the membership keeps it for the partition's next assignment.
