@@ -58,9 +58,11 @@ use crate::{
     deadletter::{self, DeadLetters, OverLimit, RecordLimits},
     document::{DocKind, Mapped, RecordTime, Refusal, Routing, map_request},
     error::Error,
+    health::{Cause, Stalled},
     metrics::{Metrics, PartitionLabels, ReasonLabels},
 };
 use partition::{Io, Partition, Progress, Steering, Written};
+use spanline_common::repeats::Repeats;
 
 /// What every worker shares.
 pub struct Shared {
@@ -148,6 +150,11 @@ impl ServiceCache {
         !self.written.contains(&key) && self.pending.insert(key)
     }
 
+    /// Whether the document with `key` is claimed and not yet durable.
+    pub fn is_pending(&self, key: u64) -> bool {
+        self.pending.contains(&key)
+    }
+
     /// Whether the document with `key` is known to be durable.
     pub fn written(&self, key: u64) -> bool {
         self.written.contains(&key)
@@ -227,7 +234,15 @@ impl<C: ConsumerContext + 'static> Worker<C> {
     /// stored watermark and waits for the broker.
     pub async fn run(self) -> Result<(), Error> {
         let Self { shared, consumer, queue, control, end, progress } = self;
-        let io = KafkaIo { shared: shared.clone(), consumer: consumer.clone(), control: control.clone() };
+        let io = KafkaIo {
+            shared: shared.clone(),
+            consumer: consumer.clone(),
+            control: control.clone(),
+            paused: AtomicBool::new(false),
+        };
+        // librdkafka keeps an application's pause across reassignments: a worker aborted while
+        // blocked (its assignment lost) never resumed, so its successor starts by resuming.
+        io.resume_left_paused();
         let mut source = KafkaSource {
             shared: shared.clone(),
             control: control.clone(),
@@ -236,6 +251,8 @@ impl<C: ConsumerContext + 'static> Worker<C> {
             ended: false,
             mapped: Mapped::default(),
             claimed: Vec::new(),
+            failing: None,
+            repeats: Repeats::default(),
         };
         let mut partition = Partition::new(shared.limits, shared.max_inflight_bulks);
         let steering = &control.steering;
@@ -255,6 +272,31 @@ struct KafkaIo<C: ConsumerContext + 'static> {
     shared: Arc<Shared>,
     consumer: Arc<StreamConsumer<C>>,
     control: Arc<Control>,
+    /// Fetching is paused by this worker (counted in `paused_partitions`).
+    paused: AtomicBool,
+}
+
+impl<C: ConsumerContext + 'static> KafkaIo<C> {
+    fn tpl(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.shared.topic, self.control.partition);
+        tpl
+    }
+
+    fn resume_left_paused(&self) {
+        if let Err(error) = self.consumer.resume(&self.tpl()) {
+            tracing::debug!(partition = self.control.partition, %error, "cannot resume fetching at start");
+        }
+    }
+}
+
+impl<C: ConsumerContext + 'static> Drop for KafkaIo<C> {
+    /// An aborted worker leaves the gauge as it found it (its successor resumes the fetching).
+    fn drop(&mut self) {
+        if self.paused.load(Ordering::Relaxed) {
+            self.shared.metrics.paused_partitions.dec();
+        }
+    }
 }
 
 impl<C: ConsumerContext + 'static> Io for KafkaIo<C> {
@@ -281,16 +323,17 @@ impl<C: ConsumerContext + 'static> Io for KafkaIo<C> {
 
     fn pause(&self, pause: bool) {
         let partition = self.control.partition;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.shared.topic, partition);
+        let tpl = self.tpl();
         let result = if pause { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) };
         match result {
             Ok(()) if pause => {
                 tracing::debug!(partition, "every bulk slot busy: fetching paused");
+                self.paused.store(true, Ordering::Relaxed);
                 self.shared.metrics.paused_partitions.inc();
             }
             Ok(()) => {
                 tracing::debug!(partition, "fetching resumed");
+                self.paused.store(false, Ordering::Relaxed);
                 self.shared.metrics.paused_partitions.dec();
             }
             Err(error) => tracing::warn!(partition, pause, %error, "cannot pause or resume fetching"),
@@ -326,6 +369,9 @@ struct KafkaSource<C: ConsumerContext + 'static> {
     mapped: Mapped,
     /// Service documents this worker claimed ([`ServiceCache::claim`]); released when it ends.
     claimed: Vec<u64>,
+    /// Held while the partition queue answers errors instead of records.
+    failing: Option<Stalled>,
+    repeats: Repeats,
 }
 
 impl<C: ConsumerContext + 'static> Drop for KafkaSource<C> {
@@ -360,12 +406,20 @@ impl<C: ConsumerContext + 'static> partition::Source for KafkaSource<C> {
                 // watermark it was resolved against, so the partition's end is past it.
                 Err(KafkaError::PartitionEOF(_)) if self.end.is_some() => self.ended = true,
                 Err(KafkaError::PartitionEOF(_)) => {}
+                // librdkafka retries these itself (a deleted topic, an ACL taken away): the partition
+                // does not move meanwhile, so it is a stall an operator sees, logged once per interval.
                 Err(error) => {
-                    tracing::warn!(partition, %error, "kafka consume error");
+                    if let Some(repeated) = self.repeats.check("consume") {
+                        tracing::error!(partition, %error, repeated, "cannot consume the partition; retrying, offsets held");
+                    }
+                    if self.failing.is_none() {
+                        self.failing = Some(self.shared.metrics.health.stall(Cause::ConsumerFailing));
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Ok(message) if self.end.is_some_and(|end| message.offset() >= end) => self.ended = true,
                 Ok(message) => {
+                    self.failing = None;
                     let offset = message.offset();
                     self.ended = self.end.is_some_and(|end| offset + 1 >= end);
                     return Some(Record {
@@ -513,30 +567,43 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             }
             shared.dead_letters.send(letters, &control.steering.abort).await?;
         }
-        let mut services = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if claimed.len() >= SERVICE_CACHE_CAPACITY {
-            // Claims already durable need no release.
-            claimed.retain(|&key| !services.written(key));
-        }
+        // Service documents: claimed under the lock (one already written, or carried by another
+        // batch, is left out), encoded after it is released.
+        let services: Vec<Option<u64>> = {
+            let mut cache = shared.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if claimed.len() >= SERVICE_CACHE_CAPACITY {
+                // Only claims still pending need releasing later: the list stays as long as what is
+                // in flight.
+                claimed.retain(|&key| cache.is_pending(key));
+            }
+            mapped
+                .docs
+                .iter()
+                .map(|d| {
+                    if d.kind == DocKind::Span {
+                        return Some(0);
+                    }
+                    let key = ServiceCache::key(&d.index, &d.id);
+                    cache.claim(key).then(|| {
+                        claimed.push(key);
+                        key
+                    })
+                })
+                .collect()
+        };
         // Documents are moved into their items: the index name goes to the origin without a copy.
-        // Service documents already durable are left out; the others are marked once their batch is.
         let items = mapped
             .docs
             .drain(..)
-            .filter_map(|d| {
-                let service = (d.kind != DocKind::Span).then(|| ServiceCache::key(&d.index, &d.id));
-                if let Some(key) = service {
-                    if !services.claim(key) {
-                        return None;
-                    }
-                    claimed.push(key);
-                }
+            .zip(services)
+            .filter_map(|(d, claim)| {
+                let claim = claim?;
                 Some(Item {
                     ndjson: encode_item(&d),
                     kind: d.kind,
                     end_micros: d.end_micros,
+                    service: (d.kind != DocKind::Span).then_some(claim),
                     origin: d.position.map(|position| origin(&payload, position, d.index)),
-                    service,
                 })
             })
             .collect();
