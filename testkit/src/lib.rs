@@ -9,6 +9,10 @@ pub mod fixtures;
 
 pub mod fuzz;
 
+pub mod mock;
+
+pub use mock::MockKafka;
+
 pub mod process;
 
 use std::{
