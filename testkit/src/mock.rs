@@ -86,5 +86,7 @@ pub fn mock_kafka_bin() -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("mock-kafka is missing: build it with `cargo build -p spanline-testkit --bin mock-kafka` (scripts/test.sh does)")
+    bail!(
+        "mock-kafka is missing: build it with `cargo build -p spanline-testkit --bin mock-kafka` (scripts/test.sh does)"
+    )
 }
