@@ -5,7 +5,6 @@
 //! 6 s sessions (`testkit::process::ingester`). Every span is counted and its id compared.
 
 use std::{
-    collections::BTreeSet,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -19,8 +18,7 @@ use rdkafka::{
 use spanline_devstore::Faults;
 use spanline_ingester::commit::Fence;
 use spanline_testkit::{
-    MockKafka, count, devstore_with_faults, fixtures, free_port, process, process::Killed as Guard, produce,
-    settled_count, span_conflicts, wait_for,
+    MockKafka, count, devstore_with_faults, fixtures, free_port, process, process::Killed as Guard, produce, wait_for,
 };
 use tokio::task::JoinHandle;
 
@@ -77,35 +75,12 @@ fn stream(bootstrap: &str, chunks: u64, traces: u64, pause: Duration) -> JoinHan
     })
 }
 
-/// `traceID:spanID` of every span `stream` produces for `traces` traces in all.
-fn expected_spans(traces: u64) -> BTreeSet<String> {
-    let hex = |b: Vec<u8>| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    (1..=traces)
-        .flat_map(|t| {
-            (0..SPANS_PER_TRACE)
-                .map(move |n| format!("{}:{}", hex(fixtures::trace_id(t)), hex(fixtures::span_id(t * 1_000_000 + n))))
-        })
-        .collect()
-}
-
-/// Asserts the store holds exactly the spans of `traces` traces, each once: the count, and every
-/// document's `traceID:spanID` against the expected set (a missing span, a stranger or a second
-/// document for one span all fail). Returns the store's conflict count (spans written again onto
-/// their existing document).
+/// Asserts the store holds exactly the spans of `traces` traces as `stream` writes them, each in
+/// one document (`testkit::exactly_once`); returns the store's conflict count (spans written again
+/// onto their existing document).
 async fn assert_exactly_once(url: &str, traces: u64) -> u64 {
-    let want = expected_spans(traces);
-    let total = u64::try_from(want.len()).expect("fits");
-    let indexed = settled_count(url, "jaeger-span-*", total, Duration::from_secs(90)).await;
-    assert_eq!(indexed, total, "every span indexed, once");
-    let docs = spanline_testkit::documents(url, "jaeger-span-*").await.expect("documents");
-    let ids: Vec<String> = docs
-        .iter()
-        .map(|(_, d)| format!("{}:{}", d["traceID"].as_str().unwrap_or("?"), d["spanID"].as_str().unwrap_or("?")))
-        .collect();
-    let unique: BTreeSet<String> = ids.iter().cloned().collect();
-    assert_eq!(ids.len(), unique.len(), "a span has two documents");
-    assert!(unique == want, "indexed spans differ from produced ones: {} missing", want.difference(&unique).count());
-    span_conflicts(url).await.expect("store stats")
+    let want = fixtures::span_keys(1, traces, SPANS_PER_TRACE);
+    spanline_testkit::exactly_once(url, &want, Duration::from_secs(90)).await.expect("every span exactly once")
 }
 
 /// Sum of the group's committed offsets, once it reaches `records` (or what it is after 20 s).
