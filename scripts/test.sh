@@ -7,6 +7,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The memory tests measure the release binaries users run (spanline_testkit::process::release_bin).
 cargo build --release --locked --bins -p spanline-collector -p spanline-ingester || exit 1
+# The group-failure tests start librdkafka's mock cluster from this binary (spanline_testkit::MockKafka);
+# cargo builds another package's binaries only when asked.
+cargo build --locked -p spanline-testkit --bin mock-kafka || exit 1
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")

@@ -2,12 +2,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use spanline_devstore::{Faults, Settings};
 use spanline_testkit::{
-    Broker, count, devstore_with, devstore_with_faults, fixtures, metric, produce, read_at_least, settled_count,
-    wait_for,
+    Broker, count, devstore_with, devstore_with_faults, exactly_once, fixtures, metric, produce, read_at_least,
+    settled_count, span_conflicts, wait_for,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,14 @@ async fn broker() -> Broker {
 
 async fn wait_count(url: &str, want: u64) -> u64 {
     settled_count(url, "jaeger-span-*", want, Duration::from_secs(60)).await
+}
+
+/// Asserts the store holds exactly the spans `want` names, each in one document, and that none was
+/// written twice: with deterministic ids a span indexed again lands on its own document, which the
+/// count cannot see but the store's conflict count does.
+async fn assert_exactly_once(url: &str, want: &BTreeSet<String>) {
+    let conflicts = exactly_once(url, want, Duration::from_secs(60)).await.expect("every span exactly once");
+    assert_eq!(conflicts, 0, "a span was written twice: a record or a bulk item was processed again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +49,9 @@ async fn item_level_429s_are_retried_until_every_span_is_indexed_once() {
     let mut c = config(&broker, &store.url());
     c.batch.max_docs = 100;
     let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
-    assert_eq!(wait_count(&store.url(), 1_000).await, 1_000, "every span once despite 30% item 429s");
+    // Every span once despite 30% item 429s: a refused item was not written, so its retry is its
+    // first write.
+    assert_exactly_once(&store.url(), &fixtures::span_keys(1, 200, 5)).await;
     let stats: serde_json::Value =
         reqwest::get(format!("{}/_devstore/stats", store.url())).await.expect("stats").json().await.expect("json");
     assert!(stats["bulk"]["items_by_status"]["429"].as_u64().unwrap_or(0) > 100, "the fault was exercised: {stats}");
@@ -93,7 +103,10 @@ async fn a_small_trickle_is_flushed_by_time_and_a_restart_duplicates_nothing() {
         .expect("produced");
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("restarts");
-    assert_eq!(wait_count(&store.url(), 14).await, 14, "old spans not indexed twice, new ones indexed");
+    // Old spans not indexed twice, new ones indexed.
+    let mut want = fixtures::span_keys(1, 3, 2);
+    want.extend(fixtures::span_keys(100, 4, 2));
+    assert_exactly_once(&store.url(), &want).await;
     // Re-read records would show as span documents answered 409, which are counted here too.
     let spans = metric(ingester.admin_addr, "spanline_ingester_documents_indexed_total", "kind=\"span\"")
         .await
@@ -125,7 +138,9 @@ async fn poison_documents_and_undecodable_records_are_dead_lettered_once_and_the
 
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(config(&broker, &store.url()), shutdown.clone()).await.expect("starts");
-    assert_eq!(wait_count(&store.url(), 100).await, 100, "every good span indexed once");
+    // Every good span (0 and 2 of each trace) indexed once.
+    let good: BTreeSet<String> = (1..=50).flat_map(|t| [fixtures::span_key(t, 0), fixtures::span_key(t, 2)]).collect();
+    assert_exactly_once(&store.url(), &good).await;
 
     let letters = read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 52).await.expect("dead letters arrive");
     assert_eq!(letters.len(), 52, "50 poison spans and 2 undecodable records, each once");
@@ -168,14 +183,31 @@ async fn poison_documents_and_undecodable_records_are_dead_lettered_once_and_the
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 
-    // The partitions moved past the poison: a new member of the group reads nothing old.
+    // The partitions moved past the poison: a new member of the group reads nothing old. Reading
+    // nothing proves it only once the member owns the partitions and is reading: it is assigned
+    // every partition, then a new record arrives and is the only one it reads.
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(config(&broker, &store.url()), shutdown.clone()).await.expect("restarts");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let admin = ingester.admin_addr;
+    wait_for(Duration::from_secs(30), || async move {
+        (metric(admin, "spanline_ingester_assigned_partitions", "").await.ok()? == 3.0).then_some(())
+    })
+    .await
+    .expect("the new member owns every partition");
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 500, 1, 3, fixtures::now_unix_nano()))
+        .await
+        .expect("produced");
+    wait_for(Duration::from_secs(30), || async move {
+        (metric(admin, "spanline_ingester_records_total", "").await.ok()? >= 1.0).then_some(())
+    })
+    .await
+    .expect("the new member reads the new record");
+    // Time for any old record fetched along with it to be counted too.
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
-        metric(ingester.admin_addr, "spanline_ingester_records_total", "").await.expect("metrics"),
-        0.0,
-        "committed past every record"
+        metric(admin, "spanline_ingester_records_total", "").await.expect("metrics"),
+        1.0,
+        "committed past every record: only the new one is read"
     );
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
@@ -193,7 +225,7 @@ async fn spans_from_1970_are_dead_lettered_and_create_no_index() {
     produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(config(&broker, &store.url()), shutdown.clone()).await.expect("starts");
-    assert_eq!(wait_count(&store.url(), 10).await, 10);
+    assert_exactly_once(&store.url(), &fixtures::span_keys(1, 5, 2)).await;
     let letters = read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 6).await.expect("dead letters");
     assert_eq!(letters.len(), 6, "each 1970 span once");
     for record in &letters {
@@ -229,7 +261,7 @@ async fn otlp_json_records_are_indexed() {
     c.kafka.encoding = spanline_ingester::config::Encoding::OtlpJson;
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
-    assert_eq!(wait_count(&store.url(), 12).await, 12);
+    assert_exactly_once(&store.url(), &fixtures::span_keys(1, 4, 3)).await;
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }
@@ -266,6 +298,9 @@ async fn several_nodes_share_the_bulks_and_a_down_node_is_passed_over() {
     assert!(
         count(&a, "jaeger-span-*").await.expect("count") > 0 && count(&b, "jaeger-span-*").await.expect("count") > 0
     );
+    for node in [&a, &b] {
+        assert_eq!(span_conflicts(node).await.expect("stats"), 0, "a bulk written twice to one node");
+    }
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 
@@ -279,6 +314,7 @@ async fn several_nodes_share_the_bulks_and_a_down_node_is_passed_over() {
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
     assert_eq!(settled_count(&a, "jaeger-span-*", before + 200, Duration::from_secs(60)).await, before + 200);
+    assert_eq!(span_conflicts(&a).await.expect("stats"), 0, "a bulk passed over to the next node is written once");
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }
@@ -325,7 +361,7 @@ async fn a_member_owning_nothing_while_the_group_does_not_move_says_so_and_is_no
 
     // The store recovers, the owner commits: the group moves and the idle member is ready again.
     spanline_testkit::set_faults(&store.url(), serde_json::json!({})).await.expect("faults cleared");
-    assert_eq!(wait_count(&store.url(), 60).await, 60);
+    assert_exactly_once(&store.url(), &fixtures::span_keys(1, 20, 3)).await;
     wait_for(Duration::from_secs(30), || async {
         (stalled(second.admin_addr).await? == 0.0 && ready(second.admin_addr).await).then_some(())
     })

@@ -203,6 +203,7 @@ async fn jaeger_query_finds_and_reads_what_the_ingester_wrote() {
     let shutdown = CancellationToken::new();
     let ingester = spanline_ingester::start(config(&broker, &u), shutdown.clone()).await.expect("starts");
     assert_eq!(settled_count(&u, "jaeger-span-*", 11, Duration::from_secs(60)).await, 11);
+    assert_eq!(spanline_testkit::span_conflicts(&u).await.expect("stats"), 0, "each span written once");
     assert_eq!(settled_count(&u, "jaeger-service-*", 4, Duration::from_secs(30)).await, 4);
 
     let c = Client::new();

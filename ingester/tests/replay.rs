@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use spanline_devstore::Faults;
 use spanline_ingester::replay::{self, Bound, ReplayArgs, Summary};
-use spanline_testkit::{Broker, count, devstore_with_faults, fixtures, produce, settled_count};
+use spanline_testkit::{Broker, count, devstore_with_faults, exactly_once, fixtures, produce};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 3;
@@ -46,8 +46,11 @@ async fn replay(config: &spanline_ingester::Config, args: ReplayArgs) -> Summary
     replay::run(config.clone(), args, CancellationToken::new()).await.expect("replay runs")
 }
 
-async fn settle(url: &str, want: u64) -> u64 {
-    settled_count(url, "jaeger-span-*", want, Duration::from_secs(60)).await
+/// Asserts the store holds exactly the spans `want` names, each in one document, and that none was
+/// written twice (deterministic ids: a second write is a conflict, invisible to a count).
+async fn assert_exactly_once(url: &str, want: &BTreeSet<String>) {
+    let conflicts = exactly_once(url, want, Duration::from_secs(60)).await.expect("every span exactly once");
+    assert_eq!(conflicts, 0, "a span was written twice");
 }
 
 /// Sum over partitions of `group`'s committed offsets.
@@ -65,7 +68,7 @@ async fn replaying_a_window_live_ingestion_indexed_changes_nothing_and_leaves_th
     let c = config(&broker, &store.url());
     let shutdown = CancellationToken::new();
     let live = spanline_ingester::start(c.clone(), shutdown.clone()).await.expect("starts");
-    assert_eq!(settle(&store.url(), 800).await, 800);
+    assert_exactly_once(&store.url(), &fixtures::span_keys(1, 200, 4)).await;
     shutdown.cancel();
     live.task.await.expect("join").expect("clean stop");
     let bootstrap = broker.bootstrap();
@@ -125,7 +128,8 @@ async fn a_time_window_indexes_exactly_the_records_produced_inside_it() {
 
     let summary = replay(&c, args(Bound::Time(t1), Bound::Time(t2))).await;
     assert_eq!((summary.records, summary.spans, summary.indexed), (90, 270, 270), "{summary}");
-    assert_eq!(settle(&store.url(), 270).await, 270, "exactly the window's spans");
+    // Exactly the window's spans.
+    assert_exactly_once(&store.url(), &fixtures::span_keys(1_000, 90, 3)).await;
     let services: serde_json::Value = reqwest::Client::new()
         .post(format!("{}/jaeger-span-*/_search", store.url()))
         .json(&serde_json::json!({"size": 0, "query": {"term": {"process.serviceName": "inside"}}}))
@@ -143,7 +147,9 @@ async fn a_time_window_indexes_exactly_the_records_produced_inside_it() {
     tail.group = Some("spanline-replay-tail".into());
     let summary = replay(&c, tail).await;
     assert_eq!((summary.records, summary.spans), (40, 200), "{summary}");
-    assert_eq!(settle(&store.url(), 470).await, 470);
+    let mut want = fixtures::span_keys(1_000, 90, 3);
+    want.extend(fixtures::span_keys(2_000, 40, 5));
+    assert_exactly_once(&store.url(), &want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,8 +188,9 @@ async fn an_interrupted_replay_resumes_where_it_stopped_and_indexes_everything_o
         1_500,
         "the second run starts where the first stopped: {first} / {second}"
     );
-    assert_eq!(settle(&store.url(), total).await, total);
-    assert_eq!(spanline_testkit::span_conflicts(&store.url()).await.expect("stats"), 0, "no span was written twice");
+    let want = fixtures::span_keys(1, 1_500, 4);
+    assert_eq!(want.len() as u64, total);
+    assert_exactly_once(&store.url(), &want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +209,9 @@ async fn dead_lettered_spans_are_indexed_once_when_re_driven_after_the_fault_is_
     let c = config(&broker, &store.url());
     let shutdown = CancellationToken::new();
     let live = spanline_ingester::start(c.clone(), shutdown.clone()).await.expect("starts");
-    assert_eq!(settle(&store.url(), 160).await, 160);
+    // Spans 0 and 1 of each trace; span 2 is dead-lettered.
+    let good: BTreeSet<String> = (1..=80).flat_map(|t| [fixtures::span_key(t, 0), fixtures::span_key(t, 1)]).collect();
+    assert_exactly_once(&store.url(), &good).await;
     let letters = spanline_testkit::read_at_least(&broker.bootstrap(), "otlp_spans_dlq", 80).await.expect("letters");
     assert_eq!(letters.len(), 80);
     shutdown.cancel();
@@ -214,11 +223,13 @@ async fn dead_lettered_spans_are_indexed_once_when_re_driven_after_the_fault_is_
     redrive.dead_letters = true;
     let summary = replay(&c, redrive.clone()).await;
     assert_eq!((summary.records, summary.spans, summary.indexed, summary.dead_lettered), (80, 80, 80, 0), "{summary}");
-    assert_eq!(settle(&store.url(), 240).await, 240, "every span indexed, each once");
+    // Every span indexed, each once: the re-driven ones had never been written.
+    assert_exactly_once(&store.url(), &fixtures::span_keys(1, 80, 3)).await;
     // Run again: resumes at the end, nothing to do.
     let again = replay(&c, redrive).await;
     assert_eq!(again.records, 0, "{again}");
     assert_eq!(count(&store.url(), "jaeger-span-*").await.expect("count"), 240);
+    assert_eq!(spanline_testkit::span_conflicts(&store.url()).await.expect("stats"), 0, "nothing re-driven twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,5 +248,5 @@ async fn a_replay_whose_last_record_fills_a_batch_while_the_bulk_slot_is_busy_st
     c.batch.max_inflight_bulks = 1;
     let summary = replay(&c, args(Bound::Earliest, Bound::Latest)).await;
     assert_eq!((summary.records, summary.spans, summary.indexed), (120, 480, 480), "{summary}");
-    assert_eq!(settle(&store.url(), 480).await, 480);
+    assert_exactly_once(&store.url(), &fixtures::span_keys(1, 120, 4)).await;
 }

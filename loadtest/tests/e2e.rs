@@ -12,7 +12,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
 };
 use serde_json::Value;
-use spanline_testkit::{Broker, devstore, documents, settled_count, wait_for};
+use spanline_testkit::{Broker, devstore, documents, settled_count, span_conflicts, wait_for};
 use tokio_util::sync::CancellationToken;
 
 struct Stack {
@@ -142,6 +142,9 @@ async fn otlp_sdk_spans_reach_the_store_once_each_over_grpc_and_http() {
     let url = s.store.url();
     let total = (sent_grpc.len() + sent_http.len()) as u64;
     assert_eq!(wait_for_count(&url, "jaeger-span-*", total).await, total, "span documents");
+    // Deterministic ids make a span indexed twice land on its own document: only the store's
+    // conflicts show it.
+    assert_eq!(span_conflicts(&url).await.expect("store stats"), 0, "a span was written twice");
     let docs = documents(&url, "jaeger-span-*").await.expect("search");
     let (grpc_docs, http_docs): (Vec<_>, Vec<_>) =
         docs.into_iter().partition(|(_, d)| d["process"]["serviceName"] == "e2e-grpc");

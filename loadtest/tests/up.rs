@@ -211,6 +211,9 @@ async fn one_run(run: usize, run_dir: &Path, ports: &Ports, bin: &Path) -> Up {
         indexed, acknowledged,
         "run {run}: the fresh store must hold exactly this run's spans (more: an earlier run's records were not committed)"
     );
+    // Ids are deterministic, so one of this run's records read twice would not change the count.
+    let conflicts = spanline_testkit::span_conflicts(&store).await.expect("store stats");
+    assert_eq!(conflicts, 0, "run {run}: a span of this run was written twice");
     up
 }
 

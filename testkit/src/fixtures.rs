@@ -143,3 +143,15 @@ pub mod hostile {
         }
     }
 }
+
+/// `traceID:spanID` (lowercase hex) of span `n` of trace `trace`, as [`span`] builds it and as a
+/// Jaeger span document names it.
+pub fn span_key(trace: u64, n: u64) -> String {
+    let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    format!("{}:{}", hex(trace_id(trace)), hex(span_id(trace * 1_000_000 + n)))
+}
+
+/// The [`span_key`]s of every span [`trace_records`] writes for the same arguments.
+pub fn span_keys(first_trace: u64, traces: u64, spans_per_trace: u64) -> std::collections::BTreeSet<String> {
+    (first_trace..first_trace + traces).flat_map(|t| (0..spans_per_trace).map(move |n| span_key(t, n))).collect()
+}

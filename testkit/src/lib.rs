@@ -9,9 +9,14 @@ pub mod fixtures;
 
 pub mod fuzz;
 
+pub mod mock;
+
+pub use mock::MockKafka;
+
 pub mod process;
 
 use std::{
+    collections::BTreeSet,
     future::Future,
     net::TcpListener,
     path::PathBuf,
@@ -300,6 +305,56 @@ pub async fn documents(url: &str, index: &str) -> anyhow::Result<Vec<(String, se
         .await?;
     let hits = response["hits"]["hits"].as_array().with_context(|| format!("unexpected _search answer: {response}"))?;
     Ok(hits.iter().map(|h| (h["_id"].as_str().unwrap_or_default().to_owned(), h["_source"].clone())).collect())
+}
+
+/// Checks that the span indices at `url` hold exactly the spans `expected` names (`traceID:spanID`,
+/// see [`fixtures::span_keys`]), each in one document: the count once it reaches `expected` (or
+/// after `timeout`), then every document of the expected traces, fetched a few hundred traces at a
+/// time so that no answer reaches the 10 000-hit search window. Returns the store's span conflicts:
+/// spans written again onto their existing document (deterministic ids), which no count can see,
+/// so a test that claims no record was read twice asserts they are 0.
+pub async fn exactly_once(url: &str, expected: &BTreeSet<String>, timeout: Duration) -> anyhow::Result<u64> {
+    /// Traces per search: with the fixtures' few spans per trace, far below the search window.
+    const TRACES_PER_SEARCH: usize = 500;
+    let want = expected.len() as u64;
+    let indexed = settled_count(url, "jaeger-span-*", want, timeout).await;
+    if indexed != want {
+        bail!("{indexed} span documents, expected {want}");
+    }
+    let traces: BTreeSet<&str> = expected.iter().filter_map(|k| k.split_once(':').map(|(t, _)| t)).collect();
+    let traces: Vec<&str> = traces.into_iter().collect();
+    let client = reqwest::Client::new();
+    let (mut found, mut twice) = (BTreeSet::new(), Vec::new());
+    for chunk in traces.chunks(TRACES_PER_SEARCH) {
+        let response: serde_json::Value = client
+            .post(format!("{url}/jaeger-span-*/_search"))
+            .json(&serde_json::json!({"query": {"terms": {"traceID": chunk}}, "size": 10_000}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let hits =
+            response["hits"]["hits"].as_array().with_context(|| format!("unexpected _search answer: {response}"))?;
+        if hits.len() >= 10_000 {
+            bail!("{} traces hold 10 000 spans or more: too many per search", chunk.len());
+        }
+        for hit in hits {
+            let field = |name: &str| hit["_source"][name].as_str().unwrap_or("?").to_owned();
+            let key = format!("{}:{}", field("traceID"), field("spanID"));
+            if !found.insert(key.clone()) {
+                twice.push(key);
+            }
+        }
+    }
+    if !twice.is_empty() {
+        bail!("{} spans have more than one document, e.g. {:?}", twice.len(), &twice[..twice.len().min(5)]);
+    }
+    let missing: Vec<&String> = expected.difference(&found).take(5).collect();
+    let strangers: Vec<&String> = found.difference(expected).take(5).collect();
+    if !missing.is_empty() || !strangers.is_empty() {
+        bail!("indexed spans differ from the expected ones: missing {missing:?}, not expected {strangers:?}");
+    }
+    span_conflicts(url).await
 }
 
 /// Produces `records` (key, value) to `topic` and waits for every delivery report.
