@@ -89,7 +89,8 @@ impl Fence {
         Self { topic: topic.to_owned(), partition, owned: Mutex::new(true) }
     }
 
-    /// After this returns, no store runs or will run for the partition, and no commit will start.
+    /// After this returns, no store runs or will run for the partition. A commit that checked the
+    /// fence just before may still reach the broker ([`Fence::commit`] says why that is harmless).
     pub fn close(&self) {
         *self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = false;
     }

@@ -71,8 +71,9 @@ pub type IngestConsumer = StreamConsumer<IngestContext>;
 /// How a worker task ended, as its supervisor saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
-    /// Drained: its last batches are durable and its watermark committed.
-    Drained,
+    /// Drained: its last batches are durable and its watermark stored; `committed` when the
+    /// broker also took the final commit (it may refuse one while a rebalance is under way).
+    Drained { committed: bool },
     /// Aborted: it stored nothing more.
     Aborted,
     /// It failed or panicked; the failure was reported and stops the ingester.
@@ -148,7 +149,8 @@ impl IngestContext {
     /// `end(partition)` (exclusive) when that is given (replay).
     pub fn start_workers(&self, tpl: &TopicPartitionList, end: impl Fn(i32) -> Option<i64>) {
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
-            tracing::error!("assignment before the consumer is registered; partitions not started");
+            // An assigned partition nobody reads must stop the ingester, never look healthy.
+            let _ = self.shared.failures.send(Error::Setup("assignment before the consumer is registered".into()));
             return;
         };
         let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -159,7 +161,8 @@ impl IngestContext {
                 continue;
             }
             let Some(queue) = self.queue(&consumer, partition) else {
-                tracing::error!(partition, "cannot split the partition's queue; not started");
+                let error = Error::Setup(format!("cannot split the queue of assigned partition {partition}"));
+                let _ = self.shared.failures.send(error);
                 continue;
             };
             let control = Arc::new(Control::new(&self.shared.topic, partition));
@@ -204,12 +207,13 @@ impl IngestContext {
         for h in &handles {
             h.control.drain(shutting_down);
         }
-        let (mut drained, mut late, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut drained, mut uncommitted, mut late, mut failed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for h in &handles {
             let left = until.saturating_duration_since(Instant::now());
             let partition = h.control.partition;
             match h.ended.recv_timeout(left) {
-                Ok(Ended::Drained) => drained.push(partition),
+                Ok(Ended::Drained { committed: true }) => drained.push(partition),
+                Ok(Ended::Drained { committed: false }) => uncommitted.push(partition),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => late.push(partition),
                 // Aborted before the drain asked (never by us before the fence), failed, panicked,
                 // or its supervisor dropped with the runtime: not drained, nothing more is committed.
@@ -220,14 +224,15 @@ impl IngestContext {
         }
         self.fence(&handles);
         self.event("drained", drained.len());
+        self.event("drain_uncommitted", uncommitted.len());
         self.event("drain_timeout", late.len());
         self.event("drain_failed", failed.len());
-        if late.is_empty() && failed.is_empty() {
+        if uncommitted.is_empty() && late.is_empty() && failed.is_empty() {
             tracing::info!(partitions = ?drained, "partitions drained and committed");
         } else {
             tracing::warn!(
-                drained = ?drained, late = ?late, failed = ?failed, ?deadline,
-                "not every partition drained; their uncommitted records will be read again by their next owner"
+                drained = ?drained, uncommitted = ?uncommitted, late = ?late, failed = ?failed, ?deadline,
+                "not every partition drained and committed; records after their last commit will be read again by their next owner (indexed once: ids are deterministic)"
             );
         }
     }
@@ -279,14 +284,14 @@ impl IngestContext {
 /// carries the outcome to a drain waiting for it. An abort drops this future and `ended` with it.
 async fn supervise(
     partition: i32,
-    worker: impl Future<Output = Result<(), Error>>,
+    worker: impl Future<Output = Result<bool, Error>>,
     failures: tokio::sync::mpsc::UnboundedSender<Error>,
     ended: std::sync::mpsc::SyncSender<Ended>,
 ) {
     let outcome = match AssertUnwindSafe(worker).catch_unwind().await {
-        Ok(Ok(())) => {
-            tracing::debug!(partition, "worker drained");
-            Ended::Drained
+        Ok(Ok(committed)) => {
+            tracing::debug!(partition, committed, "worker drained");
+            Ended::Drained { committed }
         }
         Ok(Err(Error::Aborted)) => {
             tracing::debug!(partition, "worker aborted");
@@ -493,7 +498,8 @@ mod tests {
             0,
             async {
                 panic!("boom");
-            },
+            }
+            .map(|()| Ok(true)),
             context.shared.failures.clone(),
             ended_tx,
         ));

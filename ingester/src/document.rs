@@ -160,6 +160,9 @@ pub enum Refusal {
     TooLarge,
     /// Its document cannot be written as JSON (no known span does this).
     Unwritable,
+    /// Its trace id is not 16 bytes, or its span id (or parent span id) not 8: the ids Jaeger
+    /// reads and the document `_id` is made of (an oversized `_id` fails a whole bulk request).
+    InvalidId,
 }
 
 impl Refusal {
@@ -169,6 +172,7 @@ impl Refusal {
             Refusal::OutOfWindow => "span_out_of_range",
             Refusal::TooLarge => "document_too_large",
             Refusal::Unwritable => "document_error",
+            Refusal::InvalidId => "invalid_span_id",
         }
     }
 }
@@ -652,6 +656,22 @@ pub fn map_request(
                     None
                 };
                 let cost = match (day, source) {
+                    _ if span.trace_id.len() != 16
+                        || span.span_id.len() != 8
+                        || !(span.parent_span_id.is_empty() || span.parent_span_id.len() == 8) =>
+                    {
+                        out.refused.push(Refused {
+                            position,
+                            refusal: Refusal::InvalidId,
+                            reason: format!(
+                                "trace id of {} bytes, span id of {} bytes, parent span id of {} bytes: OTLP ids are 16, 8 and 8 (or no parent)",
+                                span.trace_id.len(),
+                                span.span_id.len(),
+                                span.parent_span_id.len()
+                            ),
+                        });
+                        letter()
+                    }
                     (None, _) => {
                         let when = DateTime::from_timestamp_micros(start)
                             .map_or_else(|| start.to_string(), |t| t.to_rfc3339());
@@ -943,6 +963,22 @@ mod tests {
     /// `request` as a record of its protobuf encoding with the Kafka timestamp `at_micros`.
     fn map(request: &ExportTraceServiceRequest, routing: &Routing, at_micros: i64) -> Mapped {
         map_bytes(request, &request.encode_to_vec(), routing, RecordTime::Timestamp(at_micros))
+    }
+
+    /// Ids of the wrong length would make a document `_id` OpenSearch refuses for the whole bulk
+    /// request (held forever as a configuration error): the span is refused alone instead.
+    #[test]
+    fn spans_with_ids_of_the_wrong_length_are_refused_alone() {
+        let mut request = sample();
+        let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+        let start = micros(spans[0].start_time_unix_nano);
+        spans[0].trace_id = vec![7; 300];
+        spans[1].parent_span_id = vec![1; 3];
+        let mapped = map(&request, &routing(""), start);
+        let refused: Vec<([usize; 3], Refusal)> = mapped.refused.iter().map(|r| (r.position, r.refusal)).collect();
+        assert_eq!(refused, vec![([0, 0, 0], Refusal::InvalidId), ([0, 0, 1], Refusal::InvalidId)]);
+        assert!(mapped.refused[0].reason.contains("trace id of 300 bytes"), "{}", mapped.refused[0].reason);
+        assert!(mapped.docs.iter().all(|d| d.kind != DocKind::Span), "no span document for either");
     }
 
     /// `request` decoded from `proto`, judged against `reference`.

@@ -183,7 +183,7 @@ impl Metrics {
         r.register("inflight_bulks", "Bulk requests in flight, all partitions", m.inflight_bulks.clone());
         r.register(
             "rebalance_events",
-            "Partition events: assigned, revoked, drained, drain_timeout, lost",
+            "Partition events: assigned, revoked, drained, drain_uncommitted (drained, the broker refused the final commit), drain_timeout, drain_failed (the worker failed or panicked), lost",
             m.rebalances.clone(),
         );
         r.register_with_unit(

@@ -434,8 +434,9 @@ pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) 
     let mut last_log = Instant::now();
     let outcome = loop {
         tokio::select! {
-            () = shutdown.cancelled() => break Ok(true),
+            biased;
             Some(error) = failed.recv() => break Err(error),
+            () = shutdown.cancelled() => break Ok(true),
             _ = ticker.tick() => {
                 let progress: BTreeMap<i32, Progress> = consumer.context().progress().into_iter().collect();
                 bars.update(&progress, &windows);
@@ -444,6 +445,7 @@ pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) 
                     let (done, total) = bars.totals(&progress, &windows);
                     tracing::info!(records_done = done, records = total, "replay progress");
                 }
+                // Only a drained worker says it ended; a failed one is reported on `failed`.
                 if progress.values().all(|p| p.ended) {
                     break Ok(false);
                 }

@@ -230,9 +230,11 @@ pub(crate) struct Worker<C: ConsumerContext + 'static> {
 }
 
 impl<C: ConsumerContext + 'static> Worker<C> {
-    /// Runs until drained (`Ok`) or aborted ([`Error::Aborted`]); then, when drained, commits the
-    /// stored watermark and waits for the broker.
-    pub async fn run(self) -> Result<(), Error> {
+    /// Runs until drained or aborted ([`Error::Aborted`]); then, when drained, commits the stored
+    /// watermark and waits for the broker. Returns whether the watermark is committed (or there was
+    /// nothing to commit): a broker can refuse the final commit (a rebalance already under way), and
+    /// then the partition's next owner re-reads from the last commit.
+    pub async fn run(self) -> Result<bool, Error> {
         let Self { shared, consumer, queue, control, end, progress } = self;
         let io = KafkaIo {
             shared: shared.clone(),
@@ -257,13 +259,12 @@ impl<C: ConsumerContext + 'static> Worker<C> {
         let mut partition = Partition::new(shared.limits, shared.max_inflight_bulks);
         let steering = &control.steering;
         partition::run(&mut partition, &io, &mut source, steering, || control.drain_reason(), &progress).await?;
-        if let Some(last) = partition.progress().durable {
-            // Blocking on the broker's answer; the membership's drain deadline bounds the wait, and the
-            // fence never waits for this commit (see `Fence::commit`).
-            let fence_control = control.clone();
-            let _ = tokio::task::spawn_blocking(move || fence_control.fence.commit(consumer.as_ref(), last)).await;
-        }
-        Ok(())
+        let Some(last) = partition.progress().durable else { return Ok(true) };
+        // Blocking on the broker's answer; the membership's drain deadline bounds the wait, and the
+        // fence never waits for this commit (see `Fence::commit`).
+        let fence_control = control.clone();
+        let committed = tokio::task::spawn_blocking(move || fence_control.fence.commit(consumer.as_ref(), last)).await;
+        Ok(committed.unwrap_or(false))
     }
 }
 

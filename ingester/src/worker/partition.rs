@@ -63,7 +63,8 @@ pub struct Progress {
     pub indexed: u64,
     /// Envelopes written to the dead-letter topic.
     pub dead_lettered: u64,
-    /// The worker ended (drained, aborted or failed).
+    /// The loop drained to its end (never set when it was aborted or failed: that is reported as a
+    /// failure, and a replay must not read it as done).
     pub ended: bool,
 }
 
@@ -224,7 +225,6 @@ impl Partition {
     pub fn close(&mut self, io: &impl Io) {
         self.in_flight = FuturesUnordered::new();
         self.set_paused(io, false);
-        self.progress.ended = true;
     }
 }
 
@@ -286,7 +286,9 @@ pub(crate) async fn run(
         progress.send_if_modified(|p| std::mem::replace(p, partition.progress()) != partition.progress());
     };
     partition.close(io);
-    progress.send_replace(partition.progress());
+    let mut last = partition.progress();
+    last.ended = result.is_ok();
+    progress.send_replace(last);
     result
 }
 
@@ -511,7 +513,7 @@ mod tests {
         // The bulks finishing after the abort store nothing: their futures were dropped.
         assert!(io.bulks.lock().unwrap().values().all(oneshot::Sender::is_closed));
         assert!(io.stored().is_empty());
-        assert!(watch.borrow().ended);
+        assert!(!watch.borrow().ended, "an abort is not an end a replay may count as done");
     }
 
     #[tokio::test(start_paused = true)]
