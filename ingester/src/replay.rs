@@ -123,6 +123,26 @@ pub struct ReplayArgs {
     pub dry_run: bool,
 }
 
+impl ReplayArgs {
+    /// A replay of the window [`from`, `to`) of the span topic with every other option at its
+    /// default (all partitions, no rate limit, the configured store, the window's own group).
+    pub fn window(from: Bound, to: Bound) -> Self {
+        Self {
+            topic: None,
+            dead_letters: false,
+            from,
+            to,
+            partitions: vec![],
+            rate: None,
+            opensearch_url: None,
+            index_prefix: None,
+            group: None,
+            restart: false,
+            dry_run: false,
+        }
+    }
+}
+
 /// One partition's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {

@@ -240,19 +240,7 @@ async fn re_driven_spans_that_fail_again_keep_their_original_coordinates() {
     live.task.await.expect("join").expect("clean stop");
 
     // Re-driven before the fault is fixed: every span fails again, and the garbage stays garbage.
-    let redrive = ReplayArgs {
-        topic: None,
-        dead_letters: true,
-        from: Bound::Earliest,
-        to: Bound::Latest,
-        partitions: vec![],
-        rate: None,
-        opensearch_url: None,
-        index_prefix: None,
-        group: None,
-        restart: false,
-        dry_run: false,
-    };
+    let redrive = ReplayArgs { dead_letters: true, ..ReplayArgs::window(Bound::Earliest, Bound::Latest) };
     let summary = replay::run(c, redrive, CancellationToken::new()).await.expect("replay runs");
     assert_eq!((summary.records, summary.indexed, summary.dead_lettered), (31, 0, 31), "{summary}");
 

@@ -27,19 +27,7 @@ fn config(broker: &Broker, store: &str) -> spanline_ingester::Config {
 }
 
 fn args(from: Bound, to: Bound) -> ReplayArgs {
-    ReplayArgs {
-        topic: None,
-        dead_letters: false,
-        from,
-        to,
-        partitions: vec![],
-        rate: None,
-        opensearch_url: None,
-        index_prefix: None,
-        group: Some("spanline-replay".into()),
-        restart: false,
-        dry_run: false,
-    }
+    ReplayArgs { group: Some("spanline-replay".into()), ..ReplayArgs::window(from, to) }
 }
 
 async fn replay(config: &spanline_ingester::Config, args: ReplayArgs) -> Summary {

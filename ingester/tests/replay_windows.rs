@@ -13,19 +13,7 @@ use tokio_util::sync::CancellationToken;
 const PARTITIONS: i32 = 3;
 
 fn args(from: Bound, to: Bound) -> ReplayArgs {
-    ReplayArgs {
-        topic: None,
-        dead_letters: false,
-        from,
-        to,
-        partitions: vec![],
-        rate: None,
-        opensearch_url: None,
-        index_prefix: None,
-        group: None,
-        restart: false,
-        dry_run: false,
-    }
+    ReplayArgs::window(from, to)
 }
 
 async fn replay(config: &spanline_ingester::Config, args: ReplayArgs) -> Summary {

@@ -87,19 +87,7 @@ async fn timestamps(bootstrap: &str, topic: &str) -> Vec<Option<i64>> {
 }
 
 fn args(from: Bound, to: Bound) -> ReplayArgs {
-    ReplayArgs {
-        topic: None,
-        dead_letters: false,
-        from,
-        to,
-        partitions: vec![],
-        rate: None,
-        opensearch_url: None,
-        index_prefix: None,
-        group: None,
-        restart: false,
-        dry_run: false,
-    }
+    ReplayArgs::window(from, to)
 }
 
 async fn replay(config: &spanline_ingester::Config, args: ReplayArgs) -> Summary {
