@@ -651,8 +651,16 @@ pub fn fan_out(resource_attributes: usize, value_len: usize, n: usize) -> Export
         value: Some(AnyValue { value: Some(Value::StringValue("svc".into())) }),
         ..Default::default()
     });
-    let span = Span { start_time_unix_nano: 1_800_000_000_000_000_000, ..Default::default() };
-    one_scope(Some(Resource { attributes, ..Default::default() }), vec![span; n])
+    // Ids of OTLP's lengths, so each span is mapped to a document (the ingester refuses others).
+    let spans = (0..n as u64)
+        .map(|i| Span {
+            trace_id: vec![1; 16],
+            span_id: i.to_be_bytes().to_vec(),
+            start_time_unix_nano: 1_800_000_000_000_000_000,
+            ..Default::default()
+        })
+        .collect();
+    one_scope(Some(Resource { attributes, ..Default::default() }), spans)
 }
 
 /// Requests of every shape the decoders and the mapping must survive: ordinary ones with odd
