@@ -465,17 +465,33 @@ mod tests {
         }
     }
 
+    /// The loop running on a task, fed and steered by the test; drains are revocations.
+    struct Running {
+        io: FakeIo,
+        tx: tokio::sync::mpsc::Sender<Incoming>,
+        steering: Arc<Steering>,
+        watch: tokio::sync::watch::Receiver<Progress>,
+        task: tokio::task::JoinHandle<Result<(), Error>>,
+    }
+
+    impl Running {
+        fn start() -> Self {
+            let io = FakeIo::default();
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let steering = Arc::new(Steering::default());
+            let (progress, watch) = tokio::sync::watch::channel(Progress::default());
+            let (io2, steer) = (io.clone(), steering.clone());
+            let task = tokio::spawn(async move {
+                let mut p = partition();
+                run(&mut p, &io2, &mut Fed(rx), &steer, || FlushReason::Revoke, &progress).await
+            });
+            Self { io, tx, steering, watch, task }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_drain_flushes_with_its_reason_waits_for_the_bulks_and_stores_the_end() {
-        let io = FakeIo::default();
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let steering = Arc::new(Steering::default());
-        let (progress, mut watch) = tokio::sync::watch::channel(Progress::default());
-        let (io2, steer) = (io.clone(), steering.clone());
-        let task = tokio::spawn(async move {
-            let mut p = partition();
-            run(&mut p, &io2, &mut Fed(rx), &steer, || FlushReason::Revoke, &progress).await
-        });
+        let Running { io, tx, steering, mut watch, task } = Running::start();
         tx.send(record(0, 2)).await.unwrap();
         tx.send(record(1, 1)).await.unwrap();
         watch.wait_for(|p| p.spans == 3).await.unwrap();
@@ -496,15 +512,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_abort_ends_at_once_and_stores_nothing_more() {
-        let io = FakeIo::default();
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let steering = Arc::new(Steering::default());
-        let (progress, mut watch) = tokio::sync::watch::channel(Progress::default());
-        let (io2, steer) = (io.clone(), steering.clone());
-        let task = tokio::spawn(async move {
-            let mut p = partition();
-            run(&mut p, &io2, &mut Fed(rx), &steer, || FlushReason::Revoke, &progress).await
-        });
+        let Running { io, tx, steering, mut watch, task } = Running::start();
         tx.send(record(0, 2)).await.unwrap();
         tx.send(record(1, 2)).await.unwrap();
         watch.wait_for(|p| p.spans == 4).await.unwrap();
