@@ -28,7 +28,9 @@ pub fn load_validated<T: DeserializeOwned + Validate>(file: Option<&Path>, env_p
 
 /// Reads `file` (TOML, optional) and then environment variables named
 /// `{env_prefix}__SECTION__KEY` (for example `SPANLINE_COLLECTOR__KAFKA__BROKERS`), later sources
-/// overriding earlier ones, into `T`.
+/// overriding earlier ones, into `T`. An environment value is kept as the string it is and converted
+/// only by the field it sets: a password `0123456` stays `0123456` (parsing every value as a number
+/// first would make it `123456`), while a numeric or boolean field still reads `7` or `true`.
 pub fn load<T: DeserializeOwned>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError> {
     load_with_env(file, env_prefix, None)
 }
@@ -43,13 +45,8 @@ pub fn load_with_env<T: DeserializeOwned>(
     if let Some(path) = file {
         builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
     }
-    builder = builder.add_source(
-        config::Environment::with_prefix(env_prefix)
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .source(env),
-    );
+    builder = builder
+        .add_source(config::Environment::with_prefix(env_prefix).prefix_separator("__").separator("__").source(env));
     Ok(builder.build()?.try_deserialize()?)
 }
 
@@ -80,6 +77,35 @@ mod tests {
         let sample: Sample = load_with_env(Some(file.path()), "SPANLINE_T", Some(env)).expect("loads");
         assert_eq!(sample.name, "from-file");
         assert_eq!(sample.inner.count, 7);
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Secrets {
+        password: String,
+        port: u16,
+        enabled: bool,
+        #[serde(default)]
+        ratio: Option<f64>,
+    }
+
+    #[test]
+    fn environment_strings_stay_verbatim_and_typed_fields_still_parse() {
+        let env = [
+            ("SPANLINE_S__PASSWORD", "0123456"),
+            ("SPANLINE_S__PORT", "0443"),
+            ("SPANLINE_S__ENABLED", "true"),
+            ("SPANLINE_S__RATIO", "0.50"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s: Secrets = load_with_env(None, "SPANLINE_S", Some(env)).expect("loads");
+        assert_eq!(s.password, "0123456", "a secret keeps its leading zero");
+        assert_eq!((s.port, s.enabled, s.ratio), (443, true, Some(0.5)));
+        let env = [("SPANLINE_S__PASSWORD".to_owned(), "true".to_owned())].into_iter().collect();
+        let err = load_with_env::<Secrets>(None, "SPANLINE_S", Some(env)).expect_err("port and enabled missing");
+        assert!(err.to_string().contains("missing configuration field \"port\""), "{err}");
     }
 
     #[test]
