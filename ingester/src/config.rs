@@ -232,8 +232,9 @@ impl DeadLetterProducer {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenSearch {
-    /// OpenSearch node URLs, comma-separated; requests go round robin over them. Default
-    /// `http://127.0.0.1:9200`.
+    /// OpenSearch node URLs, comma-separated; requests go round robin over them. A URL with
+    /// credentials in it (`user:password@host`) is refused: they would reach logs and errors; use
+    /// `username`/`password`. Default `http://127.0.0.1:9200`.
     pub url: String,
     /// PEM file of the CA that signed the nodes' certificates (https only); empty for the system's
     /// roots. Default empty.
@@ -439,7 +440,16 @@ impl Validate for Config {
         if self.kafka.topic == self.kafka.dead_letter.topic {
             return Err("kafka.dead_letter.topic must differ from kafka.topic".into());
         }
-        for url in self.opensearch.urls() {
+        for (n, url) in self.opensearch.urls().enumerate() {
+            // Credentials in a URL end up in logs and error messages: refused, and not repeated here.
+            let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
+            if authority.contains('@') {
+                return Err(format!(
+                    "opensearch.url entry {} carries credentials (user-info before '@'): set opensearch.username and opensearch.password instead (the URL is not repeated here)",
+                    n + 1
+                ));
+            }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!("opensearch.url entries must start with http:// or https://, got {url:?}"));
             }
@@ -560,6 +570,15 @@ mod tests {
         let mut c = Config::default();
         c.opensearch.url = "localhost:9200".into();
         assert!(c.validate().expect_err("rejected").contains("opensearch.url"));
+        for url in
+            ["http://admin:s3cret@os:9200", "http://os:9200,https://admin:s3cret@os2:9200/", "admin:s3cret@os:9200"]
+        {
+            c.opensearch.url = url.into();
+            let error = c.validate().expect_err("credentials in the URL are refused");
+            assert!(error.contains("carries credentials") && !error.contains("s3cret"), "{error}");
+        }
+        c.opensearch.url = "https://os:9200/path@v1?q=a@b".into();
+        assert!(c.validate().is_ok(), "an '@' after the host is not user-info");
         let mut c = Config::default();
         c.opensearch.index_prefix = "Prod\"x".into();
         assert!(c.validate().expect_err("rejected").contains("index_prefix"));
