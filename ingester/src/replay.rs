@@ -572,17 +572,11 @@ mod tests {
     fn the_dead_letter_replay_reads_envelopes_and_commits_to_its_own_group() {
         let config = Config::default();
         let args = ReplayArgs {
-            topic: None,
             dead_letters: true,
-            from: Bound::Earliest,
-            to: Bound::Latest,
-            partitions: vec![],
-            rate: None,
             opensearch_url: Some("http://other:9200".into()),
             index_prefix: Some("backfill".into()),
             group: Some("spanline-replay".into()),
-            restart: false,
-            dry_run: false,
+            ..ReplayArgs::window(Bound::Earliest, Bound::Latest)
         };
         let c = replay_config(&config, &args);
         assert_eq!(c.kafka.topic, "otlp_spans_dlq");
@@ -595,17 +589,8 @@ mod tests {
     #[test]
     fn the_default_group_is_keyed_by_the_topic_and_the_window() {
         let args = |from: &str, to: &str, partitions: Vec<i32>| ReplayArgs {
-            topic: None,
-            dead_letters: false,
-            from: from.parse().expect("bound"),
-            to: to.parse().expect("bound"),
             partitions,
-            rate: None,
-            opensearch_url: None,
-            index_prefix: None,
-            group: None,
-            restart: false,
-            dry_run: false,
+            ..ReplayArgs::window(from.parse().expect("bound"), to.parse().expect("bound"))
         };
         let group = |a: &ReplayArgs| replay_config(&Config::default(), a).kafka.group_id;
         let base = group(&args("earliest", "latest", vec![]));

@@ -138,17 +138,7 @@ async fn a_missing_dead_letter_topic_holds_the_partition_visibly_until_it_is_cre
     assert_eq!((letter.stage(), letter.source_offset), (Stage::Decode, poison));
     assert_eq!(letter.payload, b"not protobuf at all");
     assert_eq!(log_lines(&["dead-letter topic written again", "missing_dlq"]).len(), 1);
-    let bootstrap = broker.bootstrap();
-    let end = i64::try_from(records.len()).expect("count");
-    wait_for(Duration::from_secs(30), || {
-        let bootstrap = bootstrap.clone();
-        async move {
-            let at = tokio::task::spawn_blocking(move || committed(&bootstrap, "otlp_spans")).await.ok()?;
-            (at == end).then_some(())
-        }
-    })
-    .await
-    .expect("the partition committed past every record");
+    committed_reaches(&broker.bootstrap(), records.len()).await.expect("the partition committed past every record");
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }
@@ -190,17 +180,7 @@ async fn an_envelope_refused_as_too_large_is_written_without_its_payload_and_the
     assert_eq!(letter.omitted_payload_sha256, Sha256::digest(&poison_bytes).to_vec(), "the record's digest");
     assert!(letter.reason.contains("refused the envelope"), "{}", letter.reason);
     assert_eq!(letters[0].key.as_deref(), Some(&b"poison"[..]), "keyed like the source");
-    let bootstrap = broker.bootstrap();
-    let end = i64::try_from(records.len()).expect("count");
-    wait_for(Duration::from_secs(30), || {
-        let bootstrap = bootstrap.clone();
-        async move {
-            let at = tokio::task::spawn_blocking(move || committed(&bootstrap, "otlp_spans")).await.ok()?;
-            (at == end).then_some(())
-        }
-    })
-    .await
-    .expect("the partition moved past the poison record");
+    committed_reaches(&broker.bootstrap(), records.len()).await.expect("the partition moved past the poison record");
     let too_large = metric(admin, "spanline_ingester_dead_letter_failures_total", "class=\"too_large\"").await;
     assert_eq!(too_large.expect("metrics"), 1.0, "one refusal, then written");
     assert_eq!(metric(admin, "spanline_ingester_dead_letter_payloads_left_out_total", "").await.expect("metrics"), 1.0);
@@ -275,4 +255,18 @@ async fn re_driven_spans_that_fail_again_keep_their_original_coordinates() {
     seen.dedup();
     assert_eq!(seen.len(), 31, "each original letter re-driven once");
     assert_eq!(seen.iter().filter(|(_, _, s)| *s == Stage::Decode).count(), 1, "the garbage record too");
+}
+
+/// Waits until the group's committed offset on `otlp_spans` is `records` (every record passed).
+async fn committed_reaches(bootstrap: &str, records: usize) -> anyhow::Result<()> {
+    let end = i64::try_from(records)?;
+    let bootstrap = bootstrap.to_owned();
+    wait_for(Duration::from_secs(30), || {
+        let bootstrap = bootstrap.clone();
+        async move {
+            let at = tokio::task::spawn_blocking(move || committed(&bootstrap, "otlp_spans")).await.ok()?;
+            (at == end).then_some(())
+        }
+    })
+    .await
 }
