@@ -136,12 +136,6 @@ pub struct Stalled {
     cause: Cause,
 }
 
-impl Stalled {
-    pub fn cause(&self) -> Cause {
-        self.cause
-    }
-}
-
 impl Drop for Stalled {
     fn drop(&mut self) {
         let inner = &self.health.0;

@@ -155,11 +155,6 @@ impl ServiceCache {
         self.pending.contains(&key)
     }
 
-    /// Whether the document with `key` is known to be durable.
-    pub fn written(&self, key: u64) -> bool {
-        self.written.contains(&key)
-    }
-
     /// Remembers the documents of `keys` as durable.
     pub fn mark(&mut self, keys: impl IntoIterator<Item = u64>) {
         for key in keys {
