@@ -8,9 +8,12 @@ pub mod config;
 pub mod ids;
 pub mod kafka;
 pub mod otlp;
+pub mod reload;
 pub mod repeats;
+pub mod secret;
 pub mod shutdown;
 pub mod spans;
 pub mod telemetry;
+pub mod tls;
 
 pub use bytesize::ByteSize;

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod certs;
+
 pub mod fixtures;
 
 pub mod fuzz;

@@ -1,0 +1,241 @@
+//! Values built from files and rebuilt when the files change: TLS certificates, bearer-token lists,
+//! credential files. Kubernetes rotates a mounted Secret by swapping a symlink, so the files are
+//! read again every `interval` (and at once on SIGHUP) and the value is rebuilt only when their bytes
+//! changed. A rebuild that fails (a half-written key, a missing file) keeps the previous value and is
+//! logged and counted: a bad rotation never takes a working listener or client down.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock, Weak},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::secret::read_bounded;
+
+/// How often watched files are read when a setting does not say. Kubernetes takes up to a minute
+/// to update a mounted Secret, so this adds little to a rotation.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// What was reloaded (a fixed name such as `receiver_tls`).
+    pub what: &'static str,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// `<prefix>_reloads_total{what,outcome}`: rebuilds after a file changed.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadMetrics(Family<ReloadLabels, Counter>);
+
+impl ReloadMetrics {
+    pub fn register(registry: &mut Registry, prefix: &str) -> Self {
+        let family = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            format!("{prefix}_reloads"),
+            "Rebuilds of a value read from files (certificates, tokens, credentials) after they changed, by outcome",
+            family.clone(),
+        );
+        Self(family)
+    }
+
+    fn count(&self, what: &'static str, ok: bool) {
+        self.0.get_or_create(&ReloadLabels { what, outcome: if ok { "ok" } else { "failed" } }).inc();
+    }
+}
+
+type Build<T> = dyn Fn(&[Vec<u8>]) -> Result<T, String> + Send + Sync;
+
+struct Inner<T> {
+    current: RwLock<Arc<T>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl<T> Drop for Inner<T> {
+    fn drop(&mut self) {
+        if let Ok(mut task) = self.task.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// A value built from the contents of some files, kept current while anyone holds it.
+pub struct Watched<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Watched<T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<T> std::fmt::Debug for Watched<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + Sync + 'static> Watched<T> {
+    /// Reads `paths` and builds the first value (an error here is a start-up error), then watches
+    /// them until `token` is cancelled or the last clone is dropped. `build` gets the files' bytes in
+    /// the order of `paths`; its error must name files, never quote their content.
+    pub fn start(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        interval: Duration,
+        build: impl Fn(&[Vec<u8>]) -> Result<T, String> + Send + Sync + 'static,
+        metrics: ReloadMetrics,
+        token: CancellationToken,
+    ) -> Result<Self, String> {
+        let contents = read_all(what, &paths)?;
+        let first = build(&contents)?;
+        let inner = Arc::new(Inner { current: RwLock::new(Arc::new(first)), task: std::sync::Mutex::new(None) });
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(watch(what, paths, contents, interval, Box::new(build), metrics, weak, token));
+        if let Ok(mut slot) = inner.task.lock() {
+            *slot = Some(task);
+        }
+        Ok(Self { inner })
+    }
+
+    /// The current value.
+    pub fn get(&self) -> Arc<T> {
+        match self.inner.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+fn read_all(what: &str, paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, String> {
+    paths.iter().map(|path| read_bounded(what, path)).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn watch<T: Send + Sync + 'static>(
+    what: &'static str,
+    paths: Vec<PathBuf>,
+    mut last: Vec<Vec<u8>>,
+    interval: Duration,
+    build: Box<Build<T>>,
+    metrics: ReloadMetrics,
+    target: Weak<Inner<T>>,
+    token: CancellationToken,
+) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = signalled => tracing::info!(what, "sighup: reading files again"),
+        }
+        let contents = match read_all(what, &paths) {
+            Ok(contents) => contents,
+            Err(reason) => {
+                tracing::warn!(what, %reason, "cannot read files again, keeping the current ones");
+                metrics.count(what, false);
+                continue;
+            }
+        };
+        if contents == last {
+            continue;
+        }
+        let Some(inner) = target.upgrade() else { return };
+        match build(&contents) {
+            Ok(value) => {
+                match inner.current.write() {
+                    Ok(mut current) => *current = Arc::new(value),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(value),
+                }
+                tracing::info!(what, "files changed, reloaded");
+                metrics.count(what, true);
+            }
+            Err(reason) => {
+                tracing::warn!(what, %reason, "files changed but cannot be used, keeping the current ones");
+                metrics.count(what, false);
+            }
+        }
+        last = contents;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_changed_file_is_rebuilt_and_a_bad_one_keeps_the_last_good_value() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("n");
+        std::fs::write(&path, "1").expect("write");
+        let parse = |files: &[Vec<u8>]| {
+            std::str::from_utf8(&files[0])
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or_else(|| "not a number".to_owned())
+        };
+        let metrics = ReloadMetrics::default();
+        let token = CancellationToken::new();
+        let watched =
+            Watched::start("n", vec![path.clone()], Duration::from_millis(20), parse, metrics.clone(), token.clone())
+                .expect("starts");
+        assert_eq!(*watched.get(), 1);
+        std::fs::write(&path, "2").expect("write");
+        wait_for(|| *watched.get() == 2).await;
+        std::fs::write(&path, "two").expect("write");
+        let failed = || metrics.0.get_or_create(&ReloadLabels { what: "n", outcome: "failed" }).get();
+        wait_for(|| failed() >= 1).await;
+        assert_eq!(*watched.get(), 2, "a bad file keeps the last good value");
+        std::fs::write(&path, "3").expect("write");
+        wait_for(|| *watched.get() == 3).await;
+        token.cancel();
+    }
+
+    #[test]
+    fn a_bad_first_read_is_a_start_up_error() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let _guard = runtime.enter();
+        let err = Watched::start(
+            "n",
+            vec![PathBuf::from("/nowhere/n")],
+            DEFAULT_INTERVAL,
+            |_: &[Vec<u8>]| Ok(()),
+            ReloadMetrics::default(),
+            CancellationToken::new(),
+        )
+        .expect_err("missing file");
+        assert!(err.contains("/nowhere/n"), "{err}");
+    }
+
+    async fn wait_for(mut done: impl FnMut() -> bool) {
+        for _ in 0..250 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("condition not met within 5s");
+    }
+}
