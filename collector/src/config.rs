@@ -5,12 +5,16 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::process::{Processors, ProcessorsConfig};
+use crate::{
+    auth::AuthConfig,
+    process::{Processors, ProcessorsConfig},
+};
 use spanline_common::{
     ByteSize,
     admin::AdminConfig,
     config::{ConfigError, Validate},
     kafka::KafkaClientConfig,
+    tls::ServerTls,
 };
 
 /// The whole collector configuration.
@@ -38,7 +42,7 @@ impl Default for Config {
     }
 }
 
-/// Where the OTLP receivers listen.
+/// Where the OTLP receivers listen, and who may use them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Receivers {
@@ -46,6 +50,11 @@ pub struct Receivers {
     pub grpc_listen: SocketAddr,
     /// OTLP HTTP listen address. Default `127.0.0.1:4318`.
     pub http_listen: SocketAddr,
+    /// TLS on both OTLP listeners (`[receivers.tls]`); default off (plaintext). The admin listener
+    /// never serves TLS: keep it on a network only Prometheus and probes reach (docs/security.md).
+    pub tls: ServerTls,
+    /// Bearer-token authentication on both OTLP listeners (`[receivers.auth]`); default off.
+    pub auth: AuthConfig,
 }
 
 impl Default for Receivers {
@@ -53,6 +62,8 @@ impl Default for Receivers {
         Self {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 4317)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            tls: ServerTls::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -191,6 +202,8 @@ impl Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
         self.kafka.client().validate()?;
+        self.receivers.tls.validate("receivers.tls")?;
+        self.receivers.auth.validate()?;
         if self.kafka.topic.is_empty() {
             return Err("kafka.topic must not be empty".into());
         }

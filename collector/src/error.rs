@@ -44,6 +44,10 @@ pub enum Error {
     /// The export did not finish within `limits.request_timeout`.
     #[error("export timed out after {0:?} waiting for kafka")]
     Timeout(Duration),
+    /// The request carries no valid credentials (`receivers.auth`). The reason is fixed text: the
+    /// presented token never appears in it.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
     /// Configuration or start-up failure.
     #[error("{0}")]
     Setup(String),
@@ -66,6 +70,7 @@ impl Error {
                 tonic::Status::resource_exhausted(message)
             }
             Error::ReadTimeout(_) => tonic::Status::deadline_exceeded(message),
+            Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             Error::Overloaded(_) | Error::Delivery(_) | Error::Timeout(_) => tonic::Status::unavailable(message),
             Error::Setup(_) => tonic::Status::internal(message),
         }
@@ -77,6 +82,7 @@ impl Error {
             Error::Malformed(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. } | Error::OverBudget { .. } | Error::OverLimit(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::UnsupportedMediaType(_) | Error::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Overloaded(_) | Error::Delivery(_) | Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,6 +95,7 @@ impl Error {
             Error::Malformed(_) | Error::UnsupportedMediaType(_) | Error::UnsupportedEncoding(_) => "malformed",
             Error::TooLarge { .. } | Error::OverBudget { .. } | Error::OverLimit(_) => "too_large",
             Error::ReadTimeout(_) => "read_timeout",
+            Error::Unauthenticated(_) => "unauthenticated",
             Error::Overloaded(_) => "overloaded",
             Error::Delivery(_) | Error::Timeout(_) => "kafka_unavailable",
             Error::Setup(_) => "internal",
@@ -142,6 +149,7 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (Error::Timeout(RETRY_AFTER), true, tonic::Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            (Error::Unauthenticated("missing"), false, tonic::Code::Unauthenticated, StatusCode::UNAUTHORIZED),
         ];
         for (error, retryable, code, http) in cases {
             assert_eq!(error.is_retryable(), retryable, "{error}");

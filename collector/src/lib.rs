@@ -9,6 +9,7 @@
 //!
 //! [`budget`] is the memory bound every stage draws on. [`pipeline`] wires them; [`run`] is what the binary calls.
 
+pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod decode;

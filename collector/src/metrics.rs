@@ -1,6 +1,8 @@
 //! The collector's Prometheus metrics, all named `spanline_collector_*`. Labels hold only values the
 //! collector chooses (protocol, outcome, reason), never client-controlled strings.
 
+use spanline_common::reload::ReloadMetrics;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -27,6 +29,15 @@ pub struct SpanLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `grpc` or `http`.
+    pub protocol: &'static str,
+    /// `ok`, `failed` (refused: no TLS, an untrusted or invalid certificate, no client certificate
+    /// under mTLS) or `timeout`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     /// `dropped` (past a count limit) or `truncated` (past the length limit).
     pub action: &'static str,
@@ -44,6 +55,9 @@ pub struct Metrics {
     pub produce_latency: Histogram,
     pub inflight_bytes: Gauge,
     pub kafka_queue_messages: Gauge,
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Certificate and token files read again after they changed.
+    pub reloads: ReloadMetrics,
 }
 
 impl Metrics {
@@ -61,6 +75,8 @@ impl Metrics {
             ]),
             inflight_bytes: Gauge::default(),
             kafka_queue_messages: Gauge::default(),
+            tls_handshakes: Family::default(),
+            reloads: ReloadMetrics::register(registry, "spanline_collector"),
         };
         let r = registry.sub_registry_with_prefix("spanline_collector");
         r.register("requests", "Export requests by protocol and outcome", m.requests.clone());
@@ -95,6 +111,7 @@ impl Metrics {
             m.inflight_bytes.clone(),
         );
         r.register("kafka_queue_messages", "Messages in the librdkafka producer queue", m.kafka_queue_messages.clone());
+        r.register("tls_handshakes", "TLS handshakes on the OTLP listeners by outcome", m.tls_handshakes.clone());
         m
     }
 }

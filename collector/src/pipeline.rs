@@ -8,21 +8,25 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prometheus_client::registry::Registry;
-use spanline_common::admin::{self, Readiness};
+use spanline_common::{
+    admin::{self, Readiness},
+    tls::TlsAcceptor,
+};
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::Gate,
     budget::{Budget, Charge},
     config::Config,
     encode::{self, RejectReason},
     error::Error,
     limit::AttributeLimits,
-    metrics::{LimitLabels, Metrics, SpanLabels},
+    metrics::{HandshakeLabels, LimitLabels, Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
     receive::{GrpcService, charge_grpc_body, http_router, oversized_is_resource_exhausted},
@@ -44,6 +48,8 @@ pub struct Exporter {
 
 #[derive(Debug)]
 struct ExporterInner {
+    /// Who may export (`receivers.auth`), checked before a body is read.
+    gate: Gate,
     producer: Producer,
     processors: Processors,
     attribute_limits: AttributeLimits,
@@ -59,11 +65,12 @@ struct ExporterInner {
 }
 
 impl Exporter {
-    pub fn new(config: &Config, producer: Producer, metrics: Metrics) -> Result<Self, Error> {
+    pub fn new(config: &Config, producer: Producer, metrics: Metrics, gate: Gate) -> Result<Self, Error> {
         let processors = Processors::new(&config.processors).map_err(Error::Setup)?;
         let limits = &config.limits;
         Ok(Self {
             inner: Arc::new(ExporterInner {
+                gate,
                 producer,
                 processors,
                 attribute_limits: AttributeLimits::new(limits),
@@ -97,6 +104,11 @@ impl Exporter {
 
     pub fn read_timeout(&self) -> Duration {
         self.inner.read_timeout
+    }
+
+    /// Checks a request's credentials (`receivers.auth`).
+    pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<(), Error> {
+        self.inner.gate.check(headers)
     }
 
     /// Takes one of the `limits.max_concurrent_requests` slots, or refuses the request (retryable).
@@ -182,7 +194,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let producer = Producer::new(&config, metrics.clone())?;
-    let exporter = Exporter::new(&config, producer.clone(), metrics)?;
+    let watchers = shutdown.child_token();
+    let gate = Gate::new(&config.receivers.auth, metrics.reloads.clone(), watchers.clone()).map_err(Error::Setup)?;
+    let tls = &config.receivers.tls;
+    let (grpc_tls, http_tls) = if tls.enabled() {
+        let acceptor = |what, alpn: &[&[u8]]| {
+            tls.acceptor(what, alpn, metrics.reloads.clone(), watchers.clone()).map_err(Error::Setup).map(Some)
+        };
+        // gRPC is HTTP/2 only; the HTTP receiver offers both, HTTP/2 first.
+        (acceptor("receiver_tls_grpc", &[b"h2"])?, acceptor("receiver_tls_http", &[b"h2", b"http/1.1"])?)
+    } else {
+        (None, None)
+    };
+    let exporter = Exporter::new(&config, producer.clone(), metrics.clone(), gate.clone())?;
     let ready = Readiness::default();
 
     let grpc = bind(config.receivers.grpc_listen, "otlp grpc").await?;
@@ -191,6 +215,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (grpc_addr, http_addr, admin_addr) = (local(&grpc)?, local(&http)?, local(&admin_listener)?);
     tracing::info!(
         otlp_grpc = %grpc_addr, otlp_http = %http_addr, admin = %admin_addr,
+        tls = if tls.enabled() { if tls.client_ca_file.is_empty() { "on" } else { "mutual" } } else { "off" },
+        auth = if gate.is_open() { "none" } else { "bearer" },
         brokers = %config.kafka.brokers, topic = %config.kafka.topic,
         max_message_bytes = %config.kafka.max_message_bytes, partitioner = %config.kafka.partitioner,
         "spanline-collector listening"
@@ -214,8 +240,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         )
         .add_service(GrpcService::new(exporter.clone()));
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
-    let grpc_connections = accept(grpc, connection_slots.clone(), limits.read_timeout, intake.clone(), "otlp grpc");
-    let http_connections = accept(http, connection_slots, limits.read_timeout, intake.clone(), "otlp http");
+    let grpc_connections = accept(
+        Listener { listener: grpc, tls: grpc_tls, protocol: "grpc" },
+        connection_slots.clone(),
+        limits.read_timeout,
+        metrics.clone(),
+        intake.clone(),
+    );
+    let http_connections = accept(
+        Listener { listener: http, tls: http_tls, protocol: "http" },
+        connection_slots,
+        limits.read_timeout,
+        metrics,
+        intake.clone(),
+    );
     let token = intake.clone();
     servers.spawn(async move {
         let incoming = tokio_stream::StreamExt::map(
@@ -339,15 +377,26 @@ async fn serve_http(
 /// Connections waiting to be handed to a server: few, since each waits at most `read_timeout`.
 const HANDOFF: usize = 64;
 
+/// A receiver's listening socket and, when `receivers.tls` is set, its TLS acceptor.
+struct Listener {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    protocol: &'static str,
+}
+
 /// Accepts connections on `listener` while fewer than `limits.max_connections` are open over both
 /// receivers (past it a new connection is closed at once), and hands each on only once its first
-/// byte arrived within `first_byte`: a client that connects and says nothing holds nothing for long.
+/// byte arrived and, under TLS, its handshake finished, both within `first_byte`: a client that
+/// connects and says nothing, or never completes a handshake, holds nothing for long. A handshake
+/// that fails (a plaintext client, an untrusted or expired client certificate, none under mTLS)
+/// closes the connection before any HTTP is read; it is counted, and logged at debug only, since
+/// anyone who can connect can cause one.
 fn accept(
-    listener: TcpListener,
+    Listener { listener, tls, protocol }: Listener,
     slots: Arc<Semaphore>,
     first_byte: Duration,
+    metrics: Metrics,
     token: CancellationToken,
-    what: &'static str,
 ) -> mpsc::Receiver<Connection> {
     let (tx, rx) = mpsc::channel(HANDOFF);
     tokio::spawn(async move {
@@ -358,34 +407,70 @@ fn accept(
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: wait rather than spin.
-                        tracing::warn!(what, %error, "accept failed");
+                        tracing::warn!(protocol, %error, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(what, "limits.max_connections connections open, closing a new one");
+                tracing::debug!(protocol, "limits.max_connections connections open, closing a new one");
                 continue;
             };
-            let tx = tx.clone();
+            let (tx, tls, metrics) = (tx.clone(), tls.clone(), metrics.clone());
             tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + first_byte;
                 let mut byte = [0u8; 1];
-                if let Ok(Ok(n)) = tokio::time::timeout(first_byte, stream.peek(&mut byte)).await
-                    && n > 0
-                {
-                    let _ = tx.send(Connection { stream, _slot: slot }).await;
+                if !matches!(tokio::time::timeout_at(deadline, stream.peek(&mut byte)).await, Ok(Ok(n)) if n > 0) {
+                    return;
                 }
+                let stream = match tls {
+                    None => Stream::Plain(stream),
+                    Some(tls) => {
+                        let outcome = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => Ok(stream),
+                            Ok(Err(error)) => Err(("failed", error.to_string())),
+                            Err(_) => Err(("timeout", "no handshake within limits.read_timeout".to_owned())),
+                        };
+                        let labels =
+                            HandshakeLabels { protocol, outcome: outcome.as_ref().map_or_else(|e| e.0, |_| "ok") };
+                        metrics.tls_handshakes.get_or_create(&labels).inc();
+                        match outcome {
+                            Ok(stream) => Stream::Tls(Box::new(stream)),
+                            Err((_, reason)) => {
+                                tracing::debug!(protocol, %reason, "tls handshake refused");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let _ = tx.send(Connection { stream, _slot: slot }).await;
             });
         }
     });
     rx
 }
 
+/// A client's connection, plaintext or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
 /// An accepted connection holding one of the `limits.max_connections` slots until it closes.
 pub struct Connection {
-    stream: tokio::net::TcpStream,
+    stream: Stream,
     _slot: OwnedSemaphorePermit,
+}
+
+/// Forwards an I/O call to whichever stream the connection is.
+macro_rules! forward {
+    ($self:ident, $s:ident => $call:expr) => {
+        match &mut $self.stream {
+            Stream::Plain($s) => $call,
+            Stream::Tls($s) => $call,
+        }
+    };
 }
 
 impl tokio::io::AsyncRead for Connection {
@@ -394,7 +479,7 @@ impl tokio::io::AsyncRead for Connection {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+        forward!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -404,21 +489,21 @@ impl tokio::io::AsyncWrite for Connection {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        forward!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+        forward!(self, s => std::pin::Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+        forward!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -426,11 +511,14 @@ impl tokio::io::AsyncWrite for Connection {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        forward!(self, s => std::pin::Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
     }
 }
 
@@ -438,7 +526,10 @@ impl tonic::transport::server::Connected for Connection {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        match &self.stream {
+            Stream::Plain(s) => s.connect_info(),
+            Stream::Tls(s) => s.get_ref().0.connect_info(),
+        }
     }
 }
 

@@ -14,7 +14,10 @@ use opentelemetry_proto::tonic::{
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use spanline_common::ids::to_hex;
+use spanline_common::{
+    ids::to_hex,
+    secret::{self, Secret},
+};
 
 /// The `[processors]` config section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,15 +25,24 @@ use spanline_common::ids::to_hex;
 pub struct ProcessorsConfig {
     /// Share of traces kept, 0.0 to 1.0. Default 1.0 (keep everything).
     pub sampling_ratio: f64,
-    /// Secret for `hash` redaction rules (HMAC-SHA256). Required when a rule hashes. Default empty.
-    pub redaction_hash_key: String,
+    /// Secret for `hash` redaction rules (HMAC-SHA256). Required when a rule hashes (this or
+    /// `redaction_hash_key_file`). Never printed. Default empty.
+    pub redaction_hash_key: Secret,
+    /// A file holding the key instead (one trailing newline ignored), as a Kubernetes Secret mounts
+    /// it. Read once at start. Default empty.
+    pub redaction_hash_key_file: String,
     /// Redaction rules, applied in order; the first matching rule decides. Default none.
     pub redaction: Vec<RedactionRule>,
 }
 
 impl Default for ProcessorsConfig {
     fn default() -> Self {
-        Self { sampling_ratio: 1.0, redaction_hash_key: String::new(), redaction: Vec::new() }
+        Self {
+            sampling_ratio: 1.0,
+            redaction_hash_key: Secret::default(),
+            redaction_hash_key_file: String::new(),
+            redaction: Vec::new(),
+        }
     }
 }
 
@@ -72,7 +84,7 @@ pub struct Processors {
     patterns: RegexSet,
     pattern_rules: Vec<usize>,
     actions: Vec<RedactAction>,
-    hash_key: Vec<u8>,
+    hash_key: Secret,
 }
 
 /// What processing did to a request.
@@ -85,6 +97,11 @@ pub struct Processed {
 impl Processors {
     /// Compiles and checks `config`; the error names the field.
     pub fn new(config: &ProcessorsConfig) -> Result<Self, String> {
+        let hash_key = secret::resolve(
+            "processors.redaction_hash_key",
+            &config.redaction_hash_key,
+            &config.redaction_hash_key_file,
+        )?;
         let ratio = config.sampling_ratio;
         if !(0.0..=1.0).contains(&ratio) {
             return Err(format!("processors.sampling_ratio must be within 0..=1, got {ratio}"));
@@ -104,8 +121,10 @@ impl Processors {
                 }
                 _ => return Err(format!("processors.redaction[{i}] needs exactly one of key and key_pattern")),
             }
-            if rule.action == RedactAction::Hash && config.redaction_hash_key.is_empty() {
-                return Err(format!("processors.redaction[{i}] hashes, so processors.redaction_hash_key must be set"));
+            if rule.action == RedactAction::Hash && hash_key.is_none() {
+                return Err(format!(
+                    "processors.redaction[{i}] hashes, so processors.redaction_hash_key or redaction_hash_key_file must be set"
+                ));
             }
         }
         Ok(Self {
@@ -114,7 +133,7 @@ impl Processors {
             patterns: RegexSet::new(&patterns).map_err(|e| e.to_string())?,
             pattern_rules,
             actions: config.redaction.iter().map(|r| r.action).collect(),
-            hash_key: config.redaction_hash_key.as_bytes().to_vec(),
+            hash_key: hash_key.unwrap_or_default(),
         })
     }
 
@@ -187,8 +206,8 @@ impl Processors {
             Some(RedactAction::Hash) => {
                 n += 1;
                 let text = value_text(kv.value.as_ref());
-                let mut mac =
-                    <Hmac<Sha256> as Mac>::new_from_slice(&self.hash_key).expect("HMAC takes keys of any length");
+                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.hash_key.expose().as_bytes())
+                    .expect("HMAC takes keys of any length");
                 mac.update(text.as_bytes());
                 kv.value = Some(string_value(format!("hmac-sha256:{}", to_hex(&mac.finalize().into_bytes()))));
                 true
@@ -227,7 +246,7 @@ mod tests {
     }
 
     fn config(rules: Vec<RedactionRule>) -> ProcessorsConfig {
-        ProcessorsConfig { redaction_hash_key: "secret".into(), redaction: rules, ..ProcessorsConfig::default() }
+        ProcessorsConfig { redaction_hash_key: Secret::new("secret"), redaction: rules, ..ProcessorsConfig::default() }
     }
 
     fn rule(key: Option<&str>, pattern: Option<&str>, action: RedactAction) -> RedactionRule {

@@ -240,6 +240,11 @@ where
         let exporter = self.exporter.clone();
         let limit = self.max_request_bytes;
         Box::pin(async move {
+            // Before anything else, the body above all: an unauthenticated client costs no reading.
+            if let Err(error) = exporter.authenticate(request.headers()) {
+                refused(exporter.metrics(), "grpc", &error);
+                return Ok(status(&error).into_http());
+            }
             if request.uri().path() != EXPORT_PATH {
                 return Ok(tonic::Status::unimplemented("only TraceService/Export is served").into_http());
             }
@@ -392,9 +397,19 @@ struct RpcStatus {
 async fn http_traces(State(exporter): State<Exporter>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let format = match parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("") {
-        ct if ct.starts_with("application/x-protobuf") || ct.starts_with("application/protobuf") => Format::Protobuf,
-        ct if ct.starts_with("application/json") => Format::Json,
-        other => return http_error(&exporter, Format::Json, &Error::UnsupportedMediaType(other.to_owned())),
+        ct if ct.starts_with("application/x-protobuf") || ct.starts_with("application/protobuf") => {
+            Ok(Format::Protobuf)
+        }
+        ct if ct.starts_with("application/json") => Ok(Format::Json),
+        other => Err(Error::UnsupportedMediaType(other.to_owned())),
+    };
+    // Before the body is read: an unauthenticated client costs no reading.
+    if let Err(error) = exporter.authenticate(&parts.headers) {
+        return http_error(&exporter, *format.as_ref().unwrap_or(&Format::Json), &error);
+    }
+    let format = match format {
+        Ok(format) => format,
+        Err(error) => return http_error(&exporter, Format::Json, &error),
     };
     match http_export(&exporter, &parts.headers, body, format).await {
         Ok(response) => {
@@ -497,6 +512,9 @@ fn error_response(format: Format, error: &Error) -> Response {
     let mut response = (error.http_status(), [(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if error.is_retryable() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    }
+    if matches!(error, Error::Unauthenticated(_)) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     if matches!(error, Error::ReadTimeout(_)) {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -31,9 +31,17 @@ pub fn load_validated<T: DeserializeOwned + Validate>(file: Option<&Path>, env_p
 /// overriding earlier ones, into `T`. An environment value is kept as the string it is and converted
 /// only by the field it sets: a password `0123456` stays `0123456` (parsing every value as a number
 /// first would make it `123456`), while a numeric or boolean field still reads `7` or `true`.
+///
+/// librdkafka's property names have dots, which neither a shell variable nor the path syntax of
+/// the `config` crate can hold: below a `LIBRDKAFKA` level, each `_` of the variable's last part
+/// stands for a dot, so `SPANLINE_INGESTER__KAFKA__LIBRDKAFKA__SOCKET_KEEPALIVE_ENABLE=true` sets
+/// `kafka.librdkafka."socket.keepalive.enable"` (no librdkafka property has an underscore).
 pub fn load<T: DeserializeOwned>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError> {
     load_with_env(file, env_prefix, None)
 }
+
+/// The level below which environment keys are librdkafka property names.
+const LIBRDKAFKA: &str = "librdkafka";
 
 /// [`load`] with the environment given as a map instead of read from the process (for tests).
 pub fn load_with_env<T: DeserializeOwned>(
@@ -41,13 +49,49 @@ pub fn load_with_env<T: DeserializeOwned>(
     env_prefix: &str,
     env: Option<config::Map<String, String>>,
 ) -> Result<T, ConfigError> {
+    let env = env.unwrap_or_else(|| std::env::vars().collect());
+    let prefix = format!("{}__", env_prefix.to_ascii_lowercase());
+    // Variables naming a librdkafka property are set on the loaded tree below, by hand.
+    let (properties, plain): (Vec<_>, Vec<_>) = env.into_iter().partition(|(key, _)| {
+        let key = key.to_ascii_lowercase();
+        key.strip_prefix(&prefix).is_some_and(|path| path.rsplit("__").nth(1) == Some(LIBRDKAFKA))
+    });
     let mut builder = config::Config::builder();
     if let Some(path) = file {
         builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
     }
-    builder = builder
-        .add_source(config::Environment::with_prefix(env_prefix).prefix_separator("__").separator("__").source(env));
-    Ok(builder.build()?.try_deserialize()?)
+    builder = builder.add_source(
+        config::Environment::with_prefix(env_prefix)
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(plain.into_iter().collect())),
+    );
+    let mut root: config::Value = builder.build()?.try_deserialize()?;
+    for (key, value) in properties {
+        let key = key.to_ascii_lowercase();
+        let path: Vec<&str> = key[prefix.len()..].split("__").collect();
+        let (property, sections) = path.split_last().unwrap_or((&"", &[]));
+        set(&mut root, sections, &property.replace('_', "."), value);
+    }
+    Ok(root.try_deserialize()?)
+}
+
+/// Sets `value` at `sections` then `key` in the tree, making the tables on the way.
+fn set(node: &mut config::Value, sections: &[&str], key: &str, value: String) {
+    use config::{Value, ValueKind};
+    if !matches!(node.kind, ValueKind::Table(_)) {
+        *node = Value::new(None, ValueKind::Table(config::Map::new()));
+    }
+    let ValueKind::Table(table) = &mut node.kind else { return };
+    match sections.split_first() {
+        None => {
+            table.insert(key.to_owned(), Value::new(None, ValueKind::String(value)));
+        }
+        Some((first, rest)) => {
+            let child = table.entry((*first).to_owned()).or_insert_with(|| Value::new(None, ValueKind::Nil));
+            set(child, rest, key, value);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +150,40 @@ mod tests {
         let env = [("SPANLINE_S__PASSWORD".to_owned(), "true".to_owned())].into_iter().collect();
         let err = load_with_env::<Secrets>(None, "SPANLINE_S", Some(env)).expect_err("port and enabled missing");
         assert!(err.to_string().contains("missing configuration field \"port\""), "{err}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WithKafka {
+        kafka: KafkaSection,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct KafkaSection {
+        brokers: String,
+        librdkafka: std::collections::BTreeMap<String, String>,
+    }
+
+    #[test]
+    fn librdkafka_properties_with_dots_come_from_the_environment() {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
+        writeln!(file, "[kafka]\nbrokers = \"b:9092\"\n[kafka.librdkafka]\n\"socket.timeout.ms\" = \"1000\"")
+            .expect("write");
+        let env = [
+            ("SPANLINE_K__KAFKA__LIBRDKAFKA__SSL_KEY_PASSWORD", "0123456"),
+            ("SPANLINE_K__KAFKA__LIBRDKAFKA__SOCKET_TIMEOUT_MS", "2000"),
+            ("SPANLINE_K__KAFKA__BROKERS", "c:9092"),
+            ("OTHER__KAFKA__LIBRDKAFKA__X", "ignored"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let c: WithKafka = load_with_env(Some(file.path()), "SPANLINE_K", Some(env)).expect("loads");
+        assert_eq!(c.kafka.brokers, "c:9092");
+        assert_eq!(c.kafka.librdkafka.get("ssl.key.password").map(String::as_str), Some("0123456"));
+        assert_eq!(c.kafka.librdkafka.get("socket.timeout.ms").map(String::as_str), Some("2000"), "env wins");
+        assert_eq!(c.kafka.librdkafka.len(), 2);
     }
 
     #[test]
