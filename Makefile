@@ -1,5 +1,5 @@
 # The two commands that matter: `make up` runs the whole pipeline here, `make test` runs every test.
-.PHONY: up test deps fmt lint deny deploy-check unit fuzz bench clean
+.PHONY: up test deps fmt lint deny deploy-check secure-certs unit fuzz bench clean
 
 CARGO ?= cargo
 
@@ -29,6 +29,11 @@ deploy-check:
 
 unit:
 	scripts/test.sh
+
+# A dev CA, certificates, passwords and tokens in deploy/secure/generated/ (gitignored), for
+# docker-compose.secure.yml and deploy/secure/ (docs/security.md).
+secure-certs:
+	scripts/secure-certs.sh
 
 # The long fuzzing run: every decoder property (common/, collector/ and ingester/tests/fuzz.rs) with
 # FUZZ_CASES cases each instead of `make test`'s 256; one summary line per property
