@@ -316,6 +316,30 @@ mod tests {
     }
 
     #[test]
+    fn the_hash_key_comes_from_a_file_as_from_the_setting_and_is_never_printed() {
+        let rules = vec![rule(Some("user.id"), None, RedactAction::Hash)];
+        let inline = Processors::new(&config(rules.clone())).expect("inline key");
+        let mut file = tempfile::NamedTempFile::new().expect("temp");
+        std::io::Write::write_all(&mut file, b"secret\n").expect("write");
+        let from_file = ProcessorsConfig {
+            redaction_hash_key_file: file.path().display().to_string(),
+            redaction: rules,
+            ..ProcessorsConfig::default()
+        };
+        let printed = format!("{from_file:?} {:?}", Processors::new(&from_file).expect("file key"));
+        let from_file = Processors::new(&from_file).expect("file key");
+        let hashed = |p: &Processors| {
+            let mut attributes = vec![kv("user.id", "42")];
+            p.redact(&mut attributes);
+            value_text(attributes[0].value.as_ref())
+        };
+        assert_eq!(hashed(&inline), hashed(&from_file), "the file's key, its newline dropped");
+        assert!(!format!("{printed} {inline:?} {:?}", config(vec![])).contains("secret"), "a key in Debug");
+        let both = ProcessorsConfig { redaction_hash_key_file: "/x".into(), ..config(vec![]) };
+        assert!(Processors::new(&both).expect_err("both").contains("exclude each other"));
+    }
+
+    #[test]
     fn bad_rules_are_named() {
         assert!(
             Processors::new(&config(vec![rule(None, Some("("), RedactAction::Drop)]))

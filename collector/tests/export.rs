@@ -200,7 +200,7 @@ async fn redacted_values_never_reach_kafka() {
     use spanline_collector::process::{RedactAction, RedactionRule};
     let broker = broker().await;
     let mut c = config(&broker);
-    c.processors.redaction_hash_key = "k".into();
+    c.processors.redaction_hash_key = spanline_common::secret::Secret::new("k");
     c.processors.redaction = vec![
         RedactionRule { key: Some("user.email".into()), key_pattern: None, action: RedactAction::Mask },
         RedactionRule { key: None, key_pattern: Some("^secret\\.".into()), action: RedactAction::Drop },
