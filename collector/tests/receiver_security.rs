@@ -340,12 +340,24 @@ fn der_of(pem: &Path) -> Vec<u8> {
 /// The leaf certificate the gRPC listener presents to a new connection (with a client certificate,
 /// since mTLS is on).
 async fn served_certificate(port: u16, pki: &Pki) -> Vec<u8> {
+    match tls_connect(port, pki, b"h2").await {
+        Ok(tls) => tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A raw mTLS connection to `port` as the good client, offering the one protocol `alpn`.
+async fn tls_connect(
+    port: u16,
+    pki: &Pki,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(&pki.ca).expect("ca")).expect("root");
     let chain = vec![CertificateDer::from_pem_file(&pki.client.cert).expect("client cert")];
     let key = PrivateKeyDer::from_pem_file(&pki.client.key).expect("client key");
-    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -353,10 +365,40 @@ async fn served_certificate(port: u16, pki: &Pki) -> Vec<u8> {
     .with_root_certificates(roots)
     .with_client_auth_cert(chain, key)
     .expect("client auth");
+    config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    match connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await {
-        Ok(tls) => tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default(),
-        Err(_) => Vec::new(),
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await
+}
+
+/// The token is checked on the headers alone: a request announcing a 15 MiB body without a valid
+/// token is answered 401 while its body has not been sent at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_checked_before_any_body_byte_is_read() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::write(dir.path());
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{GOOD_TOKEN}\n")).expect("tokens");
+    let broker = Broker::start().await.expect("broker");
+    broker.create_topic("otlp_spans", 1).await.expect("topic");
+    let collector = Collector::start(&broker, &pki, &tokens).await;
+    for token in ["", WRONG_TOKEN] {
+        let mut tls = tls_connect(collector.http, &pki, b"http/1.1").await.expect("mTLS connects");
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-protobuf\r\ncontent-length: 15728640\r\nauthorization: Bearer {token}\r\n\r\n"
+        );
+        tls.write_all(head.as_bytes()).await.expect("headers sent");
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut answer))
+            .await
+            .expect("answered before the body was sent")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     }
+    let unauthenticated = metric(collector.admin, "spanline_collector_requests_total", "outcome=\"unauthenticated\"")
+        .await
+        .expect("metric");
+    assert_eq!(unauthenticated, 2.0);
 }
