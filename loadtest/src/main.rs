@@ -67,6 +67,18 @@ struct Args {
     /// Index prefix of the store's span indices.
     #[arg(long, default_value = "")]
     index_prefix: String,
+    /// PEM CA file the collector's certificate must chain to (an `https://` endpoint).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a collector that requires mTLS (with `--client-key`).
+    #[arg(long)]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM key of `--client-cert`.
+    #[arg(long)]
+    client_key: Option<std::path::PathBuf>,
+    /// A file holding the bearer token sent with every request (a file, so it is never in `ps`).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -101,6 +113,12 @@ async fn main() -> anyhow::Result<()> {
         rate: args.rate,
         gzip: args.gzip,
         model,
+        security: send::Security::from_files(
+            args.ca_file.as_deref(),
+            args.client_cert.as_deref(),
+            args.client_key.as_deref(),
+            args.token_file.as_deref(),
+        )?,
     };
     let store = args.verify.as_deref().map(|url| Store::new(url, &args.index_prefix));
     let baseline = match &store {

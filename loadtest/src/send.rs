@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message as _;
 use tokio::sync::{Mutex, mpsc};
-use tonic::codec::CompressionEncoding;
+use tonic::{codec::CompressionEncoding, service::interceptor::InterceptedService};
 
 use crate::model::{Model, Trace};
 
@@ -47,6 +47,40 @@ pub struct Plan {
     pub rate: Option<f64>,
     pub gzip: bool,
     pub model: Model,
+    /// TLS to an `https://` endpoint, and the bearer token every request carries.
+    pub security: Security,
+}
+
+/// How the load generator authenticates itself to a secured collector (docs/security.md).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// PEM CA certificates the collector's certificate must chain to (`https://` endpoints).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for a collector that requires mTLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: Option<spanline_common::secret::Secret>,
+}
+
+impl Security {
+    /// Reads the files the command line names; errors name the file.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+        token: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => anyhow::bail!("--client-cert and --client-key go together"),
+        };
+        let token = token
+            .map(|p| spanline_common::secret::read_file("--token-file", p).map_err(anyhow::Error::msg))
+            .transpose()?;
+        Ok(Self { ca_pem: ca.map(read).transpose()?, identity, token })
+    }
 }
 
 /// A trace whose arrival in the store is watched (freshness, exact counts).
@@ -79,8 +113,11 @@ fn now_unix_nano() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Adds the bearer token, if any, to every gRPC request.
+type Authorize = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
 enum Client {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc(TraceServiceClient<InterceptedService<tonic::transport::Channel, Authorize>>),
     Http(reqwest::Client, String),
 }
 
@@ -88,17 +125,63 @@ impl Client {
     async fn connect(plan: &Plan) -> anyhow::Result<Self> {
         Ok(match plan.protocol {
             Protocol::Grpc => {
-                let mut client = TraceServiceClient::connect(plan.endpoint.clone())
-                    .await
-                    .with_context(|| format!("cannot connect to {}", plan.endpoint))?
-                    .max_decoding_message_size(64 << 20);
+                let mut endpoint = tonic::transport::Endpoint::from_shared(plan.endpoint.clone())
+                    .with_context(|| format!("bad endpoint {}", plan.endpoint))?;
+                if plan.endpoint.starts_with("https://") {
+                    let mut tls = tonic::transport::ClientTlsConfig::new();
+                    if let Some(ca) = &plan.security.ca_pem {
+                        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+                    }
+                    if let Some((cert, key)) = &plan.security.identity {
+                        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+                    }
+                    endpoint = endpoint.tls_config(tls).context("tls settings")?;
+                }
+                let channel =
+                    endpoint.connect().await.with_context(|| format!("cannot connect to {}", plan.endpoint))?;
+                let token = match &plan.security.token {
+                    Some(token) => Some(
+                        tonic::metadata::MetadataValue::try_from(format!("Bearer {}", token.expose()))
+                            .context("the token is not a valid header value")?,
+                    ),
+                    None => None,
+                };
+                let with_token = move |mut request: tonic::Request<()>| {
+                    if let Some(token) = &token {
+                        request.metadata_mut().insert("authorization", token.clone());
+                    }
+                    Ok(request)
+                };
+                let with_token: Authorize = Box::new(with_token);
+                let mut client =
+                    TraceServiceClient::with_interceptor(channel, with_token).max_decoding_message_size(64 << 20);
                 if plan.gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
                 Client::Grpc(client)
             }
             Protocol::Http => {
-                Client::Http(reqwest::Client::new(), format!("{}/v1/traces", plan.endpoint.trim_end_matches('/')))
+                let mut builder = reqwest::Client::builder();
+                if let Some(ca) = &plan.security.ca_pem {
+                    builder = builder.tls_built_in_root_certs(false);
+                    for cert in reqwest::Certificate::from_pem_bundle(ca).context("--ca-file")? {
+                        builder = builder.add_root_certificate(cert);
+                    }
+                }
+                if let Some((cert, key)) = &plan.security.identity {
+                    let pem = [cert.as_slice(), b"\n", key.as_slice()].concat();
+                    builder =
+                        builder.identity(reqwest::Identity::from_pem(&pem).context("--client-cert/--client-key")?);
+                }
+                if let Some(token) = &plan.security.token {
+                    let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose()))
+                        .context("the token is not a valid header value")?;
+                    value.set_sensitive(true);
+                    let headers = [(reqwest::header::AUTHORIZATION, value)].into_iter().collect();
+                    builder = builder.default_headers(headers);
+                }
+                let client = builder.build().context("http client")?;
+                Client::Http(client, format!("{}/v1/traces", plan.endpoint.trim_end_matches('/')))
             }
         })
     }

@@ -197,6 +197,7 @@ fn plan(endpoint: &str, traces: u64, rate: Option<f64>, duration: Option<Duratio
         rate,
         gzip: false,
         model: Model::default(),
+        security: send::Security::default(),
     }
 }
 
