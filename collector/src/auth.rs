@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, header};
 use serde::{Deserialize, Serialize};
 use spanline_common::{
     reload::{DEFAULT_INTERVAL, ReloadMetrics, Watched},
-    secret::{Secret, constant_time_eq},
+    secret::constant_time_eq,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -44,12 +44,31 @@ impl AuthConfig {
     }
 }
 
-/// The tokens a request is checked against; none configured lets every request through.
+/// The tokens a request is checked against, as SHA-256 digests; none configured lets every request
+/// through. Comparing digests of equal length makes the time taken independent of the presented
+/// token's length and content alike.
 #[derive(Clone, Debug)]
-pub struct Gate(Option<Watched<Vec<Secret>>>);
+pub struct Gate(Option<Watched<Vec<Digest>>>);
+
+/// A token's SHA-256.
+#[derive(Clone)]
+pub struct Digest([u8; 32]);
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Digest(<redacted>)")
+    }
+}
+
+fn digest(token: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    Digest(sha2::Sha256::digest(token).into())
+}
 
 /// The longest token line kept: a longer one is a mistake in the file, refused when it is read.
 const MAX_TOKEN_BYTES: usize = 4096;
+/// The shortest token accepted: anything shorter can be guessed.
+const MIN_TOKEN_BYTES: usize = 16;
 
 impl Gate {
     /// An open gate (no authentication).
@@ -85,16 +104,15 @@ impl Gate {
         let Some(presented) = presented else {
             return Err(Error::Unauthenticated("missing bearer token"));
         };
-        let matched = tokens
-            .get()
-            .iter()
-            .fold(false, |matched, token| constant_time_eq(token.expose().as_bytes(), presented.as_bytes()) | matched);
+        let presented = digest(presented.as_bytes());
+        let matched =
+            tokens.get().iter().fold(false, |matched, token| constant_time_eq(&token.0, &presented.0) | matched);
         if matched { Ok(()) } else { Err(Error::Unauthenticated("invalid bearer token")) }
     }
 }
 
 /// The tokens in a file's bytes; an error names the file and the line, never the token.
-fn parse_tokens(file: &str, contents: &[u8]) -> Result<Vec<Secret>, String> {
+fn parse_tokens(file: &str, contents: &[u8]) -> Result<Vec<Digest>, String> {
     let text = std::str::from_utf8(contents).map_err(|_| format!("{file}: not UTF-8 text"))?;
     let mut tokens = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -102,13 +120,13 @@ fn parse_tokens(file: &str, contents: &[u8]) -> Result<Vec<Secret>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if line.len() > MAX_TOKEN_BYTES || line.bytes().any(|b| !b.is_ascii_graphic()) {
+        if !(MIN_TOKEN_BYTES..=MAX_TOKEN_BYTES).contains(&line.len()) || line.bytes().any(|b| !b.is_ascii_graphic()) {
             return Err(format!(
-                "{file} line {}: a token is printable ASCII without spaces, at most {MAX_TOKEN_BYTES} bytes",
+                "{file} line {}: a token is printable ASCII without spaces, {MIN_TOKEN_BYTES} to {MAX_TOKEN_BYTES} bytes",
                 n + 1
             ));
         }
-        tokens.push(Secret::new(line));
+        tokens.push(digest(line.as_bytes()));
     }
     if tokens.is_empty() {
         return Err(format!("{file}: no token in it"));
@@ -130,16 +148,27 @@ mod tests {
     #[tokio::test]
     async fn any_listed_token_passes_and_nothing_else_does() {
         let mut file = tempfile::NamedTempFile::new().expect("temp");
-        std::io::Write::write_all(&mut file, b"# rotated on 2026-11-30\nold-token\n\nnew-token\n").expect("write");
+        std::io::Write::write_all(
+            &mut file,
+            b"# rotated on 2026-11-30\nold-token-0123456789\n\nnew-token-0123456789\n",
+        )
+        .expect("write");
         let config = AuthConfig { bearer_tokens_file: file.path().display().to_string(), ..AuthConfig::default() };
         let token = CancellationToken::new();
         let gate = Gate::new(&config, ReloadMetrics::default(), token.clone()).expect("reads");
-        assert!(gate.check(&headers("Bearer old-token")).is_ok());
-        assert!(gate.check(&headers("bearer new-token")).is_ok());
-        for refused in ["Bearer wrong", "Bearer old-toke", "Basic old-token", "old-token", "Bearer "] {
+        assert!(gate.check(&headers("Bearer old-token-0123456789")).is_ok());
+        assert!(gate.check(&headers("bearer new-token-0123456789")).is_ok());
+        for refused in [
+            "Bearer wrong",
+            "Bearer old-token-012345678",
+            "Bearer old-token-01234567890",
+            "Basic old-token-0123456789",
+            "old-token-0123456789",
+            "Bearer ",
+        ] {
             let err = gate.check(&headers(refused)).expect_err(refused);
             assert!(matches!(err, Error::Unauthenticated(_)), "{refused}");
-            assert!(!err.to_string().contains("token\"") && !err.to_string().contains("old-token"));
+            assert!(!err.to_string().contains("0123456789"), "{err}");
         }
         assert!(matches!(gate.check(&HeaderMap::new()), Err(Error::Unauthenticated("missing bearer token"))));
         assert!(Gate::open().check(&HeaderMap::new()).is_ok());
@@ -148,8 +177,10 @@ mod tests {
 
     #[test]
     fn a_bad_token_file_is_named_without_its_content() {
-        let err = parse_tokens("tokens", b"good\nhas space s3cret\n").expect_err("space");
+        let err = parse_tokens("tokens", b"good-token-0123456789\nhas space s3cret-0123456789\n").expect_err("space");
         assert!(err.contains("tokens line 2") && !err.contains("s3cret"), "{err}");
+        let err = parse_tokens("tokens", b"short-s3cret\n").expect_err("short");
+        assert!(err.contains("tokens line 1") && !err.contains("s3cret"), "{err}");
         assert!(parse_tokens("tokens", b"# only a comment\n").is_err());
     }
 }

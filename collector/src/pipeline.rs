@@ -222,6 +222,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "spanline-collector listening"
     );
 
+    let loopback_only = grpc_addr.ip().is_loopback() && http_addr.ip().is_loopback();
+    if !gate.is_open() && !tls.enabled() && !loopback_only {
+        tracing::warn!(
+            "bearer tokens travel in plaintext: set receivers.tls, or keep the receivers behind a TLS proxy"
+        );
+    }
+
     // Receivers stop on their own token, so shutdown can stop intake before flushing the producer.
     let intake = shutdown.child_token();
     let mut servers = JoinSet::new();

@@ -40,7 +40,9 @@ struct Collector {
 }
 
 impl Collector {
-    async fn start(broker: &Broker, pki: &Pki, tokens: &Path) -> Self {
+    /// The release collector with TLS (mTLS when `mutual`), certificates read again every
+    /// `tls_reload`, and tokens from `tokens`.
+    async fn start(broker: &Broker, pki: &Pki, tokens: &Path, mutual: bool, tls_reload: &str) -> Self {
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let log = pki.dir.join("collector.log");
         let mut command = Command::new(release_bin("spanline-collector"));
@@ -51,8 +53,8 @@ impl Collector {
             ("ADMIN__LISTEN", format!("127.0.0.1:{admin}")),
             ("RECEIVERS__TLS__CERT_FILE", pki.server.cert.display().to_string()),
             ("RECEIVERS__TLS__KEY_FILE", pki.server.key.display().to_string()),
-            ("RECEIVERS__TLS__CLIENT_CA_FILE", pki.ca.display().to_string()),
-            ("RECEIVERS__TLS__RELOAD_INTERVAL", "1s".to_owned()),
+            ("RECEIVERS__TLS__CLIENT_CA_FILE", if mutual { pki.ca.display().to_string() } else { String::new() }),
+            ("RECEIVERS__TLS__RELOAD_INTERVAL", tls_reload.to_owned()),
             ("RECEIVERS__AUTH__BEARER_TOKENS_FILE", tokens.display().to_string()),
             ("RECEIVERS__AUTH__RELOAD_INTERVAL", "1s".to_owned()),
         ];
@@ -60,7 +62,9 @@ impl Collector {
             command.env(format!("SPANLINE_COLLECTOR__{key}"), value);
         }
         command
-            .env("RUST_LOG", "debug,librdkafka=info,h2=info,hyper=info,rustls=info,tower=info")
+            // Everything at debug, the TLS and HTTP libraries' own lines included: a secret must
+            // not appear even in what a verbose run writes.
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
         let child = Killed(command.spawn().expect("collector starts"));
@@ -160,7 +164,7 @@ async fn every_unauthenticated_or_unverified_party_is_refused_and_only_the_authe
     std::fs::write(&tokens, format!("# rotation: old and new\n{OLD_TOKEN}\n{GOOD_TOKEN}\n")).expect("tokens");
     let broker = Broker::start().await.expect("broker");
     broker.create_topic("otlp_spans", 2).await.expect("topic");
-    let collector = Collector::start(&broker, &pki, &tokens).await;
+    let collector = Collector::start(&broker, &pki, &tokens, true, "1s").await;
 
     let mut refused_ids = Vec::new();
     let mut accepted_ids = Vec::new();
@@ -190,9 +194,13 @@ async fn every_unauthenticated_or_unverified_party_is_refused_and_only_the_authe
         ("expired client certificate", &pki.ca, Some(&pki.expired_client)),
         ("client certificate not yet valid", &pki.ca, Some(&pki.future_client)),
     ];
+    let failed_handshakes = || async {
+        metric(collector.admin, "spanline_collector_tls_handshakes_total", "outcome=\"failed\"").await.unwrap_or(0.0)
+    };
     for (case, ca, client) in cases {
         let request = next();
         refused_ids.extend(span_ids(&request));
+        let before = failed_handshakes().await;
         // The handshake fails at connect, or (TLS 1.3 checks the client's certificate after the
         // client thinks it is done) the first request fails.
         if let Ok(channel) = collector.tls_channel(ca, client).await {
@@ -200,10 +208,32 @@ async fn every_unauthenticated_or_unverified_party_is_refused_and_only_the_authe
                 TraceServiceClient::new(channel).export(with_token(&request, Some(GOOD_TOKEN))).await.expect_err(case);
             assert_ne!(status.code(), tonic::Code::Unauthenticated, "{case}: refused by TLS, not by the token");
         }
+        let grpc_failed = failed_handshakes().await;
+        assert!(grpc_failed > before, "{case}: the collector refused the grpc handshake");
         let https = Collector::https(ca, client);
-        let result = collector.post(&https, Some(GOOD_TOKEN), request.encode_to_vec()).await;
-        assert!(result.is_err(), "{case}: https refused at the handshake, got {:?}", result.map(|r| r.status()));
+        match collector.post(&https, Some(GOOD_TOKEN), request.encode_to_vec()).await {
+            // Refused by TLS: at connect, or (TLS 1.3 judges the client's certificate after the
+            // client is done) with the server's alert on the first request. Never a timeout.
+            Err(error) => assert!(
+                !error.is_timeout() && (error.is_connect() || format!("{error:?}").contains("AlertReceived")),
+                "{case}: {error:?}"
+            ),
+            Ok(response) => panic!("{case}: https answered {}", response.status()),
+        }
+        assert!(failed_handshakes().await > grpc_failed, "{case}: the collector refused the https handshake");
     }
+    // Plaintext HTTP to the TLS port.
+    let request = next();
+    refused_ids.extend(span_ids(&request));
+    let plain = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/v1/traces", collector.http))
+        .header("content-type", "application/x-protobuf")
+        .bearer_auth(GOOD_TOKEN)
+        .body(request.encode_to_vec())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(plain.as_ref().is_err_and(|e| !e.is_timeout()), "plaintext http refused: {plain:?}");
 
     // A good TLS client: the token decides.
     let channel = collector.tls_channel(&pki.ca, Some(&pki.client)).await.expect("mTLS connects");
@@ -258,11 +288,11 @@ async fn every_unauthenticated_or_unverified_party_is_refused_and_only_the_authe
 
     let failed =
         metric(collector.admin, "spanline_collector_tls_handshakes_total", "outcome=\"failed\"").await.expect("metric");
-    assert!(failed >= 9.0, "failed handshakes counted: {failed}");
+    assert!(failed >= 12.0, "failed handshakes counted: {failed}");
     let unauthenticated = metric(collector.admin, "spanline_collector_requests_total", "outcome=\"unauthenticated\"")
         .await
         .expect("metric");
-    assert!(unauthenticated >= 6.0, "unauthenticated requests counted: {unauthenticated}");
+    assert!(unauthenticated >= 7.0, "unauthenticated requests counted: {unauthenticated}");
 
     let log = std::fs::read_to_string(&collector.log).expect("log");
     assert!(log.contains("tls=\"mutual\"") || log.contains("tls=mutual"), "start-up log says mTLS is on");
@@ -280,8 +310,9 @@ fn next_probe() -> ExportTraceServiceRequest {
     fixtures::request("probe", NEXT.fetch_add(10, Ordering::Relaxed), 1, 2, fixtures::now_unix_nano())
 }
 
-/// Certificate rotation: new files (and a SIGHUP) make new connections get the new certificate,
-/// while a connection opened before keeps exporting.
+/// Certificate rotation: new files and a SIGHUP (the reload interval is an hour) make new
+/// connections get the new certificate, while a connection opened before keeps exporting; a
+/// half-written rotation is refused and the old pair kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_is_served_to_new_connections_without_dropping_open_ones() {
     let dir = tempfile::tempdir().expect("dir");
@@ -290,7 +321,16 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_dropping_ope
     std::fs::write(&tokens, format!("{GOOD_TOKEN}\n")).expect("tokens");
     let broker = Broker::start().await.expect("broker");
     broker.create_topic("otlp_spans", 2).await.expect("topic");
-    let collector = Collector::start(&broker, &pki, &tokens).await;
+    // Certificates are read again only on SIGHUP here: the interval is an hour.
+    let collector = Collector::start(&broker, &pki, &tokens, true, "1h").await;
+    let hup = || {
+        let status = Command::new("kill").args(["-HUP", &collector.pid.to_string()]).status().expect("kill -HUP");
+        assert!(status.success());
+    };
+    let admin = collector.admin;
+    let reloads = move |outcome: &'static str| async move {
+        metric(admin, "spanline_collector_reloads_total", &format!("outcome=\"{outcome}\"")).await.unwrap_or(0.0)
+    };
 
     let before = served_certificate(collector.grpc, &pki).await;
     assert_eq!(before, der_of(&pki.server.cert), "serves the configured certificate");
@@ -303,12 +343,13 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_dropping_ope
     // the half-rotated state (new key, old certificate) is refused and the old pair kept.
     let rotated = pki.authority.server(Validity::Now);
     std::fs::write(&pki.server.key, &rotated.key).expect("key");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hup();
+    let refused =
+        wait_for(Duration::from_secs(10), || async move { (reloads("failed").await >= 2.0).then_some(()) }).await;
+    assert!(refused.is_ok(), "the mismatched pair is refused by both listeners on SIGHUP");
     assert_eq!(served_certificate(collector.grpc, &pki).await, before, "a mismatched pair is not served");
     std::fs::write(&pki.server.cert, &rotated.cert).expect("cert");
-    // SIGHUP reads the files at once.
-    let status = Command::new("kill").args(["-HUP", &collector.pid.to_string()]).status().expect("kill -HUP");
-    assert!(status.success());
+    hup();
     let want = der_of(&pki.server.cert);
     let grpc = collector.grpc;
     let pki = Arc::new(pki);
@@ -317,7 +358,8 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_dropping_ope
         async move { (served_certificate(grpc, &pki).await == want).then_some(()) }
     })
     .await;
-    assert!(served.is_ok(), "new connections get the rotated certificate");
+    assert!(served.is_ok(), "after SIGHUP new connections get the rotated certificate");
+    assert!(reloads("ok").await >= 1.0, "reload counted");
 
     let second = fixtures::request("rot", 11, 1, 2, fixtures::now_unix_nano());
     open.export(with_token(&second, Some(GOOD_TOKEN))).await.expect("the open connection keeps exporting");
@@ -325,11 +367,6 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_dropping_ope
     for id in span_ids(&first).iter().chain(&span_ids(&second)) {
         assert_eq!(seen.get(id), Some(&1));
     }
-    let reloads = metric(collector.admin, "spanline_collector_reloads_total", "outcome=\"ok\"").await.expect("metric");
-    assert!(reloads >= 1.0, "reload counted: {reloads}");
-    let failed =
-        metric(collector.admin, "spanline_collector_reloads_total", "outcome=\"failed\"").await.expect("metric");
-    assert!(failed >= 1.0, "the half-rotated pair counted as a failed reload: {failed}");
 }
 
 fn der_of(pem: &Path) -> Vec<u8> {
@@ -371,8 +408,9 @@ async fn tls_connect(
     connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await
 }
 
-/// The token is checked on the headers alone: a request announcing a 15 MiB body without a valid
-/// token is answered 401 while its body has not been sent at all.
+/// TLS without mTLS: a client without a certificate exports with its token. The token is checked
+/// on the headers alone: a request announcing a 15 MiB body without a valid token is answered 401
+/// while its body has not been sent at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_checked_before_any_body_byte_is_read() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -382,7 +420,14 @@ async fn the_token_is_checked_before_any_body_byte_is_read() {
     std::fs::write(&tokens, format!("{GOOD_TOKEN}\n")).expect("tokens");
     let broker = Broker::start().await.expect("broker");
     broker.create_topic("otlp_spans", 1).await.expect("topic");
-    let collector = Collector::start(&broker, &pki, &tokens).await;
+    // TLS without client certificates, as the shipped secure configuration runs.
+    let collector = Collector::start(&broker, &pki, &tokens, false, "1s").await;
+    let request = fixtures::request("one-way", 1, 2, 2, fixtures::now_unix_nano());
+    let channel = collector.tls_channel(&pki.ca, None).await.expect("TLS without a client certificate");
+    TraceServiceClient::new(channel).export(with_token(&request, Some(GOOD_TOKEN))).await.expect("exported");
+    let seen = spans_in_topic(&broker).await;
+    assert_eq!(seen.len(), 4);
+    assert!(span_ids(&request).iter().all(|id| seen.get(id) == Some(&1)));
     for token in ["", WRONG_TOKEN] {
         let mut tls = tls_connect(collector.http, &pki, b"http/1.1").await.expect("mTLS connects");
         let head = format!(

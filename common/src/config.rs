@@ -49,8 +49,11 @@ pub fn load_with_env<T: DeserializeOwned>(
     env_prefix: &str,
     env: Option<config::Map<String, String>>,
 ) -> Result<T, ConfigError> {
-    let env = env.unwrap_or_else(|| std::env::vars().collect());
     let prefix = format!("{}__", env_prefix.to_ascii_lowercase());
+    let env = match env {
+        Some(env) => env,
+        None => own_variables(&prefix)?,
+    };
     // Variables naming a librdkafka property are set on the loaded tree below, by hand.
     let (properties, plain): (Vec<_>, Vec<_>) = env.into_iter().partition(|(key, _)| {
         let key = key.to_ascii_lowercase();
@@ -66,7 +69,7 @@ pub fn load_with_env<T: DeserializeOwned>(
             .separator("__")
             .source(Some(plain.into_iter().collect())),
     );
-    let mut root: config::Value = builder.build()?.try_deserialize()?;
+    let mut root: config::Value = builder.build().map_err(quiet)?.try_deserialize()?;
     for (key, value) in properties {
         let key = key.to_ascii_lowercase();
         let path: Vec<&str> = key[prefix.len()..].split("__").collect();
@@ -74,6 +77,43 @@ pub fn load_with_env<T: DeserializeOwned>(
         set(&mut root, sections, &property.replace('_', "."), value);
     }
     Ok(root.try_deserialize()?)
+}
+
+/// The process's variables under `prefix` (lowercase, with its `__`). Others are not read at all,
+/// so one that is not UTF-8 (another program's) costs nothing; one of ours that is not UTF-8 is an
+/// error naming the variable, never quoting its value.
+fn own_variables(prefix: &str) -> Result<config::Map<String, String>, ConfigError> {
+    let mut own = config::Map::new();
+    for (key, value) in std::env::vars_os() {
+        let Some(key) = key.to_str().filter(|k| k.to_ascii_lowercase().starts_with(prefix)) else { continue };
+        let value = value
+            .into_string()
+            .map_err(|_| ConfigError::Invalid(format!("environment variable {key} is not UTF-8")))?;
+        own.insert(key.to_owned(), value);
+    }
+    Ok(own)
+}
+
+/// A configuration file's syntax error without the quoted source line the TOML parser adds: that
+/// line may be a secret (`password = "…` with a missing quote). Keeps the position and the reason.
+fn quiet(error: config::ConfigError) -> ConfigError {
+    match error {
+        config::ConfigError::FileParse { uri, cause } => {
+            let text = cause.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let at = lines.next().unwrap_or("syntax error").to_owned();
+            // The parser's last line is its reason; the lines between quote the source.
+            let reason = text
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty() && !l.contains('|') && !l.starts_with(|c: char| c.is_ascii_digit()))
+                .filter(|l| *l != at)
+                .map_or(String::new(), |l| format!(": {l}"));
+            let file = uri.unwrap_or_else(|| "configuration file".into());
+            ConfigError::Invalid(format!("{file}: {at}{reason}"))
+        }
+        other => ConfigError::Load(other),
+    }
 }
 
 /// Sets `value` at `sections` then `key` in the tree, making the tables on the way.
@@ -184,6 +224,19 @@ mod tests {
         assert_eq!(c.kafka.librdkafka.get("ssl.key.password").map(String::as_str), Some("0123456"));
         assert_eq!(c.kafka.librdkafka.get("socket.timeout.ms").map(String::as_str), Some("2000"), "env wins");
         assert_eq!(c.kafka.librdkafka.len(), 2);
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_place_without_quoting_the_line() {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
+        writeln!(file, "name = \"x\"\npassword = \"hunter2\\qsecret\"\n[inner]\ncount = 1").expect("write");
+        let err = load::<Sample>(Some(file.path()), "SPANLINE_CONFIG_TEST_Q").expect_err("bad escape");
+        let text = err.to_string();
+        assert!(text.contains("line 2") && !text.contains("hunter2") && !text.contains("qsecret"), "{text}");
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
+        writeln!(file, "name = \"x\"\npassword = \"hunter2\n[inner]\ncount = 1").expect("write");
+        let text = load::<Sample>(Some(file.path()), "SPANLINE_CONFIG_TEST_Q").expect_err("open quote").to_string();
+        assert!(text.contains("line 2") && !text.contains("hunter2"), "{text}");
     }
 
     #[test]

@@ -133,7 +133,13 @@ async fn watch<T: Send + Sync + 'static>(
     token: CancellationToken,
 ) {
     #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(what, %error, "cannot listen for sighup: files are read again on the interval only");
+            None
+        }
+    };
     loop {
         #[cfg(unix)]
         let signalled = async {
@@ -149,9 +155,14 @@ async fn watch<T: Send + Sync + 'static>(
         tokio::select! {
             () = token.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
-            () = signalled => tracing::info!(what, "sighup: reading files again"),
+            () = signalled => {}
         }
-        let contents = match read_all(what, &paths) {
+        // Off the runtime's threads: a path on a slow mount (or a FIFO) blocks only this read.
+        let read = {
+            let paths = paths.clone();
+            tokio::task::spawn_blocking(move || read_all(what, &paths))
+        };
+        let contents = match read.await.unwrap_or_else(|e| Err(format!("reading failed: {e}"))) {
             Ok(contents) => contents,
             Err(reason) => {
                 tracing::warn!(what, %reason, "cannot read files again, keeping the current ones");

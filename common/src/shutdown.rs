@@ -54,6 +54,26 @@ pub async fn signal() -> Signal {
 pub fn token_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let child = token.clone();
+    // SIGHUP means "read your files again" ([`crate::reload`]), whatever is configured: without a
+    // handler it would kill the process. Each watcher listens for it on its own.
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let watch = token.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = watch.cancelled() => break,
+                        received = hangup.recv() => match received {
+                            Some(()) => tracing::info!("received sighup, reading certificate and credential files again"),
+                            None => break,
+                        },
+                    }
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot listen for sighup: it will stop the process"),
+    }
     tokio::spawn(async move {
         match signal().await {
             Signal::Interrupt => tracing::info!("received sigint, shutting down"),
