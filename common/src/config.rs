@@ -35,7 +35,7 @@ pub fn load_validated<T: DeserializeOwned + Validate>(file: Option<&Path>, env_p
 /// librdkafka's property names have dots, which neither a shell variable nor the path syntax of
 /// the `config` crate can hold: below a `LIBRDKAFKA` level, each `_` of the variable's last part
 /// stands for a dot, so `SPANLINE_INGESTER__KAFKA__LIBRDKAFKA__SOCKET_KEEPALIVE_ENABLE=true` sets
-/// `kafka.librdkafka."socket.keepalive.enable"` (no librdkafka property has an underscore).
+/// `kafka.librdkafka."socket.keepalive.enable"` (only `log_level` has an underscore: set it in the file).
 pub fn load<T: DeserializeOwned>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError> {
     load_with_env(file, env_prefix, None)
 }
