@@ -28,18 +28,13 @@ use std::{
 
 use backon::ExponentialBuilder;
 use bytes::Bytes;
-use opensearch::{
-    OpenSearch,
-    cert::{Certificate, CertificateValidation},
-    http::{
-        Method,
-        headers::{CONTENT_TYPE, HeaderMap, HeaderValue},
-        transport::{SingleNodeConnectionPool, TransportBuilder},
-    },
+use opensearch::http::{
+    Method,
+    headers::{CONTENT_TYPE, HeaderMap, HeaderValue},
 };
 use spanline_common::repeats::Repeats;
 
-use crate::{batch::Item, config, error::Error, metrics::Metrics};
+use crate::{batch::Item, config, error::Error, metrics::Metrics, store::Node};
 
 pub use classify::{ItemClass, ItemError, ItemResults, parse_response};
 pub use framing::encode_item;
@@ -67,7 +62,7 @@ pub struct Rejected {
 /// Writes batches to OpenSearch.
 #[derive(Clone)]
 pub struct BulkClient {
-    nodes: Arc<[OpenSearch]>,
+    nodes: Arc<[Node]>,
     next: Arc<AtomicUsize>,
     metrics: Metrics,
     backoff: ExponentialBuilder,
@@ -83,37 +78,13 @@ impl std::fmt::Debug for BulkClient {
     }
 }
 
-/// One client per configured node. Callers take them in turn ([`BulkClient`] per request, start-up
-/// per attempt), so a request that fails on one node is retried on the next.
-pub fn clients(config: &config::OpenSearch) -> Result<Vec<OpenSearch>, Error> {
-    let clients: Vec<OpenSearch> = config.urls().map(|url| client(config, url)).collect::<Result<_, _>>()?;
-    if clients.is_empty() {
-        return Err(Error::Setup("opensearch.url names no node".into()));
-    }
-    Ok(clients)
-}
-
-fn client(config: &config::OpenSearch, url: &str) -> Result<OpenSearch, Error> {
-    let url = url.parse().map_err(|e| Error::Setup(format!("opensearch.url {url:?}: {e}")))?;
-    let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url)).timeout(config.request_timeout);
-    if config.tls_insecure {
-        builder = builder.cert_validation(CertificateValidation::None);
-    } else if !config.ca_file.is_empty() {
-        let pem = std::fs::read(&config.ca_file)
-            .map_err(|e| Error::Setup(format!("opensearch.ca_file {:?}: {e}", config.ca_file)))?;
-        let ca = Certificate::from_pem(&pem)
-            .map_err(|e| Error::Setup(format!("opensearch.ca_file {:?}: {e}", config.ca_file)))?;
-        builder = builder.cert_validation(CertificateValidation::Full(ca));
-    }
-    if !config.username.is_empty() {
-        builder = builder.auth(opensearch::auth::Credentials::Basic(config.username.clone(), config.password.clone()));
-    }
-    let transport = builder.build().map_err(|e| Error::Setup(format!("cannot build opensearch client: {e}")))?;
-    Ok(OpenSearch::new(transport))
+/// One client per configured node: see [`crate::store::nodes`].
+pub fn clients(config: &config::OpenSearch) -> Result<Vec<Node>, Error> {
+    crate::store::nodes(config, spanline_common::reload::ReloadMetrics::default())
 }
 
 impl BulkClient {
-    pub fn new(nodes: Vec<OpenSearch>, config: &config::OpenSearch, metrics: Metrics) -> Self {
+    pub fn new(nodes: Vec<Node>, config: &config::OpenSearch, metrics: Metrics) -> Self {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.min_backoff)
             .with_max_delay(config.max_backoff)
@@ -137,11 +108,21 @@ impl BulkClient {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         let node = &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len()];
-        let response =
-            match node.send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), Some(self.timeout)).await {
-                Ok(r) => r,
-                Err(e) => return transient(format!("request failed: {e}")),
-            };
+        let response = match node.send(Method::Post, "/_bulk", headers, Some(body), Some(self.timeout)).await {
+            Ok(r) => r,
+            // A failed handshake is configuration (an untrusted certificate, a refused client
+            // certificate), not a store that is away: held and alerted like a refusal.
+            Err(e) => {
+                return match crate::store::tls_failure(&e) {
+                    Some(reason) => Answer::Blocked(Refusal {
+                        status: 0,
+                        error_type: classify::TLS.into(),
+                        reason: classify::clip_to(reason, classify::MAX_REASON),
+                    }),
+                    None => transient(format!("request failed: {e}")),
+                };
+            }
+        };
         let status = response.status_code();
         // The store's answer is hostile input too: one bigger than any answer for `count` items
         // could be is not read (the client exposes no stream, so only a declared length is checked).
