@@ -3,7 +3,8 @@
 //! OpenSearch's security plugin: with the right CA and password every span is indexed exactly once;
 //! a wrong password, a rotated one or a server certificate from another CA holds every offset and
 //! turns readiness false (`stalled{cause="store_refusing"}`, a refusal counted and logged with
-//! what to check) until the file is fixed, without a restart; a client certificate passes mTLS.
+//! what to check) until the file is fixed, without a restart; a client certificate passes mTLS, and
+//! an API key file is accepted.
 //! Every test's log output is captured and searched for the passwords: they never appear.
 //!
 //! The dev store's open listener (plain HTTP, no authentication) is where the tests count and read
@@ -250,7 +251,9 @@ async fn a_wrong_or_rotated_password_holds_until_the_file_is_fixed() {
     assert_eq!(spanline_testkit::count(&open, "jaeger-span-*").await.expect("count"), 0, "still nothing stored");
     let text = captured();
     assert!(
-        text.contains("search store refuses the ingester") && text.contains("opensearch.password_file"),
+        text.contains("search store refuses the ingester")
+            && text.contains("status=401")
+            && text.contains("password_file"),
         "a refusal line naming what to check"
     );
 
@@ -351,4 +354,43 @@ async fn a_client_certificate_passes_mtls() {
     committed_reaches(&broker, records.len()).await;
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
+}
+
+/// An API key from a file, sent as `Authorization: ApiKey <key>`, over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_file_is_accepted() {
+    let _logs = logs();
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::write(dir.path());
+    let key_file = dir.path().join("api-key");
+    write(&key_file, "c3BhbmxpbmU6a2V5LTEyMzQ=");
+    let broker = broker().await;
+    let store = devstore_with(Settings {
+        refresh_interval: Duration::from_millis(100),
+        tls: ServerTls {
+            cert_file: pki.server.cert.display().to_string(),
+            key_file: pki.server.key.display().to_string(),
+            ..ServerTls::default()
+        },
+        auth: AuthSettings { api_key_file: Some(key_file.clone()), ..AuthSettings::default() },
+        open_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Settings::default()
+    })
+    .await
+    .expect("store");
+    let open = store.open_url().expect("open listener");
+    let records = fixtures::trace_records("svc", 1, 10, 5, fixtures::now_unix_nano());
+    produce(&broker.bootstrap(), "otlp_spans", &records).await.expect("produced");
+
+    let shutdown = CancellationToken::new();
+    let mut c = config(&broker, &store.url(), &pki.ca, None);
+    c.opensearch.api_key_file = key_file.display().to_string();
+    spanline_common::config::Validate::validate(&c).expect("valid");
+    let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
+    let conflicts = exactly_once(&open, &fixtures::span_keys(1, 10, 5), Duration::from_secs(60)).await.expect("once");
+    assert_eq!(conflicts, 0, "no span written twice");
+    committed_reaches(&broker, records.len()).await;
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+    assert!(!captured().contains("c3BhbmxpbmU6a2V5LTEyMzQ"), "the key was logged");
 }

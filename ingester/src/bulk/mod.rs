@@ -141,6 +141,66 @@ impl BulkClient {
 mod tests {
     use super::*;
 
+    /// A store whose certificate the ingester does not trust, or that refuses the ingester's
+    /// missing client certificate, is held as blocked (`tls_handshake`), naming the TLS failure; a
+    /// store that is just away stays transient.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_handshake_is_blocked_and_a_refused_connection_is_transient() {
+        use spanline_common::tls::ServerTls;
+        use spanline_testkit::certs::{Ca, Pki, Validity};
+        let dir = std::env::temp_dir().join(format!("spanline-bulk-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let pki = Pki::write(&dir);
+        let rogue = Ca::new("rogue").server(Validity::Now);
+        let (cert, key) = (dir.join("rogue-server.pem"), dir.join("rogue-server.key"));
+        std::fs::write(&cert, &rogue.cert).expect("write");
+        std::fs::write(&key, &rogue.key).expect("write");
+        let shown = |p: &std::path::Path| p.display().to_string();
+        let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let answer = |url: String| {
+            let config = config::OpenSearch { url, ca_file: shown(&pki.ca), ..config::OpenSearch::default() };
+            let client = BulkClient::new(clients(&config).expect("client"), &config, metrics.clone());
+            async move { client.send(Bytes::from_static(b"{}\n"), 1).await }
+        };
+        let untrusted = spanline_devstore::start(
+            spanline_devstore::Settings {
+                tls: ServerTls { cert_file: shown(&cert), key_file: shown(&key), ..ServerTls::default() },
+                ..spanline_devstore::Settings::default()
+            },
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect("store");
+        match answer(untrusted.url()).await {
+            Answer::Blocked(refusal) => {
+                assert_eq!((refusal.status, refusal.error_type.as_str()), (0, classify::TLS));
+                assert!(refusal.reason.contains("certificate"), "{refusal:?}");
+            }
+            other => panic!("an untrusted certificate is held: {other:?}"),
+        }
+        let mtls = spanline_devstore::start(
+            spanline_devstore::Settings {
+                tls: ServerTls {
+                    cert_file: shown(&pki.server.cert),
+                    key_file: shown(&pki.server.key),
+                    client_ca_file: shown(&pki.ca),
+                    ..ServerTls::default()
+                },
+                ..spanline_devstore::Settings::default()
+            },
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect("store");
+        match answer(mtls.url()).await {
+            Answer::Blocked(refusal) => assert_eq!(refusal.error_type, classify::TLS, "{refusal:?}"),
+            other => panic!("a refused client certificate is held: {other:?}"),
+        }
+        let away = format!("http://127.0.0.1:{}", spanline_testkit::free_port());
+        assert!(matches!(answer(away).await, Answer::Transient(_)), "a store away is transient");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A store (here a fake one on another thread) that answers a `_bulk` with 256 MiB is not read:
     /// what this thread allocates while sending stays small.
     #[test]
