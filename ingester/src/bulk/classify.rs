@@ -344,6 +344,9 @@ pub(crate) fn what_to_check(level: Level, status: u16, error_type: &str) -> &'st
         (_, 401, _) => {
             "credentials: opensearch.username with opensearch.password or password_file, or opensearch.api_key or api_key_file (files are read again every opensearch.credentials_reload_interval and on SIGHUP)"
         }
+        (Level::Start, 403, _) => {
+            "permissions: the user needs cluster:monitor/main (GET /) and, with opensearch.create_templates, the index template permissions; then indices:data/write/bulk* and indices:admin/create on the span and service indices"
+        }
         (_, 403, _) => {
             "permissions: the user needs indices:data/write/bulk* and indices:admin/create on the span and service indices"
         }
