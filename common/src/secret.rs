@@ -54,7 +54,12 @@ pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 /// `echo secret > file` and Kubernetes Secrets made from literals leave it. The error names the
 /// setting and the path, never the content.
 pub fn read_file(what: &str, path: &Path) -> Result<Secret, String> {
-    let bytes = read_bounded(what, path)?;
+    from_file_bytes(what, path, read_bounded(what, path)?)
+}
+
+/// A secret file's content already read (a [`crate::reload::Watched`] build gets bytes): the same
+/// checks and trailing-newline removal as [`read_file`]; errors name `path`, never the content.
+pub fn from_file_bytes(what: &str, path: &Path, bytes: Vec<u8>) -> Result<Secret, String> {
     let mut text = String::from_utf8(bytes).map_err(|_| format!("{what} {}: not UTF-8 text", path.display()))?;
     if text.ends_with('\n') {
         text.pop();

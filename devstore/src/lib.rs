@@ -10,18 +10,20 @@ pub mod faults;
 pub mod mapping;
 pub mod query;
 pub mod search;
+pub mod security;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use spanline_common::ByteSize;
+use spanline_common::{ByteSize, tls::ServerTls};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 pub use api::AppState;
 pub use faults::{Faults, RejectRule};
+pub use security::AuthSettings;
 
 /// Command-line flags; each also reads an environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -66,6 +68,29 @@ pub struct Args {
     /// Seed for the random fault choices, for repeatable runs.
     #[arg(long, env = "DEVSTORE_SEED")]
     pub seed: Option<u64>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs `--tls-key`.
+    #[arg(long, env = "DEVSTORE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "DEVSTORE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mTLS); needs `--tls-cert`.
+    #[arg(long, env = "DEVSTORE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require HTTP basic auth as this user (with `--basic-auth-password-file`); other requests get
+    /// the security plugin's 401.
+    #[arg(long, env = "DEVSTORE_BASIC_AUTH_USER")]
+    pub basic_auth_user: Option<String>,
+    /// File holding the basic-auth password; read again every second.
+    #[arg(long, env = "DEVSTORE_BASIC_AUTH_PASSWORD_FILE")]
+    pub basic_auth_password_file: Option<PathBuf>,
+    /// Accept `Authorization: ApiKey <key>` with the key in this file; read again every second.
+    #[arg(long, env = "DEVSTORE_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Also serve on this address in plaintext without authentication, for inspecting a secured
+    /// store (tests, local tools). Never expose it.
+    #[arg(long, env = "DEVSTORE_OPEN_LISTEN")]
+    pub open_listen: Option<SocketAddr>,
 }
 
 /// What `start` needs, validated.
@@ -78,6 +103,13 @@ pub struct Settings {
     pub faults: Faults,
     pub refuse_for: Option<Duration>,
     pub seed: Option<u64>,
+    /// HTTPS on `listen` when `tls.cert_file` is set; a `client_ca_file` requires client
+    /// certificates. Default plaintext.
+    pub tls: ServerTls,
+    /// Credentials required on `listen`. Default none.
+    pub auth: AuthSettings,
+    /// A second, plaintext and unauthenticated listener on the same data, for inspection.
+    pub open_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -90,6 +122,9 @@ impl Default for Settings {
             faults: Faults::default(),
             refuse_for: None,
             seed: None,
+            tls: ServerTls::default(),
+            auth: AuthSettings::default(),
+            open_listen: None,
         }
     }
 }
@@ -108,7 +143,24 @@ impl Args {
             latency: self.latency,
         };
         faults.validate().map_err(anyhow::Error::msg)?;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let tls = ServerTls {
+            cert_file: path(&self.tls_cert),
+            key_file: path(&self.tls_key),
+            client_ca_file: path(&self.tls_client_ca),
+            ..ServerTls::default()
+        };
+        tls.validate("tls").map_err(anyhow::Error::msg)?;
+        let auth = AuthSettings {
+            basic_user: self.basic_auth_user.clone(),
+            basic_password_file: self.basic_auth_password_file.clone(),
+            api_key_file: self.api_key_file.clone(),
+        };
+        auth.validate().map_err(anyhow::Error::msg)?;
         Ok(Settings {
+            tls,
+            auth,
+            open_listen: self.open_listen,
             listen: self.listen,
             memory_limit: self.memory_limit,
             max_content_length: self.max_content_length,
@@ -128,12 +180,21 @@ pub struct Running {
     pub state: Arc<AppState>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// Whether `addr` serves HTTPS.
+    pub tls: bool,
+    /// The plaintext, unauthenticated listener's address, when asked for.
+    pub open_addr: Option<SocketAddr>,
 }
 
 impl Running {
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://localhost:PORT` with TLS (the test certificates name `localhost`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls { format!("https://localhost:{}", self.addr.port()) } else { format!("http://{}", self.addr) }
+    }
+
+    /// `http://ADDR` of the open listener (no TLS, no authentication), when there is one.
+    pub fn open_url(&self) -> Option<String> {
+        self.open_addr.map(|addr| format!("http://{addr}"))
     }
 
     /// Stops serving and waits for the server task.
@@ -151,10 +212,38 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         settings.max_content_length.as_usize(),
         settings.seed,
     ));
+    let security = Security {
+        acceptor: if settings.tls.enabled() {
+            let acceptor = settings.tls.acceptor(
+                "devstore_tls",
+                &[b"http/1.1"],
+                spanline_common::reload::ReloadMetrics::default(),
+                shutdown.clone(),
+            );
+            Some(acceptor.map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        },
+        guard: if settings.auth.enabled() { Some(settings.auth.start().map_err(anyhow::Error::msg)?) } else { None },
+    };
     let listener =
         TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, memory_limit = %settings.memory_limit, refresh_interval = ?settings.refresh_interval, faults = ?settings.faults, "spanline-devstore listening (OpenSearch REST subset)");
+    tracing::info!(
+        %addr, memory_limit = %settings.memory_limit, refresh_interval = ?settings.refresh_interval, faults = ?settings.faults,
+        tls = settings.tls.enabled(), client_certificates = !settings.tls.client_ca_file.is_empty(),
+        basic_auth = settings.auth.basic_user.is_some(), api_key = settings.auth.api_key_file.is_some(),
+        "spanline-devstore listening (OpenSearch REST subset)"
+    );
+    let open = match settings.open_listen {
+        Some(open) => {
+            let open = TcpListener::bind(open).await.with_context(|| format!("cannot listen on {open}"))?;
+            tracing::warn!(addr = %open.local_addr()?, "also serving without TLS or authentication (--open-listen)");
+            Some(open)
+        }
+        None => None,
+    };
+    let open_addr = open.as_ref().map(TcpListener::local_addr).transpose()?;
     let listener = match settings.refuse_for {
         Some(duration) => {
             drop(listener);
@@ -175,8 +264,54 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             }
         });
     }
-    let task = tokio::spawn(serve_loop(addr, listener, state.clone(), shutdown.clone()));
-    Ok(Running { addr, state, shutdown, task })
+    let tls = security.acceptor.is_some();
+    let open_task = open.map(|open| {
+        let server =
+            axum::serve(open, api::router(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tokio::spawn(async move { server.await })
+    });
+    let main = serve_loop(addr, listener, state.clone(), security, shutdown.clone());
+    let task = tokio::spawn(async move {
+        let served = main.await;
+        if let Some(open) = open_task {
+            open.await.context("open listener task")??;
+        }
+        served
+    });
+    Ok(Running { addr, state, shutdown, task, tls, open_addr })
+}
+
+/// TLS and credentials on the main listener.
+#[derive(Clone)]
+struct Security {
+    acceptor: Option<spanline_common::tls::TlsAcceptor>,
+    guard: Option<security::Guard>,
+}
+
+impl Security {
+    /// Serves `router` (with the credentials check) on `listener` (with TLS) until `stop`.
+    fn serve(
+        &self,
+        listener: TcpListener,
+        router: axum::Router,
+        stop: CancellationToken,
+    ) -> JoinHandle<std::io::Result<()>> {
+        let router = match &self.guard {
+            Some(guard) => router.layer(axum::middleware::from_fn_with_state(guard.clone(), security::require)),
+            None => router,
+        };
+        match &self.acceptor {
+            Some(acceptor) => {
+                let listener = security::TlsListener { tcp: listener, acceptor: acceptor.clone() };
+                let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+                tokio::spawn(async move { server.await })
+            }
+            None => {
+                let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+                tokio::spawn(async move { server.await })
+            }
+        }
+    }
 }
 
 /// Serves until `shutdown`; when asked to refuse connections, drops the listening socket (so clients
@@ -185,6 +320,7 @@ async fn serve_loop(
     addr: SocketAddr,
     mut listener: Option<TcpListener>,
     state: Arc<AppState>,
+    security: Security,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
@@ -203,9 +339,7 @@ async fn serve_loop(
             }
         };
         let stop = CancellationToken::new();
-        let server =
-            axum::serve(current, api::router(state.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+        let server = security.serve(current, api::router(state.clone()), stop.clone());
         tokio::select! {
             () = shutdown.cancelled() => {
                 stop.cancel();

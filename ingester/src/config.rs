@@ -9,6 +9,7 @@ use spanline_common::{
     admin::AdminConfig,
     config::{ConfigError, Validate},
     kafka::KafkaClientConfig,
+    secret::Secret,
 };
 
 /// The whole ingester configuration.
@@ -237,14 +238,37 @@ pub struct OpenSearch {
     /// `username`/`password`. Default `http://127.0.0.1:9200`.
     pub url: String,
     /// PEM file of the CA that signed the nodes' certificates (https only); empty for the system's
-    /// roots. Default empty.
+    /// roots. Read at start. Default empty.
     pub ca_file: String,
     /// Skip certificate validation (https only; for test clusters). Default `false`.
     pub tls_insecure: bool,
-    /// Basic-auth user; empty for none. Default empty.
+    /// PEM client certificate (leaf first, then any intermediates) presented to the nodes (mTLS,
+    /// https only; the security plugin's `clientcert_auth_domain`). Goes with `key_file`. Read at
+    /// start: a rotated certificate needs a restart. Default empty.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted) of `cert_file`. Default empty.
+    pub key_file: String,
+    /// Basic-auth user; empty for none. Needs `password` or `password_file`. Default empty.
     pub username: String,
-    /// Basic-auth password. Default empty.
-    pub password: String,
+    /// Basic-auth password, inline (or `SPANLINE_INGESTER__OPENSEARCH__PASSWORD`). Never printed.
+    /// Excludes `password_file`. Default empty.
+    pub password: Secret,
+    /// File holding the basic-auth password (one trailing newline ignored; how Kubernetes mounts a
+    /// Secret). Read again every `credentials_reload_interval` and on SIGHUP: a changed password is
+    /// used from the next request on, without a restart. Default empty.
+    pub password_file: String,
+    /// API key sent as `Authorization: ApiKey <api_key>`: the encoded value (base64 of `id:key`)
+    /// as the store gives it. Excludes basic auth and `api_key_file`. Never printed. Default empty.
+    pub api_key: Secret,
+    /// File holding the API key, reloaded like `password_file`. Default empty.
+    pub api_key_file: String,
+    /// How often `password_file` / `api_key_file` are read again (also at once on SIGHUP). At
+    /// least `1s`. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub credentials_reload_interval: Duration,
+    /// Allow credentials (`username`/`password*`, `api_key*`) with an `http://` URL, where they
+    /// travel in clear text. Refused at start unless set. Default `false`.
+    pub allow_credentials_over_http: bool,
     /// Prefix of index names: `{prefix}-jaeger-span-YYYY-MM-DD`; empty for none. Default empty.
     pub index_prefix: String,
     /// Spans that started longer than this before their record's Kafka timestamp (the ingestion
@@ -287,6 +311,59 @@ impl OpenSearch {
     pub fn urls(&self) -> impl Iterator<Item = &str> {
         self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
     }
+
+    /// Whether basic auth is configured (a user, or a password in either form).
+    pub fn basic_auth(&self) -> bool {
+        !self.username.is_empty() || !self.password.is_empty() || !self.password_file.is_empty()
+    }
+
+    /// Whether an API key is configured, in either form.
+    pub fn api_key_auth(&self) -> bool {
+        !self.api_key.is_empty() || !self.api_key_file.is_empty()
+    }
+
+    /// The credential and TLS settings that hang together (no file is read here).
+    fn validate_security(&self) -> Result<(), String> {
+        if !self.password.is_empty() && !self.password_file.is_empty() {
+            return Err("opensearch.password and opensearch.password_file exclude each other: set one".into());
+        }
+        if !self.api_key.is_empty() && !self.api_key_file.is_empty() {
+            return Err("opensearch.api_key and opensearch.api_key_file exclude each other: set one".into());
+        }
+        if self.basic_auth() && self.api_key_auth() {
+            return Err(
+                "opensearch basic auth (username, password) and opensearch.api_key exclude each other: set one".into(),
+            );
+        }
+        let has_password = !self.password.is_empty() || !self.password_file.is_empty();
+        if self.username.is_empty() && has_password {
+            return Err("opensearch.password needs opensearch.username".into());
+        }
+        if !self.username.is_empty() && !has_password {
+            return Err("opensearch.username needs opensearch.password or opensearch.password_file".into());
+        }
+        if self.username.contains(':') {
+            // Basic auth joins user and password with ':'; the user part cannot hold one.
+            return Err("opensearch.username must not contain ':'".into());
+        }
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            return Err("opensearch.cert_file and opensearch.key_file go together".into());
+        }
+        if self.credentials_reload_interval < Duration::from_secs(1) {
+            return Err("opensearch.credentials_reload_interval must be at least 1s".into());
+        }
+        let credentials = self.basic_auth() || self.api_key_auth();
+        if credentials
+            && !self.allow_credentials_over_http
+            && let Some(n) = self.urls().position(|u| u.starts_with("http://"))
+        {
+            return Err(format!(
+                "opensearch.url entry {} is http://: the credentials (username/password or api_key) would travel in clear text; use https:// or set opensearch.allow_credentials_over_http = true",
+                n + 1
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for OpenSearch {
@@ -295,8 +372,15 @@ impl Default for OpenSearch {
             url: "http://127.0.0.1:9200".into(),
             ca_file: String::new(),
             tls_insecure: false,
+            cert_file: String::new(),
+            key_file: String::new(),
             username: String::new(),
-            password: String::new(),
+            password: Secret::default(),
+            password_file: String::new(),
+            api_key: Secret::default(),
+            api_key_file: String::new(),
+            credentials_reload_interval: spanline_common::reload::DEFAULT_INTERVAL,
+            allow_credentials_over_http: false,
             index_prefix: String::new(),
             max_span_age: Duration::from_secs(72 * 3600),
             max_clock_skew: Duration::from_secs(3600),
@@ -465,6 +549,7 @@ impl Validate for Config {
                 "opensearch.index_prefix {prefix:?} must be lowercase letters, digits, '.', '_' or '-', not starting with '_', '-' or '.'"
             ));
         }
+        self.opensearch.validate_security()?;
         if self.opensearch.tls_insecure && !self.opensearch.ca_file.is_empty() {
             return Err("opensearch.tls_insecure and opensearch.ca_file exclude each other".into());
         }
@@ -584,6 +669,74 @@ mod tests {
         assert!(c.validate().expect_err("rejected").contains("index_prefix"));
         c.opensearch.index_prefix = "prod-eu.1".into();
         c.validate().expect("a valid prefix");
+    }
+
+    #[test]
+    fn credentials_over_http_are_refused_unless_allowed() {
+        let mut c = Config::default();
+        c.opensearch.username = "spanline".into();
+        c.opensearch.password = Secret::new("hunter2-s3cret");
+        let error = c.validate().expect_err("clear-text credentials");
+        assert!(
+            error.contains("http://") && error.contains("allow_credentials_over_http") && !error.contains("hunter2"),
+            "{error}"
+        );
+        c.opensearch.allow_credentials_over_http = true;
+        c.validate().expect("allowed explicitly");
+        c.opensearch.allow_credentials_over_http = false;
+        c.opensearch.url = "https://os:9200,http://os2:9200".into();
+        assert!(c.validate().expect_err("one node in clear").contains("entry 2"));
+        c.opensearch.url = "https://os:9200".into();
+        c.validate().expect("https");
+        let mut k = Config::default();
+        k.opensearch.api_key_file = "/run/secrets/key".into();
+        assert!(k.validate().expect_err("api key over http").contains("allow_credentials_over_http"));
+    }
+
+    #[test]
+    fn credential_settings_hang_together() {
+        let with = |f: &dyn Fn(&mut OpenSearch)| {
+            let mut c = Config::default();
+            c.opensearch.url = "https://os:9200".into();
+            f(&mut c.opensearch);
+            c.validate()
+        };
+        let both = with(&|o| {
+            o.username = "u".into();
+            o.password = Secret::new("p");
+            o.password_file = "/f".into();
+        });
+        assert!(both.expect_err("both").contains("password_file exclude"));
+        let mixed = with(&|o| {
+            o.username = "u".into();
+            o.password_file = "/f".into();
+            o.api_key = Secret::new("k");
+        });
+        assert!(mixed.expect_err("basic and key").contains("exclude each other"));
+        assert!(with(&|o| o.username = "u".into()).expect_err("no password").contains("needs opensearch.password"));
+        assert!(with(&|o| o.password = Secret::new("p")).expect_err("no user").contains("needs opensearch.username"));
+        assert!(with(&|o| o.cert_file = "/c".into()).expect_err("no key").contains("go together"));
+        with(&|o| {
+            o.username = "u".into();
+            o.password_file = "/f".into();
+        })
+        .expect("user and password file");
+        with(&|o| o.api_key_file = "/k".into()).expect("an api key file");
+    }
+
+    /// Neither `Debug` nor `Serialize` of the configuration shows a password or an API key.
+    #[test]
+    fn debug_and_serialize_never_show_credentials() {
+        let mut c = Config::default();
+        c.opensearch.username = "spanline".into();
+        c.opensearch.password = Secret::new("hunter2-s3cret");
+        c.opensearch.api_key = Secret::new("a2V5LXMzY3JldA==");
+        let debug = format!("{c:?}");
+        let json = serde_json::to_string(&c).expect("json");
+        for shown in [&debug, &json] {
+            assert!(!shown.contains("hunter2") && !shown.contains("a2V5LXMzY3JldA"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     fn loaded(env: &[(&str, &str)]) -> Result<Config, ConfigError> {

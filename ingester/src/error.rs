@@ -32,6 +32,11 @@ pub enum Error {
         "index template {template}: opensearch answered {status} ({error_type}: {reason}); the ingester's user needs the cluster permission to put index templates (indices:admin/index_template/put and /get, in OpenSearch security's cluster_manage_index_templates action group): grant it, or set opensearch.create_templates = false and install the templates yourself; retrying"
     )]
     TemplatePermission { template: String, status: u16, error_type: String, reason: String },
+    /// The store refused the ingester's credentials (401/403) or the TLS handshake with it failed
+    /// (status 0). Retried, with the ingester marked stalled: only configuration fixes it. The
+    /// reason is the store's or the TLS library's words, clipped; never a credential.
+    #[error("opensearch refused the ingester (status {status}, {error_type}): {reason}")]
+    StoreRefused { status: u16, error_type: String, reason: String },
 }
 
 /// A `_bulk` answer with HTTP 200 that cannot be read as one; its text is clipped, since the answer

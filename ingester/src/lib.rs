@@ -7,6 +7,8 @@
 //! - [`document`]: an OTLP record → Jaeger span documents and service documents.
 //! - [`batch`]: a pure batcher that flushes on bytes, documents, time, and shutdown.
 //! - [`bulk`]: `_bulk` requests, per-item classification and retries until every item is durable.
+//! - [`store`]: the OpenSearch nodes every request goes through: TLS, and credentials read per
+//!   request (reloaded from their files without a restart).
 //! - [`deadletter`]: undecodable records, records and spans over the `[limits]` bounds, and terminally
 //!   rejected spans → the dead-letter topic.
 //! - [`health`]: what stalls the ingester that only an operator can fix → readiness and a metric.
@@ -28,6 +30,7 @@ pub(crate) mod idle;
 pub mod metrics;
 pub(crate) mod pipeline;
 pub mod replay;
+pub mod store;
 pub mod templates;
 pub mod worker;
 

@@ -9,6 +9,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
+use spanline_common::reload::ReloadMetrics;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -82,6 +83,8 @@ pub struct Metrics {
     pub stalled_partitions: Gauge,
     /// Readiness, and what stalls the ingester (`spanline_ingester_stalled`).
     pub health: Health,
+    /// Reloads of the OpenSearch credential files (`spanline_ingester_reloads_total`).
+    pub reloads: ReloadMetrics,
 }
 
 impl Metrics {
@@ -111,6 +114,7 @@ impl Metrics {
             unowned_lag: Gauge::default(),
             stalled_partitions: Gauge::default(),
             health: Health::register(registry),
+            reloads: ReloadMetrics::register(registry, "spanline_ingester"),
         };
         let r = registry.sub_registry_with_prefix("spanline_ingester");
         r.register("records", "Kafka records consumed", m.records.clone());
@@ -135,7 +139,7 @@ impl Metrics {
         r.register("bulk_retries", "Bulk requests retried after a transient failure or a refusal", m.retries.clone());
         r.register(
             "bulk_refusals",
-            "Bulk answers that refused for a reason only an operator can fix (offsets held, retried), by level (request, item) and status (301, 302, 303, 307, 308, 400, 401, 403, 404, 405, 429, 200 for an unreadable answer, else 1xx/2xx/3xx/4xx/5xx)",
+            "Store answers that refused for a reason only an operator can fix (offsets held, retried), by level (request, item, or start for the start-up requests) and status (301, 302, 303, 307, 308, 400, 401, 403, 404, 405, 429, 200 for an unreadable answer, tls for a failed TLS handshake, else 1xx/2xx/3xx/4xx/5xx)",
             m.bulk_refusals.clone(),
         );
         r.register("assigned_partitions", "Partitions this member owns", m.assigned_partitions.clone());

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch::Limits,
-    bulk::{BulkClient, clients},
+    bulk::{BulkClient, classify},
     commit,
     config::Config,
     config::OutOfRange,
@@ -25,8 +25,10 @@ use crate::{
     deadletter::{DeadLetters, RecordLimits},
     document::{IndexNames, Routing},
     error::Error,
+    health::Cause,
     idle,
-    metrics::Metrics,
+    metrics::{Metrics, RefusalLabels},
+    store::{self, Node},
     templates,
     worker::{RateLimiter, ServiceCache, Shared},
 };
@@ -62,23 +64,43 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 }
 
 /// Waits until OpenSearch answers `GET /` and the templates are in place, retrying every few
-/// seconds; gives up only on shutdown.
+/// seconds; gives up only on shutdown. While the store refuses the ingester's credentials (401,
+/// 403) or the TLS handshake fails, the ingester is marked stalled (`store_refusing`), each refusal
+/// is counted (`bulk_refusals{level="start"}`) and logged with what to check.
 pub async fn prepare_store(
-    nodes: &[opensearch::OpenSearch],
+    nodes: &[Node],
     config: &Config,
     names: &IndexNames,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
     let mut delay = Duration::from_millis(200);
+    // Held while the store refuses us; dropped (released) on return.
+    let mut stalled = None;
     // Each attempt uses one node, the next attempt the next one.
     for os in nodes.iter().cycle() {
         let attempt = async {
-            let response = os
-                .send(Method::Get, "/", HeaderMap::new(), None::<&()>, None::<Vec<u8>>, None)
-                .await
-                .map_err(|e| Error::OpenSearch(format!("{} unreachable: {e}", config.opensearch.url)))?;
+            let response = match os.send(Method::Get, "/", HeaderMap::new(), None::<Vec<u8>>, None).await {
+                Ok(response) => response,
+                Err(e) => {
+                    return Err(match store::tls_failure(&e) {
+                        Some(reason) => Error::StoreRefused {
+                            status: 0,
+                            error_type: classify::TLS.into(),
+                            reason: classify::clip_to(reason, classify::MAX_REASON),
+                        },
+                        None => Error::OpenSearch(format!("{} unreachable: {e}", config.opensearch.url)),
+                    });
+                }
+            };
             if let Some(len) = response.content_length().filter(|&n| n > crate::bulk::SMALL_ANSWER) {
                 return Err(Error::OpenSearch(format!("{} answered GET / with {len} bytes", config.opensearch.url)));
+            }
+            let status = response.status_code().as_u16();
+            if matches!(status, 401 | 403) {
+                let body = response.bytes().await.unwrap_or_default();
+                let said = classify::refusal(status, &body);
+                return Err(Error::StoreRefused { status, error_type: said.error_type, reason: said.reason });
             }
             let info: serde_json::Value = response.json().await.map_err(|e| Error::OpenSearch(e.to_string()))?;
             tracing::info!(
@@ -97,6 +119,25 @@ pub async fn prepare_store(
             Ok(()) => return Ok(()),
             // Only configuration can fix these: waiting would hide the cause behind retries.
             Err(error) if error.is_fatal_at_start() => return Err(error),
+            Err(Error::StoreRefused { status, error_type, reason }) => {
+                stalled.get_or_insert_with(|| metrics.health.stall(Cause::StoreRefusing));
+                metrics
+                    .bulk_refusals
+                    .get_or_create(&RefusalLabels {
+                        level: classify::Level::Start.as_str(),
+                        status: classify::status_label(status),
+                    })
+                    .inc();
+                tracing::error!(
+                    url = %config.opensearch.url,
+                    status,
+                    %error_type,
+                    %reason,
+                    check = classify::what_to_check(classify::Level::Start, status, &error_type),
+                    retry_in = ?delay,
+                    "search store refuses the ingester; nothing is consumed until it accepts"
+                );
+            }
             Err(error) => tracing::warn!(%error, retry_in = ?delay, "search store not ready"),
         }
         tokio::select! {
@@ -117,7 +158,7 @@ pub struct Parts {
     pub consumer: Arc<IngestConsumer>,
     /// Failures reported by workers that must stop the ingester.
     pub failed: tokio::sync::mpsc::UnboundedReceiver<Error>,
-    pub nodes: Vec<opensearch::OpenSearch>,
+    pub nodes: Vec<Node>,
     pub names: IndexNames,
 }
 
@@ -129,7 +170,7 @@ pub fn build(
     client: ClientConfig,
     rate: Option<RateLimiter>,
 ) -> Result<Parts, Error> {
-    let nodes = clients(&config.opensearch)?;
+    let nodes = store::nodes(&config.opensearch, metrics.reloads.clone())?;
     let names = IndexNames::new(&config.opensearch.index_prefix);
     let (failures, failed) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -212,7 +253,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     tracing::info!(
         admin = %admin_addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
-        group = %config.kafka.group_id, dead_letter_topic = %config.kafka.dead_letter.topic, opensearch = %config.opensearch.url,
+        group = %config.kafka.group_id, dead_letter_topic = %config.kafka.dead_letter.topic,
+        // The URLs carry no credentials (refused by validation); the secrets are never logged.
+        opensearch = %config.opensearch.url, opensearch_auth = store::auth_mode(&config.opensearch),
+        opensearch_client_cert = !config.opensearch.cert_file.is_empty(),
         max_bytes = %config.batch.max_bytes, max_docs = config.batch.max_docs, flush_interval = ?config.batch.flush_interval,
         "spanline-ingester starting"
     );
@@ -226,7 +270,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let mut poller = None;
         let mut idle_task = None;
         let result = async {
-            prepare_store(&nodes, &config, &names, &shutdown).await?;
+            prepare_store(&nodes, &config, &names, &metrics, &shutdown).await?;
             poller = Some(consume::spawn_poller(consumer.clone(), stop_polling.clone())?);
             consumer.subscribe(&[&config.kafka.topic]).map_err(Error::Kafka)?;
             tracing::info!(

@@ -437,7 +437,7 @@ pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) 
     client.set("enable.partition.eof", "true");
     let Parts { consumer, mut failed, nodes, names } =
         pipeline::build(&config, metrics.clone(), client, args.rate.map(RateLimiter::new))?;
-    pipeline::prepare_store(&nodes, &config, &names, &shutdown).await?;
+    pipeline::prepare_store(&nodes, &config, &names, &metrics, &shutdown).await?;
     let stop = CancellationToken::new();
     let poller = consume::spawn_poller(consumer.clone(), stop.clone())?;
 

@@ -90,7 +90,7 @@ pub fn service_template(pattern: &str, priority: u32) -> Value {
 /// the same indices at this priority is [`Error::TemplateConflict`] (see
 /// [`Error::is_fatal_at_start`]).
 pub async fn install(
-    client: &opensearch::OpenSearch,
+    client: &crate::store::Node,
     names: &IndexNames,
     prefix: &str,
     priority: u32,
@@ -103,7 +103,7 @@ pub async fn install(
     ] {
         let path = format!("/_index_template/{name}");
         let exists = client
-            .send(Method::Head, &path, HeaderMap::new(), None::<&()>, None::<Vec<u8>>, None)
+            .send(Method::Head, &path, HeaderMap::new(), None::<Vec<u8>>, None)
             .await
             .map_err(|e| Error::OpenSearch(format!("cannot check index template {name}: {e}")))?;
         if exists.status_code() == StatusCode::OK {
@@ -116,7 +116,7 @@ pub async fn install(
             opensearch::http::headers::HeaderValue::from_static("application/json"),
         );
         let response = client
-            .send(Method::Put, &path, headers, None::<&()>, Some(body.to_string()), None)
+            .send(Method::Put, &path, headers, Some(body.to_string()), None)
             .await
             .map_err(|e| Error::OpenSearch(format!("cannot install index template {name}: {e}")))?;
         if !response.status_code().is_success() {

@@ -368,8 +368,8 @@ async fn template_install_names_a_same_priority_template() {
     let store = devstore_with(Settings::default()).await.expect("store");
     let u = store.url();
     put_template(&u, "legacy-spans", &theirs()).await;
-    let transport = opensearch::http::transport::Transport::single_node(&u).expect("transport");
-    let client = opensearch::OpenSearch::new(transport);
+    let store_config = spanline_ingester::config::OpenSearch { url: u.clone(), ..Default::default() };
+    let client = spanline_ingester::bulk::clients(&store_config).expect("client").remove(0);
     let names = IndexNames::new("");
 
     let error = templates::install(&client, &names, "", templates::DEFAULT_PRIORITY).await.expect_err("refused");

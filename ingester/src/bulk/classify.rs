@@ -278,6 +278,8 @@ pub(crate) fn clip_to(mut text: String, max: usize) -> String {
 pub(crate) enum Level {
     Request,
     Item,
+    /// The start-up requests (cluster info, templates), before any bulk request.
+    Start,
 }
 
 impl Level {
@@ -285,6 +287,7 @@ impl Level {
         match self {
             Level::Request => "request",
             Level::Item => "item",
+            Level::Start => "start",
         }
     }
 }
@@ -306,6 +309,10 @@ pub(crate) fn status_label(status: u16) -> &'static str {
         (405, "405"),
         (429, "429"),
     ];
+    if status == 0 {
+        // No HTTP answer: the only status-less answer held is a failed TLS handshake.
+        return "tls";
+    }
     if let Some((_, label)) = NAMED.iter().find(|(s, _)| *s == status) {
         return label;
     }
@@ -319,16 +326,27 @@ pub(crate) fn status_label(status: u16) -> &'static str {
     }
 }
 
+/// The error type of a request whose TLS handshake failed (status 0: no answer).
+pub(crate) const TLS: &str = "tls_handshake";
+
 /// What an operator should check for a held answer, in one phrase for the log line.
 pub(crate) fn what_to_check(level: Level, status: u16, error_type: &str) -> &'static str {
     match (level, status, error_type) {
+        (_, 0, TLS) => {
+            "TLS: the store's certificate must chain to opensearch.ca_file (the system's roots when unset), be valid now and name the host of opensearch.url; with opensearch.cert_file, the store must trust the client certificate's CA"
+        }
         (_, _, "cluster_block_exception") => {
             "index blocks: an index or the cluster is read-only (index.blocks.write, read_only_allow_delete after the disk flood-stage watermark); free disk and clear the block"
         }
         (_, _, "index_not_found_exception") => {
             "index creation: action.auto_create_index does not allow the span and service indices; allow them or create the indices, and check opensearch.url and opensearch.index_prefix"
         }
-        (_, 401, _) => "credentials: opensearch.username and opensearch.password",
+        (_, 401, _) => {
+            "credentials: opensearch.username with opensearch.password or password_file, or opensearch.api_key or api_key_file (files are read again every opensearch.credentials_reload_interval and on SIGHUP)"
+        }
+        (Level::Start, 403, _) => {
+            "permissions: the user needs cluster:monitor/main (GET /) and, with opensearch.create_templates, the index template permissions; then indices:data/write/bulk* and indices:admin/create on the span and service indices"
+        }
         (_, 403, _) => {
             "permissions: the user needs indices:data/write/bulk* and indices:admin/create on the span and service indices"
         }

@@ -28,18 +28,13 @@ use std::{
 
 use backon::ExponentialBuilder;
 use bytes::Bytes;
-use opensearch::{
-    OpenSearch,
-    cert::{Certificate, CertificateValidation},
-    http::{
-        Method,
-        headers::{CONTENT_TYPE, HeaderMap, HeaderValue},
-        transport::{SingleNodeConnectionPool, TransportBuilder},
-    },
+use opensearch::http::{
+    Method,
+    headers::{CONTENT_TYPE, HeaderMap, HeaderValue},
 };
 use spanline_common::repeats::Repeats;
 
-use crate::{batch::Item, config, error::Error, metrics::Metrics};
+use crate::{batch::Item, config, error::Error, metrics::Metrics, store::Node};
 
 pub use classify::{ItemClass, ItemError, ItemResults, parse_response};
 pub use framing::encode_item;
@@ -67,7 +62,7 @@ pub struct Rejected {
 /// Writes batches to OpenSearch.
 #[derive(Clone)]
 pub struct BulkClient {
-    nodes: Arc<[OpenSearch]>,
+    nodes: Arc<[Node]>,
     next: Arc<AtomicUsize>,
     metrics: Metrics,
     backoff: ExponentialBuilder,
@@ -83,37 +78,13 @@ impl std::fmt::Debug for BulkClient {
     }
 }
 
-/// One client per configured node. Callers take them in turn ([`BulkClient`] per request, start-up
-/// per attempt), so a request that fails on one node is retried on the next.
-pub fn clients(config: &config::OpenSearch) -> Result<Vec<OpenSearch>, Error> {
-    let clients: Vec<OpenSearch> = config.urls().map(|url| client(config, url)).collect::<Result<_, _>>()?;
-    if clients.is_empty() {
-        return Err(Error::Setup("opensearch.url names no node".into()));
-    }
-    Ok(clients)
-}
-
-fn client(config: &config::OpenSearch, url: &str) -> Result<OpenSearch, Error> {
-    let url = url.parse().map_err(|e| Error::Setup(format!("opensearch.url {url:?}: {e}")))?;
-    let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url)).timeout(config.request_timeout);
-    if config.tls_insecure {
-        builder = builder.cert_validation(CertificateValidation::None);
-    } else if !config.ca_file.is_empty() {
-        let pem = std::fs::read(&config.ca_file)
-            .map_err(|e| Error::Setup(format!("opensearch.ca_file {:?}: {e}", config.ca_file)))?;
-        let ca = Certificate::from_pem(&pem)
-            .map_err(|e| Error::Setup(format!("opensearch.ca_file {:?}: {e}", config.ca_file)))?;
-        builder = builder.cert_validation(CertificateValidation::Full(ca));
-    }
-    if !config.username.is_empty() {
-        builder = builder.auth(opensearch::auth::Credentials::Basic(config.username.clone(), config.password.clone()));
-    }
-    let transport = builder.build().map_err(|e| Error::Setup(format!("cannot build opensearch client: {e}")))?;
-    Ok(OpenSearch::new(transport))
+/// One client per configured node: see [`crate::store::nodes`].
+pub fn clients(config: &config::OpenSearch) -> Result<Vec<Node>, Error> {
+    crate::store::nodes(config, spanline_common::reload::ReloadMetrics::default())
 }
 
 impl BulkClient {
-    pub fn new(nodes: Vec<OpenSearch>, config: &config::OpenSearch, metrics: Metrics) -> Self {
+    pub fn new(nodes: Vec<Node>, config: &config::OpenSearch, metrics: Metrics) -> Self {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.min_backoff)
             .with_max_delay(config.max_backoff)
@@ -137,11 +108,21 @@ impl BulkClient {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         let node = &self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len()];
-        let response =
-            match node.send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), Some(self.timeout)).await {
-                Ok(r) => r,
-                Err(e) => return transient(format!("request failed: {e}")),
-            };
+        let response = match node.send(Method::Post, "/_bulk", headers, Some(body), Some(self.timeout)).await {
+            Ok(r) => r,
+            // A failed handshake is configuration (an untrusted certificate, a refused client
+            // certificate), not a store that is away: held and alerted like a refusal.
+            Err(e) => {
+                return match crate::store::tls_failure(&e) {
+                    Some(reason) => Answer::Blocked(Refusal {
+                        status: 0,
+                        error_type: classify::TLS.into(),
+                        reason: classify::clip_to(reason, classify::MAX_REASON),
+                    }),
+                    None => transient(format!("request failed: {e}")),
+                };
+            }
+        };
         let status = response.status_code();
         // The store's answer is hostile input too: one bigger than any answer for `count` items
         // could be is not read (the client exposes no stream, so only a declared length is checked).
@@ -159,6 +140,66 @@ impl BulkClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store whose certificate the ingester does not trust, or that refuses the ingester's
+    /// missing client certificate, is held as blocked (`tls_handshake`), naming the TLS failure; a
+    /// store that is just away stays transient.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_handshake_is_blocked_and_a_refused_connection_is_transient() {
+        use spanline_common::tls::ServerTls;
+        use spanline_testkit::certs::{Ca, Pki, Validity};
+        let dir = std::env::temp_dir().join(format!("spanline-bulk-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let pki = Pki::write(&dir);
+        let rogue = Ca::new("rogue").server(Validity::Now);
+        let (cert, key) = (dir.join("rogue-server.pem"), dir.join("rogue-server.key"));
+        std::fs::write(&cert, &rogue.cert).expect("write");
+        std::fs::write(&key, &rogue.key).expect("write");
+        let shown = |p: &std::path::Path| p.display().to_string();
+        let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let answer = |url: String| {
+            let config = config::OpenSearch { url, ca_file: shown(&pki.ca), ..config::OpenSearch::default() };
+            let client = BulkClient::new(clients(&config).expect("client"), &config, metrics.clone());
+            async move { client.send(Bytes::from_static(b"{}\n"), 1).await }
+        };
+        let untrusted = spanline_devstore::start(
+            spanline_devstore::Settings {
+                tls: ServerTls { cert_file: shown(&cert), key_file: shown(&key), ..ServerTls::default() },
+                ..spanline_devstore::Settings::default()
+            },
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect("store");
+        match answer(untrusted.url()).await {
+            Answer::Blocked(refusal) => {
+                assert_eq!((refusal.status, refusal.error_type.as_str()), (0, classify::TLS));
+                assert!(refusal.reason.contains("certificate"), "{refusal:?}");
+            }
+            other => panic!("an untrusted certificate is held: {other:?}"),
+        }
+        let mtls = spanline_devstore::start(
+            spanline_devstore::Settings {
+                tls: ServerTls {
+                    cert_file: shown(&pki.server.cert),
+                    key_file: shown(&pki.server.key),
+                    client_ca_file: shown(&pki.ca),
+                    ..ServerTls::default()
+                },
+                ..spanline_devstore::Settings::default()
+            },
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect("store");
+        match answer(mtls.url()).await {
+            Answer::Blocked(refusal) => assert_eq!(refusal.error_type, classify::TLS, "{refusal:?}"),
+            other => panic!("a refused client certificate is held: {other:?}"),
+        }
+        let away = format!("http://127.0.0.1:{}", spanline_testkit::free_port());
+        assert!(matches!(answer(away).await, Answer::Transient(_)), "a store away is transient");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     /// A store (here a fake one on another thread) that answers a `_bulk` with 256 MiB is not read:
     /// what this thread allocates while sending stays small.
