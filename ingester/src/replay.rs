@@ -251,9 +251,12 @@ fn key(bound: Bound) -> String {
 /// A consumer with no group duties (manual assignment), for planning and counting.
 fn scratch(config: &Config, group: &str) -> Result<BaseConsumer, Error> {
     let client = config.kafka.client();
-    let mut cfg = client.base("spanline-replay");
+    let mut cfg = client.base("spanline-replay").map_err(Error::Setup)?;
     cfg.set("group.id", group).set("enable.auto.commit", "false").set("enable.partition.eof", "true");
     client.apply_overrides(&mut cfg);
+    // This consumer only reads positions and counts records: it must never commit, whatever the
+    // shared override map says (it would move the replay group's progress).
+    cfg.set("enable.auto.commit", "false");
     cfg.create().map_err(Error::Kafka)
 }
 
@@ -433,7 +436,7 @@ pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) 
     }
     let started = Instant::now();
     let metrics = Metrics::register(&mut Registry::default());
-    let mut client = pipeline::consumer_config(&config);
+    let mut client = pipeline::consumer_config(&config)?;
     client.set("enable.partition.eof", "true");
     let Parts { consumer, mut failed, nodes, names } =
         pipeline::build(&config, metrics.clone(), client, args.rate.map(RateLimiter::new))?;
