@@ -187,3 +187,17 @@ async fn a_plaintext_client_to_the_tls_listener_is_refused() {
     refused(&broker, &kafka).await;
     assert!(!broker.tls_refusals().is_empty(), "the terminator saw no TLS handshake: {:?}", broker.tls_refusals());
 }
+
+/// Tansu 0.6.0 offers SCRAM only: a PLAIN client is disconnected at the SASL handshake
+/// (`Auth(Sasl(NoSharedMechanism))` in its log), so `PLAIN` is mapped and unit-tested but cannot be
+/// shown delivering here. What the test shows is that such a client is refused cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_is_not_offered_by_tansu_and_is_refused() {
+    let (broker, _pki, _dir) = secured(SaslMechanism::ScramSha512, true).await;
+    let mut kafka = broker.client_config();
+    kafka.sasl.mechanism = SaslMechanism::Plain;
+    refused(&broker, &kafka).await;
+    let logs = log_text();
+    assert!(logs.contains("SASL PLAIN mechanism handshake failed"), "librdkafka says why:\n{logs}");
+    assert!(broker.log().contains("NoSharedMechanism"), "tansu says why:\n{}", broker.log());
+}
