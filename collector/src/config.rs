@@ -215,7 +215,7 @@ impl Validate for Config {
         require_override(
             &overrides,
             &["enable.idempotence"],
-            &["true"],
+            &["true", "t", "1"],
             "the producer must stay idempotent, or retries could duplicate or reorder records",
         )?;
         if self.kafka.topic.is_empty() {

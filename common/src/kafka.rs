@@ -326,8 +326,10 @@ impl KafkaClientConfig {
     }
 }
 
-/// Refuses overrides (from the maps in `sections`, checked in order, the last one winning) that
-/// set `key` to a value outside `allowed`: `why` says what the setting would break.
+/// Refuses overrides (from the maps in `sections`) that set one of `keys` to a value outside
+/// `allowed` (compared trimmed and lowercased; list every spelling librdkafka accepts, e.g. `true`,
+/// `t` and `1` for a boolean): `why` says what the setting would break. The value is quoted: only
+/// delivery settings go through here, never a secret.
 pub fn require_override(
     sections: &[(&str, &Overrides)],
     keys: &[&str],

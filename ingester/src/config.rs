@@ -455,13 +455,13 @@ impl Validate for Config {
         require_override(
             &overrides,
             &["enable.auto.offset.store"],
-            &["false"],
+            &["false", "f", "0"],
             "offsets must be stored only once their spans are indexed or dead-lettered",
         )?;
         require_override(
             &overrides,
             &["enable.auto.commit"],
-            &["true"],
+            &["true", "t", "1"],
             "the ingester commits the offsets it stores through librdkafka's auto commit; without it a crash re-reads everything since the last rebalance",
         )?;
         if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() {
