@@ -169,8 +169,7 @@ impl From<BTreeMap<String, String>> for Overrides {
     }
 }
 
-/// `security.protocol` and its value, and the other librdkafka keys `tls` and `sasl` set, with the
-/// aliases librdkafka accepts for them.
+/// The librdkafka property `tls` and `sasl` together decide.
 const SECURITY_PROTOCOL: &str = "security.protocol";
 
 impl KafkaClientConfig {
