@@ -1,7 +1,7 @@
 //! Collector configuration: parsed once from a TOML file plus `SPANLINE_COLLECTOR__*` environment
 //! variables, validated by [`Config::validate`], then trusted. See `deploy/collector.toml`.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use spanline_common::{
     ByteSize,
     admin::AdminConfig,
     config::{ConfigError, Validate},
-    kafka::KafkaClientConfig,
+    kafka::{KafkaClientConfig, KafkaSasl, KafkaTls, Overrides, require_override},
     tls::ServerTls,
 };
 
@@ -74,8 +74,13 @@ impl Default for Receivers {
 pub struct Kafka {
     /// Bootstrap brokers, comma-separated `host:port`. Default `127.0.0.1:9092`.
     pub brokers: String,
-    /// Extra librdkafka properties (TLS, SASL, ...), applied last. Default empty.
-    pub librdkafka: BTreeMap<String, String>,
+    /// TLS to the brokers (`[kafka.tls]`). Default off.
+    pub tls: KafkaTls,
+    /// SASL authentication (`[kafka.sasl]`). Default none.
+    pub sasl: KafkaSasl,
+    /// Extra librdkafka properties, applied last. Settings that weaken delivery (`acks` other than
+    /// `all`, `enable.idempotence = false`) and keys `tls`/`sasl` set are refused. Default empty.
+    pub librdkafka: Overrides,
     /// Topic spans are published to. Default `otlp_spans`.
     pub topic: String,
     /// Largest record value produced; a trace whose spans exceed it is split into several records.
@@ -98,7 +103,12 @@ pub struct Kafka {
 impl Kafka {
     /// The connection part, shared with the other components' Kafka settings.
     pub fn client(&self) -> KafkaClientConfig {
-        KafkaClientConfig { brokers: self.brokers.clone(), librdkafka: self.librdkafka.clone() }
+        KafkaClientConfig {
+            brokers: self.brokers.clone(),
+            tls: self.tls.clone(),
+            sasl: self.sasl.clone(),
+            librdkafka: self.librdkafka.clone(),
+        }
     }
 }
 
@@ -106,7 +116,9 @@ impl Default for Kafka {
     fn default() -> Self {
         Self {
             brokers: KafkaClientConfig::default().brokers,
-            librdkafka: BTreeMap::new(),
+            tls: KafkaTls::default(),
+            sasl: KafkaSasl::default(),
+            librdkafka: Overrides::default(),
             topic: "otlp_spans".into(),
             max_message_bytes: ByteSize::kib(900),
             delivery_timeout: Duration::from_secs(30),
@@ -204,6 +216,21 @@ impl Validate for Config {
         self.kafka.client().validate()?;
         self.receivers.tls.validate("receivers.tls")?;
         self.receivers.auth.validate()?;
+        // The collector answers an export only once Kafka holds every record: an override that lets
+        // the broker acknowledge less, or retries duplicate and reorder, breaks that promise.
+        let overrides = [("kafka.librdkafka", &self.kafka.librdkafka)];
+        require_override(
+            &overrides,
+            &["acks", "request.required.acks"],
+            &["all", "-1"],
+            "the collector acknowledges an export only once every replica has it (acks=all)",
+        )?;
+        require_override(
+            &overrides,
+            &["enable.idempotence"],
+            &["true", "t", "1"],
+            "the producer must stay idempotent, or retries could duplicate or reorder records",
+        )?;
         if self.kafka.topic.is_empty() {
             return Err("kafka.topic must not be empty".into());
         }
@@ -272,5 +299,52 @@ mod tests {
         let mut c = Config::default();
         c.kafka.compression = "brotli".into();
         assert!(c.validate().expect_err("bad").contains("compression"));
+    }
+
+    #[test]
+    fn overrides_weakening_delivery_are_refused() {
+        for (key, value) in [("acks", "1"), ("request.required.acks", "0"), ("enable.idempotence", "false")] {
+            let mut c = Config::default();
+            c.kafka.librdkafka.insert(key.into(), value.into());
+            let e = c.validate().expect_err(key);
+            assert!(e.contains(&format!("kafka.librdkafka.\"{key}\"")), "{e}");
+        }
+        for (key, value) in [("acks", "all"), ("acks", "-1"), ("enable.idempotence", "true")] {
+            let mut c = Config::default();
+            c.kafka.librdkafka.insert(key.into(), value.into());
+            c.validate().expect("keeps the contract");
+        }
+    }
+
+    #[test]
+    fn security_sections_parse_validate_and_never_show_secrets() {
+        let dir = tempfile::tempdir().expect("temp");
+        let file = dir.path().join("collector.toml");
+        std::fs::write(
+            &file,
+            r#"
+[kafka]
+brokers = "kafka:9093"
+[kafka.tls]
+enabled = true
+ca_file = "/etc/spanline/kafka-ca.pem"
+[kafka.sasl]
+mechanism = "SCRAM-SHA-512"
+username = "collector"
+password = "hunter2-collector"
+[kafka.librdkafka]
+"ssl.keystore.password" = "hunter3-keystore"
+"#,
+        )
+        .expect("write");
+        let c = Config::load(Some(&file)).expect("loads");
+        let cfg = crate::produce::client_config(&c).expect("client config");
+        assert_eq!(cfg.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(cfg.get("sasl.password"), Some("hunter2-collector"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        std::fs::write(&file, "[kafka.tls]\nca_file = \"/ca.pem\"\n").expect("write");
+        let e = Config::load(Some(&file)).expect_err("files need enabled").to_string();
+        assert!(e.contains("kafka.tls.ca_file"), "{e}");
     }
 }

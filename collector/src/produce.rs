@@ -43,11 +43,12 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// librdkafka settings for the collector's producer.
-pub fn client_config(config: &Config) -> ClientConfig {
+/// librdkafka settings for the collector's producer (secret files read now; the error names the
+/// setting, never the secret).
+pub fn client_config(config: &Config) -> Result<ClientConfig, String> {
     let kafka = &config.kafka;
     let client = kafka.client();
-    let mut cfg = client.base("spanline-collector");
+    let mut cfg = client.base("spanline-collector")?;
     // librdkafka's largest queue.buffering.max.kbytes (2 TiB).
     let queue_kib = (config.limits.max_inflight_bytes.bytes() / 1024).clamp(1, 2_147_483_647);
     cfg.set("enable.idempotence", "true")
@@ -61,13 +62,14 @@ pub fn client_config(config: &Config) -> ClientConfig {
         .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string())
         .set("message.max.bytes", (kafka.max_message_bytes.bytes() + 64 * 1024).to_string());
     client.apply_overrides(&mut cfg);
-    cfg
+    Ok(cfg)
 }
 
 impl Producer {
     /// Creates the producer; it connects lazily.
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, Error> {
         let inner: QuietProducer = client_config(config)
+            .map_err(Error::Setup)?
             .create_with_context(QuietContext::default())
             .map_err(|e| Error::Setup(format!("cannot create kafka producer: {e}")))?;
         Ok(Self { inner, topic: Arc::from(config.kafka.topic.as_str()), metrics })

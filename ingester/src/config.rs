@@ -1,14 +1,14 @@
 //! Ingester configuration: parsed once from a TOML file plus `SPANLINE_INGESTER__*` environment
 //! variables, validated by [`Config::validate`], then trusted. See `deploy/ingester.toml`.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use spanline_common::{
     ByteSize,
     admin::AdminConfig,
     config::{ConfigError, Validate},
-    kafka::KafkaClientConfig,
+    kafka::{KafkaClientConfig, KafkaSasl, KafkaTls, Overrides, require_override},
     secret::Secret,
 };
 
@@ -33,8 +33,16 @@ pub struct Config {
 pub struct Kafka {
     /// Bootstrap brokers, comma-separated `host:port`. Default `127.0.0.1:9092`.
     pub brokers: String,
-    /// Extra librdkafka properties (TLS, SASL, ...), applied last. Default empty.
-    pub librdkafka: BTreeMap<String, String>,
+    /// TLS to the brokers (`[kafka.tls]`), for the consumer, the dead-letter producer and `replay`.
+    /// Default off.
+    pub tls: KafkaTls,
+    /// SASL authentication (`[kafka.sasl]`), for every client like `tls`. Default none.
+    pub sasl: KafkaSasl,
+    /// Extra librdkafka properties, applied last to every client. Settings that weaken delivery
+    /// (`enable.auto.offset.store = true`, `enable.auto.commit = false`; for the dead-letter producer
+    /// `acks` other than `all`, `enable.idempotence = false`) and keys `tls`/`sasl` set are refused.
+    /// Default empty.
+    pub librdkafka: Overrides,
     /// Topic to consume. Default `otlp_spans`.
     pub topic: String,
     /// Consumer group. Default `spanline-ingester`.
@@ -95,7 +103,9 @@ impl Default for Kafka {
     fn default() -> Self {
         Self {
             brokers: KafkaClientConfig::default().brokers,
-            librdkafka: BTreeMap::new(),
+            tls: KafkaTls::default(),
+            sasl: KafkaSasl::default(),
+            librdkafka: Overrides::default(),
             topic: "otlp_spans".into(),
             group_id: "spanline-ingester".into(),
             dead_letter_topic: None,
@@ -115,13 +125,18 @@ impl Default for Kafka {
 impl Kafka {
     /// The connection part, shared with the other components' Kafka settings.
     pub fn client(&self) -> KafkaClientConfig {
-        KafkaClientConfig { brokers: self.brokers.clone(), librdkafka: self.librdkafka.clone() }
+        KafkaClientConfig {
+            brokers: self.brokers.clone(),
+            tls: self.tls.clone(),
+            sasl: self.sasl.clone(),
+            librdkafka: self.librdkafka.clone(),
+        }
     }
 }
 
 /// The dead-letter producer: where what can never be indexed goes, as `spanline.v1.DeadLetter`
 /// envelopes (`proto/`), and how it is written. It connects with `kafka.brokers` and
-/// `kafka.librdkafka` (TLS, SASL), then applies its own settings, then its own `librdkafka` map.
+/// `[kafka.tls]`, `[kafka.sasl]` and `kafka.librdkafka`, then applies its own settings, then its own `librdkafka` map.
 /// A partition's offsets wait until its dead letters are acknowledged, so these settings decide
 /// how a dead-letter topic that cannot be written shows: see docs/ingester.md ("Dead letters").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +159,7 @@ pub struct DeadLetterProducer {
     /// librdkafka properties for this producer only, applied last (after `kafka.librdkafka`).
     /// Settings that could lose a dead letter are refused: `acks` other than `all`/`-1`,
     /// `enable.idempotence` other than `true`. Default empty.
-    pub librdkafka: BTreeMap<String, String>,
+    pub librdkafka: Overrides,
 }
 
 /// Room for a record's framing around the largest envelope (record header, key length, headers).
@@ -157,7 +172,7 @@ impl Default for DeadLetterProducer {
             message_timeout: Duration::from_secs(30),
             compression: "none".into(),
             max_message_bytes: None,
-            librdkafka: BTreeMap::new(),
+            librdkafka: Overrides::default(),
         }
     }
 }
@@ -173,9 +188,14 @@ impl DeadLetterProducer {
     }
 
     /// The producer's librdkafka configuration: the connection (`client`, its overrides included),
-    /// these settings, then this section's own overrides, last.
-    pub fn client_config(&self, client: &KafkaClientConfig, max_dead_letter_bytes: ByteSize) -> rdkafka::ClientConfig {
-        let mut cfg = client.base("spanline-ingester-dlq");
+    /// these settings, then this section's own overrides, last. Secret files are read now; the error
+    /// names the setting, never the secret.
+    pub fn client_config(
+        &self,
+        client: &KafkaClientConfig,
+        max_dead_letter_bytes: ByteSize,
+    ) -> Result<rdkafka::ClientConfig, String> {
+        let mut cfg = client.base("spanline-ingester-dlq")?;
         cfg.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -186,7 +206,7 @@ impl DeadLetterProducer {
         for (key, value) in &self.librdkafka {
             cfg.set(key, value);
         }
-        cfg
+        Ok(cfg)
     }
 
     /// Refuses settings under which a dead letter could be lost or could never fit.
@@ -204,7 +224,11 @@ impl DeadLetterProducer {
                 self.compression
             ));
         }
-        let cfg = self.client_config(client, max_dead_letter_bytes);
+        client.check_conflicts("kafka.dead_letter.librdkafka", &self.librdkafka)?;
+        // Built without the secrets (validation never reads a password file): only the delivery
+        // settings are checked here.
+        let unsecured = KafkaClientConfig { tls: KafkaTls::default(), sasl: KafkaSasl::default(), ..client.clone() };
+        let cfg = self.client_config(&unsecured, max_dead_letter_bytes)?;
         for key in ["acks", "request.required.acks"] {
             if let Some(acks) = cfg.get(key).filter(|a| !["all", "-1"].contains(a)) {
                 return Err(format!(
@@ -508,6 +532,22 @@ impl Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
         self.kafka.client().validate()?;
+        // Offsets are stored only once their spans are durable and librdkafka commits what was
+        // stored (commit.rs): storing on delivery to the application would commit spans never
+        // indexed, and without auto commit progress is saved only at a rebalance or shutdown.
+        let overrides = [("kafka.librdkafka", &self.kafka.librdkafka)];
+        require_override(
+            &overrides,
+            &["enable.auto.offset.store"],
+            &["false", "f", "0"],
+            "offsets must be stored only once their spans are indexed or dead-lettered",
+        )?;
+        require_override(
+            &overrides,
+            &["enable.auto.commit"],
+            &["true", "t", "1"],
+            "the ingester commits the offsets it stores through librdkafka's auto commit; without it a crash re-reads everything since the last rebalance",
+        )?;
         if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() {
             return Err("kafka.topic and kafka.group_id must not be empty".into());
         }
@@ -771,7 +811,11 @@ mod tests {
             f(&mut c);
             c.validate()
         };
-        let cfg = Config::default().kafka.dead_letter.client_config(&KafkaClientConfig::default(), ByteSize(1_000_000));
+        let cfg = Config::default()
+            .kafka
+            .dead_letter
+            .client_config(&KafkaClientConfig::default(), ByteSize(1_000_000))
+            .expect("config");
         assert_eq!(cfg.get("message.max.bytes"), Some("1001024"), "the bound plus framing by default");
         assert_eq!((cfg.get("acks"), cfg.get("enable.idempotence")), (Some("all"), Some("true")));
         let error = with(&|c| {
@@ -812,5 +856,43 @@ mod tests {
         assert!(error.contains("kafka.dead_letter.topic"), "{error}");
         let error = with(&|c| c.kafka.dead_letter_topic = Some("x".into())).expect_err("unmigrated");
         assert!(error.contains("deprecated"), "{error}");
+    }
+
+    #[test]
+    fn consumer_overrides_weakening_delivery_are_refused() {
+        for (key, value) in [("enable.auto.offset.store", "true"), ("enable.auto.commit", "false")] {
+            let mut c = Config::default();
+            c.kafka.librdkafka.insert(key.into(), value.into());
+            let e = c.validate().expect_err(key);
+            assert!(e.contains(&format!("kafka.librdkafka.\"{key}\"")), "{e}");
+        }
+        let mut c = Config::default();
+        c.kafka.librdkafka.insert("enable.auto.offset.store".into(), "false".into());
+        c.validate().expect("keeps the contract");
+    }
+
+    #[test]
+    fn first_class_security_reaches_every_client_and_conflicts_are_refused() {
+        let mut c = Config::default();
+        c.kafka.tls.enabled = true;
+        c.kafka.sasl = KafkaSasl {
+            mechanism: spanline_common::kafka::SaslMechanism::ScramSha256,
+            username: "ingester".into(),
+            password: spanline_common::secret::Secret::new("hunter2-ingester"),
+            password_file: String::new(),
+        };
+        c.validate().expect("valid");
+        let consumer = crate::pipeline::consumer_config(&c).expect("consumer");
+        let dlq = c.kafka.dead_letter.client_config(&c.kafka.client(), c.limits.max_dead_letter_bytes).expect("dlq");
+        for cfg in [consumer, dlq] {
+            assert_eq!(cfg.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(cfg.get("sasl.mechanisms"), Some("SCRAM-SHA-256"));
+            assert_eq!(cfg.get("sasl.password"), Some("hunter2-ingester"));
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+        c.kafka.dead_letter.librdkafka.insert("sasl.password".into(), "hunter3-dlq".into());
+        let e = c.validate().expect_err("conflict");
+        assert!(e.contains("kafka.dead_letter.librdkafka.\"sasl.password\" conflicts"), "{e}");
+        assert!(!e.contains("hunter") && !format!("{c:?}").contains("hunter3"), "{e}");
     }
 }

@@ -447,7 +447,8 @@ mod tests {
         config.kafka.brokers = cluster.bootstrap_servers();
         config.kafka.topic = "t".into();
         let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
-        let parts = pipeline::build(&config, metrics, pipeline::consumer_config(&config), None).expect("build");
+        let parts = pipeline::build(&config, metrics, pipeline::consumer_config(&config).expect("config"), None)
+            .expect("build");
         (cluster, parts, config)
     }
 

@@ -493,7 +493,8 @@ impl DeadLetters {
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, Error> {
         let section = &config.kafka.dead_letter;
         let max_bytes = config.limits.max_dead_letter_bytes.as_usize();
-        let cfg = section.client_config(&config.kafka.client(), config.limits.max_dead_letter_bytes);
+        let cfg =
+            section.client_config(&config.kafka.client(), config.limits.max_dead_letter_bytes).map_err(Error::Setup)?;
         let producer: QuietProducer = cfg.create_with_context(QuietContext::default()).map_err(Error::Kafka)?;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.opensearch.min_backoff)

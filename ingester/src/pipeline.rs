@@ -40,11 +40,12 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
-/// librdkafka settings for the ingester's consumer.
-pub fn consumer_config(config: &Config) -> ClientConfig {
+/// librdkafka settings for the ingester's consumer (secret files read now; the error names the
+/// setting, never the secret).
+pub fn consumer_config(config: &Config) -> Result<ClientConfig, Error> {
     let kafka = &config.kafka;
     let client = kafka.client();
-    let mut cfg = client.base("spanline-ingester");
+    let mut cfg = client.base("spanline-ingester").map_err(Error::Setup)?;
     cfg.set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -60,7 +61,7 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         cfg.set("group.instance.id", &kafka.group_instance_id);
     }
     client.apply_overrides(&mut cfg);
-    cfg
+    Ok(cfg)
 }
 
 /// Waits until OpenSearch answers `GET /` and the templates are in place, retrying every few
@@ -261,7 +262,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "spanline-ingester starting"
     );
 
-    let Parts { consumer, mut failed, nodes, names } = build(&config, metrics.clone(), consumer_config(&config), None)?;
+    let Parts { consumer, mut failed, nodes, names } =
+        build(&config, metrics.clone(), consumer_config(&config)?, None)?;
     let grace = config.shutdown_grace;
 
     let task = tokio::spawn(async move {

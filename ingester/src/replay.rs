@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prometheus_client::registry::Registry;
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
+    ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
 };
 use tokio_util::sync::CancellationToken;
@@ -250,11 +250,19 @@ fn key(bound: Bound) -> String {
 
 /// A consumer with no group duties (manual assignment), for planning and counting.
 fn scratch(config: &Config, group: &str) -> Result<BaseConsumer, Error> {
+    scratch_config(config, group)?.create().map_err(Error::Kafka)
+}
+
+/// The settings of [`scratch`]: the shared connection (TLS, SASL, overrides), and never a commit.
+fn scratch_config(config: &Config, group: &str) -> Result<ClientConfig, Error> {
     let client = config.kafka.client();
-    let mut cfg = client.base("spanline-replay");
+    let mut cfg = client.base("spanline-replay").map_err(Error::Setup)?;
     cfg.set("group.id", group).set("enable.auto.commit", "false").set("enable.partition.eof", "true");
     client.apply_overrides(&mut cfg);
-    cfg.create().map_err(Error::Kafka)
+    // This consumer only reads positions and counts records: it must never commit, whatever the
+    // shared override map says (it would move the replay group's progress).
+    cfg.set("enable.auto.commit", "false");
+    Ok(cfg)
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -433,7 +441,7 @@ pub async fn run(config: Config, args: ReplayArgs, shutdown: CancellationToken) 
     }
     let started = Instant::now();
     let metrics = Metrics::register(&mut Registry::default());
-    let mut client = pipeline::consumer_config(&config);
+    let mut client = pipeline::consumer_config(&config)?;
     client.set("enable.partition.eof", "true");
     let Parts { consumer, mut failed, nodes, names } =
         pipeline::build(&config, metrics.clone(), client, args.rate.map(RateLimiter::new))?;
@@ -558,6 +566,18 @@ fn done(progress: &BTreeMap<i32, Progress>, w: &Window) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_consumers_connect_like_the_ingester_and_the_counting_one_never_commits() {
+        let mut config = Config::default();
+        config.kafka.tls.enabled = true;
+        config.kafka.librdkafka.insert("enable.auto.commit".into(), "true".into());
+        let scratch = scratch_config(&config, "g").expect("config");
+        assert_eq!(scratch.get("security.protocol"), Some("SSL"));
+        assert_eq!(scratch.get("enable.auto.commit"), Some("false"), "whatever the map says");
+        let live = pipeline::consumer_config(&config).expect("config");
+        assert_eq!(live.get("security.protocol"), Some("SSL"));
+    }
 
     #[test]
     fn bounds_parse() {

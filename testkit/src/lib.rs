@@ -17,6 +17,10 @@ pub use mock::MockKafka;
 
 pub mod process;
 
+pub mod secure;
+
+pub use secure::SecureBroker;
+
 use std::{
     collections::BTreeSet,
     future::Future,
@@ -28,7 +32,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
@@ -66,14 +70,59 @@ pub struct Broker {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Users, authentication and a TLS terminator ([`Broker::start_secured`]); `None` for plaintext.
+    secure: Option<secure::Secured>,
 }
 
 impl Broker {
     /// Starts a broker on a free port and waits until it answers metadata requests.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut broker = Self { port: free_port(), dir: tempfile::tempdir()?, child: None };
+        let mut broker = Self { port: free_port(), dir: tempfile::tempdir()?, child: None, secure: None };
         broker.spawn().await?;
         Ok(broker)
+    }
+
+    /// Starts a broker with `settings`: its users created (on a first run without authentication),
+    /// then restarted with `--authentication` when there are users, behind a TLS terminator when
+    /// `settings.tls` is set. [`Broker::client_config`] gives the settings that reach it.
+    pub async fn start_secured(settings: SecureBroker) -> anyhow::Result<Self> {
+        let port = free_port();
+        let proxy = match &settings.tls {
+            Some(files) => Some(secure::TlsProxy::start(files, std::net::SocketAddr::from(([127, 0, 0, 1], port)))?),
+            None => None,
+        };
+        let users = settings.users.clone();
+        let secured = secure::Secured { settings, authentication: false, proxy };
+        let mut broker = Self { port, dir: tempfile::tempdir()?, child: None, secure: Some(secured) };
+        if !users.is_empty() {
+            broker.spawn().await?;
+            let plain = broker.bootstrap();
+            tokio::task::spawn_blocking(move || secure::create_users(&plain, &users)).await??;
+            broker.kill();
+            if let Some(s) = broker.secure.as_mut() {
+                s.authentication = true;
+            }
+        }
+        broker.spawn().await?;
+        Ok(broker)
+    }
+
+    /// The client settings that reach this broker: its address, and for a secured one TLS (trusting
+    /// the configured CA) and the first user's SASL credentials.
+    pub fn client_config(&self) -> spanline_common::kafka::KafkaClientConfig {
+        match &self.secure {
+            Some(secured) => secured.client(&self.bootstrap()),
+            None => spanline_common::kafka::KafkaClientConfig { brokers: self.bootstrap(), ..Default::default() },
+        }
+    }
+
+    /// Why TLS handshakes on the terminator failed so far (empty without TLS).
+    pub fn tls_refusals(&self) -> Vec<String> {
+        self.secure
+            .as_ref()
+            .and_then(|s| s.proxy.as_ref())
+            .map(|p| p.refused.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
@@ -83,17 +132,23 @@ impl Broker {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.path().join("tansu.log"))?;
-        let child = Command::new(tansu_bin()?)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ])
+        let advertised = self.secure.as_ref().map_or_else(|| url.clone(), |s| s.advertised(&url));
+        // Appended: a restart's log follows the first run's (a secured broker starts twice).
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("tansu.log"))?;
+        let mut command = Command::new(tansu_bin()?);
+        command.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &advertised,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ]);
+        if self.secure.as_ref().is_some_and(|s| s.authentication) {
+            command.arg("--authentication");
+        }
+        let child = command
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -101,13 +156,12 @@ impl Broker {
             .spawn()
             .context("cannot start tansu")?;
         self.child = Some(child);
-        let bootstrap = self.bootstrap();
+        let probe = self.client_config();
         wait_for(Duration::from_secs(30), || {
-            let bootstrap = bootstrap.clone();
+            let probe = probe.clone();
             async move {
                 tokio::task::spawn_blocking(move || {
-                    let consumer: BaseConsumer =
-                        ClientConfig::new().set("bootstrap.servers", &bootstrap).create().ok()?;
+                    let consumer: BaseConsumer = probe.base("spanline-testkit-probe").ok()?.create().ok()?;
                     consumer.fetch_metadata(None, Duration::from_secs(2)).ok().map(|_| ())
                 })
                 .await
@@ -121,7 +175,7 @@ impl Broker {
 
     /// Creates `topic` with `partitions` partitions.
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
-        create_topic(&self.bootstrap(), topic, partitions).await
+        create_topic_with(&self.client_config(), topic, partitions).await
     }
 
     /// SIGKILLs the broker (its data stays on disk).
@@ -152,7 +206,18 @@ impl Drop for Broker {
 
 /// Creates `topic` with `partitions` partitions on the cluster at `bootstrap`.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let kafka = spanline_common::kafka::KafkaClientConfig { brokers: bootstrap.to_owned(), ..Default::default() };
+    create_topic_with(&kafka, topic, partitions).await
+}
+
+/// Creates `topic` with `partitions` partitions on the cluster `kafka` reaches (TLS, SASL).
+pub async fn create_topic_with(
+    kafka: &spanline_common::kafka::KafkaClientConfig,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka.base("spanline-testkit-admin").map_err(anyhow::Error::msg)?.create()?;
     let results = admin
         .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
         .await?;
@@ -182,14 +247,20 @@ pub struct ReadRecord {
 /// Reads every record of every partition of `topic`, from the start to the high watermark as of the
 /// call, without a consumer group.
 pub async fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<ReadRecord>> {
-    let bootstrap = bootstrap.to_owned();
+    let kafka = spanline_common::kafka::KafkaClientConfig { brokers: bootstrap.to_owned(), ..Default::default() };
+    read_topic_with(&kafka, topic).await
+}
+
+/// [`read_topic`] through the client settings `kafka` (TLS, SASL).
+pub async fn read_topic_with(
+    kafka: &spanline_common::kafka::KafkaClientConfig,
+    topic: &str,
+) -> anyhow::Result<Vec<ReadRecord>> {
+    let mut cfg = kafka.base("spanline-testkit-reader").map_err(anyhow::Error::msg)?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "spanline-testkit-reader")
-            .set("enable.auto.commit", "false")
-            .create()?;
+        let consumer: BaseConsumer =
+            cfg.set("group.id", "spanline-testkit-reader").set("enable.auto.commit", "false").create()?;
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
         let partitions: Vec<i32> =
             metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
@@ -361,9 +432,20 @@ pub async fn exactly_once(url: &str, expected: &BTreeSet<String>, timeout: Durat
 
 /// Produces `records` (key, value) to `topic` and waits for every delivery report.
 pub async fn produce(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    let kafka = spanline_common::kafka::KafkaClientConfig { brokers: bootstrap.to_owned(), ..Default::default() };
+    produce_with(&kafka, topic, records).await
+}
+
+/// [`produce`] through the client settings `kafka` (TLS, SASL).
+pub async fn produce_with(
+    kafka: &spanline_common::kafka::KafkaClientConfig,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: FutureProducer = kafka
+        .base("spanline-testkit-producer")
+        .map_err(anyhow::Error::msg)?
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()?;
