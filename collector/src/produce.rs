@@ -71,6 +71,7 @@ impl Producer {
         let inner: QuietProducer = client_config(config)
             .map_err(Error::Setup)?
             .create_with_context(QuietContext::default())
+            .map_err(spanline_common::kafka::without_value)
             .map_err(|e| Error::Setup(format!("cannot create kafka producer: {e}")))?;
         Ok(Self { inner, topic: Arc::from(config.kafka.topic.as_str()), metrics })
     }

@@ -368,6 +368,19 @@ pub fn log_librdkafka(repeats: &Repeats, level: RDKafkaLogLevel, facility: &str,
     }
 }
 
+/// A client-creation error fit to print: librdkafka's configuration errors carry the offending
+/// property's value (a mistyped `sasl.passwrod` would print the password), so the value is
+/// dropped, and blotted out of the description too.
+pub fn without_value(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, desc, key, value) => {
+            let desc = if value.is_empty() { desc } else { desc.replace(&value, "<redacted>") };
+            KafkaError::ClientConfig(code, desc, key, "<redacted>".to_owned())
+        }
+        other => other,
+    }
+}
+
 /// The kind under which a client error is counted by [`Repeats`]: its error code, never its text.
 pub fn error_kind(error: &KafkaError) -> String {
     match error.rdkafka_error_code() {
@@ -406,6 +419,16 @@ pub type QuietProducer = rdkafka::producer::FutureProducer<QuietContext>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_property_does_not_print_its_value() {
+        let mut cfg = ClientConfig::new();
+        cfg.set("sasl.passwrod", "hunter2-0123").set("bootstrap.servers", "127.0.0.1:9");
+        let error = cfg.create::<rdkafka::producer::BaseProducer>().map(|_| ()).expect_err("unknown property");
+        assert!(error.to_string().contains("hunter2"), "librdkafka's own error quotes it: {error}");
+        let shown = without_value(error).to_string();
+        assert!(shown.contains("sasl.passwrod") && !shown.contains("hunter2"), "{shown}");
+    }
     use std::io::Write as _;
 
     fn sasl(mechanism: SaslMechanism, password: &str) -> KafkaSasl {

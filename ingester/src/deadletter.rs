@@ -39,7 +39,7 @@ use rdkafka::{error::KafkaError, producer::FutureRecord, types::RDKafkaErrorCode
 use sha2::{Digest as _, Sha256};
 use spanline_common::{
     ByteSize,
-    kafka::{QuietContext, QuietProducer},
+    kafka::{QuietContext, QuietProducer, without_value},
     repeats::Repeats,
 };
 use spanline_proto::{DeadLetter, DeadLetterSource, PayloadKind, Stage};
@@ -495,7 +495,7 @@ impl DeadLetters {
         let max_bytes = config.limits.max_dead_letter_bytes.as_usize();
         let cfg =
             section.client_config(&config.kafka.client(), config.limits.max_dead_letter_bytes).map_err(Error::Setup)?;
-        let producer: QuietProducer = cfg.create_with_context(QuietContext::default()).map_err(Error::Kafka)?;
+        let producer: QuietProducer = cfg.create_with_context(QuietContext::default()).map_err(without_value).map_err(Error::Kafka)?;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.opensearch.min_backoff)
             .with_max_delay(config.opensearch.max_backoff)

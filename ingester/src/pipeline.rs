@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use opensearch::http::{Method, headers::HeaderMap};
 use prometheus_client::registry::Registry;
 use rdkafka::{ClientConfig, consumer::Consumer};
-use spanline_common::admin;
+use spanline_common::{admin, kafka::without_value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -198,7 +198,7 @@ pub fn build(
         rate,
     });
     let context = IngestContext::new(shared, tokio::runtime::Handle::current(), config.kafka.drain_deadline);
-    let consumer: IngestConsumer = client.create_with_context(context).map_err(Error::Kafka)?;
+    let consumer: IngestConsumer = client.create_with_context(context).map_err(without_value).map_err(Error::Kafka)?;
     let consumer = Arc::new(consumer);
     consume::register(&consumer);
     Ok(Parts { consumer, failed, nodes, names })

@@ -250,7 +250,7 @@ fn key(bound: Bound) -> String {
 
 /// A consumer with no group duties (manual assignment), for planning and counting.
 fn scratch(config: &Config, group: &str) -> Result<BaseConsumer, Error> {
-    scratch_config(config, group)?.create().map_err(Error::Kafka)
+    scratch_config(config, group)?.create().map_err(spanline_common::kafka::without_value).map_err(Error::Kafka)
 }
 
 /// The settings of [`scratch`]: the shared connection (TLS, SASL, overrides), and never a commit.
