@@ -10,8 +10,17 @@ use std::{fmt, path::Path};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A secret string. Empty means "not set".
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Secret(String);
+
+/// Equality in constant time ([`constant_time_eq`]), so comparing secrets never leaks where they differ.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        constant_time_eq(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
