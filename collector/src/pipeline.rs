@@ -217,7 +217,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         otlp_grpc = %grpc_addr, otlp_http = %http_addr, admin = %admin_addr,
         tls = if tls.enabled() { if tls.client_ca_file.is_empty() { "on" } else { "mutual" } } else { "off" },
         auth = if gate.is_open() { "none" } else { "bearer" },
-        brokers = %config.kafka.brokers, topic = %config.kafka.topic,
+        brokers = %config.kafka.brokers, kafka_security = config.kafka.client().security_protocol(), topic = %config.kafka.topic,
         max_message_bytes = %config.kafka.max_message_bytes, partitioner = %config.kafka.partitioner,
         "spanline-collector listening"
     );

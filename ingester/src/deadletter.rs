@@ -495,7 +495,8 @@ impl DeadLetters {
         let max_bytes = config.limits.max_dead_letter_bytes.as_usize();
         let cfg =
             section.client_config(&config.kafka.client(), config.limits.max_dead_letter_bytes).map_err(Error::Setup)?;
-        let producer: QuietProducer = cfg.create_with_context(QuietContext::default()).map_err(without_value).map_err(Error::Kafka)?;
+        let producer: QuietProducer =
+            cfg.create_with_context(QuietContext::default()).map_err(without_value).map_err(Error::Kafka)?;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(config.opensearch.min_backoff)
             .with_max_delay(config.opensearch.max_backoff)

@@ -253,7 +253,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         admin_token.clone(),
     ));
     tracing::info!(
-        admin = %admin_addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
+        admin = %admin_addr, brokers = %config.kafka.brokers, kafka_security = config.kafka.client().security_protocol(),
+        topic = %config.kafka.topic,
         group = %config.kafka.group_id, dead_letter_topic = %config.kafka.dead_letter.topic,
         // The URLs carry no credentials (refused by validation); the secrets are never logged.
         opensearch = %config.opensearch.url, opensearch_auth = store::auth_mode(&config.opensearch),
