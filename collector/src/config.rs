@@ -291,6 +291,24 @@ mod tests {
         assert_eq!(config.kafka.topic, "otlp_spans");
     }
 
+    /// The secure deployment's file (deploy/secure/collector.toml) is one this collector takes: every
+    /// secret a `*_file`, TLS and tokens on the receivers, SASL_SSL to Kafka.
+    #[test]
+    fn secure_example_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/secure/collector.toml");
+        let mut config: Config =
+            spanline_common::config::load_with_env(Some(&path), "SPANLINE_COLLECTOR", Some(Default::default()))
+                .expect("deploy/secure/collector.toml loads");
+        assert!(config.receivers.tls.enabled());
+        assert!(!config.receivers.auth.bearer_tokens_file.is_empty());
+        assert_eq!(config.kafka.client().security_protocol(), "SASL_SSL");
+        assert!(config.kafka.sasl.password.is_empty() && !config.kafka.sasl.password_file.is_empty());
+        assert!(config.processors.redaction_hash_key.is_empty() && !config.processors.redaction_hash_key_file.is_empty());
+        // The key file is read when the configuration is validated; it exists only where deployed.
+        config.processors.redaction_hash_key_file.clear();
+        config.validate().expect("the secure example validates");
+    }
+
     #[test]
     fn bad_values_are_named() {
         let mut c = Config::default();

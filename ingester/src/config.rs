@@ -666,6 +666,19 @@ mod tests {
         Config::default().validate().expect("defaults validate");
     }
 
+    /// The secure deployment's file (deploy/secure/ingester.toml) is one this ingester takes.
+    #[test]
+    fn secure_example_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/secure/ingester.toml");
+        let config: Config =
+            spanline_common::config::load_with_env(Some(&path), "SPANLINE_INGESTER", Some(Default::default()))
+                .expect("deploy/secure/ingester.toml loads");
+        assert_eq!(config.kafka.client().security_protocol(), "SASL_SSL");
+        assert!(config.opensearch.url.starts_with("https://"));
+        assert!(config.opensearch.password.is_empty() && !config.opensearch.password_file.is_empty());
+        config.validate().expect("the secure example validates");
+    }
+
     #[test]
     fn example_config_parses_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ingester.toml");
