@@ -303,7 +303,9 @@ mod tests {
         assert!(!config.receivers.auth.bearer_tokens_file.is_empty());
         assert_eq!(config.kafka.client().security_protocol(), "SASL_SSL");
         assert!(config.kafka.sasl.password.is_empty() && !config.kafka.sasl.password_file.is_empty());
-        assert!(config.processors.redaction_hash_key.is_empty() && !config.processors.redaction_hash_key_file.is_empty());
+        assert!(
+            config.processors.redaction_hash_key.is_empty() && !config.processors.redaction_hash_key_file.is_empty()
+        );
         // The key file is read when the configuration is validated; it exists only where deployed.
         config.processors.redaction_hash_key_file.clear();
         config.validate().expect("the secure example validates");
