@@ -222,6 +222,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         "spanline-collector listening"
     );
 
+    for weakened in config.kafka.client().weakened_verification() {
+        tracing::warn!(setting = %weakened, "kafka tls verification weakened by kafka.librdkafka");
+    }
     let loopback_only = grpc_addr.ip().is_loopback() && http_addr.ip().is_loopback();
     if !gate.is_open() && !tls.enabled() && !loopback_only {
         tracing::warn!(

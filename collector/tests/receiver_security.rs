@@ -194,8 +194,19 @@ async fn every_unauthenticated_or_unverified_party_is_refused_and_only_the_authe
         ("expired client certificate", &pki.ca, Some(&pki.expired_client)),
         ("client certificate not yet valid", &pki.ca, Some(&pki.future_client)),
     ];
-    let failed_handshakes = || async {
-        metric(collector.admin, "spanline_collector_tls_handshakes_total", "outcome=\"failed\"").await.unwrap_or(0.0)
+    let admin = collector.admin;
+    let failed_handshakes = move || async move {
+        metric(admin, "spanline_collector_tls_handshakes_total", "outcome=\"failed\"").await.unwrap_or(0.0)
+    };
+    // The collector learns of a handshake the client gave up on when the client's alert arrives,
+    // which may be after the client has returned: wait for the count to move.
+    let counted_above = move |floor: f64| async move {
+        wait_for(Duration::from_secs(5), || async move {
+            let now = failed_handshakes().await;
+            (now > floor).then_some(now)
+        })
+        .await
+        .ok()
     };
     for (case, ca, client) in cases {
         let request = next();
@@ -208,8 +219,8 @@ async fn every_unauthenticated_or_unverified_party_is_refused_and_only_the_authe
                 TraceServiceClient::new(channel).export(with_token(&request, Some(GOOD_TOKEN))).await.expect_err(case);
             assert_ne!(status.code(), tonic::Code::Unauthenticated, "{case}: refused by TLS, not by the token");
         }
-        let grpc_failed = failed_handshakes().await;
-        assert!(grpc_failed > before, "{case}: the collector refused the grpc handshake");
+        let grpc_failed =
+            counted_above(before).await.unwrap_or_else(|| panic!("{case}: the collector refused the grpc handshake"));
         let https = Collector::https(ca, client);
         match collector.post(&https, Some(GOOD_TOKEN), request.encode_to_vec()).await {
             // Refused by TLS: at connect, or (TLS 1.3 judges the client's certificate after the
@@ -220,7 +231,7 @@ async fn every_unauthenticated_or_unverified_party_is_refused_and_only_the_authe
             ),
             Ok(response) => panic!("{case}: https answered {}", response.status()),
         }
-        assert!(failed_handshakes().await > grpc_failed, "{case}: the collector refused the https handshake");
+        assert!(counted_above(grpc_failed).await.is_some(), "{case}: the collector refused the https handshake");
     }
     // Plaintext HTTP to the TLS port.
     let request = next();
@@ -446,4 +457,39 @@ async fn the_token_is_checked_before_any_body_byte_is_read() {
         .await
         .expect("metric");
     assert_eq!(unauthenticated, 2.0);
+}
+
+/// Bad settings stop the release collector at start, naming what is wrong and never a secret: an
+/// override that lets the broker acknowledge less, a misspelt librdkafka property holding a
+/// password (librdkafka's own error quotes the value), and a token file with a token too short.
+#[test]
+fn the_release_collector_refuses_bad_settings_naming_the_key_never_the_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let short = dir.path().join("tokens");
+    std::fs::write(&short, "s3cr3t-short\n").expect("tokens");
+    let short = short.display().to_string();
+    /// Settings (below `SPANLINE_COLLECTOR__`), what the message names, the secret it must not print.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 3] = [
+        (&[("KAFKA__LIBRDKAFKA__ACKS", "1")], "acks", ""),
+        (&[("KAFKA__LIBRDKAFKA__SASL_PASSWROD", "hunter2-0123456789")], "sasl.passwrod", "hunter2-0123456789"),
+        (&[("RECEIVERS__AUTH__BEARER_TOKENS_FILE", short.as_str())], "line 1", "s3cr3t-short"),
+    ];
+    for (env, named, secret) in cases {
+        let mut command = Command::new(release_bin("spanline-collector"));
+        for (key, value) in env {
+            command.env(format!("SPANLINE_COLLECTOR__{key}"), value);
+        }
+        let output = command
+            .env("SPANLINE_COLLECTOR__RECEIVERS__GRPC_LISTEN", "127.0.0.1:0")
+            .env("SPANLINE_COLLECTOR__RECEIVERS__HTTP_LISTEN", "127.0.0.1:0")
+            .env("SPANLINE_COLLECTOR__ADMIN__LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        let text = String::from_utf8_lossy(&output.stderr) + String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{named}: refused at start");
+        assert!(text.contains(named), "{named} named: {text}");
+        assert!(secret.is_empty() || !text.contains(secret), "{named}: the secret printed: {text}");
+    }
 }

@@ -119,7 +119,9 @@ pub struct Overrides(pub BTreeMap<String, String>);
 /// an inline private key (`ssl.key.pem`) or the OAUTHBEARER config string, which carries credentials.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key.contains("password") || key.contains("secret") || key == "ssl.key.pem" || key == "sasl.oauthbearer.config"
+    ["password", "passphrase", "secret", "private", "token"].iter().any(|word| key.contains(word))
+        || key.ends_with(".pem")
+        || key == "sasl.oauthbearer.config"
 }
 
 const REDACTED: &str = "<redacted>";
@@ -214,6 +216,19 @@ impl KafkaClientConfig {
             out.push(("sasl.password", password.expose().to_owned()));
         }
         Ok(out)
+    }
+
+    /// What in the override map turns TLS verification off, to be logged as a warning at start.
+    pub fn weakened_verification(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let value = |key: &str| self.librdkafka.get(key).map(|v| v.trim().to_ascii_lowercase());
+        if value("enable.ssl.certificate.verification").is_some_and(|v| ["false", "f", "0"].contains(&v.as_str())) {
+            found.push("enable.ssl.certificate.verification = false: the broker's certificate is not checked".into());
+        }
+        if value("ssl.endpoint.identification.algorithm").is_some_and(|v| v == "none") {
+            found.push("ssl.endpoint.identification.algorithm = none: the broker's host name is not checked".into());
+        }
+        found
     }
 
     /// librdkafka `security.protocol` for `tls` and `sasl`.
@@ -374,9 +389,19 @@ pub fn log_librdkafka(repeats: &Repeats, level: RDKafkaLogLevel, facility: &str,
 pub fn without_value(error: KafkaError) -> KafkaError {
     match error {
         KafkaError::ClientConfig(code, desc, key, value) => {
-            let desc = if value.is_empty() { desc } else { desc.replace(&value, "<redacted>") };
-            KafkaError::ClientConfig(code, desc, key, "<redacted>".to_owned())
+            // librdkafka may cut a long value in its description: for a secret property none of
+            // the description is kept.
+            let desc = if is_secret_key(&key) {
+                "refused".to_owned()
+            } else if value.is_empty() {
+                desc
+            } else {
+                desc.replace(&value, REDACTED)
+            };
+            KafkaError::ClientConfig(code, desc, key, REDACTED.to_owned())
         }
+        // A NUL byte in a property (a password file with one): the bytes must not be printed.
+        KafkaError::Nul(_) => KafkaError::ClientCreation("a kafka setting contains a NUL byte".to_owned()),
         other => other,
     }
 }
@@ -619,13 +644,16 @@ mod tests {
             ("sasl.oauthbearer.client.secret", "override-pw-6"),
             ("some.future.Password", "override-pw-7"),
             ("ssl.key.pem", "override-pw-8"),
+            ("sasl.oauthbearer.assertion.private.key.passphrase", "override-pw-9"),
+            ("sasl.oauthbearer.assertion.private.key.pem", "override-pw-10"),
+            ("sasl.oauthbearer.config", "override-pw-11"),
         ] {
             k.librdkafka.insert(key.into(), value.into());
         }
         k.librdkafka.insert("linger.ms".into(), "7".into());
         let shown = [format!("{k:?}"), format!("{k:#?}"), serde_json::to_string(&k).expect("json")];
         for text in &shown {
-            for n in 1..=8 {
+            for n in 1..=11 {
                 assert!(!text.contains(&format!("-pw-{n}")), "secret {n} shown: {text}");
             }
             assert!(text.contains("linger.ms") && text.contains('7') && text.contains("sasl.password"), "{text}");

@@ -548,6 +548,17 @@ impl Validate for Config {
             &["true", "t", "1"],
             "the ingester commits the offsets it stores through librdkafka's auto commit; without it a crash re-reads everything since the last rebalance",
         )?;
+        require_override(
+            &overrides,
+            &["auto.offset.reset"],
+            &["earliest", "smallest", "beginning"],
+            "a partition without a committed offset must be read from its start; any other reset skips or stops on unread spans",
+        )?;
+        if let Some(ms) = self.kafka.librdkafka.get("auto.commit.interval.ms")
+            && ms.trim().parse::<u64>().is_ok_and(|ms| ms == 0)
+        {
+            return Err("kafka.librdkafka.\"auto.commit.interval.ms\" = \"0\" is refused: it turns auto commit off, so a crash would re-read everything since the last rebalance".into());
+        }
         if self.kafka.topic.is_empty() || self.kafka.group_id.is_empty() {
             return Err("kafka.topic and kafka.group_id must not be empty".into());
         }
@@ -873,7 +884,12 @@ mod tests {
 
     #[test]
     fn consumer_overrides_weakening_delivery_are_refused() {
-        for (key, value) in [("enable.auto.offset.store", "true"), ("enable.auto.commit", "false")] {
+        for (key, value) in [
+            ("enable.auto.offset.store", "true"),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "latest"),
+            ("auto.commit.interval.ms", "0"),
+        ] {
             let mut c = Config::default();
             c.kafka.librdkafka.insert(key.into(), value.into());
             let e = c.validate().expect_err(key);

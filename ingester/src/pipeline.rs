@@ -262,6 +262,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         max_bytes = %config.batch.max_bytes, max_docs = config.batch.max_docs, flush_interval = ?config.batch.flush_interval,
         "spanline-ingester starting"
     );
+    for weakened in config.kafka.client().weakened_verification() {
+        tracing::warn!(setting = %weakened, "kafka tls verification weakened by kafka.librdkafka");
+    }
+    if config.opensearch.tls_insecure && store::auth_mode(&config.opensearch) != "none" {
+        tracing::warn!("opensearch.tls_insecure: credentials are sent to a store whose certificate is not checked");
+    }
 
     let Parts { consumer, mut failed, nodes, names } =
         build(&config, metrics.clone(), consumer_config(&config)?, None)?;

@@ -236,7 +236,8 @@ fn pkcs12(cert_file: &str, cert_pem: &[u8], key_file: &str, key_pem: &[u8]) -> R
         .map_err(|_| format!("opensearch.cert_file {cert_file}: not a PEM certificate file"))?
         .into_iter();
     let leaf = chain.next().ok_or_else(|| format!("opensearch.cert_file {cert_file}: no certificate in it"))?;
-    let key = openssl::pkey::PKey::private_key_from_pem(key_pem).map_err(|_| {
+    // An empty passphrase: an encrypted key fails here instead of OpenSSL asking on the terminal.
+    let key = openssl::pkey::PKey::private_key_from_pem_passphrase(key_pem, b"").map_err(|_| {
         format!("opensearch.key_file {key_file}: no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1) in it")
     })?;
     let mut builder = openssl::pkcs12::Pkcs12::builder();
@@ -267,16 +268,49 @@ pub fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> 
         causes.push(cause.to_string());
         current = cause.source();
     }
-    let tls = causes.iter().any(|c| {
+    // A peer that closes mid-handshake (a node restarting, a balancer without a backend) is
+    // "unexpected eof" under OpenSSL 3: a store that is away, retried quietly, not a refusal.
+    let away = causes.iter().any(|c| {
         let c = c.to_ascii_lowercase();
-        c.contains("certificate") || c.contains("ssl routines") || c.contains("handshake")
+        c.contains("unexpected eof") || c.contains("connection reset") || c.contains("broken pipe")
     });
+    let tls = !away
+        && causes.iter().any(|c| {
+            let c = c.to_ascii_lowercase();
+            c.contains("certificate") || c.contains("ssl routines") || c.contains("handshake")
+        });
     tls.then(|| causes.join(": "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("request failed")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_refused_certificate_is_a_tls_failure_and_a_peer_gone_mid_handshake_is_not() {
+        let refused = Outer(std::io::Error::other(
+            "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed",
+        ));
+        assert!(tls_failure(&refused).is_some());
+        let away = Outer(std::io::Error::other("error:0A000126:SSL routines::unexpected eof while reading"));
+        assert!(tls_failure(&away).is_none(), "a node restarting is not a certificate problem");
+        assert!(tls_failure(&Outer(std::io::Error::other("connection refused"))).is_none());
+    }
 
     #[test]
     fn headers_are_sensitive_and_never_shown() {

@@ -4,8 +4,9 @@
 //! terminator: Tansu 0.6.0 serves no TLS itself, docs/security.md) over TLS with SASL; the ingester
 //! reaches the dev store over TLS with basic auth. Every secret comes from a file. Every span the
 //! collector acknowledged is indexed exactly once, a refused sender's spans nowhere; then both
-//! processes stop on SIGTERM and every line they logged at debug level, and their metrics, are
-//! searched for every secret used: none appears.
+//! processes stop on SIGTERM and every line they logged at debug level (librdkafka's own security,
+//! broker and configuration debugging included), and their metrics, are searched for every secret
+//! used: none appears.
 
 use std::{
     net::SocketAddr,
@@ -120,7 +121,7 @@ async fn every_hop_secured_at_once_indexes_every_acknowledged_span_and_no_secret
     let open = store.open_url().expect("open listener");
 
     let kafka_section = format!(
-        "brokers = \"{brokers}\"\n[kafka.tls]\nenabled = true\nca_file = \"{ca}\"\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"spanline\"\npassword_file = \"{password}\"\n",
+        "brokers = \"{brokers}\"\n[kafka.tls]\nenabled = true\nca_file = \"{ca}\"\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"spanline\"\npassword_file = \"{password}\"\n[kafka.librdkafka]\ndebug = \"security,broker,conf\"\n",
         brokers = kafka.brokers,
         ca = shown(&pki.ca),
         password = shown(&kafka_password),
@@ -244,12 +245,57 @@ listen = "127.0.0.1:{ingester_admin}"
     for (log, what) in logs.iter().zip(["collector", "ingester"]) {
         assert!(log.lines().count() > 20, "the {what} logged at debug level");
         assert!(log.contains("SASL_SSL") || log.contains("sasl_ssl"), "the {what} says how it reaches kafka");
+        assert!(
+            log.lines().any(|l| l.contains("librdkafka") && l.contains("facility=\"SASLMECHS\"")),
+            "the {what}'s log holds librdkafka's own security debugging"
+        );
     }
     use base64::Engine as _;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{STORE_USER}:{STORE_PASSWORD}"));
     for secret in [KAFKA_PASSWORD, STORE_PASSWORD, TOKEN, WRONG_TOKEN, HASH_KEY, basic.as_str()] {
         for (text, what) in logs.iter().map(|l| (l.as_str(), "a log")).chain([(metrics.as_str(), "the metrics")]) {
             assert!(!text.contains(secret), "a secret is in {what}");
+        }
+    }
+}
+
+/// Bad security settings stop the release ingester at start with a message naming the setting, and
+/// never the secret: credentials for an `http://` store, and a librdkafka override that would
+/// commit spans never indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_ingester_refuses_unsafe_settings_naming_the_key_never_the_secret() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[
+                ("SPANLINE_INGESTER__OPENSEARCH__URL", "http://127.0.0.1:9"),
+                ("SPANLINE_INGESTER__OPENSEARCH__USERNAME", STORE_USER),
+                ("SPANLINE_INGESTER__OPENSEARCH__PASSWORD", STORE_PASSWORD),
+            ],
+            "allow_credentials_over_http",
+        ),
+        (&[("SPANLINE_INGESTER__KAFKA__LIBRDKAFKA__ENABLE_AUTO_OFFSET_STORE", "true")], "enable.auto.offset.store"),
+        (
+            &[
+                ("SPANLINE_INGESTER__KAFKA__SASL__MECHANISM", "SCRAM-SHA-512"),
+                ("SPANLINE_INGESTER__KAFKA__SASL__USERNAME", "spanline"),
+                ("SPANLINE_INGESTER__KAFKA__SASL__PASSWORD", KAFKA_PASSWORD),
+                ("SPANLINE_INGESTER__KAFKA__LIBRDKAFKA__SASL_PASSWORD", KAFKA_PASSWORD),
+            ],
+            "sasl.password",
+        ),
+    ];
+    for (env, named) in cases {
+        let output = Command::new(release_bin("spanline-ingester"))
+            .envs(env.iter().copied())
+            .env("SPANLINE_INGESTER__ADMIN__LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        let text = String::from_utf8_lossy(&output.stderr) + String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{named}: refused at start");
+        assert!(text.contains(named), "{named} named: {text}");
+        for secret in [STORE_PASSWORD, KAFKA_PASSWORD] {
+            assert!(!text.contains(secret), "{named}: a secret printed: {text}");
         }
     }
 }
