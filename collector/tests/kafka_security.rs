@@ -201,3 +201,42 @@ async fn plain_is_not_offered_by_tansu_and_is_refused() {
     assert!(logs.contains("SASL PLAIN mechanism handshake failed"), "librdkafka says why:\n{logs}");
     assert!(broker.log().contains("NoSharedMechanism"), "tansu says why:\n{}", broker.log());
 }
+
+/// A broker certificate from the trusted CA naming another host: librdkafka's host-name check
+/// (`ssl.endpoint.identification.algorithm = https`, its default) refuses it; with the check off the
+/// same broker would be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_for_another_host_is_refused() {
+    let _ = logs();
+    let dir = tempfile::tempdir().expect("temp");
+    let pki = Pki::write(dir.path());
+    let elsewhere = pki.authority.server_named("other.example");
+    let (cert, key) = (dir.path().join("elsewhere.pem"), dir.path().join("elsewhere.key"));
+    std::fs::write(&cert, &elsewhere.cert).expect("write");
+    std::fs::write(&key, &elsewhere.key).expect("write");
+    let settings = SecureBroker {
+        tls: Some(TlsFiles { cert, key, ca: pki.ca.clone() }),
+        users: vec![User {
+            mechanism: SaslMechanism::ScramSha512,
+            name: "collector".into(),
+            password: PASSWORD.into(),
+        }],
+    };
+    let broker = Broker::start_secured(settings).await.expect("secured broker starts");
+    // The test's own clients skip the host-name check, to reach the broker at all.
+    let mut unchecked = broker.client_config();
+    unchecked.librdkafka.insert("ssl.endpoint.identification.algorithm".into(), "none".into());
+    spanline_testkit::create_topic_with(&unchecked, "otlp_spans", 2).await.expect("topic");
+
+    let running =
+        spanline_collector::start(config(&broker.client_config()), CancellationToken::new()).await.expect("starts");
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
+    let status = client
+        .export(fixtures::request("svc", 1, 4, 5, fixtures::now_unix_nano()))
+        .await
+        .expect_err("never acknowledged");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let records = read_topic_with(&unchecked, "otlp_spans").await.expect("read topic");
+    assert_eq!(records.len(), 0, "nothing reached the topic");
+    assert!(!log_text().contains(PASSWORD), "the password is in the logs");
+}

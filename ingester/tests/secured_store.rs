@@ -394,3 +394,31 @@ async fn an_api_key_file_is_accepted() {
     ingester.task.await.expect("join").expect("clean stop");
     assert!(!captured().contains("c3BhbmxpbmU6a2V5LTEyMzQ"), "the key was logged");
 }
+
+/// A server certificate from the trusted CA that names another host: host-name checking refuses it
+/// (it would pass with checking off), and everything is held as for an untrusted CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_for_another_host_holds_everything() {
+    let _logs = logs();
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::write(dir.path());
+    let elsewhere = pki.authority.server_named("other.example");
+    let (cert, key) = (dir.path().join("elsewhere.pem"), dir.path().join("elsewhere.key"));
+    std::fs::write(&cert, &elsewhere.cert).expect("write");
+    std::fs::write(&key, &elsewhere.key).expect("write");
+    let password = dir.path().join("password");
+    write(&password, RIGHT);
+    let broker = broker().await;
+    let store = secured_store(&cert, &key, None, Some(&password)).await;
+    let open = store.open_url().expect("open listener");
+    produce(&broker.bootstrap(), "otlp_spans", &fixtures::trace_records("svc", 1, 10, 5, fixtures::now_unix_nano()))
+        .await
+        .expect("produced");
+    let shutdown = CancellationToken::new();
+    let c = config(&broker, &store.url(), &pki.ca, Some(&password));
+    let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
+    assert_held(&broker, &open, ingester.admin_addr, "status=\"tls\"").await;
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+    assert_no_secret_logged();
+}

@@ -68,14 +68,23 @@ impl Ca {
         self.leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth, validity)
     }
 
+    /// A server certificate from this CA naming only `name` (not `localhost` nor `127.0.0.1`):
+    /// a client checking host names must refuse it on loopback.
+    pub fn server_named(&self, name: &str) -> Pem {
+        self.leaf_for(vec![name.to_owned()], name, ExtendedKeyUsagePurpose::ServerAuth, Validity::Now)
+    }
+
     /// A client certificate with common name `name`.
     pub fn client(&self, name: &str, validity: Validity) -> Pem {
         self.leaf(name, ExtendedKeyUsagePurpose::ClientAuth, validity)
     }
 
     fn leaf(&self, name: &str, usage: ExtendedKeyUsagePurpose, validity: Validity) -> Pem {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("leaf params");
+        self.leaf_for(vec!["localhost".to_owned(), "127.0.0.1".to_owned()], name, usage, validity)
+    }
+
+    fn leaf_for(&self, names: Vec<String>, name: &str, usage: ExtendedKeyUsagePurpose, validity: Validity) -> Pem {
+        let mut params = CertificateParams::new(names).expect("leaf params");
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];

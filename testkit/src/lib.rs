@@ -161,7 +161,14 @@ impl Broker {
             let probe = probe.clone();
             async move {
                 tokio::task::spawn_blocking(move || {
-                    let consumer: BaseConsumer = probe.base("spanline-testkit-probe").ok()?.create().ok()?;
+                    // Whether the broker answers, not whether its certificate names this host (a
+                    // test may serve one that does not, to see the client under test refuse it).
+                    let consumer: BaseConsumer = probe
+                        .base("spanline-testkit-probe")
+                        .ok()?
+                        .set("ssl.endpoint.identification.algorithm", "none")
+                        .create()
+                        .ok()?;
                     consumer.fetch_metadata(None, Duration::from_secs(2)).ok().map(|_| ())
                 })
                 .await
@@ -210,14 +217,20 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyh
     create_topic_with(&kafka, topic, partitions).await
 }
 
+/// The test kit's own client settings for `kafka`: its security settings, then its overrides.
+fn client(kafka: &spanline_common::kafka::KafkaClientConfig, id: &str) -> anyhow::Result<rdkafka::ClientConfig> {
+    let mut cfg = kafka.base(id).map_err(anyhow::Error::msg)?;
+    kafka.apply_overrides(&mut cfg);
+    Ok(cfg)
+}
+
 /// Creates `topic` with `partitions` partitions on the cluster `kafka` reaches (TLS, SASL).
 pub async fn create_topic_with(
     kafka: &spanline_common::kafka::KafkaClientConfig,
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        kafka.base("spanline-testkit-admin").map_err(anyhow::Error::msg)?.create()?;
+    let admin: AdminClient<DefaultClientContext> = client(kafka, "spanline-testkit-admin")?.create()?;
     let results = admin
         .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
         .await?;
@@ -256,7 +269,7 @@ pub async fn read_topic_with(
     kafka: &spanline_common::kafka::KafkaClientConfig,
     topic: &str,
 ) -> anyhow::Result<Vec<ReadRecord>> {
-    let mut cfg = kafka.base("spanline-testkit-reader").map_err(anyhow::Error::msg)?;
+    let mut cfg = client(kafka, "spanline-testkit-reader")?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer =
@@ -443,12 +456,8 @@ pub async fn produce_with(
     records: &[(String, Vec<u8>)],
 ) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = kafka
-        .base("spanline-testkit-producer")
-        .map_err(anyhow::Error::msg)?
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
+    let producer: FutureProducer =
+        client(kafka, "spanline-testkit-producer")?.set("enable.idempotence", "true").set("linger.ms", "5").create()?;
     let mut deliveries = Vec::with_capacity(records.len());
     for (key, value) in records {
         let delivery = producer
