@@ -4,11 +4,7 @@
 //! nothing is acknowledged, nothing reaches the topic, and no password shows in a log line or an
 //! error. What Tansu 0.6.0 supports is written down in docs/security.md ("Kafka").
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
@@ -29,42 +25,19 @@ use tokio_util::sync::CancellationToken;
 const PASSWORD: &str = "right-pw-7f3a9c";
 const WRONG: &str = "wrong-pw-c41d0e";
 
-/// Every log line of this test binary (all tests share the global subscriber), librdkafka's too.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || Sink(sink.clone()))
-            .try_init();
-        buffer
-    })
-    .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Every log line of this test binary, librdkafka's too.
+fn logs() {
+    spanline_testkit::logs::capture(tracing::Level::DEBUG);
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned()
+    spanline_testkit::logs::text()
 }
 
 /// A broker with one SCRAM user (`mechanism`, password [`PASSWORD`]), behind TLS when `tls`, and the
 /// span topic; the PKI's directory lives as long as the broker.
 async fn secured(mechanism: SaslMechanism, tls: bool) -> (Broker, Pki, tempfile::TempDir) {
-    let _ = logs();
+    logs();
     let dir = tempfile::tempdir().expect("temp");
     let pki = Pki::write(dir.path());
     let settings = SecureBroker {
@@ -207,7 +180,7 @@ async fn plain_is_not_offered_by_tansu_and_is_refused() {
 /// same broker would be reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_certificate_for_another_host_is_refused() {
-    let _ = logs();
+    logs();
     let dir = tempfile::tempdir().expect("temp");
     let pki = Pki::write(dir.path());
     let elsewhere = pki.authority.server_named("other.example");

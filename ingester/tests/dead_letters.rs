@@ -12,11 +12,7 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -29,37 +25,13 @@ use spanline_testkit::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// Every log line of this test binary (all tests share the global subscriber).
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || Sink(sink.clone()))
-            .try_init();
-        buffer
-    })
-    .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Every log line of this test binary.
+fn logs() {
+    spanline_testkit::logs::capture(tracing::Level::INFO);
 }
 
 fn log_lines(containing: &[&str]) -> Vec<String> {
-    let text = String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned();
-    text.lines().filter(|l| containing.iter().all(|c| l.contains(c))).map(str::to_owned).collect()
+    spanline_testkit::logs::lines(containing)
 }
 
 async fn ready(admin: std::net::SocketAddr) -> bool {
@@ -79,7 +51,7 @@ fn records_around(poison: Vec<u8>) -> (Vec<(String, Vec<u8>)>, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_dead_letter_topic_holds_the_partition_visibly_until_it_is_created() {
-    let _ = logs();
+    logs();
     let broker = Broker::start().await.expect("broker starts");
     broker.create_topic("otlp_spans", 1).await.expect("topic");
     let store = devstore_with_faults(Faults::default()).await.expect("store");
@@ -145,7 +117,7 @@ async fn a_missing_dead_letter_topic_holds_the_partition_visibly_until_it_is_cre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_refused_as_too_large_is_written_without_its_payload_and_the_partition_moves() {
-    let _ = logs();
+    logs();
     let broker = Broker::start().await.expect("broker starts");
     broker.create_topic("otlp_spans", 1).await.expect("topic");
     broker.create_topic("otlp_spans_dlq", 1).await.expect("dead-letter topic");

@@ -16,7 +16,6 @@ use std::{
     io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -33,39 +32,13 @@ const RIGHT: &str = "right-Pa55word-4e1f";
 const WRONG: &str = "wrong-Pa55word-9c2b";
 const ROTATED: &str = "rotated-Pa55word-77aa";
 
-/// Every log line of this test binary, at debug level, shared by its tests (one subscriber per
-/// process).
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let writer = move || Capture(sink.clone());
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-            .with_ansi(false)
-            .with_writer(writer)
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buffer
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Every log line of this test binary, at debug level.
+fn logs() {
+    spanline_testkit::logs::capture(tracing::Level::DEBUG);
 }
 
 fn captured() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+    spanline_testkit::logs::text()
 }
 
 /// No password, nor a basic-auth header made of one, was ever logged.
@@ -183,7 +156,7 @@ async fn ready_again(admin: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_basic_auth_index_every_span_once() {
-    let _logs = logs();
+    logs();
     let dir = tempfile::tempdir().expect("dir");
     let pki = Pki::write(dir.path());
     let store_password = dir.path().join("store-password");
@@ -229,7 +202,7 @@ async fn tls_and_basic_auth_index_every_span_once() {
 /// requests are refused (held the same way) until its file follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_or_rotated_password_holds_until_the_file_is_fixed() {
-    let _logs = logs();
+    logs();
     let dir = tempfile::tempdir().expect("dir");
     let pki = Pki::write(dir.path());
     let store_password = dir.path().join("store-password");
@@ -303,7 +276,7 @@ async fn a_wrong_or_rotated_password_holds_until_the_file_is_fixed() {
 /// handshake failure counted under `status="tls"` and logged with what to check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_certificate_from_another_ca_holds_everything() {
-    let _logs = logs();
+    logs();
     let dir = tempfile::tempdir().expect("dir");
     let pki = Pki::write(dir.path());
     let rogue = spanline_testkit::certs::Ca::new("rogue server ca").server(spanline_testkit::certs::Validity::Now);
@@ -335,7 +308,7 @@ async fn a_server_certificate_from_another_ca_holds_everything() {
 /// mTLS: the store requires a client certificate signed by the test CA; the ingester presents one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_passes_mtls() {
-    let _logs = logs();
+    logs();
     let dir = tempfile::tempdir().expect("dir");
     let pki = Pki::write(dir.path());
     let broker = broker().await;
@@ -359,7 +332,7 @@ async fn a_client_certificate_passes_mtls() {
 /// An API key from a file, sent as `Authorization: ApiKey <key>`, over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_file_is_accepted() {
-    let _logs = logs();
+    logs();
     let dir = tempfile::tempdir().expect("dir");
     let pki = Pki::write(dir.path());
     let key_file = dir.path().join("api-key");
@@ -399,7 +372,7 @@ async fn an_api_key_file_is_accepted() {
 /// (it would pass with checking off), and everything is held as for an untrusted CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_certificate_for_another_host_holds_everything() {
-    let _logs = logs();
+    logs();
     let dir = tempfile::tempdir().expect("dir");
     let pki = Pki::write(dir.path());
     let elsewhere = pki.authority.server_named("other.example");
