@@ -20,7 +20,7 @@ use prost::Message;
 use spanline_testkit::{
     Broker,
     certs::{Files, Pki, Validity},
-    fixtures, free_port, metric,
+    fixtures, free_ports, metric,
     process::{Killed, release_bin},
     read_topic, wait_for,
 };
@@ -43,7 +43,7 @@ impl Collector {
     /// The release collector with TLS (mTLS when `mutual`), certificates read again every
     /// `tls_reload`, and tokens from `tokens`.
     async fn start(broker: &Broker, pki: &Pki, tokens: &Path, mutual: bool, tls_reload: &str) -> Self {
-        let (grpc, http, admin) = (free_port(), free_port(), free_port());
+        let [grpc, http, admin] = free_ports::<3>();
         let log = pki.dir.join("collector.log");
         let mut command = Command::new(release_bin("spanline-collector"));
         let env = [

@@ -23,7 +23,7 @@ use spanline_devstore::{AuthSettings, Settings};
 use spanline_testkit::{
     Broker, SecureBroker,
     certs::Pki,
-    devstore_with, exactly_once, fixtures, free_port,
+    devstore_with, exactly_once, fixtures, free_ports,
     process::{Killed, release_bin},
     secure::{TlsFiles, User},
     wait_for,
@@ -65,12 +65,18 @@ fn spawn(binary: &str, config: &Path, log: &Path) -> Killed {
     )
 }
 
-async fn ready(admin: SocketAddr) {
-    wait_for(Duration::from_secs(60), || async move {
+/// Waits until `child` says it is ready on `admin`, and checks it is `child` that answered: a
+/// process that stopped at start (its log shows why) is a failure, not someone else's answer.
+async fn ready(admin: SocketAddr, child: &mut Killed, log: &Path) {
+    let answered = wait_for(Duration::from_secs(60), || async move {
         reqwest::get(format!("http://{admin}/health/ready")).await.ok().filter(|r| r.status().is_success())
     })
-    .await
-    .unwrap_or_else(|e| panic!("{admin} ready: {e}"));
+    .await;
+    let exited = child.try_wait().expect("try_wait");
+    if answered.is_err() || exited.is_some() {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("{admin} not ready ({answered:?}), exit {exited:?}; log:\n{log}");
+    }
 }
 
 /// SIGTERM, and the exit status once stopped.
@@ -126,7 +132,7 @@ async fn every_hop_secured_at_once_indexes_every_acknowledged_span_and_no_secret
         ca = shown(&pki.ca),
         password = shown(&kafka_password),
     );
-    let (grpc, http, collector_admin, ingester_admin) = (free_port(), free_port(), free_port(), free_port());
+    let [grpc, http, collector_admin, ingester_admin] = free_ports::<4>();
     let collector_config = put(
         d,
         "collector.toml",
@@ -186,12 +192,12 @@ listen = "127.0.0.1:{ingester_admin}"
 
     let collector_log = d.join("collector.log");
     let ingester_log = d.join("ingester.log");
-    let collector = spawn("spanline-collector", &collector_config, &collector_log);
-    let ingester = spawn("spanline-ingester", &ingester_config, &ingester_log);
+    let mut collector = spawn("spanline-collector", &collector_config, &collector_log);
+    let mut ingester = spawn("spanline-ingester", &ingester_config, &ingester_log);
     let collector_admin = SocketAddr::from(([127, 0, 0, 1], collector_admin));
     let ingester_admin = SocketAddr::from(([127, 0, 0, 1], ingester_admin));
-    ready(collector_admin).await;
-    ready(ingester_admin).await;
+    ready(collector_admin, &mut collector, &collector_log).await;
+    ready(ingester_admin, &mut ingester, &ingester_log).await;
 
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca).expect("ca")))
@@ -206,7 +212,10 @@ listen = "127.0.0.1:{ingester_admin}"
         .expect("tls")
         .connect()
         .await
-        .expect("mTLS connects");
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(&collector_log).unwrap_or_default();
+            panic!("mTLS connects: {e}; collector log:\n{log}")
+        });
     let mut client = TraceServiceClient::new(channel);
     let export = |request: ExportTraceServiceRequest, token: &str| {
         let mut request = tonic::Request::new(request);

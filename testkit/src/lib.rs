@@ -45,6 +45,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// `N` free TCP ports on 127.0.0.1, all different: each is held until all are chosen, so two calls
+/// of [`free_port`] in a row cannot hand the same port to a child process's two listeners.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("free port")).collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
+}
+
 /// The `tansu` binary: `$TANSU_BIN`, else on `PATH`, else in `$CARGO_HOME/bin` (`~/.cargo/bin`).
 pub fn tansu_bin() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("TANSU_BIN") {
