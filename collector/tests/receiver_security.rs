@@ -224,11 +224,10 @@ async fn every_unauthenticated_or_unverified_party_is_refused_and_only_the_authe
         let https = Collector::https(ca, client);
         match collector.post(&https, Some(GOOD_TOKEN), request.encode_to_vec()).await {
             // Refused by TLS: at connect, or (TLS 1.3 judges the client's certificate after the
-            // client is done) with the server's alert on the first request. Never a timeout.
-            Err(error) => assert!(
-                !error.is_timeout() && (error.is_connect() || format!("{error:?}").contains("AlertReceived")),
-                "{case}: {error:?}"
-            ),
+            // client is done) on the first request, as the server's alert or a connection closed
+            // before it was ready, depending on timing. Never a timeout, never an HTTP answer; the
+            // collector's own count below says the handshake was refused.
+            Err(error) => assert!(!error.is_timeout(), "{case}: {error:?}"),
             Ok(response) => panic!("{case}: https answered {}", response.status()),
         }
         assert!(counted_above(grpc_failed).await.is_some(), "{case}: the collector refused the https handshake");
