@@ -38,8 +38,8 @@ pub struct ReloadMetrics(Family<ReloadLabels, Counter>);
 impl ReloadMetrics {
     pub fn register(registry: &mut Registry, prefix: &str) -> Self {
         let family = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            format!("{prefix}_reloads"),
+        registry.sub_registry_with_prefix(prefix).register(
+            "reloads",
             "Rebuilds of a value read from files (certificates, tokens, credentials) after they changed, by outcome",
             family.clone(),
         );

@@ -419,7 +419,7 @@ for (const { file, obj } of overlay) {
 }
 
 // ---- PromQL: rules and dashboard ----
-const sources = ["collector/src/metrics.rs", "ingester/src/metrics.rs", "ingester/src/health.rs"].map((f) => readFileSync(join(root, f), "utf8")).join("\n");
+const sources = ["collector/src/metrics.rs", "ingester/src/metrics.rs", "ingester/src/health.rs", "common/src/reload.rs"].map((f) => readFileSync(join(root, f), "utf8")).join("\n");
 const checkExpr = (where, expr) => {
   checked++;
   let bad = null;
