@@ -21,7 +21,7 @@ use spanline_testkit::{
     Broker,
     certs::{Files, Pki, Validity},
     fixtures, free_ports, metric,
-    process::{Killed, release_bin},
+    process::{Killed, refused_at_start, release_bin},
     read_topic, wait_for,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -475,19 +475,12 @@ fn the_release_collector_refuses_bad_settings_naming_the_key_never_the_secret() 
         (&[("RECEIVERS__AUTH__BEARER_TOKENS_FILE", short.as_str())], "line 1", "s3cr3t-short"),
     ];
     for (env, named, secret) in cases {
-        let mut command = Command::new(release_bin("spanline-collector"));
-        for (key, value) in env {
-            command.env(format!("SPANLINE_COLLECTOR__{key}"), value);
+        let mut env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (format!("SPANLINE_COLLECTOR__{k}"), (*v).to_owned())).collect();
+        for listener in ["GRPC_LISTEN", "HTTP_LISTEN"] {
+            env.push((format!("SPANLINE_COLLECTOR__RECEIVERS__{listener}"), "127.0.0.1:0".to_owned()));
         }
-        let output = command
-            .env("SPANLINE_COLLECTOR__RECEIVERS__GRPC_LISTEN", "127.0.0.1:0")
-            .env("SPANLINE_COLLECTOR__RECEIVERS__HTTP_LISTEN", "127.0.0.1:0")
-            .env("SPANLINE_COLLECTOR__ADMIN__LISTEN", "127.0.0.1:0")
-            .stdin(Stdio::null())
-            .output()
-            .expect("runs");
-        let text = String::from_utf8_lossy(&output.stderr) + String::from_utf8_lossy(&output.stdout);
-        assert!(!output.status.success(), "{named}: refused at start");
+        let text = refused_at_start("spanline-collector", &env);
         assert!(text.contains(named), "{named} named: {text}");
         assert!(secret.is_empty() || !text.contains(secret), "{named}: the secret printed: {text}");
     }

@@ -24,7 +24,7 @@ use spanline_testkit::{
     Broker, SecureBroker,
     certs::Pki,
     devstore_with, exactly_once, fixtures, free_ports,
-    process::{Killed, release_bin},
+    process::{Killed, refused_at_start, release_bin},
     secure::{TlsFiles, User},
     wait_for,
 };
@@ -294,14 +294,7 @@ async fn the_release_ingester_refuses_unsafe_settings_naming_the_key_never_the_s
         ),
     ];
     for (env, named) in cases {
-        let output = Command::new(release_bin("spanline-ingester"))
-            .envs(env.iter().copied())
-            .env("SPANLINE_INGESTER__ADMIN__LISTEN", "127.0.0.1:0")
-            .stdin(Stdio::null())
-            .output()
-            .expect("runs");
-        let text = String::from_utf8_lossy(&output.stderr) + String::from_utf8_lossy(&output.stdout);
-        assert!(!output.status.success(), "{named}: refused at start");
+        let text = refused_at_start("spanline-ingester", env);
         assert!(text.contains(named), "{named} named: {text}");
         for secret in [STORE_PASSWORD, KAFKA_PASSWORD] {
             assert!(!text.contains(secret), "{named}: a secret printed: {text}");

@@ -55,6 +55,21 @@ pub fn ingester(binary: &Path, bootstrap: &str, store: &str, admin: u16, extra: 
     )
 }
 
+/// Runs the release binary `name` with `env` (its admin listener on a free port) and returns what it
+/// printed, after checking it stopped at start with a failure status, as a bad setting must.
+pub fn refused_at_start<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(name: &str, env: &[(K, V)]) -> String {
+    let prefix = if name.ends_with("collector") { "SPANLINE_COLLECTOR" } else { "SPANLINE_INGESTER" };
+    let output = Command::new(release_bin(name))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env(format!("{prefix}__ADMIN__LISTEN"), "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{name} stops at start: {text}");
+    text
+}
+
 /// A release binary of this workspace (`target/release/NAME`, or under `$CARGO_TARGET_DIR`): the
 /// memory tests measure what users run. `scripts/test.sh` (`make test`) builds them first.
 pub fn release_bin(name: &str) -> PathBuf {
