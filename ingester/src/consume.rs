@@ -555,32 +555,4 @@ mod tests {
         assert!(!context.metrics().lag.remove(&labels), "the records gauge went with the partition");
         assert!(!context.metrics().lag_seconds.remove(&labels), "the seconds gauge went with the partition");
     }
-
-    /// librdkafka keeps an application's pause across reassignments: a worker aborted while its
-    /// partition was paused (blocked on busy bulks, then its assignment lost) must not leave the
-    /// partition's next worker never fetching.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_partition_left_paused_by_an_aborted_worker_is_fetched_by_the_next() {
-        let (cluster, parts, _config) = setup();
-        let consumer = parts.consumer.clone();
-        let context = consumer.context();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("t", 0, Offset::Beginning).expect("tpl");
-        context.start_workers(&tpl, |_| None);
-        consumer.assign(&tpl).expect("assign");
-        // What an aborted, blocked worker leaves behind.
-        let handles = context.remove([0]);
-        context.fence(&handles);
-        consumer.pause(&tpl).expect("pause");
-        context.start_workers(&tpl, |_| None);
-        produce(&cluster.bootstrap_servers(), b"one record").await;
-        let records = &context.metrics().records;
-        let until = Instant::now() + Duration::from_secs(10);
-        while records.get() == 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(records.get(), 1, "the new worker fetches the partition its predecessor paused");
-        let handles = context.remove([0]);
-        context.fence(&handles);
-    }
 }

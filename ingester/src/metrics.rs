@@ -181,7 +181,7 @@ impl Metrics {
         );
         r.register(
             "paused_partitions",
-            "Partitions whose fetching is paused because their bulk requests are all busy",
+            "Partitions not read because their bulk requests are all busy (librdkafka stops fetching them once max_prefetch_bytes is queued)",
             m.paused_partitions.clone(),
         );
         r.register("inflight_bulks", "Bulk requests in flight, all partitions", m.inflight_bulks.clone());

@@ -18,8 +18,9 @@
 //! - memory is bounded: one record's documents at a time, at most `limits.max_record_document_bytes`
 //!   plus one document, counted before they are kept ([`crate::document`]); at most
 //!   `max_inflight_bulks` batches in flight, the full batches of one record waiting and one open;
-//!   while a full batch waits, the partition's fetching is paused (the store is pushing back) and
-//!   resumed when the waiting batches are all in flight;
+//!   while a full batch waits (the store is pushing back), the partition's queue is not read, so
+//!   librdkafka stops fetching it once `kafka.max_prefetch_bytes` wait there, and reading resumes
+//!   when the waiting batches are all in flight;
 //! - on drain (revocation or shutdown) it stops reading, flushes the open batch, waits for its bulk
 //!   requests, stores and synchronously commits the watermark, then ends. On abort it ends at once
 //!   and stores nothing more;
@@ -43,8 +44,8 @@ use futures::{FutureExt as _, future::BoxFuture};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use rdkafka::{
-    Message, TopicPartitionList,
-    consumer::{Consumer, ConsumerContext, StreamConsumer, stream_consumer::StreamPartitionQueue},
+    Message,
+    consumer::{ConsumerContext, StreamConsumer, stream_consumer::StreamPartitionQueue},
     error::KafkaError,
 };
 use spanline_proto::{DeadLetter, PayloadKind, Stage};
@@ -237,9 +238,6 @@ impl<C: ConsumerContext + 'static> Worker<C> {
             control: control.clone(),
             paused: AtomicBool::new(false),
         };
-        // librdkafka keeps an application's pause across reassignments: a worker aborted while
-        // blocked (its assignment lost) never resumed, so its successor starts by resuming.
-        io.resume_left_paused();
         let mut source = KafkaSource {
             shared: shared.clone(),
             control: control.clone(),
@@ -268,26 +266,12 @@ struct KafkaIo<C: ConsumerContext + 'static> {
     shared: Arc<Shared>,
     consumer: Arc<StreamConsumer<C>>,
     control: Arc<Control>,
-    /// Fetching is paused by this worker (counted in `paused_partitions`).
+    /// This worker is blocked, not reading its queue (counted in `paused_partitions`).
     paused: AtomicBool,
 }
 
-impl<C: ConsumerContext + 'static> KafkaIo<C> {
-    fn tpl(&self) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.shared.topic, self.control.partition);
-        tpl
-    }
-
-    fn resume_left_paused(&self) {
-        if let Err(error) = self.consumer.resume(&self.tpl()) {
-            tracing::debug!(partition = self.control.partition, %error, "cannot resume fetching at start");
-        }
-    }
-}
-
 impl<C: ConsumerContext + 'static> Drop for KafkaIo<C> {
-    /// An aborted worker leaves the gauge as it found it (its successor resumes the fetching).
+    /// An aborted worker leaves the gauge as it found it.
     fn drop(&mut self) {
         if self.paused.load(Ordering::Relaxed) {
             self.shared.metrics.paused_partitions.dec();
@@ -317,22 +301,20 @@ impl<C: ConsumerContext + 'static> Io for KafkaIo<C> {
         true
     }
 
+    /// Not librdkafka's pause, which throws away what it prefetched for the partition and fetches
+    /// (and decompresses) it again on resume: a worker that stops reading its queue lets librdkafka
+    /// fill it up to `kafka.max_prefetch_bytes` and then stop fetching, and nothing is fetched twice.
     fn pause(&self, pause: bool) {
         let partition = self.control.partition;
-        let tpl = self.tpl();
-        let result = if pause { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) };
-        match result {
-            Ok(()) if pause => {
-                tracing::debug!(partition, "every bulk slot busy: fetching paused");
-                self.paused.store(true, Ordering::Relaxed);
-                self.shared.metrics.paused_partitions.inc();
-            }
-            Ok(()) => {
-                tracing::debug!(partition, "fetching resumed");
-                self.paused.store(false, Ordering::Relaxed);
-                self.shared.metrics.paused_partitions.dec();
-            }
-            Err(error) => tracing::warn!(partition, pause, %error, "cannot pause or resume fetching"),
+        if self.paused.swap(pause, Ordering::Relaxed) == pause {
+            return;
+        }
+        if pause {
+            tracing::debug!(partition, "every bulk slot busy: reading paused");
+            self.shared.metrics.paused_partitions.inc();
+        } else {
+            tracing::debug!(partition, "reading resumed");
+            self.shared.metrics.paused_partitions.dec();
         }
     }
 }

@@ -3,13 +3,13 @@
 //!
 //! [`Partition`] is the loop's state and nothing else: every event (a record mapped, the flush
 //! timer, a bulk finished, a drain asked for) is one method, and everything it does outside
-//! itself goes through [`Io`] (start a bulk, store an offset, pause fetching). The Kafka worker
+//! itself goes through [`Io`] (start a bulk, store an offset, report being blocked). The Kafka worker
 //! ([`super::Worker`]) drives it with [`run`]; the tests below drive it with fake bulk futures under
 //! tokio's paused clock.
 //!
 //! ```text
 //!              a batch full while every bulk slot is busy
-//!   Reading ───────────────────────────────────────────────▶ Blocked (fetching paused)
+//!   Reading ───────────────────────────────────────────────▶ Blocked (reading paused)
 //!      ▲   ◀──────────────────────────────────────────────────  │
 //!      │            the waiting batches are all in flight        │
 //!      │ drain (revoke, shutdown, a replay's end)                │ drain
@@ -74,7 +74,7 @@ pub(crate) trait Io {
     fn launch(&self, batch: Batch) -> BoxFuture<'static, Result<Written, Error>>;
     /// Stores `covered.offset` as the last durable offset; `false` once the partition is not ours.
     fn store(&self, covered: Covered) -> bool;
-    /// Pauses or resumes fetching the partition.
+    /// The loop stops or starts reading the partition (blocked on busy bulk slots).
     fn pause(&self, paused: bool);
 }
 
@@ -82,7 +82,7 @@ pub(crate) trait Io {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
     Reading,
-    /// A full batch waits for a bulk slot: nothing is read, fetching is paused.
+    /// A full batch waits for a bulk slot: nothing is read (librdkafka stops fetching once its prefetch is full).
     Blocked,
     Draining(FlushReason),
 }

@@ -15,6 +15,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
 use rdkafka::{
     ClientConfig,
     producer::{FutureProducer, FutureRecord, Producer},
@@ -52,6 +54,11 @@ struct Args {
     /// Partitions of the benchmark topics.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// The Rotel agent (`rotel-agent` from the `rotel` PyPI wheel, which scripts/bench.sh installs):
+    /// run side by side with the collector on the same load and broker. Without it the peer stage
+    /// is skipped and the ratio goal reported as not measured.
+    #[arg(long)]
+    rotel: Option<PathBuf>,
 }
 
 const BROKER_PORT: u16 = 19092;
@@ -101,12 +108,53 @@ struct CpuMeter {
     ticks: f64,
 }
 
+/// A process is idle when it used at most this much CPU in [`SETTLE_STEP`] (2 % of a core).
+const IDLE_CPU: f64 = 0.005;
+const SETTLE_STEP: Duration = Duration::from_millis(250);
+
 impl CpuMeter {
     fn new(pid: u32, ticks: f64) -> Self {
         Self { pid, start: cpu_seconds(pid, ticks).unwrap_or(0.0), ticks }
     }
     fn used(&self) -> f64 {
         cpu_seconds(self.pid, self.ticks).unwrap_or(self.start) - self.start
+    }
+    /// The CPU used since the start, once the process is idle again: work a process does after
+    /// its clients got their answers (a peer that acknowledges before Kafka has the data, batches
+    /// still compressing) is its cost too. At most `limit` of waiting.
+    async fn settled(&self, limit: Duration) -> f64 {
+        let until = Instant::now() + limit;
+        let mut last = self.used();
+        let mut quiet = 0;
+        while quiet < 2 && Instant::now() < until {
+            tokio::time::sleep(SETTLE_STEP).await;
+            let now = self.used();
+            quiet = if now - last <= IDLE_CPU { quiet + 1 } else { 0 };
+            last = now;
+        }
+        last
+    }
+}
+
+/// The dev store's and the broker's CPU over a stage, so a reader can tell which process set its
+/// pace.
+struct Others {
+    store: CpuMeter,
+    broker: Option<CpuMeter>,
+}
+
+impl Others {
+    fn start(store: u32, broker: Option<u32>, ticks: f64) -> Self {
+        Self { store: CpuMeter::new(store, ticks), broker: broker.map(|pid| CpuMeter::new(pid, ticks)) }
+    }
+    /// Adds the store's CPU per document and the broker's per span to `stage`.
+    fn report(&self, stage: &mut Value, spans: u64) {
+        if let Some(stage) = stage.as_object_mut() {
+            stage.insert("store_cpu_us_per_document".into(), json!(self.store.used() / spans.max(1) as f64 * 1e6));
+            if let Some(broker) = &self.broker {
+                stage.insert("broker_cpu_s_per_million_spans".into(), json!(per_million(broker.used(), spans)));
+            }
+        }
     }
 }
 
@@ -140,7 +188,7 @@ async fn floor(records: &[ReadRecord], spans: u64, topic: &str, ticks: f64) -> a
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set("compression.type", "zstd")
+        .set("compression.type", shipped_compression()?)
         .create()?;
     let cpu = CpuMeter::new(me, ticks);
     let started = Instant::now();
@@ -199,6 +247,73 @@ fn plan(endpoint: &str, traces: u64, rate: Option<f64>, duration: Option<Duratio
         model: Model::default(),
         security: send::Security::default(),
     }
+}
+
+const ROTEL_GRPC: &str = "127.0.0.1:24417";
+
+/// The Rotel agent on the collector's load: acks=all, the collector's compression, and 1 500-span
+/// batches (its default 8 192 makes records over the broker's message size, which it drops after
+/// answering the client). Its CPU is counted until it is idle again, since it answers before Kafka
+/// has the data; the topic is then read back and its spans counted, so what Rotel lost shows.
+async fn rotel_stage(bin: &Path, traces: u64, p: i32, dir: &Path, logs: &Path, ticks: f64) -> anyhow::Result<Value> {
+    create_topic(&bootstrap(), "bench_rotel", p).await?;
+    let log = std::fs::File::create(logs.join("rotel.log"))?;
+    let child = Command::new(bin)
+        .args(["start", "--otlp-grpc-endpoint", ROTEL_GRPC, "--otlp-http-endpoint", "127.0.0.1:24418"])
+        .args(["--exporter", "kafka", "--kafka-exporter-brokers", &bootstrap()])
+        .args(["--kafka-exporter-traces-topic", "bench_rotel", "--kafka-exporter-format", "protobuf"])
+        .args(["--kafka-exporter-acks", "all", "--kafka-exporter-compression", &shipped_compression()?])
+        .args(["--traces-batch-max-size", "1500"])
+        .arg("--pid-file")
+        .arg(dir.join("rotel.pid"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let rotel = Proc { child };
+    for attempt in 0.. {
+        if tokio::net::TcpStream::connect(ROTEL_GRPC).await.is_ok() {
+            break;
+        }
+        if attempt > 100 {
+            bail!("the Rotel agent never listened on {ROTEL_GRPC}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = CpuMeter::new(rotel.pid(), ticks);
+    let report = send::run(plan(&format!("http://{ROTEL_GRPC}"), traces, None, None, 8), None, true).await?;
+    let used = cpu.settled(Duration::from_secs(60)).await;
+    let rss = mib(peak_rss(rotel.pid()));
+    rotel.stop();
+    let in_topic: usize = read_topic(&bootstrap(), "bench_rotel")
+        .await?
+        .iter()
+        .map(|r| {
+            ExportTraceServiceRequest::decode(r.payload.as_slice())
+                .map(|req| req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum())
+                .unwrap_or(0)
+        })
+        .sum();
+    let spans = report.acknowledged_spans;
+    Ok(json!({
+        "spans": spans, "spans_in_topic": in_topic, "failed_requests": report.failed_requests,
+        "spans_per_s": report.spans_per_second(), "cpu_s_per_million_spans": per_million(used, spans),
+        "spans_per_cpu_s": spans as f64 / used.max(1e-9),
+        "cores_used": used / report.elapsed.as_secs_f64().max(1e-9),
+        "peak_rss_mib": rss, "export_latency_ms": latency_ms(&report),
+        "settings": format!("acks=all, {}, 1500-span batches, protobuf", shipped_compression()?),
+    }))
+}
+
+/// `kafka.compression` of the shipped collector configuration, which the floor and the peer use too,
+/// so all three compress alike.
+fn shipped_compression() -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(COLLECTOR_ARGS[2]).context("cannot read the collector's configuration")?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("compression"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .find_map(|v| v.split('#').next().map(|v| v.trim().trim_matches('"').to_owned()))
+        .ok_or_else(|| anyhow::anyhow!("no kafka.compression in {}", COLLECTOR_ARGS[2]))
 }
 
 fn latency_ms(report: &send::Report) -> Value {
@@ -305,8 +420,9 @@ async fn main() -> anyhow::Result<()> {
     let collector = spawn(&args.bin, "collector-a", &COLLECTOR_ARGS, &collector_env("bench_a", None), &logs)?;
     wait_http("http://127.0.0.1:24369/health/ready").await?;
     let cpu = CpuMeter::new(collector.pid(), ticks);
+    let broker_cpu = broker_pid.map(|pid| CpuMeter::new(pid, ticks));
     let report = send::run(plan(GRPC, args.traces, None, None, 8), None, true).await?;
-    let collector_cpu = cpu.used();
+    let collector_cpu = cpu.settled(Duration::from_secs(30)).await;
     let peak = report.spans_per_second();
     let spans_a = report.acknowledged_spans;
     results.insert(
@@ -315,10 +431,19 @@ async fn main() -> anyhow::Result<()> {
             "spans": spans_a, "failed_requests": report.failed_requests,
             "spans_per_s": peak, "cpu_s_per_million_spans": per_million(collector_cpu, spans_a),
             "spans_per_cpu_s": spans_a as f64 / collector_cpu.max(1e-9),
+            "cores_used": collector_cpu / report.elapsed.as_secs_f64().max(1e-9),
+            "broker_cpu_s_per_million_spans": broker_cpu.map(|m| per_million(m.used(), spans_a)),
             "peak_rss_mib": mib(peak_rss(collector.pid())), "export_latency_ms": latency_ms(&report),
         }),
     );
     save(&results)?;
+
+    // 1b. The peer: the Rotel agent on the same load, into its own topic of the same broker.
+    if let Some(rotel) = &args.rotel {
+        eprintln!("[1b] Rotel agent alone, the same load ({} traces)", args.traces);
+        results.insert("rotel", rotel_stage(rotel, args.traces, p, &args.dir, &logs, ticks).await?);
+        save(&results)?;
+    }
 
     // 2. Collector latency at half its peak rate.
     eprintln!("[2/6] collector at half its peak rate ({:.0} spans/s) for {} s", peak / 2.0, args.seconds);
@@ -347,23 +472,24 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::new(&store_url, "");
     let ingester =
         spawn(&args.bin, "ingester-a", &INGESTER_ARGS, &ingester_env("bench_a", "bench-ingester", ""), &logs)?;
+    let others = Others::start(store_proc.pid(), broker_pid, ticks);
     let cpu = CpuMeter::new(ingester.pid(), ticks);
     wait_http("http://127.0.0.1:24370/health/ready").await?;
     let started = Instant::now();
     let (indexed, last) = wait_indexed(&store, total_a, Duration::from_secs(600)).await?;
     let ingest_s = last.duration_since(started).as_secs_f64();
-    let ingester_cpu = cpu.used();
+    let ingester_cpu = cpu.settled(Duration::from_secs(30)).await;
     let catch_up = indexed as f64 / ingest_s.max(1e-9);
-    results.insert(
-        "ingester",
-        json!({
-            "spans": indexed, "expected": total_a, "spans_per_s": catch_up,
-            "cpu_s_per_million_spans": per_million(ingester_cpu, indexed),
-            "spans_per_cpu_s": indexed as f64 / ingester_cpu.max(1e-9),
-            "peak_rss_mib": mib(peak_rss(ingester.pid())),
-            "store_peak_rss_mib": mib(peak_rss(store_proc.pid())),
-        }),
-    );
+    let mut stage = json!({
+        "spans": indexed, "expected": total_a, "spans_per_s": catch_up,
+        "cpu_s_per_million_spans": per_million(ingester_cpu, indexed),
+        "spans_per_cpu_s": indexed as f64 / ingester_cpu.max(1e-9),
+        "cores_used": ingester_cpu / ingest_s.max(1e-9),
+        "peak_rss_mib": mib(peak_rss(ingester.pid())),
+        "store_peak_rss_mib": mib(peak_rss(store_proc.pid())),
+    });
+    others.report(&mut stage, indexed);
+    results.insert("ingester", stage);
     save(&results)?;
     ingester.stop();
 
@@ -390,19 +516,24 @@ async fn main() -> anyhow::Result<()> {
         ],
         &logs,
     )?;
+    let others = Others::start(store_proc.pid(), broker_pid, ticks);
     let cpu = CpuMeter::new(replay.pid(), ticks);
     let started = Instant::now();
     let replay_store = Store::new(&store_url, "replay");
     let (replayed, last) = wait_indexed(&replay_store, total_a, Duration::from_secs(600)).await?;
     let replay_s = last.duration_since(started).as_secs_f64();
     let replay_cpu = cpu.used();
+    let mut replay_others = json!({});
+    others.report(&mut replay_others, replayed);
     let replay_rss = mib(peak_rss(replay.pid()));
     let mut replay = replay;
     let _ = replay.child.wait();
     drop(replay);
 
     // 6. The whole pipeline at a steady rate, with verification and freshness.
-    let steady = (peak / 4.0).min(catch_up / 2.0);
+    // A quarter of the collector's peak: the headroom a production deployment keeps. Replay is
+    // compared with this rate.
+    let steady = peak / 4.0;
     eprintln!("[6/6] whole pipeline at {steady:.0} spans/s for {} s, verified in the store", args.seconds);
     // An empty store, so the stage measures the pipeline rather than the dev store's size.
     reqwest::Client::new().post(format!("{store_url}/_devstore/reset")).send().await?.error_for_status()?;
@@ -443,15 +574,18 @@ async fn main() -> anyhow::Result<()> {
         }),
     );
     save(&results)?;
-    results.insert(
-        "replay",
-        json!({
-            "spans": replayed, "spans_per_s": replayed as f64 / replay_s.max(1e-9),
-            "cpu_s_per_million_spans": per_million(replay_cpu, replayed), "peak_rss_mib": replay_rss,
-            "vs_ingester_steady_state": (replayed as f64 / replay_s.max(1e-9)) / report.spans_per_second().max(1e-9),
-            "vs_ingester_catch_up": (replayed as f64 / replay_s.max(1e-9)) / catch_up.max(1e-9),
-        }),
-    );
+    let mut stage = json!({
+        "spans": replayed, "spans_per_s": replayed as f64 / replay_s.max(1e-9),
+        "cpu_s_per_million_spans": per_million(replay_cpu, replayed), "peak_rss_mib": replay_rss,
+        "spans_per_cpu_s": replayed as f64 / replay_cpu.max(1e-9),
+        "cores_used": replay_cpu / replay_s.max(1e-9),
+        "vs_pipeline_steady_rate": (replayed as f64 / replay_s.max(1e-9)) / report.spans_per_second().max(1e-9),
+        "vs_ingester_catch_up": (replayed as f64 / replay_s.max(1e-9)) / catch_up.max(1e-9),
+    });
+    if let (Some(stage), Value::Object(others)) = (stage.as_object_mut(), replay_others) {
+        stage.extend(others);
+    }
+    results.insert("replay", stage);
     collector.stop();
     ingester.stop();
 
@@ -494,14 +628,183 @@ async fn main() -> anyhow::Result<()> {
     drop(store_proc);
     let _ = Command::new("scripts/broker.sh").args(["stop", &broker_dir.to_string_lossy()]).status();
 
-    let all = json!({ "machine": machine, "broker_peak_rss_mib": mib(broker_rss), "stages": results });
+    let goals = goals(&results);
+    let all = json!({ "machine": machine, "broker_peak_rss_mib": mib(broker_rss), "stages": results, "goals": goals });
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&all)? + "\n")?;
-    println!("{}", serde_json::to_string_pretty(&all)?);
+    println!("{}", table(&all));
     println!("results written to {}", args.out.display());
     Ok(())
+}
+
+/// The issue's goals, each met or missed (or not measured), from the stages' figures.
+fn goals(stages: &BTreeMap<&str, Value>) -> Value {
+    let get = |stage: &str, path: &str| stages.get(stage).and_then(|v| v.pointer(path)).and_then(Value::as_f64);
+    let collector = get("collector", "/spans_per_cpu_s");
+    let rotel = get("rotel", "/spans_per_cpu_s");
+    let ratio = collector.zip(rotel).map(|(c, r)| c / r.max(1e-9));
+    let overload = get("overload", "/collector_peak_rss_mib").zip(get("overload", "/memory_formula_mib"));
+    let rows = [
+        ("collector >= 300 000 spans per CPU-second", collector, collector.map(|v| v >= 300_000.0)),
+        ("collector >= 1.5 x the Rotel agent per CPU-second", ratio, ratio.map(|v| v >= 1.5)),
+        (
+            "ingester >= 250 000 spans per CPU-second",
+            get("ingester", "/spans_per_cpu_s"),
+            get("ingester", "/spans_per_cpu_s").map(|v| v >= 250_000.0),
+        ),
+        (
+            "end-to-end p99 freshness <= 2 s (ms)",
+            get("pipeline", "/freshness_ms/p99"),
+            get("pipeline", "/freshness_ms/p99").map(|v| v <= 2_000.0),
+        ),
+        (
+            "replay >= 3 x the live pipeline's steady rate",
+            get("replay", "/vs_pipeline_steady_rate"),
+            get("replay", "/vs_pipeline_steady_rate").map(|v| v >= 3.0),
+        ),
+        (
+            "collector peak RSS at 3 x overload within its formula (MiB)",
+            overload.map(|(rss, _)| rss),
+            overload.map(|(rss, bound)| rss <= bound),
+        ),
+        (
+            "every acknowledged span indexed exactly once (pipeline stage)",
+            get("pipeline", "/verify/found"),
+            stages.get("pipeline").and_then(|v| v.pointer("/verify/ok")).and_then(Value::as_bool),
+        ),
+    ];
+    Value::Array(
+        rows.iter()
+            .map(|(goal, value, met)| {
+                json!({ "goal": goal, "value": value, "status": met.map_or("not measured", |m| if m { "met" } else { "missed" }) })
+            })
+            .collect(),
+    )
+}
+
+/// One table of every stage: Spanline, the Rotel peer and the raw rdkafka floor side by side, CPU
+/// per span from the kernel, peak RSS, and the goals.
+fn table(all: &Value) -> String {
+    use std::fmt::Write as _;
+    let num = |v: &Value, path: &str| v.pointer(path).and_then(Value::as_f64);
+    let fmt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
+    let stages = &all["stages"];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  notes",
+        "stage", "spans/s", "spans/CPU-s", "CPU us/span", "RSS MiB", "cores"
+    );
+    let mut row = |name: &str, stage: &str, notes: String| {
+        let v = &stages[stage];
+        if v.is_null() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  {notes}",
+            name,
+            fmt(num(v, "/spans_per_s"), 0),
+            fmt(num(v, "/spans_per_cpu_s"), 0),
+            fmt(num(v, "/cpu_s_per_million_spans"), 2),
+            fmt(num(v, "/peak_rss_mib"), 1),
+            fmt(num(v, "/cores_used"), 2),
+        );
+    };
+    let floor = &stages["floor"];
+    row("collector (Spanline), as fast as possible", "collector", {
+        let c = &stages["collector"];
+        format!("export p99 {} ms", fmt(num(c, "/export_latency_ms/p99"), 0))
+    });
+    row("Rotel agent, the same load", "rotel", {
+        let r = &stages["rotel"];
+        format!(
+            "export p99 {} ms; {} of {} acknowledged spans in the topic",
+            fmt(num(r, "/export_latency_ms/p99"), 0),
+            fmt(num(r, "/spans_in_topic"), 0),
+            fmt(num(r, "/spans"), 0)
+        )
+    });
+    row("ingester, backlog -> dev store", "ingester", {
+        let i = &stages["ingester"];
+        format!(
+            "dev store {} us CPU/doc, broker {} CPU-s/M spans",
+            fmt(num(i, "/store_cpu_us_per_document"), 2),
+            fmt(num(i, "/broker_cpu_s_per_million_spans"), 1)
+        )
+    });
+    row("replay of the same window", "replay", {
+        let r = &stages["replay"];
+        format!(
+            "{} x the pipeline's steady rate; dev store {} us CPU/doc",
+            fmt(num(r, "/vs_pipeline_steady_rate"), 2),
+            fmt(num(r, "/store_cpu_us_per_document"), 2)
+        )
+    });
+    let _ = writeln!(
+        out,
+        "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  raw rdkafka produce of the collector's records",
+        "floor: produce",
+        fmt(num(floor, "/produce/spans_per_s"), 0),
+        fmt(num(floor, "/produce/cpu_s_per_million_spans").map(|s| 1e6 / s.max(1e-9)), 0),
+        fmt(num(floor, "/produce/cpu_s_per_million_spans"), 2),
+        "-",
+        "-"
+    );
+    let _ = writeln!(
+        out,
+        "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  raw rdkafka consume of the same records",
+        "floor: consume",
+        fmt(num(floor, "/consume/spans_per_s"), 0),
+        fmt(num(floor, "/consume/cpu_s_per_million_spans").map(|s| 1e6 / s.max(1e-9)), 0),
+        fmt(num(floor, "/consume/cpu_s_per_million_spans"), 2),
+        "-",
+        "-"
+    );
+    let pipeline = &stages["pipeline"];
+    let _ = writeln!(
+        out,
+        "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  freshness p50 {} ms p99 {} ms; verified {} of {}; collector {} / ingester {} CPU-s/M spans",
+        "whole pipeline, steady rate",
+        fmt(num(pipeline, "/spans_per_s"), 0),
+        "-",
+        "-",
+        "-",
+        "-",
+        fmt(num(pipeline, "/freshness_ms/p50"), 0),
+        fmt(num(pipeline, "/freshness_ms/p99"), 0),
+        fmt(num(pipeline, "/verify/found"), 0),
+        fmt(num(pipeline, "/verify/expected"), 0),
+        fmt(num(pipeline, "/collector_cpu_s_per_million_spans"), 2),
+        fmt(num(pipeline, "/ingester_cpu_s_per_million_spans"), 2),
+    );
+    let overload = &stages["overload"];
+    let _ = writeln!(
+        out,
+        "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  {} of {} requests refused; RSS bound {} MiB",
+        "overload: 3 x capacity + hostile mix",
+        fmt(num(overload, "/acknowledged_spans_per_s"), 0),
+        "-",
+        "-",
+        fmt(num(overload, "/collector_peak_rss_mib"), 1),
+        "-",
+        fmt(num(overload, "/refused_requests"), 0),
+        fmt(num(overload, "/requests"), 0),
+        fmt(num(overload, "/memory_formula_mib"), 0),
+    );
+    let _ = writeln!(out, "\ngoals:");
+    for goal in all["goals"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<62} {}",
+            goal["status"].as_str().unwrap_or("?"),
+            goal["goal"].as_str().unwrap_or("?"),
+            fmt(goal["value"].as_f64(), 2)
+        );
+    }
+    out
 }
 
 /// Hostile traffic for the overload stage, until `end`: resource amplifiers (an 800 KiB resource in
