@@ -138,22 +138,49 @@ impl CpuMeter {
 
 /// The dev store's and the broker's CPU over a stage, so a reader can tell which process set its
 /// pace.
+///
+/// Also the whole machine's busy and stolen CPU (`/proc/stat`): CPU-seconds measured while other
+/// work shares the two cores are inflated (caches, the hypervisor), so a figure taken on a busy
+/// machine says so.
 struct Others {
     store: CpuMeter,
     broker: Option<CpuMeter>,
+    machine: Option<(f64, f64)>,
+    started: Instant,
+    ticks: f64,
+}
+
+/// Busy and stolen CPU-seconds of the whole machine so far (`/proc/stat`, all cores).
+fn machine_cpu(ticks: f64) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat.lines().next()?.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0.0)).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = fields.first()? + fields.get(1)? + fields.get(2)? + fields.get(5)? + fields.get(6)?;
+    Some((busy / ticks, fields.get(7).copied().unwrap_or(0.0) / ticks))
 }
 
 impl Others {
     fn start(store: u32, broker: Option<u32>, ticks: f64) -> Self {
-        Self { store: CpuMeter::new(store, ticks), broker: broker.map(|pid| CpuMeter::new(pid, ticks)) }
+        Self {
+            store: CpuMeter::new(store, ticks),
+            broker: broker.map(|pid| CpuMeter::new(pid, ticks)),
+            machine: machine_cpu(ticks),
+            started: Instant::now(),
+            ticks,
+        }
     }
-    /// Adds the store's CPU per document and the broker's per span to `stage`.
+    /// Adds the store's CPU per document, the broker's per span and how busy the machine was to
+    /// `stage`.
     fn report(&self, stage: &mut Value, spans: u64) {
-        if let Some(stage) = stage.as_object_mut() {
-            stage.insert("store_cpu_us_per_document".into(), json!(self.store.used() / spans.max(1) as f64 * 1e6));
-            if let Some(broker) = &self.broker {
-                stage.insert("broker_cpu_s_per_million_spans".into(), json!(per_million(broker.used(), spans)));
-            }
+        let Some(stage) = stage.as_object_mut() else { return };
+        stage.insert("store_cpu_us_per_document".into(), json!(self.store.used() / spans.max(1) as f64 * 1e6));
+        if let Some(broker) = &self.broker {
+            stage.insert("broker_cpu_s_per_million_spans".into(), json!(per_million(broker.used(), spans)));
+        }
+        if let (Some((busy0, steal0)), Some((busy1, steal1))) = (self.machine, machine_cpu(self.ticks)) {
+            let wall = self.started.elapsed().as_secs_f64().max(1e-9);
+            stage.insert("machine_busy_cores".into(), json!((busy1 - busy0) / wall));
+            stage.insert("machine_stolen_cores".into(), json!((steal1 - steal0) / wall));
         }
     }
 }
@@ -419,29 +446,31 @@ async fn main() -> anyhow::Result<()> {
     create_topic(&bootstrap(), "bench_a", p).await?;
     let collector = spawn(&args.bin, "collector-a", &COLLECTOR_ARGS, &collector_env("bench_a", None), &logs)?;
     wait_http("http://127.0.0.1:24369/health/ready").await?;
+    let others = Others::start(store_proc.pid(), broker_pid, ticks);
     let cpu = CpuMeter::new(collector.pid(), ticks);
-    let broker_cpu = broker_pid.map(|pid| CpuMeter::new(pid, ticks));
     let report = send::run(plan(GRPC, args.traces, None, None, 8), None, true).await?;
     let collector_cpu = cpu.settled(Duration::from_secs(30)).await;
     let peak = report.spans_per_second();
     let spans_a = report.acknowledged_spans;
-    results.insert(
-        "collector",
-        json!({
-            "spans": spans_a, "failed_requests": report.failed_requests,
-            "spans_per_s": peak, "cpu_s_per_million_spans": per_million(collector_cpu, spans_a),
-            "spans_per_cpu_s": spans_a as f64 / collector_cpu.max(1e-9),
-            "cores_used": collector_cpu / report.elapsed.as_secs_f64().max(1e-9),
-            "broker_cpu_s_per_million_spans": broker_cpu.map(|m| per_million(m.used(), spans_a)),
-            "peak_rss_mib": mib(peak_rss(collector.pid())), "export_latency_ms": latency_ms(&report),
-        }),
-    );
+    let mut stage = json!({
+        "spans": spans_a, "failed_requests": report.failed_requests,
+        "spans_per_s": peak, "cpu_s_per_million_spans": per_million(collector_cpu, spans_a),
+        "spans_per_cpu_s": spans_a as f64 / collector_cpu.max(1e-9),
+        "cores_used": collector_cpu / report.elapsed.as_secs_f64().max(1e-9),
+        "peak_rss_mib": mib(peak_rss(collector.pid())), "export_latency_ms": latency_ms(&report),
+    });
+    others.report(&mut stage, spans_a);
+    results.insert("collector", stage);
     save(&results)?;
 
     // 1b. The peer: the Rotel agent on the same load, into its own topic of the same broker.
     if let Some(rotel) = &args.rotel {
         eprintln!("[1b] Rotel agent alone, the same load ({} traces)", args.traces);
-        results.insert("rotel", rotel_stage(rotel, args.traces, p, &args.dir, &logs, ticks).await?);
+        let others = Others::start(store_proc.pid(), broker_pid, ticks);
+        let mut stage = rotel_stage(rotel, args.traces, p, &args.dir, &logs, ticks).await?;
+        let spans = stage["spans"].as_u64().unwrap_or(0);
+        others.report(&mut stage, spans);
+        results.insert("rotel", stage);
         save(&results)?;
     }
 
@@ -716,23 +745,30 @@ fn table(all: &Value) -> String {
     let floor = &stages["floor"];
     row("collector (Spanline), as fast as possible", "collector", {
         let c = &stages["collector"];
-        format!("export p99 {} ms", fmt(num(c, "/export_latency_ms/p99"), 0))
+        format!(
+            "export p99 {} ms; broker {} CPU-s/M spans; machine busy {} cores",
+            fmt(num(c, "/export_latency_ms/p99"), 0),
+            fmt(num(c, "/broker_cpu_s_per_million_spans"), 1),
+            fmt(num(c, "/machine_busy_cores"), 2)
+        )
     });
     row("Rotel agent, the same load", "rotel", {
         let r = &stages["rotel"];
         format!(
-            "export p99 {} ms; {} of {} acknowledged spans in the topic",
+            "export p99 {} ms; {} of {} acknowledged spans in the topic; broker {} CPU-s/M spans",
             fmt(num(r, "/export_latency_ms/p99"), 0),
             fmt(num(r, "/spans_in_topic"), 0),
-            fmt(num(r, "/spans"), 0)
+            fmt(num(r, "/spans"), 0),
+            fmt(num(r, "/broker_cpu_s_per_million_spans"), 1)
         )
     });
     row("ingester, backlog -> dev store", "ingester", {
         let i = &stages["ingester"];
         format!(
-            "dev store {} us CPU/doc, broker {} CPU-s/M spans",
+            "dev store {} us CPU/doc, broker {} CPU-s/M spans; machine busy {} cores",
             fmt(num(i, "/store_cpu_us_per_document"), 2),
-            fmt(num(i, "/broker_cpu_s_per_million_spans"), 1)
+            fmt(num(i, "/broker_cpu_s_per_million_spans"), 1),
+            fmt(num(i, "/machine_busy_cores"), 2)
         )
     });
     row("replay of the same window", "replay", {
