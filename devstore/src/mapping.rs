@@ -105,6 +105,18 @@ impl Fields {
         self.types.get(path).copied()
     }
 
+    /// Every mapped path with its type.
+    pub fn paths(&self) -> impl Iterator<Item = (&str, FieldType)> {
+        self.types.iter().map(|(path, ty)| (path.as_str(), *ty))
+    }
+
+    /// [`Fields::indexed_view`] in place: `source` becomes the document as OpenSearch indexed it.
+    pub fn strip_ignored_in_place(&self, source: &mut Value) {
+        if !self.ignore_above.is_empty() {
+            self.strip_ignored("", source);
+        }
+    }
+
     /// The mapping type name of `path` (`long`, `keyword`, ...).
     pub fn kind(&self, path: &str) -> Option<&str> {
         self.kinds.get(path).map(String::as_str)

@@ -427,24 +427,65 @@ fn cmp_sort(a: &[SortVal], b: &[SortVal], keys: &[SortKey]) -> Ordering {
         .unwrap_or(Ordering::Equal)
 }
 
+/// How [`for_each_match`] finds the matching documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Each index's postings give the candidates, each checked with the query.
+    Postings,
+    /// Every document is checked: what the postings must always agree with (the equivalence
+    /// tests run both).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Scan,
+}
+
 /// Calls `f(index, id, visible text, indexed document)` for every searchable document of `names`
 /// matching `query`, in index name order and then insertion order, until `f` breaks. The document
-/// passed is what OpenSearch indexed (see [`Fields::indexed_view`]); `_source` is the text.
+/// passed is what OpenSearch indexed (see [`Fields::indexed_view`]); `_source` is the text. Only
+/// the postings' candidates are read (a superset of the matches: see [`crate::postings`]), and
+/// under `match_all` with `need_doc` false nothing is parsed (`f` gets `Value::Null`).
 fn for_each_match<'a>(
     store: &'a Store,
     names: &'a [String],
     fields: &Fields,
     query: &Query,
+    plan: Plan,
+    need_doc: bool,
     mut f: impl FnMut(&'a str, &'a str, &'a str, Value) -> ControlFlow<()>,
 ) {
+    let match_all = matches!(query, Query::MatchAll);
+    let mut visit = |name: &'a str, id: &'a str, doc: &'a crate::store::Doc| -> ControlFlow<()> {
+        let Some(visible) = &doc.visible else { return ControlFlow::Continue(()) };
+        if match_all && !need_doc {
+            return f(name, id, visible, Value::Null);
+        }
+        let Ok(mut source) = serde_json::from_str::<Value>(visible) else { return ControlFlow::Continue(()) };
+        fields.strip_ignored_in_place(&mut source);
+        if query.matches(id, &source) {
+            return f(name, id, visible, source);
+        }
+        ControlFlow::Continue(())
+    };
     for name in names {
         let Some(index) = store.index(name) else { continue };
-        for (id, doc) in &index.docs {
-            let Some(visible) = &doc.visible else { continue };
-            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
-            let indexed = fields.indexed_view(&source).unwrap_or(source);
-            if query.matches(id, &indexed) && f(name, id, visible, indexed).is_break() {
-                return;
+        let candidates = match plan {
+            Plan::Postings if !match_all => index.postings().candidates(query),
+            _ => None,
+        };
+        match candidates {
+            Some(positions) => {
+                for pos in positions {
+                    let Some((id, doc)) = index.docs.get_index(pos as usize) else { continue };
+                    if visit(name, id, doc).is_break() {
+                        return;
+                    }
+                }
+            }
+            None => {
+                for (id, doc) in &index.docs {
+                    if visit(name, id, doc).is_break() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -452,6 +493,15 @@ fn for_each_match<'a>(
 
 /// Runs `request` over the indices `names` of `store`; returns the `_search` answer without `took`.
 pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<Map<String, Value>, ApiError> {
+    run_with(store, names, request, Plan::Postings)
+}
+
+pub(crate) fn run_with(
+    store: &Store,
+    names: &[String],
+    request: &SearchRequest,
+    plan: Plan,
+) -> Result<Map<String, Value>, ApiError> {
     let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
     request.query.validate(&fields)?;
     aggs::validate(&request.aggs, &fields)?;
@@ -483,7 +533,7 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
     let mut agg_docs: Vec<Value> = Vec::new();
     let mut total = 0usize;
     let mut terminated_early = false;
-    for_each_match(store, names, &fields, &request.query, |index, id, visible, doc| {
+    for_each_match(store, names, &fields, &request.query, plan, keep_all, |index, id, visible, doc| {
         if request.terminate_after.is_some_and(|n| total >= n) {
             terminated_early = true;
             return ControlFlow::Break(());
@@ -609,13 +659,17 @@ fn field_no_document_has<'f>(store: &Store, names: &[String], mut fields: Vec<&'
 
 /// Counts the documents of `names` matching `query` (`_count`).
 pub fn count(store: &Store, names: &[String], query: &Query) -> Result<usize, ApiError> {
+    count_with(store, names, query, Plan::Postings)
+}
+
+pub(crate) fn count_with(store: &Store, names: &[String], query: &Query, plan: Plan) -> Result<usize, ApiError> {
     if matches!(query, Query::MatchAll) {
         return Ok(names.iter().filter_map(|name| store.index(name)).map(|index| index.visible_count()).sum());
     }
     let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
     query.validate(&fields)?;
     let mut total = 0usize;
-    for_each_match(store, names, &fields, query, |_, _, _, _| {
+    for_each_match(store, names, &fields, query, plan, false, |_, _, _, _| {
         total += 1;
         ControlFlow::Continue(())
     });
