@@ -40,6 +40,23 @@ pub struct Stats {
     pub items_by_status: BTreeMap<u16, u64>,
     /// Items answered 409 (the id already exists), by index: a document written twice.
     pub conflicts_by_index: BTreeMap<String, u64>,
+    /// Items stored (answered 200 or 201).
+    pub docs_written: u64,
+}
+
+/// The CPU time (user + system) this process has used, in seconds, from `/proc/self/stat`
+/// (`None` where there is no such file). Clock ticks are taken as 100 a second, Linux's
+/// `USER_HZ` on every architecture it runs on.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis,
+    // where field 3 (the state) is the first; utime and stime are fields 14 and 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    #[allow(clippy::cast_precision_loss)] // ticks of a process lifetime fit f64 exactly
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// Everything the handlers share.
@@ -48,6 +65,8 @@ pub struct AppState {
     pub store: Mutex<Store>,
     pub faults: Mutex<Faults>,
     pub stats: Mutex<Stats>,
+    /// The process's CPU seconds when the stats were last reset (at start, or `_devstore/reset`).
+    cpu_at_reset: Mutex<f64>,
     rng: Mutex<StdRng>,
     /// Wakes the accept loop to drop its listener; the duration is in `refuse_for`.
     pub refuse: Notify,
@@ -62,6 +81,7 @@ impl AppState {
             store: Mutex::new(Store::new(memory_limit)),
             faults: Mutex::new(faults),
             stats: Mutex::new(Stats::default()),
+            cpu_at_reset: Mutex::new(process_cpu_seconds().unwrap_or(0.0)),
             rng: Mutex::new(rng),
             refuse: Notify::new(),
             refuse_for: Mutex::new(Duration::ZERO),
@@ -649,6 +669,9 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
         *stats.conflicts_by_index.entry(index).or_default() += n;
     }
     for (status, n) in by_status {
+        if matches!(status, 200 | 201) {
+            stats.docs_written += n;
+        }
         *stats.items_by_status.entry(status).or_default() += n;
     }
     Ok(items)
@@ -1000,17 +1023,23 @@ async fn refuse_connections(State(state): Shared, body: Bytes) -> Result<Json<Va
 
 async fn stats(State(state): Shared) -> Json<Value> {
     let stats = state.stats.lock().clone();
+    let cpu = process_cpu_seconds();
+    let since_reset = cpu.map(|c| (c - *state.cpu_at_reset.lock()).max(0.0));
+    #[allow(clippy::cast_precision_loss)] // a document count fits f64's 53 bits
+    let per_doc = since_reset.filter(|_| stats.docs_written > 0).map(|s| s * 1e6 / stats.docs_written as f64);
     let store = state.store.lock();
     let docs: usize = store.indices().values().map(|i| i.docs.len()).sum();
     Json(json!({
         "indices": store.indices().len(), "docs": docs, "bytes_used": store.bytes_used(),
-        "memory_limit": store.memory_limit(), "bulk": stats
+        "memory_limit": store.memory_limit(), "bulk": stats,
+        "cpu": {"process_seconds": cpu, "since_reset_seconds": since_reset, "micros_per_doc_written": per_doc}
     }))
 }
 
 async fn reset(State(state): Shared) -> Json<Value> {
     state.store.lock().clear();
     *state.stats.lock() = Stats::default();
+    *state.cpu_at_reset.lock() = process_cpu_seconds().unwrap_or(0.0);
     *state.faults.lock() = Faults::default();
     Json(json!({"acknowledged": true}))
 }

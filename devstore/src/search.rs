@@ -700,3 +700,178 @@ mod tests {
         assert_eq!(cmp_sort(&v(1.0, 5.0), &v(1.0, 5.0), &keys), Ordering::Equal);
     }
 }
+
+/// The postings only ever narrow: on random documents, overwrites, refreshes and queries, a search
+/// planned with them answers exactly as a scan of every document (hits, order, totals, sort values,
+/// aggregations, errors), and so does `_count`.
+#[cfg(test)]
+mod equivalence {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::WriteOp;
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("a")),
+            Just(json!("b")),
+            Just(json!("ab")),
+            Just(json!("abcdef")),
+            Just(json!("200")),
+            Just(json!("2e2")),
+            Just(json!(" 7")),
+            Just(json!("NaN")),
+            Just(json!("2026-11-30T00:00:00Z")),
+            Just(json!(200)),
+            Just(json!(200.0)),
+            Just(json!(-0.0)),
+            Just(json!(0)),
+            Just(json!(7)),
+            Just(json!(1.5)),
+            Just(json!(true)),
+            Just(Value::Null),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            6 => scalar(),
+            1 => prop::collection::vec(scalar(), 0..3).prop_map(Value::Array),
+            1 => scalar().prop_map(|v| json!({"x": v})),
+        ]
+    }
+
+    fn doc() -> impl Strategy<Value = Value> {
+        let tag = (value(), value()).prop_map(|(k, v)| json!({"key": k, "value": v}));
+        (
+            prop::option::of(value()),
+            prop::option::of(value()),
+            prop::option::of(value()),
+            prop::collection::vec(tag, 0..3),
+            prop::option::of(value()),
+            any::<bool>(),
+            prop::option::of(value()),
+        )
+            .prop_map(|(trace, n, d, tags, service, dotted, unmapped)| {
+                let mut doc = Map::new();
+                let mut put = |k: &str, v: Option<Value>| {
+                    if let Some(v) = v {
+                        doc.insert(k.to_owned(), v);
+                    }
+                };
+                put("traceID", trace);
+                put("n", n);
+                put("d", d);
+                put("unmapped", unmapped);
+                put("tags", Some(Value::Array(tags)));
+                if dotted {
+                    put("process.serviceName", service);
+                } else {
+                    put("process", service.map(|s| json!({"serviceName": s})));
+                }
+                Value::Object(doc)
+            })
+    }
+
+    fn field() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["traceID", "n", "d", "tags.key", "tags.value", "process.serviceName", "unmapped"])
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        let bound = prop_oneof![scalar(), Just(json!(100)), Just(json!(250)), Just(json!("2026-01-01T00:00:00Z"))]
+            .prop_filter("not null", |v| !v.is_null());
+        prop_oneof![
+            (field(), scalar()).prop_map(|(f, v)| json!({"term": {f: v}})),
+            (field(), prop::collection::vec(scalar(), 0..3)).prop_map(|(f, v)| json!({"terms": {f: v}})),
+            (field(), prop::sample::select(vec!["gt", "gte", "lt", "lte"]), bound.clone())
+                .prop_map(|(f, b, v)| json!({"range": {f: {b: v}}})),
+            (field(), bound.clone(), bound).prop_map(|(f, lo, hi)| json!({"range": {f: {"gte": lo, "lt": hi}}})),
+            field().prop_map(|f| json!({"exists": {"field": f}})),
+            field().prop_map(|f| json!({"regexp": {f: "a.*"}})),
+            Just(json!({"ids": {"values": ["1", "3"]}})),
+            Just(json!({"match_all": {}})),
+        ]
+    }
+
+    fn query() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                (
+                    prop::collection::vec(inner.clone(), 0..3),
+                    prop::collection::vec(inner.clone(), 0..3),
+                    prop::collection::vec(inner.clone(), 0..2),
+                    prop::option::of(0usize..3)
+                )
+                    .prop_map(|(must, should, must_not, min)| {
+                        let mut b = json!({"filter": must, "should": should, "must_not": must_not});
+                        if let Some(min) = min {
+                            b["minimum_should_match"] = json!(min);
+                        }
+                        json!({"bool": b})
+                    }),
+                inner.prop_map(|q| json!({"nested": {"path": "tags", "query": q}})),
+            ]
+        })
+    }
+
+    fn store(writes: &[(u8, bool, Value)], refresh_every: usize) -> Store {
+        let mut store = Store::new(u64::MAX);
+        let kw = json!({"type": "keyword", "ignore_above": 4});
+        store
+            .create_index(
+                "i",
+                &json!({"mappings": {"properties": {
+                    "traceID": kw, "n": {"type": "long"}, "d": {"type": "date"},
+                    "tags": {"type": "nested", "properties": {"key": kw, "value": kw}},
+                    "process": {"properties": {"serviceName": {"type": "keyword"}}}
+                }}}),
+            )
+            .expect("index");
+        for (n, (id, overwrite, doc)) in writes.iter().enumerate() {
+            let op = if *overwrite { WriteOp::Index } else { WriteOp::Create };
+            let _ = store.write(op, "i", &id.to_string(), Arc::from(doc.to_string()));
+            if n % refresh_every == refresh_every - 1 {
+                store.refresh_all();
+            }
+        }
+        store
+    }
+
+    type Answer = Result<Value, (u16, String, String)>;
+
+    fn answer(r: Result<Map<String, Value>, ApiError>) -> Answer {
+        r.map(Value::Object).map_err(|e| (e.status, e.kind, e.reason))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn postings_answer_as_a_scan(
+            writes in prop::collection::vec((0u8..12, any::<bool>(), doc()), 1..25),
+            refresh_every in 1usize..6,
+            query in query(),
+            shape in 0u8..3,
+        ) {
+            let store = store(&writes, refresh_every);
+            let names = vec!["i".to_owned()];
+            let body = match shape {
+                0 => json!({"query": query, "size": 100, "track_total_hits": true}),
+                1 => json!({"query": query, "size": 3, "from": 1, "sort": [{"n": "desc"}]}),
+                _ => json!({"query": query, "size": 0, "aggs": {"t": {"terms": {"field": "traceID"},
+                    "aggs": {"m": {"max": {"field": "n"}}}}}}),
+            };
+            let request = SearchRequest::parse(&body, &SearchParams::default(), true);
+            prop_assume!(request.is_ok());
+            let request = request.expect("parsed");
+            let planned = answer(run_with(&store, &names, &request, Plan::Postings));
+            let scanned = answer(run_with(&store, &names, &request, Plan::Scan));
+            prop_assert_eq!(planned, scanned);
+            let planned = count_with(&store, &names, &request.query, Plan::Postings).map_err(|e| e.reason);
+            let scanned = count_with(&store, &names, &request.query, Plan::Scan).map_err(|e| e.reason);
+            prop_assert_eq!(planned, scanned);
+        }
+    }
+}
