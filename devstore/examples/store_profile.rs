@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release -p spanline-devstore --example store_profile -- [DOCS] [BATCH]`
 
+// The figures printed are this tool's whole output.
+#![allow(clippy::print_stdout)]
+
 use std::{sync::Arc, time::Instant};
 
 use axum::{

@@ -363,13 +363,14 @@ impl Postings {
                         if !field.has_date_text && may_be_date(s) && chrono::DateTime::parse_from_rfc3339(s).is_ok() {
                             field.has_date_text = true;
                         }
-                        if !field.texts.contains_key(s) {
-                            bytes += KEY_OVERHEAD_BYTES + s.len() as u64;
-                            field.texts.insert(s.into(), Vec::new());
-                        }
+                        // One hash for a known value; a new one is inserted with its first posting.
                         match field.texts.get_mut(s) {
                             Some(list) => list,
-                            None => return,
+                            None => {
+                                bytes += KEY_OVERHEAD_BYTES + s.len() as u64;
+                                field.texts.insert(s.into(), vec![pos]);
+                                return;
+                            }
                         }
                     }
                 },

@@ -31,7 +31,9 @@ pub struct Index {
     pub uuid: String,
     pub settings: Value,
     pub mappings: Value,
-    pub docs: IndexMap<String, Doc>,
+    /// By id, in insertion order (a document's position is its place in the postings). Hashed
+    /// with FxHash: ids are long and hashed once per write.
+    pub docs: IndexMap<String, Doc, std::hash::BuildHasherDefault<crate::postings::FxHasher>>,
     /// Positions in `docs` written since the last refresh.
     dirty: Vec<usize>,
     visible_count: usize,
@@ -268,7 +270,7 @@ impl Store {
                 uuid,
                 settings,
                 mappings,
-                docs: IndexMap::new(),
+                docs: IndexMap::default(),
                 dirty: Vec::new(),
                 visible_count: 0,
                 next_seq_no: 0,
