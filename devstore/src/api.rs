@@ -522,13 +522,13 @@ fn bulk_response(items: &[Item], took: u64) -> Response {
                 out.extend_from_slice(b",\"_index\":");
                 write_json_str(&mut out, &item.index);
                 out.extend_from_slice(b",\"_primary_term\":1,\"_seq_no\":");
-                out.extend_from_slice(written.seq_no.to_string().as_bytes());
+                write_number(&mut out, written.seq_no);
                 out.extend_from_slice(b",\"_shards\":{\"failed\":0,\"successful\":1,\"total\":2},\"_version\":");
-                out.extend_from_slice(written.version.to_string().as_bytes());
+                write_number(&mut out, written.version);
                 out.extend_from_slice(b",\"result\":\"");
                 out.extend_from_slice(written.result().as_bytes());
                 out.extend_from_slice(b"\",\"status\":");
-                out.extend_from_slice(written.status().to_string().as_bytes());
+                write_number(&mut out, u64::from(written.status()));
                 out.push(b'}');
             }
             Err(error) => {
@@ -540,9 +540,28 @@ fn bulk_response(items: &[Item], took: u64) -> Response {
         out.push(b'}');
     }
     out.extend_from_slice(b"],\"took\":");
-    out.extend_from_slice(took.to_string().as_bytes());
+    write_number(&mut out, took);
     out.push(b'}');
     ([(axum::http::header::CONTENT_TYPE, "application/json")], out).into_response()
+}
+
+/// `n` in decimal, without an intermediate `String`.
+fn write_number(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        // `n % 10` is below 10: the cast keeps it whole.
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (n % 10) as u8;
+        digits[at] = b'0' + digit;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// `text` as a JSON string, escaped as serde_json escapes it.
@@ -694,7 +713,7 @@ fn write_item(
         .map_err(|_| ApiError::new(400, "mapper_parsing_exception", "failed to parse: invalid UTF-8"))?;
     // Validated as `serde_json::from_str::<Value>` would, without building the tree (the postings
     // read the source again at refresh).
-    let is_object = crate::postings::walk(text, None, |_, _| {})
+    let is_object = crate::postings::validate(text)
         .map_err(|e| ApiError::new(400, "mapper_parsing_exception", format!("failed to parse: {e}")))?;
     if !is_object {
         return Err(ApiError::new(

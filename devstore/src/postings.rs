@@ -161,6 +161,14 @@ pub fn walk<F: FnMut(usize, Leaf<'_>)>(
     Ok(walker.top_object)
 }
 
+/// Validates a document as `serde_json::from_str::<Value>` would (same acceptance, same error),
+/// without building the tree; whether its top level is an object. (serde_json's `IgnoredAny` is
+/// faster but lets through lone surrogates, numbers out of `f64` range and nesting past the
+/// recursion limit, which a `Value` refuses; pre-scanning for those cost what it saved.)
+pub fn validate(text: &str) -> Result<bool, serde_json::Error> {
+    walk(text, None, |_, _| {})
+}
+
 struct Walker<'p, F> {
     paths: Option<&'p IndexedPaths>,
     emit: F,
@@ -588,6 +596,42 @@ mod tests {
             assert_eq!(ours, theirs, "{bad}");
         }
         assert!(!walk("[1]", None, |_, _| {}).expect("valid"));
+    }
+
+    #[test]
+    fn validate_accepts_and_refuses_as_value_does() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let long = format!("{{\"a\":{}}}", "9".repeat(400));
+        let cases = [
+            r#"{"a":1}"#.to_owned(),
+            r#" {"a":[1,2.5,-3e2,"x\"y",null,true,{"b":{}}]} "#.to_owned(),
+            "[1]".to_owned(),
+            "5".to_owned(),
+            r#""s""#.to_owned(),
+            r#"{"a":1e400}"#.to_owned(),
+            r#"{"a":-1E400}"#.to_owned(),
+            r#"{"a":"\ud800"}"#.to_owned(),
+            r#"{"\ud800":1}"#.to_owned(),
+            r#"{"a":"\u00e9"}"#.to_owned(),
+            r#"{"a":"x\\"}"#.to_owned(),
+            r#"{"a":"9e9 [[[[","b":9e9}"#.to_owned(),
+            format!("{{\"a\":\"{}\",\"b\":{}}}", "[".repeat(300), deep(200)),
+            long,
+            format!("{{\"a\":{}}}", deep(127)),
+            format!("{{\"a\":{}}}", deep(200)),
+            r#"{"a":01}"#.to_owned(),
+            r#"{"a":1.}"#.to_owned(),
+            "{\"a\":\"\u{1}\"}".to_owned(),
+            r#"{"a":"\x"}"#.to_owned(),
+            "{\"a\":1} x".to_owned(),
+            "{".to_owned(),
+            String::new(),
+        ];
+        for text in cases {
+            let ours = validate(&text).map_err(|e| e.to_string());
+            let theirs = serde_json::from_str::<Value>(&text).map(|v| v.is_object()).map_err(|e| e.to_string());
+            assert_eq!(ours, theirs, "{text}");
+        }
     }
 
     #[test]
