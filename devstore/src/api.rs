@@ -27,7 +27,7 @@ use crate::{
     error::{ApiError, for_status},
     faults::Faults,
     search::{self, SearchParams, SearchRequest, flag},
-    store::{Store, WriteOp},
+    store::{Store, WriteOp, Written},
 };
 
 /// Counters shown by `GET /_devstore/stats`.
@@ -40,6 +40,23 @@ pub struct Stats {
     pub items_by_status: BTreeMap<u16, u64>,
     /// Items answered 409 (the id already exists), by index: a document written twice.
     pub conflicts_by_index: BTreeMap<String, u64>,
+    /// Items stored (answered 200 or 201).
+    pub docs_written: u64,
+}
+
+/// The CPU time (user + system) this process has used, in seconds, from `/proc/self/stat`
+/// (`None` where there is no such file). Clock ticks are taken as 100 a second, Linux's
+/// `USER_HZ` on every architecture it runs on.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis,
+    // where field 3 (the state) is the first; utime and stime are fields 14 and 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    #[allow(clippy::cast_precision_loss)] // ticks of a process lifetime fit f64 exactly
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// Everything the handlers share.
@@ -48,6 +65,8 @@ pub struct AppState {
     pub store: Mutex<Store>,
     pub faults: Mutex<Faults>,
     pub stats: Mutex<Stats>,
+    /// The process's CPU seconds when the stats were last reset (at start, or `_devstore/reset`).
+    cpu_at_reset: Mutex<f64>,
     rng: Mutex<StdRng>,
     /// Wakes the accept loop to drop its listener; the duration is in `refuse_for`.
     pub refuse: Notify,
@@ -62,6 +81,7 @@ impl AppState {
             store: Mutex::new(Store::new(memory_limit)),
             faults: Mutex::new(faults),
             stats: Mutex::new(Stats::default()),
+            cpu_at_reset: Mutex::new(process_cpu_seconds().unwrap_or(0.0)),
             rng: Mutex::new(rng),
             refuse: Notify::new(),
             refuse_for: Mutex::new(Duration::ZERO),
@@ -451,16 +471,18 @@ fn run_bulk(
     match bulk_items(&state, default_index.as_deref(), &body) {
         Ok(items) => {
             if matches!(params.refresh.as_deref(), Some("" | "true" | "wait_for")) {
-                let mut store = state.store.lock();
-                let touched: Vec<String> =
-                    items.iter().filter_map(first_index).filter_map(|v| v.as_str().map(str::to_owned)).collect();
-                store.refresh(&touched);
+                let mut touched: Vec<String> = Vec::new();
+                for item in &items {
+                    if touched.last() != Some(&item.index) {
+                        touched.push(item.index.clone());
+                    }
+                }
+                touched.sort();
+                touched.dedup();
+                state.store.lock().refresh(&touched);
             }
-            let errors = items
-                .iter()
-                .any(|item| item.as_object().and_then(|o| o.values().next()).is_some_and(|v| v.get("error").is_some()));
             let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            Json(json!({"took": took, "errors": errors, "items": items})).into_response()
+            bulk_response(&items, took)
         }
         Err(error) => {
             state.stats.lock().bulk_rejected_requests += 1;
@@ -469,12 +491,92 @@ fn run_bulk(
     }
 }
 
-fn first_index(item: &Value) -> Option<&Value> {
-    item.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("_index"))
+/// One bulk item's outcome.
+struct Item {
+    op: WriteOp,
+    index: String,
+    id: String,
+    outcome: Result<Written, ApiError>,
+}
+
+/// Rough bytes of one written item in the answer, to size its buffer once.
+const ITEM_ANSWER_BYTES: usize = 200;
+
+/// The `_bulk` answer, written straight to bytes: the same JSON (keys in serde_json's sorted
+/// order) that building a `Value` per item gave, without the tree.
+fn bulk_response(items: &[Item], took: u64) -> Response {
+    let errors = items.iter().any(|item| item.outcome.is_err());
+    let mut out: Vec<u8> = Vec::with_capacity(64 + items.len() * ITEM_ANSWER_BYTES);
+    out.extend_from_slice(if errors { b"{\"errors\":true,\"items\":[" } else { b"{\"errors\":false,\"items\":[" });
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(item.op.name().as_bytes());
+        out.extend_from_slice(b"\":");
+        match &item.outcome {
+            Ok(written) => {
+                out.extend_from_slice(b"{\"_id\":");
+                write_json_str(&mut out, &item.id);
+                out.extend_from_slice(b",\"_index\":");
+                write_json_str(&mut out, &item.index);
+                out.extend_from_slice(b",\"_primary_term\":1,\"_seq_no\":");
+                write_number(&mut out, written.seq_no);
+                out.extend_from_slice(b",\"_shards\":{\"failed\":0,\"successful\":1,\"total\":2},\"_version\":");
+                write_number(&mut out, written.version);
+                out.extend_from_slice(b",\"result\":\"");
+                out.extend_from_slice(written.result().as_bytes());
+                out.extend_from_slice(b"\",\"status\":");
+                write_number(&mut out, u64::from(written.status()));
+                out.push(b'}');
+            }
+            Err(error) => {
+                let body =
+                    json!({"_index": item.index, "_id": item.id, "status": error.status, "error": error.cause()});
+                out.extend_from_slice(body.to_string().as_bytes());
+            }
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"took\":");
+    write_number(&mut out, took);
+    out.push(b'}');
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], out).into_response()
+}
+
+/// `n` in decimal, without an intermediate `String`.
+fn write_number(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        // `n % 10` is below 10: the cast keeps it whole.
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (n % 10) as u8;
+        digits[at] = b'0' + digit;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `text` as a JSON string, escaped as serde_json escapes it.
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(Value::from(text).to_string().as_bytes());
+    }
 }
 
 /// Checks whole-request faults and limits, then applies each item, in order.
-fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
     let faults = {
         let mut faults = state.faults.lock();
         let snapshot = faults.clone();
@@ -563,23 +665,21 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     let mut store = state.store.lock();
     let mut rng = state.rng.lock();
     for (action, item_error, source) in pairs {
-        let id = action.id.clone().unwrap_or_else(|| random_id(&mut rng));
-        let result = match item_error {
+        let Action { op, index, id } = action;
+        let id = id.unwrap_or_else(|| random_id(&mut rng));
+        let outcome = match item_error {
             Some(error) => Err(error),
-            None => write_item(&mut store, &mut rng, &faults, &action, &id, source),
+            None => write_item(&mut store, &mut rng, &faults, op, &index, &id, source),
         };
-        let (status, body) = match result {
-            Ok(body) => (body["status"].as_u64().and_then(|s| u16::try_from(s).ok()).unwrap_or(200), body),
-            Err(error) => (
-                error.status,
-                json!({"_index": action.index, "_id": id, "status": error.status, "error": error.cause()}),
-            ),
+        let status = match &outcome {
+            Ok(written) => written.status(),
+            Err(error) => error.status,
         };
         *by_status.entry(status).or_default() += 1;
         if status == 409 {
-            *conflicts.entry(action.index.clone()).or_default() += 1;
+            *conflicts.entry(index.clone()).or_default() += 1;
         }
-        items.push(json!({ action.op.name(): body }));
+        items.push(Item { op, index, id, outcome });
     }
     drop(store);
     let mut stats = state.stats.lock();
@@ -588,6 +688,9 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
         *stats.conflicts_by_index.entry(index).or_default() += n;
     }
     for (status, n) in by_status {
+        if matches!(status, 200 | 201) {
+            stats.docs_written += n;
+        }
         *stats.items_by_status.entry(status).or_default() += n;
     }
     Ok(items)
@@ -597,19 +700,22 @@ fn write_item(
     store: &mut Store,
     rng: &mut StdRng,
     faults: &Faults,
-    action: &Action,
+    op: WriteOp,
+    index: &str,
     id: &str,
     source: &[u8],
-) -> Result<Value, ApiError> {
+) -> Result<Written, ApiError> {
     // OpenSearch trims one `\r` before the newline; nothing left is its empty document.
     if source.strip_suffix(b"\r").unwrap_or(source).is_empty() {
         return Err(ApiError::new(400, "mapper_parsing_exception", "failed to parse, document is empty"));
     }
     let text = std::str::from_utf8(source)
         .map_err(|_| ApiError::new(400, "mapper_parsing_exception", "failed to parse: invalid UTF-8"))?;
-    let parsed: Value = serde_json::from_str(text)
+    // Validated as `serde_json::from_str::<Value>` would, without building the tree (the postings
+    // read the source again at refresh).
+    let is_object = crate::postings::validate(text)
         .map_err(|e| ApiError::new(400, "mapper_parsing_exception", format!("failed to parse: {e}")))?;
-    if !parsed.is_object() {
+    if !is_object {
         return Err(ApiError::new(
             400,
             "mapper_parsing_exception",
@@ -617,7 +723,7 @@ fn write_item(
         ));
     }
     if let Some(status) = faults.item_status {
-        return Err(item_fault(status, &action.index));
+        return Err(item_fault(status, index));
     }
     if faults.item_429_rate > 0.0 && rng.random_bool(faults.item_429_rate) {
         return Err(ApiError::new(
@@ -627,7 +733,7 @@ fn write_item(
         ));
     }
     if let Some(rule) = &faults.reject
-        && rule.matches(&parsed)
+        && rule.matches(&serde_json::from_str(text).unwrap_or(Value::Null))
     {
         return Err(ApiError::new(
             400,
@@ -636,8 +742,8 @@ fn write_item(
         )
         .with("caused_by", json!({"type": "illegal_argument_exception", "reason": "rejected by spanline-devstore reject rule"})));
     }
-    crate::store::validate_index_name(&action.index)?;
-    store.write(action.op, &action.index, id, Arc::from(text))
+    crate::store::validate_index_name(index)?;
+    store.write(op, index, id, Arc::from(text))
 }
 
 /// OpenSearch's item-level error for an injected item status on `index` (see `Faults::item_status`).
@@ -936,17 +1042,23 @@ async fn refuse_connections(State(state): Shared, body: Bytes) -> Result<Json<Va
 
 async fn stats(State(state): Shared) -> Json<Value> {
     let stats = state.stats.lock().clone();
+    let cpu = process_cpu_seconds();
+    let since_reset = cpu.map(|c| (c - *state.cpu_at_reset.lock()).max(0.0));
+    #[allow(clippy::cast_precision_loss)] // a document count fits f64's 53 bits
+    let per_doc = since_reset.filter(|_| stats.docs_written > 0).map(|s| s * 1e6 / stats.docs_written as f64);
     let store = state.store.lock();
     let docs: usize = store.indices().values().map(|i| i.docs.len()).sum();
     Json(json!({
         "indices": store.indices().len(), "docs": docs, "bytes_used": store.bytes_used(),
-        "memory_limit": store.memory_limit(), "bulk": stats
+        "memory_limit": store.memory_limit(), "bulk": stats,
+        "cpu": {"process_seconds": cpu, "since_reset_seconds": since_reset, "micros_per_doc_written": per_doc}
     }))
 }
 
 async fn reset(State(state): Shared) -> Json<Value> {
     state.store.lock().clear();
     *state.stats.lock() = Stats::default();
+    *state.cpu_at_reset.lock() = process_cpu_seconds().unwrap_or(0.0);
     *state.faults.lock() = Faults::default();
     Json(json!({"acknowledged": true}))
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod error;
 pub mod faults;
 pub mod mapping;
+pub mod postings;
 pub mod query;
 pub mod search;
 pub mod security;

@@ -105,6 +105,18 @@ impl Fields {
         self.types.get(path).copied()
     }
 
+    /// Every mapped path with its type.
+    pub fn paths(&self) -> impl Iterator<Item = (&str, FieldType)> {
+        self.types.iter().map(|(path, ty)| (path.as_str(), *ty))
+    }
+
+    /// [`Fields::indexed_view`] in place: `source` becomes the document as OpenSearch indexed it.
+    pub fn strip_ignored_in_place(&self, source: &mut Value) {
+        if !self.ignore_above.is_empty() {
+            self.strip_ignored("", source);
+        }
+    }
+
     /// The mapping type name of `path` (`long`, `keyword`, ...).
     pub fn kind(&self, path: &str) -> Option<&str> {
         self.kinds.get(path).map(String::as_str)
@@ -124,22 +136,30 @@ impl Fields {
 
     /// Removes ignored values under `prefix` in `v`; whether anything was removed.
     fn strip_ignored(&self, prefix: &str, v: &mut Value) -> bool {
+        let mut path = String::with_capacity(64);
+        path.push_str(prefix);
+        self.strip_at(&mut path, v)
+    }
+
+    /// [`Fields::strip_ignored`] with the dotted path of `v` in a reused buffer.
+    fn strip_at(&self, path: &mut String, v: &mut Value) -> bool {
         match v {
-            Value::Array(items) => items.iter_mut().fold(false, |acc, item| self.strip_ignored(prefix, item) | acc),
+            Value::Array(items) => items.iter_mut().fold(false, |acc, item| self.strip_at(path, item) | acc),
             Value::Object(map) => {
                 let mut changed = false;
                 let mut emptied = Vec::new();
+                let base = path.len();
                 for (key, value) in map.iter_mut() {
-                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-                    if let Some(&limit) = self.ignore_above.get(&path) {
-                        let too_long = |x: &Value| {
-                            !x.is_array() && !x.is_object() && !x.is_null() && {
-                                let text = match x {
-                                    Value::String(s) => s.clone(),
-                                    other => other.to_string(),
-                                };
-                                text.encode_utf16().count() > limit
-                            }
+                    if base > 0 {
+                        path.push('.');
+                    }
+                    path.push_str(key);
+                    if let Some(&limit) = self.ignore_above.get(path.as_str()) {
+                        let too_long = |x: &Value| match x {
+                            // UTF-16 units never outnumber UTF-8 bytes: most strings need no count.
+                            Value::String(s) => s.len() > limit && s.encode_utf16().count() > limit,
+                            Value::Array(_) | Value::Object(_) | Value::Null => false,
+                            other => other.to_string().encode_utf16().count() > limit,
                         };
                         match value {
                             Value::Array(items) => {
@@ -159,8 +179,9 @@ impl Fields {
                             _ => {}
                         }
                     } else {
-                        changed |= self.strip_ignored(&path, value);
+                        changed |= self.strip_at(path, value);
                     }
+                    path.truncate(base);
                 }
                 for key in emptied {
                     map.remove(&key);

@@ -427,24 +427,65 @@ fn cmp_sort(a: &[SortVal], b: &[SortVal], keys: &[SortKey]) -> Ordering {
         .unwrap_or(Ordering::Equal)
 }
 
+/// How [`for_each_match`] finds the matching documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Each index's postings give the candidates, each checked with the query.
+    Postings,
+    /// Every document is checked: what the postings must always agree with (the equivalence
+    /// tests run both).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Scan,
+}
+
 /// Calls `f(index, id, visible text, indexed document)` for every searchable document of `names`
 /// matching `query`, in index name order and then insertion order, until `f` breaks. The document
-/// passed is what OpenSearch indexed (see [`Fields::indexed_view`]); `_source` is the text.
+/// passed is what OpenSearch indexed (see [`Fields::indexed_view`]); `_source` is the text. Only
+/// the postings' candidates are read (a superset of the matches: see [`crate::postings`]), and
+/// under `match_all` with `need_doc` false nothing is parsed (`f` gets `Value::Null`).
 fn for_each_match<'a>(
     store: &'a Store,
     names: &'a [String],
     fields: &Fields,
     query: &Query,
+    plan: Plan,
+    need_doc: bool,
     mut f: impl FnMut(&'a str, &'a str, &'a str, Value) -> ControlFlow<()>,
 ) {
+    let match_all = matches!(query, Query::MatchAll);
+    let mut visit = |name: &'a str, id: &'a str, doc: &'a crate::store::Doc| -> ControlFlow<()> {
+        let Some(visible) = &doc.visible else { return ControlFlow::Continue(()) };
+        if match_all && !need_doc {
+            return f(name, id, visible, Value::Null);
+        }
+        let Ok(mut source) = serde_json::from_str::<Value>(visible) else { return ControlFlow::Continue(()) };
+        fields.strip_ignored_in_place(&mut source);
+        if query.matches(id, &source) {
+            return f(name, id, visible, source);
+        }
+        ControlFlow::Continue(())
+    };
     for name in names {
         let Some(index) = store.index(name) else { continue };
-        for (id, doc) in &index.docs {
-            let Some(visible) = &doc.visible else { continue };
-            let Ok(source) = serde_json::from_str::<Value>(visible) else { continue };
-            let indexed = fields.indexed_view(&source).unwrap_or(source);
-            if query.matches(id, &indexed) && f(name, id, visible, indexed).is_break() {
-                return;
+        let candidates = match plan {
+            Plan::Postings if !match_all => index.postings().candidates(query),
+            _ => None,
+        };
+        match candidates {
+            Some(positions) => {
+                for pos in positions {
+                    let Some((id, doc)) = index.docs.get_index(pos as usize) else { continue };
+                    if visit(name, id, doc).is_break() {
+                        return;
+                    }
+                }
+            }
+            None => {
+                for (id, doc) in &index.docs {
+                    if visit(name, id, doc).is_break() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -452,6 +493,15 @@ fn for_each_match<'a>(
 
 /// Runs `request` over the indices `names` of `store`; returns the `_search` answer without `took`.
 pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<Map<String, Value>, ApiError> {
+    run_with(store, names, request, Plan::Postings)
+}
+
+pub(crate) fn run_with(
+    store: &Store,
+    names: &[String],
+    request: &SearchRequest,
+    plan: Plan,
+) -> Result<Map<String, Value>, ApiError> {
     let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
     request.query.validate(&fields)?;
     aggs::validate(&request.aggs, &fields)?;
@@ -483,7 +533,7 @@ pub fn run(store: &Store, names: &[String], request: &SearchRequest) -> Result<M
     let mut agg_docs: Vec<Value> = Vec::new();
     let mut total = 0usize;
     let mut terminated_early = false;
-    for_each_match(store, names, &fields, &request.query, |index, id, visible, doc| {
+    for_each_match(store, names, &fields, &request.query, plan, keep_all, |index, id, visible, doc| {
         if request.terminate_after.is_some_and(|n| total >= n) {
             terminated_early = true;
             return ControlFlow::Break(());
@@ -609,13 +659,17 @@ fn field_no_document_has<'f>(store: &Store, names: &[String], mut fields: Vec<&'
 
 /// Counts the documents of `names` matching `query` (`_count`).
 pub fn count(store: &Store, names: &[String], query: &Query) -> Result<usize, ApiError> {
+    count_with(store, names, query, Plan::Postings)
+}
+
+pub(crate) fn count_with(store: &Store, names: &[String], query: &Query, plan: Plan) -> Result<usize, ApiError> {
     if matches!(query, Query::MatchAll) {
         return Ok(names.iter().filter_map(|name| store.index(name)).map(|index| index.visible_count()).sum());
     }
     let fields = Fields::from_mappings(names.iter().filter_map(|n| store.index(n)).map(|i| &i.mappings));
     query.validate(&fields)?;
     let mut total = 0usize;
-    for_each_match(store, names, &fields, query, |_, _, _, _| {
+    for_each_match(store, names, &fields, query, plan, false, |_, _, _, _| {
         total += 1;
         ControlFlow::Continue(())
     });
@@ -644,5 +698,180 @@ mod tests {
         assert_eq!(cmp_sort(&v(1.0, 5.0), &v(2.0, 0.0), &keys), Ordering::Less);
         assert_eq!(cmp_sort(&v(1.0, 5.0), &v(1.0, 0.0), &keys), Ordering::Less, "second key descending");
         assert_eq!(cmp_sort(&v(1.0, 5.0), &v(1.0, 5.0), &keys), Ordering::Equal);
+    }
+}
+
+/// The postings only ever narrow: on random documents, overwrites, refreshes and queries, a search
+/// planned with them answers exactly as a scan of every document (hits, order, totals, sort values,
+/// aggregations, errors), and so does `_count`.
+#[cfg(test)]
+mod equivalence {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::WriteOp;
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("a")),
+            Just(json!("b")),
+            Just(json!("ab")),
+            Just(json!("abcdef")),
+            Just(json!("200")),
+            Just(json!("2e2")),
+            Just(json!(" 7")),
+            Just(json!("NaN")),
+            Just(json!("2026-11-30T00:00:00Z")),
+            Just(json!(200)),
+            Just(json!(200.0)),
+            Just(json!(-0.0)),
+            Just(json!(0)),
+            Just(json!(7)),
+            Just(json!(1.5)),
+            Just(json!(true)),
+            Just(Value::Null),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            6 => scalar(),
+            1 => prop::collection::vec(scalar(), 0..3).prop_map(Value::Array),
+            1 => scalar().prop_map(|v| json!({"x": v})),
+        ]
+    }
+
+    fn doc() -> impl Strategy<Value = Value> {
+        let tag = (value(), value()).prop_map(|(k, v)| json!({"key": k, "value": v}));
+        (
+            prop::option::of(value()),
+            prop::option::of(value()),
+            prop::option::of(value()),
+            prop::collection::vec(tag, 0..3),
+            prop::option::of(value()),
+            any::<bool>(),
+            prop::option::of(value()),
+        )
+            .prop_map(|(trace, n, d, tags, service, dotted, unmapped)| {
+                let mut doc = Map::new();
+                let mut put = |k: &str, v: Option<Value>| {
+                    if let Some(v) = v {
+                        doc.insert(k.to_owned(), v);
+                    }
+                };
+                put("traceID", trace);
+                put("n", n);
+                put("d", d);
+                put("unmapped", unmapped);
+                put("tags", Some(Value::Array(tags)));
+                if dotted {
+                    put("process.serviceName", service);
+                } else {
+                    put("process", service.map(|s| json!({"serviceName": s})));
+                }
+                Value::Object(doc)
+            })
+    }
+
+    fn field() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["traceID", "n", "d", "tags.key", "tags.value", "process.serviceName", "unmapped"])
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        let bound = prop_oneof![scalar(), Just(json!(100)), Just(json!(250)), Just(json!("2026-01-01T00:00:00Z"))]
+            .prop_filter("not null", |v| !v.is_null());
+        prop_oneof![
+            (field(), scalar()).prop_map(|(f, v)| json!({"term": {f: v}})),
+            (field(), prop::collection::vec(scalar(), 0..3)).prop_map(|(f, v)| json!({"terms": {f: v}})),
+            (field(), prop::sample::select(vec!["gt", "gte", "lt", "lte"]), bound.clone())
+                .prop_map(|(f, b, v)| json!({"range": {f: {b: v}}})),
+            (field(), bound.clone(), bound).prop_map(|(f, lo, hi)| json!({"range": {f: {"gte": lo, "lt": hi}}})),
+            field().prop_map(|f| json!({"exists": {"field": f}})),
+            field().prop_map(|f| json!({"regexp": {f: "a.*"}})),
+            Just(json!({"ids": {"values": ["1", "3"]}})),
+            Just(json!({"match_all": {}})),
+        ]
+    }
+
+    fn query() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                (
+                    prop::collection::vec(inner.clone(), 0..3),
+                    prop::collection::vec(inner.clone(), 0..3),
+                    prop::collection::vec(inner.clone(), 0..2),
+                    prop::option::of(0usize..3)
+                )
+                    .prop_map(|(must, should, must_not, min)| {
+                        let mut b = json!({"filter": must, "should": should, "must_not": must_not});
+                        if let Some(min) = min {
+                            b["minimum_should_match"] = json!(min);
+                        }
+                        json!({"bool": b})
+                    }),
+                inner.prop_map(|q| json!({"nested": {"path": "tags", "query": q}})),
+            ]
+        })
+    }
+
+    fn store(writes: &[(u8, bool, Value)], refresh_every: usize) -> Store {
+        let mut store = Store::new(u64::MAX);
+        let kw = json!({"type": "keyword", "ignore_above": 4});
+        store
+            .create_index(
+                "i",
+                &json!({"mappings": {"properties": {
+                    "traceID": kw, "n": {"type": "long"}, "d": {"type": "date"},
+                    "tags": {"type": "nested", "properties": {"key": kw, "value": kw}},
+                    "process": {"properties": {"serviceName": {"type": "keyword"}}}
+                }}}),
+            )
+            .expect("index");
+        for (n, (id, overwrite, doc)) in writes.iter().enumerate() {
+            let op = if *overwrite { WriteOp::Index } else { WriteOp::Create };
+            let _ = store.write(op, "i", &id.to_string(), Arc::from(doc.to_string()));
+            if n % refresh_every == refresh_every - 1 {
+                store.refresh_all();
+            }
+        }
+        store
+    }
+
+    type Answer = Result<Value, (u16, String, String)>;
+
+    fn answer(r: Result<Map<String, Value>, ApiError>) -> Answer {
+        r.map(Value::Object).map_err(|e| (e.status, e.kind, e.reason))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn postings_answer_as_a_scan(
+            writes in prop::collection::vec((0u8..12, any::<bool>(), doc()), 1..25),
+            refresh_every in 1usize..6,
+            query in query(),
+            shape in 0u8..3,
+        ) {
+            let store = store(&writes, refresh_every);
+            let names = vec!["i".to_owned()];
+            let body = match shape {
+                0 => json!({"query": query, "size": 100, "track_total_hits": true}),
+                1 => json!({"query": query, "size": 3, "from": 1, "sort": [{"n": "desc"}]}),
+                _ => json!({"query": query, "size": 0, "aggs": {"t": {"terms": {"field": "traceID"},
+                    "aggs": {"m": {"max": {"field": "n"}}}}}}),
+            };
+            let request = SearchRequest::parse(&body, &SearchParams::default(), true);
+            prop_assume!(request.is_ok());
+            let request = request.expect("parsed");
+            let planned = answer(run_with(&store, &names, &request, Plan::Postings));
+            let scanned = answer(run_with(&store, &names, &request, Plan::Scan));
+            prop_assert_eq!(planned, scanned);
+            let planned = count_with(&store, &names, &request.query, Plan::Postings).map_err(|e| e.reason);
+            let scanned = count_with(&store, &names, &request.query, Plan::Scan).map_err(|e| e.reason);
+            prop_assert_eq!(planned, scanned);
+        }
     }
 }

@@ -6,7 +6,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
-use crate::{error::ApiError, query::value_text};
+use crate::{
+    error::ApiError,
+    postings::{IndexedPaths, Postings},
+    query::value_text,
+};
 
 /// Rough per-document overhead added to the source length when accounting memory.
 const DOC_OVERHEAD_BYTES: u64 = 96;
@@ -27,12 +31,17 @@ pub struct Index {
     pub uuid: String,
     pub settings: Value,
     pub mappings: Value,
-    pub docs: IndexMap<String, Doc>,
+    /// By id, in insertion order (a document's position is its place in the postings). Hashed
+    /// with FxHash: ids are long and hashed once per write.
+    pub docs: IndexMap<String, Doc, std::hash::BuildHasherDefault<crate::postings::FxHasher>>,
     /// Positions in `docs` written since the last refresh.
     dirty: Vec<usize>,
     visible_count: usize,
     next_seq_no: u64,
+    /// Documents and postings, as accounted against the memory limit.
     bytes: u64,
+    /// The searchable documents' values by field, kept in step with `visible`.
+    postings: Postings,
 }
 
 impl Index {
@@ -42,15 +51,46 @@ impl Index {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
-    fn refresh(&mut self) {
+    pub fn postings(&self) -> &Postings {
+        &self.postings
+    }
+    /// Makes the pending writes searchable: their sources become visible and enter the postings
+    /// (an overwritten document's old values leave them first). The memory the postings grew by.
+    fn refresh(&mut self) -> u64 {
+        let mut added = 0;
         for pos in self.dirty.drain(..) {
-            if let Some((_, doc)) = self.docs.get_index_mut(pos) {
-                if doc.visible.is_none() {
-                    self.visible_count += 1;
-                }
-                doc.visible = Some(doc.source.clone());
+            let Some((_, doc)) = self.docs.get_index_mut(pos) else { continue };
+            // Written twice since the last refresh: the first visit made it visible already.
+            if doc.visible.as_ref().is_some_and(|v| Arc::ptr_eq(v, &doc.source)) {
+                continue;
             }
+            match &doc.visible {
+                Some(old) => self.postings.remove(pos, old),
+                None => self.visible_count += 1,
+            }
+            added += self.postings.add(pos, &doc.source);
+            doc.visible = Some(doc.source.clone());
         }
+        self.bytes += added;
+        added
+    }
+}
+
+/// What a write did, for its bulk item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub version: u64,
+    pub seq_no: u64,
+    /// A new document (201 `created`), else an overwrite (200 `updated`).
+    pub created: bool,
+}
+
+impl Written {
+    pub fn result(self) -> &'static str {
+        if self.created { "created" } else { "updated" }
+    }
+    pub fn status(self) -> u16 {
+        if self.created { 201 } else { 200 }
     }
 }
 
@@ -223,17 +263,19 @@ impl Store {
                 "version": {"created": OPENSEARCH_VERSION_ID}
             }}),
         );
+        let postings = Postings::new(IndexedPaths::from_mappings(&mappings));
         self.indices.insert(
             name.to_owned(),
             Index {
                 uuid,
                 settings,
                 mappings,
-                docs: IndexMap::new(),
+                docs: IndexMap::default(),
                 dirty: Vec::new(),
                 visible_count: 0,
                 next_seq_no: 0,
                 bytes: 0,
+                postings,
             },
         );
         tracing::debug!(index = name, "index created");
@@ -477,9 +519,8 @@ impl Store {
         self.templates.remove(name).is_some()
     }
 
-    /// Writes one document, creating the index if needed, and returns the bulk item body
-    /// (without the action key).
-    pub fn write(&mut self, op: WriteOp, index_name: &str, id: &str, source: Arc<str>) -> Result<Value, ApiError> {
+    /// Writes one document (its source already validated), creating the index if needed.
+    pub fn write(&mut self, op: WriteOp, index_name: &str, id: &str, source: Arc<str>) -> Result<Written, ApiError> {
         let cost = source.len() as u64 + id.len() as u64 + DOC_OVERHEAD_BYTES;
         if self.bytes_used + cost > self.memory_limit {
             return Err(self.memory_error(cost));
@@ -491,7 +532,7 @@ impl Store {
             return Err(ApiError::index_not_found(index_name));
         };
         let seq_no = index.next_seq_no;
-        let (pos, version, result, status, freed) = match index.docs.get_full_mut(id) {
+        let (pos, version, created, freed) = match index.docs.get_full_mut(id) {
             Some((pos, _, existing)) => {
                 if op == WriteOp::Create {
                     return Err(ApiError::new(
@@ -510,41 +551,34 @@ impl Store {
                 existing.version += 1;
                 existing.seq_no = seq_no;
                 existing.source = source;
-                (pos, existing.version, "updated", 200, freed)
+                (pos, existing.version, false, freed)
             }
             None => {
                 let (pos, _) = index.docs.insert_full(id.to_owned(), Doc { source, version: 1, seq_no, visible: None });
-                (pos, 1, "created", 201, 0)
+                (pos, 1, true, 0)
             }
         };
         index.next_seq_no += 1;
         index.dirty.push(pos);
         index.bytes = index.bytes + cost - freed;
         self.bytes_used = self.bytes_used + cost - freed;
-        Ok(json!({
-            "_index": index_name,
-            "_id": id,
-            "_version": version,
-            "result": result,
-            "_shards": {"total": 2, "successful": 1, "failed": 0},
-            "_seq_no": seq_no,
-            "_primary_term": 1,
-            "status": status,
-        }))
+        Ok(Written { version, seq_no, created })
     }
 
     /// Makes every write so far searchable in the named indices.
     pub fn refresh(&mut self, names: &[String]) {
         for name in names {
             if let Some(index) = self.indices.get_mut(name) {
-                index.refresh();
+                self.bytes_used += index.refresh();
             }
         }
     }
 
     /// Refreshes every index with pending writes (the periodic `refresh_interval`).
     pub fn refresh_all(&mut self) {
-        self.indices.values_mut().filter(|i| !i.dirty.is_empty()).for_each(Index::refresh);
+        for index in self.indices.values_mut().filter(|i| !i.dirty.is_empty()) {
+            self.bytes_used += index.refresh();
+        }
     }
 }
 
@@ -790,13 +824,13 @@ mod tests {
         let mut s = Store::new(u64::MAX);
         let doc: Arc<str> = Arc::from(r#"{"a":1}"#);
         let first = s.write(WriteOp::Create, "i", "1", doc.clone()).expect("created");
-        assert_eq!(first["status"], 201);
+        assert_eq!(first.status(), 201);
         let conflict = s.write(WriteOp::Create, "i", "1", doc.clone()).expect_err("conflict");
         assert_eq!(conflict.status, 409);
         assert_eq!(conflict.kind, "version_conflict_engine_exception");
         let updated = s.write(WriteOp::Index, "i", "1", Arc::from(r#"{"a":2}"#)).expect("updated");
-        assert_eq!(updated["status"], 200);
-        assert_eq!(updated["_version"], 2);
+        assert_eq!(updated.status(), 200);
+        assert_eq!(updated.version, 2);
         assert_eq!(s.index("i").map(|i| i.docs.len()), Some(1));
     }
 

@@ -299,6 +299,15 @@ async fn fault_whole_request_status_and_times() {
     let (_, resp) = send(&c, Method::GET, format!("{u}/_devstore/stats"), None).await;
     assert_eq!(resp["bulk"]["bulk_rejected_requests"], 4);
     assert_eq!(resp["docs"], 2);
+    // The store's own cost, for a benchmark's CPU per document.
+    assert_eq!(resp["bulk"]["docs_written"], 2);
+    assert!(resp["cpu"]["process_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{resp}");
+    assert!(resp["cpu"]["since_reset_seconds"].as_f64().is_some(), "{resp}");
+    assert!(resp["cpu"]["micros_per_doc_written"].as_f64().is_some(), "{resp}");
+    send(&c, Method::POST, format!("{u}/_devstore/reset"), None).await;
+    let (_, resp) = send(&c, Method::GET, format!("{u}/_devstore/stats"), None).await;
+    assert_eq!(resp["bulk"]["docs_written"], 0);
+    assert_eq!(resp["cpu"]["micros_per_doc_written"], Value::Null, "nothing written since the reset");
 }
 
 /// The whole-request statuses a misconfigured path or proxy gives, in the shapes OpenSearch (or the

@@ -1,0 +1,178 @@
+//! Profiles the dev store in process: `_bulk` creates of Jaeger span documents (about 700 bytes,
+//! shaped like the ingester's) through the real router, then the term, count and Jaeger look-up
+//! queries at that size. Prints the store's CPU per document and each query's time.
+//!
+//! `cargo run --release -p spanline-devstore --example store_profile -- [DOCS] [BATCH]`
+
+// The figures printed are this tool's whole output.
+#![allow(clippy::print_stdout)]
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    body::{Body, to_bytes},
+    http::Request,
+};
+use serde_json::{Value, json};
+use spanline_devstore::{AppState, Faults, api};
+use tower::ServiceExt;
+
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat (utime, stime), counted from the state field (3) here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn keyword() -> Value {
+    json!({"type": "keyword", "ignore_above": 256})
+}
+
+fn template() -> Value {
+    let kv = json!({"type": "nested", "dynamic": false, "properties": {"key": keyword(), "value": keyword(), "type": keyword()}});
+    json!({"index_patterns": ["jaeger-span-*"], "priority": 100, "template": {"mappings": {
+    "properties": {
+        "traceID": keyword(), "spanID": keyword(), "parentSpanID": keyword(), "operationName": keyword(),
+        "flags": {"type": "integer"}, "startTime": {"type": "long"},
+        "startTimeMillis": {"type": "date", "format": "epoch_millis"}, "duration": {"type": "long"},
+        "references": {"type": "nested", "dynamic": false, "properties": {"refType": keyword(), "traceID": keyword(), "spanID": keyword()}},
+        "tags": kv, "tag": {"type": "object"},
+        "logs": {"type": "nested", "dynamic": false, "properties": {"timestamp": {"type": "long"}, "fields": kv}},
+        "process": {"properties": {"serviceName": keyword(), "tags": kv, "tag": {"type": "object"}}}
+    }}}})
+}
+
+const T0: u64 = 1_764_460_800_000_000;
+const SERVICES: [&str; 8] = ["frontend", "checkout", "cart", "payment", "shipping", "email", "ads", "currency"];
+
+fn span(i: u64) -> (String, String) {
+    let trace = format!("{:032x}", (i / 10).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let span = format!("{:016x}", i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
+    let parent = format!("{:016x}", (i - i % 10).wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
+    let service = SERVICES[(i % 8) as usize];
+    let start = T0 + i * 37;
+    let doc = json!({
+        "traceID": trace, "spanID": span, "parentSpanID": parent, "flags": 1,
+        "operationName": format!("GET /api/v1/items/{}", i % 50),
+        "references": [{"refType": "CHILD_OF", "traceID": trace, "spanID": parent}],
+        "startTime": start, "startTimeMillis": start / 1000, "duration": 1000 + i % 9000,
+        "tags": [
+            {"key": "otel.scope.name", "type": "string", "value": "io.opentelemetry.http"},
+            {"key": "span.kind", "type": "string", "value": "server"},
+            {"key": "http.method", "type": "string", "value": "GET"},
+            {"key": "http.status_code", "type": "int64", "value": (200 + (i % 5) * 100).to_string()},
+            {"key": "http.url", "type": "string", "value": format!("https://shop.example.com/api/v1/items/{}", i % 1000)},
+            {"key": "otel.status_code", "type": "string", "value": "OK"}
+        ],
+        "logs": [],
+        "process": {"serviceName": service, "tags": [
+            {"key": "host.name", "type": "string", "value": format!("node-{}", i % 16)},
+            {"key": "telemetry.sdk.language", "type": "string", "value": "rust"}
+        ]}
+    });
+    (format!("{trace}_{span}_{:x}", i.wrapping_mul(31)), doc.to_string())
+}
+
+async fn call(app: &axum::Router, method: &str, uri: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let request = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    let response = app.clone().oneshot(request.body(Body::from(body)).expect("request")).await.expect("answer");
+    let status = response.status().as_u16();
+    (status, to_bytes(response.into_body(), usize::MAX).await.expect("body").to_vec())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let docs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let batch: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
+    let state = Arc::new(AppState::new(u64::MAX, Faults::default(), 200 << 20, Some(1)));
+    let app = api::router(state.clone());
+    call(&app, "PUT", "/_index_template/jaeger-span", template().to_string().into_bytes()).await;
+
+    // Bodies built before measuring: only the store's work is timed.
+    let mut bodies = Vec::new();
+    let mut bytes = 0usize;
+    for start in (0..docs).step_by(batch as usize) {
+        let mut body = String::new();
+        for i in start..(start + batch).min(docs) {
+            let (id, doc) = span(i);
+            bytes += doc.len();
+            body.push_str(&format!("{{\"create\":{{\"_index\":\"jaeger-span-2025-11-30\",\"_id\":\"{id}\"}}}}\n"));
+            body.push_str(&doc);
+            body.push('\n');
+        }
+        bodies.push(body.into_bytes());
+    }
+    println!("documents: {docs}, mean source {} bytes, {batch} per bulk", bytes / docs as usize);
+
+    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    let mut refresh_cpu = 0.0;
+    for (n, body) in bodies.into_iter().enumerate() {
+        let (status, answer) = call(&app, "POST", "/_bulk", body).await;
+        assert_eq!(status, 200);
+        assert!(answer.starts_with(b"{\"errors\":false") || !answer.windows(13).any(|w| w == b"\"errors\":true"));
+        // A refresh a second, as the default `refresh_interval`, taken as every 40 bulks here.
+        if n % 40 == 39 {
+            let c = cpu_seconds();
+            state.store.lock().refresh_all();
+            refresh_cpu += cpu_seconds() - c;
+        }
+    }
+    let c = cpu_seconds();
+    state.store.lock().refresh_all();
+    refresh_cpu += cpu_seconds() - c;
+    let (cpu, wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
+    #[allow(clippy::cast_precision_loss)]
+    let per_doc = |s: f64| s * 1e6 / docs as f64;
+    println!(
+        "bulk: {:.2} µs CPU per document (of which refresh {:.2}), {:.2} µs wall per document",
+        per_doc(cpu),
+        per_doc(refresh_cpu),
+        per_doc(wall)
+    );
+
+    let trace = format!("{:032x}", (docs / 20).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let queries: Vec<(&str, &str, Value)> = vec![
+        ("search term traceID", "/jaeger-span-*/_search", json!({"query": {"term": {"traceID": trace}}, "size": 100})),
+        (
+            "count term serviceName",
+            "/jaeger-span-*/_count",
+            json!({"query": {"term": {"process.serviceName": "payment"}}}),
+        ),
+        ("count match_all", "/jaeger-span-*/_count", json!({})),
+        (
+            "jaeger trace by id",
+            "/jaeger-span-*/_search",
+            json!({"size": 10000, "query": {"bool": {"must": [
+            {"term": {"traceID": trace}},
+            {"range": {"startTimeMillis": {"gte": T0 / 1000, "lte": T0 / 1000 + 86_400_000}}}]}}}),
+        ),
+        (
+            "jaeger find traces",
+            "/jaeger-span-*/_search",
+            json!({"size": 0, "query": {"bool": {"must": [
+            {"range": {"startTimeMillis": {"gte": T0 / 1000 + 3_000, "lte": T0 / 1000 + 3_100}}},
+            {"match": {"process.serviceName": {"query": "payment"}}},
+            {"nested": {"path": "tags", "query": {"bool": {"must": [
+                {"match": {"tags.key": {"query": "http.status_code"}}}, {"regexp": {"tags.value": {"value": "5.."}}}]}}}}]}},
+            "aggregations": {"traceIDs": {"terms": {"field": "traceID", "size": 20, "order": [{"startTime": "desc"}]},
+                "aggregations": {"startTime": {"max": {"field": "startTime"}}}}}}),
+        ),
+    ];
+    for (name, uri, body) in queries {
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        for _ in 0..5 {
+            let (status, got) = call(&app, "POST", uri, body.to_string().into_bytes()).await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&got));
+            answer = got;
+        }
+        let ms = started.elapsed().as_secs_f64() * 1000.0 / 5.0;
+        let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
+        let hits = answer.pointer("/hits/total/value").or_else(|| answer.get("count")).cloned().unwrap_or_default();
+        println!("{name}: {ms:.2} ms (matches {hits})");
+    }
+}

@@ -1,0 +1,660 @@
+//! Per-index postings: for each keyword, numeric or date field of the index's mapping, which
+//! searchable documents hold which value. `store` fills them at refresh (OpenSearch's visibility
+//! rule: searchable only after a refresh) by walking each newly visible source once; `search` asks
+//! them for the candidates of a query instead of parsing every document.
+//!
+//! Guarantee: [`Postings::candidates`] returns a *superset* of the documents the query matches
+//! (never fewer), so a search that checks each candidate with [`Query::matches`] answers exactly as
+//! a scan of every document would. Query forms it cannot narrow answer `None` (every document).
+//!
+//! The same walker validates a `_bulk` source (serde_json's own parser, so every document the
+//! store accepted before is accepted, with the same error messages) without building a tree.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    hash::{BuildHasherDefault, Hasher},
+    ops::Bound as RangeBound,
+};
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::{
+    mapping::{FieldType, Fields},
+    query::{Bound, Query, value_text},
+};
+
+/// FxHash (rustc's): a multiply-rotate hash, several times faster than SipHash on the short keys
+/// here. Not collision resistant; acceptable for a dev store that trusts its clients.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let mut word = [0u8; 8];
+        let rest = chunks.remainder();
+        word[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(word));
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// The dotted paths an index keeps postings for, as a tree of key segments (a document key with
+/// dots in it walks several), each indexed path numbered.
+#[derive(Debug)]
+pub struct IndexedPaths {
+    /// Node 0 is the document's top level.
+    nodes: Vec<PathNode>,
+    len: usize,
+}
+
+#[derive(Debug, Default)]
+struct PathNode {
+    children: FxMap<Box<str>, usize>,
+    field: Option<usize>,
+}
+
+impl Default for IndexedPaths {
+    fn default() -> Self {
+        Self { nodes: vec![PathNode::default()], len: 0 }
+    }
+}
+
+impl IndexedPaths {
+    /// The keyword and numeric (long, date, ...) fields of `mappings`.
+    pub fn from_mappings(mappings: &Value) -> Self {
+        let fields = Fields::from_mappings([mappings]);
+        let mut out = IndexedPaths::default();
+        let mut paths: Vec<&str> = fields
+            .paths()
+            .filter(|(_, ty)| matches!(ty, FieldType::Keyword | FieldType::Numeric | FieldType::Date { .. }))
+            .map(|(path, _)| path)
+            .collect();
+        paths.sort_unstable();
+        for path in paths {
+            let mut node = 0;
+            for segment in path.split('.') {
+                node = match out.nodes[node].children.get(segment) {
+                    Some(&child) => child,
+                    None => {
+                        out.nodes.push(PathNode::default());
+                        let child = out.nodes.len() - 1;
+                        out.nodes[node].children.insert(segment.into(), child);
+                        child
+                    }
+                };
+            }
+            if out.nodes[node].field.is_none() {
+                out.nodes[node].field = Some(out.len);
+                out.len += 1;
+            }
+        }
+        out
+    }
+
+    /// The node reached from `node` through the document key `key` (dots in it separate segments).
+    fn child(&self, node: usize, key: &str) -> Option<usize> {
+        key.split('.').try_fold(node, |at, segment| self.nodes.get(at)?.children.get(segment).copied())
+    }
+
+    /// The field id of the dotted `path`, if indexed.
+    fn id(&self, path: &str) -> Option<usize> {
+        self.child(0, path).and_then(|node| self.nodes[node].field)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One value met at an indexed path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Leaf<'a> {
+    Num(f64),
+    /// Strings, and `true` / `false` / `null` as the text a keyword query compares them by.
+    Text(&'a str),
+    /// An object where the mapping expects a value: the path cannot be narrowed any more.
+    Object,
+}
+
+/// Walks `text` with serde_json's parser (as `serde_json::from_str::<Value>` would, same checks and
+/// errors) without building a tree; calls `emit(path id, leaf)` for every value at a path of
+/// `paths` (arrays are transparent, as in [`crate::query::resolve`]). Returns whether the top-level
+/// value is an object.
+pub fn walk<F: FnMut(usize, Leaf<'_>)>(
+    text: &str,
+    paths: Option<&IndexedPaths>,
+    emit: F,
+) -> Result<bool, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut walker = Walker { paths, emit, top_object: false };
+    let at = paths.filter(|p| !p.is_empty()).map(|_| 0);
+    Node { walker: &mut walker, at, top: true }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(walker.top_object)
+}
+
+/// Validates a document as `serde_json::from_str::<Value>` would (same acceptance, same error),
+/// without building the tree; whether its top level is an object. (serde_json's `IgnoredAny` is
+/// faster but lets through lone surrogates, numbers out of `f64` range and nesting past the
+/// recursion limit, which a `Value` refuses; pre-scanning for those cost what it saved.)
+pub fn validate(text: &str) -> Result<bool, serde_json::Error> {
+    walk(text, None, |_, _| {})
+}
+
+struct Walker<'p, F> {
+    paths: Option<&'p IndexedPaths>,
+    emit: F,
+    top_object: bool,
+}
+
+impl<F: FnMut(usize, Leaf<'_>)> Walker<'_, F> {
+    fn leaf(&mut self, at: Option<usize>, leaf: Leaf<'_>) {
+        if let Some(id) = at.and_then(|node| self.paths?.nodes.get(node)?.field) {
+            (self.emit)(id, leaf);
+        }
+    }
+}
+
+/// One value of the document; `at` is its path's node when that may lead to an indexed path.
+struct Node<'w, 'p, F> {
+    walker: &'w mut Walker<'p, F>,
+    at: Option<usize>,
+    top: bool,
+}
+
+impl<'de, F: FnMut(usize, Leaf<'_>)> DeserializeSeed<'de> for Node<'_, '_, F> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, F: FnMut(usize, Leaf<'_>)> Visitor<'de> for Node<'_, '_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.walker.leaf(self.at, Leaf::Text(if v { "true" } else { "false" }));
+        Ok(())
+    }
+    #[allow(clippy::cast_precision_loss)] // as serde_json's `Value::as_f64`
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.walker.leaf(self.at, Leaf::Num(v as f64));
+        Ok(())
+    }
+    #[allow(clippy::cast_precision_loss)] // as serde_json's `Value::as_f64`
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.walker.leaf(self.at, Leaf::Num(v as f64));
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.walker.leaf(self.at, Leaf::Num(v));
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.walker.leaf(self.at, Leaf::Text(v));
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.walker.leaf(self.at, Leaf::Text("null"));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Node { walker: &mut *self.walker, at: self.at, top: false })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.top {
+            self.walker.top_object = true;
+        }
+        self.walker.leaf(self.at, Leaf::Object);
+        let paths = self.walker.paths;
+        while let Some(child) = map.next_key_seed(Key { paths: self.at.and(paths), at: self.at })? {
+            map.next_value_seed(Node { walker: &mut *self.walker, at: child, top: false })?;
+        }
+        Ok(())
+    }
+}
+
+/// An object key, read as a string (so the same keys are refused as when building a `Value`); its
+/// value's node, when the path is tracked and goes on.
+struct Key<'p> {
+    paths: Option<&'p IndexedPaths>,
+    at: Option<usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(match (self.paths, self.at) {
+            (Some(paths), Some(at)) => paths.child(at, v),
+            _ => None,
+        })
+    }
+}
+
+/// An `f64` ordered by `total_cmp`, with `-0.0` folded into `0.0` (they compare equal as JSON
+/// numbers do in queries). NaN never enters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Num(f64);
+
+impl Num {
+    fn new(x: f64) -> Option<Self> {
+        (!x.is_nan()).then_some(Num(if x == 0.0 { 0.0 } else { x }))
+    }
+}
+impl Eq for Num {}
+impl PartialOrd for Num {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Num {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// One field's postings: document positions (in the index's insertion order) by value.
+#[derive(Debug, Default)]
+struct FieldPostings {
+    /// Values that are not numbers: strings that do not parse as one, `true`, `false`, `null`.
+    texts: FxMap<Box<str>, Vec<u32>>,
+    /// Numbers, and strings that parse as one (as `range` and `term` read both).
+    nums: BTreeMap<Num, Vec<u32>>,
+    /// Some document has an object here: no narrowing on this field.
+    has_object: bool,
+    /// Some string here is an RFC 3339 date, which `range` compares as an instant: no range
+    /// narrowing on this field.
+    has_date_text: bool,
+}
+
+/// Rough memory of one new posting key (the map entry, the key, the list's header).
+const KEY_OVERHEAD_BYTES: u64 = 64;
+/// Rough memory of one posting (a `u32`, with the list's spare capacity).
+const POSTING_BYTES: u64 = 6;
+
+/// The postings of one index.
+#[derive(Debug, Default)]
+pub struct Postings {
+    paths: IndexedPaths,
+    fields: Vec<FieldPostings>,
+    /// A position past `u32::MAX` was not listed: every query scans.
+    overflowed: bool,
+}
+
+impl Postings {
+    pub fn new(paths: IndexedPaths) -> Self {
+        let fields = (0..paths.len()).map(|_| FieldPostings::default()).collect();
+        Self { paths, fields, overflowed: false }
+    }
+
+    pub fn paths(&self) -> &IndexedPaths {
+        &self.paths
+    }
+
+    /// Adds the values of `source` (already validated) for the document at `pos`; the memory the
+    /// new postings take, in bytes.
+    pub fn add(&mut self, pos: usize, source: &str) -> u64 {
+        let Ok(pos) = u32::try_from(pos) else {
+            self.overflowed = true;
+            return 0;
+        };
+        let mut bytes = 0;
+        let fields = &mut self.fields;
+        // A walk over a validated source cannot fail.
+        let _ = walk(source, Some(&self.paths), |id, leaf| {
+            let Some(field) = fields.get_mut(id) else { return };
+            bytes += POSTING_BYTES;
+            let list = match leaf {
+                Leaf::Object => {
+                    field.has_object = true;
+                    return;
+                }
+                Leaf::Num(x) => match Num::new(x) {
+                    Some(n) => field.nums.entry(n).or_insert_with(|| {
+                        bytes += KEY_OVERHEAD_BYTES;
+                        Vec::new()
+                    }),
+                    None => return,
+                },
+                Leaf::Text(s) => match text_number(s) {
+                    Some(n) => field.nums.entry(n).or_insert_with(|| {
+                        bytes += KEY_OVERHEAD_BYTES;
+                        Vec::new()
+                    }),
+                    None => {
+                        // As `query::date_millis` reads a string.
+                        if !field.has_date_text && may_be_date(s) && chrono::DateTime::parse_from_rfc3339(s).is_ok() {
+                            field.has_date_text = true;
+                        }
+                        // One hash for a known value; a new one is inserted with its first posting.
+                        match field.texts.get_mut(s) {
+                            Some(list) => list,
+                            None => {
+                                bytes += KEY_OVERHEAD_BYTES + s.len() as u64;
+                                field.texts.insert(s.into(), vec![pos]);
+                                return;
+                            }
+                        }
+                    }
+                },
+            };
+            // A document holding a value twice is listed once.
+            if list.last() != Some(&pos) {
+                list.push(pos);
+            }
+        });
+        bytes
+    }
+
+    /// Removes the document at `pos`, whose searchable source was `source`.
+    pub fn remove(&mut self, pos: usize, source: &str) {
+        let Ok(pos) = u32::try_from(pos) else { return };
+        let fields = &mut self.fields;
+        let _ = walk(source, Some(&self.paths), |id, leaf| {
+            let Some(field) = fields.get_mut(id) else { return };
+            let list = match leaf {
+                Leaf::Object => return,
+                Leaf::Num(x) => Num::new(x).and_then(|n| field.nums.get_mut(&n)),
+                Leaf::Text(s) => match text_number(s) {
+                    Some(n) => field.nums.get_mut(&n),
+                    None => field.texts.get_mut(s),
+                },
+            };
+            if let Some(list) = list {
+                list.retain(|p| *p != pos);
+            }
+        });
+    }
+
+    /// Positions (ascending, distinct) of a superset of the documents `query` matches, or `None`
+    /// when it cannot narrow them.
+    pub fn candidates(&self, query: &Query) -> Option<Vec<u32>> {
+        if self.overflowed {
+            return None;
+        }
+        self.narrow(query)
+    }
+
+    fn narrow(&self, query: &Query) -> Option<Vec<u32>> {
+        match query {
+            Query::Term { field, value } => self.term(field, value),
+            Query::Terms { field, values } => {
+                let mut lists = Vec::with_capacity(values.len());
+                for value in values {
+                    lists.push(self.term(field, value)?);
+                }
+                Some(union(lists))
+            }
+            Query::Range { field, bounds } => self.range(field, bounds),
+            // The inner query's fields are full paths and it matches a part of the document: what
+            // holds for the part holds for the whole.
+            Query::Nested { query, .. } => self.narrow(query),
+            Query::Bool { must, should, minimum_should_match, .. } => {
+                let mut acc: Option<Vec<u32>> = None;
+                for clause in must {
+                    if let Some(set) = self.narrow(clause) {
+                        acc = Some(match acc {
+                            Some(a) => intersect(&a, &set),
+                            None => set,
+                        });
+                    }
+                }
+                if *minimum_should_match >= 1 && !should.is_empty() {
+                    let mut lists = Vec::with_capacity(should.len());
+                    let mut narrowed = true;
+                    for clause in should {
+                        match self.narrow(clause) {
+                            Some(set) => lists.push(set),
+                            None => {
+                                narrowed = false;
+                                break;
+                            }
+                        }
+                    }
+                    if narrowed {
+                        let set = union(lists);
+                        acc = Some(match acc {
+                            Some(a) => intersect(&a, &set),
+                            None => set,
+                        });
+                    }
+                }
+                acc
+            }
+            Query::MatchAll | Query::Regexp { .. } | Query::Ids(_) | Query::Exists(_) => None,
+        }
+    }
+
+    fn field(&self, path: &str) -> Option<&FieldPostings> {
+        self.paths.id(path).and_then(|id| self.fields.get(id)).filter(|f| !f.has_object)
+    }
+
+    /// `term`: a document matches when one of its values equals `value` as numbers (both numbers)
+    /// or as text (`query::loose_eq`). Numbers are found by value, text by text, and a text that
+    /// reads as a number also among the numbers (a number's text reads back as that number).
+    fn term(&self, path: &str, value: &Value) -> Option<Vec<u32>> {
+        let field = self.field(path)?;
+        let text = value_text(value);
+        let number = match value {
+            Value::Number(n) => n.as_f64(),
+            _ => text.parse::<f64>().ok(),
+        };
+        let mut lists: Vec<Vec<u32>> = Vec::with_capacity(2);
+        if let Some(list) = number.and_then(Num::new).and_then(|n| field.nums.get(&n)) {
+            lists.push(list.clone());
+        }
+        if let Some(list) = field.texts.get(text.as_str()) {
+            lists.push(list.clone());
+        }
+        Some(union(lists))
+    }
+
+    /// `range` with numeric bounds: the numbers (and numeric strings) between the loosest bounds.
+    /// Other bounds, or a field holding date strings (compared as instants), are not narrowed;
+    /// nor is a range without bounds (it matches any value).
+    fn range(&self, path: &str, bounds: &[(Bound, Value)]) -> Option<Vec<u32>> {
+        let field = self.field(path)?;
+        if field.has_date_text || bounds.is_empty() {
+            return None;
+        }
+        let (mut low, mut high) = (f64::NEG_INFINITY, f64::INFINITY);
+        for (bound, limit) in bounds {
+            let Value::Number(n) = limit else { return None };
+            let x = n.as_f64()?;
+            match bound {
+                Bound::Gt | Bound::Gte => low = low.max(x),
+                Bound::Lt | Bound::Lte => high = high.min(x),
+            }
+        }
+        let (Some(low), Some(high)) = (Num::new(low), Num::new(high)) else { return None };
+        if low > high {
+            return Some(Vec::new());
+        }
+        let lists: Vec<Vec<u32>> = field
+            .nums
+            .range((RangeBound::Included(low), RangeBound::Included(high)))
+            .map(|(_, list)| list.clone())
+            .collect();
+        Some(union(lists))
+    }
+}
+
+/// A string's number, as `query` reads one (`str::parse::<f64>`), NaN left out. The first byte
+/// rules most strings out before parsing: a number, `inf`, `infinity` or `nan`, maybe signed.
+fn text_number(s: &str) -> Option<Num> {
+    let first = s.bytes().find(|b| !matches!(b, b'+' | b'-'))?;
+    if !(first.is_ascii_digit() || matches!(first, b'.' | b'i' | b'I' | b'n' | b'N')) {
+        return None;
+    }
+    s.parse::<f64>().ok().and_then(Num::new)
+}
+
+/// Whether `s` can be an RFC 3339 date (`YYYY-MM-DDTHH:MM:SSZ` at the shortest), before parsing.
+fn may_be_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20 && b[0].is_ascii_digit() && b[4] == b'-'
+}
+
+/// The sorted, distinct union of `lists`.
+fn union(lists: Vec<Vec<u32>>) -> Vec<u32> {
+    let mut lists = lists.into_iter();
+    let Some(mut out) = lists.next() else { return Vec::new() };
+    for list in lists {
+        out.extend(list);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The intersection of two sorted, distinct lists.
+fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn paths() -> IndexedPaths {
+        IndexedPaths::from_mappings(&json!({"properties": {
+            "traceID": {"type": "keyword"}, "n": {"type": "long"},
+            "tags": {"type": "nested", "properties": {"key": {"type": "keyword"}, "value": {"type": "keyword"}}},
+            "process": {"properties": {"serviceName": {"type": "keyword"}}}
+        }}))
+    }
+
+    #[test]
+    fn walk_emits_indexed_leaves_and_validates_like_value() {
+        let p = paths();
+        let mut seen = Vec::new();
+        let text = r#"{"traceID":"a","x":{"traceID":"no"},"tags":[{"key":"k","value":1}],"process.serviceName":"s","n":[1,2.5]}"#;
+        let object = walk(text, Some(&p), |id, leaf| seen.push((id, format!("{leaf:?}")))).expect("valid");
+        assert!(object);
+        assert_eq!(seen.len(), 6, "{seen:?}");
+        for bad in [r#"{"a":1e400}"#, r#"{"a":"\ud800"}"#, "{\"a\":1} x", "{", r#"{"\ud800":1}"#] {
+            let ours = walk(bad, None, |_, _| {}).expect_err("invalid").to_string();
+            let theirs = serde_json::from_str::<Value>(bad).expect_err("invalid").to_string();
+            assert_eq!(ours, theirs, "{bad}");
+        }
+        assert!(!walk("[1]", None, |_, _| {}).expect("valid"));
+    }
+
+    #[test]
+    fn validate_accepts_and_refuses_as_value_does() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let long = format!("{{\"a\":{}}}", "9".repeat(400));
+        let cases = [
+            r#"{"a":1}"#.to_owned(),
+            r#" {"a":[1,2.5,-3e2,"x\"y",null,true,{"b":{}}]} "#.to_owned(),
+            "[1]".to_owned(),
+            "5".to_owned(),
+            r#""s""#.to_owned(),
+            r#"{"a":1e400}"#.to_owned(),
+            r#"{"a":-1E400}"#.to_owned(),
+            r#"{"a":"\ud800"}"#.to_owned(),
+            r#"{"\ud800":1}"#.to_owned(),
+            r#"{"a":"\u00e9"}"#.to_owned(),
+            r#"{"a":"x\\"}"#.to_owned(),
+            r#"{"a":"9e9 [[[[","b":9e9}"#.to_owned(),
+            format!("{{\"a\":\"{}\",\"b\":{}}}", "[".repeat(300), deep(200)),
+            long,
+            format!("{{\"a\":{}}}", deep(127)),
+            format!("{{\"a\":{}}}", deep(200)),
+            r#"{"a":01}"#.to_owned(),
+            r#"{"a":1.}"#.to_owned(),
+            "{\"a\":\"\u{1}\"}".to_owned(),
+            r#"{"a":"\x"}"#.to_owned(),
+            "{\"a\":1} x".to_owned(),
+            "{".to_owned(),
+            String::new(),
+        ];
+        for text in cases {
+            let ours = validate(&text).map_err(|e| e.to_string());
+            let theirs = serde_json::from_str::<Value>(&text).map(|v| v.is_object()).map_err(|e| e.to_string());
+            assert_eq!(ours, theirs, "{text}");
+        }
+    }
+
+    #[test]
+    fn candidates_are_supersets() {
+        let mut postings = Postings::new(paths());
+        postings.add(0, r#"{"traceID":"a","n":200,"tags":[{"key":"http","value":"500"}]}"#);
+        postings.add(1, r#"{"traceID":"b","n":"200","process":{"serviceName":"s"}}"#);
+        postings.add(2, r#"{"traceID":["a","c"],"n":7}"#);
+        let q = |v: Value| postings.candidates(&Query::parse(&v).expect("parses"));
+        assert_eq!(q(json!({"term": {"traceID": "a"}})), Some(vec![0, 2]));
+        assert_eq!(q(json!({"term": {"n": "200"}})), Some(vec![0, 1]));
+        assert_eq!(q(json!({"term": {"n": 200.0}})), Some(vec![0, 1]));
+        assert_eq!(q(json!({"term": {"tags.value": 500}})), Some(vec![0]));
+        assert_eq!(q(json!({"range": {"n": {"gte": 100, "lt": 300}}})), Some(vec![0, 1]));
+        assert_eq!(q(json!({"range": {"n": {"gt": 300, "lt": 100}}})), Some(vec![]));
+        assert_eq!(
+            q(json!({"bool": {"must": [{"term": {"traceID": "a"}}, {"range": {"n": {"lte": 10}}}]}})),
+            Some(vec![2])
+        );
+        assert_eq!(q(json!({"term": {"unmapped": "a"}})), None);
+        assert_eq!(q(json!({"regexp": {"traceID": "a"}})), None);
+        postings.remove(2, r#"{"traceID":["a","c"],"n":7}"#);
+        let q = |v: Value| postings.candidates(&Query::parse(&v).expect("parses"));
+        assert_eq!(q(json!({"term": {"traceID": "a"}})), Some(vec![0]));
+    }
+}
