@@ -256,19 +256,23 @@ pub async fn run(
                 }
                 let first = i * plan.traces_per_request;
                 let count = plan.traces_per_request.min(plan.traces - first);
-                let now = now_unix_nano();
-                let traces: Vec<Trace> = (first..first + count).map(|n| plan.model.trace(n, now)).collect();
+                let build =
+                    |at: u64| -> Vec<Trace> { (first..first + count).map(|n| plan.model.trace(n, at)).collect() };
+                let mut traces = build(now_unix_nano());
                 let spans: u64 = traces.iter().map(|t| t.spans.len() as u64).sum();
-                let request = plan.model.request(&traces);
                 let intended = match plan.rate {
                     Some(rate) => {
                         let before = scheduled_spans.fetch_add(spans, Ordering::Relaxed);
                         let at = started + Duration::from_secs_f64(before as f64 / rate);
                         tokio::time::sleep_until(at.into()).await;
+                        // Spans end when they are sent, not when they were scheduled: freshness
+                        // counts from the end of a span, and the wait is the sender's own.
+                        traces = build(now_unix_nano());
                         at
                     }
                     None => Instant::now(),
                 };
+                let request = plan.model.request(&traces);
                 sent_requests.fetch_add(1, Ordering::Relaxed);
                 match client.export(request).await {
                     Ok(refused) => {
