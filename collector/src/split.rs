@@ -882,7 +882,7 @@ mod tests {
         let within = small(|l| {
             l.max_attributes_per_span = 2;
             l.max_attributes_per_resource = 1;
-            l.max_attribute_value_bytes = ByteSize(90);
+            l.max_attribute_value_bytes = ByteSize(100);
         });
         same_as_decode_path(&body, &within, &keep_all(), 900 * 1024);
     }
