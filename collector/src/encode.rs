@@ -143,7 +143,13 @@ pub fn validate(span: &Span) -> Option<RejectReason> {
 }
 
 /// Checks a span's ids and times (its only fields validation reads); `None` when valid.
-pub(crate) fn check(trace_id: &[u8], span_id: &[u8], parent_span_id: &[u8], start: u64, end: u64) -> Option<RejectReason> {
+pub(crate) fn check(
+    trace_id: &[u8],
+    span_id: &[u8],
+    parent_span_id: &[u8],
+    start: u64,
+    end: u64,
+) -> Option<RejectReason> {
     if !ids::is_valid_trace_id(trace_id) {
         return Some(RejectReason::InvalidTraceId);
     }
@@ -510,8 +516,10 @@ pub fn plan(request: &ExportTraceServiceRequest, max_message_bytes: usize) -> Pl
             resource_spans.schema_url.len(),
         );
         for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
-            let scope_cost =
-                Planner::wrapper_cost(scope_spans.scope.as_ref().map(Message::encoded_len), scope_spans.schema_url.len());
+            let scope_cost = Planner::wrapper_cost(
+                scope_spans.scope.as_ref().map(Message::encoded_len),
+                scope_spans.schema_url.len(),
+            );
             for span in &scope_spans.spans {
                 if let Some(reason) = validate(span) {
                     planner.reject(reason);

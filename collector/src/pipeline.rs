@@ -174,7 +174,8 @@ impl Exporter {
         let tables = counts.table_bytes();
         charge.fits_with(tables.saturating_add(held_elsewhere), "splitting the request")?;
         charge.grow(tables, "splitting the request")?;
-        let plan = match split::plan(body, &counts, &inner.attribute_limits, &inner.processors, inner.max_message_bytes) {
+        let plan = match split::plan(body, &counts, &inner.attribute_limits, &inner.processors, inner.max_message_bytes)
+        {
             Ok(plan) => plan,
             Err(reason) => {
                 charge.shrink_to(charge.bytes() - tables);

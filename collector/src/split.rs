@@ -752,7 +752,12 @@ mod tests {
             start_time_unix_nano: 1_000,
             end_time_unix_nano: 2_000,
             attributes: vec![kv("http.method", "GET"), kv("pad", &"x".repeat(usize::from(id) * 10))],
-            events: vec![Event { time_unix_nano: 1_500, name: "e".into(), attributes: vec![kv("k", "v")], ..Default::default() }],
+            events: vec![Event {
+                time_unix_nano: 1_500,
+                name: "e".into(),
+                attributes: vec![kv("k", "v")],
+                ..Default::default()
+            }],
             status: Some(Status { code: 1, ..Default::default() }),
             flags: 0x100,
             ..Default::default()
@@ -770,7 +775,11 @@ mod tests {
                     resource: Some(Resource { attributes: vec![kv("service.name", "a")], ..Default::default() }),
                     scope_spans: vec![
                         ScopeSpans {
-                            scope: Some(InstrumentationScope { name: "lib".into(), version: "1".into(), ..Default::default() }),
+                            scope: Some(InstrumentationScope {
+                                name: "lib".into(),
+                                version: "1".into(),
+                                ..Default::default()
+                            }),
                             spans: vec![span(1, 1), span(2, 2), span(1, 3), span(0, 4), bad_parent],
                             schema_url: "s".into(),
                         },
@@ -778,7 +787,11 @@ mod tests {
                     ],
                     schema_url: "https://opentelemetry.io/schemas/1.21.0".into(),
                 },
-                ResourceSpans { resource: None, scope_spans: vec![ScopeSpans { spans: vec![span(3, 6), span(1, 7)], ..Default::default() }], ..Default::default() },
+                ResourceSpans {
+                    resource: None,
+                    scope_spans: vec![ScopeSpans { spans: vec![span(3, 6), span(1, 7)], ..Default::default() }],
+                    ..Default::default()
+                },
             ],
         }
     }
@@ -853,10 +866,13 @@ mod tests {
             ("per span", small(|l| l.max_attributes_per_span = 1)),
             ("per resource", small(|l| l.max_attributes_per_resource = 0)),
             ("value bytes", small(|l| l.max_attribute_value_bytes = ByteSize(20))),
-            ("reject", small(|l| {
-                l.max_attributes_per_span = 1;
-                l.attribute_limit_action = LimitAction::Reject;
-            })),
+            (
+                "reject",
+                small(|l| {
+                    l.max_attributes_per_span = 1;
+                    l.attribute_limit_action = LimitAction::Reject;
+                }),
+            ),
         ] {
             assert_eq!(split(&body, &limits, &keep_all(), 900 * 1024).err(), Some(Fallback::AttributeLimit), "{name}");
         }

@@ -49,11 +49,9 @@ fn settings() -> impl Strategy<Value = Settings> {
 /// Runs both paths on `body`; the byte path's fallback reason when it did not take it.
 fn agree(body: &[u8], settings: &Settings) -> Result<Option<Fallback>, TestCaseError> {
     let limits = AttributeLimits::new(&settings.limits);
-    let processors = Processors::new(&ProcessorsConfig {
-        sampling_ratio: settings.sampling_ratio,
-        ..ProcessorsConfig::default()
-    })
-    .map_err(TestCaseError::fail)?;
+    let processors =
+        Processors::new(&ProcessorsConfig { sampling_ratio: settings.sampling_ratio, ..ProcessorsConfig::default() })
+            .map_err(TestCaseError::fail)?;
     let max = settings.max_message_bytes;
     let decoded = split::decode_path(body, &limits, &processors, max);
     let (split, sampled_out) = match split::split(body, &limits, &processors, max) {
@@ -116,14 +114,17 @@ fn nested_deep(request: &ExportTraceServiceRequest) -> bool {
     fn value(v: &AnyValue, level: usize) -> usize {
         match &v.value {
             Some(Value::ArrayValue(a)) => a.values.iter().map(|v| value(v, level + 2)).fold(level + 1, usize::max),
-            Some(Value::KvlistValue(l)) => l.values.iter().map(|kv| key_value(kv, level + 2)).fold(level + 1, usize::max),
+            Some(Value::KvlistValue(l)) => {
+                l.values.iter().map(|kv| key_value(kv, level + 2)).fold(level + 1, usize::max)
+            }
             _ => level,
         }
     }
     fn key_value(kv: &KeyValue, level: usize) -> usize {
         kv.value.as_ref().map_or(level, |v| value(v, level + 1))
     }
-    let deepest = |attributes: &[KeyValue], level: usize| attributes.iter().map(|kv| key_value(kv, level)).max().unwrap_or(0);
+    let deepest =
+        |attributes: &[KeyValue], level: usize| attributes.iter().map(|kv| key_value(kv, level)).max().unwrap_or(0);
     let mut max = 0;
     for rs in &request.resource_spans {
         max = max.max(rs.resource.as_ref().map_or(0, |r| deepest(&r.attributes, 3)));
