@@ -130,10 +130,7 @@ impl Exporter {
     /// built.
     pub async fn export(&self, request: Request, mut charge: Charge) -> Result<ExportTraceServiceResponse, Error> {
         let (body, held_elsewhere) = match request {
-            Request::Decoded(request) => {
-                self.fell_back(Fallback::Json);
-                return self.export_decoded(request, charge).await;
-            }
+            Request::Decoded(request) => return self.export_decoded(request, charge).await,
             Request::Protobuf { body, held_elsewhere } => (body, held_elsewhere),
         };
         let body_bytes = charge.bytes();
@@ -155,7 +152,8 @@ impl Exporter {
         self.publish(encoded.encoded, encoded.sampled_out, 0, charge).await
     }
 
-    fn fell_back(&self, reason: Fallback) {
+    /// Counts a request that takes the decode path (`spanline_collector_decode_fallbacks_total`).
+    pub fn fell_back(&self, reason: Fallback) {
         self.inner.metrics.decode_fallbacks.get_or_create(&FallbackLabels { reason: reason.as_str() }).inc();
     }
 

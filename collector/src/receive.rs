@@ -1,5 +1,7 @@
 //! `receive`: OTLP over gRPC (`TraceService/Export`) and HTTP (`POST /v1/traces`, protobuf or JSON,
-//! optionally gzip or zstd) → [`crate::decode`] → [`Exporter::export`]. Turns each outcome into the
+//! optionally gzip or zstd) → [`Exporter::export`]: protobuf bodies as their (decompressed) bytes,
+//! which the exporter splits or decodes, JSON bodies decoded here ([`crate::decode`]). Turns each
+//! outcome into the
 //! protocol's answer: success with `partial_success` when spans were rejected, and [`Error`]'s
 //! gRPC/HTTP status otherwise (with `Retry-After` when the client should retry).
 //!
@@ -10,7 +12,9 @@
 //! - a request must arrive whole within `limits.read_timeout` of its headers (HTTP/1 headers too),
 //!   so a client that trickles bytes loses its request and holds no export slot: the
 //!   `limits.max_concurrent_requests` slot is taken only once the body is in;
-//! - decompression and decoding are charged before they allocate (see [`crate::decode`]).
+//! - decompression, decoding and splitting are charged before they allocate (see [`crate::decode`]
+//!   and [`crate::split`]); a body is not copied on its way to the exporter (gRPC: split off tonic's
+//!   buffer; HTTP: the one chunk as received, or the chunks joined once, or the inflated buffer).
 
 use std::{
     convert::Infallible,
@@ -45,6 +49,7 @@ use crate::{
     error::{Error, RETRY_AFTER},
     metrics::{Metrics, ProtocolLabels, RequestLabels},
     pipeline::{Exporter, Request as ExportRequest},
+    split::Fallback,
 };
 
 /// The gRPC path of OTLP trace export.
@@ -438,6 +443,7 @@ async fn http_export(
     let request = match format {
         Format::Protobuf => ExportRequest::Protobuf { body: raw, held_elsewhere: 0 },
         Format::Json => {
+            exporter.fell_back(Fallback::Json);
             let held = charge.bytes();
             let request = decode::json(&raw, exporter.max_spans(), &mut charge)?;
             drop(raw);

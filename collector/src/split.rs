@@ -252,6 +252,7 @@ enum Wire<'a> {
 
 /// The next field of a message (its number and value); `None` at its end. Stricter than prost:
 /// groups, and anything prost refuses, are [`Fallback::Encoding`].
+#[inline]
 fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u64, Wire<'a>)>, Fallback> {
     if buf.is_empty() {
         return Ok(None);
@@ -286,6 +287,7 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u64, Wire<'a>)>, Fallbac
 
 /// A varint as prost reads it (at most ten bytes, the tenth at most 1) and writes it (no trailing
 /// zero byte).
+#[inline]
 fn varint(buf: &mut &[u8]) -> Result<u64, Fallback> {
     if let Some((&byte, rest)) = buf.split_first()
         && byte < 0x80
