@@ -8,13 +8,15 @@
 //! wire lengths). The records are then written by copying the original bytes of resources, scopes
 //! and spans ([`encode::write_records`], the decode path's layout).
 //!
-//! Guarantees: a request taken here gets what the decode path would give it: the same records
-//! (byte for byte when the body is encoded as prost encodes; decoding to the same messages
-//! otherwise), the same rejections and counts. Whatever this path does not take as it is, it hands
-//! back untouched with a [`Fallback`] reason: a configured redaction rule, an attribute over a
-//! limit (the limits would change the request), and any byte it does not expect (an unknown field,
-//! a field prost would merge or replace, nesting past [`MAX_DEPTH`], invalid UTF-8, malformed
-//! protobuf). So every body prost refuses goes to the decode path, and its error is prost's.
+//! Guarantees: a request taken here gets exactly what the decode path would give it: the same
+//! records, byte for byte, the same rejections and counts. It takes only bodies whose copied parts
+//! (resources, scopes, spans) are written as prost writes them (fields in number order, a singular
+//! field once, default values left out, shortest varints), as OpenTelemetry SDKs write them: for
+//! those, the copy is what re-encoding would write. Whatever it does not take it hands back
+//! untouched with a [`Fallback`] reason: a configured redaction rule, an attribute over a limit
+//! (the limits would change the request), and any byte it does not expect (malformed protobuf,
+//! invalid UTF-8, an unknown field, a field not written as prost writes it, nesting past
+//! [`MAX_DEPTH`]). So every body prost refuses goes to the decode path, and its error is prost's.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
@@ -48,9 +50,9 @@ pub enum Fallback {
     /// An attribute count, key or value is over a limit of `[limits]`.
     AttributeLimit,
     /// Bytes the byte path does not copy as they are: malformed protobuf or invalid UTF-8 (the
-    /// decode path gives the error), an unknown field, a field written twice where prost would merge
-    /// or replace it, nesting past [`MAX_DEPTH`], or more spans than
-    /// `limits.max_spans_per_request` (the decode path refuses it).
+    /// decode path gives the error), an unknown field, a field not written as prost writes it
+    /// (out of order, twice, a default value, a longer varint), nesting past [`MAX_DEPTH`], or more
+    /// spans than `limits.max_spans_per_request` (the decode path refuses it).
     Encoding,
 }
 
