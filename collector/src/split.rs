@@ -254,7 +254,7 @@ enum Wire<'a> {
 
 /// The next field of a message (its number and value); `None` at its end. Stricter than prost:
 /// groups, and anything prost refuses, are [`Fallback::Encoding`].
-#[inline]
+#[inline(always)]
 fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u64, Wire<'a>)>, Fallback> {
     if buf.is_empty() {
         return Ok(None);
@@ -288,15 +288,20 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Result<Option<(u64, Wire<'a>)>, Fallbac
 }
 
 /// A varint as prost reads it (at most ten bytes, the tenth at most 1) and writes it (no trailing
-/// zero byte).
-#[inline]
+/// zero byte). Most are one byte (tags, short lengths): that case is inlined.
+#[inline(always)]
 fn varint(buf: &mut &[u8]) -> Result<u64, Fallback> {
-    if let Some((&byte, rest)) = buf.split_first()
-        && byte < 0x80
-    {
-        *buf = rest;
-        return Ok(u64::from(byte));
+    match buf.split_first() {
+        Some((&byte, rest)) if byte < 0x80 => {
+            *buf = rest;
+            Ok(u64::from(byte))
+        }
+        _ => long_varint(buf),
     }
+}
+
+#[inline(never)]
+fn long_varint(buf: &mut &[u8]) -> Result<u64, Fallback> {
     let mut value = 0u64;
     for i in 0..10 {
         let (&byte, rest) = buf.split_first().ok_or(Fallback::Encoding)?;
