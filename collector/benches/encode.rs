@@ -1,4 +1,5 @@
-//! The collector's hot path per request: decode → process → validate + group → encode.
+//! The collector's hot path per request: decode → process → validate + group → encode (the decode
+//! path), and bytes → records (the byte path, `split`, with the default limits and processors).
 //! 512 spans of about 500 bytes per request (64 traces of 8 spans), as the loadtest sends.
 //!
 //! cargo bench -p spanline-collector --bench encode
@@ -7,8 +8,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use spanline_collector::{
+    config::Limits,
     encode::encode,
+    limit::AttributeLimits,
     process::{Processors, ProcessorsConfig},
+    split,
 };
 use spanline_testkit::fixtures;
 
@@ -37,6 +41,18 @@ fn bench(c: &mut Criterion) {
     });
     let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes");
     group.bench_function("group_encode", |b| b.iter(|| encode(&decoded, 900 * 1024)));
+    let limits = AttributeLimits::new(&Limits::default());
+    let (split, _) = split::split(&bytes, &limits, &processors, 900 * 1024).expect("the byte path takes it");
+    assert_eq!(split.records, encode(&decoded, 900 * 1024).records, "both paths write the same records");
+    group.bench_function("split", |b| {
+        b.iter(|| split::split(&bytes, &limits, &processors, 900 * 1024).expect("the byte path takes it"))
+    });
+    group.bench_function("split_plan", |b| {
+        b.iter(|| {
+            let counts = split::Counts::of(&bytes).expect("well formed");
+            split::plan(&bytes, &counts, &limits, &processors, 900 * 1024).expect("the byte path takes it")
+        })
+    });
     group.finish();
     eprintln!("request: {} bytes, {} spans, {} bytes/span", bytes.len(), spans, bytes.len() as u64 / spans);
 }

@@ -8,9 +8,10 @@
 
 use std::{collections::HashMap, fmt};
 
+use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    trace::v1::{ScopeSpans, Span},
 };
 use prost::Message;
 use spanline_common::ids;
@@ -18,12 +19,31 @@ use spanline_common::ids;
 /// One Kafka record to produce.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// The trace id as 32 lowercase hex characters.
-    pub key: String,
-    /// An encoded `ExportTraceServiceRequest` holding spans of this trace only.
-    pub payload: Vec<u8>,
+    /// The trace id as 32 lowercase hex characters (ASCII), given to librdkafka as bytes.
+    pub key: [u8; 32],
+    /// An encoded `ExportTraceServiceRequest` holding spans of this trace only: a slice of the one
+    /// buffer all records of a request are written into.
+    pub payload: Bytes,
     /// How many spans the payload holds.
     pub spans: usize,
+}
+
+impl Record {
+    /// The key as text.
+    pub fn key_str(&self) -> &str {
+        std::str::from_utf8(&self.key).unwrap_or_default()
+    }
+}
+
+/// The record key of a trace: its id as 32 lowercase hex characters.
+pub(crate) fn hex_key(trace_id: &[u8; 16]) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut key = [0u8; 32];
+    for (i, b) in trace_id.iter().enumerate() {
+        key[2 * i] = HEX[usize::from(b >> 4)];
+        key[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+    key
 }
 
 /// Why a span was rejected.
@@ -119,16 +139,27 @@ impl Encoded {
 
 /// Checks one span; `None` when valid.
 pub fn validate(span: &Span) -> Option<RejectReason> {
-    if !ids::is_valid_trace_id(&span.trace_id) {
+    check(&span.trace_id, &span.span_id, &span.parent_span_id, span.start_time_unix_nano, span.end_time_unix_nano)
+}
+
+/// Checks a span's ids and times (its only fields validation reads); `None` when valid.
+pub(crate) fn check(
+    trace_id: &[u8],
+    span_id: &[u8],
+    parent_span_id: &[u8],
+    start: u64,
+    end: u64,
+) -> Option<RejectReason> {
+    if !ids::is_valid_trace_id(trace_id) {
         return Some(RejectReason::InvalidTraceId);
     }
-    if !ids::is_valid_span_id(&span.span_id) {
+    if !ids::is_valid_span_id(span_id) {
         return Some(RejectReason::InvalidSpanId);
     }
-    if !(span.parent_span_id.is_empty() || span.parent_span_id.len() == 8) {
+    if !(parent_span_id.is_empty() || parent_span_id.len() == 8) {
         return Some(RejectReason::InvalidParentSpanId);
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano {
+    if end < start {
         return Some(RejectReason::EndBeforeStart);
     }
     None
@@ -143,13 +174,100 @@ const RECORD_OVERHEAD: usize = 512;
 
 /// A record as planned: its trace, its size bound and how many spans it takes.
 #[derive(Debug)]
-struct Planned {
+pub(crate) struct Planned {
     key: [u8; 16],
     /// Upper bound of the record value's encoded length.
     size: usize,
-    /// Input (resource, scope) positions of the last span appended, to reuse their wrappers.
-    last: Option<(usize, usize)>,
+    /// (resource, scope) positions of the last span appended, to reuse their wrappers.
+    last: Option<(u32, u32)>,
     spans: usize,
+}
+
+/// Memory the planned records will hold until Kafka acknowledges them (see [`Plan::bytes`]).
+pub(crate) fn records_bytes(records: &[Planned]) -> usize {
+    records.iter().map(|r| r.size + RECORD_OVERHEAD).sum()
+}
+
+/// Places valid spans into records of at most `max_message_bytes`, one trace each, from sizes
+/// alone. Shared by both paths: the decode path measures decoded spans, the byte path
+/// ([`crate::split`]) their wire bytes, which are the same for canonically encoded input.
+#[derive(Debug)]
+pub(crate) struct Planner {
+    max_message_bytes: usize,
+    records: Vec<Planned>,
+    /// Trace id → index in `records` of that trace's open (last) record.
+    open: HashMap<[u8; 16], u32>,
+    rejected: Rejections,
+}
+
+impl Planner {
+    pub(crate) fn new(max_message_bytes: usize) -> Self {
+        Self { max_message_bytes, records: Vec::new(), open: HashMap::new(), rejected: Rejections::default() }
+    }
+
+    /// What a resource's (or a scope's) wrapper costs in a record: the `ResourceSpans` (or
+    /// `ScopeSpans`) framing, the resource (or scope) message when present, and its schema url.
+    pub(crate) fn wrapper_cost(message_len: Option<usize>, schema_url_len: usize) -> usize {
+        message_len.map_or(0, |len| len + FRAMING) + schema_url_len + 2 * FRAMING
+    }
+
+    /// Counts a span rejected for `reason`.
+    pub(crate) fn reject(&mut self, reason: RejectReason) {
+        self.rejected.add(reason);
+    }
+
+    /// Places a valid span of `span_len` encoded bytes of trace `key`, from resource `ri` and scope
+    /// `si` (indexes in input order; scopes may be numbered per resource or across the request);
+    /// the record it goes to, or `None` when it can never fit one (counted as too large).
+    pub(crate) fn place(
+        &mut self,
+        key: [u8; 16],
+        (ri, si): (u32, u32),
+        resource_cost: usize,
+        scope_cost: usize,
+        span_len: usize,
+    ) -> Option<u32> {
+        let max = self.max_message_bytes;
+        let span_cost = span_len + FRAMING;
+        if resource_cost + scope_cost + span_cost > max {
+            self.rejected.add(RejectReason::TooLarge);
+            return None;
+        }
+        let fits = |g: &Planned| {
+            let header = match g.last {
+                Some((r, s)) if r == ri && s == si => 0,
+                Some((r, _)) if r == ri => scope_cost,
+                _ => resource_cost + scope_cost,
+            };
+            g.size + header + span_cost <= max
+        };
+        let i = match self.open.get(&key) {
+            Some(&i) if fits(&self.records[i as usize]) => i,
+            _ => {
+                self.records.push(Planned { key, size: 0, last: None, spans: 0 });
+                let i = index(self.records.len() - 1);
+                self.open.insert(key, i);
+                i
+            }
+        };
+        let g = &mut self.records[i as usize];
+        let same_resource = g.last.is_some_and(|(r, _)| r == ri);
+        if !same_resource {
+            g.size += resource_cost;
+        }
+        if !(same_resource && g.last.is_some_and(|(_, s)| s == si)) {
+            g.size += scope_cost;
+        }
+        // Under max_message_bytes, so it fits.
+        g.size += span_cost;
+        g.last = Some((ri, si));
+        g.spans += 1;
+        Some(i)
+    }
+
+    pub(crate) fn finish(self) -> (Vec<Planned>, Rejections) {
+        (self.records, self.rejected)
+    }
 }
 
 /// Where every span of a request goes, computed from sizes alone: nothing is copied until
@@ -168,7 +286,7 @@ impl Plan {
     /// keys, and per record our bookkeeping and librdkafka's (its message header and copy of the
     /// key, the delivery report's channel).
     pub fn bytes(&self) -> usize {
-        self.records.iter().map(|r| r.size + RECORD_OVERHEAD).sum()
+        records_bytes(&self.records)
     }
 
     /// How many records the request becomes.
@@ -178,43 +296,30 @@ impl Plan {
 
     /// Builds the records as planned, writing each record's protobuf bytes directly: every resource
     /// and scope is encoded once and copied into the records that need it, so building allocates
-    /// the records' bytes and little else.
+    /// the records' bytes (one buffer for all) and little else.
     pub fn build(self, request: &ExportTraceServiceRequest) -> Encoded {
         let Plan { records: planned, assignment, rejected } = self;
-        // Each record's spans as (resource, scope, span, encoded length) in input order.
-        let mut members: Vec<Vec<Member<'_>>> = planned.iter().map(|p| Vec::with_capacity(p.spans)).collect();
         let mut assignment = assignment.into_iter();
-        let mut resources: Vec<Option<Vec<u8>>> = vec![None; request.resource_spans.len()];
-        let mut scopes: Vec<Vec<Option<Vec<u8>>>> =
-            request.resource_spans.iter().map(|rs| vec![None; rs.scope_spans.len()]).collect();
+        let mut source = DecodedSource {
+            request,
+            resources: vec![None; request.resource_spans.len()],
+            scopes: request.resource_spans.iter().map(|rs| vec![None; rs.scope_spans.len()]).collect(),
+        };
+        let mut members = Vec::with_capacity(planned.iter().map(|p| p.spans).sum());
         for (ri, rs) in request.resource_spans.iter().enumerate() {
             for (si, ss) in rs.scope_spans.iter().enumerate() {
                 for span in &ss.spans {
-                    let Some(Some((i, len))) = assignment.next() else { continue };
-                    if let Some(m) = members.get_mut(i as usize) {
-                        m.push((index(ri), index(si), span, len as usize));
-                    }
+                    let Some(Some((record, len))) = assignment.next() else { continue };
+                    members.push(Member { record, resource: index(ri), scope: index(si), span, len: len as usize });
                     // Encoded once, the first time a record needs them.
-                    resources[ri]
+                    source.resources[ri]
                         .get_or_insert_with(|| rs.resource.as_ref().map(Message::encode_to_vec).unwrap_or_default());
-                    scopes[ri][si]
+                    source.scopes[ri][si]
                         .get_or_insert_with(|| ss.scope.as_ref().map(Message::encode_to_vec).unwrap_or_default());
                 }
             }
         }
-        let layout = Layout { request, resources: &resources, scopes: &scopes };
-        let mut out = Encoded { rejected, ..Encoded::default() };
-        out.records = planned
-            .iter()
-            .zip(&members)
-            .map(|(p, spans)| {
-                out.accepted_spans += spans.len();
-                let payload = layout.write(spans);
-                debug_assert!(payload.len() <= p.size, "size bound {} below real size {}", p.size, payload.len());
-                Record { key: ids::to_hex(&p.key), payload, spans: spans.len() }
-            })
-            .collect();
-        out
+        write_records(&source, &planned, members, rejected)
     }
 }
 
@@ -222,83 +327,130 @@ fn index(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
 }
 
-/// What the records of one request are written from.
-struct Layout<'a> {
-    request: &'a ExportTraceServiceRequest,
-    /// Each resource's encoding (empty when it has none), once some record uses it.
-    resources: &'a [Option<Vec<u8>>],
-    scopes: &'a [Vec<Option<Vec<u8>>>],
+/// What records are written from: the resources, scopes and spans of one request, by position.
+pub(crate) trait Source {
+    /// How a span is found (a decoded span, or its wire bytes).
+    type Span: Copy;
+    /// The encoded resource of resource `ri`; `None` when it has none.
+    fn resource(&self, ri: u32) -> Option<&[u8]>;
+    fn resource_schema_url(&self, ri: u32) -> &[u8];
+    /// The encoded scope of scope `si` of resource `ri`; `None` when it has none.
+    fn scope(&self, ri: u32, si: u32) -> Option<&[u8]>;
+    fn scope_schema_url(&self, ri: u32, si: u32) -> &[u8];
+    /// Appends the span's encoding (without its framing).
+    fn write_span(&self, span: Self::Span, buf: &mut BytesMut);
 }
 
-/// A span's place and size: (resource, scope, span, encoded length).
-type Member<'a> = (u32, u32, &'a Span, usize);
+/// A span placed in a record: the record, its resource and scope, the span and its encoded length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member<S> {
+    pub(crate) record: u32,
+    pub(crate) resource: u32,
+    pub(crate) scope: u32,
+    pub(crate) span: S,
+    pub(crate) len: usize,
+}
 
-impl Layout<'_> {
-    fn resource_spans(&self, ri: u32) -> &ResourceSpans {
-        &self.request.resource_spans[ri as usize]
+/// Writes every planned record into one buffer, each a slice of it. `members` are the placed spans
+/// in input order.
+pub(crate) fn write_records<S: Source>(
+    source: &S,
+    planned: &[Planned],
+    mut members: Vec<Member<S::Span>>,
+    rejected: Rejections,
+) -> Encoded {
+    // Stable: each record keeps its spans in input order.
+    members.sort_by_key(|m| m.record);
+    let mut buf = BytesMut::with_capacity(planned.iter().map(|p| p.size).sum());
+    let mut out = Encoded { records: Vec::with_capacity(planned.len()), accepted_spans: members.len(), rejected };
+    let mut rest = members.as_slice();
+    for p in planned {
+        let (spans, tail) = rest.split_at(p.spans.min(rest.len()));
+        rest = tail;
+        write(source, spans, &mut buf);
+        let payload = buf.split().freeze();
+        debug_assert!(payload.len() <= p.size, "size bound {} below real size {}", p.size, payload.len());
+        out.records.push(Record { key: hex_key(&p.key), payload, spans: spans.len() });
     }
+    out
+}
 
-    fn scope_spans(&self, ri: u32, si: u32) -> &ScopeSpans {
-        &self.resource_spans(ri).scope_spans[si as usize]
-    }
-
-    /// The `ExportTraceServiceRequest` holding `spans`: one `ResourceSpans` per run of spans of one
-    /// resource, one `ScopeSpans` per run of one scope within it, as prost would encode them.
-    fn write(&self, spans: &[Member<'_>]) -> Vec<u8> {
-        let total: usize = runs(spans, |a, b| a.0 == b.0).map(|r| framed(self.resource_len(&spans[r]))).sum();
-        let mut buf = Vec::with_capacity(total);
-        for r in runs(spans, |a, b| a.0 == b.0) {
-            let group = &spans[r];
-            let ri = group[0].0;
-            let rs = self.resource_spans(ri);
-            field(&mut buf, 1, self.resource_len(group));
-            if rs.resource.is_some() {
-                let bytes = self.resources[ri as usize].as_deref().unwrap_or_default();
-                field(&mut buf, 1, bytes.len());
+/// The `ExportTraceServiceRequest` holding `spans`: one `ResourceSpans` per run of spans of one
+/// resource, one `ScopeSpans` per run of one scope within it, as prost would encode them.
+fn write<S: Source>(source: &S, spans: &[Member<S::Span>], buf: &mut BytesMut) {
+    for r in runs(spans, |a, b| a.resource == b.resource) {
+        let group = &spans[r];
+        let ri = group[0].resource;
+        field(buf, 1, resource_len(source, group));
+        if let Some(bytes) = source.resource(ri) {
+            field(buf, 1, bytes.len());
+            buf.extend_from_slice(bytes);
+        }
+        for r in runs(group, |a, b| a.scope == b.scope) {
+            let scope_group = &group[r];
+            let si = scope_group[0].scope;
+            field(buf, 2, scope_len(source, scope_group));
+            if let Some(bytes) = source.scope(ri, si) {
+                field(buf, 1, bytes.len());
                 buf.extend_from_slice(bytes);
             }
-            for r in runs(group, |a, b| a.1 == b.1) {
-                let scope_group = &group[r];
-                let si = scope_group[0].1;
-                let ss = self.scope_spans(ri, si);
-                field(&mut buf, 2, self.scope_len(scope_group));
-                if ss.scope.is_some() {
-                    let bytes = self.scopes[ri as usize][si as usize].as_deref().unwrap_or_default();
-                    field(&mut buf, 1, bytes.len());
-                    buf.extend_from_slice(bytes);
-                }
-                for &(_, _, span, len) in scope_group {
-                    field(&mut buf, 2, len);
-                    span.encode_raw(&mut buf);
-                }
-                string_field(&mut buf, 3, &ss.schema_url);
+            for m in scope_group {
+                field(buf, 2, m.len);
+                source.write_span(m.span, buf);
             }
-            string_field(&mut buf, 3, &rs.schema_url);
+            bytes_field(buf, 3, source.scope_schema_url(ri, si));
         }
-        debug_assert_eq!(buf.len(), total);
-        buf
+        bytes_field(buf, 3, source.resource_schema_url(ri));
+    }
+}
+
+/// Encoded length of the `ResourceSpans` holding `group` (spans of one resource).
+fn resource_len<S: Source>(source: &S, group: &[Member<S::Span>]) -> usize {
+    let ri = group[0].resource;
+    let resource = source.resource(ri).map_or(0, |r| framed(r.len()));
+    let scopes: usize = runs(group, |a, b| a.scope == b.scope).map(|r| framed(scope_len(source, &group[r]))).sum();
+    resource + scopes + bytes_len(source.resource_schema_url(ri))
+}
+
+/// Encoded length of the `ScopeSpans` holding `group` (spans of one scope).
+fn scope_len<S: Source>(source: &S, group: &[Member<S::Span>]) -> usize {
+    let (ri, si) = (group[0].resource, group[0].scope);
+    let scope = source.scope(ri, si).map_or(0, |s| framed(s.len()));
+    scope + group.iter().map(|m| framed(m.len)).sum::<usize>() + bytes_len(source.scope_schema_url(ri, si))
+}
+
+/// A decoded request as a [`Source`]: resources and scopes encoded once, when a record first needs
+/// them; spans encoded into each record.
+struct DecodedSource<'a> {
+    request: &'a ExportTraceServiceRequest,
+    resources: Vec<Option<Vec<u8>>>,
+    scopes: Vec<Vec<Option<Vec<u8>>>>,
+}
+
+impl<'a> Source for DecodedSource<'a> {
+    type Span = &'a Span;
+
+    fn resource(&self, ri: u32) -> Option<&[u8]> {
+        let ri = ri as usize;
+        self.request.resource_spans[ri].resource.as_ref().map(|_| self.resources[ri].as_deref().unwrap_or_default())
     }
 
-    /// Encoded length of the `ResourceSpans` holding `group` (spans of one resource).
-    fn resource_len(&self, group: &[Member<'_>]) -> usize {
-        let ri = group[0].0;
-        let rs = self.resource_spans(ri);
-        let resource =
-            if rs.resource.is_some() { framed(self.resources[ri as usize].as_ref().map_or(0, Vec::len)) } else { 0 };
-        let scopes: usize = runs(group, |a, b| a.1 == b.1).map(|r| framed(self.scope_len(&group[r]))).sum();
-        resource + scopes + string_len(&rs.schema_url)
+    fn resource_schema_url(&self, ri: u32) -> &[u8] {
+        self.request.resource_spans[ri as usize].schema_url.as_bytes()
     }
 
-    /// Encoded length of the `ScopeSpans` holding `group` (spans of one scope).
-    fn scope_len(&self, group: &[Member<'_>]) -> usize {
-        let (ri, si) = (group[0].0, group[0].1);
-        let ss = self.scope_spans(ri, si);
-        let scope = if ss.scope.is_some() {
-            framed(self.scopes[ri as usize][si as usize].as_ref().map_or(0, Vec::len))
-        } else {
-            0
-        };
-        scope + group.iter().map(|m| framed(m.3)).sum::<usize>() + string_len(&ss.schema_url)
+    fn scope(&self, ri: u32, si: u32) -> Option<&[u8]> {
+        let (ri, si) = (ri as usize, si as usize);
+        let ss: &ScopeSpans = &self.request.resource_spans[ri].scope_spans[si];
+        ss.scope.as_ref().map(|_| self.scopes[ri][si].as_deref().unwrap_or_default())
+    }
+
+    fn scope_schema_url(&self, ri: u32, si: u32) -> &[u8] {
+        self.request.resource_spans[ri as usize].scope_spans[si as usize].schema_url.as_bytes()
+    }
+
+    fn write_span(&self, span: &'a Span, buf: &mut BytesMut) {
+        span.encode_raw(buf);
     }
 }
 
@@ -327,85 +479,67 @@ fn framed(len: usize) -> usize {
     1 + prost::encoding::encoded_len_varint(len as u64) + len
 }
 
-fn string_len(s: &str) -> usize {
+/// Bytes of a string or bytes field, omitted when empty (as prost omits it).
+fn bytes_len(s: &[u8]) -> usize {
     if s.is_empty() { 0 } else { framed(s.len()) }
 }
 
 /// Writes the tag and length of a length-delimited field.
-fn field(buf: &mut Vec<u8>, tag: u32, len: usize) {
+fn field(buf: &mut BytesMut, tag: u32, len: usize) {
     prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
     prost::encoding::encode_varint(len as u64, buf);
 }
 
-fn string_field(buf: &mut Vec<u8>, tag: u32, s: &str) {
+fn bytes_field(buf: &mut BytesMut, tag: u32, s: &[u8]) {
     if !s.is_empty() {
         field(buf, tag, s.len());
-        buf.extend_from_slice(s.as_bytes());
+        buf.extend_from_slice(s);
     }
+}
+
+/// The 16 bytes of a valid trace id.
+fn trace_key(trace_id: &[u8]) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    if let Ok(id) = <[u8; 16]>::try_from(trace_id) {
+        key = id;
+    }
+    key
 }
 
 /// Validates every span and plans records of at most `max_message_bytes`, one trace each.
 pub fn plan(request: &ExportTraceServiceRequest, max_message_bytes: usize) -> Plan {
-    let mut plan = Plan::default();
-    // Trace id → index in `plan.records` of that trace's open (last) record.
-    let mut open: HashMap<[u8; 16], usize> = HashMap::new();
-
+    let mut planner = Planner::new(max_message_bytes);
+    let mut assignment = Vec::new();
     for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
-        let resource_cost = resource_spans.resource.as_ref().map_or(0, |r| r.encoded_len() + FRAMING)
-            + resource_spans.schema_url.len()
-            + 2 * FRAMING;
+        let resource_cost = Planner::wrapper_cost(
+            resource_spans.resource.as_ref().map(Message::encoded_len),
+            resource_spans.schema_url.len(),
+        );
         for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
-            let scope_cost = scope_spans.scope.as_ref().map_or(0, |s| s.encoded_len() + FRAMING)
-                + scope_spans.schema_url.len()
-                + 2 * FRAMING;
+            let scope_cost = Planner::wrapper_cost(
+                scope_spans.scope.as_ref().map(Message::encoded_len),
+                scope_spans.schema_url.len(),
+            );
             for span in &scope_spans.spans {
                 if let Some(reason) = validate(span) {
-                    plan.rejected.add(reason);
-                    plan.assignment.push(None);
+                    planner.reject(reason);
+                    assignment.push(None);
                     continue;
                 }
                 let span_len = span.encoded_len();
-                let span_cost = span_len + FRAMING;
-                if resource_cost + scope_cost + span_cost > max_message_bytes {
-                    plan.rejected.add(RejectReason::TooLarge);
-                    plan.assignment.push(None);
-                    continue;
-                }
-                let mut key = [0u8; 16];
-                key.copy_from_slice(&span.trace_id);
-                let fits = |g: &Planned| {
-                    let header = match g.last {
-                        Some((r, s)) if r == ri && s == si => 0,
-                        Some((r, _)) if r == ri => scope_cost,
-                        _ => resource_cost + scope_cost,
-                    };
-                    g.size + header + span_cost <= max_message_bytes
-                };
-                let i = match open.get(&key) {
-                    Some(&i) if fits(&plan.records[i]) => i,
-                    _ => {
-                        plan.records.push(Planned { key, size: 0, last: None, spans: 0 });
-                        open.insert(key, plan.records.len() - 1);
-                        plan.records.len() - 1
-                    }
-                };
-                let g = &mut plan.records[i];
-                let same_resource = g.last.is_some_and(|(r, _)| r == ri);
-                if !same_resource {
-                    g.size += resource_cost;
-                }
-                if !(same_resource && g.last.is_some_and(|(_, s)| s == si)) {
-                    g.size += scope_cost;
-                }
-                g.size += span_cost;
-                g.last = Some((ri, si));
-                g.spans += 1;
-                // Under max_message_bytes, so it fits.
-                plan.assignment.push(Some((index(i), u32::try_from(span_len).unwrap_or(u32::MAX))));
+                let placed = planner.place(
+                    trace_key(&span.trace_id),
+                    (index(ri), index(si)),
+                    resource_cost,
+                    scope_cost,
+                    span_len,
+                );
+                assignment.push(placed.map(|i| (i, u32::try_from(span_len).unwrap_or(u32::MAX))));
             }
         }
     }
-    plan
+    let (records, rejected) = planner.finish();
+    Plan { records, assignment, rejected }
 }
 
 /// Validates and groups `request` into records of at most `max_message_bytes` (plan and build in
@@ -420,6 +554,7 @@ mod tests {
     use opentelemetry_proto::tonic::{
         common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
         resource::v1::Resource,
+        trace::v1::ResourceSpans,
     };
 
     fn span(trace: u8, id: u8, pad: usize) -> Span {
@@ -467,7 +602,7 @@ mod tests {
     }
 
     fn decode(r: &Record) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest::decode(r.payload.as_slice()).expect("payload decodes")
+        ExportTraceServiceRequest::decode(&r.payload[..]).expect("payload decodes")
     }
 
     #[test]
@@ -477,13 +612,13 @@ mod tests {
         assert_eq!(enc.accepted_spans, 4);
         assert_eq!(enc.records.len(), 2);
         let first = &enc.records[0];
-        assert_eq!(first.key, "01".repeat(16));
+        assert_eq!(first.key_str(), "01".repeat(16));
         assert_eq!(first.spans, 3);
         let decoded = decode(first);
         assert_eq!(decoded.resource_spans.len(), 2, "spans of services a and b keep their own resource");
         assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 2);
         assert_eq!(decoded.resource_spans[0].scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("lib"));
-        assert_eq!(enc.records[1].key, "02".repeat(16));
+        assert_eq!(enc.records[1].key_str(), "02".repeat(16));
     }
 
     #[test]
@@ -519,7 +654,7 @@ mod tests {
         let mut seen = Vec::new();
         for r in &enc.records {
             assert!(r.payload.len() <= max, "record of {} bytes over {max}", r.payload.len());
-            assert_eq!(r.key, "07".repeat(16));
+            assert_eq!(r.key_str(), "07".repeat(16));
             let d = decode(r);
             let n: usize = d.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
             assert_eq!(n, r.spans);
@@ -581,13 +716,13 @@ mod tests {
         let enc = encode(&req, 900 * 1024);
         assert_eq!(enc.accepted_spans, 7);
         for r in &enc.records {
-            assert_eq!(r.payload, oracle(&req, r), "record {}", r.key);
+            assert_eq!(r.payload, oracle(&req, r), "record {}", r.key_str());
         }
         // Split records too.
         let enc = encode(&req, 250);
         assert!(enc.records.len() > 3);
         for r in &enc.records {
-            assert_eq!(r.payload, oracle(&req, r), "record {}", r.key);
+            assert_eq!(r.payload, oracle(&req, r), "record {}", r.key_str());
         }
     }
 

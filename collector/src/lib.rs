@@ -1,9 +1,12 @@
-//! The Spanline collector: `receive → decode → limit → process → encode → produce`.
+//! The Spanline collector: `receive → split → produce`, or for requests the byte path does not take,
+//! `receive → decode → limit → process → encode → produce`.
 //!
 //! - [`receive`]: OTLP gRPC `TraceService/Export` and OTLP HTTP `POST /v1/traces`.
 //! - [`decode`]: bounds what decoding a request costs (span count, memory) before decoding it.
 //! - [`limit`]: attribute count and length limits.
 //! - [`process`]: optional consistent sampling by trace id and attribute redaction.
+//! - [`split`]: the byte path: protobuf bytes → records by copying resources, scopes and spans, without
+//!   decoding; a request it does not take goes through `decode → limit → process → encode`.
 //! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
 //!
@@ -21,6 +24,7 @@ pub mod pipeline;
 pub mod process;
 pub mod produce;
 pub mod receive;
+pub mod split;
 
 pub use config::Config;
 pub use pipeline::{Running, run, start};

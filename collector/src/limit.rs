@@ -45,6 +45,21 @@ impl AttributeLimits {
         }
     }
 
+    /// Most attributes on a span, an event or a link.
+    pub(crate) fn per_span(&self) -> usize {
+        self.per_span
+    }
+
+    /// Most attributes on a resource or a scope.
+    pub(crate) fn per_resource(&self) -> usize {
+        self.per_resource
+    }
+
+    /// Longest attribute key, string or bytes value (at any depth), in bytes.
+    pub(crate) fn value_bytes(&self) -> usize {
+        self.value_bytes
+    }
+
     /// Applies the limits to `request` in place.
     pub fn apply(&self, request: &mut ExportTraceServiceRequest) -> Limited {
         let mut done = Limited::default();

@@ -43,6 +43,13 @@ pub struct LimitLabels {
     pub action: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// Why a request went to the decode path: `json`, `redaction`, `attribute_limit` or `encoding`
+    /// ([`crate::split::Fallback`]).
+    pub reason: &'static str,
+}
+
 /// Every collector metric.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -52,6 +59,8 @@ pub struct Metrics {
     pub records_produced: Counter,
     pub redacted_attributes: Counter,
     pub limited_attributes: Family<LimitLabels, Counter>,
+    /// Requests decoded instead of split on the byte path.
+    pub decode_fallbacks: Family<FallbackLabels, Counter>,
     pub produce_latency: Histogram,
     pub inflight_bytes: Gauge,
     pub kafka_queue_messages: Gauge,
@@ -70,6 +79,7 @@ impl Metrics {
             records_produced: Counter::default(),
             redacted_attributes: Counter::default(),
             limited_attributes: Family::default(),
+            decode_fallbacks: Family::default(),
             produce_latency: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
@@ -96,6 +106,11 @@ impl Metrics {
             "limited_attributes",
             "Attributes dropped or keys and values truncated by the attribute limits",
             m.limited_attributes.clone(),
+        );
+        r.register(
+            "decode_fallbacks",
+            "Requests decoded (decode, limit, process, encode) instead of split on the byte path, by reason",
+            m.decode_fallbacks.clone(),
         );
         r.register("records_produced", "Kafka records acknowledged by the broker", m.records_produced.clone());
         r.register_with_unit(

@@ -4,6 +4,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use bytes::Bytes;
+
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -23,13 +25,15 @@ use crate::{
     auth::Gate,
     budget::{Budget, Charge},
     config::Config,
-    encode::{self, RejectReason},
+    decode,
+    encode::{self, Encoded, RejectReason},
     error::Error,
     limit::AttributeLimits,
-    metrics::{HandshakeLabels, LimitLabels, Metrics, SpanLabels},
+    metrics::{FallbackLabels, HandshakeLabels, LimitLabels, Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
     receive::{GrpcService, charge_grpc_body, http_router, oversized_is_resource_exhausted},
+    split::{self, Fallback},
 };
 
 /// How often readiness re-checks Kafka metadata.
@@ -120,10 +124,74 @@ impl Exporter {
             .map_err(|_| Error::Overloaded("limits.max_concurrent_requests exports already in progress".into()))
     }
 
-    /// Limits, samples, redacts, validates and groups per trace, then publishes; answers after Kafka
-    /// acknowledged every record. `charge` holds the decoded request's share of the memory budget;
-    /// the records are charged before they are built.
-    pub async fn export(
+    /// Splits (or limits, samples, redacts, validates and groups) per trace, then publishes; answers
+    /// after Kafka acknowledged every record. `charge` holds the request's share of the memory
+    /// budget (a protobuf body, or a decoded request); the records are charged before they are
+    /// built.
+    pub async fn export(&self, request: Request, mut charge: Charge) -> Result<ExportTraceServiceResponse, Error> {
+        let (body, held_elsewhere) = match request {
+            Request::Decoded(request) => return self.export_decoded(request, charge).await,
+            Request::Protobuf { body, held_elsewhere } => (body, held_elsewhere),
+        };
+        let body_bytes = charge.bytes();
+        let encoded = match self.split(&body, &mut charge, held_elsewhere) {
+            Ok(encoded) => encoded,
+            Err(SplitError::Refused(error)) => return Err(error),
+            Err(SplitError::Fallback(reason)) => {
+                self.fell_back(reason);
+                let request = decode::protobuf(&body, self.inner.max_spans, &mut charge, held_elsewhere)?;
+                drop(body);
+                // Only the decoded request stays charged.
+                charge.shrink_to(charge.bytes() - body_bytes);
+                return self.export_decoded(request, charge).await;
+            }
+        };
+        drop(body);
+        // Only the records stay charged.
+        charge.shrink_to(charge.bytes() - body_bytes);
+        self.publish(encoded.encoded, encoded.sampled_out, 0, charge).await
+    }
+
+    /// Counts a request that takes the decode path (`spanline_collector_decode_fallbacks_total`).
+    pub fn fell_back(&self, reason: Fallback) {
+        self.inner.metrics.decode_fallbacks.get_or_create(&FallbackLabels { reason: reason.as_str() }).inc();
+    }
+
+    /// The byte path ([`split`]): the records of `body`, their bound charged before they are built
+    /// (beside the body, whose charge is `charge`'s on entry), or why the decode path must take it.
+    fn split(&self, body: &[u8], charge: &mut Charge, held_elsewhere: usize) -> Result<Split, SplitError> {
+        let inner = &self.inner;
+        if inner.processors.redacts() {
+            return Err(SplitError::Fallback(Fallback::Redaction));
+        }
+        let counts = split::Counts::of(body).map_err(SplitError::Fallback)?;
+        if counts.spans > inner.max_spans {
+            // The decode path refuses it, with its own error for a malformed body.
+            return Err(SplitError::Fallback(Fallback::Encoding));
+        }
+        let tables = counts.table_bytes();
+        charge.fits_with(tables.saturating_add(held_elsewhere), "splitting the request")?;
+        charge.grow(tables, "splitting the request")?;
+        let plan = match split::plan(body, &counts, &inner.attribute_limits, &inner.processors, inner.max_message_bytes)
+        {
+            Ok(plan) => plan,
+            Err(reason) => {
+                charge.shrink_to(charge.bytes() - tables);
+                return Err(SplitError::Fallback(reason));
+            }
+        };
+        // The resource and scope are copied into every trace's record: what that costs is known
+        // from the plan and charged before a byte is copied.
+        charge.grow(plan.bytes(), "encoding one Kafka record per trace")?;
+        let sampled_out = plan.sampled_out();
+        let encoded = plan.build(body);
+        charge.shrink_to(charge.bytes() - tables);
+        Ok(Split { encoded, sampled_out })
+    }
+
+    /// The decode path: limits, samples, redacts, validates and groups a decoded request, whose
+    /// decoded size `charge` holds.
+    async fn export_decoded(
         &self,
         mut request: ExportTraceServiceRequest,
         mut charge: Charge,
@@ -136,13 +204,6 @@ impl Exporter {
             }
         }
         let processed = inner.processors.apply(&mut request);
-        if processed.sampled_out > 0 {
-            inner
-                .metrics
-                .spans
-                .get_or_create(&SpanLabels { outcome: "sampled_out", reason: "none" })
-                .inc_by(processed.sampled_out as u64);
-        }
         if processed.redacted > 0 {
             inner.metrics.redacted_attributes.inc_by(processed.redacted as u64);
         }
@@ -151,10 +212,29 @@ impl Exporter {
         // The resource and scope are copied into every trace's record: what that costs is known
         // from the plan and charged before a byte is copied.
         charge.grow(plan.bytes(), "encoding one Kafka record per trace")?;
-        let mut encoded = plan.build(&request);
+        let encoded = plan.build(&request);
         drop(request);
         charge.shrink_to(charge.bytes() - decoded);
-        encoded.rejected.add_many(RejectReason::AttributeLimit, limited.rejected_spans);
+        self.publish(encoded, processed.sampled_out, limited.rejected_spans, charge).await
+    }
+
+    /// Counts the spans' outcomes, produces the records and answers.
+    async fn publish(
+        &self,
+        mut encoded: Encoded,
+        sampled_out: usize,
+        over_limits: usize,
+        charge: Charge,
+    ) -> Result<ExportTraceServiceResponse, Error> {
+        let inner = &self.inner;
+        if sampled_out > 0 {
+            inner
+                .metrics
+                .spans
+                .get_or_create(&SpanLabels { outcome: "sampled_out", reason: "none" })
+                .inc_by(sampled_out as u64);
+        }
+        encoded.rejected.add_many(RejectReason::AttributeLimit, over_limits);
         for (reason, n) in &encoded.rejected.0 {
             inner
                 .metrics
@@ -173,6 +253,36 @@ impl Exporter {
                 error_message: rejected.to_string(),
             }),
         })
+    }
+}
+
+/// A request as a receiver hands it to [`Exporter::export`].
+#[derive(Debug)]
+pub enum Request {
+    /// A protobuf body (decompressed), charged. `held_elsewhere` is budget the same request holds
+    /// under another charge (gRPC's compressed body), as for [`decode::protobuf`].
+    Protobuf { body: Bytes, held_elsewhere: usize },
+    /// A request the receiver decoded (OTLP/JSON), its decoded size charged.
+    Decoded(ExportTraceServiceRequest),
+}
+
+/// What the byte path made of a request.
+struct Split {
+    encoded: Encoded,
+    sampled_out: usize,
+}
+
+/// Why the byte path made nothing of a request.
+enum SplitError {
+    /// The decode path takes it.
+    Fallback(Fallback),
+    /// Refused (the memory budget).
+    Refused(Error),
+}
+
+impl From<Error> for SplitError {
+    fn from(error: Error) -> Self {
+        SplitError::Refused(error)
     }
 }
 

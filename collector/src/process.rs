@@ -137,6 +137,11 @@ impl Processors {
         })
     }
 
+    /// Whether any redaction rule is configured (redaction needs the decoded request).
+    pub fn redacts(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// Whether a trace is kept. Ids that are not 16 bytes are kept for validation to reject.
     pub fn keeps_trace(&self, trace_id: &[u8]) -> bool {
         match (self.threshold, <[u8; 16]>::try_from(trace_id)) {

@@ -89,9 +89,9 @@ impl Producer {
         let mut deliveries = FuturesUnordered::new();
         let mut result = Ok(());
         for record in records {
-            let message = FutureRecord::to(&self.topic).key(record.key.as_str()).payload(record.payload.as_slice());
+            let message = FutureRecord::to(&self.topic).key(&record.key[..]).payload(&record.payload[..]);
             // `send_result` never blocks: a full queue comes back at once as `QueueFull`. librdkafka
-            // copies the record, so ours is dropped at the end of this iteration.
+            // copies the record; the buffer all of a request's records share is freed once the last is handed over.
             match self.inner.send_result(message) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((error, _)) => {

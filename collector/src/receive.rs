@@ -1,5 +1,7 @@
 //! `receive`: OTLP over gRPC (`TraceService/Export`) and HTTP (`POST /v1/traces`, protobuf or JSON,
-//! optionally gzip or zstd) → [`crate::decode`] → [`Exporter::export`]. Turns each outcome into the
+//! optionally gzip or zstd) → [`Exporter::export`]: protobuf bodies as their (decompressed) bytes,
+//! which the exporter splits or decodes, JSON bodies decoded here ([`crate::decode`]). Turns each
+//! outcome into the
 //! protocol's answer: success with `partial_success` when spans were rejected, and [`Error`]'s
 //! gRPC/HTTP status otherwise (with `Retry-After` when the client should retry).
 //!
@@ -10,7 +12,9 @@
 //! - a request must arrive whole within `limits.read_timeout` of its headers (HTTP/1 headers too),
 //!   so a client that trickles bytes loses its request and holds no export slot: the
 //!   `limits.max_concurrent_requests` slot is taken only once the body is in;
-//! - decompression and decoding are charged before they allocate (see [`crate::decode`]).
+//! - decompression, decoding and splitting are charged before they allocate (see [`crate::decode`]
+//!   and [`crate::split`]); a body is not copied on its way to the exporter (gRPC: split off tonic's
+//!   buffer; HTTP: the one chunk as received, or the chunks joined once, or the inflated buffer).
 
 use std::{
     convert::Infallible,
@@ -32,7 +36,7 @@ use axum::{
 use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tonic::{
     codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings},
@@ -44,7 +48,8 @@ use crate::{
     decode,
     error::{Error, RETRY_AFTER},
     metrics::{Metrics, ProtocolLabels, RequestLabels},
-    pipeline::Exporter,
+    pipeline::{Exporter, Request as ExportRequest},
+    split::Fallback,
 };
 
 /// The gRPC path of OTLP trace export.
@@ -138,14 +143,14 @@ pub fn with_retry_after(mut status: tonic::Status) -> tonic::Status {
     status
 }
 
-/// A decoded request with its charge on the memory budget.
+/// A request body with its charge on the memory budget.
 pub struct Admitted {
-    request: ExportTraceServiceRequest,
+    request: ExportRequest,
     charge: Charge,
 }
 
-/// TraceService/Export's codec: responses are encoded by prost; a request is scanned, charged and
-/// only then decoded ([`decode::protobuf`]), after tonic has decompressed it.
+/// TraceService/Export's codec: responses are encoded by prost; a request is taken as its bytes,
+/// after tonic has decompressed it, and charged; [`Exporter::export`] splits or decodes it.
 #[derive(Clone)]
 struct ExportCodec {
     exporter: Exporter,
@@ -176,27 +181,14 @@ impl Decoder for ExportDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Admitted>, tonic::Status> {
         let len = src.remaining();
-        // A DecodeBuf is one contiguous buffer; copy only if that ever changes.
-        let copied;
-        let raw = if src.chunk().len() == len {
-            src.chunk()
-        } else {
-            copied = src.copy_to_bytes(len);
-            &copied[..]
-        };
-        // tonic has inflated the message into a buffer it keeps until the stream ends: charged here,
-        // and held by the export (as long as that buffer can live). The compressed body, still
-        // charged apart, is at most as large: counted beside it to tell "never fits" from "busy".
-        let mut charge = self.exporter.budget().start();
-        let decoded = charge
-            .grow(len, "the decompressed request")
-            .and_then(|()| decode::protobuf(raw, self.exporter.max_spans(), &mut charge, len));
-        if src.remaining() == len {
-            src.advance(len);
-        }
+        // The message is split off tonic's buffer, not copied (a `DecodeBuf` over a `BytesMut`).
+        let body = src.copy_to_bytes(len);
         self.exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "grpc" }).inc_by(len as u64);
-        match decoded {
-            Ok(request) => Ok(Some(Admitted { request, charge })),
+        // Charged here and held by the export. The compressed body, still charged apart, is at most
+        // as large: counted beside it to tell "never fits" from "busy".
+        let mut charge = self.exporter.budget().start();
+        match charge.grow(len, "the decompressed request") {
+            Ok(()) => Ok(Some(Admitted { request: ExportRequest::Protobuf { body, held_elsewhere: len }, charge })),
             Err(error) => {
                 refused(self.exporter.metrics(), "grpc", &error);
                 Err(status(&error))
@@ -261,7 +253,7 @@ where
     }
 }
 
-/// One gRPC export, once decoded.
+/// One gRPC export, once its body is in.
 struct ExportMethod {
     exporter: Exporter,
 }
@@ -438,18 +430,28 @@ async fn http_export(
     let (body, mut charge) = read_body(exporter, body).await?;
     // The slot is taken only now: a client still sending its body holds none.
     let _slot = exporter.admit()?;
-    let inflated = inflate_body(headers, &body, limit, &mut charge)?;
-    let raw: &[u8] = inflated.as_deref().unwrap_or(&body);
-    exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "http" }).inc_by(raw.len() as u64);
     let read = charge.bytes();
-    let request = match format {
-        Format::Protobuf => decode::protobuf(raw, exporter.max_spans(), &mut charge, 0)?,
-        Format::Json => decode::json(raw, exporter.max_spans(), &mut charge)?,
+    let raw = match inflate_body(headers, &body, limit, &mut charge)? {
+        Some(inflated) => {
+            drop(body);
+            charge.shrink_to(charge.bytes() - read);
+            Bytes::from(inflated)
+        }
+        None => body,
     };
-    drop(inflated);
-    drop(body);
-    // Only the decoded request stays charged.
-    charge.shrink_to(charge.bytes() - read);
+    exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "http" }).inc_by(raw.len() as u64);
+    let request = match format {
+        Format::Protobuf => ExportRequest::Protobuf { body: raw, held_elsewhere: 0 },
+        Format::Json => {
+            exporter.fell_back(Fallback::Json);
+            let held = charge.bytes();
+            let request = decode::json(&raw, exporter.max_spans(), &mut charge)?;
+            drop(raw);
+            // Only the decoded request stays charged.
+            charge.shrink_to(charge.bytes() - held);
+            ExportRequest::Decoded(request)
+        }
+    };
     let result = exporter.export(request, charge).await;
     record_outcome(exporter.metrics(), "http", &result);
     result
@@ -457,8 +459,8 @@ async fn http_export(
 
 /// Reads a whole body, charged as it arrives, within `limits.read_timeout`. Nothing is reserved
 /// for a declared length (a client announcing 16 MiB and sending nothing holds nothing): the chunks
-/// are kept as they come and joined once at the end, that copy charged too.
-async fn read_body(exporter: &Exporter, body: AxumBody) -> Result<(Vec<u8>, Charge), Error> {
+/// are kept as they come and joined once at the end (unless there is one), that copy charged too.
+async fn read_body(exporter: &Exporter, body: AxumBody) -> Result<(Bytes, Charge), Error> {
     use http_body_util::BodyExt as _;
     let limit = exporter.max_request_bytes();
     let mut body = ChargedBody::new(body, exporter.budget(), limit, 0, exporter.read_timeout());
@@ -474,13 +476,18 @@ async fn read_body(exporter: &Exporter, body: AxumBody) -> Result<(Vec<u8>, Char
     }
     let mut charge = std::mem::replace(&mut body.charge, exporter.budget().start());
     let total: usize = chunks.iter().map(Bytes::len).sum();
+    if chunks.len() == 1
+        && let Some(only) = chunks.pop()
+    {
+        return Ok((only, charge));
+    }
     charge.grow(total, "the request body")?;
     let mut out = Vec::with_capacity(total);
     for chunk in chunks {
         out.extend_from_slice(&chunk);
     }
     charge.shrink_to(total);
-    Ok((out, charge))
+    Ok((Bytes::from(out), charge))
 }
 
 /// The [`Error`] a [`ChargedBody`] failed with (it speaks gRPC statuses).
