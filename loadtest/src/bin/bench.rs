@@ -214,7 +214,7 @@ async fn floor(records: &[ReadRecord], spans: u64, topic: &str, ticks: f64) -> a
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("linger.ms", shipped_linger_ms()?)
         .set("compression.type", shipped_compression()?)
         .create()?;
     let cpu = CpuMeter::new(me, ticks);
@@ -278,7 +278,7 @@ fn plan(endpoint: &str, traces: u64, rate: Option<f64>, duration: Option<Duratio
 
 const ROTEL_GRPC: &str = "127.0.0.1:24417";
 
-/// The Rotel agent on the collector's load: acks=all, the collector's compression, and 1 500-span
+/// The Rotel agent on the collector's load: acks=all, the collector's compression and linger, and 1 500-span
 /// batches (its default 8 192 makes records over the broker's message size, which it drops after
 /// answering the client). Its CPU is counted until it is idle again, since it answers before Kafka
 /// has the data; the topic is then read back and its spans counted, so what Rotel lost shows.
@@ -290,7 +290,7 @@ async fn rotel_stage(bin: &Path, traces: u64, p: i32, dir: &Path, logs: &Path, t
         .args(["--exporter", "kafka", "--kafka-exporter-brokers", &bootstrap()])
         .args(["--kafka-exporter-traces-topic", "bench_rotel", "--kafka-exporter-format", "protobuf"])
         .args(["--kafka-exporter-acks", "all", "--kafka-exporter-compression", &shipped_compression()?])
-        .args(["--traces-batch-max-size", "1500"])
+        .args(["--traces-batch-max-size", "1500", "--kafka-exporter-linger-ms", &shipped_linger_ms()?])
         .arg("--pid-file")
         .arg(dir.join("rotel.pid"))
         .stdout(Stdio::null())
@@ -328,19 +328,30 @@ async fn rotel_stage(bin: &Path, traces: u64, p: i32, dir: &Path, logs: &Path, t
         "spans_per_cpu_s": spans as f64 / used.max(1e-9),
         "cores_used": used / report.elapsed.as_secs_f64().max(1e-9),
         "peak_rss_mib": rss, "export_latency_ms": latency_ms(&report),
-        "settings": format!("acks=all, {}, 1500-span batches, protobuf", shipped_compression()?),
+        "settings": format!("acks=all, {}, linger {} ms, 1500-span batches, protobuf", shipped_compression()?, shipped_linger_ms()?),
     }))
 }
 
-/// `kafka.compression` of the shipped collector configuration, which the floor and the peer use too,
-/// so all three compress alike.
-fn shipped_compression() -> anyhow::Result<String> {
+/// `kafka.<key>` of the shipped collector configuration (`compression`, `linger`), which the floor
+/// and the peer use too, so all three batch and compress alike.
+fn shipped_kafka(key: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(COLLECTOR_ARGS[2]).context("cannot read the collector's configuration")?;
     text.lines()
-        .filter_map(|l| l.trim().strip_prefix("compression"))
+        .filter_map(|l| l.trim().strip_prefix(key))
         .filter_map(|rest| rest.trim().strip_prefix('='))
         .find_map(|v| v.split('#').next().map(|v| v.trim().trim_matches('"').to_owned()))
-        .ok_or_else(|| anyhow::anyhow!("no kafka.compression in {}", COLLECTOR_ARGS[2]))
+        .ok_or_else(|| anyhow::anyhow!("no kafka.{key} in {}", COLLECTOR_ARGS[2]))
+}
+
+fn shipped_compression() -> anyhow::Result<String> {
+    shipped_kafka("compression")
+}
+
+/// The collector's `kafka.linger` in milliseconds, as librdkafka takes it.
+fn shipped_linger_ms() -> anyhow::Result<String> {
+    let linger = shipped_kafka("linger")?;
+    let d = humantime::parse_duration(&linger).with_context(|| format!("kafka.linger {linger:?}"))?;
+    Ok(d.as_millis().to_string())
 }
 
 fn latency_ms(report: &send::Report) -> Value {
