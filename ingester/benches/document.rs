@@ -86,6 +86,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| parse_response(black_box(&mixed), spans).expect("parses"))
     });
     group.finish();
+    // The span `_id` digest alone: FNV-64a over every record's bytes (about a span's share of the
+    // mapping above is its bytes hashed once).
+    let mut ids = c.benchmark_group("ids");
+    ids.throughput(Throughput::Bytes(bytes as u64));
+    ids.bench_function("fnv64a_records", |b| {
+        b.iter(|| records.iter().map(|r| spanline_common::ids::fnv64a(&[black_box(&r[..])])).fold(0, u64::wrapping_add))
+    });
+    ids.finish();
     eprintln!("records: 64, {bytes} bytes, {spans} spans; bulk answers {} and {} bytes", created.len(), mixed.len());
 }
 
