@@ -655,17 +655,20 @@ fn map_into(
         // Written once per resource (when it has a span to index) into `buffers.process`, kept up
         // to `max_document_bytes`: its length, and whether it was kept.
         let mut process: Option<(usize, bool)> = None;
-        let resource_len = resource.map_or(0, prost::Message::encoded_len);
         for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
             let scope = scope_spans.scope.as_ref();
-            let scope_len = scope.map_or(0, prost::Message::encoded_len);
             for (pi, span) in scope_spans.spans.iter().enumerate() {
                 seen += 1;
                 let position = [ri, si, pi];
                 let source = sources.next().and_then(Result::ok);
                 // The dead letter if the span is refused: a request of this span alone, its resource
-                // and scope, in an envelope.
-                let letter = || resource_len + scope_len + span.encoded_len() + LETTER_OVERHEAD;
+                // and scope, in an envelope (priced only then).
+                let letter = || {
+                    resource.map_or(0, prost::Message::encoded_len)
+                        + scope.map_or(0, prost::Message::encoded_len)
+                        + span.encoded_len()
+                        + LETTER_OVERHEAD
+                };
                 let start = micros(span.start_time_unix_nano);
                 let day = if (oldest..=newest).contains(&start) {
                     Some(start)

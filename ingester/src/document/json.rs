@@ -135,13 +135,18 @@ impl<'a, S: Sink> Writer<'a, S> {
         let mut clean = 0;
         let mut at = 0;
         while at < text.len() {
-            if let Some(chunk) = text.get(at..at + 8) {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(chunk);
-                if !any_to_escape(u64::from_le_bytes(word)) {
-                    at += 8;
+            if let Some(chunk) = text.get(at..at + 16) {
+                let (a, b) = chunk.split_at(8);
+                if !any_to_escape(word(a)) && !any_to_escape(word(b)) {
+                    at += 16;
                     continue;
                 }
+            }
+            if let Some(chunk) = text.get(at..at + 8)
+                && !any_to_escape(word(chunk))
+            {
+                at += 8;
+                continue;
             }
             let end = (at + 8).min(text.len());
             for (i, &b) in text[at..end].iter().enumerate() {
@@ -192,35 +197,78 @@ impl<'a, S: Sink> Writer<'a, S> {
 
     /// The lowercase hex of `bytes` as a JSON string.
     pub(super) fn hex_str(&mut self, bytes: &[u8]) {
+        // Ids (16 and 8 bytes) in one write.
+        if bytes.len() <= 16 {
+            let mut quoted = [b'"'; 34];
+            let used = push_hex(bytes, &mut quoted[1..]);
+            self.raw(&quoted[..used + 2]);
+            return;
+        }
         self.raw(b"\"");
         self.hex(bytes);
         self.raw(b"\"");
     }
 }
 
+/// The 8 bytes of `chunk` (8 long) as a little-endian word.
+#[inline]
+fn word(chunk: &[u8]) -> u64 {
+    let mut le = [0u8; 8];
+    le.copy_from_slice(chunk);
+    u64::from_le_bytes(le)
+}
+
+/// Each byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = [HEX[b >> 4], HEX[b & 0xf]];
+        b += 1;
+    }
+    table
+};
+
+/// Each number below 100 as two decimal digits.
+static DECIMAL_PAIRS: [[u8; 2]; 100] = {
+    let mut table = [[0u8; 2]; 100];
+    let mut n = 0;
+    while n < 100 {
+        // Below 10 each.
+        table[n] = [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+        n += 1;
+    }
+    table
+};
+
 /// Writes the lowercase hex of `bytes` (at most half of `out`'s length) into `out`; the length used.
 #[inline]
 fn push_hex(bytes: &[u8], out: &mut [u8]) -> usize {
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
     2 * bytes.len()
 }
 
-/// The decimal digits of `v`, written at the end of `digits`.
+/// The decimal digits of `v`, written at the end of `digits`, two at a time.
 #[inline]
 fn decimal(mut v: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
-    loop {
-        at -= 1;
-        // A digit: `v % 10` is below 10.
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            return &digits[at..];
-        }
+    while v >= 100 {
+        at -= 2;
+        // Below 100.
+        digits[at..at + 2].copy_from_slice(&DECIMAL_PAIRS[(v % 100) as usize]);
+        v /= 100;
     }
+    if v >= 10 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DECIMAL_PAIRS[v as usize]);
+    } else {
+        at -= 1;
+        // Below 10.
+        digits[at] = b'0' + v as u8;
+    }
+    &digits[at..]
 }
 
 /// Appends `v` as unpadded lowercase hex (`format!("{v:x}")`) to `out`.
