@@ -377,7 +377,11 @@ fn write_tag<S: Sink>(w: &mut Writer<'_, S>, kv: &KeyValue, scratch: &mut Vec<u8
             w.str(s.as_bytes());
         }
         Some((_, any_value::Value::BoolValue(b))) => {
-            w.raw(if *b { b",\"type\":\"bool\",\"value\":\"true\"" } else { b",\"type\":\"bool\",\"value\":\"false\"" });
+            w.raw(if *b {
+                b",\"type\":\"bool\",\"value\":\"true\""
+            } else {
+                b",\"type\":\"bool\",\"value\":\"false\""
+            });
         }
         Some((_, any_value::Value::IntValue(i))) => {
             w.raw(b",\"type\":\"int64\",\"value\":\"");
@@ -963,6 +967,7 @@ mod reference;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
     use opentelemetry_proto::tonic::{
         common::v1::{ArrayValue, InstrumentationScope},
         resource::v1::Resource,
@@ -971,7 +976,6 @@ mod tests {
             span::{Event, Link},
         },
     };
-    use opentelemetry_proto::tonic::common::v1::AnyValue;
     use serde_json::{Value, json};
     use spanline_common::ids::to_hex;
 
@@ -1389,7 +1393,12 @@ mod tests {
     fn distinct_spans_get_distinct_ids_and_a_changed_span_a_new_one() {
         let request = sample();
         let ids = |request: &ExportTraceServiceRequest| -> Vec<String> {
-            map(request, &routing(""), NOW).docs.into_iter().filter(|d| d.kind == DocKind::Span).map(|d| d.id().to_owned()).collect()
+            map(request, &routing(""), NOW)
+                .docs
+                .into_iter()
+                .filter(|d| d.kind == DocKind::Span)
+                .map(|d| d.id().to_owned())
+                .collect()
         };
         let base = ids(&request);
         assert_ne!(base[0], base[1]);
@@ -1674,7 +1683,11 @@ mod tests {
         values.push(kv("bytes-all", any_value::Value::BytesValue((0..=255).collect())));
         values.push(kv("strindex", any_value::Value::StringValueStrindex(-7)));
         values.push(KeyValue { key: "no-value".into(), value: None, ..Default::default() });
-        values.push(KeyValue { key: "empty-value".into(), value: Some(AnyValue { value: None }), ..Default::default() });
+        values.push(KeyValue {
+            key: "empty-value".into(),
+            value: Some(AnyValue { value: None }),
+            ..Default::default()
+        });
         let leaves: Vec<AnyValue> = [
             any_value::Value::StringValue("a\"b\\c\n\u{2028}😀".into()),
             any_value::Value::IntValue(i64::MIN),
@@ -1769,7 +1782,13 @@ mod tests {
                         ..Default::default()
                     },
                 ],
-                links: (0..n).map(|l| Link { trace_id: vec![l as u8; 16], span_id: vec![0xf0 | l as u8; 8], ..Default::default() }).collect(),
+                links: (0..n)
+                    .map(|l| Link {
+                        trace_id: vec![l as u8; 16],
+                        span_id: vec![0xf0 | l as u8; 8],
+                        ..Default::default()
+                    })
+                    .collect(),
                 status: Some(Status { code: 2, message: s.clone() }),
                 ..base.clone()
             });
@@ -1777,7 +1796,12 @@ mod tests {
         spans.push(Span {
             span_id: vec![70; 8],
             attributes: every_value(),
-            events: vec![Event { time_unix_nano: 1_999, name: "values".into(), attributes: every_value(), ..Default::default() }],
+            events: vec![Event {
+                time_unix_nano: 1_999,
+                name: "values".into(),
+                attributes: every_value(),
+                ..Default::default()
+            }],
             ..base.clone()
         });
         spans.push(Span {
@@ -1797,7 +1821,9 @@ mod tests {
         let mut odd_service = every_value();
         odd_service.insert(3, kv("service.name", any_value::Value::StringValue(strings[1].clone())));
         let few = |first: u8| -> Vec<Span> {
-            (0..3u8).map(|n| Span { span_id: vec![first + n; 8], name: format!("op-{}", n % 2), ..base.clone() }).collect()
+            (0..3u8)
+                .map(|n| Span { span_id: vec![first + n; 8], name: format!("op-{}", n % 2), ..base.clone() })
+                .collect()
         };
         ExportTraceServiceRequest {
             resource_spans: vec![
@@ -1867,7 +1893,8 @@ mod tests {
     /// The golden fixtures: (name, request, routing, limits).
     fn golden_cases() -> Vec<(&'static str, ExportTraceServiceRequest, Routing, DocumentLimits)> {
         let hour = 3_600_000_000_i64;
-        let window = |clamp| Routing { names: IndexNames::new("prod"), max_age_micros: 72 * hour, max_skew_micros: hour, clamp };
+        let window =
+            |clamp| Routing { names: IndexNames::new("prod"), max_age_micros: 72 * hour, max_skew_micros: hour, clamp };
         let fixture = spanline_testkit::fixtures::request("fixture-service", 7, 3, 4, 1_795_608_000_000_000_000);
         let mut bad_ids = sample();
         let spans = &mut bad_ids.resource_spans[0].scope_spans[0].spans;
@@ -1921,9 +1948,17 @@ mod tests {
     /// Checks every document of `request` against the serde_json reference (`reference.rs`): the
     /// same bytes, and the same JSON value; `Err` names the first difference.
     fn same_as_reference(request: &ExportTraceServiceRequest) -> Result<(), String> {
-        let wide = Routing { names: IndexNames::new("p"), max_age_micros: i64::MAX, max_skew_micros: i64::MAX, clamp: true };
+        let wide =
+            Routing { names: IndexNames::new("p"), max_age_micros: i64::MAX, max_skew_micros: i64::MAX, clamp: true };
         let mut out = Mapped::default();
-        map_request(request, &request.encode_to_vec(), &wide, DocumentLimits::UNBOUNDED, RecordTime::Timestamp(NOW), &mut out);
+        map_request(
+            request,
+            &request.encode_to_vec(),
+            &wide,
+            DocumentLimits::UNBOUNDED,
+            RecordTime::Timestamp(NOW),
+            &mut out,
+        );
         let mut services = Vec::new();
         for doc in &out.docs {
             let (want, what) = match doc.position {
