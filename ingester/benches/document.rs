@@ -2,7 +2,15 @@
 //! parsing `_bulk` answers. The same 512 spans of about 470 bytes as the collector's benchmark
 //! (64 traces of 8 spans), as one record per trace, as the collector writes them.
 //!
-//! cargo bench -p spanline-ingester --bench document
+//! - `ingester/decode_map_ndjson`: decode, map and take the bulk items, record after record, the
+//!   items dropped at once (so the document buffer is reused in place);
+//! - `ingester/map_ndjson_held`: the mapping alone on decoded requests, the items held until the
+//!   end as a batch holds them;
+//! - `ids/fnv64a_records`: FNV-64a over the records' bytes: about what the span `_id` digests cost
+//!   (each span's bytes are hashed once), a floor the id scheme sets (one multiply per byte, each
+//!   waiting for the one before).
+//!
+//! cargo bench -p spanline-ingester --bench document -- --warm-up-time 1 --measurement-time 3
 
 use std::hint::black_box;
 
