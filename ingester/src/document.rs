@@ -287,7 +287,7 @@ struct Buffers {
     arena: BytesMut,
     /// The current resource's process part, at most `max_document_bytes`.
     process: Vec<u8>,
-    /// Values formatted before they are escaped: doubles, arrays and maps.
+    /// Values formatted before they are written: doubles and unknown value kinds (short).
     scratch: Vec<u8>,
 }
 
@@ -401,12 +401,13 @@ fn write_tag<S: Sink>(w: &mut Writer<'_, S>, kv: &KeyValue, scratch: &mut Vec<u8
             w.hex_str(b);
         }
         Some((any, any_value::Value::ArrayValue(_) | any_value::Value::KvlistValue(_))) => {
-            // The OTLP/JSON form of the value, as a string. A serialization error can only leave
-            // it cut short, as it always did.
+            // The OTLP/JSON form of the value, as a string, escaped as serde_json writes it (never
+            // held whole: it can be far larger than the record). A serialization error can only
+            // leave it cut short, as it always did.
             w.raw(b",\"type\":\"string\",\"value\":");
-            scratch.clear();
-            let _ = serde_json::to_writer(&mut *scratch, any);
-            w.str(scratch);
+            w.str_of(|out| {
+                let _ = serde_json::to_writer(out, any);
+            });
         }
         // Newer OTLP value kinds (e.g. references into a string table) are written as their debug form.
         Some((_, other)) => {
@@ -569,6 +570,9 @@ const LETTER_OVERHEAD: usize = 256;
 /// What joins a span's own part to its process part.
 const PROCESS_KEY: &[u8] = b",\"process\":";
 
+/// The most a buffer kept between records may hold beyond its documents.
+const RETAINED: usize = 64 * 1024;
+
 /// The least a fresh document buffer holds: documents are written one after another into it and
 /// split off without copying, so a new allocation serves several of them.
 const CHUNK: usize = 8 * 1024;
@@ -620,6 +624,14 @@ pub fn map_request(
 ) {
     let mut buffers = std::mem::take(&mut out.buffers);
     map_into(request, proto, routing, limits, reference, out, &mut buffers);
+    // A large resource's process part or a large document's room is not kept for the records
+    // after it: the buffers kept between records stay small.
+    if buffers.process.capacity() > RETAINED {
+        buffers.process = Vec::new();
+    }
+    if buffers.arena.capacity() > RETAINED {
+        buffers.arena = BytesMut::new();
+    }
     out.buffers = buffers;
 }
 
@@ -1563,6 +1575,21 @@ mod tests {
         // Counted, not kept: the oversize document was never held whole.
         assert!(info.bytes_max < 16_000, "peak {} bytes", info.bytes_max);
         assert!(out.bytes > 10_000, "its bytes count toward the record: {}", out.bytes);
+    }
+
+    #[test]
+    fn a_large_array_value_is_counted_not_held() {
+        // An array attribute whose OTLP/JSON is about 1 MB, in a span whose documents may have
+        // 4 KiB: escaped into the document as serde_json writes it, never held whole.
+        let mut request = sample();
+        let values = (0..10_000).map(|_| AnyValue { value: Some(any_value::Value::StringValue("v".repeat(90))) });
+        request.resource_spans[0].scope_spans[0].spans[1]
+            .attributes
+            .push(kv("array", any_value::Value::ArrayValue(ArrayValue { values: values.collect() })));
+        let (out, info) = map_within(&request, limits(4096, 1 << 30));
+        assert_eq!(out.refused.len(), 1);
+        assert!(out.refused[0].reason.contains("span document of 1"), "{}", out.refused[0].reason);
+        assert!(info.bytes_max < 64 * 1024, "peak {} bytes", info.bytes_max);
     }
 
     #[test]

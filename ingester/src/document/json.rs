@@ -9,6 +9,8 @@
 //! its output only up to a limit and counts past it, so a document's length is known without
 //! holding more than the limit of it.
 
+use std::io;
+
 use bytes::BytesMut;
 
 /// A buffer a [`Writer`] appends to.
@@ -132,6 +134,32 @@ impl<'a, S: Sink> Writer<'a, S> {
     /// `text` as a JSON string: clean runs copied whole, 8 bytes checked at a time.
     pub(super) fn str(&mut self, text: &[u8]) {
         self.raw(b"\"");
+        self.escaped(text);
+        self.raw(b"\"");
+    }
+
+    /// A JSON string's contents, written by `write` through [`io::Write`] in pieces (serde_json
+    /// writes whole UTF-8 fragments), each escaped as it comes: nothing is held apart, so the
+    /// writer's limit bounds what is kept whatever `write` produces.
+    pub(super) fn str_of(&mut self, write: impl FnOnce(&mut dyn io::Write)) {
+        struct Escaping<'w, 'a, S: Sink>(&'w mut Writer<'a, S>);
+        impl<S: Sink> io::Write for Escaping<'_, '_, S> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.escaped(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        self.raw(b"\"");
+        write(&mut Escaping(self));
+        self.raw(b"\"");
+    }
+
+    /// `text` escaped, without quotes. Escapes are decided byte by byte (bytes from 0x80 up are
+    /// never escaped), so text escaped in pieces is the text escaped whole.
+    fn escaped(&mut self, text: &[u8]) {
         let mut clean = 0;
         let mut at = 0;
         while at < text.len() {
@@ -169,7 +197,6 @@ impl<'a, S: Sink> Writer<'a, S> {
         if clean < text.len() {
             self.raw(&text[clean..]);
         }
-        self.raw(b"\"");
     }
 
     /// `v` in decimal, as serde_json (and `Display`) write it.
