@@ -2,7 +2,15 @@
 //! parsing `_bulk` answers. The same 512 spans of about 470 bytes as the collector's benchmark
 //! (64 traces of 8 spans), as one record per trace, as the collector writes them.
 //!
-//! cargo bench -p spanline-ingester --bench document
+//! - `ingester/decode_map_ndjson`: decode, map and take the bulk items, record after record, the
+//!   items dropped at once (so the document buffer is reused in place);
+//! - `ingester/map_ndjson_held`: the mapping alone on decoded requests, the items held until the
+//!   end as a batch holds them;
+//! - `ids/fnv64a_records`: FNV-64a over the records' bytes: about what the span `_id` digests cost
+//!   (each span's bytes are hashed once), a floor the id scheme sets (one multiply per byte, each
+//!   waiting for the one before).
+//!
+//! cargo bench -p spanline-ingester --bench document -- --warm-up-time 1 --measurement-time 3
 
 use std::hint::black_box;
 
@@ -77,6 +85,22 @@ fn bench(c: &mut Criterion) {
             black_box(out)
         })
     });
+    // The mapping alone, on requests decoded beforehand; the items are held until the end of the
+    // iteration, as a batch holds them (so the document buffer cannot be reused in place).
+    let decoded: Vec<_> = records.iter().map(|r| decode(Encoding::OtlpProto, r).expect("decodes")).collect();
+    group.bench_function("map_ndjson_held", |b| {
+        let mut mapped = Mapped::default();
+        let mut held = Vec::with_capacity(2 * spans);
+        b.iter(|| {
+            for (request, proto) in &decoded {
+                map_request(request, proto, &routing, limits, RecordTime::Timestamp(now_micros), &mut mapped);
+                held.extend(mapped.docs.drain(..).map(|doc| encode_item(&doc)));
+            }
+            let out = held.iter().map(Bytes::len).sum::<usize>();
+            held.clear();
+            black_box(out)
+        })
+    });
     let created = bulk_answer(spans, false);
     let mixed = bulk_answer(spans, true);
     group.bench_function("parse_bulk_all_created", |b| {
@@ -86,6 +110,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| parse_response(black_box(&mixed), spans).expect("parses"))
     });
     group.finish();
+    // The span `_id` digest alone: FNV-64a over every record's bytes (about a span's share of the
+    // mapping above is its bytes hashed once).
+    let mut ids = c.benchmark_group("ids");
+    ids.throughput(Throughput::Bytes(bytes as u64));
+    ids.bench_function("fnv64a_records", |b| {
+        b.iter(|| records.iter().map(|r| spanline_common::ids::fnv64a(&[black_box(&r[..])])).fold(0, u64::wrapping_add))
+    });
+    ids.finish();
     eprintln!("records: 64, {bytes} bytes, {spans} spans; bulk answers {} and {} bytes", created.len(), mixed.len());
 }
 

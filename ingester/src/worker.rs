@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch::{Batch, FlushReason, Item, Limits, Origin},
-    bulk::{BulkClient, encode_item},
+    bulk::BulkClient,
     commit::{Covered, Fence},
     config::Encoding,
     deadletter::{self, DeadLetters, OverLimit, RecordLimits},
@@ -561,7 +561,7 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                     if d.kind == DocKind::Span {
                         return Some(0);
                     }
-                    let key = ServiceCache::key(&d.index, &d.id);
+                    let key = ServiceCache::key(d.index(), d.id());
                     cache.claim(key).then(|| {
                         claimed.push(key);
                         key
@@ -569,7 +569,7 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                 })
                 .collect()
         };
-        // Documents are moved into their items: the index name goes to the origin without a copy.
+        // Documents are moved into their items: the bulk item as written, without a copy.
         let items = mapped
             .docs
             .drain(..)
@@ -577,11 +577,11 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             .filter_map(|(d, claim)| {
                 let claim = claim?;
                 Some(Item {
-                    ndjson: encode_item(&d),
                     kind: d.kind,
                     end_micros: d.end_micros,
                     service: (d.kind != DocKind::Span).then_some(claim),
-                    origin: d.position.map(|position| origin(&payload, position, d.index)),
+                    origin: d.position.map(|position| origin(&payload, position, d.index().to_owned())),
+                    ndjson: d.ndjson,
                 })
             })
             .collect();

@@ -172,7 +172,13 @@ fn expected(records: &[(String, Vec<u8>)], timestamp_ms: i64, now_ms: i64, routi
         let at = RecordTime::of(Some(timestamp_ms), now_ms * 1_000, routing);
         map_request(&request, value, routing, DocumentLimits::UNBOUNDED, at, &mut mapped);
         assert!(mapped.refused.is_empty());
-        out.extend(mapped.docs.drain(..).filter(|d| d.kind == DocKind::Span).map(|d| (d.index, d.id)));
+        out.extend(
+            mapped
+                .docs
+                .drain(..)
+                .filter(|d| d.kind == DocKind::Span)
+                .map(|d| (d.index().to_owned(), d.id().to_owned())),
+        );
     }
     out.sort();
     out

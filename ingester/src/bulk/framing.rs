@@ -1,28 +1,30 @@
 //! `bulk::framing`: documents → NDJSON `create` items → one `_bulk` request body.
 //!
-//! Called by the worker ([`encode_item`], once per document, when it builds a batch's items) and by
-//! the retry policy ([`body`], once per attempt). Guarantees: every item is a `create` action with
-//! our deterministic `_id` (so a retry or a replay of a durable item is answered 409, never a second
-//! copy), followed by its document, each on one line, the body ending with a newline as `_bulk`
-//! requires (REFERENCE.md §5).
+//! The document mapping writes each item in place with the action line's parts below
+//! ([`ACTION_HEAD`], [`ACTION_ID`], [`ACTION_TAIL`]); the worker takes it ([`encode_item`], once per
+//! document, when it builds a batch's items) and the retry policy joins them ([`body`], once per
+//! attempt). Guarantees: every item is a `create` action with our deterministic `_id` (so a retry or
+//! a replay of a durable item is answered 409, never a second copy), followed by its document, each
+//! on one line, the body ending with a newline as `_bulk` requires (REFERENCE.md §5).
 
 use bytes::{Bytes, BytesMut};
 
 use crate::{batch::Item, document::Document};
 
-/// The NDJSON of one `create` item.
+// An item is `ACTION_HEAD`, the index name, `ACTION_ID`, the id, `ACTION_TAIL`, the document and a
+// newline. Index names (a prefix checked by `Config::validate`, a fixed word and a date) and ids
+// (hex and `_`) never need JSON escaping, so they are written as they are.
+
+/// An action line up to its index name.
+pub(crate) const ACTION_HEAD: &[u8] = b"{\"create\":{\"_index\":\"";
+/// Between the index name and the `_id`.
+pub(crate) const ACTION_ID: &[u8] = b"\",\"_id\":\"";
+/// After the `_id`, ending the action line.
+pub(crate) const ACTION_TAIL: &[u8] = b"\"}}\n";
+
+/// The NDJSON of one `create` item: written with the document (a shared reference, no copy).
 pub fn encode_item(doc: &Document) -> Bytes {
-    let mut out = BytesMut::with_capacity(doc.source.len() + doc.index.len() + doc.id.len() + 40);
-    // Index names (a prefix checked by `Config::validate`, a fixed word and a date) and ids (hex and
-    // `_`) never need JSON escaping, so they are written as they are.
-    out.extend_from_slice(b"{\"create\":{\"_index\":\"");
-    out.extend_from_slice(doc.index.as_bytes());
-    out.extend_from_slice(b"\",\"_id\":\"");
-    out.extend_from_slice(doc.id.as_bytes());
-    out.extend_from_slice(b"\"}}\n");
-    out.extend_from_slice(&doc.source);
-    out.extend_from_slice(b"\n");
-    out.freeze()
+    doc.ndjson.clone()
 }
 
 /// The `_bulk` body of `items`, in their order (the answer's items come back in this order).
@@ -38,14 +40,7 @@ mod tests {
     use crate::document::DocKind;
 
     fn doc(id: &str, source: &[u8]) -> Document {
-        Document {
-            index: "jaeger-span-2026-11-25".into(),
-            id: id.into(),
-            source: source.to_vec(),
-            kind: DocKind::Span,
-            position: None,
-            end_micros: 0,
-        }
+        Document::new(DocKind::Span, "jaeger-span-2026-11-25", id, source, None, 0)
     }
 
     #[test]

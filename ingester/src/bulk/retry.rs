@@ -266,14 +266,7 @@ mod tests {
     }
 
     fn item() -> Item {
-        let doc = Document {
-            index: "jaeger-span-2026-11-30".into(),
-            id: "a_b_c".into(),
-            source: b"{}".to_vec(),
-            kind: DocKind::Span,
-            position: None,
-            end_micros: 0,
-        };
+        let doc = Document::new(DocKind::Span, "jaeger-span-2026-11-30", "a_b_c", b"{}", None, 0);
         Item { ndjson: encode_item(&doc), kind: DocKind::Span, end_micros: 0, origin: None, service: None }
     }
 

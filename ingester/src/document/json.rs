@@ -1,0 +1,398 @@
+//! `document::json`: the JSON primitives span, service and bulk-action documents are written with,
+//! by hand, into a buffer the caller reuses.
+//!
+//! Called by the document mapping only. Guarantees: the bytes are exactly what serde_json writes
+//! for the same values (strings escaped as its `format_escaped_str` does: `"`, `\` and the control
+//! characters below U+0020, with `\b \f \n \r \t` short forms and `\u00xx` in lowercase hex for the
+//! others; everything else, U+2028 and non-BMP characters included, as it is; unsigned and signed
+//! integers in decimal), which `document.rs`'s golden file and proptest check. A [`Writer`] keeps
+//! its output only up to a limit and counts past it, so a document's length is known without
+//! holding more than the limit of it.
+
+use std::io;
+
+use bytes::BytesMut;
+
+/// A buffer a [`Writer`] appends to.
+pub(super) trait Sink {
+    fn len(&self) -> usize;
+    fn put(&mut self, bytes: &[u8]);
+    /// Drops everything from `len` on.
+    fn cut(&mut self, len: usize);
+}
+
+impl Sink for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    fn cut(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+impl Sink for BytesMut {
+    fn len(&self) -> usize {
+        BytesMut::len(self)
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if self.capacity() - BytesMut::len(self) < bytes.len() {
+            // A buffer whose earlier documents were split off grows by exactly what is asked:
+            // double the document being written instead, so a large one is not copied per write.
+            self.reserve(bytes.len().max(BytesMut::len(self)));
+        }
+        self.extend_from_slice(bytes);
+    }
+
+    fn cut(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+/// JSON appended to a [`Sink`], kept up to `limit` bytes and only counted past it (the bytes
+/// written before are then cut off again).
+pub(super) struct Writer<'a, S: Sink> {
+    out: &'a mut S,
+    /// Where this writer's output starts in `out`.
+    start: usize,
+    /// Bytes written, kept or only counted.
+    len: usize,
+    limit: usize,
+}
+
+/// What needs escaping in a JSON string, as serde_json escapes it: 0 for nothing, `u` for
+/// `\u00xx`, else the letter after the backslash.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any of the 8 bytes of `w` needs escaping: below 0x20, a quote or a backslash. Exact
+/// for "any" (a borrow only travels up from a byte that matched).
+#[inline]
+fn any_to_escape(w: u64) -> bool {
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let quote = q.wrapping_sub(ONES) & !q;
+    let b = w ^ (ONES * u64::from(b'\\'));
+    let backslash = b.wrapping_sub(ONES) & !b;
+    (control | quote | backslash) & HIGHS != 0
+}
+
+impl<'a, S: Sink> Writer<'a, S> {
+    /// A writer appending to `out`, keeping at most `limit` bytes.
+    pub(super) fn new(out: &'a mut S, limit: usize) -> Self {
+        let start = out.len();
+        Self { out, start, len: 0, limit }
+    }
+
+    /// Bytes written (or counted) so far.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether everything written was kept.
+    pub(super) fn fits(&self) -> bool {
+        self.len <= self.limit
+    }
+
+    /// Bytes that are JSON already (punctuation, field names, digits, hex).
+    #[inline]
+    pub(super) fn raw(&mut self, bytes: &[u8]) {
+        self.len = self.len.saturating_add(bytes.len());
+        if self.len <= self.limit {
+            self.out.put(bytes);
+        } else if self.out.len() > self.start {
+            self.out.cut(self.start);
+        }
+    }
+
+    /// `text` as a JSON string: clean runs copied whole, 8 bytes checked at a time.
+    pub(super) fn str(&mut self, text: &[u8]) {
+        self.raw(b"\"");
+        self.escaped(text);
+        self.raw(b"\"");
+    }
+
+    /// A JSON string's contents, written by `write` through [`io::Write`] in pieces (serde_json
+    /// writes whole UTF-8 fragments), each escaped as it comes: nothing is held apart, so the
+    /// writer's limit bounds what is kept whatever `write` produces.
+    pub(super) fn str_of(&mut self, write: impl FnOnce(&mut dyn io::Write)) {
+        struct Escaping<'w, 'a, S: Sink>(&'w mut Writer<'a, S>);
+        impl<S: Sink> io::Write for Escaping<'_, '_, S> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.escaped(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        self.raw(b"\"");
+        write(&mut Escaping(self));
+        self.raw(b"\"");
+    }
+
+    /// `text` escaped, without quotes. Escapes are decided byte by byte (bytes from 0x80 up are
+    /// never escaped), so text escaped in pieces is the text escaped whole.
+    fn escaped(&mut self, text: &[u8]) {
+        let mut clean = 0;
+        let mut at = 0;
+        while at < text.len() {
+            if let Some(chunk) = text.get(at..at + 16) {
+                let (a, b) = chunk.split_at(8);
+                if !any_to_escape(word(a)) && !any_to_escape(word(b)) {
+                    at += 16;
+                    continue;
+                }
+            }
+            if let Some(chunk) = text.get(at..at + 8)
+                && !any_to_escape(word(chunk))
+            {
+                at += 8;
+                continue;
+            }
+            let end = (at + 8).min(text.len());
+            for (i, &b) in text[at..end].iter().enumerate() {
+                let escape = ESCAPE[usize::from(b)];
+                if escape != 0 {
+                    let i = at + i;
+                    if clean < i {
+                        self.raw(&text[clean..i]);
+                    }
+                    if escape == b'u' {
+                        self.raw(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+                    } else {
+                        self.raw(&[b'\\', escape]);
+                    }
+                    clean = i + 1;
+                }
+            }
+            at = end;
+        }
+        if clean < text.len() {
+            self.raw(&text[clean..]);
+        }
+    }
+
+    /// `v` in decimal, as serde_json (and `Display`) write it.
+    pub(super) fn u64(&mut self, v: u64) {
+        let mut digits = [0u8; 20];
+        self.raw(decimal(v, &mut digits));
+    }
+
+    /// `v` in decimal with a leading `-` when negative.
+    pub(super) fn i64(&mut self, v: i64) {
+        if v < 0 {
+            self.raw(b"-");
+        }
+        self.u64(v.unsigned_abs());
+    }
+
+    /// The lowercase hex of `bytes`, unquoted.
+    pub(super) fn hex(&mut self, bytes: &[u8]) {
+        let mut chunk = [0u8; 128];
+        for part in bytes.chunks(chunk.len() / 2) {
+            let used = push_hex(part, &mut chunk);
+            self.raw(&chunk[..used]);
+        }
+    }
+
+    /// The lowercase hex of `bytes` as a JSON string.
+    pub(super) fn hex_str(&mut self, bytes: &[u8]) {
+        // Ids (16 and 8 bytes) in one write.
+        if bytes.len() <= 16 {
+            let mut quoted = [b'"'; 34];
+            let used = push_hex(bytes, &mut quoted[1..]);
+            self.raw(&quoted[..used + 2]);
+            return;
+        }
+        self.raw(b"\"");
+        self.hex(bytes);
+        self.raw(b"\"");
+    }
+}
+
+/// The 8 bytes of `chunk` (8 long) as a little-endian word.
+#[inline]
+fn word(chunk: &[u8]) -> u64 {
+    let mut le = [0u8; 8];
+    le.copy_from_slice(chunk);
+    u64::from_le_bytes(le)
+}
+
+/// Each byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = [HEX[b >> 4], HEX[b & 0xf]];
+        b += 1;
+    }
+    table
+};
+
+/// Each number below 100 as two decimal digits.
+static DECIMAL_PAIRS: [[u8; 2]; 100] = {
+    let mut table = [[0u8; 2]; 100];
+    let mut n = 0;
+    while n < 100 {
+        // Below 10 each.
+        table[n] = [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+        n += 1;
+    }
+    table
+};
+
+/// Writes the lowercase hex of `bytes` (at most half of `out`'s length) into `out`; the length used.
+#[inline]
+fn push_hex(bytes: &[u8], out: &mut [u8]) -> usize {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
+    2 * bytes.len()
+}
+
+/// The decimal digits of `v`, written at the end of `digits`, two at a time.
+#[inline]
+fn decimal(mut v: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    while v >= 100 {
+        at -= 2;
+        // Below 100.
+        digits[at..at + 2].copy_from_slice(&DECIMAL_PAIRS[(v % 100) as usize]);
+        v /= 100;
+    }
+    if v >= 10 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DECIMAL_PAIRS[v as usize]);
+    } else {
+        at -= 1;
+        // Below 10.
+        digits[at] = b'0' + v as u8;
+    }
+    &digits[at..]
+}
+
+/// Appends `v` as unpadded lowercase hex (`format!("{v:x}")`) to `out`.
+pub(super) fn push_hex_u64(out: &mut impl Sink, v: u64) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut rest = v;
+    loop {
+        at -= 1;
+        digits[at] = HEX[(rest & 0xf) as usize];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.put(&digits[at..]);
+}
+
+/// Appends the lowercase hex of `bytes` to `out`.
+pub(super) fn push_hex_bytes(out: &mut impl Sink, bytes: &[u8]) {
+    let mut chunk = [0u8; 128];
+    for part in bytes.chunks(chunk.len() / 2) {
+        let used = push_hex(part, &mut chunk);
+        out.put(&chunk[..used]);
+    }
+}
+
+/// Appends `v` in decimal, zero-padded to `width` digits (at most 20).
+pub(super) fn push_padded(out: &mut impl Sink, v: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let used = decimal(v, &mut digits).len();
+    let width = width.clamp(used, digits.len());
+    out.put(&digits[digits.len() - width..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(write: impl FnOnce(&mut Writer<'_, Vec<u8>>)) -> String {
+        let mut out = Vec::new();
+        write(&mut Writer::new(&mut out, usize::MAX));
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut cases: Vec<String> = (0u32..0x80).filter_map(char::from_u32).map(String::from).collect();
+        cases.extend(
+            [
+                "",
+                "plain",
+                "exactly8",
+                "sixteen bytes!!!",
+                "a\"b\\c",
+                "\u{2028}\u{2029}😀𝄞\u{7f}é",
+                "long clean run before an escape at the end of it\n",
+                "\u{1}\u{1f}\u{0}\u{8}\u{c}",
+            ]
+            .map(String::from),
+        );
+        cases.push((0u8..0x20).map(char::from).cycle().take(100).collect());
+        for case in cases {
+            let want = serde_json::to_string(&case).expect("json");
+            assert_eq!(json(|w| w.str(case.as_bytes())), want, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_hex_are_written_as_serde_json_and_format_write_them() {
+        for v in [0, 1, 9, 10, 99, 100, 12345, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(json(|w| w.u64(v)), v.to_string());
+            let mut hex = Vec::new();
+            push_hex_u64(&mut hex, v);
+            assert_eq!(String::from_utf8(hex).expect("ascii"), format!("{v:x}"));
+        }
+        for v in [0, -1, 1, i64::MIN, i64::MAX, -1234] {
+            assert_eq!(json(|w| w.i64(v)), v.to_string());
+        }
+        let bytes: Vec<u8> = (0..=255).cycle().take(300).collect();
+        assert_eq!(json(|w| w.hex_str(&bytes)), format!("\"{}\"", spanline_common::ids::to_hex(&bytes)));
+        let mut padded = Vec::new();
+        push_padded(&mut padded, 7, 4);
+        push_padded(&mut padded, 12345, 4);
+        assert_eq!(padded, b"000712345");
+    }
+
+    #[test]
+    fn past_its_limit_a_writer_counts_and_keeps_nothing() {
+        let mut out = b"kept:".to_vec();
+        let mut w = Writer::new(&mut out, 6);
+        w.str(b"abcd");
+        assert!(w.fits());
+        w.raw(b"x");
+        assert_eq!((w.len(), w.fits()), (7, false));
+        w.str(b"more");
+        assert_eq!(w.len(), 13);
+        assert_eq!(out, b"kept:");
+    }
+}
