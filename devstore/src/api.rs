@@ -753,6 +753,9 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     Ok(items)
 }
 
+// The bulk loop's locked state and one item's parts, passed through once per item; a struct for
+// them would only be built and taken apart here.
+#[allow(clippy::too_many_arguments)]
 fn write_item(
     store: &mut Store,
     rng: &mut StdRng,

@@ -746,6 +746,29 @@ mod tests {
     }
 
     #[test]
+    fn recorded_values_list_as_a_walk_does() {
+        let p = paths();
+        let texts = [
+            r#"{"traceID":"a\"b","n":[1,"2",true,null],"tags":[{"key":"k\u00e9","value":{"x":1}}],"process.serviceName":"s"}"#,
+            r#"{"traceID":["é","2026-11-30T00:00:00Z"],"x":{"traceID":"no"},"n":-0.0}"#,
+        ];
+        let (mut walked, mut recorded) = (Postings::new(paths()), Postings::new(paths()));
+        let mut scratch = Vec::new();
+        for (pos, text) in texts.iter().enumerate() {
+            let (object, values) = record(text, &p, &mut scratch).expect("valid");
+            assert!(object);
+            assert!(values.bytes() > 0);
+            assert_eq!(recorded.add_recorded(pos, text, &values), walked.add(pos, text));
+        }
+        assert_eq!(format!("{:?}", recorded.fields), format!("{:?}", walked.fields));
+        let bad = r#"{"traceID":"\ud800"}"#;
+        assert_eq!(
+            record(bad, &p, &mut scratch).expect_err("invalid").to_string(),
+            serde_json::from_str::<Value>(bad).expect_err("invalid").to_string()
+        );
+    }
+
+    #[test]
     fn candidates_are_supersets() {
         let mut postings = Postings::new(paths());
         postings.add(0, r#"{"traceID":"a","n":200,"tags":[{"key":"http","value":"500"}]}"#);
