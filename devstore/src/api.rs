@@ -388,10 +388,66 @@ const KNOWN_METADATA: &[&str] = &[
     "_source",
 ];
 
+/// The common action line, `{"create":{"_index":"…","_id":"…"}}` (or `index`, either key left
+/// out or in the other order), written without spaces or escapes, read without a parser. `None`
+/// for anything else, including an empty `_id` or no index at all: [`parse_action`] then reads it
+/// in full, so what is accepted and every error stay its own.
+fn parse_plain_action(line: &[u8], default_index: Option<&str>) -> Option<Action> {
+    let (op, mut rest) = if let Some(rest) = line.strip_prefix(b"{\"create\":{") {
+        (WriteOp::Create, rest)
+    } else {
+        (WriteOp::Index, line.strip_prefix(b"{\"index\":{")?)
+    };
+    let (mut index, mut id): (Option<&str>, Option<&str>) = (None, None);
+    if rest != b"}}" {
+        loop {
+            let slot = if let Some(after) = rest.strip_prefix(b"\"_index\":\"") {
+                rest = after;
+                &mut index
+            } else if let Some(after) = rest.strip_prefix(b"\"_id\":\"") {
+                rest = after;
+                &mut id
+            } else {
+                return None;
+            };
+            // A plain string: no escape, no control character (which a JSON string refuses).
+            let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            if rest[len] != b'"' || slot.is_some() {
+                return None;
+            }
+            *slot = Some(std::str::from_utf8(&rest[..len]).ok()?);
+            rest = &rest[len + 1..];
+            match rest {
+                b"}}" => break,
+                [b',', after @ ..] => rest = after,
+                _ => return None,
+            }
+        }
+    }
+    let index = index.or(default_index)?;
+    let id = match id {
+        Some("") => return None,
+        id => id.map(str::to_owned),
+    };
+    Some(Action { op, index: index.to_owned(), id })
+}
+
 /// Parses one action line the way OpenSearch's `BulkRequestParser` does, with its messages.
 /// `Ok((action, None))` is a valid line; `Some(error)` is a line that is well-formed but whose item
 /// fails on its own (an empty `_id`), which OpenSearch answers inside the 200, not for the request.
 fn parse_action(
+    line: &[u8],
+    line_no: usize,
+    default_index: Option<&str>,
+) -> Result<(Action, Option<ApiError>), ApiError> {
+    match parse_plain_action(line, default_index) {
+        Some(action) => Ok((action, None)),
+        None => parse_any_action(line, line_no, default_index),
+    }
+}
+
+/// [`parse_action`] for any line, with serde_json's parser.
+fn parse_any_action(
     line: &[u8],
     line_no: usize,
     default_index: Option<&str>,
@@ -664,12 +720,13 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     let mut conflicts: BTreeMap<String, u64> = BTreeMap::new();
     let mut store = state.store.lock();
     let mut rng = state.rng.lock();
+    let mut scratch = Vec::new();
     for (action, item_error, source) in pairs {
         let Action { op, index, id } = action;
         let id = id.unwrap_or_else(|| random_id(&mut rng));
         let outcome = match item_error {
             Some(error) => Err(error),
-            None => write_item(&mut store, &mut rng, &faults, op, &index, &id, source),
+            None => write_item(&mut store, &mut rng, &faults, op, &index, &id, source, &mut scratch),
         };
         let status = match &outcome {
             Ok(written) => written.status(),
@@ -696,6 +753,9 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     Ok(items)
 }
 
+// The bulk loop's locked state and one item's parts, passed through once per item; a struct for
+// them would only be built and taken apart here.
+#[allow(clippy::too_many_arguments)]
 fn write_item(
     store: &mut Store,
     rng: &mut StdRng,
@@ -704,6 +764,7 @@ fn write_item(
     index: &str,
     id: &str,
     source: &[u8],
+    scratch: &mut Vec<crate::postings::Rec>,
 ) -> Result<Written, ApiError> {
     // OpenSearch trims one `\r` before the newline; nothing left is its empty document.
     if source.strip_suffix(b"\r").unwrap_or(source).is_empty() {
@@ -711,10 +772,16 @@ fn write_item(
     }
     let text = std::str::from_utf8(source)
         .map_err(|_| ApiError::new(400, "mapper_parsing_exception", "failed to parse: invalid UTF-8"))?;
-    // Validated as `serde_json::from_str::<Value>` would, without building the tree (the postings
-    // read the source again at refresh).
-    let is_object = crate::postings::validate(text)
-        .map_err(|e| ApiError::new(400, "mapper_parsing_exception", format!("failed to parse: {e}")))?;
+    // Validated as `serde_json::from_str::<Value>` would, without building the tree; the values
+    // the index's postings need are taken on the way, so refresh lists them without parsing again
+    // (a new index's first document is walked again at refresh: its paths are not known yet).
+    let parsed = match store.index(index) {
+        Some(existing) => crate::postings::record(text, existing.postings().paths(), scratch)
+            .map(|(is_object, recorded)| (is_object, Some(recorded))),
+        None => crate::postings::validate(text).map(|is_object| (is_object, None)),
+    };
+    let (is_object, recorded) =
+        parsed.map_err(|e| ApiError::new(400, "mapper_parsing_exception", format!("failed to parse: {e}")))?;
     if !is_object {
         return Err(ApiError::new(
             400,
@@ -743,7 +810,7 @@ fn write_item(
         .with("caused_by", json!({"type": "illegal_argument_exception", "reason": "rejected by spanline-devstore reject rule"})));
     }
     crate::store::validate_index_name(index)?;
-    store.write(op, index, id, Arc::from(text))
+    store.write(op, index, id, Arc::from(text), recorded)
 }
 
 /// OpenSearch's item-level error for an injected item status on `index` (see `Faults::item_status`).
@@ -1061,4 +1128,52 @@ async fn reset(State(state): Shared) -> Json<Value> {
     *state.cpu_at_reset.lock() = process_cpu_seconds().unwrap_or(0.0);
     *state.faults.lock() = Faults::default();
     Json(json!({"acknowledged": true}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_action_lines_read_as_the_parser_reads_them() {
+        let lines: &[&[u8]] = &[
+            br#"{"create":{"_index":"jaeger-span-2026-11-30","_id":"abc_def"}}"#,
+            br#"{"index":{"_id":"1","_index":"i"}}"#,
+            br#"{"create":{"_index":"i"}}"#,
+            br#"{"create":{"_id":"x"}}"#,
+            br#"{"index":{}}"#,
+            br#"{"create":{"_index":"","_id":"x"}}"#,
+            "{\"create\":{\"_index\":\"i\",\"_id\":\"\u{e9}t\u{e9}\"}}".as_bytes(),
+        ];
+        for default in [None, Some("d")] {
+            for line in lines {
+                let Ok((general, None)) = parse_any_action(line, 1, default) else { continue };
+                let plain = parse_plain_action(line, default).expect("plain shape");
+                assert_eq!(
+                    (plain.op, plain.index, plain.id),
+                    (general.op, general.index, general.id),
+                    "{}",
+                    String::from_utf8_lossy(line)
+                );
+            }
+        }
+        // Anything else goes to the parser, for its answer and its errors.
+        let others: &[&[u8]] = &[
+            br#"{"create":{"_index":"i","_id":""}}"#,
+            br#"{"create":{"_index":"i","_id":"a","_id":"b"}}"#,
+            br#"{"create":{"_index":"i","_id":"a"b"}}"#,
+            br#"{"create":{"_index":"i","_id":"a"}} "#,
+            b"{\"create\":{\"_index\":\"i\",\"_id\":\"a\"}}\r",
+            br#"{"create": {"_index":"i"}}"#,
+            br#"{"create":{"_index":"i","routing":"r"}}"#,
+            br#"{"create":{"_index":"i","_id":1}}"#,
+            br#"{"create":{"_index":"i"},"x":1}"#,
+            br#"{"update":{"_index":"i"}}"#,
+            br#"{"create":{}}"#,
+            b"{\"create\":{\"_index\":\"\xff\"}}",
+        ];
+        for line in others {
+            assert!(parse_plain_action(line, None).is_none(), "{}", String::from_utf8_lossy(line));
+        }
+    }
 }

@@ -169,6 +169,80 @@ pub fn validate(text: &str) -> Result<bool, serde_json::Error> {
     walk(text, None, |_, _| {})
 }
 
+/// The values a document holds at its index's indexed paths, taken while validating it (see
+/// [`record`]) and kept with the unrefreshed document, so that refresh lists them without parsing
+/// the source a second time.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded(Box<[Rec]>);
+
+#[derive(Debug, Clone)]
+pub struct Rec {
+    field: u32,
+    value: RecValue,
+}
+
+#[derive(Debug, Clone)]
+enum RecValue {
+    Num(f64),
+    /// A string as written in the source (no escapes): its byte range there.
+    Span {
+        start: u32,
+        len: u32,
+    },
+    /// A string with escapes, unescaped.
+    Owned(Box<str>),
+    /// `true`, `false`, `null`.
+    Static(&'static str),
+    Object,
+}
+
+impl Recorded {
+    /// The memory these values take while they wait for a refresh, in bytes.
+    pub fn bytes(&self) -> u64 {
+        let owned: usize = self
+            .0
+            .iter()
+            .map(|rec| match &rec.value {
+                RecValue::Owned(text) => text.len(),
+                _ => 0,
+            })
+            .sum();
+        (std::mem::size_of_val::<[Rec]>(&self.0) + owned) as u64
+    }
+}
+
+/// [`validate`] (same acceptance, same errors) that also records the values at `paths` for
+/// [`Postings::add_recorded`]; `scratch` is reused between documents. Whether the top level is
+/// an object, and the values.
+pub fn record(text: &str, paths: &IndexedPaths, scratch: &mut Vec<Rec>) -> Result<(bool, Recorded), serde_json::Error> {
+    scratch.clear();
+    let base = text.as_ptr() as usize;
+    let end = base + text.len();
+    let object = walk(text, Some(paths), |id, leaf| {
+        let Ok(field) = u32::try_from(id) else { return };
+        let value = match leaf {
+            Leaf::Num(x) => RecValue::Num(x),
+            Leaf::Object => RecValue::Object,
+            Leaf::Text(s) => match s {
+                "true" => RecValue::Static("true"),
+                "false" => RecValue::Static("false"),
+                "null" => RecValue::Static("null"),
+                _ => {
+                    // serde_json hands an unescaped string as a slice of `text` itself, an escaped
+                    // one from its own buffer.
+                    let at = s.as_ptr() as usize;
+                    match (u32::try_from(at.wrapping_sub(base)), u32::try_from(s.len())) {
+                        (Ok(start), Ok(len)) if at >= base && at + s.len() <= end => RecValue::Span { start, len },
+                        _ => RecValue::Owned(s.into()),
+                    }
+                }
+            },
+        };
+        scratch.push(Rec { field, value });
+    })?;
+    Ok((object, Recorded(scratch.drain(..).collect())))
+}
+
 struct Walker<'p, F> {
     paths: Option<&'p IndexedPaths>,
     emit: F,
@@ -312,6 +386,52 @@ struct FieldPostings {
     has_date_text: bool,
 }
 
+impl FieldPostings {
+    /// Lists the document at `pos` under `leaf`; the memory that took, in bytes.
+    fn insert(&mut self, pos: u32, leaf: Leaf<'_>) -> u64 {
+        let mut bytes = POSTING_BYTES;
+        let list = match leaf {
+            Leaf::Object => {
+                self.has_object = true;
+                return bytes;
+            }
+            Leaf::Num(x) => match Num::new(x) {
+                Some(n) => self.nums.entry(n).or_insert_with(|| {
+                    bytes += KEY_OVERHEAD_BYTES;
+                    Vec::new()
+                }),
+                None => return bytes,
+            },
+            Leaf::Text(s) => match text_number(s) {
+                Some(n) => self.nums.entry(n).or_insert_with(|| {
+                    bytes += KEY_OVERHEAD_BYTES;
+                    Vec::new()
+                }),
+                None => {
+                    // As `query::date_millis` reads a string.
+                    if !self.has_date_text && may_be_date(s) && chrono::DateTime::parse_from_rfc3339(s).is_ok() {
+                        self.has_date_text = true;
+                    }
+                    // One hash for a known value; a new one is inserted with its first posting.
+                    match self.texts.get_mut(s) {
+                        Some(list) => list,
+                        None => {
+                            bytes += KEY_OVERHEAD_BYTES + s.len() as u64;
+                            self.texts.insert(s.into(), vec![pos]);
+                            return bytes;
+                        }
+                    }
+                }
+            },
+        };
+        // A document holding a value twice is listed once.
+        if list.last() != Some(&pos) {
+            list.push(pos);
+        }
+        bytes
+    }
+}
+
 /// Rough memory of one new posting key (the map entry, the key, the list's header).
 const KEY_OVERHEAD_BYTES: u64 = 64;
 /// Rough memory of one posting (a `u32`, with the list's spare capacity).
@@ -336,8 +456,8 @@ impl Postings {
         &self.paths
     }
 
-    /// Adds the values of `source` (already validated) for the document at `pos`; the memory the
-    /// new postings take, in bytes.
+    /// Adds the values of `source` (already validated) for the document at `pos`, walking it; the
+    /// memory the new postings take, in bytes.
     pub fn add(&mut self, pos: usize, source: &str) -> u64 {
         let Ok(pos) = u32::try_from(pos) else {
             self.overflowed = true;
@@ -347,47 +467,38 @@ impl Postings {
         let fields = &mut self.fields;
         // A walk over a validated source cannot fail.
         let _ = walk(source, Some(&self.paths), |id, leaf| {
-            let Some(field) = fields.get_mut(id) else { return };
-            bytes += POSTING_BYTES;
-            let list = match leaf {
-                Leaf::Object => {
-                    field.has_object = true;
-                    return;
-                }
-                Leaf::Num(x) => match Num::new(x) {
-                    Some(n) => field.nums.entry(n).or_insert_with(|| {
-                        bytes += KEY_OVERHEAD_BYTES;
-                        Vec::new()
-                    }),
-                    None => return,
-                },
-                Leaf::Text(s) => match text_number(s) {
-                    Some(n) => field.nums.entry(n).or_insert_with(|| {
-                        bytes += KEY_OVERHEAD_BYTES;
-                        Vec::new()
-                    }),
-                    None => {
-                        // As `query::date_millis` reads a string.
-                        if !field.has_date_text && may_be_date(s) && chrono::DateTime::parse_from_rfc3339(s).is_ok() {
-                            field.has_date_text = true;
-                        }
-                        // One hash for a known value; a new one is inserted with its first posting.
-                        match field.texts.get_mut(s) {
-                            Some(list) => list,
-                            None => {
-                                bytes += KEY_OVERHEAD_BYTES + s.len() as u64;
-                                field.texts.insert(s.into(), vec![pos]);
-                                return;
-                            }
-                        }
-                    }
-                },
-            };
-            // A document holding a value twice is listed once.
-            if list.last() != Some(&pos) {
-                list.push(pos);
+            if let Some(field) = fields.get_mut(id) {
+                bytes += field.insert(pos, leaf);
             }
         });
+        bytes
+    }
+
+    /// Adds the values `recorded` (by [`record`] with these postings' paths) of `source`, the
+    /// document at `pos`, without walking it again; the memory the new postings take, in bytes.
+    pub fn add_recorded(&mut self, pos: usize, source: &str, recorded: &Recorded) -> u64 {
+        let Ok(pos) = u32::try_from(pos) else {
+            self.overflowed = true;
+            return 0;
+        };
+        let mut bytes = 0;
+        for rec in &recorded.0 {
+            let Some(field) = self.fields.get_mut(rec.field as usize) else { continue };
+            let leaf = match &rec.value {
+                RecValue::Num(x) => Leaf::Num(*x),
+                RecValue::Span { start, len } => {
+                    let (start, len) = (*start as usize, *len as usize);
+                    match source.get(start..start + len) {
+                        Some(text) => Leaf::Text(text),
+                        None => continue,
+                    }
+                }
+                RecValue::Owned(text) => Leaf::Text(text),
+                RecValue::Static(text) => Leaf::Text(text),
+                RecValue::Object => Leaf::Object,
+            };
+            bytes += field.insert(pos, leaf);
+        }
         bytes
     }
 
@@ -632,6 +743,29 @@ mod tests {
             let theirs = serde_json::from_str::<Value>(&text).map(|v| v.is_object()).map_err(|e| e.to_string());
             assert_eq!(ours, theirs, "{text}");
         }
+    }
+
+    #[test]
+    fn recorded_values_list_as_a_walk_does() {
+        let p = paths();
+        let texts = [
+            r#"{"traceID":"a\"b","n":[1,"2",true,null],"tags":[{"key":"k\u00e9","value":{"x":1}}],"process.serviceName":"s"}"#,
+            r#"{"traceID":["é","2026-11-30T00:00:00Z"],"x":{"traceID":"no"},"n":-0.0}"#,
+        ];
+        let (mut walked, mut recorded) = (Postings::new(paths()), Postings::new(paths()));
+        let mut scratch = Vec::new();
+        for (pos, text) in texts.iter().enumerate() {
+            let (object, values) = record(text, &p, &mut scratch).expect("valid");
+            assert!(object);
+            assert!(values.bytes() > 0);
+            assert_eq!(recorded.add_recorded(pos, text, &values), walked.add(pos, text));
+        }
+        assert_eq!(format!("{:?}", recorded.fields), format!("{:?}", walked.fields));
+        let bad = r#"{"traceID":"\ud800"}"#;
+        assert_eq!(
+            record(bad, &p, &mut scratch).expect_err("invalid").to_string(),
+            serde_json::from_str::<Value>(bad).expect_err("invalid").to_string()
+        );
     }
 
     #[test]

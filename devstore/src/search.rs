@@ -831,7 +831,15 @@ mod equivalence {
             .expect("index");
         for (n, (id, overwrite, doc)) in writes.iter().enumerate() {
             let op = if *overwrite { WriteOp::Index } else { WriteOp::Create };
-            let _ = store.write(op, "i", &id.to_string(), Arc::from(doc.to_string()));
+            // Every other write brings the values recorded while validating, as `_bulk` does;
+            // the others are walked at refresh.
+            let text = doc.to_string();
+            let recorded = store
+                .index("i")
+                .filter(|_| n % 2 == 0)
+                .and_then(|index| crate::postings::record(&text, index.postings().paths(), &mut Vec::new()).ok())
+                .map(|(_, recorded)| recorded);
+            let _ = store.write(op, "i", &id.to_string(), Arc::from(text), recorded);
             if n % refresh_every == refresh_every - 1 {
                 store.refresh_all();
             }

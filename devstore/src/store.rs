@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     error::ApiError,
-    postings::{IndexedPaths, Postings},
+    postings::{IndexedPaths, Postings, Recorded},
     query::value_text,
 };
 
@@ -23,6 +23,9 @@ pub struct Doc {
     pub seq_no: u64,
     /// The source as of the last refresh; `None` until the first refresh after creation.
     pub visible: Option<Arc<str>>,
+    /// The indexed values of `source`, recorded when `_bulk` validated it, until the refresh that
+    /// lists them (which otherwise walks the source).
+    pub pending: Option<Recorded>,
 }
 
 /// One index.
@@ -55,9 +58,10 @@ impl Index {
         &self.postings
     }
     /// Makes the pending writes searchable: their sources become visible and enter the postings
-    /// (an overwritten document's old values leave them first). The memory the postings grew by.
-    fn refresh(&mut self) -> u64 {
-        let mut added = 0;
+    /// (an overwritten document's old values leave them first). The memory the postings grew by,
+    /// and the memory of the recorded values let go.
+    fn refresh(&mut self) -> (u64, u64) {
+        let (mut added, mut freed) = (0, 0);
         for pos in self.dirty.drain(..) {
             let Some((_, doc)) = self.docs.get_index_mut(pos) else { continue };
             // Written twice since the last refresh: the first visit made it visible already.
@@ -68,11 +72,17 @@ impl Index {
                 Some(old) => self.postings.remove(pos, old),
                 None => self.visible_count += 1,
             }
-            added += self.postings.add(pos, &doc.source);
+            added += match doc.pending.take() {
+                Some(recorded) => {
+                    freed += recorded.bytes();
+                    self.postings.add_recorded(pos, &doc.source, &recorded)
+                }
+                None => self.postings.add(pos, &doc.source),
+            };
             doc.visible = Some(doc.source.clone());
         }
-        self.bytes += added;
-        added
+        self.bytes = self.bytes + added - freed;
+        (added, freed)
     }
 }
 
@@ -520,8 +530,18 @@ impl Store {
     }
 
     /// Writes one document (its source already validated), creating the index if needed.
-    pub fn write(&mut self, op: WriteOp, index_name: &str, id: &str, source: Arc<str>) -> Result<Written, ApiError> {
-        let cost = source.len() as u64 + id.len() as u64 + DOC_OVERHEAD_BYTES;
+    /// `recorded` are its values at the index's indexed paths (see [`crate::postings::record`]),
+    /// when they were taken during validation.
+    pub fn write(
+        &mut self,
+        op: WriteOp,
+        index_name: &str,
+        id: &str,
+        source: Arc<str>,
+        recorded: Option<Recorded>,
+    ) -> Result<Written, ApiError> {
+        let pending_bytes = recorded.as_ref().map_or(0, Recorded::bytes);
+        let cost = source.len() as u64 + id.len() as u64 + DOC_OVERHEAD_BYTES + pending_bytes;
         if self.bytes_used + cost > self.memory_limit {
             return Err(self.memory_error(cost));
         }
@@ -547,14 +567,20 @@ impl Store {
                     .with("shard", "0")
                     .with("index_uuid", index.uuid.clone()));
                 }
-                let freed = existing.source.len() as u64 + id.len() as u64 + DOC_OVERHEAD_BYTES;
+                let freed = existing.source.len() as u64
+                    + id.len() as u64
+                    + DOC_OVERHEAD_BYTES
+                    + existing.pending.as_ref().map_or(0, Recorded::bytes);
                 existing.version += 1;
                 existing.seq_no = seq_no;
                 existing.source = source;
+                existing.pending = recorded;
                 (pos, existing.version, false, freed)
             }
             None => {
-                let (pos, _) = index.docs.insert_full(id.to_owned(), Doc { source, version: 1, seq_no, visible: None });
+                let (pos, _) = index
+                    .docs
+                    .insert_full(id.to_owned(), Doc { source, version: 1, seq_no, visible: None, pending: recorded });
                 (pos, 1, true, 0)
             }
         };
@@ -569,7 +595,8 @@ impl Store {
     pub fn refresh(&mut self, names: &[String]) {
         for name in names {
             if let Some(index) = self.indices.get_mut(name) {
-                self.bytes_used += index.refresh();
+                let (added, freed) = index.refresh();
+                self.bytes_used = self.bytes_used + added - freed;
             }
         }
     }
@@ -577,7 +604,8 @@ impl Store {
     /// Refreshes every index with pending writes (the periodic `refresh_interval`).
     pub fn refresh_all(&mut self) {
         for index in self.indices.values_mut().filter(|i| !i.dirty.is_empty()) {
-            self.bytes_used += index.refresh();
+            let (added, freed) = index.refresh();
+            self.bytes_used = self.bytes_used + added - freed;
         }
     }
 }
@@ -823,12 +851,12 @@ mod tests {
     fn create_conflicts_and_index_overwrites() {
         let mut s = Store::new(u64::MAX);
         let doc: Arc<str> = Arc::from(r#"{"a":1}"#);
-        let first = s.write(WriteOp::Create, "i", "1", doc.clone()).expect("created");
+        let first = s.write(WriteOp::Create, "i", "1", doc.clone(), None).expect("created");
         assert_eq!(first.status(), 201);
-        let conflict = s.write(WriteOp::Create, "i", "1", doc.clone()).expect_err("conflict");
+        let conflict = s.write(WriteOp::Create, "i", "1", doc.clone(), None).expect_err("conflict");
         assert_eq!(conflict.status, 409);
         assert_eq!(conflict.kind, "version_conflict_engine_exception");
-        let updated = s.write(WriteOp::Index, "i", "1", Arc::from(r#"{"a":2}"#)).expect("updated");
+        let updated = s.write(WriteOp::Index, "i", "1", Arc::from(r#"{"a":2}"#), None).expect("updated");
         assert_eq!(updated.status(), 200);
         assert_eq!(updated.version, 2);
         assert_eq!(s.index("i").map(|i| i.docs.len()), Some(1));
@@ -837,7 +865,7 @@ mod tests {
     #[test]
     fn writes_are_searchable_only_after_refresh() {
         let mut s = Store::new(u64::MAX);
-        s.write(WriteOp::Create, "i", "1", Arc::from("{}")).expect("created");
+        s.write(WriteOp::Create, "i", "1", Arc::from("{}"), None).expect("created");
         assert_eq!(s.index("i").map(Index::visible_count), Some(0));
         s.refresh_all();
         assert_eq!(s.index("i").map(Index::visible_count), Some(1));
@@ -890,8 +918,8 @@ mod tests {
     #[test]
     fn memory_cap_is_a_circuit_breaker() {
         let mut s = Store::new(200);
-        s.write(WriteOp::Create, "i", "1", Arc::from("{}")).expect("fits");
-        let err = s.write(WriteOp::Create, "i", "2", Arc::from("x".repeat(200))).expect_err("over cap");
+        s.write(WriteOp::Create, "i", "1", Arc::from("{}"), None).expect("fits");
+        let err = s.write(WriteOp::Create, "i", "2", Arc::from("x".repeat(200)), None).expect_err("over cap");
         assert_eq!(err.status, 429);
         assert_eq!(err.kind, "circuit_breaking_exception");
         assert!(err.reason.contains("memory cap"));
