@@ -558,6 +558,17 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let others = Others::start(store_proc.pid(), broker_pid, ticks);
     let cpu = CpuMeter::new(replay.pid(), ticks);
+    // Replay exits once its window is indexed, and the kernel forgets an exited process's peak
+    // RSS: sampled while it runs.
+    let pid = replay.pid();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        while let Some(now) = peak_rss(pid) {
+            peak = peak.max(now);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peak
+    });
     let started = Instant::now();
     let replay_store = Store::new(&store_url, "replay");
     let (replayed, last) = wait_indexed(&replay_store, total_a, Duration::from_secs(600)).await?;
@@ -565,9 +576,9 @@ async fn main() -> anyhow::Result<()> {
     let replay_cpu = cpu.used();
     let mut replay_others = json!({});
     others.report(&mut replay_others, replayed);
-    let replay_rss = mib(peak_rss(replay.pid()));
     let mut replay = replay;
     let _ = replay.child.wait();
+    let replay_rss = mib(Some(sampler.await.unwrap_or(0)));
     drop(replay);
 
     // 6. The whole pipeline at a steady rate, with verification and freshness.
