@@ -67,18 +67,12 @@ pub fn json_cost(raw: &[u8]) -> usize {
         .saturating_add(longest.saturating_mul(32))
 }
 
-/// Decodes a protobuf body after checking its shape and charging its decoded size. `held_elsewhere`
-/// is budget the same request holds under another charge (gRPC's body while it is decoded): a
-/// request whose parts together could never fit is refused for good, not as busy.
-pub fn protobuf(
-    raw: &[u8],
-    max_spans: usize,
-    charge: &mut Charge,
-    held_elsewhere: usize,
-) -> Result<ExportTraceServiceRequest, Error> {
+/// Decodes a protobuf body after checking its shape and charging its decoded size: a request whose
+/// body and decoded size together could never fit is refused for good, not as busy.
+pub fn protobuf(raw: &[u8], max_spans: usize, charge: &mut Charge) -> Result<ExportTraceServiceRequest, Error> {
     let shape = scan(raw).map_err(|e| Error::Malformed(format!("invalid OTLP protobuf: {e}")))?;
     check_spans(shape.spans, max_spans)?;
-    charge.fits_with(shape.decoded_bytes.saturating_add(held_elsewhere), "the decoded request")?;
+    charge.fits_with(shape.decoded_bytes, "the decoded request")?;
     charge.grow(shape.decoded_bytes, "the decoded request")?;
     ExportTraceServiceRequest::decode(raw).map_err(|e| Error::Malformed(format!("invalid OTLP protobuf: {e}")))
 }
@@ -223,10 +217,10 @@ mod tests {
         assert!(shape.decoded_bytes >= 100_000 * size_of::<Span>(), "{}", shape.decoded_bytes);
         let budget = Budget::new(16 << 20, Gauge::default());
         let mut charge = budget.start();
-        let err = protobuf(&body, 1_000_000, &mut charge, 0).expect_err("over the budget");
+        let err = protobuf(&body, 1_000_000, &mut charge).expect_err("over the budget");
         assert!(matches!(err, Error::OverBudget { .. }), "{err}");
         assert_eq!(charge.bytes(), 0);
-        let err = protobuf(&body, 50_000, &mut budget.start(), 0).expect_err("over the span limit");
+        let err = protobuf(&body, 50_000, &mut budget.start()).expect_err("over the span limit");
         assert!(err.to_string().contains("max_spans_per_request"), "{err}");
     }
 

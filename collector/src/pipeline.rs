@@ -129,17 +129,17 @@ impl Exporter {
     /// budget (a protobuf body, or a decoded request); the records are charged before they are
     /// built.
     pub async fn export(&self, request: Request, mut charge: Charge) -> Result<ExportTraceServiceResponse, Error> {
-        let (body, held_elsewhere) = match request {
+        let body = match request {
             Request::Decoded(request) => return self.export_decoded(request, charge).await,
-            Request::Protobuf { body, held_elsewhere } => (body, held_elsewhere),
+            Request::Protobuf(body) => body,
         };
         let body_bytes = charge.bytes();
-        let encoded = match self.split(&body, &mut charge, held_elsewhere) {
+        let encoded = match self.split(&body, &mut charge) {
             Ok(encoded) => encoded,
             Err(SplitError::Refused(error)) => return Err(error),
             Err(SplitError::Fallback(reason)) => {
                 self.fell_back(reason);
-                let request = decode::protobuf(&body, self.inner.max_spans, &mut charge, held_elsewhere)?;
+                let request = decode::protobuf(&body, self.inner.max_spans, &mut charge)?;
                 drop(body);
                 // Only the decoded request stays charged.
                 charge.shrink_to(charge.bytes() - body_bytes);
@@ -159,7 +159,7 @@ impl Exporter {
 
     /// The byte path ([`split`]): the records of `body`, their bound charged before they are built
     /// (beside the body, whose charge is `charge`'s on entry), or why the decode path must take it.
-    fn split(&self, body: &[u8], charge: &mut Charge, held_elsewhere: usize) -> Result<Split, SplitError> {
+    fn split(&self, body: &[u8], charge: &mut Charge) -> Result<Split, SplitError> {
         let inner = &self.inner;
         if inner.processors.redacts() {
             return Err(SplitError::Fallback(Fallback::Redaction));
@@ -170,7 +170,7 @@ impl Exporter {
             return Err(SplitError::Fallback(Fallback::Encoding));
         }
         let tables = counts.table_bytes();
-        charge.fits_with(tables.saturating_add(held_elsewhere), "splitting the request")?;
+        charge.fits_with(tables, "splitting the request")?;
         charge.grow(tables, "splitting the request")?;
         let plan = match split::plan(body, &counts, &inner.attribute_limits, &inner.processors, inner.max_message_bytes)
         {
@@ -259,9 +259,9 @@ impl Exporter {
 /// A request as a receiver hands it to [`Exporter::export`].
 #[derive(Debug)]
 pub enum Request {
-    /// A protobuf body (decompressed), charged. `held_elsewhere` is budget the same request holds
-    /// under another charge (gRPC's compressed body), as for [`decode::protobuf`].
-    Protobuf { body: Bytes, held_elsewhere: usize },
+    /// A protobuf body (decompressed), charged. Nothing else of the request is held by then: tonic
+    /// drops a gRPC request's compressed body, and its charge, before the service runs.
+    Protobuf(Bytes),
     /// A request the receiver decoded (OTLP/JSON), its decoded size charged.
     Decoded(ExportTraceServiceRequest),
 }

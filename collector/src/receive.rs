@@ -184,11 +184,11 @@ impl Decoder for ExportDecoder {
         // The message is split off tonic's buffer, not copied (a `DecodeBuf` over a `BytesMut`).
         let body = src.copy_to_bytes(len);
         self.exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "grpc" }).inc_by(len as u64);
-        // Charged here and held by the export. The compressed body, still charged apart, is at most
-        // as large: counted beside it to tell "never fits" from "busy".
+        // Charged here and held by the export; tonic drops the compressed body, and its own charge,
+        // before the export runs.
         let mut charge = self.exporter.budget().start();
         match charge.grow(len, "the decompressed request") {
-            Ok(()) => Ok(Some(Admitted { request: ExportRequest::Protobuf { body, held_elsewhere: len }, charge })),
+            Ok(()) => Ok(Some(Admitted { request: ExportRequest::Protobuf(body), charge })),
             Err(error) => {
                 refused(self.exporter.metrics(), "grpc", &error);
                 Err(status(&error))
@@ -441,7 +441,7 @@ async fn http_export(
     };
     exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "http" }).inc_by(raw.len() as u64);
     let request = match format {
-        Format::Protobuf => ExportRequest::Protobuf { body: raw, held_elsewhere: 0 },
+        Format::Protobuf => ExportRequest::Protobuf(raw),
         Format::Json => {
             exporter.fell_back(Fallback::Json);
             let held = charge.bytes();

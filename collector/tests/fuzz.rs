@@ -48,7 +48,7 @@ fn charged(bytes: &[u8], json: bool) -> Run {
         let decoded = if json {
             decode::json(bytes, usize::MAX, &mut charge)
         } else {
-            decode::protobuf(bytes, usize::MAX, &mut charge, 0)
+            decode::protobuf(bytes, usize::MAX, &mut charge)
         };
         decoded.map_err(|e| e.to_string())
     });

@@ -389,11 +389,11 @@ struct FieldPostings {
 impl FieldPostings {
     /// Lists the document at `pos` under `leaf`; the memory that took, in bytes.
     fn insert(&mut self, pos: u32, leaf: Leaf<'_>) -> u64 {
-        let mut bytes = POSTING_BYTES;
+        let mut bytes = 0;
         let list = match leaf {
             Leaf::Object => {
                 self.has_object = true;
-                return bytes;
+                return 0;
             }
             Leaf::Num(x) => match Num::new(x) {
                 Some(n) => self.nums.entry(n).or_insert_with(|| {
@@ -416,9 +416,8 @@ impl FieldPostings {
                     match self.texts.get_mut(s) {
                         Some(list) => list,
                         None => {
-                            bytes += KEY_OVERHEAD_BYTES + s.len() as u64;
                             self.texts.insert(s.into(), vec![pos]);
-                            return bytes;
+                            return KEY_OVERHEAD_BYTES + s.len() as u64 + POSTING_BYTES;
                         }
                     }
                 }
@@ -427,9 +426,48 @@ impl FieldPostings {
         // A document holding a value twice is listed once.
         if list.last() != Some(&pos) {
             list.push(pos);
+            bytes += POSTING_BYTES;
         }
         bytes
     }
+
+    /// Takes `pos` off the list of `leaf`'s value, and the value off the field once no document
+    /// holds it; the memory let go, as [`Self::insert`] counted it.
+    fn remove(&mut self, pos: u32, leaf: Leaf<'_>) -> u64 {
+        match leaf {
+            Leaf::Object => 0,
+            Leaf::Num(x) => Num::new(x).map_or(0, |n| self.remove_num(n, pos)),
+            Leaf::Text(s) => match text_number(s) {
+                Some(n) => self.remove_num(n, pos),
+                None => {
+                    let Some(list) = self.texts.get_mut(s) else { return 0 };
+                    let mut freed = take(list, pos);
+                    if list.is_empty() {
+                        self.texts.remove(s);
+                        freed += KEY_OVERHEAD_BYTES + s.len() as u64;
+                    }
+                    freed
+                }
+            },
+        }
+    }
+
+    fn remove_num(&mut self, n: Num, pos: u32) -> u64 {
+        let Some(list) = self.nums.get_mut(&n) else { return 0 };
+        let mut freed = take(list, pos);
+        if list.is_empty() {
+            self.nums.remove(&n);
+            freed += KEY_OVERHEAD_BYTES;
+        }
+        freed
+    }
+}
+
+/// Takes `pos` off `list`; the memory let go.
+fn take(list: &mut Vec<u32>, pos: u32) -> u64 {
+    let before = list.len();
+    list.retain(|p| *p != pos);
+    (before - list.len()) as u64 * POSTING_BYTES
 }
 
 /// Rough memory of one new posting key (the map entry, the key, the list's header).
@@ -502,24 +540,17 @@ impl Postings {
         bytes
     }
 
-    /// Removes the document at `pos`, whose searchable source was `source`.
-    pub fn remove(&mut self, pos: usize, source: &str) {
-        let Ok(pos) = u32::try_from(pos) else { return };
+    /// Removes the document at `pos`, whose searchable source was `source`; the memory let go.
+    pub fn remove(&mut self, pos: usize, source: &str) -> u64 {
+        let Ok(pos) = u32::try_from(pos) else { return 0 };
         let fields = &mut self.fields;
+        let mut freed = 0;
         let _ = walk(source, Some(&self.paths), |id, leaf| {
-            let Some(field) = fields.get_mut(id) else { return };
-            let list = match leaf {
-                Leaf::Object => return,
-                Leaf::Num(x) => Num::new(x).and_then(|n| field.nums.get_mut(&n)),
-                Leaf::Text(s) => match text_number(s) {
-                    Some(n) => field.nums.get_mut(&n),
-                    None => field.texts.get_mut(s),
-                },
-            };
-            if let Some(list) = list {
-                list.retain(|p| *p != pos);
+            if let Some(field) = fields.get_mut(id) {
+                freed += field.remove(pos, leaf);
             }
         });
+        freed
     }
 
     /// Positions (ascending, distinct) of a superset of the documents `query` matches, or `None`

@@ -69,7 +69,7 @@ impl Index {
                 continue;
             }
             match &doc.visible {
-                Some(old) => self.postings.remove(pos, old),
+                Some(old) => freed += self.postings.remove(pos, old),
                 None => self.visible_count += 1,
             }
             added += match doc.pending.take() {
@@ -81,7 +81,7 @@ impl Index {
             };
             doc.visible = Some(doc.source.clone());
         }
-        self.bytes = self.bytes + added - freed;
+        self.bytes = (self.bytes + added).saturating_sub(freed);
         (added, freed)
     }
 }
@@ -596,7 +596,7 @@ impl Store {
         for name in names {
             if let Some(index) = self.indices.get_mut(name) {
                 let (added, freed) = index.refresh();
-                self.bytes_used = self.bytes_used + added - freed;
+                self.bytes_used = (self.bytes_used + added).saturating_sub(freed);
             }
         }
     }
@@ -605,7 +605,7 @@ impl Store {
     pub fn refresh_all(&mut self) {
         for index in self.indices.values_mut().filter(|i| !i.dirty.is_empty()) {
             let (added, freed) = index.refresh();
-            self.bytes_used = self.bytes_used + added - freed;
+            self.bytes_used = (self.bytes_used + added).saturating_sub(freed);
         }
     }
 }
@@ -923,6 +923,24 @@ mod tests {
         assert_eq!(err.status, 429);
         assert_eq!(err.kind, "circuit_breaking_exception");
         assert!(err.reason.contains("memory cap"));
+    }
+
+    /// An overwritten document's old values leave the postings, and their memory the account: a
+    /// document overwritten with new values again and again costs the same after every refresh.
+    #[test]
+    fn overwrites_release_their_postings() {
+        let mut s = Store::new(u64::MAX);
+        let mappings =
+            json!({ "mappings": { "properties": { "traceID": { "type": "keyword" }, "n": { "type": "long" } } } });
+        s.create_index("i", &mappings).expect("create");
+        let mut used = Vec::new();
+        for v in 0..20 {
+            let source = format!(r#"{{"traceID":"t{v:031}","n":{}}}"#, 1000 + v);
+            s.write(WriteOp::Index, "i", "1", Arc::from(source.as_str()), None).expect("write");
+            s.refresh_all();
+            used.push(s.bytes_used());
+        }
+        assert!(used.windows(2).all(|w| w[0] == w[1]), "memory grows with overwrites: {used:?}");
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub struct Kafka {
     #[serde(with = "humantime_serde")]
     pub drain_deadline: Duration,
     /// Records librdkafka may fetch ahead per partition (`queued.max.messages.kbytes`; with one
-    /// queue per partition it applies per partition). Default `4MiB`.
+    /// queue per partition it applies per partition, passed by at most one fetch). Default `4MiB`.
     pub max_prefetch_bytes: ByteSize,
     /// How long a partition this member does not own may lag with its committed offset standing
     /// still before this member says so (a log line, the `stalled_partitions` metric) and, when it
@@ -435,8 +435,8 @@ pub struct Batch {
     /// Flush when the batch holds this many documents. Default `10000`.
     pub max_docs: usize,
     /// Flush this long after the first document entered an empty batch. Default `200ms` (Jaeger's
-    /// `es.bulk.flush-interval`): with OpenSearch's 1 s refresh, spans are searchable within about
-    /// 1.5 s; under load batches fill by size first.
+    /// `es.bulk.flush-interval`): with OpenSearch's 1 s refresh, spans are searchable within 2 s of
+    /// their end at p99 (BENCHMARKS.md); under load batches fill by size first.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     /// Bulk requests one partition may have in flight at once; its offsets are committed only up to
