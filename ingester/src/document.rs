@@ -422,7 +422,9 @@ fn write_tag<S: Sink>(w: &mut Writer<'_, S>, kv: &KeyValue, scratch: &mut Vec<u8
 }
 
 /// A tag of type string with a fixed key (`key_json` is `{"key":"…","type":"string","value":`).
-fn write_str_tag<S: Sink>(w: &mut Writer<'_, S>, key_json: &[u8], value: &str) {
+/// The next element of a tag list: a string tag whose `{"key":…,"value":` is `key_json`.
+fn write_str_tag<S: Sink>(w: &mut Writer<'_, S>, first: &mut bool, key_json: &[u8], value: &str) {
+    separate(w, first);
     w.raw(key_json);
     w.str(value.as_bytes());
     w.raw(b"}");
@@ -506,17 +508,19 @@ fn write_span_head<S: Sink>(
     }
     if let Some(scope) = scope {
         if !scope.name.is_empty() {
-            separate(w, &mut first);
-            write_str_tag(w, b"{\"key\":\"otel.scope.name\",\"type\":\"string\",\"value\":", &scope.name);
+            write_str_tag(w, &mut first, b"{\"key\":\"otel.scope.name\",\"type\":\"string\",\"value\":", &scope.name);
         }
         if !scope.version.is_empty() {
-            separate(w, &mut first);
-            write_str_tag(w, b"{\"key\":\"otel.scope.version\",\"type\":\"string\",\"value\":", &scope.version);
+            write_str_tag(
+                w,
+                &mut first,
+                b"{\"key\":\"otel.scope.version\",\"type\":\"string\",\"value\":",
+                &scope.version,
+            );
         }
     }
     if let Some(kind) = span_kind(span.kind) {
-        separate(w, &mut first);
-        write_str_tag(w, b"{\"key\":\"span.kind\",\"type\":\"string\",\"value\":", kind);
+        write_str_tag(w, &mut first, b"{\"key\":\"span.kind\",\"type\":\"string\",\"value\":", kind);
     }
     if let Some(status) = &span.status {
         match StatusCode::try_from(status.code) {
@@ -531,13 +535,16 @@ fn write_span_head<S: Sink>(
             _ => {}
         }
         if !status.message.is_empty() {
-            separate(w, &mut first);
-            write_str_tag(w, b"{\"key\":\"otel.status_description\",\"type\":\"string\",\"value\":", &status.message);
+            write_str_tag(
+                w,
+                &mut first,
+                b"{\"key\":\"otel.status_description\",\"type\":\"string\",\"value\":",
+                &status.message,
+            );
         }
     }
     if !span.trace_state.is_empty() {
-        separate(w, &mut first);
-        write_str_tag(w, b"{\"key\":\"w3c.tracestate\",\"type\":\"string\",\"value\":", &span.trace_state);
+        write_str_tag(w, &mut first, b"{\"key\":\"w3c.tracestate\",\"type\":\"string\",\"value\":", &span.trace_state);
     }
     w.raw(b"],\"logs\":[");
     let mut first = true;
@@ -548,8 +555,7 @@ fn write_span_head<S: Sink>(
         w.raw(b",\"fields\":[");
         let mut first_field = true;
         if !event.name.is_empty() {
-            separate(w, &mut first_field);
-            write_str_tag(w, b"{\"key\":\"event\",\"type\":\"string\",\"value\":", &event.name);
+            write_str_tag(w, &mut first_field, b"{\"key\":\"event\",\"type\":\"string\",\"value\":", &event.name);
         }
         for kv in &event.attributes {
             separate(w, &mut first_field);

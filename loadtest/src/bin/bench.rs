@@ -801,26 +801,22 @@ fn table(all: &Value) -> String {
             fmt(num(r, "/store_cpu_us_per_document"), 2)
         )
     });
-    let _ = writeln!(
-        out,
-        "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  raw rdkafka produce of the collector's records",
-        "floor: produce",
-        fmt(num(floor, "/produce/spans_per_s"), 0),
-        fmt(num(floor, "/produce/cpu_s_per_million_spans").map(|s| 1e6 / s.max(1e-9)), 0),
-        fmt(num(floor, "/produce/cpu_s_per_million_spans"), 2),
-        "-",
-        "-"
-    );
-    let _ = writeln!(
-        out,
-        "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  raw rdkafka consume of the same records",
-        "floor: consume",
-        fmt(num(floor, "/consume/spans_per_s"), 0),
-        fmt(num(floor, "/consume/cpu_s_per_million_spans").map(|s| 1e6 / s.max(1e-9)), 0),
-        fmt(num(floor, "/consume/cpu_s_per_million_spans"), 2),
-        "-",
-        "-"
-    );
+    for (what, notes) in [
+        ("produce", "raw rdkafka produce of the collector's records"),
+        ("consume", "raw rdkafka consume of the same records"),
+    ] {
+        let cpu = num(floor, &format!("/{what}/cpu_s_per_million_spans"));
+        let _ = writeln!(
+            out,
+            "{:<44} {:>10} {:>14} {:>12} {:>10} {:>7}  {notes}",
+            format!("floor: {what}"),
+            fmt(num(floor, &format!("/{what}/spans_per_s")), 0),
+            fmt(cpu.map(|s| 1e6 / s.max(1e-9)), 0),
+            fmt(cpu, 2),
+            "-",
+            "-"
+        );
+    }
     let pipeline = &stages["pipeline"];
     let _ = writeln!(
         out,
