@@ -430,6 +430,18 @@ fn write_str_tag<S: Sink>(w: &mut Writer<'_, S>, first: &mut bool, key_json: &[u
     w.raw(b"}");
 }
 
+/// The next element of a `references` list.
+fn write_reference<S: Sink>(w: &mut Writer<'_, S>, first: &mut bool, kind: &[u8], trace_id: &[u8], span_id: &[u8]) {
+    separate(w, first);
+    w.raw(b"{\"refType\":\"");
+    w.raw(kind);
+    w.raw(b"\",\"traceID\":");
+    w.hex_str(trace_id);
+    w.raw(b",\"spanID\":");
+    w.hex_str(span_id);
+    w.raw(b"}");
+}
+
 /// `,` before every element but the first.
 fn separate<S: Sink>(w: &mut Writer<'_, S>, first: &mut bool) {
     if !std::mem::take(first) {
@@ -478,20 +490,10 @@ fn write_span_head<S: Sink>(
     w.raw(b",\"references\":[");
     let mut first = true;
     if !span.parent_span_id.is_empty() {
-        separate(w, &mut first);
-        w.raw(b"{\"refType\":\"CHILD_OF\",\"traceID\":");
-        w.hex_str(&span.trace_id);
-        w.raw(b",\"spanID\":");
-        w.hex_str(&span.parent_span_id);
-        w.raw(b"}");
+        write_reference(w, &mut first, b"CHILD_OF", &span.trace_id, &span.parent_span_id);
     }
     for link in &span.links {
-        separate(w, &mut first);
-        w.raw(b"{\"refType\":\"FOLLOWS_FROM\",\"traceID\":");
-        w.hex_str(&link.trace_id);
-        w.raw(b",\"spanID\":");
-        w.hex_str(&link.span_id);
-        w.raw(b"}");
+        write_reference(w, &mut first, b"FOLLOWS_FROM", &link.trace_id, &link.span_id);
     }
     let start_time = span.start_time_unix_nano / 1_000;
     w.raw(b"],\"startTime\":");
