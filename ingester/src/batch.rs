@@ -76,7 +76,6 @@ pub struct Origin {
     pub record: Bytes,
     /// (resource, scope, span) indices in the record's request.
     pub position: [usize; 3],
-    pub index: String,
     /// Set when the record is a re-driven dead letter: the spans' original coordinates.
     pub redrive: Option<std::sync::Arc<crate::deadletter::Redrive>>,
 }

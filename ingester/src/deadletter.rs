@@ -273,12 +273,13 @@ pub fn record_over_documents(
 pub fn rejected_span(
     source_topic: &str,
     origin: &Origin,
+    target_index: &str,
     stage: Stage,
     error_type: String,
     reason: String,
 ) -> Option<Letter> {
     let request = ExportTraceServiceRequest::decode(origin.record.as_ref()).ok()?;
-    refused_span(source_topic, &request, origin, stage, error_type, reason)
+    refused_span(source_topic, &request, origin, target_index, stage, error_type, reason)
 }
 
 /// [`rejected_span`] for a request already decoded (`origin.record` is not read).
@@ -286,6 +287,7 @@ pub fn refused_span(
     source_topic: &str,
     request: &ExportTraceServiceRequest,
     origin: &Origin,
+    target_index: &str,
     stage: Stage,
     error_type: String,
     reason: String,
@@ -316,7 +318,7 @@ pub fn refused_span(
             source_topic: source_topic.into(),
             source_partition: origin.partition,
             source_offset: origin.offset,
-            target_index: origin.index.clone(),
+            target_index: target_index.into(),
             dead_lettered_at_unix_nano: now_nanos(),
             span_count: 1,
             ..DeadLetter::default()
@@ -725,12 +727,17 @@ mod tests {
             key: Some(Bytes::from_static(b"k")),
             record: Bytes::from(request.encode_to_vec()),
             position: [0, 0, 1],
-            index: "jaeger-span-2026-11-25".into(),
             redrive: None,
         };
-        let letter =
-            rejected_span("otlp_spans", &origin, Stage::Index, "mapper_parsing_exception".into(), "bad".into())
-                .expect("letter");
+        let letter = rejected_span(
+            "otlp_spans",
+            &origin,
+            "jaeger-span-2026-11-25",
+            Stage::Index,
+            "mapper_parsing_exception".into(),
+            "bad".into(),
+        )
+        .expect("letter");
         assert_eq!(letter.key.as_deref(), Some(&b"k"[..]));
         let env = letter.envelope;
         assert_eq!((env.source_partition, env.source_offset, env.span_count), (2, 9, 1));
@@ -864,10 +871,10 @@ mod tests {
             key: None,
             record: Bytes::from(request.encode_to_vec()),
             position: [0, 0, 0],
-            index: String::new(),
             redrive: Some(redrive),
         };
-        let letter = rejected_span("otlp_spans_dlq", &origin, Stage::Index, "e".into(), "r".into()).expect("letter");
+        let letter =
+            rejected_span("otlp_spans_dlq", &origin, "", Stage::Index, "e".into(), "r".into()).expect("letter");
         assert_eq!((letter.envelope.source_topic.as_str(), letter.envelope.source_offset), ("otlp_spans", 1_234));
         assert_eq!((letter.envelope.redriven_offset, letter.envelope.redrives), (9, 1));
     }

@@ -53,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch::{Batch, FlushReason, Item, Limits, Origin},
-    bulk::BulkClient,
+    bulk::{BulkClient, framing},
     commit::{Covered, Fence},
     config::Encoding,
     deadletter::{self, DeadLetters, OverLimit, RecordLimits},
@@ -435,13 +435,12 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
         let redrive = (shared.encoding == Encoding::DeadLetter)
             .then(|| deadletter::Redrive::of(&value, &shared.topic, partition, offset))
             .flatten();
-        let origin = |payload: &Bytes, position: [usize; 3], index: String| Origin {
+        let origin = |payload: &Bytes, position: [usize; 3]| Origin {
             partition,
             offset,
             key: key.clone(),
             record: payload.clone(),
             position,
-            index,
             redrive: redrive.clone(),
         };
         if value.len() > limits.max_record_bytes {
@@ -507,7 +506,8 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                         let letter = deadletter::refused_span(
                             &shared.topic,
                             &request,
-                            &origin(&payload, refused.position, String::new()),
+                            &origin(&payload, refused.position),
+                            "",
                             Stage::Map,
                             refused.refusal.error_type().into(),
                             refused.reason,
@@ -580,7 +580,7 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                     kind: d.kind,
                     end_micros: d.end_micros,
                     service: (d.kind != DocKind::Span).then_some(claim),
-                    origin: d.position.map(|position| origin(&payload, position, d.index().to_owned())),
+                    origin: d.position.map(|position| origin(&payload, position)),
                     ndjson: d.ndjson,
                 })
             })
@@ -616,7 +616,9 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
             written.indexed -= 1;
         }
         let letter = r.item.origin.as_ref().and_then(|origin| {
-            deadletter::rejected_span(topic, origin, Stage::Index, r.error_type.clone(), r.reason.clone())
+            // The index the item was written to, read back from its action line.
+            let index = framing::index_of(&r.item.ndjson);
+            deadletter::rejected_span(topic, origin, index, Stage::Index, r.error_type.clone(), r.reason.clone())
         });
         match letter {
             Some(letter) => {

@@ -27,6 +27,13 @@ pub fn encode_item(doc: &Document) -> Bytes {
     doc.ndjson.clone()
 }
 
+/// The `_index` of an item's action line (empty if `item` is not one of ours).
+pub(crate) fn index_of(item: &[u8]) -> &str {
+    let Some(rest) = item.strip_prefix(ACTION_HEAD) else { return "" };
+    let end = rest.windows(ACTION_ID.len()).position(|w| w == ACTION_ID).unwrap_or(0);
+    std::str::from_utf8(&rest[..end]).unwrap_or_default()
+}
+
 /// The `_bulk` body of `items`, in their order (the answer's items come back in this order).
 pub(crate) fn body(items: &[Item]) -> Bytes {
     let mut body = BytesMut::with_capacity(items.iter().map(|i| i.ndjson.len()).sum());
@@ -49,6 +56,12 @@ mod tests {
             &encode_item(&doc("a_b_c", br#"{"x":1}"#))[..],
             b"{\"create\":{\"_index\":\"jaeger-span-2026-11-25\",\"_id\":\"a_b_c\"}}\n{\"x\":1}\n"
         );
+    }
+
+    #[test]
+    fn the_index_is_read_back_from_the_action_line() {
+        assert_eq!(index_of(&encode_item(&doc("a_b_c", br#"{"_id":"x"}"#))), "jaeger-span-2026-11-25");
+        assert_eq!(index_of(b"{\"index\":{}}\n{}\n"), "");
     }
 
     #[test]
