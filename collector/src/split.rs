@@ -973,6 +973,45 @@ mod tests {
         assert_eq!(split(&body, &limits(), &keep_all(), 900 * 1024).err(), Some(Fallback::Encoding));
     }
 
+    /// What planning and building really hold beside the records' bytes stays under the charged
+    /// table bound, for the shape that needs the most: every span its own trace (a record, a map
+    /// entry and a key each), 20 000 of them.
+    #[test]
+    fn planning_and_building_hold_no_more_than_charged() {
+        let spans: Vec<Span> = (1..=20_000u32)
+            .map(|i| {
+                let mut s = span(1, 1);
+                s.trace_id = u128::from(i).to_be_bytes().to_vec();
+                s.span_id = u64::from(i).to_be_bytes().to_vec();
+                s.attributes.clear();
+                s.events.clear();
+                s
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let body = request.encode_to_vec();
+        let counts = Counts::of(&body).expect("well formed");
+        let (limits, processors) = (limits(), keep_all());
+        let records = plan(&body, &counts, &limits, &processors, 900 * 1024).expect("byte path").bytes();
+        let mut built = None;
+        let held = allocation_counter::measure(|| {
+            let planned = plan(&body, &counts, &limits, &processors, 900 * 1024).expect("byte path");
+            built = Some(planned.build(&body));
+        });
+        let built = built.expect("built");
+        assert_eq!(built.records.len(), 20_000);
+        assert!(held.bytes_max <= (counts.table_bytes() + records) as u64, "more than the whole charge");
+        // The tables alone: the peak less what the records themselves are (their bytes and structs).
+        let own = built.payload_bytes() + built.records.len() * std::mem::size_of::<encode::Record>();
+        let tables = held.bytes_max - own as u64;
+        assert!(tables <= counts.table_bytes() as u64, "tables took {tables} bytes, {} charged", counts.table_bytes());
+    }
+
     #[test]
     fn counts_and_tables_are_bounded_by_the_top_levels() {
         let body = request().encode_to_vec();
