@@ -31,7 +31,7 @@ pub fn is_valid_span_id(id: &[u8]) -> bool {
 
 /// FNV-1a, 64 bit, fed incrementally.
 #[derive(Debug, Clone, Copy)]
-pub struct Fnv64a(u64);
+pub struct Fnv64a(pub(crate) u64);
 
 impl Default for Fnv64a {
     fn default() -> Self {

@@ -57,6 +57,83 @@ impl SpanSource<'_> {
     }
 }
 
+/// [`SpanSource::digest`] of each span of a request, in order, up to the first span the walk
+/// cannot read. FNV-1a is one multiply per byte, each waiting for the one before: one span at a
+/// time, the multiplier waits on its own result. Four spans at a time, interleaved byte by byte
+/// over their common length, keep it busy (the same values at about three times the throughput:
+/// `cargo bench -p spanline-ingester --bench document -- ids/`). Holds four digests, nothing more.
+#[derive(Debug, Clone)]
+pub struct Digests<'a> {
+    sources: SpanSources<'a>,
+    ready: [u64; 4],
+    /// The digests in `ready` not yet taken: `ready[next..len]`.
+    next: usize,
+    len: usize,
+}
+
+impl<'a> Digests<'a> {
+    pub fn new(request: &'a [u8]) -> Self {
+        Self { sources: SpanSources::new(request), ready: [0; 4], next: 0, len: 0 }
+    }
+}
+
+impl Iterator for Digests<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        if self.next == self.len {
+            let mut quad = [SpanSource { resource: 0, scope: 0, span: &[] }; 4];
+            self.len = 0;
+            for slot in &mut quad {
+                match self.sources.next() {
+                    Some(Ok(source)) => *slot = source,
+                    _ => break,
+                }
+                self.len += 1;
+            }
+            self.next = 0;
+            if self.len == 4 {
+                self.ready = digest4(&quad);
+            } else {
+                for (ready, source) in self.ready.iter_mut().zip(&quad[..self.len]) {
+                    *ready = source.digest();
+                }
+            }
+        }
+        let digest = self.ready.get(self.next).copied().filter(|_| self.next < self.len)?;
+        self.next += 1;
+        Some(digest)
+    }
+}
+
+/// The digests of four spans, interleaved over their common length.
+fn digest4(quad: &[SpanSource<'_>; 4]) -> [u64; 4] {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let head = |s: &SpanSource<'_>| {
+        let mut h = Fnv64a::default();
+        h.write(&s.resource.to_le_bytes());
+        h.write(&s.scope.to_le_bytes());
+        h.0
+    };
+    let [a, b, c, d] = quad;
+    let (mut ha, mut hb, mut hc, mut hd) = (head(a), head(b), head(c), head(d));
+    let common = a.span.len().min(b.span.len()).min(c.span.len()).min(d.span.len());
+    let lanes = a.span[..common].iter().zip(&b.span[..common]).zip(&c.span[..common]).zip(&d.span[..common]);
+    for (((&xa, &xb), &xc), &xd) in lanes {
+        ha = (ha ^ u64::from(xa)).wrapping_mul(PRIME);
+        hb = (hb ^ u64::from(xb)).wrapping_mul(PRIME);
+        hc = (hc ^ u64::from(xc)).wrapping_mul(PRIME);
+        hd = (hd ^ u64::from(xd)).wrapping_mul(PRIME);
+    }
+    let mut out = [0; 4];
+    for ((out, h), s) in out.iter_mut().zip([ha, hb, hc, hd]).zip(quad) {
+        let mut h = Fnv64a(h);
+        h.write(&s.span[common..]);
+        *out = h.finish();
+    }
+    out
+}
+
 /// The spans of a protobuf request, in the order prost decodes them into
 /// `resource_spans[r].scope_spans[s].spans[p]` (fields in wire order, whatever order a
 /// `ResourceSpans` or `ScopeSpans` writes its fields in). Stops after the first error.
@@ -231,6 +308,30 @@ mod tests {
             sources,
             vec![SpanSource { resource: fnv64a(&[&resource]), scope: fnv64a(&[&scope]), span: &one[..] }]
         );
+    }
+
+    #[test]
+    fn digests_four_at_a_time_are_each_spans_own() {
+        // Spans of many lengths over several resources and scopes; every count from 0 to 11.
+        for n in 0..=11u8 {
+            let spans: Vec<Span> = (0..n)
+                .map(|i| {
+                    let mut s = span(i);
+                    s.name = "x".repeat(usize::from(i) * 37 % 90);
+                    s
+                })
+                .collect();
+            let mut request = request();
+            request.resource_spans[0].scope_spans[0].spans.extend(spans);
+            let bytes = request.encode_to_vec();
+            let one_by_one: Vec<u64> = SpanSources::new(&bytes).map(|s| s.expect("walks").digest()).collect();
+            assert_eq!(Digests::new(&bytes).collect::<Vec<_>>(), one_by_one, "{n} more spans");
+        }
+        // Up to the first span the walk cannot read.
+        let mut bytes = request().encode_to_vec();
+        bytes.truncate(bytes.len() - 3);
+        let readable = SpanSources::new(&bytes).map_while(Result::ok).count();
+        assert_eq!(Digests::new(&bytes).count(), readable);
     }
 
     #[test]

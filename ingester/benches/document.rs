@@ -2,13 +2,18 @@
 //! parsing `_bulk` answers. The same 512 spans of about 470 bytes as the collector's benchmark
 //! (64 traces of 8 spans), as one record per trace, as the collector writes them.
 //!
-//! - `ingester/decode_map_ndjson`: decode, map and take the bulk items, record after record, the
-//!   items dropped at once (so the document buffer is reused in place);
+//! - `ingester/in_place_ndjson`: the live path (`map_record`): each record read in place, mapped
+//!   and its bulk items taken, record after record, the items dropped at once (so the document
+//!   buffer is reused in place);
+//! - `ingester/decode_map_ndjson`: the same through prost's decode and `map_request`, the path of a
+//!   record with a span to dead-letter or an encoding the live path leaves to prost;
 //! - `ingester/map_ndjson_held`: the mapping alone on decoded requests, the items held until the
 //!   end as a batch holds them;
 //! - `ids/fnv64a_records`: FNV-64a over the records' bytes: about what the span `_id` digests cost
 //!   (each span's bytes are hashed once), a floor the id scheme sets (one multiply per byte, each
-//!   waiting for the one before).
+//!   waiting for the one before);
+//! - `ids/span_digests_*`: the span digests themselves, one span at a time and four interleaved
+//!   ([`spanline_common::spans::Digests`], what the mapping uses).
 //!
 //! cargo bench -p spanline-ingester --bench document -- --warm-up-time 1 --measurement-time 3
 
@@ -21,7 +26,7 @@ use spanline_ingester::{
     bulk::{encode_item, parse_response},
     config::Encoding,
     deadletter::RecordLimits,
-    document::{IndexNames, Mapped, RecordTime, Routing, map_request},
+    document::{IndexNames, Mapped, RecordTime, Routing, map_record, map_request},
     worker::decode,
 };
 use spanline_testkit::fixtures;
@@ -70,6 +75,19 @@ fn bench(c: &mut Criterion) {
     let limits = RecordLimits::from_config(&spanline_ingester::Config::default()).documents;
     let mut group = c.benchmark_group("ingester");
     group.throughput(Throughput::Elements(spans as u64));
+    group.bench_function("in_place_ndjson", |b| {
+        let mut mapped = Mapped::default();
+        b.iter(|| {
+            let mut out = 0;
+            for record in &records {
+                assert!(map_record(record, &routing, limits, RecordTime::Timestamp(now_micros), &mut mapped));
+                for doc in mapped.docs.drain(..) {
+                    out += encode_item(&doc).len();
+                }
+            }
+            black_box(out)
+        })
+    });
     group.bench_function("decode_map_ndjson", |b| {
         let mut mapped = Mapped::default();
         b.iter(|| {
@@ -116,6 +134,21 @@ fn bench(c: &mut Criterion) {
     ids.throughput(Throughput::Bytes(bytes as u64));
     ids.bench_function("fnv64a_records", |b| {
         b.iter(|| records.iter().map(|r| spanline_common::ids::fnv64a(&[black_box(&r[..])])).fold(0, u64::wrapping_add))
+    });
+    // The same digests the mapping takes, one span at a time and four at a time.
+    ids.bench_function("span_digests_one_by_one", |b| {
+        b.iter(|| {
+            records
+                .iter()
+                .flat_map(|r| spanline_common::spans::SpanSources::new(black_box(r)))
+                .map(|s| s.expect("walks").digest())
+                .fold(0, u64::wrapping_add)
+        })
+    });
+    ids.bench_function("span_digests_four_at_a_time", |b| {
+        b.iter(|| {
+            records.iter().flat_map(|r| spanline_common::spans::Digests::new(black_box(r))).fold(0, u64::wrapping_add)
+        })
     });
     ids.finish();
     eprintln!("records: 64, {bytes} bytes, {spans} spans; bulk answers {} and {} bytes", created.len(), mixed.len());

@@ -26,6 +26,7 @@
 //! whole is at most that bound plus one document.
 
 mod json;
+mod wire;
 
 use std::{collections::HashSet, fmt, io::Write as _};
 
@@ -34,14 +35,19 @@ use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Datelike, NaiveDate};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{InstrumentationScope, KeyValue, any_value},
+    common::v1::{AnyValue, KeyValue, any_value},
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use prost::Message as _;
-use spanline_common::{ByteSize, ids::fnv64a, spans::SpanSources};
+use spanline_common::{
+    ByteSize,
+    ids::fnv64a,
+    spans::{Digests, SpanSources},
+};
 
 use crate::bulk::framing::{ACTION_HEAD, ACTION_ID, ACTION_TAIL};
 use json::{Sink, Writer, push_hex_bytes, push_hex_u64, push_padded};
+use wire::{Read, Unusual};
 
 /// A document ready for `_bulk`: its NDJSON `create` item, of which the index name, the `_id` and
 /// the JSON source are parts (`{"create":{"_index":"…","_id":"…"}}`, newline, source, newline).
@@ -368,27 +374,32 @@ impl IndexNames {
 /// Jaeger Query version reads string values). Values derived from large inputs (hex of bytes, the
 /// JSON of arrays and maps) are written straight into the document, never built apart; `scratch`
 /// holds the rare ones that go through `fmt` or serde_json first.
-fn write_tag<S: Sink>(w: &mut Writer<'_, S>, kv: &KeyValue, scratch: &mut Vec<u8>) {
+///
+/// `decoded` is the same attribute as prost decoded it, when the record was: an array or a list is
+/// written from it. Read in place, a small one is decoded alone ([`NESTED_DECODE_MAX`]); a larger
+/// one is [`Unusual`], for the record to be priced and decoded whole.
+fn write_tag<S: Sink>(
+    w: &mut Writer<'_, S>,
+    kv: &wire::KeyValue<'_>,
+    decoded: Option<&KeyValue>,
+    scratch: &mut Vec<u8>,
+) -> Read<()> {
     w.raw(b"{\"key\":");
     w.str(kv.key.as_bytes());
-    match kv.value.as_ref().and_then(|v| v.value.as_ref().map(|inner| (v, inner))) {
-        Some((_, any_value::Value::StringValue(s))) => {
+    match kv.value.unwrap_or(wire::AnyValue::Empty) {
+        wire::AnyValue::String(s) => {
             w.raw(b",\"type\":\"string\",\"value\":");
             w.str(s.as_bytes());
         }
-        Some((_, any_value::Value::BoolValue(b))) => {
-            w.raw(if *b {
-                b",\"type\":\"bool\",\"value\":\"true\""
-            } else {
-                b",\"type\":\"bool\",\"value\":\"false\""
-            });
+        wire::AnyValue::Bool(b) => {
+            w.raw(if b { b",\"type\":\"bool\",\"value\":\"true\"" } else { b",\"type\":\"bool\",\"value\":\"false\"" });
         }
-        Some((_, any_value::Value::IntValue(i))) => {
+        wire::AnyValue::Int(i) => {
             w.raw(b",\"type\":\"int64\",\"value\":\"");
-            w.i64(*i);
+            w.i64(i);
             w.raw(b"\"");
         }
-        Some((_, any_value::Value::DoubleValue(d))) => {
+        wire::AnyValue::Double(d) => {
             // Rust's `Display` of an f64 (no exponent; `NaN`, `inf`), as a string: no escapes.
             w.raw(b",\"type\":\"float64\",\"value\":\"");
             scratch.clear();
@@ -396,29 +407,39 @@ fn write_tag<S: Sink>(w: &mut Writer<'_, S>, kv: &KeyValue, scratch: &mut Vec<u8
             w.raw(scratch);
             w.raw(b"\"");
         }
-        Some((_, any_value::Value::BytesValue(b))) => {
+        wire::AnyValue::Bytes(b) => {
             w.raw(b",\"type\":\"binary\",\"value\":");
             w.hex_str(b);
         }
-        Some((any, any_value::Value::ArrayValue(_) | any_value::Value::KvlistValue(_))) => {
+        wire::AnyValue::Nested(any) => {
             // The OTLP/JSON form of the value, as a string, escaped as serde_json writes it (never
-            // held whole: it can be far larger than the record). A serialization error can only
-            // leave it cut short, as it always did.
+            // held whole: it can be far larger than the record). The reader checked the value
+            // whole, so prost decodes it; a serialization error can only leave it cut short.
+            let alone;
+            let any = match decoded.and_then(|kv| kv.value.as_ref()) {
+                Some(any) => any,
+                None if any.len() <= NESTED_DECODE_MAX => {
+                    alone = AnyValue::decode(any).map_err(|_| Unusual)?;
+                    &alone
+                }
+                None => return Err(Unusual),
+            };
             w.raw(b",\"type\":\"string\",\"value\":");
             w.str_of(|out| {
                 let _ = serde_json::to_writer(out, any);
             });
         }
-        // Newer OTLP value kinds (e.g. references into a string table) are written as their debug form.
-        Some((_, other)) => {
+        // Newer OTLP value kinds (references into a string table) are written as their debug form.
+        wire::AnyValue::StringIndex(index) => {
             w.raw(b",\"type\":\"string\",\"value\":");
             scratch.clear();
-            let _ = write!(scratch, "{other:?}");
+            let _ = write!(scratch, "{:?}", any_value::Value::StringValueStrindex(index));
             w.str(scratch);
         }
-        None => w.raw(b",\"type\":\"string\",\"value\":\"\""),
+        wire::AnyValue::Empty => w.raw(b",\"type\":\"string\",\"value\":\"\""),
     }
     w.raw(b"}");
+    Ok(())
 }
 
 /// A tag of type string with a fixed key (`key_json` is `{"key":"…","type":"string","value":`).
@@ -450,35 +471,46 @@ fn separate<S: Sink>(w: &mut Writer<'_, S>, first: &mut bool) {
 }
 
 /// `{"serviceName":…,"tags":[…]}`: the resource's attributes but `service.name`.
-fn write_process<S: Sink>(w: &mut Writer<'_, S>, service: &str, attributes: &[KeyValue], scratch: &mut Vec<u8>) {
+/// `decoded` is the resource's attributes as prost decoded them, when the record was.
+fn write_process<S: Sink>(
+    w: &mut Writer<'_, S>,
+    service: &str,
+    resource: &wire::ResourceSpans<'_>,
+    decoded: Option<&[KeyValue]>,
+    scratch: &mut Vec<u8>,
+) -> Read<()> {
     w.raw(b"{\"serviceName\":");
     w.str(service.as_bytes());
     w.raw(b",\"tags\":[");
     let mut first = true;
-    for kv in attributes.iter().filter(|kv| kv.key != "service.name") {
+    for (i, kv) in resource.attributes().enumerate().filter(|(_, kv)| kv.key != "service.name") {
         separate(w, &mut first);
-        write_tag(w, kv, scratch);
+        write_tag(w, &kv, decoded.and_then(|d| d.get(i)), scratch)?;
     }
     w.raw(b"]}");
+    Ok(())
 }
 
 /// A span document but its `process` and closing brace: `{"traceID":…,…,"logs":[…]`, the fields
 /// in Jaeger's order (REFERENCE.md §4) — parentSpanID omitted when empty, flags when 0; the
 /// span's attributes, then the tags synthesized from its scope, kind, status and trace state; its
 /// events as logs (timestamp in µs, the event's name as field `event`).
+///
+/// `decoded` is the span as prost decoded it, when the record was.
 fn write_span_head<S: Sink>(
     w: &mut Writer<'_, S>,
-    span: &Span,
-    scope: Option<&InstrumentationScope>,
+    span: &wire::Span<'_>,
+    decoded: Option<&Span>,
+    scope: Option<&wire::Scope<'_>>,
     scratch: &mut Vec<u8>,
-) {
+) -> Read<()> {
     w.raw(b"{\"traceID\":");
-    w.hex_str(&span.trace_id);
+    w.hex_str(span.trace_id);
     w.raw(b",\"spanID\":");
-    w.hex_str(&span.span_id);
+    w.hex_str(span.span_id);
     if !span.parent_span_id.is_empty() {
         w.raw(b",\"parentSpanID\":");
-        w.hex_str(&span.parent_span_id);
+        w.hex_str(span.parent_span_id);
     }
     let flags = span.flags & 0xff;
     if flags != 0 {
@@ -490,10 +522,11 @@ fn write_span_head<S: Sink>(
     w.raw(b",\"references\":[");
     let mut first = true;
     if !span.parent_span_id.is_empty() {
-        write_reference(w, &mut first, b"CHILD_OF", &span.trace_id, &span.parent_span_id);
+        write_reference(w, &mut first, b"CHILD_OF", span.trace_id, span.parent_span_id);
     }
-    for link in &span.links {
-        write_reference(w, &mut first, b"FOLLOWS_FROM", &link.trace_id, &link.span_id);
+    for link in span.links() {
+        let link = link?;
+        write_reference(w, &mut first, b"FOLLOWS_FROM", link.trace_id, link.span_id);
     }
     let start_time = span.start_time_unix_nano / 1_000;
     w.raw(b"],\"startTime\":");
@@ -504,20 +537,20 @@ fn write_span_head<S: Sink>(
     w.u64(span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1_000);
     w.raw(b",\"tags\":[");
     let mut first = true;
-    for kv in &span.attributes {
+    for (i, kv) in span.attributes().enumerate() {
         separate(w, &mut first);
-        write_tag(w, kv, scratch);
+        write_tag(w, &kv?, decoded.and_then(|d| d.attributes.get(i)), scratch)?;
     }
     if let Some(scope) = scope {
         if !scope.name.is_empty() {
-            write_str_tag(w, &mut first, b"{\"key\":\"otel.scope.name\",\"type\":\"string\",\"value\":", &scope.name);
+            write_str_tag(w, &mut first, b"{\"key\":\"otel.scope.name\",\"type\":\"string\",\"value\":", scope.name);
         }
         if !scope.version.is_empty() {
             write_str_tag(
                 w,
                 &mut first,
                 b"{\"key\":\"otel.scope.version\",\"type\":\"string\",\"value\":",
-                &scope.version,
+                scope.version,
             );
         }
     }
@@ -541,31 +574,34 @@ fn write_span_head<S: Sink>(
                 w,
                 &mut first,
                 b"{\"key\":\"otel.status_description\",\"type\":\"string\",\"value\":",
-                &status.message,
+                status.message,
             );
         }
     }
     if !span.trace_state.is_empty() {
-        write_str_tag(w, &mut first, b"{\"key\":\"w3c.tracestate\",\"type\":\"string\",\"value\":", &span.trace_state);
+        write_str_tag(w, &mut first, b"{\"key\":\"w3c.tracestate\",\"type\":\"string\",\"value\":", span.trace_state);
     }
     w.raw(b"],\"logs\":[");
     let mut first = true;
-    for event in &span.events {
+    for (e, event) in span.events().enumerate() {
+        let event = event?;
+        let decoded = decoded.and_then(|d| d.events.get(e));
         separate(w, &mut first);
         w.raw(b"{\"timestamp\":");
         w.u64(event.time_unix_nano / 1_000);
         w.raw(b",\"fields\":[");
         let mut first_field = true;
         if !event.name.is_empty() {
-            write_str_tag(w, &mut first_field, b"{\"key\":\"event\",\"type\":\"string\",\"value\":", &event.name);
+            write_str_tag(w, &mut first_field, b"{\"key\":\"event\",\"type\":\"string\",\"value\":", event.name);
         }
-        for kv in &event.attributes {
+        for (i, kv) in event.attributes().enumerate() {
             separate(w, &mut first_field);
-            write_tag(w, kv, scratch);
+            write_tag(w, &kv?, decoded.and_then(|d| d.attributes.get(i)), scratch)?;
         }
         w.raw(b"]}");
     }
     w.raw(b"]");
+    Ok(())
 }
 
 /// What a document costs beyond its JSON: its bulk action line (index and id) and bookkeeping.
@@ -574,6 +610,11 @@ const DOCUMENT_OVERHEAD: usize = 128;
 /// What a dead letter costs beyond its payload: the envelope's other fields (the reason, the source
 /// and target names) and bookkeeping.
 const LETTER_OVERHEAD: usize = 256;
+
+/// The largest array or list value (its protobuf bytes) decoded alone when a record is read in
+/// place: decoding one costs up to tens of times its bytes, so a larger one has the whole record
+/// priced first (`limits.max_record_decoded_bytes`) and decoded with it.
+const NESTED_DECODE_MAX: usize = 4096;
 
 /// What joins a span's own part to its process part.
 const PROCESS_KEY: &[u8] = b",\"process\":";
@@ -597,15 +638,39 @@ fn span_kind(kind: i32) -> Option<&'static str> {
 }
 
 /// The service name of a resource: `service.name`, or `unknown_service` as OpenTelemetry defines.
-fn service_name(attributes: &[KeyValue]) -> &str {
-    attributes
-        .iter()
+fn service_name<'a>(resource: &wire::ResourceSpans<'a>) -> &'a str {
+    resource
+        .attributes()
         .find(|kv| kv.key == "service.name")
-        .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
+        .and_then(|kv| match kv.value {
+            Some(wire::AnyValue::String(s)) if !s.is_empty() => Some(s),
             _ => None,
         })
         .unwrap_or("unknown_service")
+}
+
+/// Maps one protobuf record (`proto`, the record's bytes) to its documents, into `out` (cleared
+/// first), reading it in place ([`wire`]): the live path. Returns false, with `out` cleared, when
+/// the record is not for this path: an encoding the reader leaves to prost, a span that would be
+/// refused, or documents over `limits.max_record_document_bytes`; the caller then decodes it with
+/// prost and maps it with [`map_request`], which also makes the dead letters. On true, every span
+/// has its document, exactly the documents [`map_request`] makes of the decoded record.
+pub fn map_record(
+    proto: &[u8],
+    routing: &Routing,
+    limits: DocumentLimits,
+    reference: RecordTime,
+    out: &mut Mapped,
+) -> bool {
+    out.clear();
+    let mut buffers = std::mem::take(&mut out.buffers);
+    let mapped = map_wire(proto, None, Digests::new(proto), routing, limits, reference, out, &mut buffers, Pass::Fast);
+    retain(&mut buffers);
+    out.buffers = buffers;
+    if mapped.is_err() {
+        out.clear();
+    }
+    mapped.is_ok()
 }
 
 /// Maps every span of `request` to its documents, into `out` (cleared first): one span document
@@ -621,7 +686,9 @@ fn service_name(attributes: &[KeyValue]) -> &str {
 /// the sum passes it, mapping stops and `out.over` says so, with nothing kept.
 ///
 /// The documents' bulk items are written one after another into a buffer `out` keeps between
-/// records, each split off as its own [`Bytes`] without a copy.
+/// records, each split off as its own [`Bytes`] without a copy. The request is read from `proto`
+/// when [`wire`] takes it, else from prost's encoding of it (which it always takes). A span's dead
+/// letter is priced by its, its scope's and its resource's bytes as read.
 pub fn map_request(
     request: &ExportTraceServiceRequest,
     proto: &[u8],
@@ -630,40 +697,101 @@ pub fn map_request(
     reference: RecordTime,
     out: &mut Mapped,
 ) {
+    let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
     let mut buffers = std::mem::take(&mut out.buffers);
-    map_into(request, proto, routing, limits, reference, out, &mut buffers);
-    // A large resource's process part or a large document's room is not kept for the records
-    // after it: the buffers kept between records stay small.
+    // Read from the bytes as they are, when the reader takes them (it then reads what prost
+    // decoded, value for value); else from prost's encoding of the request, which it always takes.
+    let mut mapped = Err(Unusual);
+    if SpanSources::count(proto) == Ok(spans) {
+        out.clear();
+        out.spans = spans;
+        mapped = map_wire(
+            proto,
+            Some(request),
+            Digests::new(proto),
+            routing,
+            limits,
+            reference,
+            out,
+            &mut buffers,
+            Pass::Full,
+        );
+    }
+    if mapped.is_err() {
+        // prost decoded `proto` into `request`, so the walk finds the same spans; should it ever
+        // not, the ids come from the request's own encoding, which is as deterministic.
+        let canonical = request.encode_to_vec();
+        let ids = if SpanSources::count(proto) == Ok(spans) { proto } else { &canonical[..] };
+        out.clear();
+        out.spans = spans;
+        mapped = map_wire(
+            &canonical,
+            Some(request),
+            Digests::new(ids),
+            routing,
+            limits,
+            reference,
+            out,
+            &mut buffers,
+            Pass::Full,
+        );
+    }
+    retain(&mut buffers);
+    out.buffers = buffers;
+    if mapped.is_err() {
+        // Cannot happen (the reader takes prost's own encoding): every span refused rather than
+        // anything indexed from a half-read record.
+        out.clear();
+        out.spans = spans;
+        for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
+            for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
+                out.refused.extend((0..scope_spans.spans.len()).map(|pi| Refused {
+                    position: [ri, si, pi],
+                    refusal: Refusal::Unwritable,
+                    reason: "the record's own encoding cannot be read back".into(),
+                }));
+            }
+        }
+    }
+}
+
+/// A large resource's process part or a large document's room is not kept for the records after
+/// it: the buffers kept between records stay small.
+fn retain(buffers: &mut Buffers) {
     if buffers.process.capacity() > RETAINED {
         buffers.process = Vec::new();
     }
     if buffers.arena.capacity() > RETAINED {
         buffers.arena = BytesMut::new();
     }
-    out.buffers = buffers;
 }
 
-fn map_into(
-    request: &ExportTraceServiceRequest,
+/// Which mapping [`map_wire`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// The live path on the record's own bytes: a span to refuse, or a record over its bound, ends
+    /// it ([`Unusual`]), to be mapped again by [`Pass::Full`] with the dead letters' prices.
+    Fast,
+    /// With the decoded request: refusals and the record's bound as documented on
+    /// [`map_request`]; `out.spans` is set by the caller.
+    Full,
+}
+
+/// The mapping of the request in `proto`, read in place (`decoded` is it as prost decoded it, when
+/// it was: `proto` is then its encoding); each span's digest from `digests`, in order. See
+/// [`map_request`] for what it produces, and [`Pass`] for how it ends.
+#[allow(clippy::too_many_arguments)]
+fn map_wire(
     proto: &[u8],
+    decoded: Option<&ExportTraceServiceRequest>,
+    mut digests: Digests<'_>,
     routing: &Routing,
     limits: DocumentLimits,
     reference: RecordTime,
     out: &mut Mapped,
     buffers: &mut Buffers,
-) {
-    out.clear();
-    out.spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
-    // prost decoded `proto` into `request`, so the walk finds the same spans; should it ever not,
-    // the ids come from the request's own encoding, which is as deterministic (one allocation).
-    let canonical;
-    let proto = if SpanSources::count(proto) == Ok(out.spans) {
-        proto
-    } else {
-        canonical = request.encode_to_vec();
-        &canonical[..]
-    };
-    let mut sources = SpanSources::new(proto);
+    pass: Pass,
+) -> Read<()> {
     let names = &routing.names;
     let at = reference.micros();
     let (oldest, newest) = (at.saturating_sub(routing.max_age_micros), at.saturating_add(routing.max_skew_micros));
@@ -672,25 +800,28 @@ fn map_into(
     // The last document's size: room reserved for the next one, as a record's spans are alike.
     let mut last_len = 0;
     let mut services = Operations::default();
-    for (ri, resource_spans) in request.resource_spans.iter().enumerate() {
-        let resource = resource_spans.resource.as_ref();
-        let attributes = resource.map_or(&[][..], |r| &r.attributes[..]);
-        let service = service_name(attributes);
+    for (ri, resource_spans) in wire::request(proto).enumerate() {
+        let resource_spans = wire::ResourceSpans::read(resource_spans?)?;
+        let decoded_resource = decoded.and_then(|d| d.resource_spans.get(ri));
+        let decoded_attributes = decoded_resource.map(|r| r.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]));
+        let service = service_name(&resource_spans);
         // Written once per resource (when it has a span to index) into `buffers.process`, kept up
         // to `max_document_bytes`: its length, and whether it was kept.
         let mut process: Option<(usize, bool)> = None;
-        for (si, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
+        for (si, scope_spans) in resource_spans.scope_spans().enumerate() {
+            let scope_spans = wire::ScopeSpans::read(scope_spans?)?;
             let scope = scope_spans.scope.as_ref();
-            for (pi, span) in scope_spans.spans.iter().enumerate() {
+            for (pi, span) in scope_spans.spans().enumerate() {
+                let span = wire::Span::read(span?)?;
+                let decoded_span = decoded_resource.and_then(|r| r.scope_spans.get(si)).and_then(|s| s.spans.get(pi));
                 seen += 1;
                 let position = [ri, si, pi];
-                let source = sources.next().and_then(Result::ok);
                 // The dead letter if the span is refused: a request of this span alone, its resource
-                // and scope, in an envelope (priced only then).
+                // and scope, in an envelope (prost's encoding of each is at most its bytes as read).
                 let letter = || {
-                    resource.map_or(0, prost::Message::encoded_len)
-                        + scope.map_or(0, prost::Message::encoded_len)
-                        + span.encoded_len()
+                    resource_spans.resource.map_or(0, <[u8]>::len)
+                        + scope.map_or(0, |s| s.bytes.len())
+                        + span.bytes.len()
                         + LETTER_OVERHEAD
                 };
                 let start = micros(span.start_time_unix_nano);
@@ -701,75 +832,78 @@ fn map_into(
                 } else {
                     None
                 };
-                let cost = match (day, source) {
+                let digest = digests.next();
+                let refused = |refusal: Refusal, reason: String| {
+                    if pass == Pass::Fast { Err(Unusual) } else { Ok(Refused { position, refusal, reason }) }
+                };
+                let cost = match (day, digest) {
                     _ if span.trace_id.len() != 16
                         || span.span_id.len() != 8
                         || !(span.parent_span_id.is_empty() || span.parent_span_id.len() == 8) =>
                     {
-                        out.refused.push(Refused {
-                            position,
-                            refusal: Refusal::InvalidId,
-                            reason: format!(
+                        out.refused.push(refused(
+                            Refusal::InvalidId,
+                            format!(
                                 "trace id of {} bytes, span id of {} bytes, parent span id of {} bytes: OTLP ids are 16, 8 and 8 (or no parent)",
                                 span.trace_id.len(),
                                 span.span_id.len(),
                                 span.parent_span_id.len()
                             ),
-                        });
+                        )?);
                         letter()
                     }
                     (None, _) => {
                         let when = DateTime::from_timestamp_micros(start)
                             .map_or_else(|| start.to_string(), |t| t.to_rfc3339());
-                        out.refused.push(Refused {
-                            position,
-                            refusal: Refusal::OutOfWindow,
-                            reason: format!(
+                        out.refused.push(refused(
+                            Refusal::OutOfWindow,
+                            format!(
                                 "span start {when} is outside the accepted window around {reference} (max_span_age, max_clock_skew)"
                             ),
-                        });
+                        )?);
                         letter()
                     }
-                    // Cannot happen (the walk was checked above); refused rather than given an id
-                    // that is not its own.
+                    // Cannot happen (the walk reads the spans the reader reads); refused rather
+                    // than given an id that is not its own.
                     (Some(_), None) => {
-                        out.refused.push(Refused {
-                            position,
-                            refusal: Refusal::Unwritable,
-                            reason: "span not found in the record's protobuf bytes".into(),
-                        });
+                        out.refused.push(refused(
+                            Refusal::Unwritable,
+                            "span not found in the record's protobuf bytes".into(),
+                        )?);
                         letter()
                     }
-                    (Some(day), Some(source)) => {
+                    (Some(day), Some(digest)) => {
                         let Buffers { arena, process: process_json, scratch } = &mut *buffers;
-                        let (process_len, process_fits) = *process.get_or_insert_with(|| {
-                            process_json.clear();
-                            let mut w = Writer::new(process_json, limits.max_document_bytes);
-                            write_process(&mut w, service, attributes, scratch);
-                            (w.len(), w.fits())
-                        });
+                        let (process_len, process_fits) = match process {
+                            Some(written) => written,
+                            None => {
+                                process_json.clear();
+                                let mut w = Writer::new(process_json, limits.max_document_bytes);
+                                write_process(&mut w, service, &resource_spans, decoded_attributes, scratch)?;
+                                *process.insert((w.len(), w.fits()))
+                            }
+                        };
                         let part = Part { json: process_json, len: process_len, fits: process_fits };
                         let date = day_of(day);
-                        let span_doc = SpanDoc { span, scope, date, digest: source.digest() };
+                        let span_doc = SpanDoc { span: &span, decoded: decoded_span, scope, date, digest };
                         let max = limits.max_document_bytes;
-                        match span_document(arena, scratch, names, &span_doc, &part, max, last_len) {
+                        match span_document(arena, scratch, names, &span_doc, &part, max, last_len)? {
                             Written::Doc(mut doc) => {
                                 let len = doc.source_len();
                                 last_len = len;
                                 doc.position = Some(position);
-                                services.insert(date, &span.name);
+                                services.insert(date, span.name);
                                 out.docs.push(doc);
                                 len + DOCUMENT_OVERHEAD
                             }
                             Written::TooLarge(len) => {
-                                out.refused.push(Refused {
-                                    position,
-                                    refusal: Refusal::TooLarge,
-                                    reason: format!(
+                                out.refused.push(refused(
+                                    Refusal::TooLarge,
+                                    format!(
                                         "span document of {len} bytes is over limits.max_document_bytes ({})",
                                         ByteSize::from_usize(limits.max_document_bytes)
                                     ),
-                                });
+                                )?);
                                 len.max(letter())
                             }
                         }
@@ -777,8 +911,11 @@ fn map_into(
                 };
                 out.bytes = out.bytes.saturating_add(cost);
                 if out.bytes > max_record {
+                    if pass == Pass::Fast {
+                        return Err(Unusual);
+                    }
                     out.refuse_whole(seen, max_record);
-                    return;
+                    return Ok(());
                 }
             }
         }
@@ -787,11 +924,18 @@ fn map_into(
             out.bytes = out.bytes.saturating_add(doc.source_len() + DOCUMENT_OVERHEAD);
             out.docs.push(doc);
             if out.bytes > max_record {
+                if pass == Pass::Fast {
+                    return Err(Unusual);
+                }
                 out.refuse_whole(seen, max_record);
-                return;
+                return Ok(());
             }
         }
     }
+    if pass == Pass::Fast {
+        out.spans = seen;
+    }
+    Ok(())
 }
 
 /// A resource's distinct (day, operation) pairs: its service documents. Kept in the order first seen
@@ -844,8 +988,10 @@ struct Part<'a> {
 
 /// A span to write, with what its index and `_id` are made of.
 struct SpanDoc<'a> {
-    span: &'a Span,
-    scope: Option<&'a InstrumentationScope>,
+    span: &'a wire::Span<'a>,
+    /// The span as prost decoded it, when the record was.
+    decoded: Option<&'a Span>,
+    scope: Option<&'a wire::Scope<'a>>,
     /// The day of its index.
     date: NaiveDate,
     /// Its source's digest ([`spanline_common::spans::SpanSource::digest`]), the end of its `_id`.
@@ -873,8 +1019,8 @@ fn span_document(
     process: &Part<'_>,
     max: usize,
     size_hint: usize,
-) -> Written {
-    let SpanDoc { span, scope, date, digest } = *doc;
+) -> Read<Written> {
+    let SpanDoc { span, decoded, scope, date, digest } = *doc;
     // The process part and the closing brace, after the own part.
     let rest = PROCESS_KEY.len().saturating_add(process.len).saturating_add(1);
     // Room for the whole item, so appending the process part does not move it.
@@ -882,18 +1028,22 @@ fn span_document(
     // From the record's bytes, not from the document: a later version writing other JSON for the
     // same span must land on the same document.
     let (index_len, id_len) = write_action(arena, names, DocKind::Span, date, |arena| {
-        push_hex_bytes(arena, &span.trace_id);
+        push_hex_bytes(arena, span.trace_id);
         arena.put(b"_");
-        push_hex_bytes(arena, &span.span_id);
+        push_hex_bytes(arena, span.span_id);
         arena.put(b"_");
         push_hex_u64(arena, digest);
     });
     let mut w = Writer::new(arena, max.saturating_sub(rest));
-    write_span_head(&mut w, span, scope, scratch);
+    if let Err(unusual) = write_span_head(&mut w, span, decoded, scope, scratch) {
+        // Nothing of a document half written stays for the next one.
+        arena.clear();
+        return Err(unusual);
+    }
     let len = w.len().saturating_add(rest);
     if !w.fits() || !process.fits || len > max {
         arena.clear();
-        return Written::TooLarge(len);
+        return Ok(Written::TooLarge(len));
     }
     // Room for the rest at once: a first document (no size hint yet) grows once, by what it needs.
     let tail = PROCESS_KEY.len() + process.json.len() + 2;
@@ -904,14 +1054,14 @@ fn span_document(
     arena.put(process.json);
     arena.put(b"}\n");
     let end_micros = i64::try_from(span.end_time_unix_nano / 1_000).unwrap_or(i64::MAX);
-    Written::Doc(Document {
+    Ok(Written::Doc(Document {
         ndjson: arena.split().freeze(),
         index_len,
         id_len,
         kind: DocKind::Span,
         position: None,
         end_micros,
-    })
+    }))
 }
 
 /// The longest bulk action line but the index name: `{"create":{"_index":"`, the date,
@@ -987,12 +1137,11 @@ mod reference;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::AnyValue;
     use opentelemetry_proto::tonic::{
-        common::v1::{ArrayValue, InstrumentationScope},
+        common::v1::{ArrayValue, InstrumentationScope, KeyValue},
         resource::v1::Resource,
         trace::v1::{
-            ResourceSpans, ScopeSpans, Status,
+            ResourceSpans, ScopeSpans, Span, Status,
             span::{Event, Link},
         },
     };
@@ -1400,8 +1549,23 @@ mod tests {
         span.attributes[0] = kv("http.method", any_value::Value::StringValue("POST".into()));
         span.events.clear();
         let at = RecordTime::Timestamp(NOW);
-        let (before, after) =
-            (map_bytes(&request, &proto, &routing(""), at), map_bytes(&remapped, &proto, &routing(""), at));
+        let before = map_bytes(&request, &proto, &routing(""), at);
+        // The other documents, with the ids of the record as read.
+        let mut after = Mapped::default();
+        let mut buffers = Buffers::default();
+        let other = remapped.encode_to_vec();
+        map_wire(
+            &other,
+            Some(&remapped),
+            Digests::new(&proto),
+            &routing(""),
+            DocumentLimits::UNBOUNDED,
+            at,
+            &mut after,
+            &mut buffers,
+            Pass::Fast,
+        )
+        .expect("maps");
         assert_eq!(before.docs.len(), after.docs.len());
         for (b, a) in before.docs.iter().zip(&after.docs).filter(|(b, _)| b.kind == DocKind::Span) {
             assert_ne!(b.source(), a.source(), "the mapping output changed");
@@ -1980,6 +2144,52 @@ mod tests {
         }
     }
 
+    /// The service name of decoded resource attributes, as [`super::service_name`] reads it.
+    fn service_name(attributes: &[KeyValue]) -> &str {
+        attributes
+            .iter()
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
+                _ => None,
+            })
+            .unwrap_or("unknown_service")
+    }
+
+    /// Everything a mapping produced, comparable: each document's item, kind, position and end;
+    /// the refusals, the spans, the bytes counted and whether it was over.
+    type Outcome = (Vec<(Bytes, DocKind, Option<[usize; 3]>, i64)>, Vec<Refused>, usize, usize, Option<OverRecord>);
+
+    fn outcome(out: &Mapped) -> Outcome {
+        let docs = out.docs.iter().map(|d| (d.ndjson.clone(), d.kind, d.position, d.end_micros)).collect();
+        (docs, out.refused.clone(), out.spans, out.bytes, out.over)
+    }
+
+    /// The live path on `bytes` against prost's decode and [`map_request`]: when the live path takes
+    /// the record, prost decodes it and maps it to exactly the same documents, with nothing refused;
+    /// when prost cannot decode it, the live path does not take it either. Returns whether the live
+    /// path took it.
+    fn live_path_agrees(bytes: &[u8], routing: &Routing, limits: DocumentLimits) -> Result<bool, String> {
+        let mut live = Mapped::default();
+        let took = map_record(bytes, routing, limits, RecordTime::Timestamp(NOW), &mut live);
+        let Ok(request) = ExportTraceServiceRequest::decode(bytes) else {
+            return if took { Err("the live path took a record prost cannot decode".into()) } else { Ok(false) };
+        };
+        let mut full = Mapped::default();
+        map_request(&request, bytes, routing, limits, RecordTime::Timestamp(NOW), &mut full);
+        if took {
+            if outcome(&live) != outcome(&full) {
+                return Err(format!("documents differ:\n live: {:?}\n full: {:?}", outcome(&live), outcome(&full)));
+            }
+        } else if !live.docs.is_empty() || live.spans != 0 {
+            return Err("a record the live path left holds documents".into());
+        }
+        if !took && full.refused.is_empty() && full.over.is_none() && bytes == request.encode_to_vec() {
+            return Err("the live path left prost's own encoding with nothing to refuse".into());
+        }
+        Ok(took)
+    }
+
     /// Checks every document of `request` against the serde_json reference (`reference.rs`): the
     /// same bytes, and the same JSON value; `Err` names the first difference.
     fn same_as_reference(request: &ExportTraceServiceRequest) -> Result<(), String> {
@@ -2061,6 +2271,99 @@ mod tests {
                 proptest::prop_assert!(false, "{}", e);
             }
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 512, ..Default::default() })]
+
+        /// Generated requests, as prost encodes them: the live path maps them exactly as prost's
+        /// decode does, and leaves only those with a span to refuse or over the record's bound.
+        #[test]
+        fn the_live_path_maps_records_as_prost_decodes_them(
+            request in spanline_testkit::fuzz::request(),
+            narrow in proptest::bool::ANY,
+        ) {
+            let routing = if narrow { routing("") } else {
+                Routing { names: IndexNames::new(""), max_age_micros: i64::MAX, max_skew_micros: i64::MAX, clamp: true }
+            };
+            let limits = DocumentLimits { max_document_bytes: 4096, max_record_document_bytes: 64 << 10 };
+            if let Err(e) = live_path_agrees(&request.encode_to_vec(), &routing, limits) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+
+        /// The same records corrupted (bytes overwritten, cut short): whatever the live path takes,
+        /// prost decodes to the same documents; whatever prost refuses, the live path leaves.
+        #[test]
+        fn the_live_path_takes_no_corrupted_record_prost_refuses(
+            request in spanline_testkit::fuzz::request(),
+            edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..4),
+            cut in proptest::option::of(proptest::num::usize::ANY),
+        ) {
+            let mut bytes = request.encode_to_vec();
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            for (at, byte) in edits {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            if let Err(e) = live_path_agrees(&bytes, &routing(""), DocumentLimits::UNBOUNDED) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// Encodings prost decodes differently from field to field (a message field twice is merged, a
+    /// value set twice keeps the last, a group is skipped) or refuses (bad UTF-8 in a field never
+    /// written to a document, nesting past its limit): the live path leaves each to prost, and
+    /// takes the ordinary encoding of the same request.
+    #[test]
+    fn unusual_encodings_are_left_to_prost() {
+        let field = |number: u32, wire: u8, value: &[u8]| {
+            let mut out = Vec::new();
+            prost::encoding::encode_varint(u64::from(number << 3 | u32::from(wire)), &mut out);
+            if wire == 2 {
+                prost::encoding::encode_varint(value.len() as u64, &mut out);
+            }
+            out.extend_from_slice(value);
+            out
+        };
+        // request > resource_spans > scope_spans > span, with `extra` appended to the span.
+        let wrap = |span_extra: &[u8], scope_spans_extra: &[u8]| {
+            let mut span = sample().resource_spans[0].scope_spans[0].spans[0].encode_to_vec();
+            span.extend_from_slice(span_extra);
+            let scope_spans = [field(2, 2, &span), scope_spans_extra.to_vec()].concat();
+            field(1, 2, &field(2, 2, &scope_spans))
+        };
+        let routing = routing("");
+        let live = |bytes: &[u8]| live_path_agrees(bytes, &routing, DocumentLimits::UNBOUNDED).expect("agrees");
+        assert!(live(&wrap(&[], &[])), "the ordinary encoding is read in place");
+        let status = Status { message: "m".into(), code: 2 }.encode_to_vec();
+        assert!(!live(&wrap(&field(15, 2, &status), &[])), "a second status is merged by prost");
+        let any = |v: &[u8]| field(2, 2, v);
+        let twice = [field(1, 2, b"k"), any(&[field(1, 2, b"a"), field(3, 0, &[5])].concat())].concat();
+        assert!(!live(&wrap(&field(9, 2, &twice), &[])), "a value set twice keeps prost's last");
+        assert!(!live(&wrap(&[0x9b, 0x06, 0x9c, 0x06], &[])), "an unknown group (field 99) is prost's to skip");
+        assert!(!live(&wrap(&field(3, 0, &[1]), &[])), "trace_state with a varint's wire type");
+        assert!(!live(&wrap(&[], &field(3, 2, &[0xff, 0xfe]))), "a schema_url that is not UTF-8");
+        // Arrays nested in a span attribute: the attribute's value is at level 5, each array adds
+        // two; prost refuses a message past level 100.
+        let nested = |depth: usize| {
+            let mut value = field(1, 2, b"leaf");
+            for _ in 0..depth {
+                value = field(5, 2, &field(1, 2, &value));
+            }
+            wrap(&field(9, 2, &[field(1, 2, b"deep"), field(2, 2, &value)].concat()), &[])
+        };
+        let deepest = (0..60).take_while(|&d| ExportTraceServiceRequest::decode(nested(d).as_slice()).is_ok()).last();
+        let deepest = deepest.expect("some nesting decodes");
+        assert!(deepest < 59, "prost's limit is reached in the range tried");
+        assert!(live(&nested(deepest)), "as deep as prost goes is read in place");
+        assert!(!live(&nested(deepest + 1)), "one level deeper is prost's to refuse");
     }
 
     /// A document's JSON source.

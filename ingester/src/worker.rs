@@ -57,7 +57,7 @@ use crate::{
     commit::{Covered, Fence},
     config::Encoding,
     deadletter::{self, DeadLetters, OverLimit, RecordLimits},
-    document::{DocKind, Mapped, RecordTime, Refusal, Routing, map_request},
+    document::{DocKind, Mapped, RecordTime, Refusal, Routing, map_record, map_request},
     error::Error,
     health::{Cause, Stalled},
     metrics::{Metrics, PartitionLabels, ReasonLabels},
@@ -458,6 +458,17 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                 &value,
                 limits.max_record_bytes,
             ));
+        } else if shared.encoding == Encoding::OtlpProto
+            && map_record(
+                &value,
+                &shared.routing,
+                limits.documents,
+                RecordTime::of(timestamp_ms, now_ms() * 1000, &shared.routing),
+                mapped,
+            )
+        {
+            // Read in place, every span with its document: nothing to dead-letter. Anything else
+            // (a span refused, a record over its bound, an encoding left to prost) goes below.
         } else if let Some(cost) =
             decoded_cost(shared.encoding, &value).filter(|&c| c > limits.max_record_decoded_bytes)
         {

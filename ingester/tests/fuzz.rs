@@ -6,6 +6,8 @@
 //! - `worker::decode` for the three topic encodings: OTLP protobuf records, OTLP/JSON records and
 //!   `spanline.v1.DeadLetter` envelopes (what `replay` re-drives from the dead-letter topic);
 //! - `document::map_request` on whatever decodes: the documents built from a hostile record;
+//! - `document::map_record`, the live path that reads a protobuf record in place without decoding
+//!   it: bounded as the mapping is, whatever it takes or leaves;
 //! - `bulk::parse_response`: the store's `_bulk` answer.
 //!
 //! Property: no panic; `Ok` or an error starting with the decoder's name, at most 4 KiB; and at most
@@ -20,7 +22,7 @@ use prost::Message as _;
 use spanline_ingester::{
     bulk::parse_response,
     config::Encoding,
-    document::{DocumentLimits, IndexNames, Mapped, RecordTime, Routing, map_request},
+    document::{DocumentLimits, IndexNames, Mapped, RecordTime, Routing, map_record, map_request},
     worker,
 };
 use spanline_proto::{DeadLetter, PayloadKind};
@@ -74,6 +76,14 @@ const DOCUMENTS: Target = Target {
     ],
 };
 
+/// A protobuf record read in place (`map_record`): nothing decoded but an array or list value of at
+/// most 4 KiB at a time (up to 64 × its bytes, then dropped), so the documents' bound and that.
+const IN_PLACE: Target = Target {
+    name: "record read in place",
+    bound: Bound { per_byte: 0, fixed: 2 * COUNTED_LIMIT + 320 * 1024 },
+    errors: &[],
+};
+
 /// A `_bulk` answer. The worst case per byte is a run of empty items (`{},`: 3 bytes become an empty
 /// 48-byte map), 51 × len just after the vector grew.
 const BULK: Target = Target {
@@ -103,6 +113,21 @@ fn map(request: &ExportTraceServiceRequest, proto: &[u8], clamp: bool) -> Mapped
     let mut mapped = Mapped::default();
     map_request(request, proto, &routing, LIMITS, RecordTime::Timestamp(NOW_MICROS), &mut mapped);
     mapped
+}
+
+/// The live path on a record: `Ok` whether it took the record or left it to prost.
+fn in_place(bytes: &[u8], clamp: bool) -> Run {
+    let routing = Routing {
+        names: IndexNames::new("fuzz"),
+        max_age_micros: 72 * 3_600_000_000,
+        max_skew_micros: 3_600_000_000,
+        clamp,
+    };
+    let mut mapped = Mapped::default();
+    fuzz::measured(peak, bytes.len(), || {
+        map_record(bytes, &routing, LIMITS, RecordTime::Timestamp(NOW_MICROS), &mut mapped);
+        Ok::<_, String>(std::mem::take(&mut mapped))
+    })
 }
 
 fn decode(encoding: Encoding, bytes: &[u8]) -> Run {
@@ -188,6 +213,16 @@ fn proto_survives_arbitrary_bytes() {
 fn proto_survives_mutated_requests() {
     let inputs = fuzz::mutated(fuzz::request().prop_map(|r| proto(&r)), PROTO_TOKENS);
     fuzz::check(file!(), PROTO, inputs, |b| decode(Encoding::OtlpProto, b));
+}
+
+#[test]
+fn records_read_in_place_stay_bounded() {
+    let inputs = prop_oneof![
+        1 => fuzz::raw_bytes(512),
+        2 => fuzz::request().prop_map(|r| proto(&r)),
+        3 => fuzz::mutated(fuzz::request().prop_map(|r| proto(&r)), PROTO_TOKENS),
+    ];
+    fuzz::check(file!(), IN_PLACE, (inputs, any::<bool>()), |(bytes, clamp)| in_place(bytes, *clamp));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ pub struct BulkClient {
     /// Whole-request failures repeat on every retry while the store is down: logged once per
     /// interval with a count, not once per retry and partition.
     repeats: Arc<Repeats>,
+    /// Request bodies' buffers, kept between requests.
+    bodies: Arc<framing::Bodies>,
 }
 
 impl std::fmt::Debug for BulkClient {
@@ -97,6 +99,7 @@ impl BulkClient {
             backoff,
             timeout: config.request_timeout,
             repeats: Arc::new(Repeats::default()),
+            bodies: Arc::new(framing::Bodies::default()),
         }
     }
 

@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use super::{
     BulkClient, Rejected,
     classify::{Answer, ItemClass, Level, MAX_REASON, MAX_TYPE, Refusal, clip_to, status_label, what_to_check},
-    framing,
 };
 use crate::{
     batch::Item,
@@ -98,10 +97,12 @@ impl BulkClient {
             if pending.is_empty() {
                 continue;
             }
+            let body = self.bodies.body(&pending);
             let answer = tokio::select! {
                 () = abort.cancelled() => return Err(Error::Aborted),
-                answer = self.send(framing::body(&pending), pending.len()) => answer,
+                answer = self.send(body.clone(), pending.len()) => answer,
             };
+            self.bodies.recycle(body);
             let retry_items = match answer {
                 Answer::Durable => {
                     held.clear();
