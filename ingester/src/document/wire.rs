@@ -81,6 +81,7 @@ impl<'a> Fields<'a> {
         Self { buf }
     }
 
+    #[inline]
     fn field(&mut self) -> Read<(u32, Value<'a>)> {
         let key = varint(&mut self.buf)?;
         // prost: a key past 32 bits, field number 0 and wire types 3, 4, 6 and 7 (groups, which
@@ -129,7 +130,19 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// A varint as prost reads it: at most 10 bytes, the tenth at most 1.
+#[inline]
 fn varint(buf: &mut &[u8]) -> Read<u64> {
+    // Keys and most lengths are one byte.
+    if let Some((&byte, rest)) = buf.split_first()
+        && byte < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(byte));
+    }
+    varint_long(buf)
+}
+
+fn varint_long(buf: &mut &[u8]) -> Read<u64> {
     let mut value = 0u64;
     for i in 0..10 {
         let (&byte, rest) = buf.split_first().ok_or(Unusual)?;
