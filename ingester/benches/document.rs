@@ -26,7 +26,7 @@ use spanline_ingester::{
     bulk::{encode_item, parse_response},
     config::Encoding,
     deadletter::RecordLimits,
-    document::{IndexNames, Mapped, RecordTime, Routing, map_record, map_request},
+    document::{IndexNames, Mapped, RecordTime, Routing, TraceIds, map_record, map_request},
     worker::decode,
 };
 use spanline_testkit::fixtures;
@@ -69,6 +69,7 @@ fn bench(c: &mut Criterion) {
         max_age_micros: 72 * 3600 * 1_000_000,
         max_skew_micros: 3600 * 1_000_000,
         clamp: false,
+        trace_ids: TraceIds::Jaeger,
     };
     let now_micros = i64::try_from(fixtures::now_unix_nano() / 1_000).expect("fits");
     // The default bounds, counted as live ingestion counts them.

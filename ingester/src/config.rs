@@ -309,6 +309,11 @@ pub struct OpenSearch {
     /// `dead_letter` (with the reason) or `clamp` (indexed unchanged, in the index of the nearest
     /// allowed day). Default `dead_letter`.
     pub out_of_range: OutOfRange,
+    /// How trace ids are written in the documents' `traceID` fields: `jaeger` (16 hex digits when
+    /// the high 64 bits are zero, as Jaeger v1 writes them and Jaeger Query 1.x looks them up, so
+    /// traces from Jaeger and 64-bit B3 clients are found in its UI; else 32) or `full` (always
+    /// 32). Default `jaeger`.
+    pub trace_ids: crate::document::TraceIds,
     /// Install the span and service index templates at start when missing. Default `true`.
     pub create_templates: bool,
     /// `priority` of those composable templates (a non-negative integer; the type refuses
@@ -409,6 +414,7 @@ impl Default for OpenSearch {
             max_span_age: Duration::from_secs(72 * 3600),
             max_clock_skew: Duration::from_secs(3600),
             out_of_range: OutOfRange::DeadLetter,
+            trace_ids: crate::document::TraceIds::Jaeger,
             create_templates: true,
             template_priority: crate::templates::DEFAULT_PRIORITY,
             request_timeout: Duration::from_secs(30),

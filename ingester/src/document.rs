@@ -144,6 +144,22 @@ pub struct Routing {
     pub max_skew_micros: i64,
     /// Out-of-window spans are indexed in the nearest allowed day's index instead of being refused.
     pub clamp: bool,
+    /// How trace ids are written in `traceID` fields ([`TraceIds`]).
+    pub trace_ids: TraceIds,
+}
+
+/// How a trace id is written in a document's `traceID` fields (the span's and its references').
+/// Its `_id` always holds all 32 hex digits (it is derived from the record, not from the document).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceIds {
+    /// As Jaeger v1 writes them: 16 hex digits when the high 64 bits are zero (a trace from a
+    /// Jaeger or 64-bit B3 client), else 32. Jaeger Query 1.x looks a trace up by this form, so
+    /// such traces are found in its UI.
+    #[default]
+    Jaeger,
+    /// Always 32 hex digits.
+    Full,
 }
 
 /// The time a record's spans are judged against: the accepted window is [reference − max age,
@@ -451,13 +467,27 @@ fn write_str_tag<S: Sink>(w: &mut Writer<'_, S>, first: &mut bool, key_json: &[u
     w.raw(b"}");
 }
 
+/// A trace id as a JSON string, in the form `ids` says.
+fn write_trace_id<S: Sink>(w: &mut Writer<'_, S>, trace_id: &[u8], ids: TraceIds) {
+    match trace_id.split_at_checked(8) {
+        Some((high, low)) if ids == TraceIds::Jaeger && low.len() == 8 && high == [0; 8] => w.hex_str(low),
+        _ => w.hex_str(trace_id),
+    }
+}
+
 /// The next element of a `references` list.
-fn write_reference<S: Sink>(w: &mut Writer<'_, S>, first: &mut bool, kind: &[u8], trace_id: &[u8], span_id: &[u8]) {
+fn write_reference<S: Sink>(
+    w: &mut Writer<'_, S>,
+    first: &mut bool,
+    kind: &[u8],
+    (trace_id, ids): (&[u8], TraceIds),
+    span_id: &[u8],
+) {
     separate(w, first);
     w.raw(b"{\"refType\":\"");
     w.raw(kind);
     w.raw(b"\",\"traceID\":");
-    w.hex_str(trace_id);
+    write_trace_id(w, trace_id, ids);
     w.raw(b",\"spanID\":");
     w.hex_str(span_id);
     w.raw(b"}");
@@ -502,10 +532,11 @@ fn write_span_head<S: Sink>(
     span: &wire::Span<'_>,
     decoded: Option<&Span>,
     scope: Option<&wire::Scope<'_>>,
+    ids: TraceIds,
     scratch: &mut Vec<u8>,
 ) -> Read<()> {
     w.raw(b"{\"traceID\":");
-    w.hex_str(span.trace_id);
+    write_trace_id(w, span.trace_id, ids);
     w.raw(b",\"spanID\":");
     w.hex_str(span.span_id);
     if !span.parent_span_id.is_empty() {
@@ -522,11 +553,14 @@ fn write_span_head<S: Sink>(
     w.raw(b",\"references\":[");
     let mut first = true;
     if !span.parent_span_id.is_empty() {
-        write_reference(w, &mut first, b"CHILD_OF", span.trace_id, span.parent_span_id);
+        write_reference(w, &mut first, b"CHILD_OF", (span.trace_id, ids), span.parent_span_id);
     }
+    // A link keeps the reference type it came from (a Jaeger or OpenTracing span's CHILD_OF
+    // references but its parent); any other link is FOLLOWS_FROM.
     for link in span.links() {
         let link = link?;
-        write_reference(w, &mut first, b"FOLLOWS_FROM", link.trace_id, link.span_id);
+        let kind: &[u8] = if link.child_of { b"CHILD_OF" } else { b"FOLLOWS_FROM" };
+        write_reference(w, &mut first, kind, (link.trace_id, ids), link.span_id);
     }
     let start_time = span.start_time_unix_nano / 1_000;
     w.raw(b"],\"startTime\":");
@@ -885,7 +919,8 @@ fn map_wire(
                         };
                         let part = Part { json: process_json, len: process_len, fits: process_fits };
                         let date = day_of(day);
-                        let span_doc = SpanDoc { span: &span, decoded: decoded_span, scope, date, digest };
+                        let span_doc =
+                            SpanDoc { span: &span, decoded: decoded_span, scope, date, digest, ids: routing.trace_ids };
                         let max = limits.max_document_bytes;
                         match span_document(arena, scratch, names, &span_doc, &part, max, last_len)? {
                             Written::Doc(mut doc) => {
@@ -991,6 +1026,8 @@ struct SpanDoc<'a> {
     span: &'a wire::Span<'a>,
     /// The span as prost decoded it, when the record was.
     decoded: Option<&'a Span>,
+    /// How its trace ids are written.
+    ids: TraceIds,
     scope: Option<&'a wire::Scope<'a>>,
     /// The day of its index.
     date: NaiveDate,
@@ -1020,7 +1057,7 @@ fn span_document(
     max: usize,
     size_hint: usize,
 ) -> Read<Written> {
-    let SpanDoc { span, decoded, scope, date, digest } = *doc;
+    let SpanDoc { span, decoded, scope, date, digest, ids } = *doc;
     // The process part and the closing brace, after the own part.
     let rest = PROCESS_KEY.len().saturating_add(process.len).saturating_add(1);
     // Room for the whole item, so appending the process part does not move it.
@@ -1035,7 +1072,7 @@ fn span_document(
         push_hex_u64(arena, digest);
     });
     let mut w = Writer::new(arena, max.saturating_sub(rest));
-    if let Err(unusual) = write_span_head(&mut w, span, decoded, scope, scratch) {
+    if let Err(unusual) = write_span_head(&mut w, span, decoded, scope, ids, scratch) {
         // Nothing of a document half written stays for the next one.
         arena.clear();
         return Err(unusual);
@@ -1216,6 +1253,7 @@ mod tests {
             max_age_micros: i64::MAX / 4,
             max_skew_micros: i64::MAX / 4,
             clamp: false,
+            trace_ids: TraceIds::Jaeger,
         }
     }
 
@@ -1350,8 +1388,13 @@ mod tests {
     fn spans_outside_the_window_are_listed_or_clamped() {
         let now = 1_795_608_000_000_000_i64; // 2026-11-25T12:00:00Z
         let hour = 3_600_000_000_i64;
-        let mut r =
-            Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp: false };
+        let mut r = Routing {
+            names: IndexNames::new(""),
+            max_age_micros: 72 * hour,
+            max_skew_micros: hour,
+            clamp: false,
+            trace_ids: TraceIds::Jaeger,
+        };
         let mut request = sample();
         let spans = &mut request.resource_spans[0].scope_spans[0].spans;
         spans[0].start_time_unix_nano = 1_000; // 1970
@@ -1459,7 +1502,13 @@ mod tests {
     /// `now_micros`, with Jaeger's default window.
     fn read_at(request: &ExportTraceServiceRequest, record_ms: i64, now_micros: i64, clamp: bool) -> Mapped {
         let hour = 3_600_000_000_i64;
-        let window = Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp };
+        let window = Routing {
+            names: IndexNames::new(""),
+            max_age_micros: 72 * hour,
+            max_skew_micros: hour,
+            clamp,
+            trace_ids: TraceIds::Jaeger,
+        };
         let mut out = Mapped::default();
         let at = RecordTime::of(Some(record_ms), now_micros, &window);
         map_request(request, &request.encode_to_vec(), &window, DocumentLimits::UNBOUNDED, at, &mut out);
@@ -1506,8 +1555,13 @@ mod tests {
     #[test]
     fn the_record_time_is_its_timestamp_unless_it_has_none_that_can_be_real() {
         let hour = 3_600_000_000_i64;
-        let window =
-            Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp: true };
+        let window = Routing {
+            names: IndexNames::new(""),
+            max_age_micros: 72 * hour,
+            max_skew_micros: hour,
+            clamp: true,
+            trace_ids: TraceIds::Jaeger,
+        };
         let ms = NOW / 1000;
         assert_eq!(RecordTime::of(Some(ms - 3_600_000 * 96), NOW, &window), RecordTime::Timestamp(NOW - 96 * hour));
         assert_eq!(
@@ -1705,8 +1759,13 @@ mod tests {
     fn refused_spans_count_their_dead_letters_toward_the_record_bound() {
         // The same record from 1970: no document, but each span's dead letter carries the resource.
         let hour = 3_600_000_000_i64;
-        let window =
-            Routing { names: IndexNames::new(""), max_age_micros: 72 * hour, max_skew_micros: hour, clamp: false };
+        let window = Routing {
+            names: IndexNames::new(""),
+            max_age_micros: 72 * hour,
+            max_skew_micros: hour,
+            clamp: false,
+            trace_ids: TraceIds::Jaeger,
+        };
         let within = |request: &ExportTraceServiceRequest| {
             let mut out = Mapped::default();
             let proto = request.encode_to_vec();
@@ -2092,8 +2151,13 @@ mod tests {
     /// The golden fixtures: (name, request, routing, limits).
     fn golden_cases() -> Vec<(&'static str, ExportTraceServiceRequest, Routing, DocumentLimits)> {
         let hour = 3_600_000_000_i64;
-        let window =
-            |clamp| Routing { names: IndexNames::new("prod"), max_age_micros: 72 * hour, max_skew_micros: hour, clamp };
+        let window = |clamp| Routing {
+            names: IndexNames::new("prod"),
+            max_age_micros: 72 * hour,
+            max_skew_micros: hour,
+            clamp,
+            trace_ids: TraceIds::Jaeger,
+        };
         let fixture = spanline_testkit::fixtures::request("fixture-service", 7, 3, 4, 1_795_608_000_000_000_000);
         let mut bad_ids = sample();
         let spans = &mut bad_ids.resource_spans[0].scope_spans[0].spans;
@@ -2184,7 +2248,23 @@ mod tests {
         } else if !live.docs.is_empty() || live.spans != 0 {
             return Err("a record the live path left holds documents".into());
         }
-        if !took && full.refused.is_empty() && full.over.is_none() && bytes == request.encode_to_vec() {
+        // An array or list value over NESTED_DECODE_MAX has the record priced and decoded whole.
+        let large = |attributes: &[KeyValue]| {
+            attributes.iter().filter_map(|kv| kv.value.as_ref()).any(|any| {
+                matches!(any.value, Some(any_value::Value::ArrayValue(_) | any_value::Value::KvlistValue(_)))
+                    && any.encoded_len() > NESTED_DECODE_MAX
+            })
+        };
+        let nested_large = request.resource_spans.iter().any(|rs| {
+            rs.resource.as_ref().is_some_and(|r| large(&r.attributes))
+                || rs
+                    .scope_spans
+                    .iter()
+                    .flat_map(|ss| &ss.spans)
+                    .any(|span| large(&span.attributes) || span.events.iter().any(|e| large(&e.attributes)))
+        });
+        if !took && !nested_large && full.refused.is_empty() && full.over.is_none() && bytes == request.encode_to_vec()
+        {
             return Err("the live path left prost's own encoding with nothing to refuse".into());
         }
         Ok(took)
@@ -2193,8 +2273,13 @@ mod tests {
     /// Checks every document of `request` against the serde_json reference (`reference.rs`): the
     /// same bytes, and the same JSON value; `Err` names the first difference.
     fn same_as_reference(request: &ExportTraceServiceRequest) -> Result<(), String> {
-        let wide =
-            Routing { names: IndexNames::new("p"), max_age_micros: i64::MAX, max_skew_micros: i64::MAX, clamp: true };
+        let wide = Routing {
+            names: IndexNames::new("p"),
+            max_age_micros: i64::MAX,
+            max_skew_micros: i64::MAX,
+            clamp: true,
+            trace_ids: TraceIds::Jaeger,
+        };
         let mut out = Mapped::default();
         map_request(
             request,
@@ -2284,7 +2369,7 @@ mod tests {
             narrow in proptest::bool::ANY,
         ) {
             let routing = if narrow { routing("") } else {
-                Routing { names: IndexNames::new(""), max_age_micros: i64::MAX, max_skew_micros: i64::MAX, clamp: true }
+                Routing { names: IndexNames::new(""), max_age_micros: i64::MAX, max_skew_micros: i64::MAX, clamp: true, trace_ids: TraceIds::Jaeger }
             };
             let limits = DocumentLimits { max_document_bytes: 4096, max_record_document_bytes: 64 << 10 };
             if let Err(e) = live_path_agrees(&request.encode_to_vec(), &routing, limits) {
@@ -2315,6 +2400,67 @@ mod tests {
                 proptest::prop_assert!(false, "{}", e);
             }
         }
+    }
+
+    /// A trace from a Jaeger or 64-bit B3 client (high 64 bits zero) is written in the 16-digit
+    /// form Jaeger Query 1.x looks it up by, in the span and in its references, unless `full` is
+    /// asked for; its `_id` keeps all 32 digits either way. A 128-bit id is always 32 digits.
+    #[test]
+    fn sixty_four_bit_trace_ids_are_written_as_jaeger_writes_them() {
+        let mut request = sample();
+        let span = &mut request.resource_spans[0].scope_spans[0].spans[0];
+        span.trace_id = [[0; 8], [0xab; 8]].concat();
+        span.links = vec![Link { trace_id: span.trace_id.clone(), span_id: vec![7; 8], ..Default::default() }];
+        let mut routing = routing("");
+        let docs = |routing: &Routing| {
+            let out = map_bytes(&request, &request.encode_to_vec(), routing, RecordTime::Timestamp(NOW));
+            out.docs.into_iter().filter(|d| d.kind == DocKind::Span).collect::<Vec<_>>()
+        };
+        for (ids, want) in
+            [(TraceIds::Jaeger, "abababababababab"), (TraceIds::Full, "0000000000000000abababababababab")]
+        {
+            routing.trace_ids = ids;
+            let docs = docs(&routing);
+            let source: Value = serde_json::from_slice(docs[0].source()).expect("json");
+            assert_eq!(source["traceID"], want, "{ids:?}");
+            let refs: Vec<&str> = source["references"]
+                .as_array()
+                .expect("refs")
+                .iter()
+                .map(|r| r["traceID"].as_str().expect("id"))
+                .collect();
+            assert_eq!(refs, vec![want, want], "{ids:?}: the parent's and the link's");
+            assert!(docs[0].id().starts_with("0000000000000000abababababababab_"), "{}", docs[0].id());
+            let other: Value = serde_json::from_slice(docs[1].source()).expect("json");
+            assert_eq!(other["traceID"].as_str().map(str::len), Some(32), "a 128-bit id");
+        }
+    }
+
+    /// A link that came from an OpenTracing CHILD_OF reference (a Jaeger span's second parent, as
+    /// the OpenTelemetry translators keep it) stays CHILD_OF; others are FOLLOWS_FROM.
+    #[test]
+    fn links_keep_the_reference_type_they_came_from() {
+        let mut request = sample();
+        let span = &mut request.resource_spans[0].scope_spans[0].spans[0];
+        let link = |n: u8, ref_type: Option<&str>| Link {
+            trace_id: vec![n; 16],
+            span_id: vec![n; 8],
+            attributes: ref_type
+                .map(|t| kv("opentracing.ref_type", any_value::Value::StringValue(t.into())))
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        span.links = vec![link(1, Some("child_of")), link(2, Some("follows_from")), link(3, None)];
+        let out = map_bytes(&request, &request.encode_to_vec(), &routing(""), RecordTime::Timestamp(NOW));
+        let source: Value = serde_json::from_slice(out.docs[0].source()).expect("json");
+        let kinds: Vec<&str> = source["references"]
+            .as_array()
+            .expect("refs")
+            .iter()
+            .map(|r| r["refType"].as_str().expect("type"))
+            .collect();
+        assert_eq!(kinds, vec!["CHILD_OF", "CHILD_OF", "FOLLOWS_FROM", "FOLLOWS_FROM"]);
     }
 
     /// Encodings prost decodes differently from field to field (a message field twice is merged, a

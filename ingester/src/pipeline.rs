@@ -182,6 +182,7 @@ pub fn build(
             max_age_micros: micros(config.opensearch.max_span_age),
             max_skew_micros: micros(config.opensearch.max_clock_skew),
             clamp: config.opensearch.out_of_range == OutOfRange::Clamp,
+            trace_ids: config.opensearch.trace_ids,
         },
         limits: Limits {
             max_bytes: config.batch.max_bytes.as_usize(),

@@ -22,7 +22,7 @@ use prost::Message as _;
 use spanline_ingester::{
     bulk::parse_response,
     config::Encoding,
-    document::{DocumentLimits, IndexNames, Mapped, RecordTime, Routing, map_record, map_request},
+    document::{DocumentLimits, IndexNames, Mapped, RecordTime, Routing, TraceIds, map_record, map_request},
     worker,
 };
 use spanline_proto::{DeadLetter, PayloadKind};
@@ -109,6 +109,7 @@ fn map(request: &ExportTraceServiceRequest, proto: &[u8], clamp: bool) -> Mapped
         max_age_micros: 72 * 3_600_000_000,
         max_skew_micros: 3_600_000_000,
         clamp,
+        trace_ids: TraceIds::Jaeger,
     };
     let mut mapped = Mapped::default();
     map_request(request, proto, &routing, LIMITS, RecordTime::Timestamp(NOW_MICROS), &mut mapped);
@@ -122,6 +123,7 @@ fn in_place(bytes: &[u8], clamp: bool) -> Run {
         max_age_micros: 72 * 3_600_000_000,
         max_skew_micros: 3_600_000_000,
         clamp,
+        trace_ids: TraceIds::Jaeger,
     };
     let mut mapped = Mapped::default();
     fuzz::measured(peak, bytes.len(), || {

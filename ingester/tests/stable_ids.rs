@@ -22,7 +22,7 @@ use rdkafka::{
 use spanline_devstore::Faults;
 use spanline_ingester::{
     config::OutOfRange,
-    document::{DocKind, DocumentLimits, IndexNames, Mapped, RecordTime, Routing, map_request},
+    document::{DocKind, DocumentLimits, IndexNames, Mapped, RecordTime, Routing, TraceIds, map_request},
     replay::{self, Bound, ReplayArgs, Summary},
 };
 use spanline_testkit::{Broker, count, devstore_with_faults, documents, fixtures, read_topic, settled_count};
@@ -215,6 +215,7 @@ async fn a_record_read_live_and_replayed_days_after_it_was_produced_lands_on_the
         max_age_micros: 72 * 3_600_000_000,
         max_skew_micros: 3_600_000_000,
         clamp: true,
+        trace_ids: TraceIds::Jaeger,
     };
     // What mapping the records when they were produced gives: the documents they must land on.
     let want = expected(&records, produced, produced, &routing);

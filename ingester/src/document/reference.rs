@@ -236,7 +236,12 @@ pub(super) fn span_source(
     resource_attributes: &[KeyValue],
     service: &str,
 ) -> Vec<u8> {
-    let trace_id = to_hex(&span.trace_id);
+    // Jaeger v1's form: 16 digits when the high 64 bits are zero (`TraceIds::Jaeger`).
+    let jaeger = |id: &[u8]| match id.split_at_checked(8) {
+        Some((high, low)) if low.len() == 8 && high == [0; 8] => to_hex(low),
+        _ => to_hex(id),
+    };
+    let trace_id = jaeger(&span.trace_id);
     let span_id = to_hex(&span.span_id);
     let parent_span_id = to_hex(&span.parent_span_id);
     let mut references = Vec::new();
@@ -248,9 +253,13 @@ pub(super) fn span_source(
         });
     }
     for link in &span.links {
+        let child_of = link.attributes.iter().any(|kv| {
+            kv.key == "opentracing.ref_type"
+                && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(any_value::Value::StringValue(t)) if t == "child_of")
+        });
         references.push(Reference {
-            ref_type: "FOLLOWS_FROM",
-            trace_id: to_hex(&link.trace_id),
+            ref_type: if child_of { "CHILD_OF" } else { "FOLLOWS_FROM" },
+            trace_id: jaeger(&link.trace_id),
             span_id: to_hex(&link.span_id),
         });
     }

@@ -409,11 +409,14 @@ impl<'a> Event<'a> {
     }
 }
 
-/// A link's ids; its trace state, attributes and flags are checked, not written.
+/// A link's ids, and whether it came from an OpenTracing CHILD_OF reference (an attribute
+/// `opentracing.ref_type` = `child_of`, as the OpenTelemetry translators of Jaeger and OpenTracing
+/// spans set it); its trace state, other attributes and flags are checked, not written.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Link<'a> {
     pub trace_id: &'a [u8],
     pub span_id: &'a [u8],
+    pub child_of: bool,
 }
 
 impl<'a> Link<'a> {
@@ -424,7 +427,12 @@ impl<'a> Link<'a> {
                 (1, v) => link.trace_id = v.len()?,
                 (2, v) => link.span_id = v.len()?,
                 (3, v) => drop(v.string()?),
-                (4, v) => drop(KeyValue::read(v.len()?, 5)?),
+                (4, v) => {
+                    let kv = KeyValue::read(v.len()?, 5)?;
+                    if let ("opentracing.ref_type", Some(AnyValue::String("child_of"))) = (kv.key, kv.value) {
+                        link.child_of = true;
+                    }
+                }
                 (5, v) => drop(v.varint()?),
                 (6, v) => drop(v.fixed32()?),
                 _ => {}
