@@ -99,7 +99,10 @@ pub struct Kafka {
     /// librdkafka `compression.type`: none, gzip, snappy, lz4 or zstd. Default `zstd`.
     pub compression: String,
     /// librdkafka `partitioner`, which maps the trace-id key to a partition. Default
-    /// `consistent_random` (CRC32, librdkafka's default); `murmur2_random` matches Java clients.
+    /// `consistent_random` (CRC32, librdkafka's default); `murmur2_random` matches Java clients
+    /// (and Jaeger v1's collector); `fnv1a_random` matches Sarama's and the OpenTelemetry
+    /// Collector's Kafka exporter (FNV-1a of the key). On a topic shared with other producers,
+    /// pick theirs, so that a trace's records stay on one partition.
     pub partitioner: String,
 }
 
@@ -270,6 +273,15 @@ impl Validate for Config {
             return Err("kafka.delivery_timeout and limits.request_timeout must be positive".into());
         }
         Processors::new(&self.processors)?;
+        // librdkafka's key-hashing partitioners (`random` would scatter a trace's records).
+        const PARTITIONERS: [&str; 6] =
+            ["consistent", "consistent_random", "murmur2", "murmur2_random", "fnv1a", "fnv1a_random"];
+        if !PARTITIONERS.contains(&self.kafka.partitioner.as_str()) {
+            return Err(format!(
+                "kafka.partitioner must be one of {PARTITIONERS:?} (a hash of the trace-id key), got {:?}",
+                self.kafka.partitioner
+            ));
+        }
         const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
         if !COMPRESSIONS.contains(&self.kafka.compression.as_str()) {
             return Err(format!("kafka.compression must be one of {COMPRESSIONS:?}, got {:?}", self.kafka.compression));
@@ -320,6 +332,10 @@ mod tests {
         c.kafka.max_message_bytes = ByteSize::mib(2);
         assert!(c.validate().expect_err("too big").contains("max_message_bytes"));
         let mut c = Config::default();
+        c.kafka.partitioner = "random".into();
+        assert!(c.validate().expect_err("bad").contains("kafka.partitioner"));
+        c.kafka.partitioner = "fnv1a_random".into();
+        assert!(c.validate().is_ok());
         c.kafka.compression = "brotli".into();
         assert!(c.validate().expect_err("bad").contains("compression"));
     }
