@@ -193,8 +193,7 @@ impl<'a> Zspan<'a> {
     /// Checks the limits, then maps the span (docs/inputs.md, "Zipkin v2"). Returns the local
     /// service name (the resource) beside the span.
     fn translate(self, limits: &Limits) -> Result<(Cow<'a, str>, Span), String> {
-        let Zspan { trace_id, id, parent_id, kind, name, timestamp, duration, local, remote, annotations, tags } =
-            self;
+        let Zspan { trace_id, id, parent_id, kind, name, timestamp, duration, local, remote, annotations, tags } = self;
         if tags.len() > limits.max_tags_per_span {
             return Err(format!("{} tags, over the limit of {}", tags.len(), limits.max_tags_per_span));
         }
@@ -376,10 +375,7 @@ impl<'a, 'l> Collector<'a, 'l> {
     }
 
     fn finish(self) -> Translated {
-        Translated {
-            request: ExportTraceServiceRequest { resource_spans: self.resources },
-            refused: self.refused,
-        }
+        Translated { request: ExportTraceServiceRequest { resource_spans: self.resources }, refused: self.refused }
     }
 }
 
@@ -405,7 +401,8 @@ pub fn from_json(body: &[u8], limits: &Limits) -> Result<Translated, ZipkinError
     let mut collector = Collector::new(limits);
     let mut stopped = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let read = JsonList { collector: &mut collector, stopped: &mut stopped }.deserialize(&mut de).and_then(|()| de.end());
+    let read =
+        JsonList { collector: &mut collector, stopped: &mut stopped }.deserialize(&mut de).and_then(|()| de.end());
     if let Some(error) = stopped {
         return Err(error);
     }
@@ -882,7 +879,10 @@ mod tests {
     fn varints_are_read_to_64_bits_and_no_further() {
         let mut f = Fields(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
         assert_eq!(f.varint(), Ok(u64::MAX));
-        assert_eq!(Fields(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]).varint(), Err("varint over 64 bits"));
+        assert_eq!(
+            Fields(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]).varint(),
+            Err("varint over 64 bits")
+        );
         assert_eq!(Fields(&[0x80; 11]).varint(), Err("varint over 64 bits"));
         assert_eq!(Fields(&[0x80, 0x80]).varint(), Err("truncated varint"));
     }
