@@ -667,3 +667,18 @@ fn the_costliest_shapes_stay_within_the_bound() {
         eprintln!("{} bytes held {} ({:.1} × len)", run.len, run.peak, run.peak as f64 / run.len as f64);
     }
 }
+
+/// Deep nesting never overflows the stack: serde_json skips a raw element, and an unknown key's
+/// value, without recursing; an element that is not an object is refused alone.
+#[test]
+fn deep_nesting_is_refused_not_a_stack_overflow() {
+    let n = 100_000;
+    let deep = format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let t = zipkin::from_json(deep.as_bytes(), &Limits::default()).unwrap();
+    assert_eq!((spans(&t).len(), t.refused.len()), (0, 1));
+    let body = format!(r#"[{{"traceId":"{TRACE}","id":"{ID}","timestamp":1,"x":{deep}}},{}]"#, span());
+    let t = zipkin::from_json(body.as_bytes(), &Limits::default()).unwrap();
+    assert_eq!((spans(&t).len(), t.refused.len()), (2, 0), "an unknown key is skipped, however deep");
+    let unclosed = "[".repeat(n);
+    assert!(matches!(zipkin::from_json(unclosed.as_bytes(), &Limits::default()), Err(ZipkinError::Json(_))));
+}
