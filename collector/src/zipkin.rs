@@ -83,8 +83,13 @@ pub struct Translated {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub index: usize,
-    pub reason: String,
+    /// Fixed text when it can be (a refused two-byte span must not cost a heap string), at most
+    /// 256 bytes.
+    pub reason: Why,
 }
+
+/// Why a span was refused.
+pub type Why = Cow<'static, str>;
 
 /// A body refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,12 +160,12 @@ struct Zspan<'a> {
 }
 
 /// A 64- or 128-bit trace id, widened to 128 bits with zero high bits.
-fn trace_id(bytes: &[u8]) -> Result<[u8; 16], String> {
+fn trace_id(bytes: &[u8]) -> Result<[u8; 16], Why> {
     let mut id = [0u8; 16];
     match bytes.len() {
         8 => id[8..].copy_from_slice(bytes),
         16 => id.copy_from_slice(bytes),
-        n => return Err(format!("traceId is {n} bytes, not 8 or 16")),
+        n => return Err(format!("traceId is {n} bytes, not 8 or 16").into()),
     }
     if id == [0; 16] {
         return Err("traceId is all zeros".into());
@@ -168,8 +173,8 @@ fn trace_id(bytes: &[u8]) -> Result<[u8; 16], String> {
     Ok(id)
 }
 
-fn span_id(field: &str, bytes: &[u8]) -> Result<[u8; 8], String> {
-    <[u8; 8]>::try_from(bytes).map_err(|_| format!("{field} is {} bytes, not 8", bytes.len()))
+fn span_id(field: &str, bytes: &[u8]) -> Result<[u8; 8], Why> {
+    <[u8; 8]>::try_from(bytes).map_err(|_| format!("{field} is {} bytes, not 8", bytes.len()).into())
 }
 
 fn attribute(key: &str, value: Value) -> KeyValue {
@@ -185,31 +190,32 @@ fn upsert(attributes: &mut Vec<KeyValue>, key: &str, value: Value) {
     }
 }
 
-fn micros_to_nanos(what: &str, micros: u64) -> Result<u64, String> {
-    micros.checked_mul(1000).ok_or_else(|| format!("{what} {micros} µs is past the year 2554"))
+fn micros_to_nanos(what: &str, micros: u64) -> Result<u64, Why> {
+    micros.checked_mul(1000).ok_or_else(|| Why::from(format!("{what} {micros} µs is past the year 2554")))
 }
 
 impl<'a> Zspan<'a> {
     /// Checks the limits, then maps the span (docs/inputs.md, "Zipkin v2"). Returns the local
     /// service name (the resource) beside the span.
-    fn translate(self, limits: &Limits) -> Result<(Cow<'a, str>, Span), String> {
+    fn translate(self, limits: &Limits) -> Result<(Cow<'a, str>, Span), Why> {
         let Zspan { trace_id, id, parent_id, kind, name, timestamp, duration, local, remote, annotations, tags } = self;
         if tags.len() > limits.max_tags_per_span {
-            return Err(format!("{} tags, over the limit of {}", tags.len(), limits.max_tags_per_span));
+            return Err(format!("{} tags, over the limit of {}", tags.len(), limits.max_tags_per_span).into());
         }
         if annotations.len() > limits.max_annotations_per_span {
             return Err(format!(
                 "{} annotations, over the limit of {}",
                 annotations.len(),
                 limits.max_annotations_per_span
-            ));
+            )
+            .into());
         }
         let strings = [&name, &local.service, &remote.service]
             .into_iter()
             .chain(annotations.iter().map(|(_, v)| v))
             .chain(tags.iter().flat_map(|(k, v)| [k, v]));
         if let Some(long) = strings.map(|s| s.len()).find(|&n| n > limits.max_string_bytes) {
-            return Err(format!("a {long}-byte string, over the limit of {} bytes", limits.max_string_bytes));
+            return Err(format!("a {long}-byte string, over the limit of {} bytes", limits.max_string_bytes).into());
         }
         if id == [0; 8] {
             return Err("id is all zeros".into());
@@ -220,7 +226,7 @@ impl<'a> Zspan<'a> {
         let start = micros_to_nanos("timestamp", timestamp)?;
         let end = start
             .checked_add(micros_to_nanos("duration", duration)?)
-            .ok_or_else(|| "timestamp + duration is past the year 2554".to_owned())?;
+            .ok_or(Why::Borrowed("timestamp + duration is past the year 2554"))?;
         let mut events = Vec::with_capacity(annotations.len());
         for (time, value) in annotations {
             if time == 0 {
@@ -340,7 +346,7 @@ impl<'a, 'l> Collector<'a, 'l> {
     }
 
     /// Takes the next span of the body, read or not; `Err` once over [`Limits::max_spans`].
-    fn push(&mut self, span: Result<Zspan<'a>, String>) -> Result<(), ZipkinError> {
+    fn push(&mut self, span: Result<Zspan<'a>, Why>) -> Result<(), ZipkinError> {
         let index = self.spans;
         if index >= self.limits.max_spans {
             return Err(ZipkinError::TooManySpans { limit: self.limits.max_spans });
@@ -367,7 +373,9 @@ impl<'a, 'l> Collector<'a, 'l> {
                 }
             }
             Err(mut reason) => {
-                clip(&mut reason);
+                if let Cow::Owned(owned) = &mut reason {
+                    clip(owned);
+                }
                 self.refused.push(Refused { index, reason });
             }
         }
@@ -438,9 +446,13 @@ impl<'a> Visitor<'a> for JsonList<'_, 'a, '_> {
 
     fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(raw) = seq.next_element::<&'a RawValue>()? {
-            let span = serde_json::from_str::<JsonSpan<'a>>(raw.get())
-                .map_err(|e| e.to_string())
-                .and_then(JsonSpan::into_zspan);
+            let span = if raw.get().starts_with('{') {
+                serde_json::from_str::<JsonSpan<'a>>(raw.get())
+                    .map_err(|e| Why::from(e.to_string()))
+                    .and_then(JsonSpan::into_zspan)
+            } else {
+                Err(Why::Borrowed("not a JSON object"))
+            };
             if let Err(error) = self.collector.push(span) {
                 let message = error.to_string();
                 *self.stopped = Some(error);
@@ -549,9 +561,9 @@ struct JsonAnnotation<'a> {
 }
 
 /// Lowercase or uppercase hex into `out`, which must be exactly half its length.
-fn hex(field: &str, text: &str, out: &mut [u8]) -> Result<(), String> {
+fn hex(field: &str, text: &str, out: &mut [u8]) -> Result<(), Why> {
     if text.len() != out.len() * 2 {
-        return Err(format!("{field} is {} hex characters, not {}", text.len(), out.len() * 2));
+        return Err(format!("{field} is {} hex characters, not {}", text.len(), out.len() * 2).into());
     }
     let digit = |b: u8| match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -562,20 +574,20 @@ fn hex(field: &str, text: &str, out: &mut [u8]) -> Result<(), String> {
     for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
         match (digit(pair[0]), digit(pair[1])) {
             (Some(hi), Some(lo)) => *byte = (hi << 4) | lo,
-            _ => return Err(format!("{field} is not hex")),
+            _ => return Err(format!("{field} is not hex").into()),
         }
     }
     Ok(())
 }
 
 impl<'a> JsonSpan<'a> {
-    fn into_zspan(self) -> Result<Zspan<'a>, String> {
+    fn into_zspan(self) -> Result<Zspan<'a>, Why> {
         let trace_hex = self.trace_id.ok_or("no traceId")?.0;
         let mut wide = [0u8; 16];
         match trace_hex.len() {
             16 => hex("traceId", &trace_hex, &mut wide[8..])?,
             32 => hex("traceId", &trace_hex, &mut wide)?,
-            n => return Err(format!("traceId is {n} hex characters, not 16 or 32")),
+            n => return Err(format!("traceId is {n} hex characters, not 16 or 32").into()),
         }
         let mut id = [0u8; 8];
         hex("id", &self.id.ok_or("no id")?.0, &mut id)?;
@@ -613,19 +625,19 @@ impl<'a> JsonSpan<'a> {
     }
 }
 
-fn json_endpoint<'a>(field: &str, endpoint: Option<JsonEndpoint<'a>>) -> Result<Endpoint<'a>, String> {
+fn json_endpoint<'a>(field: &str, endpoint: Option<JsonEndpoint<'a>>) -> Result<Endpoint<'a>, Why> {
     let Some(e) = endpoint else { return Ok(Endpoint::default()) };
     let ipv4 = match e.ipv4.filter(|ip| !ip.0.is_empty()) {
-        Some(ip) => Some(ip.0.parse().map_err(|_| format!("{field}.ipv4 is not an IPv4 address"))?),
+        Some(ip) => Some(ip.0.parse().map_err(|_| Why::from(format!("{field}.ipv4 is not an IPv4 address")))?),
         None => None,
     };
     let ipv6 = match e.ipv6.filter(|ip| !ip.0.is_empty()) {
-        Some(ip) => Some(ip.0.parse().map_err(|_| format!("{field}.ipv6 is not an IPv6 address"))?),
+        Some(ip) => Some(ip.0.parse().map_err(|_| Why::from(format!("{field}.ipv6 is not an IPv6 address")))?),
         None => None,
     };
     let port = match e.port {
         None => 0,
-        Some(port) => u16::try_from(port).map_err(|_| format!("{field}.port {port} is not a port"))?,
+        Some(port) => u16::try_from(port).map_err(|_| Why::from(format!("{field}.port {port} is not a port")))?,
     };
     Ok(Endpoint { service: e.service_name.unwrap_or_default().0, ipv4, ipv6, port })
 }
@@ -729,20 +741,20 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn utf8<'a>(field: &str, bytes: &'a [u8]) -> Result<Cow<'a, str>, String> {
-    std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|_| format!("{field} is not UTF-8"))
+fn utf8<'a>(field: &str, bytes: &'a [u8]) -> Result<Cow<'a, str>, Why> {
+    std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|_| format!("{field} is not UTF-8").into())
 }
 
-fn wrong_type(field: &str) -> String {
-    format!("{field} has the wrong wire type")
+fn wrong_type(field: &str) -> Why {
+    format!("{field} has the wrong wire type").into()
 }
 
 /// Reads one `Span` message; any error refuses this span alone.
-fn proto_span<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Zspan<'a>, String> {
+fn proto_span<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Zspan<'a>, Why> {
     let mut span = Zspan::default();
     let mut has = (false, false);
     let mut fields = Fields(bytes);
-    while let Some((number, value)) = fields.next().map_err(str::to_owned)? {
+    while let Some((number, value)) = fields.next().map_err(Why::Borrowed)? {
         match (number, value) {
             (1, Wire::Len(b)) => {
                 span.trace_id = trace_id(b)?;
@@ -760,7 +772,7 @@ fn proto_span<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Zspan<'a>, String>
                     2 => Kind::Server,
                     3 => Kind::Producer,
                     4 => Kind::Consumer,
-                    _ => return Err(format!("kind {k} is not a Zipkin span kind")),
+                    _ => return Err(format!("kind {k} is not a Zipkin span kind").into()),
                 }
             }
             (5, Wire::Len(b)) => span.name = utf8("name", b)?,
@@ -770,13 +782,13 @@ fn proto_span<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Zspan<'a>, String>
             (9, Wire::Len(b)) => span.remote = proto_endpoint("remote_endpoint", b)?,
             (10, Wire::Len(b)) => {
                 if span.annotations.len() == limits.max_annotations_per_span {
-                    return Err(format!("annotations over the limit of {}", limits.max_annotations_per_span));
+                    return Err(format!("annotations over the limit of {}", limits.max_annotations_per_span).into());
                 }
                 span.annotations.push(proto_annotation(b)?);
             }
             (11, Wire::Len(b)) => {
                 if span.tags.len() == limits.max_tags_per_span {
-                    return Err(format!("tags over the limit of {}", limits.max_tags_per_span));
+                    return Err(format!("tags over the limit of {}", limits.max_tags_per_span).into());
                 }
                 span.tags.push(proto_tag(b)?);
             }
@@ -811,29 +823,30 @@ const SPAN_FIELDS: [&str; 14] = [
     "shared",
 ];
 
-fn proto_endpoint<'a>(field: &str, bytes: &'a [u8]) -> Result<Endpoint<'a>, String> {
+fn proto_endpoint<'a>(field: &str, bytes: &'a [u8]) -> Result<Endpoint<'a>, Why> {
     let mut endpoint = Endpoint::default();
     let mut fields = Fields(bytes);
-    while let Some((number, value)) = fields.next().map_err(|e| format!("{field}: {e}"))? {
+    while let Some((number, value)) = fields.next().map_err(|e| Why::from(format!("{field}: {e}")))? {
         match (number, value) {
             (1, Wire::Len(b)) => endpoint.service = utf8("service_name", b)?,
             (2, Wire::Len(b)) => {
                 endpoint.ipv4 = match <[u8; 4]>::try_from(b) {
                     Ok(ip) => Some(Ipv4Addr::from(ip)),
                     Err(_) if b.is_empty() => None,
-                    Err(_) => return Err(format!("{field}.ipv4 is {} bytes, not 4", b.len())),
+                    Err(_) => return Err(format!("{field}.ipv4 is {} bytes, not 4", b.len()).into()),
                 }
             }
             (3, Wire::Len(b)) => {
                 endpoint.ipv6 = match <[u8; 16]>::try_from(b) {
                     Ok(ip) => Some(Ipv6Addr::from(ip)),
                     Err(_) if b.is_empty() => None,
-                    Err(_) => return Err(format!("{field}.ipv6 is {} bytes, not 16", b.len())),
+                    Err(_) => return Err(format!("{field}.ipv6 is {} bytes, not 16", b.len()).into()),
                 }
             }
             (4, Wire::Varint(p)) => {
                 // int32 on the wire: a negative port is sign-extended to ten bytes.
-                endpoint.port = u16::try_from(p).map_err(|_| format!("{field}.port {} is not a port", p as i64))?;
+                endpoint.port =
+                    u16::try_from(p).map_err(|_| Why::from(format!("{field}.port {} is not a port", p as i64)))?;
             }
             (1..=4, _) => return Err(wrong_type(field)),
             _ => {}
@@ -842,10 +855,10 @@ fn proto_endpoint<'a>(field: &str, bytes: &'a [u8]) -> Result<Endpoint<'a>, Stri
     Ok(endpoint)
 }
 
-fn proto_annotation(bytes: &[u8]) -> Result<(u64, Cow<'_, str>), String> {
+fn proto_annotation(bytes: &[u8]) -> Result<(u64, Cow<'_, str>), Why> {
     let (mut timestamp, mut value) = (0, Cow::Borrowed(""));
     let mut fields = Fields(bytes);
-    while let Some((number, wire)) = fields.next().map_err(|e| format!("annotations: {e}"))? {
+    while let Some((number, wire)) = fields.next().map_err(|e| Why::from(format!("annotations: {e}")))? {
         match (number, wire) {
             (1, Wire::Fixed64(t)) => timestamp = t,
             (2, Wire::Len(b)) => value = utf8("annotation value", b)?,
@@ -857,10 +870,10 @@ fn proto_annotation(bytes: &[u8]) -> Result<(u64, Cow<'_, str>), String> {
 }
 
 /// One entry of the `tags` map (key = 1, value = 2, both strings).
-fn proto_tag(bytes: &[u8]) -> Result<(Cow<'_, str>, Cow<'_, str>), String> {
+fn proto_tag(bytes: &[u8]) -> Result<(Cow<'_, str>, Cow<'_, str>), Why> {
     let (mut key, mut value) = (Cow::Borrowed(""), Cow::Borrowed(""));
     let mut fields = Fields(bytes);
-    while let Some((number, wire)) = fields.next().map_err(|e| format!("tags: {e}"))? {
+    while let Some((number, wire)) = fields.next().map_err(|e| Why::from(format!("tags: {e}")))? {
         match (number, wire) {
             (1, Wire::Len(b)) => key = utf8("tag key", b)?,
             (2, Wire::Len(b)) => value = utf8("tag value", b)?,
