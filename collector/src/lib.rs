@@ -9,6 +9,7 @@
 //!   decoding; a request it does not take goes through `decode → limit → process → encode`.
 //! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
+//! - [`zipkin`]: Zipkin v2 JSON and protobuf spans → an OTLP request (not wired to a listener yet).
 //!
 //! [`budget`] is the memory bound every stage draws on. [`pipeline`] wires them; [`run`] is what the binary calls.
 
@@ -25,6 +26,7 @@ pub mod process;
 pub mod produce;
 pub mod receive;
 pub mod split;
+pub mod zipkin;
 
 pub use config::Config;
 pub use pipeline::{Running, run, start};
