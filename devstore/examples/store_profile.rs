@@ -7,7 +7,8 @@
 //! connections at a time), counting only the server's threads' CPU: the figure `make bench`
 //! reports as the dev store's CPU per document.
 //!
-//! `cargo run --release -p spanline-devstore --example store_profile -- [DOCS] [BATCH]`
+//! `cargo run --release -p spanline-devstore --example store_profile -- [DOCS] [BATCH] [http]`
+//! (`http`: only the HTTP phase, for profiling it alone)
 
 // The figures printed are this tool's whole output.
 #![allow(clippy::print_stdout)]
@@ -206,6 +207,10 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let docs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let batch: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
+    if args.next().as_deref() == Some("http") {
+        http_phase(docs).await;
+        return;
+    }
     let state = Arc::new(AppState::new(u64::MAX, Faults::default(), 200 << 20, Some(1)));
     let app = api::router(state.clone());
     call(&app, "PUT", "/_index_template/jaeger-span", template().to_string().into_bytes()).await;

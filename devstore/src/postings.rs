@@ -116,8 +116,13 @@ impl IndexedPaths {
     }
 
     /// The node reached from `node` through the document key `key` (dots in it separate segments).
-    fn child(&self, node: usize, key: &str) -> Option<usize> {
+    pub(crate) fn child(&self, node: usize, key: &str) -> Option<usize> {
         key.split('.').try_fold(node, |at, segment| self.nodes.get(at)?.children.get(segment).copied())
+    }
+
+    /// The field id of the path at `node`, if indexed.
+    pub(crate) fn field(&self, node: usize) -> Option<usize> {
+        self.nodes.get(node)?.field
     }
 
     /// The field id of the dotted `path`, if indexed.
@@ -166,7 +171,10 @@ pub fn walk<F: FnMut(usize, Leaf<'_>)>(
 /// faster but lets through lone surrogates, numbers out of `f64` range and nesting past the
 /// recursion limit, which a `Value` refuses; pre-scanning for those cost what it saved.)
 pub fn validate(text: &str) -> Result<bool, serde_json::Error> {
-    walk(text, None, |_, _| {})
+    match crate::scan::scan(text, None, |_, _| {}) {
+        Some(object) => Ok(object),
+        None => walk(text, None, |_, _| {}),
+    }
 }
 
 /// The values a document holds at its index's indexed paths, taken while validating it (see
@@ -216,31 +224,41 @@ impl Recorded {
 /// an object, and the values.
 pub fn record(text: &str, paths: &IndexedPaths, scratch: &mut Vec<Rec>) -> Result<(bool, Recorded), serde_json::Error> {
     scratch.clear();
-    let base = text.as_ptr() as usize;
-    let end = base + text.len();
-    let object = walk(text, Some(paths), |id, leaf| {
-        let Ok(field) = u32::try_from(id) else { return };
-        let value = match leaf {
-            Leaf::Num(x) => RecValue::Num(x),
-            Leaf::Object => RecValue::Object,
-            Leaf::Text(s) => match s {
-                "true" => RecValue::Static("true"),
-                "false" => RecValue::Static("false"),
-                "null" => RecValue::Static("null"),
-                _ => {
-                    // serde_json hands an unescaped string as a slice of `text` itself, an escaped
-                    // one from its own buffer.
-                    let at = s.as_ptr() as usize;
-                    match (u32::try_from(at.wrapping_sub(base)), u32::try_from(s.len())) {
-                        (Ok(start), Ok(len)) if at >= base && at + s.len() <= end => RecValue::Span { start, len },
-                        _ => RecValue::Owned(s.into()),
-                    }
-                }
-            },
-        };
-        scratch.push(Rec { field, value });
-    })?;
+    // The scanner first; what it leaves (after recording part of it, maybe), serde_json's walk.
+    let object = match crate::scan::scan(text, Some(paths), |id, leaf| scratch.extend(rec(text, id, leaf))) {
+        Some(object) => object,
+        None => {
+            scratch.clear();
+            walk(text, Some(paths), |id, leaf| scratch.extend(rec(text, id, leaf)))?
+        }
+    };
     Ok((object, Recorded(scratch.drain(..).collect())))
+}
+
+/// How [`record`] keeps `leaf`, met at path `id` of `text`.
+fn rec(text: &str, id: usize, leaf: Leaf<'_>) -> Option<Rec> {
+    let field = u32::try_from(id).ok()?;
+    let value = match leaf {
+        Leaf::Num(x) => RecValue::Num(x),
+        Leaf::Object => RecValue::Object,
+        Leaf::Text(s) => match s {
+            "true" => RecValue::Static("true"),
+            "false" => RecValue::Static("false"),
+            "null" => RecValue::Static("null"),
+            _ => {
+                // An unescaped string is a slice of `text` itself (serde_json's and the scanner's
+                // alike), an escaped one comes from their own buffer.
+                let (base, at) = (text.as_ptr() as usize, s.as_ptr() as usize);
+                match (u32::try_from(at.wrapping_sub(base)), u32::try_from(s.len())) {
+                    (Ok(start), Ok(len)) if at >= base && at + s.len() <= base + text.len() => {
+                        RecValue::Span { start, len }
+                    }
+                    _ => RecValue::Owned(s.into()),
+                }
+            }
+        },
+    };
+    Some(Rec { field, value })
 }
 
 struct Walker<'p, F> {
