@@ -73,8 +73,29 @@ pub struct IndexedPaths {
 
 #[derive(Debug, Default)]
 struct PathNode {
-    children: FxMap<Box<str>, usize>,
+    /// By key segment. A list: a mapping level has a few keys, and a scan comparing lengths first
+    /// beats hashing every key of every document.
+    children: Vec<(Box<str>, usize)>,
+    /// The same, hashed, for a level with many keys.
+    many: FxMap<Box<str>, usize>,
     field: Option<usize>,
+}
+
+/// Children a level scans before it hashes.
+const SCANNED_CHILDREN: usize = 16;
+
+impl PathNode {
+    fn get(&self, segment: &str) -> Option<usize> {
+        if self.children.len() > SCANNED_CHILDREN {
+            return self.many.get(segment).copied();
+        }
+        self.children.iter().find(|(key, _)| key.len() == segment.len() && **key == *segment).map(|&(_, child)| child)
+    }
+
+    fn insert(&mut self, segment: &str, child: usize) {
+        self.children.push((segment.into(), child));
+        self.many.insert(segment.into(), child);
+    }
 }
 
 impl Default for IndexedPaths {
@@ -97,12 +118,12 @@ impl IndexedPaths {
         for path in paths {
             let mut node = 0;
             for segment in path.split('.') {
-                node = match out.nodes[node].children.get(segment) {
-                    Some(&child) => child,
+                node = match out.nodes[node].get(segment) {
+                    Some(child) => child,
                     None => {
                         out.nodes.push(PathNode::default());
                         let child = out.nodes.len() - 1;
-                        out.nodes[node].children.insert(segment.into(), child);
+                        out.nodes[node].insert(segment, child);
                         child
                     }
                 };
@@ -117,7 +138,10 @@ impl IndexedPaths {
 
     /// The node reached from `node` through the document key `key` (dots in it separate segments).
     pub(crate) fn child(&self, node: usize, key: &str) -> Option<usize> {
-        key.split('.').try_fold(node, |at, segment| self.nodes.get(at)?.children.get(segment).copied())
+        if !key.as_bytes().contains(&b'.') {
+            return self.nodes.get(node)?.get(key);
+        }
+        key.split('.').try_fold(node, |at, segment| self.nodes.get(at)?.get(segment))
     }
 
     /// The field id of the path at `node`, if indexed.
@@ -394,9 +418,9 @@ impl Ord for Num {
 #[derive(Debug, Default)]
 struct FieldPostings {
     /// Values that are not numbers: strings that do not parse as one, `true`, `false`, `null`.
-    texts: FxMap<Box<str>, Vec<u32>>,
+    texts: FxMap<Box<str>, List>,
     /// Numbers, and strings that parse as one (as `range` and `term` read both).
-    nums: BTreeMap<Num, Vec<u32>>,
+    nums: BTreeMap<Num, List>,
     /// Some document has an object here: no narrowing on this field.
     has_object: bool,
     /// Some string here is an RFC 3339 date, which `range` compares as an instant: no range
@@ -416,14 +440,14 @@ impl FieldPostings {
             Leaf::Num(x) => match Num::new(x) {
                 Some(n) => self.nums.entry(n).or_insert_with(|| {
                     bytes += KEY_OVERHEAD_BYTES;
-                    Vec::new()
+                    List::default()
                 }),
                 None => return bytes,
             },
             Leaf::Text(s) => match text_number(s) {
                 Some(n) => self.nums.entry(n).or_insert_with(|| {
                     bytes += KEY_OVERHEAD_BYTES;
-                    Vec::new()
+                    List::default()
                 }),
                 None => {
                     // As `query::date_millis` reads a string.
@@ -434,7 +458,7 @@ impl FieldPostings {
                     match self.texts.get_mut(s) {
                         Some(list) => list,
                         None => {
-                            self.texts.insert(s.into(), vec![pos]);
+                            self.texts.insert(s.into(), List::One(pos));
                             return KEY_OVERHEAD_BYTES + s.len() as u64 + POSTING_BYTES;
                         }
                     }
@@ -442,7 +466,7 @@ impl FieldPostings {
             },
         };
         // A document holding a value twice is listed once.
-        if list.last() != Some(&pos) {
+        if list.last() != Some(pos) {
             list.push(pos);
             bytes += POSTING_BYTES;
         }
@@ -459,7 +483,7 @@ impl FieldPostings {
                 Some(n) => self.remove_num(n, pos),
                 None => {
                     let Some(list) = self.texts.get_mut(s) else { return 0 };
-                    let mut freed = take(list, pos);
+                    let mut freed = list.take(pos);
                     if list.is_empty() {
                         self.texts.remove(s);
                         freed += KEY_OVERHEAD_BYTES + s.len() as u64;
@@ -472,7 +496,7 @@ impl FieldPostings {
 
     fn remove_num(&mut self, n: Num, pos: u32) -> u64 {
         let Some(list) = self.nums.get_mut(&n) else { return 0 };
-        let mut freed = take(list, pos);
+        let mut freed = list.take(pos);
         if list.is_empty() {
             self.nums.remove(&n);
             freed += KEY_OVERHEAD_BYTES;
@@ -481,11 +505,60 @@ impl FieldPostings {
     }
 }
 
-/// Takes `pos` off `list`; the memory let go.
-fn take(list: &mut Vec<u32>, pos: u32) -> u64 {
-    let before = list.len();
-    list.retain(|p| *p != pos);
-    (before - list.len()) as u64 * POSTING_BYTES
+/// The documents holding one value, ascending. Most values of a span (its ids, its start time)
+/// are its own: one position is kept inline, without a list to allocate.
+#[derive(Debug, Clone)]
+enum List {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Default for List {
+    fn default() -> Self {
+        List::Many(Vec::new())
+    }
+}
+
+impl List {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            List::One(pos) => std::slice::from_ref(pos),
+            List::Many(list) => list,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn last(&self) -> Option<u32> {
+        self.as_slice().last().copied()
+    }
+
+    fn push(&mut self, pos: u32) {
+        match self {
+            List::One(first) => *self = List::Many(vec![*first, pos]),
+            List::Many(list) if list.is_empty() => *self = List::One(pos),
+            List::Many(list) => list.push(pos),
+        }
+    }
+
+    /// Takes `pos` off; the memory let go.
+    fn take(&mut self, pos: u32) -> u64 {
+        let taken = match self {
+            List::One(only) if *only == pos => {
+                *self = List::Many(Vec::new());
+                1
+            }
+            List::One(_) => 0,
+            List::Many(list) => {
+                let before = list.len();
+                list.retain(|p| *p != pos);
+                before - list.len()
+            }
+        };
+        taken as u64 * POSTING_BYTES
+    }
 }
 
 /// Rough memory of one new posting key (the map entry, the key, the list's header).
@@ -646,10 +719,10 @@ impl Postings {
         };
         let mut lists: Vec<Vec<u32>> = Vec::with_capacity(2);
         if let Some(list) = number.and_then(Num::new).and_then(|n| field.nums.get(&n)) {
-            lists.push(list.clone());
+            lists.push(list.as_slice().to_vec());
         }
         if let Some(list) = field.texts.get(text.as_str()) {
-            lists.push(list.clone());
+            lists.push(list.as_slice().to_vec());
         }
         Some(union(lists))
     }
@@ -678,7 +751,7 @@ impl Postings {
         let lists: Vec<Vec<u32>> = field
             .nums
             .range((RangeBound::Included(low), RangeBound::Included(high)))
-            .map(|(_, list)| list.clone())
+            .map(|(_, list)| list.as_slice().to_vec())
             .collect();
         Some(union(lists))
     }
