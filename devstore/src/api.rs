@@ -817,7 +817,10 @@ fn write_item(
         )
         .with("caused_by", json!({"type": "illegal_argument_exception", "reason": "rejected by spanline-devstore reject rule"})));
     }
-    crate::store::validate_index_name(index)?;
+    // An existing index's name was checked when it was created: only a new one is checked here.
+    if store.index(index).is_none() {
+        crate::store::validate_index_name(index)?;
+    }
     store.write(op, index, id, Arc::from(text), recorded)
 }
 

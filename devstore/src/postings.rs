@@ -8,7 +8,8 @@
 //! a scan of every document would. Query forms it cannot narrow answer `None` (every document).
 //!
 //! The same walker validates a `_bulk` source (serde_json's own parser, so every document the
-//! store accepted before is accepted, with the same error messages) without building a tree.
+//! store accepted before is accepted, with the same error messages) without building a tree;
+//! [`crate::scan`] takes the usual documents first, faster, and leaves the others to it.
 
 use std::{
     collections::{BTreeMap, HashMap},
