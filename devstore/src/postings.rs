@@ -507,7 +507,8 @@ impl FieldPostings {
     }
 }
 
-/// The documents holding one value, ascending. Most values of a span (its ids, its start time)
+/// The documents holding one value, in the order they were listed (an overwritten document comes
+/// back at the end; answers are sorted by [`union`]). Most values of a span (its ids, its start time)
 /// are its own: one position is kept inline, without a list to allocate.
 #[derive(Debug, Clone)]
 enum List {
@@ -890,6 +891,33 @@ mod tests {
             record(bad, &p, &mut scratch).expect_err("invalid").to_string(),
             serde_json::from_str::<Value>(bad).expect_err("invalid").to_string()
         );
+    }
+
+    /// A value's list goes from one inline document to many and back to none as documents come and
+    /// go, with the same answers and the memory given back as it was counted.
+    #[test]
+    fn values_held_by_one_then_many_documents() {
+        let docs = [r#"{"traceID":"a"}"#, r#"{"traceID":"a","n":5}"#, r#"{"traceID":["b","b"],"n":[5,5]}"#];
+        let mut postings = Postings::new(paths());
+        let added: Vec<u64> = docs.iter().enumerate().map(|(pos, doc)| postings.add(pos, doc)).collect();
+        let q = |postings: &Postings, v: Value| postings.candidates(&Query::parse(&v).expect("parses"));
+        assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![0, 1]));
+        assert_eq!(q(&postings, json!({"term": {"traceID": "b"}})), Some(vec![2]));
+        assert_eq!(q(&postings, json!({"term": {"n": 5}})), Some(vec![1, 2]));
+        assert_eq!(q(&postings, json!({"range": {"n": {"gte": 5}}})), Some(vec![1, 2]));
+        // The value stays with document 1: only the posting is let go.
+        assert_eq!(postings.remove(0, docs[0]), POSTING_BYTES);
+        assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![1]));
+        assert_eq!(postings.remove(2, docs[2]), added[2]);
+        assert_eq!(q(&postings, json!({"term": {"traceID": "b"}})), Some(vec![]));
+        assert_eq!(q(&postings, json!({"term": {"n": 5}})), Some(vec![1]));
+        // Listed again (after document 1, as an overwritten document is) and answered in order.
+        assert_eq!(postings.add(0, docs[0]), POSTING_BYTES);
+        assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![0, 1]));
+        assert_eq!(postings.remove(1, docs[1]), added[1]);
+        assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![0]));
+        assert_eq!(postings.remove(0, docs[0]), added[0]);
+        assert!(postings.fields.iter().all(|f| f.texts.is_empty() && f.nums.is_empty()));
     }
 
     #[test]
