@@ -1,8 +1,14 @@
-//! Profiles the dev store in process: `_bulk` creates of Jaeger span documents (about 700 bytes,
+//! Profiles the dev store in process: `_bulk` creates of Jaeger span documents (about 900 bytes,
 //! shaped like the ingester's) through the real router, then the term, count and Jaeger look-up
 //! queries at that size. Prints the store's CPU per document and each query's time.
 //!
-//! `cargo run --release -p spanline-devstore --example store_profile -- [DOCS] [BATCH]`
+//! Then the same documents again through the real HTTP server (as the benchmarks run it: a
+//! multi-threaded runtime, 1 s refreshes, ~5 MB bodies with a few service documents, two
+//! connections at a time), counting only the server's threads' CPU: the figure `make bench`
+//! reports as the dev store's CPU per document.
+//!
+//! `cargo run --release -p spanline-devstore --example store_profile -- [DOCS] [BATCH] [http]`
+//! (`http`: only the HTTP phase, for profiling it alone)
 
 // The figures printed are this tool's whole output.
 #![allow(clippy::print_stdout)]
@@ -83,11 +89,128 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: Vec<u8>) -> (u1
     (status, to_bytes(response.into_body(), usize::MAX).await.expect("body").to_vec())
 }
 
+/// Name of the HTTP server's runtime threads, whose CPU the HTTP phase counts.
+const SERVER_THREADS: &str = "devstore-srv";
+
+/// CPU time (user + system) in seconds of this process's threads named [`SERVER_THREADS`], from
+/// `/proc/self/task/*/stat`.
+fn server_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut ticks = 0.0;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(SERVER_THREADS) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks += field(11) + field(12);
+    }
+    ticks / 100.0
+}
+
+/// A Jaeger service document's bulk item, as the ingester writes a few per batch.
+fn service_item(i: u64) -> String {
+    let service = SERVICES[(i % 8) as usize];
+    let operation = format!("GET /api/v1/items/{}", i % 50);
+    let doc = json!({"serviceName": service, "operationName": operation});
+    format!(
+        "{{\"index\":{{\"_index\":\"jaeger-service-2025-11-30\",\"_id\":\"{:016x}\"}}}}\n{doc}\n",
+        i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
+}
+
+/// `_bulk` bodies of about 5 MB (the ingester's `batch.max_bytes`) of span documents `0..docs`,
+/// each with a few service documents, as the ingester sends them.
+fn http_bodies(docs: u64) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    let mut body = String::new();
+    for i in 0..docs {
+        let (id, doc) = span(i);
+        body.push_str(&format!("{{\"create\":{{\"_index\":\"jaeger-span-2025-11-30\",\"_id\":\"{id}\"}}}}\n"));
+        body.push_str(&doc);
+        body.push('\n');
+        if body.len() >= 5 << 20 || i + 1 == docs {
+            for s in 0..4 {
+                body.push_str(&service_item(i + s));
+            }
+            bodies.push(std::mem::take(&mut body).into_bytes());
+        }
+    }
+    bodies
+}
+
+/// The HTTP phase: a server on its own runtime, fed over two connections; its threads' CPU per
+/// span document.
+async fn http_phase(docs: u64) {
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(SERVER_THREADS)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = server
+        .spawn(spanline_devstore::start(spanline_devstore::Settings::default(), shutdown.clone()))
+        .await
+        .expect("server task")
+        .expect("server starts");
+    let url = running.url();
+    let client = reqwest::Client::new();
+    let put = client.put(format!("{url}/_index_template/jaeger-span")).json(&template()).send().await;
+    assert!(put.expect("template").status().is_success());
+    let bodies = http_bodies(docs);
+    let count = bodies.len();
+    let (cpu, wall) = (server_cpu_seconds(), Instant::now());
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let senders: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, queue, url) = (client.clone(), queue.clone(), url.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Some(body) = queue.lock().expect("queue").pop() else { break };
+                    let answer = client
+                        .post(format!("{url}/_bulk"))
+                        .header("content-type", "application/x-ndjson")
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("bulk");
+                    assert_eq!(answer.status(), 200);
+                    let answer = answer.bytes().await.expect("answer");
+                    assert!(answer.starts_with(b"{\"errors\":false"));
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let refreshed = client.post(format!("{url}/_refresh")).send().await.expect("refresh");
+    assert!(refreshed.status().is_success());
+    let (cpu, wall) = (server_cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
+    #[allow(clippy::cast_precision_loss)]
+    let per_doc = |s: f64| s * 1e6 / docs as f64;
+    println!(
+        "http bulk ({count} bodies of ~5 MB, 2 connections): {:.2} µs server CPU per document, {:.2} µs wall per document",
+        per_doc(cpu),
+        per_doc(wall)
+    );
+    shutdown.cancel();
+    server.shutdown_background();
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
     let docs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let batch: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
+    if args.next().as_deref() == Some("http") {
+        http_phase(docs).await;
+        return;
+    }
     let state = Arc::new(AppState::new(u64::MAX, Faults::default(), 200 << 20, Some(1)));
     let app = api::router(state.clone());
     call(&app, "PUT", "/_index_template/jaeger-span", template().to_string().into_bytes()).await;
@@ -175,4 +298,6 @@ async fn main() {
         let hits = answer.pointer("/hits/total/value").or_else(|| answer.get("count")).cloned().unwrap_or_default();
         println!("{name}: {ms:.2} ms (matches {hits})");
     }
+
+    http_phase(docs).await;
 }

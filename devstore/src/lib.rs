@@ -10,6 +10,7 @@ pub mod faults;
 pub mod mapping;
 pub mod postings;
 pub mod query;
+pub mod scan;
 pub mod search;
 pub mod security;
 pub mod store;

@@ -8,7 +8,8 @@
 //! a scan of every document would. Query forms it cannot narrow answer `None` (every document).
 //!
 //! The same walker validates a `_bulk` source (serde_json's own parser, so every document the
-//! store accepted before is accepted, with the same error messages) without building a tree.
+//! store accepted before is accepted, with the same error messages) without building a tree;
+//! [`crate::scan`] takes the usual documents first, faster, and leaves the others to it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -73,8 +74,29 @@ pub struct IndexedPaths {
 
 #[derive(Debug, Default)]
 struct PathNode {
-    children: FxMap<Box<str>, usize>,
+    /// By key segment. A list: a mapping level has a few keys, and a scan comparing lengths first
+    /// beats hashing every key of every document.
+    children: Vec<(Box<str>, usize)>,
+    /// The same, hashed, for a level with many keys.
+    many: FxMap<Box<str>, usize>,
     field: Option<usize>,
+}
+
+/// Children a level scans before it hashes.
+const SCANNED_CHILDREN: usize = 16;
+
+impl PathNode {
+    fn get(&self, segment: &str) -> Option<usize> {
+        if self.children.len() > SCANNED_CHILDREN {
+            return self.many.get(segment).copied();
+        }
+        self.children.iter().find(|(key, _)| key.len() == segment.len() && **key == *segment).map(|&(_, child)| child)
+    }
+
+    fn insert(&mut self, segment: &str, child: usize) {
+        self.children.push((segment.into(), child));
+        self.many.insert(segment.into(), child);
+    }
 }
 
 impl Default for IndexedPaths {
@@ -97,12 +119,12 @@ impl IndexedPaths {
         for path in paths {
             let mut node = 0;
             for segment in path.split('.') {
-                node = match out.nodes[node].children.get(segment) {
-                    Some(&child) => child,
+                node = match out.nodes[node].get(segment) {
+                    Some(child) => child,
                     None => {
                         out.nodes.push(PathNode::default());
                         let child = out.nodes.len() - 1;
-                        out.nodes[node].children.insert(segment.into(), child);
+                        out.nodes[node].insert(segment, child);
                         child
                     }
                 };
@@ -116,8 +138,17 @@ impl IndexedPaths {
     }
 
     /// The node reached from `node` through the document key `key` (dots in it separate segments).
-    fn child(&self, node: usize, key: &str) -> Option<usize> {
-        key.split('.').try_fold(node, |at, segment| self.nodes.get(at)?.children.get(segment).copied())
+    pub(crate) fn child(&self, node: usize, key: &str) -> Option<usize> {
+        // A byte loop: keys are short, shorter than `memchr` takes to set up.
+        if !key.bytes().any(|b| b == b'.') {
+            return self.nodes.get(node)?.get(key);
+        }
+        key.split('.').try_fold(node, |at, segment| self.nodes.get(at)?.get(segment))
+    }
+
+    /// The field id of the path at `node`, if indexed.
+    pub(crate) fn field(&self, node: usize) -> Option<usize> {
+        self.nodes.get(node)?.field
     }
 
     /// The field id of the dotted `path`, if indexed.
@@ -166,7 +197,10 @@ pub fn walk<F: FnMut(usize, Leaf<'_>)>(
 /// faster but lets through lone surrogates, numbers out of `f64` range and nesting past the
 /// recursion limit, which a `Value` refuses; pre-scanning for those cost what it saved.)
 pub fn validate(text: &str) -> Result<bool, serde_json::Error> {
-    walk(text, None, |_, _| {})
+    match crate::scan::scan(text, None, |_, _| {}) {
+        Some(object) => Ok(object),
+        None => walk(text, None, |_, _| {}),
+    }
 }
 
 /// The values a document holds at its index's indexed paths, taken while validating it (see
@@ -216,31 +250,41 @@ impl Recorded {
 /// an object, and the values.
 pub fn record(text: &str, paths: &IndexedPaths, scratch: &mut Vec<Rec>) -> Result<(bool, Recorded), serde_json::Error> {
     scratch.clear();
-    let base = text.as_ptr() as usize;
-    let end = base + text.len();
-    let object = walk(text, Some(paths), |id, leaf| {
-        let Ok(field) = u32::try_from(id) else { return };
-        let value = match leaf {
-            Leaf::Num(x) => RecValue::Num(x),
-            Leaf::Object => RecValue::Object,
-            Leaf::Text(s) => match s {
-                "true" => RecValue::Static("true"),
-                "false" => RecValue::Static("false"),
-                "null" => RecValue::Static("null"),
-                _ => {
-                    // serde_json hands an unescaped string as a slice of `text` itself, an escaped
-                    // one from its own buffer.
-                    let at = s.as_ptr() as usize;
-                    match (u32::try_from(at.wrapping_sub(base)), u32::try_from(s.len())) {
-                        (Ok(start), Ok(len)) if at >= base && at + s.len() <= end => RecValue::Span { start, len },
-                        _ => RecValue::Owned(s.into()),
-                    }
-                }
-            },
-        };
-        scratch.push(Rec { field, value });
-    })?;
+    // The scanner first; what it leaves (after recording part of it, maybe), serde_json's walk.
+    let object = match crate::scan::scan(text, Some(paths), |id, leaf| scratch.extend(rec(text, id, leaf))) {
+        Some(object) => object,
+        None => {
+            scratch.clear();
+            walk(text, Some(paths), |id, leaf| scratch.extend(rec(text, id, leaf)))?
+        }
+    };
     Ok((object, Recorded(scratch.drain(..).collect())))
+}
+
+/// How [`record`] keeps `leaf`, met at path `id` of `text`.
+fn rec(text: &str, id: usize, leaf: Leaf<'_>) -> Option<Rec> {
+    let field = u32::try_from(id).ok()?;
+    let value = match leaf {
+        Leaf::Num(x) => RecValue::Num(x),
+        Leaf::Object => RecValue::Object,
+        Leaf::Text(s) => match s {
+            "true" => RecValue::Static("true"),
+            "false" => RecValue::Static("false"),
+            "null" => RecValue::Static("null"),
+            _ => {
+                // An unescaped string is a slice of `text` itself (serde_json's and the scanner's
+                // alike), an escaped one comes from their own buffer.
+                let (base, at) = (text.as_ptr() as usize, s.as_ptr() as usize);
+                match (u32::try_from(at.wrapping_sub(base)), u32::try_from(s.len())) {
+                    (Ok(start), Ok(len)) if at >= base && at + s.len() <= base + text.len() => {
+                        RecValue::Span { start, len }
+                    }
+                    _ => RecValue::Owned(s.into()),
+                }
+            }
+        },
+    };
+    Some(Rec { field, value })
 }
 
 struct Walker<'p, F> {
@@ -376,9 +420,9 @@ impl Ord for Num {
 #[derive(Debug, Default)]
 struct FieldPostings {
     /// Values that are not numbers: strings that do not parse as one, `true`, `false`, `null`.
-    texts: FxMap<Box<str>, Vec<u32>>,
+    texts: FxMap<Box<str>, List>,
     /// Numbers, and strings that parse as one (as `range` and `term` read both).
-    nums: BTreeMap<Num, Vec<u32>>,
+    nums: BTreeMap<Num, List>,
     /// Some document has an object here: no narrowing on this field.
     has_object: bool,
     /// Some string here is an RFC 3339 date, which `range` compares as an instant: no range
@@ -398,14 +442,14 @@ impl FieldPostings {
             Leaf::Num(x) => match Num::new(x) {
                 Some(n) => self.nums.entry(n).or_insert_with(|| {
                     bytes += KEY_OVERHEAD_BYTES;
-                    Vec::new()
+                    List::default()
                 }),
                 None => return bytes,
             },
             Leaf::Text(s) => match text_number(s) {
                 Some(n) => self.nums.entry(n).or_insert_with(|| {
                     bytes += KEY_OVERHEAD_BYTES;
-                    Vec::new()
+                    List::default()
                 }),
                 None => {
                     // As `query::date_millis` reads a string.
@@ -416,7 +460,7 @@ impl FieldPostings {
                     match self.texts.get_mut(s) {
                         Some(list) => list,
                         None => {
-                            self.texts.insert(s.into(), vec![pos]);
+                            self.texts.insert(s.into(), List::One(pos));
                             return KEY_OVERHEAD_BYTES + s.len() as u64 + POSTING_BYTES;
                         }
                     }
@@ -424,7 +468,7 @@ impl FieldPostings {
             },
         };
         // A document holding a value twice is listed once.
-        if list.last() != Some(&pos) {
+        if list.last() != Some(pos) {
             list.push(pos);
             bytes += POSTING_BYTES;
         }
@@ -441,7 +485,7 @@ impl FieldPostings {
                 Some(n) => self.remove_num(n, pos),
                 None => {
                     let Some(list) = self.texts.get_mut(s) else { return 0 };
-                    let mut freed = take(list, pos);
+                    let mut freed = list.take(pos);
                     if list.is_empty() {
                         self.texts.remove(s);
                         freed += KEY_OVERHEAD_BYTES + s.len() as u64;
@@ -454,7 +498,7 @@ impl FieldPostings {
 
     fn remove_num(&mut self, n: Num, pos: u32) -> u64 {
         let Some(list) = self.nums.get_mut(&n) else { return 0 };
-        let mut freed = take(list, pos);
+        let mut freed = list.take(pos);
         if list.is_empty() {
             self.nums.remove(&n);
             freed += KEY_OVERHEAD_BYTES;
@@ -463,11 +507,61 @@ impl FieldPostings {
     }
 }
 
-/// Takes `pos` off `list`; the memory let go.
-fn take(list: &mut Vec<u32>, pos: u32) -> u64 {
-    let before = list.len();
-    list.retain(|p| *p != pos);
-    (before - list.len()) as u64 * POSTING_BYTES
+/// The documents holding one value, in the order they were listed (an overwritten document comes
+/// back at the end; answers are sorted by [`union`]). Most values of a span (its ids, its start time)
+/// are its own: one position is kept inline, without a list to allocate.
+#[derive(Debug, Clone)]
+enum List {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Default for List {
+    fn default() -> Self {
+        List::Many(Vec::new())
+    }
+}
+
+impl List {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            List::One(pos) => std::slice::from_ref(pos),
+            List::Many(list) => list,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn last(&self) -> Option<u32> {
+        self.as_slice().last().copied()
+    }
+
+    fn push(&mut self, pos: u32) {
+        match self {
+            List::One(first) => *self = List::Many(vec![*first, pos]),
+            List::Many(list) if list.is_empty() => *self = List::One(pos),
+            List::Many(list) => list.push(pos),
+        }
+    }
+
+    /// Takes `pos` off; the memory let go.
+    fn take(&mut self, pos: u32) -> u64 {
+        let taken = match self {
+            List::One(only) if *only == pos => {
+                *self = List::Many(Vec::new());
+                1
+            }
+            List::One(_) => 0,
+            List::Many(list) => {
+                let before = list.len();
+                list.retain(|p| *p != pos);
+                before - list.len()
+            }
+        };
+        taken as u64 * POSTING_BYTES
+    }
 }
 
 /// Rough memory of one new posting key (the map entry, the key, the list's header).
@@ -628,10 +722,10 @@ impl Postings {
         };
         let mut lists: Vec<Vec<u32>> = Vec::with_capacity(2);
         if let Some(list) = number.and_then(Num::new).and_then(|n| field.nums.get(&n)) {
-            lists.push(list.clone());
+            lists.push(list.as_slice().to_vec());
         }
         if let Some(list) = field.texts.get(text.as_str()) {
-            lists.push(list.clone());
+            lists.push(list.as_slice().to_vec());
         }
         Some(union(lists))
     }
@@ -660,7 +754,7 @@ impl Postings {
         let lists: Vec<Vec<u32>> = field
             .nums
             .range((RangeBound::Included(low), RangeBound::Included(high)))
-            .map(|(_, list)| list.clone())
+            .map(|(_, list)| list.as_slice().to_vec())
             .collect();
         Some(union(lists))
     }
@@ -797,6 +891,33 @@ mod tests {
             record(bad, &p, &mut scratch).expect_err("invalid").to_string(),
             serde_json::from_str::<Value>(bad).expect_err("invalid").to_string()
         );
+    }
+
+    /// A value's list goes from one inline document to many and back to none as documents come and
+    /// go, with the same answers and the memory given back as it was counted.
+    #[test]
+    fn values_held_by_one_then_many_documents() {
+        let docs = [r#"{"traceID":"a"}"#, r#"{"traceID":"a","n":5}"#, r#"{"traceID":["b","b"],"n":[5,5]}"#];
+        let mut postings = Postings::new(paths());
+        let added: Vec<u64> = docs.iter().enumerate().map(|(pos, doc)| postings.add(pos, doc)).collect();
+        let q = |postings: &Postings, v: Value| postings.candidates(&Query::parse(&v).expect("parses"));
+        assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![0, 1]));
+        assert_eq!(q(&postings, json!({"term": {"traceID": "b"}})), Some(vec![2]));
+        assert_eq!(q(&postings, json!({"term": {"n": 5}})), Some(vec![1, 2]));
+        assert_eq!(q(&postings, json!({"range": {"n": {"gte": 5}}})), Some(vec![1, 2]));
+        // The value stays with document 1: only the posting is let go.
+        assert_eq!(postings.remove(0, docs[0]), POSTING_BYTES);
+        assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![1]));
+        assert_eq!(postings.remove(2, docs[2]), added[2]);
+        assert_eq!(q(&postings, json!({"term": {"traceID": "b"}})), Some(vec![]));
+        assert_eq!(q(&postings, json!({"term": {"n": 5}})), Some(vec![1]));
+        // Listed again (after document 1, as an overwritten document is) and answered in order.
+        assert_eq!(postings.add(0, docs[0]), POSTING_BYTES);
+        assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![0, 1]));
+        assert_eq!(postings.remove(1, docs[1]), added[1]);
+        assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![0]));
+        assert_eq!(postings.remove(0, docs[0]), added[0]);
+        assert!(postings.fields.iter().all(|f| f.texts.is_empty() && f.nums.is_empty()));
     }
 
     #[test]
