@@ -50,6 +50,9 @@ pub struct Receivers {
     pub grpc_listen: SocketAddr,
     /// OTLP HTTP listen address. Default `127.0.0.1:4318`.
     pub http_listen: SocketAddr,
+    /// Zipkin v2 HTTP listen address (`POST /api/v2/spans`, JSON or protobuf; Zipkin's port is
+    /// 9411). Default none: off. TLS and bearer tokens as on the OTLP listeners.
+    pub zipkin_listen: Option<SocketAddr>,
     /// TLS on both OTLP listeners (`[receivers.tls]`); default off (plaintext). The admin listener
     /// never serves TLS: keep it on a network only Prometheus and probes reach (docs/security.md).
     pub tls: ServerTls,
@@ -62,6 +65,7 @@ impl Default for Receivers {
         Self {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 4317)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            zipkin_listen: None,
             tls: ServerTls::default(),
             auth: AuthConfig::default(),
         }

@@ -32,7 +32,7 @@ use crate::{
     metrics::{FallbackLabels, HandshakeLabels, LimitLabels, Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
-    receive::{GrpcService, charge_grpc_body, http_router, oversized_is_resource_exhausted},
+    receive::{GrpcService, charge_grpc_body, http_router, oversized_is_resource_exhausted, zipkin_router},
     split::{self, Fallback},
 };
 
@@ -291,6 +291,8 @@ impl From<Error> for SplitError {
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The Zipkin listener's address, when `receivers.zipkin_listen` is set.
+    pub zipkin_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -321,10 +323,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let grpc = bind(config.receivers.grpc_listen, "otlp grpc").await?;
     let http = bind(config.receivers.http_listen, "otlp http").await?;
+    let zipkin = match config.receivers.zipkin_listen {
+        Some(addr) => Some(bind(addr, "zipkin").await?),
+        None => None,
+    };
     let admin_listener = bind(config.admin.listen, "admin").await?;
     let (grpc_addr, http_addr, admin_addr) = (local(&grpc)?, local(&http)?, local(&admin_listener)?);
+    let zipkin_addr = zipkin.as_ref().map(local).transpose()?;
     tracing::info!(
         otlp_grpc = %grpc_addr, otlp_http = %http_addr, admin = %admin_addr,
+        zipkin = %zipkin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         tls = if tls.enabled() { if tls.client_ca_file.is_empty() { "on" } else { "mutual" } } else { "off" },
         auth = if gate.is_open() { "none" } else { "bearer" },
         brokers = %config.kafka.brokers, kafka_security = config.kafka.client().security_protocol(), topic = %config.kafka.topic,
@@ -335,7 +343,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     for weakened in config.kafka.client().weakened_verification() {
         tracing::warn!(setting = %weakened, "kafka tls verification weakened by kafka.librdkafka");
     }
-    let loopback_only = grpc_addr.ip().is_loopback() && http_addr.ip().is_loopback();
+    let loopback_only =
+        grpc_addr.ip().is_loopback() && http_addr.ip().is_loopback() && zipkin_addr.is_none_or(|a| a.ip().is_loopback());
     if !gate.is_open() && !tls.enabled() && !loopback_only {
         tracing::warn!(
             "bearer tokens travel in plaintext: set receivers.tls, or keep the receivers behind a TLS proxy"
@@ -368,12 +377,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         intake.clone(),
     );
     let http_connections = accept(
-        Listener { listener: http, tls: http_tls, protocol: "http" },
-        connection_slots,
+        Listener { listener: http, tls: http_tls.clone(), protocol: "http" },
+        connection_slots.clone(),
         limits.read_timeout,
-        metrics,
+        metrics.clone(),
         intake.clone(),
     );
+    if let Some(zipkin) = zipkin {
+        let connections = accept(
+            Listener { listener: zipkin, tls: http_tls, protocol: "zipkin" },
+            connection_slots,
+            limits.read_timeout,
+            metrics,
+            intake.clone(),
+        );
+        let router = zipkin_router(exporter.clone());
+        let token = intake.clone();
+        let (read_timeout, max_streams) = (limits.read_timeout, limits.max_concurrent_streams);
+        servers.spawn(async move { serve_http(connections, router, read_timeout, max_streams, token).await });
+    }
     let token = intake.clone();
     servers.spawn(async move {
         let incoming = tokio_stream::StreamExt::map(
@@ -446,7 +468,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("collector stopped");
         Ok(())
     });
-    Ok(Running { grpc_addr, http_addr, admin_addr, task })
+    Ok(Running { grpc_addr, http_addr, zipkin_addr, admin_addr, task })
 }
 
 /// Serves OTLP HTTP on the connections `accept` hands over until `token` is cancelled, then lets

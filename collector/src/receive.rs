@@ -47,7 +47,7 @@ use crate::{
     budget::{Budget, Charge},
     decode,
     error::{Error, RETRY_AFTER},
-    metrics::{Metrics, ProtocolLabels, RequestLabels},
+    metrics::{Metrics, ProtocolLabels, RequestLabels, SpanLabels},
     pipeline::{Exporter, Request as ExportRequest},
     split::Fallback,
 };
@@ -361,6 +361,119 @@ pub fn http_router(exporter: Exporter) -> Router {
     Router::new().route("/v1/traces", post(http_traces)).with_state(exporter)
 }
 
+/// The Zipkin v2 routes (`POST /api/v2/spans`, JSON or protobuf), on `receivers.zipkin_listen`.
+pub fn zipkin_router(exporter: Exporter) -> Router {
+    Router::new().route("/api/v2/spans", post(zipkin_spans)).with_state(exporter)
+}
+
+/// What translating a Zipkin body may hold, per byte of the (decompressed) body: the most
+/// `collector/tests/zipkin.rs` lets its fuzzing find (64 × the body, plus 64 KiB).
+const ZIPKIN_COST_PER_BYTE: usize = 64;
+
+/// Zipkin's answers: 202 once Kafka holds the spans; else the status of the error, its message as
+/// plain text, `Retry-After` when a retry can succeed. Spans the translation refuses (no timestamp,
+/// a bad id) are logged and counted (`spanline_collector_spans_total{reason="invalid_zipkin_span"}`),
+/// the body's other spans kept: Zipkin has no partial-success answer.
+async fn zipkin_spans(State(exporter): State<Exporter>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Err(error) = exporter.authenticate(&parts.headers) {
+        return plain_error(&exporter, "zipkin", &error);
+    }
+    let protobuf = match parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("") {
+        ct if ct.starts_with("application/x-protobuf") || ct.starts_with("application/protobuf") => true,
+        ct if ct.is_empty() || ct.starts_with("application/json") => false,
+        other => return plain_error(&exporter, "zipkin", &Error::UnsupportedMediaType(other.to_owned())),
+    };
+    let result = zipkin_export(&exporter, &parts.headers, body, protobuf).await;
+    record_outcome(exporter.metrics(), "zipkin", &result);
+    match result {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(error) => plain_error_response(&error),
+    }
+}
+
+/// Reads, admits, translates and exports one Zipkin body.
+async fn zipkin_export(
+    exporter: &Exporter,
+    headers: &HeaderMap,
+    body: AxumBody,
+    protobuf: bool,
+) -> Result<ExportTraceServiceResponse, Error> {
+    let raw = read_inflated(exporter, headers, body, "zipkin").await?;
+    let (raw, mut charge, _slot) = raw;
+    let cost = raw.len().saturating_mul(ZIPKIN_COST_PER_BYTE).saturating_add(64 * 1024);
+    charge.fits_with(cost, "the translated request")?;
+    charge.grow(cost, "the translated request")?;
+    let limits = crate::zipkin::Limits { max_spans: exporter.max_spans(), ..crate::zipkin::Limits::default() };
+    let translated = if protobuf { crate::zipkin::from_proto(&raw, &limits) } else { crate::zipkin::from_json(&raw, &limits) }
+        .map_err(|e| Error::Malformed(format!("invalid Zipkin body: {e}")))?;
+    drop(raw);
+    let kept = translated.request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum::<usize>();
+    if let Some(first) = translated.refused.first() {
+        exporter
+            .metrics()
+            .spans
+            .get_or_create(&SpanLabels { outcome: "rejected", reason: "invalid_zipkin_span" })
+            .inc_by(translated.refused.len() as u64);
+        tracing::warn!(
+            refused = translated.refused.len(),
+            kept,
+            first = %format_args!("span {}: {}", first.index, first.reason),
+            "zipkin spans refused, the others kept"
+        );
+        if kept == 0 {
+            return Err(Error::Malformed(format!(
+                "no Zipkin span could be taken ({} refused; span {}: {})",
+                translated.refused.len(),
+                first.index,
+                first.reason
+            )));
+        }
+    }
+    exporter.export(ExportRequest::Decoded(translated.request), charge).await
+}
+
+/// Reads a body (charged as it arrives), takes an export slot, and decompresses the body per its
+/// `Content-Encoding`: the body, its charge and the slot.
+async fn read_inflated(
+    exporter: &Exporter,
+    headers: &HeaderMap,
+    body: AxumBody,
+    protocol: &'static str,
+) -> Result<(Bytes, Charge, tokio::sync::OwnedSemaphorePermit), Error> {
+    let limit = exporter.max_request_bytes();
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::TooLarge { limit });
+    }
+    let (body, mut charge) = read_body(exporter, body).await?;
+    // The slot is taken only now: a client still sending its body holds none.
+    let slot = exporter.admit()?;
+    let read = charge.bytes();
+    let raw = match inflate_body(headers, &body, limit, &mut charge)? {
+        Some(inflated) => {
+            drop(body);
+            charge.shrink_to(charge.bytes() - read);
+            Bytes::from(inflated)
+        }
+        None => body,
+    };
+    exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol }).inc_by(raw.len() as u64);
+    Ok((raw, charge, slot))
+}
+
+/// A refusal before the body is read, as plain text.
+fn plain_error(exporter: &Exporter, protocol: &'static str, error: &Error) -> Response {
+    refused(exporter.metrics(), protocol, error);
+    plain_error_response(error)
+}
+
+/// An error as the Zipkin and Jaeger HTTP APIs answer it: the status, the message as plain text.
+fn plain_error_response(error: &Error) -> Response {
+    let response = (error.http_status(), [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], error.to_string());
+    with_error_headers(response.into_response(), error)
+}
+
 /// The body format of an OTLP HTTP request, which is also the answer's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -422,24 +535,7 @@ async fn http_export(
     body: AxumBody,
     format: Format,
 ) -> Result<ExportTraceServiceResponse, Error> {
-    let limit = exporter.max_request_bytes();
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Error::TooLarge { limit });
-    }
-    let (body, mut charge) = read_body(exporter, body).await?;
-    // The slot is taken only now: a client still sending its body holds none.
-    let _slot = exporter.admit()?;
-    let read = charge.bytes();
-    let raw = match inflate_body(headers, &body, limit, &mut charge)? {
-        Some(inflated) => {
-            drop(body);
-            charge.shrink_to(charge.bytes() - read);
-            Bytes::from(inflated)
-        }
-        None => body,
-    };
-    exporter.metrics().received_bytes.get_or_create(&ProtocolLabels { protocol: "http" }).inc_by(raw.len() as u64);
+    let (raw, mut charge, _slot) = read_inflated(exporter, headers, body, "http").await?;
     let request = match format {
         Format::Protobuf => ExportRequest::Protobuf(raw),
         Format::Json => {
@@ -516,7 +612,13 @@ fn error_response(format: Format, error: &Error) -> Response {
         Format::Protobuf => status.encode_to_vec(),
         Format::Json => serde_json::json!({"code": status.code, "message": status.message}).to_string().into_bytes(),
     };
-    let mut response = (error.http_status(), [(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    let response = (error.http_status(), [(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    with_error_headers(response, error)
+}
+
+/// `Retry-After` on a retryable error, `WWW-Authenticate` on a missing or wrong token, `Connection:
+/// close` after a read timeout.
+fn with_error_headers(mut response: Response, error: &Error) -> Response {
     if error.is_retryable() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
     }
