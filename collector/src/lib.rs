@@ -10,6 +10,9 @@
 //! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
 //!
+//! - [`jaeger`]: Jaeger Thrift batches (HTTP body or agent `emitBatch` datagram) → an OTLP request; a
+//!   pure translation no listener calls yet.
+//!
 //! [`budget`] is the memory bound every stage draws on. [`pipeline`] wires them; [`run`] is what the binary calls.
 
 pub mod auth;
@@ -18,6 +21,7 @@ pub mod config;
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod jaeger;
 pub mod limit;
 pub mod metrics;
 pub mod pipeline;
