@@ -54,8 +54,8 @@ pub struct Limits {
     /// batch, for the process). Default 64 KiB.
     pub max_string_bytes: usize,
     /// Thrift structs and collections nested in one another, the batch counting as one; deeper is a
-    /// [`JaegerError`]. The known structs nest four deep (batch, span, log, tag); the rest is room
-    /// for unknown fields, which are skipped. Default 32.
+    /// [`JaegerError`]. The known structs nest four deep (batch, span, log, tag; five under
+    /// `emitBatch`'s arguments); the rest is room for unknown fields, which are skipped. Default 32.
     pub max_depth: usize,
 }
 
@@ -96,6 +96,18 @@ pub enum JaegerError {
     /// The batch's process cannot be translated (a limit, or a string not UTF-8).
     #[error("jaeger thrift: process refused: {0}")]
     Process(String),
+}
+
+/// The collector's classification, for the receiver that will call this: too many spans is over a
+/// count limit (413, `RESOURCE_EXHAUSTED`), anything else a malformed request (400,
+/// `INVALID_ARGUMENT`); none is retryable.
+impl From<JaegerError> for crate::error::Error {
+    fn from(error: JaegerError) -> Self {
+        match error {
+            JaegerError::TooManySpans { .. } => crate::error::Error::OverLimit(error.to_string()),
+            other => crate::error::Error::Malformed(other.to_string()),
+        }
+    }
 }
 
 /// A span left out of the translation, and why.
@@ -1334,6 +1346,19 @@ mod tests {
         // The process is the whole batch's: over a limit, the batch is refused.
         let batch = Batch::new("a long service name", vec![]);
         assert!(matches!(check(&batch), Err(JaegerError::Process(_))));
+    }
+
+    #[test]
+    fn errors_are_classified_once() {
+        let error = crate::error::Error::from(JaegerError::TooManySpans { size: 2, max: 1 });
+        assert_eq!(error.http_status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!error.is_retryable());
+        let error = crate::error::Error::from(JaegerError::MessageType(2));
+        assert_eq!(error.http_status(), axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(
+            error.to_string(),
+            "malformed request: jaeger thrift: message type 2 is neither CALL (1) nor ONEWAY (4)"
+        );
     }
 
     #[test]

@@ -9,7 +9,6 @@
 //!   decoding; a request it does not take goes through `decode → limit → process → encode`.
 //! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
-//!
 //! - [`jaeger`]: Jaeger Thrift batches (HTTP body or agent `emitBatch` datagram) → an OTLP request; a
 //!   pure translation no listener calls yet.
 //!

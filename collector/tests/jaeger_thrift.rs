@@ -199,8 +199,9 @@ fn compact_and_binary_agree() {
     });
 }
 
-/// The costliest shapes, full size: within the bound, and over it with the per-byte factor divided
-/// by four (the bound is not vacuous).
+/// The costliest shapes, full size: within the bound, and the worst of them needs more than a
+/// quarter of its per-byte factor (the bound is not vacuous). Measured: 27 × len for references,
+/// 21 for spans, 20 for logs, 14 for tags.
 #[test]
 fn the_bound_is_tight() {
     let empty_tags = Batch::new("s", vec![Span { tags: Some(vec![Tag::str("", ""); 1000]), ..Span::new(1, 1, "") }]);
