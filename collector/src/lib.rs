@@ -9,7 +9,9 @@
 //!   decoding; a request it does not take goes through `decode → limit → process → encode`.
 //! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
-//! - [`zipkin`]: Zipkin v2 JSON and protobuf spans → an OTLP request (not wired to a listener yet).
+//! - [`zipkin`]: Zipkin v2 JSON and protobuf spans → an OTLP request (`receivers.zipkin_listen`).
+//! - [`jaeger`]: Jaeger Thrift batches (HTTP body or agent `emitBatch` datagram) → an OTLP request; a
+//!   pure translation no listener calls yet.
 //!
 //! [`budget`] is the memory bound every stage draws on. [`pipeline`] wires them; [`run`] is what the binary calls.
 
@@ -19,6 +21,7 @@ pub mod config;
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod jaeger;
 pub mod limit;
 pub mod metrics;
 pub mod pipeline;

@@ -21,6 +21,8 @@ pub mod process;
 
 pub mod secure;
 
+pub mod thrift;
+
 pub use secure::SecureBroker;
 
 use std::{
