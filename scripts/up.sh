@@ -177,7 +177,15 @@ ingester_admins=()
 rows=()
 for i in $(seq 0 $((COLLECTORS - 1))); do
   grpc=$((GRPC_PORT + 2 * i)); http=$((HTTP_PORT + 2 * i)); admin=$((ADMIN_PORT + 10 * i))
-  spawn "collector-$i" "$LOGS/collector-$i.log" env \
+  # Zipkin and Jaeger on their usual ports (deploy/collector.toml) for collector 0; the others take
+  # free ports (their startup log line says which).
+  others=()
+  if [ "$i" -gt 0 ]; then
+    for key in ZIPKIN JAEGER_HTTP JAEGER_COMPACT JAEGER_BINARY; do
+      others+=("SPANLINE_COLLECTOR__RECEIVERS__${key}_LISTEN=127.0.0.1:0")
+    done
+  fi
+  spawn "collector-$i" "$LOGS/collector-$i.log" env "${others[@]}" \
     SPANLINE_COLLECTOR__KAFKA__BROKERS="$KAFKA_BROKERS" \
     SPANLINE_COLLECTOR__RECEIVERS__GRPC_LISTEN=127.0.0.1:$grpc \
     SPANLINE_COLLECTOR__RECEIVERS__HTTP_LISTEN=127.0.0.1:$http \
@@ -186,6 +194,9 @@ for i in $(seq 0 $((COLLECTORS - 1))); do
     "$BIN/spanline-collector" --config deploy/collector.toml
   collector_admins+=("127.0.0.1:$admin")
   rows+=("collector $i|OTLP gRPC 127.0.0.1:$grpc, OTLP HTTP http://127.0.0.1:$http/v1/traces, admin http://127.0.0.1:$admin/metrics")
+  if [ "$i" -eq 0 ]; then
+    rows+=("collector 0|Zipkin http://127.0.0.1:9411/api/v2/spans, Jaeger http://127.0.0.1:14268/api/traces, Jaeger agent udp 127.0.0.1:6831 (compact) and :6832 (binary)")
+  fi
 done
 for j in $(seq 0 $((INGESTERS - 1))); do
   admin=$((ADMIN_PORT + 1 + 10 * j))

@@ -53,6 +53,14 @@ pub struct Receivers {
     /// Zipkin v2 HTTP listen address (`POST /api/v2/spans`, JSON or protobuf; Zipkin's port is
     /// 9411). Default none: off. TLS and bearer tokens as on the OTLP listeners.
     pub zipkin_listen: Option<SocketAddr>,
+    /// Jaeger collector HTTP listen address (`POST /api/traces`, a Thrift binary `Batch`; Jaeger's
+    /// port is 14268). Default none: off. TLS and bearer tokens as on the OTLP listeners.
+    pub jaeger_http_listen: Option<SocketAddr>,
+    /// Jaeger agent UDP address for Thrift compact `emitBatch` (Jaeger's port 6831). At most once:
+    /// docs/inputs.md. Default none: off.
+    pub jaeger_compact_listen: Option<SocketAddr>,
+    /// Jaeger agent UDP address for Thrift binary `emitBatch` (Jaeger's port 6832). Default none.
+    pub jaeger_binary_listen: Option<SocketAddr>,
     /// TLS on both OTLP listeners (`[receivers.tls]`); default off (plaintext). The admin listener
     /// never serves TLS: keep it on a network only Prometheus and probes reach (docs/security.md).
     pub tls: ServerTls,
@@ -66,6 +74,9 @@ impl Default for Receivers {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 4317)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
             zipkin_listen: None,
+            jaeger_http_listen: None,
+            jaeger_compact_listen: None,
+            jaeger_binary_listen: None,
             tls: ServerTls::default(),
             auth: AuthConfig::default(),
         }

@@ -10,11 +10,12 @@
 //! - [`encode`]: validates spans and groups them into one Kafka record per trace (split when too big).
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
 //! - [`zipkin`]: Zipkin v2 JSON and protobuf spans → an OTLP request (`receivers.zipkin_listen`).
-//! - [`jaeger`]: Jaeger Thrift batches (HTTP body or agent `emitBatch` datagram) → an OTLP request; a
-//!   pure translation no listener calls yet.
+//! - [`jaeger`]: Jaeger Thrift batches (HTTP body or agent `emitBatch` datagram) → an OTLP request
+//!   (`receivers.jaeger_http_listen`; the agent's UDP ports in [`agent`]).
 //!
 //! [`budget`] is the memory bound every stage draws on. [`pipeline`] wires them; [`run`] is what the binary calls.
 
+pub mod agent;
 pub mod auth;
 pub mod budget;
 pub mod config;

@@ -50,6 +50,16 @@ pub struct FallbackLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatagramLabels {
+    /// `jaeger_compact` (6831) or `jaeger_binary` (6832).
+    pub port: &'static str,
+    /// `exported` (Kafka holds its spans), or why it was dropped: `queue_full`, `over_budget`,
+    /// `malformed` (not an `emitBatch` the translation reads, or every span refused), `failed` (the
+    /// export failed: Kafka, the budget or the slots).
+    pub outcome: &'static str,
+}
+
 /// Every collector metric.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -65,6 +75,8 @@ pub struct Metrics {
     pub inflight_bytes: Gauge,
     pub kafka_queue_messages: Gauge,
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Jaeger agent datagrams by port and outcome (UDP: the one input that is at most once).
+    pub datagrams: Family<DatagramLabels, Counter>,
     /// Certificate and token files read again after they changed.
     pub reloads: ReloadMetrics,
 }
@@ -86,11 +98,17 @@ impl Metrics {
             inflight_bytes: Gauge::default(),
             kafka_queue_messages: Gauge::default(),
             tls_handshakes: Family::default(),
+            datagrams: Family::default(),
             reloads: ReloadMetrics::register(registry, "spanline_collector"),
         };
         let r = registry.sub_registry_with_prefix("spanline_collector");
         r.register("requests", "Export requests by protocol and outcome", m.requests.clone());
         r.register("spans", "Spans by outcome and rejection reason", m.spans.clone());
+        r.register(
+            "agent_datagrams",
+            "Jaeger agent UDP datagrams by port and outcome: exported, or dropped and why",
+            m.datagrams.clone(),
+        );
         r.register_with_unit(
             "received",
             "Request body bytes received, after decompression",

@@ -22,6 +22,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    agent,
     auth::Gate,
     budget::{Budget, Charge},
     config::Config,
@@ -32,7 +33,9 @@ use crate::{
     metrics::{FallbackLabels, HandshakeLabels, LimitLabels, Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
-    receive::{GrpcService, charge_grpc_body, http_router, oversized_is_resource_exhausted, zipkin_router},
+    receive::{
+        GrpcService, charge_grpc_body, http_router, jaeger_router, oversized_is_resource_exhausted, zipkin_router,
+    },
     split::{self, Fallback},
 };
 
@@ -293,12 +296,34 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The Zipkin listener's address, when `receivers.zipkin_listen` is set.
     pub zipkin_addr: Option<SocketAddr>,
+    /// The Jaeger listeners' addresses, when set: HTTP, and the agent's UDP ports.
+    pub jaeger_http_addr: Option<SocketAddr>,
+    pub jaeger_compact_addr: Option<SocketAddr>,
+    pub jaeger_binary_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub task: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Error> {
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
     TcpListener::bind(addr).await.map_err(|e| Error::Setup(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+async fn bind_udp(addr: SocketAddr, what: &'static str) -> Result<tokio::net::UdpSocket, Error> {
+    tokio::net::UdpSocket::bind(addr)
+        .await
+        .map_err(|e| Error::Setup(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+/// Binds `addr` with `bind` when it is set.
+async fn optional<T, F: Future<Output = Result<T, Error>>>(
+    addr: Option<SocketAddr>,
+    bind: impl FnOnce(SocketAddr, &'static str) -> F,
+    what: &'static str,
+) -> Result<Option<T>, Error> {
+    match addr {
+        Some(addr) => bind(addr, what).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Binds every listener and starts serving in the background.
@@ -323,16 +348,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let grpc = bind(config.receivers.grpc_listen, "otlp grpc").await?;
     let http = bind(config.receivers.http_listen, "otlp http").await?;
-    let zipkin = match config.receivers.zipkin_listen {
-        Some(addr) => Some(bind(addr, "zipkin").await?),
-        None => None,
-    };
+    let receivers = &config.receivers;
+    let zipkin = optional(receivers.zipkin_listen, bind, "zipkin").await?;
+    let jaeger_http = optional(receivers.jaeger_http_listen, bind, "jaeger http").await?;
+    let jaeger_compact = optional(receivers.jaeger_compact_listen, bind_udp, "jaeger agent compact (udp)").await?;
+    let jaeger_binary = optional(receivers.jaeger_binary_listen, bind_udp, "jaeger agent binary (udp)").await?;
     let admin_listener = bind(config.admin.listen, "admin").await?;
     let (grpc_addr, http_addr, admin_addr) = (local(&grpc)?, local(&http)?, local(&admin_listener)?);
     let zipkin_addr = zipkin.as_ref().map(local).transpose()?;
+    let jaeger_http_addr = jaeger_http.as_ref().map(local).transpose()?;
+    let udp_addr = |s: &Option<tokio::net::UdpSocket>| {
+        s.as_ref().map(|s| s.local_addr().map_err(|e| Error::Setup(format!("udp listener address: {e}")))).transpose()
+    };
+    let (jaeger_compact_addr, jaeger_binary_addr) = (udp_addr(&jaeger_compact)?, udp_addr(&jaeger_binary)?);
+    let shown = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(
         otlp_grpc = %grpc_addr, otlp_http = %http_addr, admin = %admin_addr,
-        zipkin = %zipkin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        zipkin = %shown(zipkin_addr), jaeger_http = %shown(jaeger_http_addr),
+        jaeger_agent_compact_udp = %shown(jaeger_compact_addr), jaeger_agent_binary_udp = %shown(jaeger_binary_addr),
         tls = if tls.enabled() { if tls.client_ca_file.is_empty() { "on" } else { "mutual" } } else { "off" },
         auth = if gate.is_open() { "none" } else { "bearer" },
         brokers = %config.kafka.brokers, kafka_security = config.kafka.client().security_protocol(), topic = %config.kafka.topic,
@@ -343,8 +376,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     for weakened in config.kafka.client().weakened_verification() {
         tracing::warn!(setting = %weakened, "kafka tls verification weakened by kafka.librdkafka");
     }
-    let loopback_only =
-        grpc_addr.ip().is_loopback() && http_addr.ip().is_loopback() && zipkin_addr.is_none_or(|a| a.ip().is_loopback());
+    let loopback_only = grpc_addr.ip().is_loopback()
+        && http_addr.ip().is_loopback()
+        && [zipkin_addr, jaeger_http_addr].iter().flatten().all(|a| a.ip().is_loopback());
     if !gate.is_open() && !tls.enabled() && !loopback_only {
         tracing::warn!(
             "bearer tokens travel in plaintext: set receivers.tls, or keep the receivers behind a TLS proxy"
@@ -383,19 +417,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics.clone(),
         intake.clone(),
     );
-    if let Some(zipkin) = zipkin {
+    let http_apis = [
+        (zipkin, "zipkin", zipkin_router as fn(Exporter) -> axum::Router),
+        (jaeger_http, "jaeger_http", jaeger_router),
+    ];
+    for (listener, protocol, router) in http_apis {
+        let Some(listener) = listener else { continue };
         let connections = accept(
-            Listener { listener: zipkin, tls: http_tls, protocol: "zipkin" },
-            connection_slots,
+            Listener { listener, tls: http_tls.clone(), protocol },
+            connection_slots.clone(),
             limits.read_timeout,
-            metrics,
+            metrics.clone(),
             intake.clone(),
         );
-        let router = zipkin_router(exporter.clone());
+        let router = router(exporter.clone());
         let token = intake.clone();
         let (read_timeout, max_streams) = (limits.read_timeout, limits.max_concurrent_streams);
         servers.spawn(async move { serve_http(connections, router, read_timeout, max_streams, token).await });
     }
+    for (socket, protocol) in [(jaeger_compact, agent::Protocol::Compact), (jaeger_binary, agent::Protocol::Binary)] {
+        let Some(socket) = socket else { continue };
+        let (exporter, token) = (exporter.clone(), intake.clone());
+        servers.spawn(async move { agent::serve(socket, protocol, exporter, token).await });
+    }
+    drop(metrics);
     let token = intake.clone();
     servers.spawn(async move {
         let incoming = tokio_stream::StreamExt::map(
@@ -468,7 +513,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("collector stopped");
         Ok(())
     });
-    Ok(Running { grpc_addr, http_addr, zipkin_addr, admin_addr, task })
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        zipkin_addr,
+        jaeger_http_addr,
+        jaeger_compact_addr,
+        jaeger_binary_addr,
+        admin_addr,
+        task,
+    })
 }
 
 /// Serves OTLP HTTP on the connections `accept` hands over until `token` is cancelled, then lets

@@ -366,9 +366,99 @@ pub fn zipkin_router(exporter: Exporter) -> Router {
     Router::new().route("/api/v2/spans", post(zipkin_spans)).with_state(exporter)
 }
 
-/// What translating a Zipkin body may hold, per byte of the (decompressed) body: the most
-/// `collector/tests/zipkin.rs` lets its fuzzing find (64 × the body, plus 64 KiB).
-const ZIPKIN_COST_PER_BYTE: usize = 64;
+/// The Jaeger collector's HTTP routes (`POST /api/traces`, a Thrift binary `Batch`), on
+/// `receivers.jaeger_http_listen`.
+pub fn jaeger_router(exporter: Exporter) -> Router {
+    Router::new().route("/api/traces", post(jaeger_traces)).with_state(exporter)
+}
+
+/// What translating a Zipkin or Jaeger body may hold, per byte of the (decompressed) body: the
+/// most `collector/tests/zipkin.rs` and `collector/tests/jaeger_thrift.rs` let their fuzzing find
+/// (64 × the body, plus 64 KiB).
+pub const TRANSLATE_COST_PER_BYTE: usize = 64;
+
+/// A body translated to OTLP: the request, how many spans were refused alone, and the first
+/// refusal's reason.
+pub struct Translated {
+    pub request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    pub refused: usize,
+    pub first_refusal: Option<String>,
+}
+
+impl From<crate::zipkin::Translated> for Translated {
+    fn from(t: crate::zipkin::Translated) -> Self {
+        let first_refusal = t.refused.first().map(|r| format!("span {}: {}", r.index, r.reason));
+        Self { request: t.request, refused: t.refused.len(), first_refusal }
+    }
+}
+
+impl From<crate::jaeger::Translated> for Translated {
+    fn from(t: crate::jaeger::Translated) -> Self {
+        let first_refusal = t.refused.first().map(|r| format!("span {}: {}", r.index, r.reason));
+        Self { request: t.request, refused: t.refused.len(), first_refusal }
+    }
+}
+
+/// Charges what translating `raw` may hold, translates it, and exports what it took. Spans
+/// refused alone are logged and counted (`reason`); a body with spans all refused is malformed.
+pub async fn export_translated(
+    exporter: &Exporter,
+    raw: Bytes,
+    mut charge: Charge,
+    reason: &'static str,
+    translate: impl FnOnce(&[u8]) -> Result<Translated, Error>,
+) -> Result<ExportTraceServiceResponse, Error> {
+    let cost = raw.len().saturating_mul(TRANSLATE_COST_PER_BYTE).saturating_add(64 * 1024);
+    charge.fits_with(cost, "the translated request")?;
+    charge.grow(cost, "the translated request")?;
+    let translated = translate(&raw)?;
+    drop(raw);
+    let kept =
+        translated.request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum::<usize>();
+    if let Some(first) = &translated.first_refusal {
+        exporter
+            .metrics()
+            .spans
+            .get_or_create(&SpanLabels { outcome: "rejected", reason })
+            .inc_by(translated.refused as u64);
+        tracing::warn!(refused = translated.refused, kept, first = %first, reason, "spans refused, the others kept");
+        if kept == 0 {
+            return Err(Error::Malformed(format!("no span could be taken ({} refused; {first})", translated.refused)));
+        }
+    }
+    exporter.export(ExportRequest::Decoded(translated.request), charge).await
+}
+
+/// Jaeger's answers, as its collector gives them: 202 once Kafka holds the spans; else the error's
+/// status with its message as plain text (`Retry-After` when a retry can succeed).
+async fn jaeger_traces(State(exporter): State<Exporter>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Err(error) = exporter.authenticate(&parts.headers) {
+        return plain_error(&exporter, "jaeger_http", &error);
+    }
+    match parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("") {
+        ct if ct.starts_with("application/x-thrift") || ct.starts_with("application/vnd.apache.thrift.binary") => {}
+        other => return plain_error(&exporter, "jaeger_http", &Error::UnsupportedMediaType(other.to_owned())),
+    }
+    let result = async {
+        let (raw, charge, _slot) = read_inflated(&exporter, &parts.headers, body, "jaeger_http").await?;
+        export_translated(&exporter, raw, charge, "invalid_jaeger_span", |raw| {
+            crate::jaeger::batch_from_binary(raw, &jaeger_limits(&exporter)).map(Into::into).map_err(Into::into)
+        })
+        .await
+    }
+    .await;
+    record_outcome(exporter.metrics(), "jaeger_http", &result);
+    match result {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(error) => plain_error_response(&error),
+    }
+}
+
+/// The Jaeger translation's limits, the span count from `limits.max_spans_per_request`.
+pub fn jaeger_limits(exporter: &Exporter) -> crate::jaeger::Limits {
+    crate::jaeger::Limits { max_spans: exporter.max_spans(), ..crate::jaeger::Limits::default() }
+}
 
 /// Zipkin's answers: 202 once Kafka holds the spans; else the status of the error, its message as
 /// plain text, `Retry-After` when a retry can succeed. Spans the translation refuses (no timestamp,
@@ -399,38 +489,14 @@ async fn zipkin_export(
     body: AxumBody,
     protobuf: bool,
 ) -> Result<ExportTraceServiceResponse, Error> {
-    let raw = read_inflated(exporter, headers, body, "zipkin").await?;
-    let (raw, mut charge, _slot) = raw;
-    let cost = raw.len().saturating_mul(ZIPKIN_COST_PER_BYTE).saturating_add(64 * 1024);
-    charge.fits_with(cost, "the translated request")?;
-    charge.grow(cost, "the translated request")?;
-    let limits = crate::zipkin::Limits { max_spans: exporter.max_spans(), ..crate::zipkin::Limits::default() };
-    let translated = if protobuf { crate::zipkin::from_proto(&raw, &limits) } else { crate::zipkin::from_json(&raw, &limits) }
-        .map_err(|e| Error::Malformed(format!("invalid Zipkin body: {e}")))?;
-    drop(raw);
-    let kept = translated.request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum::<usize>();
-    if let Some(first) = translated.refused.first() {
-        exporter
-            .metrics()
-            .spans
-            .get_or_create(&SpanLabels { outcome: "rejected", reason: "invalid_zipkin_span" })
-            .inc_by(translated.refused.len() as u64);
-        tracing::warn!(
-            refused = translated.refused.len(),
-            kept,
-            first = %format_args!("span {}: {}", first.index, first.reason),
-            "zipkin spans refused, the others kept"
-        );
-        if kept == 0 {
-            return Err(Error::Malformed(format!(
-                "no Zipkin span could be taken ({} refused; span {}: {})",
-                translated.refused.len(),
-                first.index,
-                first.reason
-            )));
-        }
-    }
-    exporter.export(ExportRequest::Decoded(translated.request), charge).await
+    let (raw, charge, _slot) = read_inflated(exporter, headers, body, "zipkin").await?;
+    export_translated(exporter, raw, charge, "invalid_zipkin_span", |raw| {
+        let limits = crate::zipkin::Limits { max_spans: exporter.max_spans(), ..crate::zipkin::Limits::default() };
+        if protobuf { crate::zipkin::from_proto(raw, &limits) } else { crate::zipkin::from_json(raw, &limits) }
+            .map(Into::into)
+            .map_err(|e| Error::Malformed(format!("invalid Zipkin body: {e}")))
+    })
+    .await
 }
 
 /// Reads a body (charged as it arrives), takes an export slot, and decompresses the body per its

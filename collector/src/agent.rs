@@ -1,0 +1,127 @@
+//! `agent`: the Jaeger agent's UDP ports — Thrift compact `emitBatch` on 6831, Thrift binary on
+//! 6832 — for clients that still send to a local agent.
+//!
+//! Started by [`crate::pipeline`] when `receivers.jaeger_compact_listen` or
+//! `receivers.jaeger_binary_listen` is set. UDP cannot be acknowledged: this is Spanline's one
+//! at-most-once input. A datagram is taken into a bounded queue (charged to
+//! `limits.max_inflight_bytes` as it arrives) and exported from there like any request, at most
+//! [`CONCURRENT`] at a time; a datagram that finds the queue full, the budget spent, or that
+//! cannot be translated or exported is dropped and counted by reason
+//! (`spanline_collector_agent_datagrams_total{port,outcome}`), never silently. Clients that need
+//! their spans acknowledged use OTLP, Zipkin or Jaeger's HTTP endpoint.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::{net::UdpSocket, sync::Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    budget::Charge,
+    error::Error,
+    metrics::DatagramLabels,
+    pipeline::Exporter,
+    receive::{Translated, export_translated, jaeger_limits},
+};
+
+/// Datagrams waiting for an export.
+pub const QUEUE: usize = 256;
+
+/// Exports from one port at once (each waits for Kafka's acknowledgement).
+pub const CONCURRENT: usize = 32;
+
+/// The largest datagram read (a UDP payload is at most 65 507 bytes).
+const MAX_DATAGRAM: usize = 65_536;
+
+/// Which Thrift protocol a port speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Compact,
+    Binary,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Compact => "jaeger_compact",
+            Protocol::Binary => "jaeger_binary",
+        }
+    }
+}
+
+/// Reads datagrams from `socket` until `token` is cancelled, then exports those already queued.
+pub async fn serve(
+    socket: UdpSocket,
+    protocol: Protocol,
+    exporter: Exporter,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    let (queue, mut queued) = tokio::sync::mpsc::channel::<(Bytes, Charge)>(QUEUE);
+    let count = {
+        let exporter = exporter.clone();
+        move |outcome: &'static str| {
+            exporter.metrics().datagrams.get_or_create(&DatagramLabels { port: protocol.label(), outcome }).inc();
+        }
+    };
+    let worker = {
+        let (exporter, count) = (exporter.clone(), count.clone());
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(CONCURRENT));
+            let mut exports = tokio::task::JoinSet::new();
+            while let Some((datagram, charge)) = queued.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                let (exporter, count) = (exporter.clone(), count.clone());
+                exports.spawn(async move {
+                    let outcome = match export(&exporter, protocol, datagram, charge).await {
+                        Ok(()) => "exported",
+                        Err(Error::Malformed(reason)) => {
+                            tracing::debug!(port = protocol.label(), %reason, "jaeger agent datagram dropped");
+                            "malformed"
+                        }
+                        Err(error) => {
+                            tracing::debug!(port = protocol.label(), %error, "jaeger agent datagram not exported");
+                            "failed"
+                        }
+                    };
+                    count(outcome);
+                    drop(slot);
+                });
+                while exports.try_join_next().is_some() {}
+            }
+            while exports.join_next().await.is_some() {}
+        })
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let received = tokio::select! {
+            () = token.cancelled() => break,
+            received = socket.recv_from(&mut buf) => received,
+        };
+        let Ok((len, _from)) = received else { continue };
+        let Ok(charge) = exporter.budget().charge(len, "a jaeger agent datagram") else {
+            count("over_budget");
+            continue;
+        };
+        if queue.try_send((Bytes::copy_from_slice(&buf[..len]), charge)).is_err() {
+            count("queue_full");
+        }
+    }
+    drop(queue);
+    let _ = worker.await;
+    Ok(())
+}
+
+/// Translates and exports one datagram.
+async fn export(exporter: &Exporter, protocol: Protocol, datagram: Bytes, charge: Charge) -> Result<(), Error> {
+    let _slot = exporter.admit()?;
+    export_translated(exporter, datagram, charge, "invalid_jaeger_span", |raw| {
+        let limits = jaeger_limits(exporter);
+        let translated = match protocol {
+            Protocol::Compact => crate::jaeger::emit_batch_from_compact(raw, &limits),
+            Protocol::Binary => crate::jaeger::emit_batch_from_binary(raw, &limits),
+        };
+        translated.map(Translated::from).map_err(Into::into)
+    })
+    .await
+    .map(|_| ())
+}

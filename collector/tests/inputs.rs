@@ -1,0 +1,180 @@
+//! Zipkin and Jaeger clients' protocols through the real collector into a real broker (Tansu,
+//! SQLite): what is answered 202 is in the topic, each span once, keyed by its trace; a malformed
+//! body is 400 with the reason; a bad span is refused alone; the agent's UDP datagrams are exported
+//! or counted as dropped, never silently lost.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use spanline_testkit::{
+    Broker, read_topic,
+    thrift::{self, Batch, Span, Tag},
+};
+use tokio_util::sync::CancellationToken;
+
+async fn start() -> (Broker, spanline_collector::Running) {
+    let broker = Broker::start().await.expect("broker starts");
+    broker.create_topic("otlp_spans", 3).await.expect("topic");
+    let mut c = spanline_collector::Config::default();
+    let any = || Some("127.0.0.1:0".parse().expect("addr"));
+    c.receivers.grpc_listen = "127.0.0.1:0".parse().expect("addr");
+    c.receivers.http_listen = "127.0.0.1:0".parse().expect("addr");
+    (c.receivers.zipkin_listen, c.receivers.jaeger_http_listen) = (any(), any());
+    (c.receivers.jaeger_compact_listen, c.receivers.jaeger_binary_listen) = (any(), any());
+    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    c.kafka.brokers = broker.bootstrap();
+    let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+    (broker, running)
+}
+
+/// Every span in the topic: (key, trace id hex, span id hex, service, name), checking each record's
+/// key is its spans' trace.
+async fn spans(broker: &Broker) -> Vec<(String, String, String, String)> {
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut out = Vec::new();
+    for record in read_topic(&broker.bootstrap(), "otlp_spans").await.expect("read") {
+        let request = ExportTraceServiceRequest::decode(&record.payload[..]).expect("OTLP record");
+        let key = String::from_utf8(record.key.expect("keyed")).expect("utf-8");
+        for rs in &request.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default();
+            for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                assert_eq!(key, hex(&span.trace_id), "the record's key is its trace");
+                out.push((hex(&span.trace_id), hex(&span.span_id), service.clone(), span.name.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zipkin_and_jaeger_http_spans_are_in_the_topic_once() {
+    let (broker, running) = start().await;
+    let client = reqwest::Client::new();
+    let zipkin = format!("http://{}/api/v2/spans", running.zipkin_addr.expect("zipkin on"));
+    // Zipkin v2 JSON: a 64-bit trace (widened), a 128-bit one, and a span without a timestamp,
+    // refused alone.
+    let body = serde_json::json!([
+        {"traceId": "463ac35c9f6413ad", "id": "72485a3953bb6124", "name": "get", "timestamp": 1_700_000_000_000_000u64,
+         "duration": 200, "kind": "SERVER", "localEndpoint": {"serviceName": "front"}},
+        {"traceId": "463ac35c9f6413ad48485a3953bb6124", "id": "a2fb4a1d1a96d312", "parentId": "72485a3953bb6124",
+         "name": "query", "timestamp": 1_700_000_000_000_100u64, "duration": 50, "localEndpoint": {"serviceName": "db"}},
+        {"traceId": "463ac35c9f6413ad", "id": "0000000000000003", "name": "no-time", "localEndpoint": {"serviceName": "front"}}
+    ]);
+    let response = client.post(&zipkin).json(&body).send().await.expect("sent");
+    assert_eq!(response.status(), 202);
+    // Malformed, and every span refused: 400 with the reason, nothing produced.
+    let response =
+        client.post(&zipkin).header("content-type", "application/json").body("[{").send().await.expect("sent");
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.expect("text").contains("Zipkin"), "the reason names the format");
+    let only_bad = serde_json::json!([{"traceId": "zz", "id": "72485a3953bb6124", "timestamp": 1}]);
+    assert_eq!(client.post(&zipkin).json(&only_bad).send().await.expect("sent").status(), 400);
+    let response = client.post(&zipkin).header("content-type", "text/plain").body("x").send().await.expect("sent");
+    assert_eq!(response.status(), 415);
+
+    // Jaeger Thrift binary over HTTP: a 64-bit trace from a Jaeger client.
+    let jaeger = format!("http://{}/api/traces", running.jaeger_http_addr.expect("jaeger on"));
+    let mut span = Span::new(0x1234, 0x99, "checkout");
+    span.tags = Some(vec![Tag::str("sampler.type", "const")]);
+    let batch = Batch::new("shop", vec![span, Span::new(0x1234, 0x9a, "pay")]);
+    let response = client
+        .post(&jaeger)
+        .header("content-type", "application/x-thrift")
+        .body(batch.binary())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 202);
+    let response = client
+        .post(&jaeger)
+        .header("content-type", "application/x-thrift")
+        .body(vec![0x0c])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+
+    let got = spans(&broker).await;
+    let want = vec![
+        (
+            "00000000000000000000000000001234".into(),
+            "0000000000000099".into(),
+            "StringValue(\"shop\")".into(),
+            "checkout".into(),
+        ),
+        (
+            "00000000000000000000000000001234".into(),
+            "000000000000009a".into(),
+            "StringValue(\"shop\")".into(),
+            "pay".into(),
+        ),
+        (
+            "0000000000000000463ac35c9f6413ad".into(),
+            "72485a3953bb6124".into(),
+            "StringValue(\"front\")".into(),
+            "get".into(),
+        ),
+        (
+            "463ac35c9f6413ad48485a3953bb6124".into(),
+            "a2fb4a1d1a96d312".into(),
+            "StringValue(\"db\")".into(),
+            "query".into(),
+        ),
+    ];
+    assert_eq!(got, want, "every span taken is in the topic once, nothing else");
+    let refused = spanline_testkit::metric(
+        running.admin_addr,
+        "spanline_collector_spans_total",
+        "outcome=\"rejected\",reason=\"invalid_zipkin_span\"",
+    )
+    .await
+    .expect("metric");
+    assert_eq!(refused, 2.0, "the span without a timestamp and the one with a bad trace id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jaeger_agent_datagrams_are_exported_or_counted() {
+    let (broker, running) = start().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let compact = Batch::new("agent-c", vec![Span::new(7, 1, "c1"), Span::new(7, 2, "c2")]);
+    let binary = Batch::new("agent-b", vec![Span::new(8, 1, "b1")]);
+    let to = |addr: Option<std::net::SocketAddr>| addr.expect("agent port on");
+    let sent = [
+        (thrift::emit_batch(thrift::Protocol::Compact, &compact), to(running.jaeger_compact_addr)),
+        (thrift::emit_batch(thrift::Protocol::Binary, &binary), to(running.jaeger_binary_addr)),
+        (vec![0x82, 0x21, 0x01], to(running.jaeger_compact_addr)),
+    ];
+    for (datagram, addr) in &sent {
+        socket.send_to(datagram, addr).await.expect("sent");
+    }
+    let counted = |port: &'static str, outcome: &'static str| {
+        let labels = format!("port=\"{port}\",outcome=\"{outcome}\"");
+        async move {
+            spanline_testkit::metric(running.admin_addr, "spanline_collector_agent_datagrams_total", &labels)
+                .await
+                .unwrap_or(0.0)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = counted("jaeger_compact", "exported").await == 1.0
+            && counted("jaeger_binary", "exported").await == 1.0
+            && counted("jaeger_compact", "malformed").await == 1.0;
+        if done {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "datagrams not all accounted for");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: BTreeSet<String> = spans(&broker).await.into_iter().map(|(.., name)| name).collect();
+    assert_eq!(names, ["b1", "c1", "c2"].into_iter().map(String::from).collect(), "each datagram's spans, once");
+}
