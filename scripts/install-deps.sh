@@ -20,6 +20,7 @@ for pkg in libsasl2-dev pkg-config libssl-dev curl; do
 done
 if [ "$run_only" = 0 ]; then
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+  python3 -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
@@ -44,6 +45,18 @@ if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2
   # Debian's own python3 refuses user installs (PEP 668); the tests only need the package importable.
   python3 -m pip install --quiet --disable-pip-version-check "opentelemetry-proto==1.45.2" ||
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "opentelemetry-proto==1.45.2"
+fi
+
+# Real Zipkin and Jaeger client libraries (collector/tests/clients.rs), pinned, in their own venv:
+# the Jaeger Thrift exporter's last release (1.21.0) needs the SDK of its time.
+clients=.run/clients-venv
+client_pins=("opentelemetry-api==1.21.0" "opentelemetry-sdk==1.21.0" "opentelemetry-exporter-zipkin-json==1.21.0"
+  "opentelemetry-exporter-zipkin-proto-http==1.21.0" "opentelemetry-exporter-jaeger-thrift==1.21.0" "Deprecated==1.2.14")
+if ! "$clients/bin/python" -c "import opentelemetry.exporter.jaeger.thrift, opentelemetry.exporter.zipkin.json, opentelemetry.exporter.zipkin.proto.http" >/dev/null 2>&1; then
+  echo "deps: Zipkin and Jaeger client libraries into $clients" >&2
+  rm -rf "$clients"
+  python3 -m venv "$clients"
+  "$clients/bin/pip" install --quiet --disable-pip-version-check "${client_pins[@]}"
 fi
 
 # The deployment check's schemas and parsers, exactly as package-lock.json pins them.
