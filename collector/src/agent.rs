@@ -63,9 +63,10 @@ pub async fn serve(
             exporter.metrics().datagrams.get_or_create(&DatagramLabels { port: protocol.label(), outcome }).inc();
         }
     };
+    // Aborted with this task (shutdown's deadline), its exports with it.
     let worker = {
         let (exporter, count) = (exporter.clone(), count.clone());
-        tokio::spawn(async move {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(CONCURRENT));
             let mut exports = tokio::task::JoinSet::new();
             while let Some((datagram, charge)) = queued.recv().await {
@@ -74,8 +75,8 @@ pub async fn serve(
                 exports.spawn(async move {
                     let outcome = match export(&exporter, protocol, datagram, charge).await {
                         Ok(()) => "exported",
-                        Err(Error::Malformed(reason)) => {
-                            tracing::debug!(port = protocol.label(), %reason, "jaeger agent datagram dropped");
+                        Err(error @ (Error::Malformed(_) | Error::OverLimit(_))) => {
+                            tracing::debug!(port = protocol.label(), %error, "jaeger agent datagram dropped");
                             "malformed"
                         }
                         Err(error) => {
@@ -89,7 +90,7 @@ pub async fn serve(
                 while exports.try_join_next().is_some() {}
             }
             while exports.join_next().await.is_some() {}
-        })
+        }))
     };
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -97,7 +98,15 @@ pub async fn serve(
             () = token.cancelled() => break,
             received = socket.recv_from(&mut buf) => received,
         };
-        let Ok((len, _from)) = received else { continue };
+        let len = match received {
+            Ok((len, _from)) => len,
+            Err(error) => {
+                // Not a datagram's fault (the socket itself): said, and not spun on.
+                tracing::warn!(port = protocol.label(), %error, "cannot read the jaeger agent socket");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let Ok(charge) = exporter.budget().charge(len, "a jaeger agent datagram") else {
             count("over_budget");
             continue;
@@ -114,7 +123,7 @@ pub async fn serve(
 /// Translates and exports one datagram.
 async fn export(exporter: &Exporter, protocol: Protocol, datagram: Bytes, charge: Charge) -> Result<(), Error> {
     let _slot = exporter.admit()?;
-    export_translated(exporter, datagram, charge, "invalid_jaeger_span", |raw| {
+    export_translated(exporter, datagram, charge, "invalid_jaeger_span", false, |raw| {
         let limits = jaeger_limits(exporter);
         let translated = match protocol {
             Protocol::Compact => crate::jaeger::emit_batch_from_compact(raw, &limits),

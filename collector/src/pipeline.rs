@@ -67,6 +67,10 @@ struct ExporterInner {
     max_message_bytes: usize,
     max_request_bytes: usize,
     max_spans: usize,
+    /// `limits.max_attribute_value_bytes` and `max_attributes_per_span`: the Zipkin and Jaeger
+    /// translations refuse a span only past these (the OTLP limits then apply as to any request).
+    max_value_bytes: usize,
+    max_attributes: usize,
     read_timeout: Duration,
     request_timeout: Duration,
 }
@@ -87,6 +91,8 @@ impl Exporter {
                 max_message_bytes: config.kafka.max_message_bytes.as_usize(),
                 max_request_bytes: limits.max_request_bytes.as_usize(),
                 max_spans: limits.max_spans_per_request,
+                max_value_bytes: limits.max_attribute_value_bytes.as_usize(),
+                max_attributes: limits.max_attributes_per_span,
                 read_timeout: limits.read_timeout,
                 request_timeout: limits.request_timeout,
             }),
@@ -107,6 +113,12 @@ impl Exporter {
 
     pub fn max_spans(&self) -> usize {
         self.inner.max_spans
+    }
+
+    /// What a Zipkin or Jaeger translation may take: (spans per request, bytes of one value,
+    /// tags of one span), from `[limits]`.
+    pub fn translate_limits(&self) -> (usize, usize, usize) {
+        (self.inner.max_spans, self.inner.max_value_bytes, self.inner.max_attributes)
     }
 
     pub fn read_timeout(&self) -> Duration {
@@ -379,6 +391,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let loopback_only = grpc_addr.ip().is_loopback()
         && http_addr.ip().is_loopback()
         && [zipkin_addr, jaeger_http_addr].iter().flatten().all(|a| a.ip().is_loopback());
+    if !gate.is_open() && (jaeger_compact_addr.is_some() || jaeger_binary_addr.is_some()) {
+        tracing::warn!(
+            "receivers.auth is on, but the Jaeger agent's UDP ports take no credentials: anyone who reaches them can send spans; keep them on loopback or a trusted network"
+        );
+    }
     if !gate.is_open() && !tls.enabled() && !loopback_only {
         tracing::warn!(
             "bearer tokens travel in plaintext: set receivers.tls, or keep the receivers behind a TLS proxy"

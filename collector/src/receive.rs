@@ -400,17 +400,24 @@ impl From<crate::jaeger::Translated> for Translated {
 }
 
 /// Charges what translating `raw` may hold, translates it, and exports what it took. Spans
-/// refused alone are logged and counted (`reason`); a body with spans all refused is malformed.
+/// refused alone are counted (`reason`) and, when `log` is set, logged with the first reason (UDP
+/// datagrams are only counted: a spoofed flood must not become a log flood); a body with spans all
+/// refused is malformed.
+///
+/// The charge is the worst case the fuzzing found, whatever the body holds: a body over about
+/// `limits.max_inflight_bytes` / 65 is refused for good (413, the reason says so), and one that
+/// does not fit what the budget has free now is refused as busy (503, retry).
 pub async fn export_translated(
     exporter: &Exporter,
     raw: Bytes,
     mut charge: Charge,
     reason: &'static str,
+    log: bool,
     translate: impl FnOnce(&[u8]) -> Result<Translated, Error>,
 ) -> Result<ExportTraceServiceResponse, Error> {
     let cost = raw.len().saturating_mul(TRANSLATE_COST_PER_BYTE).saturating_add(64 * 1024);
-    charge.fits_with(cost, "the translated request")?;
-    charge.grow(cost, "the translated request")?;
+    charge.fits_with(cost, "the translated request (64 times the body: send smaller batches, or OTLP)")?;
+    charge.grow(cost, "the translated request (64 times the body: send smaller batches, or OTLP)")?;
     let translated = translate(&raw)?;
     drop(raw);
     let kept =
@@ -421,7 +428,11 @@ pub async fn export_translated(
             .spans
             .get_or_create(&SpanLabels { outcome: "rejected", reason })
             .inc_by(translated.refused as u64);
-        tracing::warn!(refused = translated.refused, kept, first = %first, reason, "spans refused, the others kept");
+        if log {
+            tracing::warn!(refused = translated.refused, kept, first = %first, reason, "spans refused, the others kept");
+        } else {
+            tracing::debug!(refused = translated.refused, kept, first = %first, reason, "spans refused, the others kept");
+        }
         if kept == 0 {
             return Err(Error::Malformed(format!("no span could be taken ({} refused; {first})", translated.refused)));
         }
@@ -442,7 +453,7 @@ async fn jaeger_traces(State(exporter): State<Exporter>, request: Request) -> Re
     }
     let result = async {
         let (raw, charge, _slot) = read_inflated(&exporter, &parts.headers, body, "jaeger_http").await?;
-        export_translated(&exporter, raw, charge, "invalid_jaeger_span", |raw| {
+        export_translated(&exporter, raw, charge, "invalid_jaeger_span", true, |raw| {
             crate::jaeger::batch_from_binary(raw, &jaeger_limits(&exporter)).map(Into::into).map_err(Into::into)
         })
         .await
@@ -455,9 +466,29 @@ async fn jaeger_traces(State(exporter): State<Exporter>, request: Request) -> Re
     }
 }
 
-/// The Jaeger translation's limits, the span count from `limits.max_spans_per_request`.
+/// The Jaeger translation's limits, from `[limits]` (spans per request, bytes of one value, tags
+/// of one span), so that the OTLP attribute limits decide past those as for any request.
 pub fn jaeger_limits(exporter: &Exporter) -> crate::jaeger::Limits {
-    crate::jaeger::Limits { max_spans: exporter.max_spans(), ..crate::jaeger::Limits::default() }
+    let (max_spans, max_string_bytes, max_tags) = exporter.translate_limits();
+    let defaults = crate::jaeger::Limits::default();
+    crate::jaeger::Limits {
+        max_spans,
+        max_string_bytes: max_string_bytes.max(defaults.max_string_bytes),
+        max_tags: max_tags.max(defaults.max_tags),
+        ..defaults
+    }
+}
+
+/// The Zipkin translation's limits, from `[limits]` as [`jaeger_limits`].
+fn zipkin_limits(exporter: &Exporter) -> crate::zipkin::Limits {
+    let (max_spans, max_string_bytes, max_tags) = exporter.translate_limits();
+    let defaults = crate::zipkin::Limits::default();
+    crate::zipkin::Limits {
+        max_spans,
+        max_string_bytes: max_string_bytes.max(defaults.max_string_bytes),
+        max_tags_per_span: max_tags.max(defaults.max_tags_per_span),
+        ..defaults
+    }
 }
 
 /// Zipkin's answers: 202 once Kafka holds the spans; else the status of the error, its message as
@@ -490,11 +521,14 @@ async fn zipkin_export(
     protobuf: bool,
 ) -> Result<ExportTraceServiceResponse, Error> {
     let (raw, charge, _slot) = read_inflated(exporter, headers, body, "zipkin").await?;
-    export_translated(exporter, raw, charge, "invalid_zipkin_span", |raw| {
-        let limits = crate::zipkin::Limits { max_spans: exporter.max_spans(), ..crate::zipkin::Limits::default() };
+    export_translated(exporter, raw, charge, "invalid_zipkin_span", true, |raw| {
+        let limits = zipkin_limits(exporter);
         if protobuf { crate::zipkin::from_proto(raw, &limits) } else { crate::zipkin::from_json(raw, &limits) }
             .map(Into::into)
-            .map_err(|e| Error::Malformed(format!("invalid Zipkin body: {e}")))
+            .map_err(|e| match e {
+                crate::zipkin::ZipkinError::TooManySpans { .. } => Error::OverLimit(e.to_string()),
+                other => Error::Malformed(other.to_string()),
+            })
     })
     .await
 }

@@ -694,15 +694,7 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     // one included (that item then fails: "failed to parse, document is empty"); an action on the
     // last line, without a source line, is dropped.
     let mut pairs: Vec<(Action, Option<ApiError>, &[u8])> = Vec::new();
-    let content = &body[..body.len() - 1];
-    // `content.split(|&b| b == b'\n')`, with memchr's word-at-a-time search.
-    let mut lines: Vec<&[u8]> = Vec::new();
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', content) {
-        lines.push(&content[start..end]);
-        start = end + 1;
-    }
-    lines.push(&content[start..]);
+    let lines = lines_of(&body[..body.len() - 1]);
     let mut next = 0;
     while let Some(line) = lines.get(next) {
         let line_no = next + 1;
@@ -1007,15 +999,7 @@ fn msearch_items(
     // holds (a blank one is a whole-request 400, as OpenSearch cannot parse it); a header on the
     // last line, without a body line, is dropped.
     let mut pairs = Vec::new();
-    let content = &body[..body.len() - 1];
-    // `content.split(|&b| b == b'\n')`, with memchr's word-at-a-time search.
-    let mut lines: Vec<&[u8]> = Vec::new();
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', content) {
-        lines.push(&content[start..end]);
-        start = end + 1;
-    }
-    lines.push(&content[start..]);
+    let lines = lines_of(&body[..body.len() - 1]);
     let mut next = usize::from(lines.first().is_some_and(|l| l.is_empty()));
     while let Some(line) = lines.get(next) {
         let line_no = next + 1;
@@ -1147,6 +1131,18 @@ async fn reset(State(state): Shared) -> Json<Value> {
     *state.cpu_at_reset.lock() = process_cpu_seconds().unwrap_or(0.0);
     *state.faults.lock() = Faults::default();
     Json(json!({"acknowledged": true}))
+}
+
+/// The lines of `content` (`content.split(|&b| b == b'\n')`, with memchr's word-at-a-time search).
+fn lines_of(content: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', content) {
+        lines.push(&content[start..end]);
+        start = end + 1;
+    }
+    lines.push(&content[start..]);
+    lines
 }
 
 #[cfg(test)]

@@ -104,27 +104,26 @@ const COUNTED_LIMIT: u64 = (LIMITS.max_record_document_bytes + LIMITS.max_docume
 /// A decoded record mapped to documents as the worker maps it (`Worker::take`). The one call of
 /// `map_request` in these tests.
 fn map(request: &ExportTraceServiceRequest, proto: &[u8], clamp: bool) -> Mapped {
-    let routing = Routing {
-        names: IndexNames::new("fuzz"),
-        max_age_micros: 72 * 3_600_000_000,
-        max_skew_micros: 3_600_000_000,
-        clamp,
-        trace_ids: TraceIds::Jaeger,
-    };
+    let routing = routing(clamp);
     let mut mapped = Mapped::default();
     map_request(request, proto, &routing, LIMITS, RecordTime::Timestamp(NOW_MICROS), &mut mapped);
     mapped
 }
 
-/// The live path on a record: `Ok` whether it took the record or left it to prost.
-fn in_place(bytes: &[u8], clamp: bool) -> Run {
-    let routing = Routing {
+/// The routing live ingestion uses, with the default window.
+fn routing(clamp: bool) -> Routing {
+    Routing {
         names: IndexNames::new("fuzz"),
         max_age_micros: 72 * 3_600_000_000,
         max_skew_micros: 3_600_000_000,
         clamp,
         trace_ids: TraceIds::Jaeger,
-    };
+    }
+}
+
+/// The live path on a record: `Ok` whether it took the record or left it to prost.
+fn in_place(bytes: &[u8], clamp: bool) -> Run {
+    let routing = routing(clamp);
     let mut mapped = Mapped::default();
     fuzz::measured(peak, bytes.len(), || {
         map_record(bytes, &routing, LIMITS, RecordTime::Timestamp(NOW_MICROS), &mut mapped);

@@ -5,7 +5,7 @@
 PROTOCOL: zipkin-json, zipkin-proto (ENDPOINT a URL), jaeger-http (a URL), jaeger-agent (HOST:PORT,
 Thrift compact over UDP). BITS: 128 (default) or 64, the trace id's width (64: as a Jaeger or B3
 client's). Prints the spans the SDK finished, one JSON object per line, for the test to find.
-Run by collector/tests/clients.rs with the venv scripts/install-deps.sh makes (.run/clients-venv).
+Run by collector/tests/inputs.rs with the venv scripts/install-deps.sh makes (.run/clients-venv).
 """
 
 import json

@@ -43,14 +43,14 @@ pub(crate) fn body(items: &[Item]) -> Bytes {
 /// How many body buffers are kept for the next requests.
 const KEPT_BODIES: usize = 4;
 
-/// The largest body buffer kept for the next requests.
-const KEPT_BODY_BYTES: usize = 32 << 20;
+/// The largest body buffer kept for the next requests (a batch's body is `batch.max_bytes`, 5 MiB
+/// by default; one larger than this is freed after its request).
+const KEPT_BODY_BYTES: usize = 8 << 20;
 
 /// Request bodies' buffers, kept between requests: a batch's body is as large as the batch (several
 /// MiB), and a fresh one costs a page fault per 4 KiB as it is written, more than the copy itself.
-/// At most [`KEPT_BODIES`] of at most [`KEPT_BODY_BYTES`] each are kept; a body is only ever taken
-/// from here or allocated when none is free, so what is kept and what is in flight together are
-/// never more than the most bodies in flight at once, or [`KEPT_BODIES`].
+/// At most [`KEPT_BODIES`] of at most [`KEPT_BODY_BYTES`] each are kept (32 MiB); a body is taken
+/// from here when a kept buffer suits its size, else allocated.
 #[derive(Debug, Default)]
 pub(crate) struct Bodies {
     free: std::sync::Mutex<Vec<BytesMut>>,
@@ -59,8 +59,13 @@ pub(crate) struct Bodies {
 impl Bodies {
     /// The `_bulk` body of `items`, in their order, in a kept buffer when one is free.
     pub(crate) fn body(&self, items: &[Item]) -> Bytes {
-        let len = items.iter().map(|i| i.ndjson.len()).sum();
-        let kept = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let len: usize = items.iter().map(|i| i.ndjson.len()).sum();
+        // A kept buffer far larger than this body (a half after a 413) stays for a larger one.
+        let kept = {
+            let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let fits = free.iter().position(|b| b.capacity() <= (2 * len).max(1 << 20));
+            fits.map(|at| free.swap_remove(at))
+        };
         let mut body = kept.unwrap_or_default();
         body.clear();
         body.reserve(len);
