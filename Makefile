@@ -41,6 +41,7 @@ secure-certs:
 FUZZ_CASES ?= 100000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p spanline-common -p spanline-collector -p spanline-ingester --test fuzz -- --nocapture
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p spanline-collector --test zipkin --test jaeger_thrift -- --nocapture
 
 # Each stage alone, then the whole pipeline, on this machine; results in bench/results.json
 # (BENCHMARKS.md explains them). Criterion: cargo bench -p spanline-collector / -p spanline-ingester.
