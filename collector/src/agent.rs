@@ -93,9 +93,20 @@ pub async fn serve(
         }))
     };
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // What the kernel dropped before this loop read it (the socket's receive buffer full in a
+    // burst), from /proc/net/udp: counted too, so a datagram is never lost without a count.
+    let mut kernel = KernelDrops::of(&socket);
+    let mut tick = tokio::time::interval(KERNEL_DROPS_INTERVAL);
     loop {
         let received = tokio::select! {
             () = token.cancelled() => break,
+            _ = tick.tick() => {
+                let dropped = kernel.since_last();
+                if dropped > 0 {
+                    exporter.metrics().datagrams.get_or_create(&DatagramLabels { port: protocol.label(), outcome: "kernel_dropped" }).inc_by(dropped);
+                }
+                continue;
+            }
             received = socket.recv_from(&mut buf) => received,
         };
         let len = match received {
@@ -120,6 +131,49 @@ pub async fn serve(
     Ok(())
 }
 
+/// How often the kernel's drop count is read.
+const KERNEL_DROPS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The kernel's count of datagrams dropped on one socket (the `drops` column of `/proc/net/udp` and
+/// `udp6`, found by the socket's inode). Counts nothing where /proc cannot say (not Linux).
+struct KernelDrops {
+    inode: Option<String>,
+    last: u64,
+}
+
+impl KernelDrops {
+    fn of(socket: &UdpSocket) -> Self {
+        use std::os::fd::AsRawFd as _;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok();
+        // `socket:[12345]`
+        let inode = link.and_then(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned));
+        let mut drops = Self { inode, last: 0 };
+        drops.last = drops.total().unwrap_or(0);
+        drops
+    }
+
+    /// The socket's drops so far.
+    fn total(&self) -> Option<u64> {
+        let inode = self.inode.as_deref()?;
+        ["/proc/net/udp", "/proc/net/udp6"].iter().find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+                (fields.get(9) == Some(&inode)).then(|| fields.get(12)?.parse().ok()).flatten()
+            })
+        })
+    }
+
+    /// Drops since the last call.
+    fn since_last(&mut self) -> u64 {
+        let Some(total) = self.total() else { return 0 };
+        let new = total.saturating_sub(self.last);
+        self.last = total;
+        new
+    }
+}
+
 /// Translates and exports one datagram.
 async fn export(exporter: &Exporter, protocol: Protocol, datagram: Bytes, charge: Charge) -> Result<(), Error> {
     let _slot = exporter.admit()?;
@@ -133,4 +187,29 @@ async fn export(exporter: &Exporter, protocol: Protocol, datagram: Bytes, charge
     })
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Datagrams the kernel drops on a socket nobody reads (its receive buffer full) are read from
+    /// /proc, once each.
+    #[tokio::test]
+    async fn the_kernels_drops_on_the_socket_are_counted() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let mut drops = KernelDrops::of(&socket);
+        assert!(drops.inode.is_some(), "the socket's inode is found");
+        assert_eq!(drops.since_last(), 0);
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = socket.local_addr().expect("addr");
+        let datagram = [7u8; 1024];
+        // Far past the default receive buffer (about 208 KiB).
+        for _ in 0..4_000 {
+            let _ = sender.send_to(&datagram, to);
+        }
+        let dropped = drops.since_last();
+        assert!(dropped > 0, "the kernel dropped some: {dropped}");
+        assert_eq!(drops.since_last(), 0, "counted once");
+    }
 }

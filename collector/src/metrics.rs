@@ -56,7 +56,8 @@ pub struct DatagramLabels {
     pub port: &'static str,
     /// `exported` (Kafka holds its spans), or why it was dropped: `queue_full`, `over_budget`,
     /// `malformed` (not an `emitBatch` the translation reads, or every span refused), `failed` (the
-    /// export failed: Kafka, the budget or the slots).
+    /// export failed: Kafka, the budget or the slots), `kernel_dropped` (the kernel dropped it
+    /// before the collector read it: the socket's receive buffer was full).
     pub outcome: &'static str,
 }
 

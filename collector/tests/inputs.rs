@@ -186,6 +186,50 @@ async fn jaeger_agent_datagrams_are_exported_or_counted() {
     assert_eq!(names, ["b1", "c1", "c2"].into_iter().map(String::from).collect(), "each datagram's spans, once");
 }
 
+/// A burst of datagrams past what the agent's queue and exports take: every datagram is either
+/// exported (its span in the topic, once) or counted as dropped with its reason; none is lost
+/// without a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_agent_datagrams_is_exported_or_counted_every_one() {
+    let (broker, running) = start().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let to = running.jaeger_compact_addr.expect("agent port on");
+    const SENT: i64 = 4_000;
+    for n in 1..=SENT {
+        let batch = Batch::new("burst", vec![Span::new(0x5000 + n, n, "burst")]);
+        socket.send_to(&thrift::emit_batch(thrift::Protocol::Compact, &batch), to).await.expect("sent");
+    }
+    let outcomes = ["exported", "queue_full", "over_budget", "malformed", "failed", "kernel_dropped"];
+    let count = |outcome: &'static str| {
+        let labels = format!("port=\"jaeger_compact\",outcome=\"{outcome}\"");
+        async move {
+            spanline_testkit::metric(running.admin_addr, "spanline_collector_agent_datagrams_total", &labels)
+                .await
+                .unwrap_or(0.0)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let counted = loop {
+        let mut counted = Vec::new();
+        for outcome in outcomes {
+            counted.push((outcome, count(outcome).await));
+        }
+        let total: f64 = counted.iter().map(|(_, n)| n).sum();
+        if total >= SENT as f64 || tokio::time::Instant::now() > deadline {
+            break counted;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let total: f64 = counted.iter().map(|(_, n)| n).sum();
+    eprintln!("{SENT} datagrams: {counted:?}");
+    assert_eq!(total, SENT as f64, "every datagram counted once: {counted:?}");
+    let dropped: f64 = counted.iter().filter(|(o, _)| *o != "exported").map(|(_, n)| n).sum();
+    assert!(dropped > 0.0, "the burst is past what the agent takes: {counted:?}");
+    let exported = counted[0].1;
+    let spans = spans(&broker).await;
+    assert_eq!(spans.len() as f64, exported, "each exported datagram's span in the topic once: {counted:?}");
+}
+
 /// A span as the client library reports it finished.
 #[derive(Debug, serde::Deserialize)]
 struct Sent {
