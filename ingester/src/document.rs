@@ -671,18 +671,6 @@ fn span_kind(kind: i32) -> Option<&'static str> {
     }
 }
 
-/// The service name of a resource: `service.name`, or `unknown_service` as OpenTelemetry defines.
-fn service_name<'a>(resource: &wire::ResourceSpans<'a>) -> &'a str {
-    resource
-        .attributes()
-        .find(|kv| kv.key == "service.name")
-        .and_then(|kv| match kv.value {
-            Some(wire::AnyValue::String(s)) if !s.is_empty() => Some(s),
-            _ => None,
-        })
-        .unwrap_or("unknown_service")
-}
-
 /// Maps one protobuf record (`proto`, the record's bytes) to its documents, into `out` (cleared
 /// first), reading it in place ([`wire`]): the live path. Returns false, with `out` cleared, when
 /// the record is not for this path: an encoding the reader leaves to prost, a span that would be
@@ -816,7 +804,7 @@ fn map_wire(
         let resource_spans = wire::ResourceSpans::read(resource_spans?)?;
         let decoded_resource = decoded.and_then(|d| d.resource_spans.get(ri));
         let decoded_attributes = decoded_resource.map(|r| r.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]));
-        let service = service_name(&resource_spans);
+        let service = resource_spans.service;
         // Written once per resource (when it has a span to index) into `buffers.process`, kept up
         // to `max_document_bytes`: its length, and whether it was kept.
         let mut process: Option<(usize, bool)> = None;
@@ -2197,7 +2185,7 @@ mod tests {
         }
     }
 
-    /// The service name of decoded resource attributes, as [`super::service_name`] reads it.
+    /// The service name of decoded resource attributes, as [`wire::ResourceSpans::service`] reads it.
     fn service_name(attributes: &[KeyValue]) -> &str {
         attributes
             .iter()

@@ -443,6 +443,8 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             position,
             redrive: redrive.clone(),
         };
+        // The time the record's spans are judged against, the same on either path below.
+        let at = RecordTime::of(timestamp_ms, now_ms() * 1000, &shared.routing);
         if value.len() > limits.max_record_bytes {
             tracing::warn!(
                 partition,
@@ -459,13 +461,7 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                 limits.max_record_bytes,
             ));
         } else if shared.encoding == Encoding::OtlpProto
-            && map_record(
-                &value,
-                &shared.routing,
-                limits.documents,
-                RecordTime::of(timestamp_ms, now_ms() * 1000, &shared.routing),
-                mapped,
-            )
+            && map_record(&value, &shared.routing, limits.documents, at, mapped)
         {
             // Read in place, every span with its document: nothing to dead-letter. Anything else
             // (a span refused, a record over its bound, an encoding left to prost) goes below.
@@ -492,7 +488,6 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             match decode(shared.encoding, &value) {
                 Ok((request, proto)) => {
                     payload = proto;
-                    let at = RecordTime::of(timestamp_ms, now_ms() * 1000, &shared.routing);
                     map_request(&request, &payload, &shared.routing, limits.documents, at, mapped);
                     if let Some(over) = &mapped.over {
                         tracing::warn!(

@@ -189,6 +189,9 @@ pub(super) struct ResourceSpans<'a> {
     pub bytes: &'a [u8],
     /// The `Resource` message, if present.
     pub resource: Option<&'a [u8]>,
+    /// Its `service.name`: the first attribute of that key, when its value is a non-empty string;
+    /// else `unknown_service`, as OpenTelemetry defines.
+    pub service: &'a str,
 }
 
 impl<'a> ResourceSpans<'a> {
@@ -203,10 +206,8 @@ impl<'a> ResourceSpans<'a> {
                 _ => {}
             }
         }
-        if let Some(resource) = resource {
-            read_resource(resource)?;
-        }
-        Ok(Self { bytes, resource })
+        let service = resource.map(read_resource).transpose()?.flatten().unwrap_or("unknown_service");
+        Ok(Self { bytes, resource, service })
     }
 
     /// The `scope_spans` elements, each to be read with [`ScopeSpans::read`].
@@ -220,17 +221,28 @@ impl<'a> ResourceSpans<'a> {
     }
 }
 
-/// A `Resource` at level 2: attributes, dropped count, entity refs.
-fn read_resource(bytes: &[u8]) -> Read<()> {
+/// A `Resource` at level 2 (attributes, dropped count, entity refs) read through in one pass; its
+/// service name, if its first `service.name` attribute holds a non-empty string.
+fn read_resource(bytes: &[u8]) -> Read<Option<&str>> {
+    // The first `service.name` attribute decides, whatever its value.
+    let mut service: Option<Option<&str>> = None;
     for field in Fields::new(bytes) {
         match field? {
-            (1, v) => drop(KeyValue::read(v.len()?, 3)?),
+            (1, v) => {
+                let kv = KeyValue::read(v.len()?, 3)?;
+                if service.is_none() && kv.key == "service.name" {
+                    service = Some(match kv.value {
+                        Some(AnyValue::String(s)) if !s.is_empty() => Some(s),
+                        _ => None,
+                    });
+                }
+            }
             (2, v) => drop(v.varint()?),
             (3, v) => read_entity_ref(v.len()?)?,
             _ => {}
         }
     }
-    Ok(())
+    Ok(service.flatten())
 }
 
 /// An `EntityRef` at level 3: four string fields, two of them repeated.
