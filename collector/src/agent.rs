@@ -21,7 +21,7 @@ use crate::{
     error::Error,
     metrics::DatagramLabels,
     pipeline::Exporter,
-    receive::{Translated, export_translated, jaeger_limits},
+    receive::{export_translated, jaeger_limits},
 };
 
 /// Datagrams waiting for an export.
@@ -183,7 +183,7 @@ async fn export(exporter: &Exporter, protocol: Protocol, datagram: Bytes, charge
             Protocol::Compact => crate::jaeger::emit_batch_from_compact(raw, &limits),
             Protocol::Binary => crate::jaeger::emit_batch_from_binary(raw, &limits),
         };
-        translated.map(Translated::from).map_err(Into::into)
+        translated.map_err(Into::into)
     })
     .await
     .map(|_| ())

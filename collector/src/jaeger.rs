@@ -110,21 +110,7 @@ impl From<JaegerError> for crate::error::Error {
     }
 }
 
-/// A span left out of the translation, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// The span's position in the batch's span list, from 0.
-    pub index: usize,
-    pub reason: String,
-}
-
-/// A translated batch: the OTLP request (one `ResourceSpans` for the batch's process, with one
-/// `ScopeSpans` if any span was kept) and the spans refused alone.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Translated {
-    pub request: ExportTraceServiceRequest,
-    pub refused: Vec<Refused>,
-}
+pub use crate::translate::{Refused, Translated};
 
 /// A bare `Batch` struct in the Thrift binary protocol: the body of `POST /api/traces`
 /// (`Content-Type: application/x-thrift`).
@@ -318,10 +304,10 @@ impl<'a, 'l> Decoder<'a, 'l> {
             self.refusal = None;
             let raw = self.span()?;
             match self.refusal.take() {
-                Some(reason) => refused.push(Refused { index: *index, reason }),
+                Some(reason) => refused.push(Refused { index: *index, reason: reason.into() }),
                 None => match translate(raw) {
                     Ok(span) => out.push(span),
-                    Err(reason) => refused.push(Refused { index: *index, reason }),
+                    Err(reason) => refused.push(Refused { index: *index, reason: reason.into() }),
                 },
             }
             *index += 1;
@@ -838,7 +824,7 @@ mod tests {
         );
         let translated = all_ways(&batch);
         assert_eq!(spans(&translated), []);
-        let reasons: Vec<&str> = translated.refused.iter().map(|r| r.reason.as_str()).collect();
+        let reasons: Vec<&str> = translated.refused.iter().map(|r| r.reason.as_ref()).collect();
         assert!(reasons[0].starts_with("startTime is negative"), "{reasons:?}");
         assert!(reasons[1].starts_with("duration is negative"), "{reasons:?}");
         assert!(reasons[2].starts_with("startTime is past"), "{reasons:?}");
@@ -1320,7 +1306,7 @@ mod tests {
         );
         let translated = check(&batch).unwrap();
         assert_eq!(spans(&translated), []);
-        let reasons: Vec<&str> = translated.refused.iter().map(|r| r.reason.as_str()).collect();
+        let reasons: Vec<&str> = translated.refused.iter().map(|r| r.reason.as_ref()).collect();
         assert_eq!(
             reasons,
             [

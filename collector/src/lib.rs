@@ -11,7 +11,8 @@
 //! - [`produce`]: publishes the records with an idempotent producer and waits for every delivery report.
 //! - [`zipkin`]: Zipkin v2 JSON and protobuf spans → an OTLP request (`receivers.zipkin_listen`).
 //! - [`jaeger`]: Jaeger Thrift batches (HTTP body or agent `emitBatch` datagram) → an OTLP request
-//!   (`receivers.jaeger_http_listen`; the agent's UDP ports in [`agent`]).
+//!   (`receivers.jaeger_http_listen`; the agent's UDP ports in [`agent`]). Both give a
+//!   [`translate::Translated`]: the spans taken, and those refused alone with why.
 //!
 //! [`budget`] is the memory bound every stage draws on. [`pipeline`] wires them; [`run`] is what the binary calls.
 
@@ -30,6 +31,7 @@ pub mod process;
 pub mod produce;
 pub mod receive;
 pub mod split;
+pub mod translate;
 pub mod zipkin;
 
 pub use config::Config;

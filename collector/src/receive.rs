@@ -377,28 +377,6 @@ pub fn jaeger_router(exporter: Exporter) -> Router {
 /// (64 × the body, plus 64 KiB).
 pub const TRANSLATE_COST_PER_BYTE: usize = 64;
 
-/// A body translated to OTLP: the request, how many spans were refused alone, and the first
-/// refusal's reason.
-pub struct Translated {
-    pub request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
-    pub refused: usize,
-    pub first_refusal: Option<String>,
-}
-
-impl From<crate::zipkin::Translated> for Translated {
-    fn from(t: crate::zipkin::Translated) -> Self {
-        let first_refusal = t.refused.first().map(|r| format!("span {}: {}", r.index, r.reason));
-        Self { request: t.request, refused: t.refused.len(), first_refusal }
-    }
-}
-
-impl From<crate::jaeger::Translated> for Translated {
-    fn from(t: crate::jaeger::Translated) -> Self {
-        let first_refusal = t.refused.first().map(|r| format!("span {}: {}", r.index, r.reason));
-        Self { request: t.request, refused: t.refused.len(), first_refusal }
-    }
-}
-
 /// Charges what translating `raw` may hold, translates it, and exports what it took. Spans
 /// refused alone are counted (`reason`) and, when `log` is set, logged with the first reason (UDP
 /// datagrams are only counted: a spoofed flood must not become a log flood); a body with spans all
@@ -413,7 +391,7 @@ pub async fn export_translated(
     mut charge: Charge,
     reason: &'static str,
     log: bool,
-    translate: impl FnOnce(&[u8]) -> Result<Translated, Error>,
+    translate: impl FnOnce(&[u8]) -> Result<crate::translate::Translated, Error>,
 ) -> Result<ExportTraceServiceResponse, Error> {
     let cost = raw.len().saturating_mul(TRANSLATE_COST_PER_BYTE).saturating_add(64 * 1024);
     charge.fits_with(cost, "the translated request (64 times the body: send smaller batches, or OTLP)")?;
@@ -422,19 +400,17 @@ pub async fn export_translated(
     drop(raw);
     let kept =
         translated.request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum::<usize>();
-    if let Some(first) = &translated.first_refusal {
-        exporter
-            .metrics()
-            .spans
-            .get_or_create(&SpanLabels { outcome: "rejected", reason })
-            .inc_by(translated.refused as u64);
+    if let Some(first) = translated.refused.first() {
+        let first = format!("span {}: {}", first.index, first.reason);
+        let refused = translated.refused.len();
+        exporter.metrics().spans.get_or_create(&SpanLabels { outcome: "rejected", reason }).inc_by(refused as u64);
         if log {
-            tracing::warn!(refused = translated.refused, kept, first = %first, reason, "spans refused, the others kept");
+            tracing::warn!(refused, kept, first = %first, reason, "spans refused, the others kept");
         } else {
-            tracing::debug!(refused = translated.refused, kept, first = %first, reason, "spans refused, the others kept");
+            tracing::debug!(refused, kept, first = %first, reason, "spans refused, the others kept");
         }
         if kept == 0 {
-            return Err(Error::Malformed(format!("no span could be taken ({} refused; {first})", translated.refused)));
+            return Err(Error::Malformed(format!("no span could be taken ({refused} refused; {first})")));
         }
     }
     exporter.export(ExportRequest::Decoded(translated.request), charge).await
@@ -454,7 +430,7 @@ async fn jaeger_traces(State(exporter): State<Exporter>, request: Request) -> Re
     let result = async {
         let (raw, charge, _slot) = read_inflated(&exporter, &parts.headers, body, "jaeger_http").await?;
         export_translated(&exporter, raw, charge, "invalid_jaeger_span", true, |raw| {
-            crate::jaeger::batch_from_binary(raw, &jaeger_limits(&exporter)).map(Into::into).map_err(Into::into)
+            crate::jaeger::batch_from_binary(raw, &jaeger_limits(&exporter)).map_err(Into::into)
         })
         .await
     }
@@ -523,12 +499,12 @@ async fn zipkin_export(
     let (raw, charge, _slot) = read_inflated(exporter, headers, body, "zipkin").await?;
     export_translated(exporter, raw, charge, "invalid_zipkin_span", true, |raw| {
         let limits = zipkin_limits(exporter);
-        if protobuf { crate::zipkin::from_proto(raw, &limits) } else { crate::zipkin::from_json(raw, &limits) }
-            .map(Into::into)
-            .map_err(|e| match e {
+        if protobuf { crate::zipkin::from_proto(raw, &limits) } else { crate::zipkin::from_json(raw, &limits) }.map_err(
+            |e| match e {
                 crate::zipkin::ZipkinError::TooManySpans { .. } => Error::OverLimit(e.to_string()),
                 other => Error::Malformed(other.to_string()),
-            })
+            },
+        )
     })
     .await
 }

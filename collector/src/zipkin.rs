@@ -69,27 +69,7 @@ impl Default for Limits {
     }
 }
 
-/// A translated body: the spans taken, and those refused.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Translated {
-    /// One `ResourceSpans` per distinct `localEndpoint.serviceName` (in order of first appearance),
-    /// each with one `ScopeSpans` without a scope.
-    pub request: ExportTraceServiceRequest,
-    /// Spans refused alone, in body order.
-    pub refused: Vec<Refused>,
-}
-
-/// A span refused alone: its position in the body (0-based) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub index: usize,
-    /// Fixed text when it can be (a refused two-byte span must not cost a heap string), at most
-    /// 256 bytes.
-    pub reason: Why,
-}
-
-/// Why a span was refused.
-pub type Why = Cow<'static, str>;
+pub use crate::translate::{Refused, Translated, Why};
 
 /// A body refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
