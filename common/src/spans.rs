@@ -92,12 +92,14 @@ impl Iterator for Digests<'_> {
                 self.len += 1;
             }
             self.next = 0;
-            if self.len == 4 {
+            if self.len > 1 {
+                // Fewer than four spans left (a record's last ones): the free lanes repeat the
+                // first span, whose digests are not taken, so the rest are still interleaved.
+                let first = quad[0];
+                quad[self.len..].fill(first);
                 self.ready = digest4(&quad);
-            } else {
-                for (ready, source) in self.ready.iter_mut().zip(&quad[..self.len]) {
-                    *ready = source.digest();
-                }
+            } else if let Some(source) = quad[..self.len].first() {
+                self.ready[0] = source.digest();
             }
         }
         let digest = self.ready.get(self.next).copied().filter(|_| self.next < self.len)?;

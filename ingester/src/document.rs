@@ -26,6 +26,7 @@
 //! whole is at most that bound plus one document.
 
 mod json;
+mod resources;
 mod wire;
 
 use std::{collections::HashSet, fmt, io::Write as _};
@@ -311,6 +312,8 @@ struct Buffers {
     process: Vec<u8>,
     /// Values formatted before they are written: doubles and unknown value kinds (short).
     scratch: Vec<u8>,
+    /// Resources read through by earlier records (the live path's).
+    resources: resources::Resources,
 }
 
 impl Mapped {
@@ -801,7 +804,12 @@ fn map_wire(
     let mut last_len = 0;
     let mut services = Operations::default();
     for (ri, resource_spans) in wire::request(proto).enumerate() {
-        let resource_spans = wire::ResourceSpans::read(resource_spans?)?;
+        // The live path takes a resource read before from `buffers.resources`; the full path reads
+        // every resource itself (its process part may hold values only prost decoded).
+        let resource_spans = match pass {
+            Pass::Fast => wire::ResourceSpans::read_with(resource_spans?, |r| buffers.resources.service(r))?,
+            Pass::Full => wire::ResourceSpans::read_with(resource_spans?, wire::read_resource)?,
+        };
         let decoded_resource = decoded.and_then(|d| d.resource_spans.get(ri));
         let decoded_attributes = decoded_resource.map(|r| r.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]));
         let service = resource_spans.service;
@@ -884,21 +892,34 @@ fn map_wire(
                         letter()
                     }
                     (Some(day), Some(digest)) => {
-                        let Buffers { arena, process: process_json, scratch } = &mut *buffers;
+                        let Buffers { arena, process: process_json, scratch, resources } = &mut *buffers;
+                        let max = limits.max_document_bytes;
+                        let resource_bytes = resource_spans.resource.unwrap_or_default();
                         let (process_len, process_fits) = match process {
                             Some(written) => written,
                             None => {
                                 process_json.clear();
-                                let mut w = Writer::new(process_json, limits.max_document_bytes);
-                                write_process(&mut w, service, &resource_spans, decoded_attributes, scratch)?;
-                                *process.insert((w.len(), w.fits()))
+                                match resources.process(resource_bytes, max).filter(|_| pass == Pass::Fast) {
+                                    Some((json, len, fits)) => {
+                                        process_json.extend_from_slice(json);
+                                        *process.insert((len, fits))
+                                    }
+                                    None => {
+                                        let mut w = Writer::new(process_json, max);
+                                        write_process(&mut w, service, &resource_spans, decoded_attributes, scratch)?;
+                                        let (len, fits) = (w.len(), w.fits());
+                                        if pass == Pass::Fast {
+                                            resources.keep_process(resource_bytes, process_json, len, fits, max);
+                                        }
+                                        *process.insert((len, fits))
+                                    }
+                                }
                             }
                         };
                         let part = Part { json: process_json, len: process_len, fits: process_fits };
                         let date = day_of(day);
                         let span_doc =
                             SpanDoc { span: &span, decoded: decoded_span, scope, date, digest, ids: routing.trace_ids };
-                        let max = limits.max_document_bytes;
                         match span_document(arena, scratch, names, &span_doc, &part, max, last_len)? {
                             Written::Doc(mut doc) => {
                                 let len = doc.source_len();
@@ -951,17 +972,30 @@ fn map_wire(
 }
 
 /// A resource's distinct (day, operation) pairs: its service documents. Kept in the order first seen
-/// (so documents come in a stable order) and as a set, so each span's look-up is O(1) whatever the
-/// number of operations. Both borrow from the request and hold at most one entry per span document
-/// kept, which the record's bound counts.
+/// (so documents come in a stable order); past [`FEW_OPERATIONS`] also as a set, so each span's
+/// look-up is O(1) whatever the number of operations (a record's resource usually has one or two,
+/// found faster in the list than by hashing). Both borrow from the request and hold at most one
+/// entry per span document kept, which the record's bound counts.
 #[derive(Default)]
 struct Operations<'a> {
     order: Vec<(NaiveDate, &'a str)>,
     known: HashSet<(NaiveDate, &'a str)>,
 }
 
+/// Up to this many pairs, a resource's operations are looked up in their list.
+const FEW_OPERATIONS: usize = 8;
+
 impl<'a> Operations<'a> {
     fn insert(&mut self, date: NaiveDate, operation: &'a str) {
+        if self.order.len() < FEW_OPERATIONS {
+            if !self.order.contains(&(date, operation)) {
+                self.order.push((date, operation));
+            }
+            return;
+        }
+        if self.known.is_empty() {
+            self.known.extend(self.order.iter().copied());
+        }
         if self.known.insert((date, operation)) {
             self.order.push((date, operation));
         }
@@ -1854,6 +1888,25 @@ mod tests {
         assert_eq!(operations.drain().len(), 100_000);
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
         assert_eq!(operations.drain().len(), 0, "empty for the next resource");
+    }
+
+    #[test]
+    fn service_operations_are_each_kept_once_in_first_seen_order_below_and_past_the_list() {
+        let date = day_of(NOW);
+        let names: Vec<String> = (0..40).map(|n| format!("op-{}", n % 13)).collect();
+        for count in [0, 1, FEW_OPERATIONS - 1, FEW_OPERATIONS, FEW_OPERATIONS + 1, 40] {
+            let mut operations = Operations::default();
+            let mut want: Vec<(NaiveDate, &str)> = Vec::new();
+            for (i, name) in names[..count].iter().enumerate() {
+                let day = if i % 5 == 0 { date.succ_opt().expect("a day") } else { date };
+                operations.insert(day, name);
+                if !want.contains(&(day, name.as_str())) {
+                    want.push((day, name));
+                }
+            }
+            assert_eq!(operations.drain().collect::<Vec<_>>(), want, "{count} spans");
+            assert_eq!(operations.drain().len(), 0);
+        }
     }
 
     #[test]

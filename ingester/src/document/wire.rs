@@ -195,8 +195,12 @@ pub(super) struct ResourceSpans<'a> {
 }
 
 impl<'a> ResourceSpans<'a> {
-    /// Level 1.
-    pub(super) fn read(bytes: &'a [u8]) -> Read<Self> {
+    /// Level 1, with `resource_read` reading the `Resource` message through and finding its service name
+    /// ([`read_resource`], or a cache of resources it read before).
+    pub(super) fn read_with(
+        bytes: &'a [u8],
+        resource_read: impl FnOnce(&'a [u8]) -> Read<Option<&'a str>>,
+    ) -> Read<Self> {
         let mut resource = None;
         for field in Fields::new(bytes) {
             match field? {
@@ -206,7 +210,7 @@ impl<'a> ResourceSpans<'a> {
                 _ => {}
             }
         }
-        let service = resource.map(read_resource).transpose()?.flatten().unwrap_or("unknown_service");
+        let service = resource.map(resource_read).transpose()?.flatten().unwrap_or("unknown_service");
         Ok(Self { bytes, resource, service })
     }
 
@@ -215,7 +219,7 @@ impl<'a> ResourceSpans<'a> {
         each(self.bytes, 2)
     }
 
-    /// The resource's attributes (read through by [`ResourceSpans::read`]).
+    /// The resource's attributes (read through by [`ResourceSpans::read_with`]).
     pub(super) fn attributes(&self) -> impl Iterator<Item = KeyValue<'a>> + 'a {
         each(self.resource.unwrap_or_default(), 1).map_while(|kv| KeyValue::read(kv.ok()?, 3).ok())
     }
@@ -223,7 +227,7 @@ impl<'a> ResourceSpans<'a> {
 
 /// A `Resource` at level 2 (attributes, dropped count, entity refs) read through in one pass; its
 /// service name, if its first `service.name` attribute holds a non-empty string.
-fn read_resource(bytes: &[u8]) -> Read<Option<&str>> {
+pub(super) fn read_resource(bytes: &[u8]) -> Read<Option<&str>> {
     // The first `service.name` attribute decides, whatever its value.
     let mut service: Option<Option<&str>> = None;
     for field in Fields::new(bytes) {
@@ -323,6 +327,19 @@ pub(super) struct Span<'a> {
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,
     pub status: Option<Status<'a>>,
+    /// The part of `bytes` from the first attribute (9) to the end of the last; the same for
+    /// events (11) and links (13). Each starts at a field and ends after one, so it reads as a
+    /// message of its own: the later passes over a repeated field read only its part.
+    attributes: &'a [u8],
+    events: &'a [u8],
+    links: &'a [u8],
+}
+
+/// Widens `part` (a range of `message`, empty before its first field) to end with `field`, a
+/// field of `message` starting at `start` and ending at `end` (offsets).
+fn cover<'a>(message: &'a [u8], part: &mut &'a [u8], start: usize, end: usize) {
+    let from = if part.is_empty() { start } else { part.as_ptr() as usize - message.as_ptr() as usize };
+    *part = message.get(from..end).unwrap_or_default();
 }
 
 /// A span's status.
@@ -345,8 +362,24 @@ impl<'a> Span<'a> {
     pub(super) fn read(bytes: &'a [u8]) -> Read<Self> {
         let mut span = Span { bytes, ..Span::default() };
         let mut status = None;
-        for field in Fields::new(bytes) {
+        let mut fields = Fields::new(bytes);
+        loop {
+            let start = bytes.len() - fields.buf.len();
+            let Some(field) = fields.next() else { break };
+            let end = bytes.len() - fields.buf.len();
             match field? {
+                (9, v) => {
+                    v.len()?;
+                    cover(bytes, &mut span.attributes, start, end);
+                }
+                (11, v) => {
+                    v.len()?;
+                    cover(bytes, &mut span.events, start, end);
+                }
+                (13, v) => {
+                    v.len()?;
+                    cover(bytes, &mut span.links, start, end);
+                }
                 (1, v) => span.trace_id = v.len()?,
                 (2, v) => span.span_id = v.len()?,
                 (3, v) => span.trace_state = v.string()?,
@@ -355,7 +388,6 @@ impl<'a> Span<'a> {
                 (6, v) => span.kind = int32(v)?,
                 (7, v) => span.start_time_unix_nano = v.fixed64()?,
                 (8, v) => span.end_time_unix_nano = v.fixed64()?,
-                (9 | 11 | 13, v) => drop(v.len()?),
                 (10 | 12 | 14, v) => drop(v.varint()?),
                 (15, v) => once(&mut status, v)?,
                 (16, v) => span.flags = v.fixed32()?,
@@ -378,17 +410,17 @@ impl<'a> Span<'a> {
 
     /// The span's attributes, level 4.
     pub(super) fn attributes(&self) -> impl Iterator<Item = Read<KeyValue<'a>>> + 'a {
-        each(self.bytes, 9).map(|kv| KeyValue::read(kv?, 4))
+        each(self.attributes, 9).map(|kv| KeyValue::read(kv?, 4))
     }
 
     /// The span's events, level 4.
     pub(super) fn events(&self) -> impl Iterator<Item = Read<Event<'a>>> + 'a {
-        each(self.bytes, 11).map(|event| Event::read(event?))
+        each(self.events, 11).map(|event| Event::read(event?))
     }
 
     /// The span's links, level 4.
     pub(super) fn links(&self) -> impl Iterator<Item = Read<Link<'a>>> + 'a {
-        each(self.bytes, 13).map(|link| Link::read(link?))
+        each(self.links, 13).map(|link| Link::read(link?))
     }
 }
 
