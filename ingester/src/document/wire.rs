@@ -514,6 +514,9 @@ impl<'a> KeyValue<'a> {
     /// A `KeyValue` at `level`.
     pub(super) fn read(bytes: &'a [u8], level: u32) -> Read<Self> {
         enter(level)?;
+        if let Some(read) = Self::usual(bytes, level) {
+            return read;
+        }
         let (mut key, mut value) = ("", None);
         for field in Fields::new(bytes) {
             match field? {
@@ -528,11 +531,41 @@ impl<'a> KeyValue<'a> {
     }
 }
 
+impl<'a> KeyValue<'a> {
+    /// The layout SDKs write, read without the field loop: the key (1), then the value (2), each
+    /// with a one-byte length, and nothing else. `None` for any other layout, read by the loop
+    /// (which reads this one to the same key and value).
+    #[inline]
+    fn usual(bytes: &'a [u8], level: u32) -> Option<Read<Self>> {
+        let [0x0a, key_len, rest @ ..] = bytes else { return None };
+        let (key, rest) = rest.split_at_checked(usize::from(*key_len)).filter(|_| *key_len < 0x80)?;
+        let [0x12, value_len, value @ ..] = rest else { return None };
+        if *value_len >= 0x80 || usize::from(*value_len) != value.len() {
+            return None;
+        }
+        let Ok(key) = str::from_utf8(key) else { return Some(Err(Unusual)) };
+        Some(AnyValue::read(value, level + 1).map(|value| Self { key, value: Some(value) }))
+    }
+}
+
 impl<'a> AnyValue<'a> {
     /// An `AnyValue` at `level`; arrays and lists are read through to their deepest value.
     #[allow(clippy::cast_possible_wrap)]
     fn read(bytes: &'a [u8], level: u32) -> Read<Self> {
         enter(level)?;
+        // The usual values, one field with a one-byte length or varint, without the field loop
+        // (which reads them to the same values).
+        match bytes {
+            [0x0a, len, text @ ..] if *len < 0x80 && usize::from(*len) == text.len() => {
+                return str::from_utf8(text).map(AnyValue::String).map_err(|_| Unusual);
+            }
+            [0x10, v] if *v < 0x80 => return Ok(AnyValue::Bool(*v != 0)),
+            [0x18, v] if *v < 0x80 => return Ok(AnyValue::Int(i64::from(*v))),
+            [0x21, rest @ ..] if rest.len() == 8 => {
+                return Ok(AnyValue::Double(f64::from_bits(u64::from_le_bytes(rest.try_into().unwrap_or_default()))));
+            }
+            _ => {}
+        }
         let mut value = None;
         for field in Fields::new(bytes) {
             let (number, v) = field?;
@@ -582,4 +615,124 @@ fn read_list(bytes: &[u8], level: u32) -> Read<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{self as otlp, any_value::Value as V};
+    use proptest::prelude::*;
+
+    /// What prost makes of a `KeyValue`'s bytes, in the reader's terms: `None` if it refuses them.
+    fn prost_reads(bytes: &[u8]) -> Option<(String, String)> {
+        let kv = <otlp::KeyValue as prost::Message>::decode(bytes).ok()?;
+        let value = match kv.value.and_then(|v| v.value) {
+            None => "empty".into(),
+            Some(V::StringValue(s)) => format!("s:{s}"),
+            Some(V::BoolValue(b)) => format!("b:{b}"),
+            Some(V::IntValue(i)) => format!("i:{i}"),
+            Some(V::DoubleValue(d)) => format!("d:{}", d.to_bits()),
+            Some(other) => format!("{other:?}"),
+        };
+        Some((kv.key, value))
+    }
+
+    /// The reader's `KeyValue`, in the same terms; `None` if it leaves the bytes to prost.
+    fn reads(bytes: &[u8]) -> Option<(String, String)> {
+        let kv = KeyValue::read(bytes, 4).ok()?;
+        let value = match kv.value {
+            None | Some(AnyValue::Empty) => "empty".into(),
+            Some(AnyValue::String(s)) => format!("s:{s}"),
+            Some(AnyValue::Bool(b)) => format!("b:{b}"),
+            Some(AnyValue::Int(i)) => format!("i:{i}"),
+            Some(AnyValue::Double(d)) => format!("d:{}", d.to_bits()),
+            Some(other) => format!("{other:?}"),
+        };
+        Some((kv.key.to_owned(), value))
+    }
+
+    fn field(number: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2];
+        let mut len = payload.len();
+        while len >= 0x80 {
+            out.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn usual_and_unusual_layouts_read_as_prost_reads_them() {
+        let string = |s: &[u8]| field(1, s);
+        let long = "k".repeat(200);
+        let cases: Vec<Vec<u8>> = vec![
+            // The usual layout, each value kind.
+            [field(1, b"http.method"), field(2, &string(b"GET"))].concat(),
+            [field(1, b"retry"), field(2, &[0x10, 0x01])].concat(),
+            [field(1, b"retry"), field(2, &[0x10, 0x00])].concat(),
+            [field(1, b"code"), field(2, &[0x18, 0x7f])].concat(),
+            [field(1, b"x"), field(2, &[0x21, 1, 2, 3, 4, 5, 6, 7, 8])].concat(),
+            [field(1, b""), field(2, &string(b""))].concat(),
+            [field(1, b"empty"), field(2, b"")].concat(),
+            // Everything else goes the long way, to the same answer.
+            [field(2, &string(b"GET")), field(1, b"http.method")].concat(),
+            [field(1, b"a"), field(1, b"b"), field(2, &string(b"v"))].concat(),
+            [field(1, long.as_bytes()), field(2, &string(long.as_bytes()))].concat(),
+            [field(1, b"k"), field(2, &field(1, long.as_bytes()))].concat(),
+            [field(1, b"k"), field(2, &[0x10, 0x82, 0x01])].concat(),
+            [field(1, b"k"), field(2, &[0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])].concat(),
+            [field(1, b"k"), field(2, &[0x0a, 0x01, b'a', 0x0a, 0x01, b'b'])].concat(),
+            [field(1, b"k"), field(2, &string(b"v")), vec![0x18, 0x05]].concat(),
+            [field(1, b"k"), field(2, &[0x21, 1, 2, 3])].concat(),
+            // Refused by both.
+            [field(1, b"\xff"), field(2, &string(b"v"))].concat(),
+            [field(1, b"k"), field(2, &string(b"\xc3"))].concat(),
+            [field(1, b"k"), vec![0x12, 0x05, 0x0a]].concat(),
+        ];
+        for (i, bytes) in cases.iter().enumerate() {
+            // What the reader takes, it reads as prost does; what it leaves goes to prost.
+            let read = reads(bytes);
+            if read.is_some() {
+                assert_eq!(read, prost_reads(bytes), "{bytes:02x?}");
+            }
+            // Two values in one AnyValue (prost keeps the last) is left to prost, and what prost
+            // refuses (the last four) is refused.
+            assert_eq!(read.is_some(), i <= 12 || i == 14, "{bytes:02x?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_key_value_in_either_field_order_reads_as_prost_reads_it(
+            key in any::<Vec<u8>>(),
+            text in prop::collection::vec(any::<u8>(), 0..200),
+            kind in 0u8..4,
+            number in any::<i64>(),
+            swap in any::<bool>(),
+        ) {
+            let value = match kind {
+                0 => field(1, &text),
+                1 => vec![0x10, (number & 0x7f) as u8],
+                2 => {
+                    let mut v = vec![0x18];
+                    let mut n = number as u64;
+                    while n >= 0x80 {
+                        v.push((n as u8) | 0x80);
+                        n >>= 7;
+                    }
+                    v.push(n as u8);
+                    v
+                }
+                _ => [vec![0x21], number.to_le_bytes().to_vec()].concat(),
+            };
+            let (k, v) = (field(1, &key), field(2, &value));
+            let bytes = if swap { [v, k].concat() } else { [k, v].concat() };
+            match reads(&bytes) {
+                Some(read) => prop_assert_eq!(Some(read), prost_reads(&bytes)),
+                None => prop_assert!(prost_reads(&bytes).is_none()),
+            }
+        }
+    }
 }
