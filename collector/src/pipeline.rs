@@ -33,10 +33,10 @@ use crate::{
     metrics::{FallbackLabels, HandshakeLabels, LimitLabels, Metrics, SpanLabels},
     process::Processors,
     produce::Producer,
-    sampling::{self, Sampling},
     receive::{
         GrpcService, charge_grpc_body, http_router, jaeger_router, oversized_is_resource_exhausted, zipkin_router,
     },
+    sampling::{self, Sampling},
     split::{self, Fallback},
 };
 

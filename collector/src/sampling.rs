@@ -342,7 +342,8 @@ impl Rules {
                 );
                 continue;
             };
-            per_operation.push(wire::Operation { operation: name.to_owned(), probabilistic_sampling: Some(probability) });
+            per_operation
+                .push(wire::Operation { operation: name.to_owned(), probabilistic_sampling: Some(probability) });
         }
         response.operation_sampling = Some(wire::PerOperation {
             default_sampling_probability: response
@@ -370,9 +371,8 @@ fn inherit(service: &mut wire::Response, default: &wire::Response) {
         }
         Some(own) => {
             let named: HashSet<String> = own.per_operation_strategies.iter().map(|o| o.operation.clone()).collect();
-            own.per_operation_strategies.extend(
-                defaults.per_operation_strategies.iter().filter(|o| !named.contains(&o.operation)).cloned(),
-            );
+            own.per_operation_strategies
+                .extend(defaults.per_operation_strategies.iter().filter(|o| !named.contains(&o.operation)).cloned());
         }
     }
 }
@@ -529,8 +529,9 @@ async fn serve_http(
     };
     match sampling.lookup(endpoint, service) {
         Ok(answer) => ([(header::CONTENT_TYPE, "application/json")], answer.json.clone()).into_response(),
-        Err(reason) => (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], reason)
-            .into_response(),
+        Err(reason) => {
+            (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], reason).into_response()
+        }
     }
 }
 
@@ -568,7 +569,9 @@ where
         let sampling = self.sampling.clone();
         Box::pin(async move {
             if request.uri().path() != GRPC_PATH {
-                return Ok(tonic::Status::unimplemented("only SamplingManager/GetSamplingStrategy is served").into_http());
+                return Ok(
+                    tonic::Status::unimplemented("only SamplingManager/GetSamplingStrategy is served").into_http()
+                );
             }
             let codec = tonic_prost::ProstCodec::<wire::Response, wire::Parameters>::default();
             let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(MAX_GRPC_REQUEST_BYTES), None);
@@ -624,14 +627,20 @@ mod tests {
 
     #[test]
     fn no_file_and_no_default_fall_back_to_probabilistic_0_001() {
-        for s in [Strategies::fallback(DEFAULT_PROBABILITY), parse("{}"), parse("null"), parse(r#"{"service_strategies": null}"#)]
-        {
+        for s in [
+            Strategies::fallback(DEFAULT_PROBABILITY),
+            parse("{}"),
+            parse("null"),
+            parse(r#"{"service_strategies": null}"#),
+        ] {
             let (answer, found) = s.get("anything");
             assert_eq!(found, Found::Default);
             assert_eq!(rate(&s, "anything"), Some(0.001));
             assert_eq!(
                 answer.json,
-                Bytes::from_static(br#"{"probabilisticSampling":{"samplingRate":0.001},"strategyType":"PROBABILISTIC"}"#)
+                Bytes::from_static(
+                    br#"{"probabilisticSampling":{"samplingRate":0.001},"strategyType":"PROBABILISTIC"}"#
+                )
             );
         }
         let s = parse(r#"{"service_strategies": [{"service": "a", "type": "ratelimiting", "param": 5}]}"#);
@@ -767,9 +776,8 @@ mod tests {
 
     #[test]
     fn inherited_operations_are_bounded_before_they_are_copied() {
-        let ops: Vec<String> = (0..2000)
-            .map(|i| format!(r#"{{"operation": "o{i}", "type": "probabilistic", "param": 0.5}}"#))
-            .collect();
+        let ops: Vec<String> =
+            (0..2000).map(|i| format!(r#"{{"operation": "o{i}", "type": "probabilistic", "param": 0.5}}"#)).collect();
         let services: Vec<String> = (0..600).map(|i| format!(r#"{{"service": "s{i}"}}"#)).collect();
         let file = format!(
             r#"{{"default_strategy": {{"type": "probabilistic", "param": 0.5, "operation_strategies": [{}]}},
@@ -780,6 +788,28 @@ mod tests {
         assert!(file.len() < MAX_FILE_BYTES as usize);
         let e = Strategies::parse(file.as_bytes(), DEFAULT_PROBABILITY).expect_err("too many");
         assert!(e.contains("per-operation strategies"), "{e}");
+    }
+
+    /// deploy/sampling-strategies.json (which deploy/collector.toml names) answers what
+    /// docs/sampling.md says it does.
+    #[test]
+    fn the_example_file_answers_as_documented() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = crate::Config::load(Some(&root.join("deploy/collector.toml"))).expect("loads");
+        assert_eq!(config.sampling.strategies_file, "deploy/sampling-strategies.json");
+        let bytes = std::fs::read(root.join(&config.sampling.strategies_file)).expect("example file");
+        let s = Strategies::parse(&bytes, config.sampling.default_probability).expect("parses");
+        assert_eq!((rate(&s, "checkout"), op_default(&s, "checkout")), (Some(1.0), Some(1.0)));
+        assert_eq!(
+            operations(&s, "checkout"),
+            vec![("GET /cart".into(), 0.25), ("/health".into(), 0.0), ("/metrics".into(), 0.0)]
+        );
+        let search = s.get("search").0;
+        assert_eq!(search.message.rate_limiting_sampling, Some(wire::RateLimiting { max_traces_per_second: 20 }));
+        assert_eq!(op_default(&s, "search"), Some(0.1));
+        assert_eq!(operations(&s, "search"), vec![("/health".into(), 0.0), ("/metrics".into(), 0.0)]);
+        assert_eq!((rate(&s, "other"), s.get("other").1), (Some(0.1), Found::Default));
+        assert_eq!(operations(&s, "other"), vec![("/health".into(), 0.0), ("/metrics".into(), 0.0)]);
     }
 
     #[tokio::test]

@@ -126,9 +126,8 @@ async fn every_endpoint_serves_the_files_strategies_in_jaegers_shapes() {
         ("grpc", "default", 1),
         ("grpc", "bad_request", 1),
     ] {
-        let line = format!(
-            "spanline_collector_sampling_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {n}"
-        );
+        let line =
+            format!("spanline_collector_sampling_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {n}");
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     token.cancel();
