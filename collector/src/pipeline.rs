@@ -467,15 +467,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         None => jaeger_router(exporter.clone()),
     };
     let sampling_http_router = sampling.clone().map(|s| sampling::router("/sampling", "sampling_http", s));
+    // gRPC is HTTP/2, which these servers speak (h2c, or h2 by ALPN under TLS).
+    let sampling_grpc_router = sampling.map(sampling::grpc_router);
     let http_apis = [
-        (zipkin, "zipkin", Some(zipkin_router(exporter.clone()))),
-        (jaeger_http, "jaeger_http", Some(jaeger_http_router)),
-        (sampling_http, "sampling_http", sampling_http_router),
+        (zipkin, "zipkin", Some(zipkin_router(exporter.clone())), &http_tls),
+        (jaeger_http, "jaeger_http", Some(jaeger_http_router), &http_tls),
+        (sampling_http, "sampling_http", sampling_http_router, &http_tls),
+        (sampling_grpc, "sampling_grpc", sampling_grpc_router, &grpc_tls),
     ];
-    for (listener, protocol, router) in http_apis {
+    for (listener, protocol, router, tls) in http_apis {
         let (Some(listener), Some(router)) = (listener, router) else { continue };
         let connections = accept(
-            Listener { listener, tls: http_tls.clone(), protocol },
+            Listener { listener, tls: tls.clone(), protocol },
             connection_slots.clone(),
             limits.read_timeout,
             metrics.clone(),
@@ -489,32 +492,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let Some(socket) = socket else { continue };
         let (exporter, token) = (exporter.clone(), intake.clone());
         servers.spawn(async move { agent::serve(socket, protocol, exporter, token).await });
-    }
-    if let (Some(listener), Some(sampling)) = (sampling_grpc, sampling) {
-        let connections = accept(
-            Listener { listener, tls: grpc_tls.clone(), protocol: "sampling_grpc" },
-            connection_slots.clone(),
-            limits.read_timeout,
-            metrics.clone(),
-            intake.clone(),
-        );
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
-            .max_concurrent_streams(Some(limits.max_concurrent_streams))
-            .timeout(limits.read_timeout)
-            .add_service(sampling::GrpcService::new(sampling));
-        let token = intake.clone();
-        servers.spawn(async move {
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::ReceiverStream::new(connections),
-                Ok::<_, std::io::Error>,
-            );
-            server
-                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                .await
-                .map_err(|e| Error::Setup(format!("jaeger sampling grpc server failed: {e}")))
-        });
     }
     drop(metrics);
     let token = intake.clone();

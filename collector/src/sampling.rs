@@ -3,7 +3,7 @@
 //! file ([`Strategies::parse`]) → served to SDKs over HTTP (`GET /sampling?service=` on
 //! `receivers.sampling_http_listen`, `GET /api/sampling?service=` on `receivers.jaeger_http_listen`:
 //! [`router`]) and gRPC (`jaeger.api_v2.SamplingManager/GetSamplingStrategy` on
-//! `receivers.sampling_grpc_listen`: [`GrpcService`]). [`crate::pipeline`] builds a [`Sampling`]
+//! `receivers.sampling_grpc_listen`: [`grpc_router`]). [`crate::pipeline`] builds a [`Sampling`]
 //! when one of those listeners is set.
 //!
 //! Not on the span path: nothing here touches Kafka or the memory budget. A request costs a map
@@ -34,7 +34,6 @@ use std::{
     convert::Infallible,
     path::PathBuf,
     sync::Arc,
-    task::{Context, Poll},
 };
 
 use axum::{
@@ -46,13 +45,12 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http_body::Body as HttpBody;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use serde::Deserialize;
 use serde_json::json;
 use spanline_common::reload::{ReloadMetrics, Watched};
 use tokio_util::sync::CancellationToken;
-use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::server::{Grpc, UnaryService};
 
 use crate::{config::SamplingConfig, error::Error, metrics::SamplingLabels};
 
@@ -535,49 +533,23 @@ async fn serve_http(
     }
 }
 
-/// `jaeger.api_v2.SamplingManager`: its one method, `GetSamplingStrategy`.
-#[derive(Clone, Debug)]
-pub struct GrpcService {
-    sampling: Sampling,
-}
-
-impl GrpcService {
-    pub fn new(sampling: Sampling) -> Self {
-        Self { sampling }
-    }
-}
-
-impl NamedService for GrpcService {
-    const NAME: &'static str = "jaeger.api_v2.SamplingManager";
-}
-
-impl<B> tower::Service<axum::http::Request<B>> for GrpcService
-where
-    B: HttpBody + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<tower::BoxError> + Send,
-{
-    type Response = axum::http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        let sampling = self.sampling.clone();
-        Box::pin(async move {
+/// `jaeger.api_v2.SamplingManager`: its one method, `GetSamplingStrategy`, as a router for
+/// [`crate::pipeline`]'s HTTP/2 server (gRPC needs nothing more than HTTP/2 and this codec).
+pub fn grpc_router(sampling: Sampling) -> Router {
+    let service = tower::service_fn(move |request: axum::http::Request<axum::body::Body>| {
+        let sampling = sampling.clone();
+        async move {
             if request.uri().path() != GRPC_PATH {
-                return Ok(
-                    tonic::Status::unimplemented("only SamplingManager/GetSamplingStrategy is served").into_http()
+                return Ok::<_, Infallible>(
+                    tonic::Status::unimplemented("only SamplingManager/GetSamplingStrategy is served").into_http(),
                 );
             }
             let codec = tonic_prost::ProstCodec::<wire::Response, wire::Parameters>::default();
             let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(MAX_GRPC_REQUEST_BYTES), None);
             Ok(grpc.unary(GetSamplingStrategy { sampling }, request).await)
-        })
-    }
+        }
+    });
+    Router::new().fallback_service(service)
 }
 
 struct GetSamplingStrategy {
