@@ -177,11 +177,11 @@ ingester_admins=()
 rows=()
 for i in $(seq 0 $((COLLECTORS - 1))); do
   grpc=$((GRPC_PORT + 2 * i)); http=$((HTTP_PORT + 2 * i)); admin=$((ADMIN_PORT + 10 * i))
-  # Zipkin and Jaeger on their usual ports (deploy/collector.toml) for collector 0; the others take
-  # free ports (their startup log line says which).
+  # Zipkin, Jaeger and Jaeger remote sampling on their usual ports (deploy/collector.toml) for
+  # collector 0; the others take free ports (their startup log line says which).
   others=()
   if [ "$i" -gt 0 ]; then
-    for key in ZIPKIN JAEGER_HTTP JAEGER_COMPACT JAEGER_BINARY; do
+    for key in ZIPKIN JAEGER_HTTP JAEGER_COMPACT JAEGER_BINARY SAMPLING_HTTP SAMPLING_GRPC; do
       others+=("SPANLINE_COLLECTOR__RECEIVERS__${key}_LISTEN=127.0.0.1:0")
     done
   fi
@@ -196,6 +196,7 @@ for i in $(seq 0 $((COLLECTORS - 1))); do
   rows+=("collector $i|OTLP gRPC 127.0.0.1:$grpc, OTLP HTTP http://127.0.0.1:$http/v1/traces, admin http://127.0.0.1:$admin/metrics")
   if [ "$i" -eq 0 ]; then
     rows+=("collector 0|Zipkin http://127.0.0.1:9411/api/v2/spans, Jaeger http://127.0.0.1:14268/api/traces, Jaeger agent udp 127.0.0.1:6831 (compact) and :6832 (binary)")
+    rows+=("collector 0|Jaeger remote sampling http://127.0.0.1:5778/sampling?service=NAME, gRPC 127.0.0.1:5779, deploy/sampling-strategies.json")
   fi
 done
 for j in $(seq 0 $((INGESTERS - 1))); do

@@ -28,6 +28,9 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     /// The admin server. Default `127.0.0.1:14269`.
     pub admin: AdminConfig,
+    /// Jaeger remote sampling strategies (`[sampling]`), served on `receivers.sampling_http_listen`,
+    /// `receivers.sampling_grpc_listen` and `receivers.jaeger_http_listen` (docs/sampling.md).
+    pub sampling: SamplingConfig,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             limits: Limits::default(),
             processors: ProcessorsConfig::default(),
             admin: AdminConfig::loopback(14269),
+            sampling: SamplingConfig::default(),
         }
     }
 }
@@ -61,6 +65,14 @@ pub struct Receivers {
     pub jaeger_compact_listen: Option<SocketAddr>,
     /// Jaeger agent UDP address for Thrift binary `emitBatch` (Jaeger's port 6832). Default none.
     pub jaeger_binary_listen: Option<SocketAddr>,
+    /// Jaeger remote sampling over HTTP (`GET /sampling?service=`, what the Jaeger agent served on
+    /// 5778 and where SDKs ask by default). Default none: off. TLS as on the OTLP listeners; no
+    /// bearer token (SDKs send none). The same strategies are served on `jaeger_http_listen` as
+    /// `GET /api/sampling?service=`.
+    pub sampling_http_listen: Option<SocketAddr>,
+    /// Jaeger remote sampling over gRPC (`jaeger.api_v2.SamplingManager/GetSamplingStrategy`;
+    /// Jaeger v2's port 5779). Default none: off. TLS as on the OTLP listeners; no bearer token.
+    pub sampling_grpc_listen: Option<SocketAddr>,
     /// TLS on both OTLP listeners (`[receivers.tls]`); default off (plaintext). The admin listener
     /// never serves TLS: keep it on a network only Prometheus and probes reach (docs/security.md).
     pub tls: ServerTls,
@@ -77,8 +89,41 @@ impl Default for Receivers {
             jaeger_http_listen: None,
             jaeger_compact_listen: None,
             jaeger_binary_listen: None,
+            sampling_http_listen: None,
+            sampling_grpc_listen: None,
             tls: ServerTls::default(),
             auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// Where the Jaeger remote sampling strategies come from (`[sampling]`, Jaeger's `--sampling.*` flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// A strategies file in Jaeger's format (`--sampling.strategies-file`: `default_strategy`,
+    /// `service_strategies`, `operation_strategies`), at most 4 MiB. Read at start (an unreadable
+    /// or invalid file stops the collector), then again every `reload_interval` and on SIGHUP; a
+    /// changed file that is invalid keeps the last good strategies (logged, and counted in
+    /// `spanline_collector_reloads_total{what="sampling_strategies",outcome="failed"}`). Default
+    /// empty: every service gets probabilistic `default_probability`.
+    pub strategies_file: String,
+    /// How often the strategies file is read again (`--sampling.strategies-reload-interval`);
+    /// it is rebuilt only when its bytes changed. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// The sampling probability (0 to 1) when the file sets no `default_strategy`, or none at all,
+    /// and of operations a per-operation strategy does not name under a rate-limiting service
+    /// (`--sampling.default-sampling-probability`). Default 0.001.
+    pub default_probability: f64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            strategies_file: String::new(),
+            reload_interval: spanline_common::reload::DEFAULT_INTERVAL,
+            default_probability: crate::sampling::DEFAULT_PROBABILITY,
         }
     }
 }
@@ -295,6 +340,15 @@ impl Validate for Config {
             return Err(format!(
                 "kafka.partitioner must be one of {PARTITIONERS:?} (a hash of the trace-id key), got {:?}",
                 self.kafka.partitioner
+            ));
+        }
+        if self.sampling.reload_interval.is_zero() {
+            return Err("sampling.reload_interval must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.sampling.default_probability) {
+            return Err(format!(
+                "sampling.default_probability must be between 0 and 1, got {}",
+                self.sampling.default_probability
             ));
         }
         const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];

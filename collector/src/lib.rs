@@ -14,6 +14,9 @@
 //!   (`receivers.jaeger_http_listen`; the agent's UDP ports in [`agent`]). Both give a
 //!   [`translate::Translated`]: the spans taken, and those refused alone with why.
 //!
+//! - [`sampling`]: Jaeger remote sampling strategies from a file, served to SDKs over HTTP and gRPC
+//!   (not on the span path).
+//!
 //! [`budget`] is the memory bound every stage draws on. [`pipeline`] wires them; [`run`] is what the binary calls.
 
 pub mod agent;
@@ -30,6 +33,7 @@ pub mod pipeline;
 pub mod process;
 pub mod produce;
 pub mod receive;
+pub mod sampling;
 pub mod split;
 pub mod translate;
 pub mod zipkin;

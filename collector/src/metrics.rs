@@ -61,6 +61,16 @@ pub struct DatagramLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SamplingLabels {
+    /// `sampling_http` (`GET /sampling`), `jaeger_http` (`GET /api/sampling`) or `grpc`
+    /// (`SamplingManager/GetSamplingStrategy`).
+    pub endpoint: &'static str,
+    /// `service` (the service's own strategy), `default` (the default strategy) or `bad_request`
+    /// (no service named).
+    pub outcome: &'static str,
+}
+
 /// Every collector metric.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -78,8 +88,10 @@ pub struct Metrics {
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// Jaeger agent datagrams by port and outcome (UDP: the one input that is at most once).
     pub datagrams: Family<DatagramLabels, Counter>,
-    /// Certificate and token files read again after they changed.
+    /// Certificate, token and sampling strategies files read again after they changed.
     pub reloads: ReloadMetrics,
+    /// Jaeger remote sampling requests by endpoint and outcome.
+    pub sampling_requests: Family<SamplingLabels, Counter>,
 }
 
 impl Metrics {
@@ -101,6 +113,7 @@ impl Metrics {
             tls_handshakes: Family::default(),
             datagrams: Family::default(),
             reloads: ReloadMetrics::register(registry, "spanline_collector"),
+            sampling_requests: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("spanline_collector");
         r.register("requests", "Export requests by protocol and outcome", m.requests.clone());
@@ -145,6 +158,11 @@ impl Metrics {
             m.inflight_bytes.clone(),
         );
         r.register("kafka_queue_messages", "Messages in the librdkafka producer queue", m.kafka_queue_messages.clone());
+        r.register(
+            "sampling_requests",
+            "Jaeger remote sampling requests by endpoint and outcome",
+            m.sampling_requests.clone(),
+        );
         r.register("tls_handshakes", "TLS handshakes on the OTLP listeners by outcome", m.tls_handshakes.clone());
         m
     }

@@ -36,6 +36,7 @@ use crate::{
     receive::{
         GrpcService, charge_grpc_body, http_router, jaeger_router, oversized_is_resource_exhausted, zipkin_router,
     },
+    sampling::{self, Sampling},
     split::{self, Fallback},
 };
 
@@ -312,6 +313,9 @@ pub struct Running {
     pub jaeger_http_addr: Option<SocketAddr>,
     pub jaeger_compact_addr: Option<SocketAddr>,
     pub jaeger_binary_addr: Option<SocketAddr>,
+    /// The Jaeger remote sampling listeners' addresses, when set: HTTP (`/sampling`) and gRPC.
+    pub sampling_http_addr: Option<SocketAddr>,
+    pub sampling_grpc_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -365,10 +369,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let jaeger_http = optional(receivers.jaeger_http_listen, bind, "jaeger http").await?;
     let jaeger_compact = optional(receivers.jaeger_compact_listen, bind_udp, "jaeger agent compact (udp)").await?;
     let jaeger_binary = optional(receivers.jaeger_binary_listen, bind_udp, "jaeger agent binary (udp)").await?;
+    let sampling_http = optional(receivers.sampling_http_listen, bind, "jaeger sampling http").await?;
+    let sampling_grpc = optional(receivers.sampling_grpc_listen, bind, "jaeger sampling grpc").await?;
     let admin_listener = bind(config.admin.listen, "admin").await?;
     let (grpc_addr, http_addr, admin_addr) = (local(&grpc)?, local(&http)?, local(&admin_listener)?);
     let zipkin_addr = zipkin.as_ref().map(local).transpose()?;
     let jaeger_http_addr = jaeger_http.as_ref().map(local).transpose()?;
+    let sampling_http_addr = sampling_http.as_ref().map(local).transpose()?;
+    let sampling_grpc_addr = sampling_grpc.as_ref().map(local).transpose()?;
+    // The strategies are read (and watched) only when an endpoint serves them.
+    let sampling = if [jaeger_http_addr, sampling_http_addr, sampling_grpc_addr].iter().any(Option::is_some) {
+        let requests = metrics.sampling_requests.clone();
+        Some(Sampling::start(&config.sampling, requests, metrics.reloads.clone(), watchers.clone())?)
+    } else {
+        if !config.sampling.strategies_file.is_empty() {
+            tracing::warn!(
+                "sampling.strategies_file is set but no listener serves it: set receivers.sampling_http_listen, sampling_grpc_listen or jaeger_http_listen"
+            );
+        }
+        None
+    };
     let udp_addr = |s: &Option<tokio::net::UdpSocket>| {
         s.as_ref().map(|s| s.local_addr().map_err(|e| Error::Setup(format!("udp listener address: {e}")))).transpose()
     };
@@ -378,6 +398,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         otlp_grpc = %grpc_addr, otlp_http = %http_addr, admin = %admin_addr,
         zipkin = %shown(zipkin_addr), jaeger_http = %shown(jaeger_http_addr),
         jaeger_agent_compact_udp = %shown(jaeger_compact_addr), jaeger_agent_binary_udp = %shown(jaeger_binary_addr),
+        sampling_http = %shown(sampling_http_addr), sampling_grpc = %shown(sampling_grpc_addr),
+        sampling_strategies = %if sampling.is_none() { "off" } else if config.sampling.strategies_file.is_empty() { "default" } else { &config.sampling.strategies_file },
         tls = if tls.enabled() { if tls.client_ca_file.is_empty() { "on" } else { "mutual" } } else { "off" },
         auth = if gate.is_open() { "none" } else { "bearer" },
         brokers = %config.kafka.brokers, kafka_security = config.kafka.client().security_protocol(), topic = %config.kafka.topic,
@@ -390,7 +412,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let loopback_only = grpc_addr.ip().is_loopback()
         && http_addr.ip().is_loopback()
-        && [zipkin_addr, jaeger_http_addr].iter().flatten().all(|a| a.ip().is_loopback());
+        && [zipkin_addr, jaeger_http_addr, sampling_http_addr, sampling_grpc_addr]
+            .iter()
+            .flatten()
+            .all(|a| a.ip().is_loopback());
     if !gate.is_open() && (jaeger_compact_addr.is_some() || jaeger_binary_addr.is_some()) {
         tracing::warn!(
             "receivers.auth is on, but the Jaeger agent's UDP ports take no credentials: anyone who reaches them can send spans; keep them on loopback or a trusted network"
@@ -421,7 +446,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .add_service(GrpcService::new(exporter.clone()));
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let grpc_connections = accept(
-        Listener { listener: grpc, tls: grpc_tls, protocol: "grpc" },
+        Listener { listener: grpc, tls: grpc_tls.clone(), protocol: "grpc" },
         connection_slots.clone(),
         limits.read_timeout,
         metrics.clone(),
@@ -434,20 +459,31 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         metrics.clone(),
         intake.clone(),
     );
+    // Jaeger's collector port also serves the sampling strategies, as Jaeger's collector does.
+    let jaeger_http_router = match &sampling {
+        Some(sampling) => {
+            jaeger_router(exporter.clone()).merge(sampling::router("/api/sampling", "jaeger_http", sampling.clone()))
+        }
+        None => jaeger_router(exporter.clone()),
+    };
+    let sampling_http_router = sampling.clone().map(|s| sampling::router("/sampling", "sampling_http", s));
+    // gRPC is HTTP/2, which these servers speak (h2c, or h2 by ALPN under TLS).
+    let sampling_grpc_router = sampling.map(sampling::grpc_router);
     let http_apis = [
-        (zipkin, "zipkin", zipkin_router as fn(Exporter) -> axum::Router),
-        (jaeger_http, "jaeger_http", jaeger_router),
+        (zipkin, "zipkin", Some(zipkin_router(exporter.clone())), &http_tls),
+        (jaeger_http, "jaeger_http", Some(jaeger_http_router), &http_tls),
+        (sampling_http, "sampling_http", sampling_http_router, &http_tls),
+        (sampling_grpc, "sampling_grpc", sampling_grpc_router, &grpc_tls),
     ];
-    for (listener, protocol, router) in http_apis {
-        let Some(listener) = listener else { continue };
+    for (listener, protocol, router, tls) in http_apis {
+        let (Some(listener), Some(router)) = (listener, router) else { continue };
         let connections = accept(
-            Listener { listener, tls: http_tls.clone(), protocol },
+            Listener { listener, tls: tls.clone(), protocol },
             connection_slots.clone(),
             limits.read_timeout,
             metrics.clone(),
             intake.clone(),
         );
-        let router = router(exporter.clone());
         let token = intake.clone();
         let (read_timeout, max_streams) = (limits.read_timeout, limits.max_concurrent_streams);
         servers.spawn(async move { serve_http(connections, router, read_timeout, max_streams, token).await });
@@ -537,6 +573,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         jaeger_http_addr,
         jaeger_compact_addr,
         jaeger_binary_addr,
+        sampling_http_addr,
+        sampling_grpc_addr,
         admin_addr,
         task,
     })

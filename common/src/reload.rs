@@ -17,7 +17,7 @@ use prometheus_client::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::secret::read_bounded;
+use crate::secret::{MAX_SECRET_FILE_BYTES, read_at_most};
 
 /// How often watched files are read when a setting does not say. Kubernetes takes up to a minute
 /// to update a mounted Secret, so this adds little to a rotation.
@@ -97,11 +97,26 @@ impl<T: Send + Sync + 'static> Watched<T> {
         metrics: ReloadMetrics,
         token: CancellationToken,
     ) -> Result<Self, String> {
-        let contents = read_all(what, &paths)?;
+        Self::start_bounded(what, paths, MAX_SECRET_FILE_BYTES, interval, build, metrics, token)
+    }
+
+    /// [`Watched::start`] for files of up to `max_bytes` each (not secrets: a configuration file);
+    /// a larger file is refused like an unreadable one.
+    pub fn start_bounded(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        max_bytes: u64,
+        interval: Duration,
+        build: impl Fn(&[Vec<u8>]) -> Result<T, String> + Send + Sync + 'static,
+        metrics: ReloadMetrics,
+        token: CancellationToken,
+    ) -> Result<Self, String> {
+        let files = Files { what, paths, max_bytes };
+        let contents = files.read()?;
         let first = build(&contents)?;
         let inner = Arc::new(Inner { current: RwLock::new(Arc::new(first)), task: std::sync::Mutex::new(None) });
         let weak = Arc::downgrade(&inner);
-        let task = tokio::spawn(watch(what, paths, contents, interval, Box::new(build), metrics, weak, token));
+        let task = tokio::spawn(watch(files, contents, interval, Box::new(build), metrics, weak, token));
         if let Ok(mut slot) = inner.task.lock() {
             *slot = Some(task);
         }
@@ -117,14 +132,22 @@ impl<T: Send + Sync + 'static> Watched<T> {
     }
 }
 
-fn read_all(what: &str, paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, String> {
-    paths.iter().map(|path| read_bounded(what, path)).collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn watch<T: Send + Sync + 'static>(
+/// The files a value is built from, and how large each may be.
+#[derive(Clone)]
+struct Files {
     what: &'static str,
     paths: Vec<PathBuf>,
+    max_bytes: u64,
+}
+
+impl Files {
+    fn read(&self) -> Result<Vec<Vec<u8>>, String> {
+        self.paths.iter().map(|path| read_at_most(self.what, path, self.max_bytes)).collect()
+    }
+}
+
+async fn watch<T: Send + Sync + 'static>(
+    files: Files,
     mut last: Vec<Vec<u8>>,
     interval: Duration,
     build: Box<Build<T>>,
@@ -132,6 +155,7 @@ async fn watch<T: Send + Sync + 'static>(
     target: Weak<Inner<T>>,
     token: CancellationToken,
 ) {
+    let what = files.what;
     #[cfg(unix)]
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
@@ -159,8 +183,8 @@ async fn watch<T: Send + Sync + 'static>(
         }
         // Off the runtime's threads: a path on a slow mount (or a FIFO) blocks only this read.
         let read = {
-            let paths = paths.clone();
-            tokio::task::spawn_blocking(move || read_all(what, &paths))
+            let files = files.clone();
+            tokio::task::spawn_blocking(move || files.read())
         };
         let contents = match read.await.unwrap_or_else(|e| Err(format!("reading failed: {e}"))) {
             Ok(contents) => contents,

@@ -84,14 +84,17 @@ pub fn from_file_bytes(what: &str, path: &Path, bytes: Vec<u8>) -> Result<Secret
 
 /// Reads a small file (a secret, a certificate, a key) of at most [`MAX_SECRET_FILE_BYTES`].
 pub fn read_bounded(what: &str, path: &Path) -> Result<Vec<u8>, String> {
+    read_at_most(what, path, MAX_SECRET_FILE_BYTES)
+}
+
+/// Reads a file of at most `max` bytes; a larger one is an error, found without reading past `max`.
+pub fn read_at_most(what: &str, path: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
     let file = std::fs::File::open(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
-    file.take(MAX_SECRET_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(format!("{what} {}: larger than {MAX_SECRET_FILE_BYTES} bytes", path.display()));
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{what} {}: larger than {max} bytes", path.display()));
     }
     Ok(bytes)
 }
