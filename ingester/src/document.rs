@@ -367,6 +367,24 @@ impl IndexNames {
             DocKind::Service => &self.service,
         };
         out.put(base.as_bytes());
+        // `YYYY-MM-DD` in one write for every year a span can start in.
+        if let Ok(year @ 0..=9999) = u32::try_from(date.year()) {
+            let digit = |v: u32| b'0' + (v % 10) as u8;
+            let (month, day) = (date.month(), date.day());
+            out.put(&[
+                digit(year / 1000),
+                digit(year / 100),
+                digit(year / 10),
+                digit(year),
+                b'-',
+                digit(month / 10),
+                digit(month),
+                b'-',
+                digit(day / 10),
+                digit(day),
+            ]);
+            return;
+        }
         match u64::try_from(date.year()) {
             Ok(year) => push_padded(out, year, 4),
             // Before year 0: not a time a span can start at (its nanoseconds are unsigned).
@@ -1888,6 +1906,19 @@ mod tests {
         assert_eq!(operations.drain().len(), 100_000);
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
         assert_eq!(operations.drain().len(), 0, "empty for the next resource");
+    }
+
+    #[test]
+    fn index_dates_are_written_zero_padded_in_every_year() {
+        let names = IndexNames::new("p");
+        for (y, m, d) in
+            [(1970, 1, 1), (2026, 12, 1), (999, 9, 9), (5, 10, 31), (9999, 12, 31), (10_000, 1, 2), (0, 1, 1)]
+        {
+            let date = NaiveDate::from_ymd_opt(y, m, d).expect("a date");
+            let mut out = Vec::new();
+            names.push(DocKind::Span, date, &mut out);
+            assert_eq!(String::from_utf8(out).expect("ascii"), format!("p-jaeger-span-{y:04}-{m:02}-{d:02}"));
+        }
     }
 
     #[test]
