@@ -352,7 +352,8 @@ fn scope_tags_name_the_instrumentation_scope() {
     let rs = &t.request.resource_spans;
     assert_eq!(rs.len(), 2, "one ResourceSpans per service");
     // (scope name, version) or none, and the last id byte of each span, per ScopeSpans.
-    let groups = |i: usize| -> Vec<(Option<(String, String)>, Vec<u8>)> {
+    type Group = (Option<(String, String)>, Vec<u8>);
+    let groups = |i: usize| -> Vec<Group> {
         rs[i]
             .scope_spans
             .iter()
