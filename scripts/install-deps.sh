@@ -47,12 +47,15 @@ if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "opentelemetry-proto==1.45.2"
 fi
 
-# Real Zipkin and Jaeger client libraries (collector/tests/clients.rs), pinned, in their own venv:
-# the Jaeger Thrift exporter's last release (1.21.0) needs the SDK of its time.
+# Real Zipkin and Jaeger client libraries (ingester/tests/clients_pipeline.rs), pinned, in their own
+# venv: the Jaeger Thrift exporter's last release (1.21.0) needs the SDK of its time; Jaeger's own
+# OpenTracing client (jaeger-client 4.8.0, its last) with what it imports (its generated Thrift code
+# still imports six, which thrift no longer brings).
 clients=.run/clients-venv
 client_pins=("opentelemetry-api==1.21.0" "opentelemetry-sdk==1.21.0" "opentelemetry-exporter-zipkin-json==1.21.0"
-  "opentelemetry-exporter-zipkin-proto-http==1.21.0" "opentelemetry-exporter-jaeger-thrift==1.21.0" "Deprecated==1.2.14")
-if ! "$clients/bin/python" -c "import opentelemetry.exporter.jaeger.thrift, opentelemetry.exporter.zipkin.json, opentelemetry.exporter.zipkin.proto.http" >/dev/null 2>&1; then
+  "opentelemetry-exporter-zipkin-proto-http==1.21.0" "opentelemetry-exporter-jaeger-thrift==1.21.0" "Deprecated==1.2.14"
+  "jaeger-client==4.8.0" "opentracing==2.4.0" "threadloop==1.0.2" "thrift==0.25.0" "tornado==6.6.1" "six==1.17.0")
+if ! "$clients/bin/python" -c "import opentelemetry.exporter.jaeger.thrift, opentelemetry.exporter.zipkin.json, opentelemetry.exporter.zipkin.proto.http, jaeger_client" >/dev/null 2>&1; then
   echo "deps: Zipkin and Jaeger client libraries into $clients" >&2
   rm -rf "$clients"
   python3 -m venv "$clients"

@@ -29,7 +29,7 @@ use std::{
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{AnyValue, KeyValue, any_value::Value},
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
     resource::v1::Resource,
     trace::v1::{
         ResourceSpans, ScopeSpans, Span, Status,
@@ -170,14 +170,17 @@ fn upsert(attributes: &mut Vec<KeyValue>, key: &str, value: Value) {
     }
 }
 
+/// A span's instrumentation scope, (name, version), when its tags name one.
+type Scope<'a> = Option<(Cow<'a, str>, Cow<'a, str>)>;
+
 fn micros_to_nanos(what: &str, micros: u64) -> Result<u64, Why> {
     micros.checked_mul(1000).ok_or_else(|| Why::from(format!("{what} {micros} µs is past the year 2554")))
 }
 
 impl<'a> Zspan<'a> {
     /// Checks the limits, then maps the span (docs/inputs.md, "Zipkin v2"). Returns the local
-    /// service name (the resource) beside the span.
-    fn translate(self, limits: &Limits) -> Result<(Cow<'a, str>, Span), Why> {
+    /// service name (the resource) and the instrumentation scope beside the span.
+    fn translate(self, limits: &Limits) -> Result<(Cow<'a, str>, Scope<'a>, Span), Why> {
         let Zspan { trace_id, id, parent_id, kind, name, timestamp, duration, local, remote, annotations, tags } = self;
         if tags.len() > limits.max_tags_per_span {
             return Err(format!("{} tags, over the limit of {}", tags.len(), limits.max_tags_per_span).into());
@@ -224,6 +227,23 @@ impl<'a> Zspan<'a> {
         let tag = |key: &str| tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref());
 
         let mut consumed: Vec<&str> = Vec::new();
+        // The instrumentation scope: named by `otel.scope.name`, else by the older
+        // `otel.library.name` (exporters write both, or either), the first not empty; versioned
+        // likewise, only when named. Each of these tags that says what was taken is consumed.
+        let find = |keys: [&'static str; 2]| {
+            let value = keys.iter().filter_map(|&key| tags.iter().find(|(k, _)| k == key)).map(|(_, v)| v);
+            let value = value.clone().find(|v| !v.is_empty())?;
+            Some((value, keys.into_iter().filter(|&key| tag(key) == Some(value.as_ref()))))
+        };
+        let mut scope = None;
+        if let Some((name, named_by)) = find(["otel.scope.name", "otel.library.name"]) {
+            consumed.extend(named_by);
+            let version = find(["otel.scope.version", "otel.library.version"]).map(|(version, versioned_by)| {
+                consumed.extend(versioned_by);
+                version.clone()
+            });
+            scope = Some((name.clone(), version.unwrap_or_default()));
+        }
         let mut status = Status::default();
         if let Some(code) = tag("otel.status_code").and_then(status_code) {
             status.code = code as i32;
@@ -295,7 +315,7 @@ impl<'a> Zspan<'a> {
             status: (status != Status::default()).then_some(status),
             ..Default::default()
         };
-        Ok((local.service, span))
+        Ok((local.service, scope, span))
     }
 }
 
@@ -311,18 +331,28 @@ fn status_code(value: &str) -> Option<StatusCode> {
     }
 }
 
-/// Collects translated spans into one `ResourceSpans` per local service.
+/// Collects translated spans into one `ResourceSpans` per local service, and in it one
+/// `ScopeSpans` per instrumentation scope, each in order of first appearance.
 struct Collector<'a, 'l> {
     limits: &'l Limits,
     resources: Vec<ResourceSpans>,
     by_service: HashMap<Cow<'a, str>, usize>,
+    /// (resource index, scope) → the index of its `ScopeSpans` in that resource.
+    by_scope: HashMap<(usize, Scope<'a>), usize>,
     refused: Vec<Refused>,
     spans: usize,
 }
 
 impl<'a, 'l> Collector<'a, 'l> {
     fn new(limits: &'l Limits) -> Self {
-        Self { limits, resources: Vec::new(), by_service: HashMap::new(), refused: Vec::new(), spans: 0 }
+        Self {
+            limits,
+            resources: Vec::new(),
+            by_service: HashMap::new(),
+            by_scope: HashMap::new(),
+            refused: Vec::new(),
+            spans: 0,
+        }
     }
 
     /// Takes the next span of the body, read or not; `Err` once over [`Limits::max_spans`].
@@ -333,7 +363,7 @@ impl<'a, 'l> Collector<'a, 'l> {
         }
         self.spans += 1;
         match span.and_then(|s| s.translate(self.limits)) {
-            Ok((service, span)) => {
+            Ok((service, scope, span)) => {
                 let next = self.resources.len();
                 let at = *self.by_service.entry(service.clone()).or_insert(next);
                 if at == next {
@@ -344,12 +374,22 @@ impl<'a, 'l> Collector<'a, 'l> {
                     };
                     self.resources.push(ResourceSpans {
                         resource: Some(Resource { attributes, ..Default::default() }),
-                        scope_spans: vec![ScopeSpans::default()],
                         ..Default::default()
                     });
                 }
-                if let Some(scope) = self.resources.get_mut(at).and_then(|r| r.scope_spans.first_mut()) {
-                    scope.spans.push(span);
+                let Some(resource) = self.resources.get_mut(at) else { return Ok(()) };
+                let next = resource.scope_spans.len();
+                let within = *self.by_scope.entry((at, scope.clone())).or_insert(next);
+                if within == next {
+                    let scope = scope.map(|(name, version)| InstrumentationScope {
+                        name: name.into_owned(),
+                        version: version.into_owned(),
+                        ..Default::default()
+                    });
+                    resource.scope_spans.push(ScopeSpans { scope, ..Default::default() });
+                }
+                if let Some(scope_spans) = resource.scope_spans.get_mut(within) {
+                    scope_spans.spans.push(span);
                 }
             }
             Err(mut reason) => {

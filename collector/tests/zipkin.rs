@@ -327,6 +327,66 @@ fn otel_status_and_tracestate_tags_are_read_back() {
 }
 
 #[test]
+fn scope_tags_name_the_instrumentation_scope() {
+    let tagged = |id: &str, service: &str, tags: Json| {
+        with(span(), json!({"id": id, "localEndpoint": {"serviceName": service}, "tags": tags}))
+    };
+    let t = both(&[
+        tagged("00000000000000a1", "frontend", json!({"otel.library.name": "lib-a", "otel.library.version": "1.0"})),
+        // Both spellings, as exporters following the specification write them: all four consumed.
+        tagged(
+            "00000000000000a2",
+            "frontend",
+            json!({"otel.scope.name": "lib-b", "otel.scope.version": "2.0", "otel.library.name": "lib-b", "otel.library.version": "2.0"}),
+        ),
+        tagged("00000000000000a3", "frontend", json!({"x": "y"})),
+        tagged("00000000000000a4", "backend", json!({"otel.library.name": "lib-a"})),
+        tagged("00000000000000a5", "frontend", json!({"otel.library.name": "lib-a", "otel.library.version": "1.0"})),
+        // `otel.scope.name` wins; a different `otel.library.name` is not lost.
+        tagged("00000000000000a6", "frontend", json!({"otel.scope.name": "lib-c", "otel.library.name": "other"})),
+        // A version without a name names no scope: it stays an attribute.
+        tagged("00000000000000a7", "frontend", json!({"otel.library.version": "9"})),
+        // An empty name names no scope either.
+        tagged("00000000000000a8", "frontend", json!({"otel.scope.name": ""})),
+    ]);
+    let rs = &t.request.resource_spans;
+    assert_eq!(rs.len(), 2, "one ResourceSpans per service");
+    // (scope name, version) or none, and the last id byte of each span, per ScopeSpans.
+    type Group = (Option<(String, String)>, Vec<u8>);
+    let groups = |i: usize| -> Vec<Group> {
+        rs[i]
+            .scope_spans
+            .iter()
+            .map(|ss| {
+                let scope = ss.scope.as_ref().map(|s| (s.name.clone(), s.version.clone()));
+                (scope, ss.spans.iter().map(|s| s.span_id[7]).collect())
+            })
+            .collect()
+    };
+    let scope = |name: &str, version: &str| Some((name.to_owned(), version.to_owned()));
+    assert_eq!(
+        groups(0),
+        [
+            (scope("lib-a", "1.0"), vec![0xa1, 0xa5]),
+            (scope("lib-b", "2.0"), vec![0xa2]),
+            (None, vec![0xa3, 0xa7, 0xa8]),
+            (scope("lib-c", ""), vec![0xa6]),
+        ],
+        "one ScopeSpans per (resource, scope), in order of first appearance"
+    );
+    assert_eq!(groups(1), [(scope("lib-a", ""), vec![0xa4])]);
+    let attributes = |id: u8| {
+        let span = spans(&t).into_iter().find(|s| s.span_id[7] == id).unwrap();
+        span.attributes.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>()
+    };
+    assert_eq!(attributes(0xa1), Vec::<&str>::new(), "the scope tags are consumed");
+    assert_eq!(attributes(0xa2), Vec::<&str>::new());
+    assert_eq!(attributes(0xa6), ["otel.library.name"]);
+    assert_eq!(attributes(0xa7), ["otel.library.version"]);
+    assert_eq!(attributes(0xa8), ["otel.scope.name"]);
+}
+
+#[test]
 fn annotations_are_events() {
     let t = both(&[with(
         span(),
