@@ -341,7 +341,11 @@ fn jaeger_prices_are_upper_bounds_that_bite() {
         let target = if encoding == Encoding::JaegerProto { JAEGER_PROTO } else { JAEGER_JSON };
         assert!(target.violation(&run).is_none(), "{encoding:?}: {run:?}");
         let cost = worker::decoded_cost(encoding, &bytes).unwrap() as u64;
-        assert!(cost < 8 * run.peak, "{encoding:?}: priced at {cost}, held {}", run.peak);
+        // Protobuf prices each tag with the growth of both vectors it is in (about 6 times what a
+        // run of empty tags holds); JSON is priced without knowing what each object is, every
+        // object as the costliest element (a reference): about 10 times.
+        let over = if encoding == Encoding::JaegerProto { 8 } else { 16 };
+        assert!(cost < over * run.peak, "{encoding:?}: priced at {cost}, held {}", run.peak);
     }
     // Past the limit: refused with a reason, and still within the bounds.
     span.tags = vec![Default::default(); 16_385];

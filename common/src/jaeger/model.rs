@@ -312,10 +312,11 @@ fn varint(bytes: &mut &[u8]) -> Result<u64, String> {
 }
 
 /// The most heap bytes decoding and translating a `jaeger_json` record holds: every object (a tag,
-/// log, reference, process, timestamp …) counted as the costliest element, every string as a
-/// repeated one, without decoding anything (a scan for `{` and `"` outside strings).
+/// log, reference, process …) counted as the costliest element, every string that is not a key as
+/// an element of a repeated field, without decoding anything (a scan for `{`, `"` and `:` outside
+/// strings).
 pub fn json_cost(bytes: &[u8]) -> usize {
-    let (mut objects, mut strings, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    let (mut objects, mut strings, mut keys, mut in_string, mut escaped) = (0usize, 0usize, 0usize, false, false);
     for &b in bytes {
         if in_string {
             if escaped {
@@ -330,8 +331,12 @@ pub fn json_cost(bytes: &[u8]) -> usize {
             strings += 1;
         } else if b == b'{' {
             objects += 1;
+        } else if b == b':' {
+            // The string before it was a key: read into a field name, never kept.
+            keys += 1;
         }
     }
+    let strings = strings.saturating_sub(keys);
     let element = tag_cost().max(log_cost()).max(reference_cost());
     Counts { tags: 0, logs: 0, references: 0, strings }.cost(bytes.len()).saturating_add(objects.saturating_mul(element))
 }
@@ -1000,5 +1005,7 @@ mod tests {
         // JSON: braces inside strings are not objects.
         assert_eq!(json_cost(br#"{"a":"{{{{"}"#), json_cost(br#"{"a":"xxxx"}"#));
         assert!(json_cost(br#"{"a":[{},{}]}"#) > json_cost(br#"{"a":["x","y"]}"#));
+        // A key is read into a field name, not kept: only value strings are priced.
+        assert!(json_cost(br#"{"a":1}"#) < json_cost(br#"{"a":"1"}"#));
     }
 }
