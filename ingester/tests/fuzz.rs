@@ -275,11 +275,8 @@ const JAEGER_PROTO: Target = Target {
 };
 
 /// A Jaeger jsonpb span: empty objects where tags are expected (`{},`: 3 bytes each).
-const JAEGER_JSON: Target = Target {
-    name: "jaeger_json record",
-    bound: Bound { per_byte: 256, fixed: 64 * 1024 },
-    errors: &["jaeger_json: "],
-};
+const JAEGER_JSON: Target =
+    Target { name: "jaeger_json record", bound: Bound { per_byte: 256, fixed: 64 * 1024 }, errors: &["jaeger_json: "] };
 
 /// A Jaeger span's record in `encoding`.
 fn jaeger_record(encoding: Encoding, span: &spanline_common::jaeger::model::Span) -> Vec<u8> {
@@ -351,7 +348,10 @@ fn jaeger_prices_are_upper_bounds_that_bite() {
     span.tags = vec![Default::default(); 16_385];
     for encoding in [Encoding::JaegerProto, Encoding::JaegerJson] {
         let run = jaeger_priced(encoding, &jaeger_record(encoding, &span));
-        assert!(matches!(&run.outcome, Outcome::Err(e) if e.ends_with("span tags: 16385 tags, more than the limit of 1024")), "{run:?}");
+        assert!(
+            matches!(&run.outcome, Outcome::Err(e) if e.ends_with("span tags: 16385 tags, more than the limit of 1024")),
+            "{run:?}"
+        );
     }
 }
 

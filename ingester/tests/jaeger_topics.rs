@@ -94,7 +94,8 @@ fn span(trace: u64, n: u64, start_ns: u64) -> model::Span {
 /// Every span's records, keyed as Jaeger keys them (the trace id in hex), with two malformed ones
 /// among them: bytes that are not the encoding, and a span with an all-zero trace id.
 fn records(encoding: Encoding, start_ns: u64) -> Vec<(String, Vec<u8>)> {
-    let encode = |s: &model::Span| if encoding == Encoding::JaegerProto { s.encode_to_vec() } else { jaeger::jsonpb(s) };
+    let encode =
+        |s: &model::Span| if encoding == Encoding::JaegerProto { s.encode_to_vec() } else { jaeger::jsonpb(s) };
     let mut records: Vec<(String, Vec<u8>)> = (1..=TRACES)
         .flat_map(|t| (0..SPANS).map(move |n| (t, n)))
         .map(|(t, n)| (hex(&trace_id(t)), encode(&span(t, n, start_ns))))

@@ -135,20 +135,26 @@ pub fn span() -> impl Strategy<Value = model::Span> {
         (time(), 0i64..100, 0i32..1_000_000_000, vec(tag(), 0..12), vec(log, 0..4)),
         (proptest::option::of(process), vec("[a-z]{0,4}", 0..3)),
     )
-        .prop_map(|((trace_id, span_id, operation_name, references, flags), (start, d, n, tags, logs), (process, warnings))| {
-            model::Span {
-                trace_id,
-                span_id,
-                operation_name,
-                references,
-                flags,
-                start_time: Some(start),
-                duration: Some(model::Duration { seconds: d, nanos: n }),
-                tags,
-                logs,
-                process,
-                process_id: String::new(),
-                warnings,
-            }
-        })
+        .prop_map(
+            |(
+                (trace_id, span_id, operation_name, references, flags),
+                (start, d, n, tags, logs),
+                (process, warnings),
+            )| {
+                model::Span {
+                    trace_id,
+                    span_id,
+                    operation_name,
+                    references,
+                    flags,
+                    start_time: Some(start),
+                    duration: Some(model::Duration { seconds: d, nanos: n }),
+                    tags,
+                    logs,
+                    process,
+                    process_id: String::new(),
+                    warnings,
+                }
+            },
+        )
 }

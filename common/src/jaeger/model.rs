@@ -338,7 +338,9 @@ pub fn json_cost(bytes: &[u8]) -> usize {
     }
     let strings = strings.saturating_sub(keys);
     let element = tag_cost().max(log_cost()).max(reference_cost());
-    Counts { tags: 0, logs: 0, references: 0, strings }.cost(bytes.len()).saturating_add(objects.saturating_mul(element))
+    Counts { tags: 0, logs: 0, references: 0, strings }
+        .cost(bytes.len())
+        .saturating_add(objects.saturating_mul(element))
 }
 
 // --- Translation -------------------------------------------------------------------------------
@@ -790,7 +792,11 @@ mod tests {
             f(&mut t);
             t
         };
-        let reference = |span: u8, ref_type| SpanRef { trace_id: TRACE.to_vec(), span_id: vec![0, 0, 0, 0, 0, 0, 0, span], ref_type };
+        let reference = |span: u8, ref_type| SpanRef {
+            trace_id: TRACE.to_vec(),
+            span_id: vec![0, 0, 0, 0, 0, 0, 0, span],
+            ref_type,
+        };
         Span {
             trace_id: TRACE.to_vec(),
             span_id: vec![0, 0, 0, 0, 0, 0, 0, 9],
@@ -892,7 +898,10 @@ mod tests {
         assert_eq!(refused(|s| s.span_id = vec![1; 16]), "span id holds 16 bytes, not 8");
         assert_eq!(refused(|s| s.references[0].span_id = vec![1]), "a reference's span id holds 1 bytes, not 8");
         assert_eq!(refused(|s| s.start_time = None), "startTime is missing");
-        assert_eq!(refused(|s| s.start_time = Some(Timestamp { seconds: -1, nanos: 0 })), "startTime is negative (-1s)");
+        assert_eq!(
+            refused(|s| s.start_time = Some(Timestamp { seconds: -1, nanos: 0 })),
+            "startTime is negative (-1s)"
+        );
         assert_eq!(
             refused(|s| s.start_time = Some(Timestamp { seconds: 1, nanos: 1_000_000_000 })),
             "startTime has 1000000000 nanoseconds"
@@ -910,8 +919,14 @@ mod tests {
             "startTime + duration overflows"
         );
         assert_eq!(refused(|s| s.logs[0].timestamp = None), "a log has no timestamp");
-        assert_eq!(refused(|s| s.tags = vec![KeyValue::default(); 1025]), "span tags: 1025 tags, more than the limit of 1024");
-        assert_eq!(refused(|s| s.references = vec![s.references[0].clone(); 129]), "129 references, more than the limit of 128");
+        assert_eq!(
+            refused(|s| s.tags = vec![KeyValue::default(); 1025]),
+            "span tags: 1025 tags, more than the limit of 1024"
+        );
+        assert_eq!(
+            refused(|s| s.references = vec![s.references[0].clone(); 129]),
+            "129 references, more than the limit of 128"
+        );
         assert_eq!(refused(|s| s.logs = vec![s.logs[0].clone(); 1025]), "1025 logs, more than the limit of 1024");
         let small = Limits { max_string_bytes: 2, ..Limits::default() };
         assert_eq!(
