@@ -265,14 +265,14 @@ enum Wire<'a> {
 /// callers). Groups (wire types 3 and 4, which no Jaeger writer uses) are refused.
 fn walk<'a>(mut bytes: &'a [u8], f: &mut dyn FnMut(u64, Wire<'a>) -> Result<(), String>) -> Result<(), String> {
     while !bytes.is_empty() {
-        let key = varint(&mut bytes)?;
+        let key = crate::otlp::varint(&mut bytes)?;
         let (number, wire) = (key >> 3, key & 7);
         if number == 0 {
             return Err("field number 0".into());
         }
         match wire {
             0 => {
-                varint(&mut bytes)?;
+                crate::otlp::varint(&mut bytes)?;
                 f(number, Wire::Other)?;
             }
             1 | 5 => {
@@ -281,7 +281,7 @@ fn walk<'a>(mut bytes: &'a [u8], f: &mut dyn FnMut(u64, Wire<'a>) -> Result<(), 
                 f(number, Wire::Other)?;
             }
             2 => {
-                let len = usize::try_from(varint(&mut bytes)?).map_err(|_| "a length past the end")?;
+                let len = usize::try_from(crate::otlp::varint(&mut bytes)?).map_err(|_| "a length past the end")?;
                 if len > bytes.len() {
                     return Err(format!("a length of {len} bytes runs past the end ({} left)", bytes.len()));
                 }
@@ -293,22 +293,6 @@ fn walk<'a>(mut bytes: &'a [u8], f: &mut dyn FnMut(u64, Wire<'a>) -> Result<(), 
         }
     }
     Ok(())
-}
-
-fn varint(bytes: &mut &[u8]) -> Result<u64, String> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = bytes.split_first().ok_or("a varint runs past the end")?;
-        *bytes = rest;
-        if i == 9 && b > 1 {
-            return Err("a varint longer than 64 bits".into());
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err("a varint longer than 64 bits".into())
 }
 
 /// The most heap bytes decoding and translating a `jaeger_json` record holds: every object (a tag,
