@@ -26,51 +26,14 @@ pub mod thrift;
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{AnyValue, KeyValue, any_value::Value},
+    common::v1::{KeyValue, any_value::Value},
     resource::v1::Resource,
-    trace::v1::{
-        ResourceSpans, ScopeSpans, Span, Status,
-        span::{Event, Link, SpanKind},
-        status::StatusCode,
-    },
+    trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event},
 };
+pub use spanline_common::jaeger::Limits;
+use spanline_common::jaeger::{Reference, SpanParts, event, kv_owned, micros_to_nanos, span, unknown_type};
 
 use thrift::{Protocol, Reader, ThriftError, Type};
-
-/// Bounds on what one batch may hold. The defaults are well above what Jaeger clients send (their
-/// UDP datagrams are at most 65 000 bytes; their HTTP batches a few MB).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Spans per batch; more is a [`JaegerError::TooManySpans`] for the whole batch. Default 10 000.
-    pub max_spans: usize,
-    /// Tags per span, per log and per process; more refuses the span (the batch, for the process).
-    /// Default 1 024.
-    pub max_tags: usize,
-    /// Logs per span; more refuses the span. Default 1 024.
-    pub max_logs: usize,
-    /// References per span; more refuses the span. Default 128.
-    pub max_references: usize,
-    /// Bytes of one string or binary value (names, tag keys and values); more refuses the span (the
-    /// batch, for the process). Default 64 KiB.
-    pub max_string_bytes: usize,
-    /// Thrift structs and collections nested in one another, the batch counting as one; deeper is a
-    /// [`JaegerError`]. The known structs nest four deep (batch, span, log, tag; five under
-    /// `emitBatch`'s arguments); the rest is room for unknown fields, which are skipped. Default 32.
-    pub max_depth: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_spans: 10_000,
-            max_tags: 1024,
-            max_logs: 1024,
-            max_references: 128,
-            max_string_bytes: 64 * 1024,
-            max_depth: 32,
-        }
-    }
-}
 
 /// Why a whole batch is refused. Every message starts with `jaeger thrift: `.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,29 +91,12 @@ pub fn emit_batch_from_binary(datagram: &[u8], limits: &Limits) -> Result<Transl
     Decoder::new(datagram, Protocol::Binary, limits).emit_batch()
 }
 
-/// `SpanRef.refType` and the link attribute that keeps it.
-const CHILD_OF: i32 = 0;
-const FOLLOWS_FROM: i32 = 1;
-const REF_TYPE: &str = "opentracing.ref_type";
-
 /// `Tag.vType`.
 const STRING: i32 = 0;
 const DOUBLE: i32 = 1;
 const BOOL: i32 = 2;
 const LONG: i32 = 3;
 const BINARY: i32 = 4;
-
-/// The sampled bit of Jaeger's `flags`, and of OTLP's W3C trace flags.
-const SAMPLED: i32 = 1;
-
-/// A `SpanRef`, kept until the span's parent is known.
-#[derive(Debug, Clone, Copy)]
-struct Reference {
-    kind: i32,
-    trace_low: i64,
-    trace_high: i64,
-    span_id: i64,
-}
 
 /// A span's fields as read, before translation.
 #[derive(Debug, Default)]
@@ -251,9 +197,7 @@ impl<'a, 'l> Decoder<'a, 'l> {
     }
 
     /// `Process { 1: required string serviceName, 2: optional list<Tag> tags }` → resource
-    /// attributes: `service.name` (if not empty), the tags, then `hostname` → `host.name` and
-    /// `jaeger.version` → `opencensus.exporterversion` = `Jaeger-<version>` (unless the target key
-    /// is already there), as the OpenTelemetry translator does.
+    /// attributes ([`spanline_common::jaeger::resource_attributes`]).
     fn process(&mut self) -> Result<Vec<KeyValue>, JaegerError> {
         self.r.enter()?;
         self.refusal = None;
@@ -274,23 +218,7 @@ impl<'a, 'l> Decoder<'a, 'l> {
             return Err(JaegerError::Process(reason));
         }
         let service = service.ok_or(JaegerError::Missing { strukt: "Process", field: "serviceName" })?;
-        let mut attributes = Vec::with_capacity(tags.len() + 1);
-        if !service.is_empty() {
-            attributes.push(kv("service.name", Value::StringValue(service)));
-        }
-        attributes.append(&mut tags);
-        if !has(&attributes, "host.name")
-            && let Some(hostname) = take(&mut attributes, "hostname")
-        {
-            attributes.push(KeyValue { key: "host.name".into(), value: Some(hostname), ..Default::default() });
-        }
-        if !has(&attributes, "opencensus.exporterversion")
-            && let Some(version) = take(&mut attributes, "jaeger.version")
-        {
-            let version = format!("Jaeger-{}", str_of(&version));
-            attributes.push(kv("opencensus.exporterversion", Value::StringValue(version)));
-        }
-        Ok(attributes)
+        Ok(spanline_common::jaeger::resource_attributes(service, tags))
     }
 
     /// The span list: each span translated, or refused, as soon as it is read.
@@ -448,7 +376,7 @@ impl<'a, 'l> Decoder<'a, 'l> {
                 let keep = self.check_len(bytes, "a tag's vBinary");
                 Value::BytesValue(if keep { bytes.to_vec() } else { Vec::new() })
             }
-            other => Value::StringValue(format!("<Unknown Jaeger TagType {other}>")),
+            other => unknown_type(other),
         };
         Ok(Some(kv_owned(key, value)))
     }
@@ -472,8 +400,7 @@ impl<'a, 'l> Decoder<'a, 'l> {
     }
 
     /// `Log { 1: required i64 timestamp, 2: required list<Tag> fields }` → an event at the
-    /// timestamp (µs → ns), named by its `event` field if that is a string (then removed, as the
-    /// OpenTelemetry translator does), the other fields as attributes.
+    /// timestamp (µs → ns), [`spanline_common::jaeger::event`].
     fn log(&mut self) -> Result<Event, JaegerError> {
         self.r.enter()?;
         let (mut timestamp, mut fields, mut seen_fields) = (None, Vec::new(), false);
@@ -500,13 +427,7 @@ impl<'a, 'l> Decoder<'a, 'l> {
                 0
             }
         };
-        let mut name = String::new();
-        if matches!(get(&fields, "event"), Some(AnyValue { value: Some(Value::StringValue(_)) }))
-            && let Some(AnyValue { value: Some(Value::StringValue(s)) }) = take(&mut fields, "event")
-        {
-            name = s;
-        }
-        Ok(Event { time_unix_nano, name, attributes: fields, dropped_attributes_count: 0 })
+        Ok(event(time_unix_nano, fields))
     }
 
     /// `list<SpanRef>` appended to `out`.
@@ -552,192 +473,40 @@ impl<'a, 'l> Decoder<'a, 'l> {
     }
 }
 
-/// A read span → an OTLP span, or why it cannot be one.
+/// A read span → an OTLP span, or why it cannot be one ([`spanline_common::jaeger::span`]),
+/// its times in µs turned into ns first.
 fn translate(s: RawSpan) -> Result<Span, String> {
-    let (trace_low, trace_high) = (s.trace_low.unwrap_or(0), s.trace_high.unwrap_or(0));
-    let span_id = s.span_id.unwrap_or(0);
-    if trace_low == 0 && trace_high == 0 {
-        return Err("trace id is all zeros".into());
-    }
-    if span_id == 0 {
-        return Err("span id is all zeros".into());
-    }
     let start = s.start.unwrap_or(0);
     let duration = s.duration.unwrap_or(0);
-    if duration < 0 {
-        return Err(format!("duration is negative ({duration} µs)"));
-    }
-    let start_time_unix_nano = micros_to_nanos(start).map_err(|why| format!("startTime {why}"))?;
-    let end_time_unix_nano = start
-        .checked_add(duration)
-        .ok_or_else(|| "startTime + duration overflows".to_owned())
-        .and_then(|end| micros_to_nanos(end).map_err(|why| format!("startTime + duration {why}")))?;
-
-    let parent = parent_span_id(&s);
-    let mut attributes = s.attributes;
-    let kind = match take(&mut attributes, "span.kind").as_ref().map(str_of) {
-        Some("client") => SpanKind::Client,
-        Some("server") => SpanKind::Server,
-        Some("producer") => SpanKind::Producer,
-        Some("consumer") => SpanKind::Consumer,
-        Some("internal") => SpanKind::Internal,
-        _ => SpanKind::Unspecified,
-    };
-    let status = status(&mut attributes, kind);
-    let links = s
-        .references
-        .iter()
-        .filter(|r| !(r.kind == CHILD_OF && r.span_id == parent))
-        .map(|r| Link {
-            trace_id: trace_id(r.trace_high, r.trace_low),
-            span_id: r.span_id.to_be_bytes().to_vec(),
-            attributes: vec![kv(REF_TYPE, Value::StringValue(ref_type(r.kind).into()))],
-            ..Default::default()
+    let times = if duration < 0 {
+        Err(format!("duration is negative ({duration} µs)"))
+    } else {
+        micros_to_nanos(start).map_err(|why| format!("startTime {why}")).and_then(|start_ns| {
+            let end = start.checked_add(duration).ok_or_else(|| "startTime + duration overflows".to_owned())?;
+            let end_ns = micros_to_nanos(end).map_err(|why| format!("startTime + duration {why}"))?;
+            Ok((start_ns, end_ns))
         })
-        .collect();
-    Ok(Span {
-        trace_id: trace_id(trace_high, trace_low),
-        span_id: span_id.to_be_bytes().to_vec(),
-        parent_span_id: if parent == 0 { Vec::new() } else { parent.to_be_bytes().to_vec() },
-        flags: (s.flags.unwrap_or(0) & SAMPLED) as u32,
+    };
+    span(SpanParts {
+        trace_low: s.trace_low.unwrap_or(0),
+        trace_high: s.trace_high.unwrap_or(0),
+        span_id: s.span_id.unwrap_or(0),
+        parent_span_id: s.parent_span_id.unwrap_or(0),
         name: s.name.unwrap_or_default(),
-        kind: kind as i32,
-        start_time_unix_nano,
-        end_time_unix_nano,
-        attributes,
+        references: s.references,
+        // Jaeger's flags are a bit set: the i32 read as its bits.
+        flags: s.flags.unwrap_or(0) as u32,
+        times,
+        attributes: s.attributes,
         events: s.events,
-        links,
-        status,
-        ..Default::default()
     })
-}
-
-/// The parent: `parentSpanId` if not 0; else, among references to the same trace, the first
-/// CHILD_OF, else the first FOLLOWS_FROM; else none (0). As the OpenTelemetry translator (and
-/// Jaeger's own model) infer it.
-fn parent_span_id(s: &RawSpan) -> i64 {
-    let parent = s.parent_span_id.unwrap_or(0);
-    if parent != 0 {
-        return parent;
-    }
-    let same_trace =
-        |r: &&Reference| r.trace_low == s.trace_low.unwrap_or(0) && r.trace_high == s.trace_high.unwrap_or(0);
-    let first = |kind| s.references.iter().filter(same_trace).find(|r| r.kind == kind).map(|r| r.span_id);
-    first(CHILD_OF).or_else(|| first(FOLLOWS_FROM)).unwrap_or(0)
-}
-
-fn ref_type(kind: i32) -> &'static str {
-    if kind == CHILD_OF { "child_of" } else { "follows_from" }
-}
-
-/// 16 bytes, big-endian, high half first (a 64-bit id has a zero high half).
-fn trace_id(high: i64, low: i64) -> Vec<u8> {
-    let mut id = Vec::with_capacity(16);
-    id.extend_from_slice(&high.to_be_bytes());
-    id.extend_from_slice(&low.to_be_bytes());
-    id
-}
-
-/// Microseconds since the epoch → nanoseconds, refusing what OTLP's unsigned nanoseconds cannot
-/// hold (the translator would wrap a negative time to the year 2554).
-fn micros_to_nanos(micros: i64) -> Result<u64, String> {
-    u64::try_from(micros)
-        .map_err(|_| format!("is negative ({micros} µs)"))?
-        .checked_mul(1000)
-        .ok_or_else(|| format!("is past what nanoseconds since 1970 can hold ({micros} µs)"))
-}
-
-/// The span status from its tags, as the OpenTelemetry translator sets it:
-/// - `error` = bool true → ERROR (the tag removed), message from `otel.status_description`
-///   (removed) or `http.status_message` (kept); `error` = false, or not a bool, is kept as it is;
-/// - else `otel.status_code` = `OK`/`ERROR` (any case) → OK/ERROR, anything else → UNSET, message
-///   from `otel.status_description` (removed); `otel.status_code` is removed in every case;
-/// - else `http.status_code` (an int, or a string of one): 100–398 → no status; 4xx on a SERVER
-///   span → no status; anything else (4xx on other kinds, 5xx, 399, <100) → ERROR, message from
-///   `http.status_message`;
-/// - else no status.
-fn status(attributes: &mut Vec<KeyValue>, kind: SpanKind) -> Option<Status> {
-    let mut status = None;
-    if matches!(get(attributes, "error"), Some(AnyValue { value: Some(Value::BoolValue(true)) })) {
-        take(attributes, "error");
-        let message = match take(attributes, "otel.status_description") {
-            Some(desc) => str_of(&desc).to_owned(),
-            None => get(attributes, "http.status_message").map(|m| str_of(m).to_owned()).unwrap_or_default(),
-        };
-        status = Some(Status { code: StatusCode::Error as i32, message });
-    }
-    if let Some(code) = take(attributes, "otel.status_code") {
-        if status.is_none() {
-            let code = match str_of(&code).to_ascii_uppercase().as_str() {
-                "OK" => StatusCode::Ok,
-                "ERROR" => StatusCode::Error,
-                _ => StatusCode::Unset,
-            };
-            let message =
-                take(attributes, "otel.status_description").map(|d| str_of(&d).to_owned()).unwrap_or_default();
-            status = Some(Status { code: code as i32, message });
-        }
-    } else if status.is_none()
-        && let Some(http) = get(attributes, "http.status_code").and_then(http_code)
-    {
-        let error = match http {
-            400..=499 => kind != SpanKind::Server,
-            100..=398 => false,
-            _ => true,
-        };
-        if error {
-            let message = get(attributes, "http.status_message").map(|m| str_of(m).to_owned()).unwrap_or_default();
-            status = Some(Status { code: StatusCode::Error as i32, message });
-        }
-    }
-    status
-}
-
-fn http_code(value: &AnyValue) -> Option<i64> {
-    match &value.value {
-        Some(Value::IntValue(code)) => Some(*code),
-        Some(Value::StringValue(code)) => code.parse().ok(),
-        _ => None,
-    }
-}
-
-fn kv(key: &str, value: Value) -> KeyValue {
-    kv_owned(key.to_owned(), value)
-}
-
-fn kv_owned(key: String, value: Value) -> KeyValue {
-    KeyValue { key, value: Some(AnyValue { value: Some(value) }), ..Default::default() }
-}
-
-/// A string value's text; "" for any other type (as the translator's `Value.Str()`).
-fn str_of(value: &AnyValue) -> &str {
-    match &value.value {
-        Some(Value::StringValue(s)) => s,
-        _ => "",
-    }
-}
-
-fn has(attributes: &[KeyValue], key: &str) -> bool {
-    attributes.iter().any(|a| a.key == key)
-}
-
-/// The value of the last attribute named `key` (tags given twice: the last one wins, as in the
-/// translator's attribute map).
-fn get<'v>(attributes: &'v [KeyValue], key: &str) -> Option<&'v AnyValue> {
-    attributes.iter().rev().find(|a| a.key == key).and_then(|a| a.value.as_ref())
-}
-
-/// Removes every attribute named `key`, returning the last one's value.
-fn take(attributes: &mut Vec<KeyValue>, key: &str) -> Option<AnyValue> {
-    let i = attributes.iter().rposition(|a| a.key == key)?;
-    let value = attributes.remove(i).value;
-    attributes.retain(|a| a.key != key);
-    value
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+    use spanline_common::jaeger::{REF_TYPE, get, trace_id};
     use spanline_testkit::thrift::{
         self as t, Batch, Kind, Log, Protocol as P, Span as JSpan, SpanRef, Tag, TagValue, Value as V,
     };

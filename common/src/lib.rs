@@ -6,6 +6,7 @@ pub mod bytesize;
 pub mod clip;
 pub mod config;
 pub mod ids;
+pub mod jaeger;
 pub mod kafka;
 pub mod otlp;
 pub mod reload;

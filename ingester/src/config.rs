@@ -82,7 +82,9 @@ pub struct Kafka {
     #[serde(with = "humantime_serde")]
     pub max_poll_interval: Duration,
     /// How record values are encoded: `otlp_proto` (what Spanline's collector, the OpenTelemetry
-    /// Collector's kafkaexporter and Jaeger v2 write) or `otlp_json`. Default `otlp_proto`.
+    /// Collector's kafkaexporter and Jaeger v2 write), `otlp_json`, or a Jaeger v1 collector's
+    /// `jaeger_proto` / `jaeger_json` (one Jaeger span per record; the names the OpenTelemetry
+    /// Collector's kafkareceiver uses). Default `otlp_proto`.
     pub encoding: Encoding,
 }
 
@@ -94,6 +96,13 @@ pub enum Encoding {
     OtlpProto,
     /// The OTLP/JSON form of `ExportTraceServiceRequest` (camelCase keys, hex ids).
     OtlpJson,
+    /// One Jaeger `model.Span` (`jaeger.api_v2`) in protobuf, as a Jaeger v1 collector writes it
+    /// with `--kafka.producer.encoding=protobuf`; translated to OTLP as the collector translates
+    /// Jaeger Thrift (docs/inputs.md).
+    JaegerProto,
+    /// The same span in protobuf's JSON mapping as Jaeger writes it (`jsonpb`: camelCase keys,
+    /// base64 ids, RFC 3339 times), `--kafka.producer.encoding=json`.
+    JaegerJson,
     /// `spanline.v1.DeadLetter` envelopes (the dead-letter topic, re-driven by `replay`): the span
     /// payload is unwrapped and indexed; a raw record inside is decoded as OTLP protobuf.
     DeadLetter,

@@ -63,7 +63,13 @@ use crate::{
     metrics::{Metrics, PartitionLabels, ReasonLabels},
 };
 use partition::{Io, Partition, Progress, Steering, Written};
-use spanline_common::repeats::Repeats;
+use spanline_common::{
+    jaeger::{
+        self,
+        model::{self, ModelError},
+    },
+    repeats::Repeats,
+};
 
 /// What every worker shares.
 pub struct Shared {
@@ -675,8 +681,22 @@ pub fn decoded_cost(encoding: Encoding, value: &[u8]) -> Option<usize> {
             Some(cost.saturating_add(letter.payload.len()))
         }
         Encoding::OtlpJson => None,
+        // A record the scan refuses is refused again, with its reason, by `decode`.
+        Encoding::JaegerProto => model::proto_cost(value).ok(),
+        Encoding::JaegerJson => Some(model::json_cost(value)),
     }
 }
+
+/// What a Jaeger record's span may hold: the collector's Thrift bounds on counts; strings are
+/// bounded by the record itself (`limits.max_record_bytes`), as a Jaeger v1 collector set none.
+const JAEGER_LIMITS: jaeger::Limits = jaeger::Limits {
+    max_spans: 1,
+    max_tags: 1024,
+    max_logs: 1024,
+    max_references: 128,
+    max_string_bytes: usize::MAX,
+    max_depth: 32,
+};
 
 /// Why a record could not be decoded; its text goes into the dead letter's reason.
 #[derive(Debug, thiserror::Error)]
@@ -690,6 +710,12 @@ pub enum DecodeError {
     Envelope(prost::DecodeError),
     #[error("dead letter with unknown payload kind {0}")]
     PayloadKind(i32),
+    /// Not a Jaeger span in the topic's encoding (the text names the encoding).
+    #[error("{0}")]
+    Jaeger(#[from] ModelError),
+    /// A Jaeger span that decodes but cannot be translated (a zero id, a negative time …).
+    #[error("{encoding}: span refused: {reason}")]
+    JaegerSpan { encoding: &'static str, reason: String },
 }
 
 /// Decodes a record as `encoding`: the request, and its protobuf bytes (the record itself when it
@@ -709,6 +735,17 @@ pub fn decode(encoding: Encoding, value: &Bytes) -> Result<(ExportTraceServiceRe
                 Ok(PayloadKind::OtlpProto | PayloadKind::RawRecord) => decode(Encoding::OtlpProto, &payload),
                 _ => Err(DecodeError::PayloadKind(letter.payload_kind)),
             }
+        }
+        Encoding::JaegerProto | Encoding::JaegerJson => {
+            let (span, name) = if encoding == Encoding::JaegerProto {
+                (model::decode_proto(value)?, "jaeger_proto")
+            } else {
+                (model::decode_json(value)?, "jaeger_json")
+            };
+            let request = model::to_request(span, &JAEGER_LIMITS)
+                .map_err(|reason| DecodeError::JaegerSpan { encoding: name, reason })?;
+            let proto = Bytes::from(request.encode_to_vec());
+            Ok((request, proto))
         }
     }
 }

@@ -3,8 +3,10 @@
 //! "Fuzzing"). `PROPTEST_CASES` sets the cases per property (256 by default; `make fuzz` runs many
 //! more).
 //!
-//! - `worker::decode` for the three topic encodings: OTLP protobuf records, OTLP/JSON records and
-//!   `spanline.v1.DeadLetter` envelopes (what `replay` re-drives from the dead-letter topic);
+//! - `worker::decode` for the topic encodings: OTLP protobuf records, OTLP/JSON records,
+//!   `spanline.v1.DeadLetter` envelopes (what `replay` re-drives from the dead-letter topic), and
+//!   Jaeger v1's `jaeger_proto` / `jaeger_json` records, each held within its price
+//!   (`worker::decoded_cost`);
 //! - `document::map_request` on whatever decodes: the documents built from a hostile record;
 //! - `document::map_record`, the live path that reads a protobuf record in place without decoding
 //!   it: bounded as the mapping is, whatever it takes or leaves;
@@ -26,7 +28,10 @@ use spanline_ingester::{
     worker,
 };
 use spanline_proto::{DeadLetter, PayloadKind};
-use spanline_testkit::fuzz::{self, Bound, JSON_TOKENS, Outcome, PROTO_TOKENS, Run, Target};
+use spanline_testkit::{
+    fuzz::{self, Bound, JSON_TOKENS, Outcome, PROTO_TOKENS, Run, Target},
+    jaeger,
+};
 
 /// The most bytes this thread held at once while `f` ran.
 fn peak(f: &mut dyn FnMut()) -> u64 {
@@ -195,6 +200,7 @@ fn record(encoding: Encoding, request: &ExportTraceServiceRequest, kind: i32) ->
         Encoding::OtlpProto => proto(request),
         Encoding::OtlpJson => json(request),
         Encoding::DeadLetter => letter(kind, proto(request)),
+        Encoding::JaegerProto | Encoding::JaegerJson => panic!("Jaeger records hold Jaeger spans: see jaeger_record"),
     }
 }
 
@@ -255,6 +261,98 @@ fn dead_letter_survives_mutated_envelopes() {
         4 => fuzz::mutated(envelope, PROTO_TOKENS),
     ];
     fuzz::check(file!(), DEAD_LETTER, inputs, |b| decode(Encoding::DeadLetter, b));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jaeger v1 records (`jaeger_proto`, `jaeger_json`): one Jaeger span, translated to OTLP.
+
+/// A Jaeger protobuf span. The worst case per byte is a run of empty tags (`42 00`: 2 bytes become
+/// a model `KeyValue` in a vector that has just grown, then an OTLP attribute).
+const JAEGER_PROTO: Target = Target {
+    name: "jaeger_proto record",
+    bound: Bound { per_byte: 256, fixed: 64 * 1024 },
+    errors: &["jaeger_proto: "],
+};
+
+/// A Jaeger jsonpb span: empty objects where tags are expected (`{},`: 3 bytes each).
+const JAEGER_JSON: Target =
+    Target { name: "jaeger_json record", bound: Bound { per_byte: 256, fixed: 64 * 1024 }, errors: &["jaeger_json: "] };
+
+/// A Jaeger span's record in `encoding`.
+fn jaeger_record(encoding: Encoding, span: &spanline_common::jaeger::model::Span) -> Vec<u8> {
+    if encoding == Encoding::JaegerProto { span.encode_to_vec() } else { jaeger::jsonpb(span) }
+}
+
+/// Decodes a Jaeger record as the worker does, and checks that it held no more than the worker
+/// priced it at before decoding (`worker::decoded_cost`, which the worker compares with
+/// `limits.max_record_decoded_bytes`): the price is an upper bound, whatever the bytes.
+fn jaeger_priced(encoding: Encoding, bytes: &[u8]) -> Run {
+    let run = decode(encoding, bytes);
+    if let Some(cost) = worker::decoded_cost(encoding, bytes) {
+        assert!(run.peak <= cost as u64, "{encoding:?}: held {} bytes, priced at {cost}", run.peak);
+    }
+    run
+}
+
+#[test]
+fn jaeger_proto_records_stay_within_their_price() {
+    let span = || jaeger::span().prop_map(|s| jaeger_record(Encoding::JaegerProto, &s));
+    let inputs = prop_oneof![
+        1 => fuzz::raw_bytes(256),
+        2 => span(),
+        3 => fuzz::mutated(span(), PROTO_TOKENS),
+    ];
+    fuzz::check(file!(), JAEGER_PROTO, inputs, |b| jaeger_priced(Encoding::JaegerProto, b));
+}
+
+#[test]
+fn jaeger_json_records_stay_within_their_price() {
+    let span = || jaeger::span().prop_map(|s| jaeger_record(Encoding::JaegerJson, &s));
+    let value = jaeger::span()
+        .prop_map(|s| serde_json::from_slice::<serde_json::Value>(&jaeger_record(Encoding::JaegerJson, &s)).unwrap());
+    let inputs = prop_oneof![
+        1 => fuzz::raw_bytes(256),
+        2 => span(),
+        3 => fuzz::mutated(span(), JSON_TOKENS),
+        2 => fuzz::json_confused(value),
+    ];
+    fuzz::check(file!(), JAEGER_JSON, inputs, |b| jaeger_priced(Encoding::JaegerJson, b));
+}
+
+/// The worst shapes: within the static bound and the price, and the price not far above what is
+/// held (so the worker does not refuse ordinary records as too costly).
+#[test]
+fn jaeger_prices_are_upper_bounds_that_bite() {
+    let mut span = spanline_common::jaeger::model::Span {
+        trace_id: vec![1; 16],
+        span_id: vec![1; 8],
+        start_time: Some(spanline_common::jaeger::model::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
+        ..Default::default()
+    };
+    // 1 024 tags is the most a span may keep; the record is translated whole.
+    span.tags = vec![Default::default(); 1024];
+    for encoding in [Encoding::JaegerProto, Encoding::JaegerJson] {
+        let bytes = jaeger_record(encoding, &span);
+        let run = jaeger_priced(encoding, &bytes);
+        assert_eq!(run.outcome, Outcome::Ok, "{encoding:?}");
+        let target = if encoding == Encoding::JaegerProto { JAEGER_PROTO } else { JAEGER_JSON };
+        assert!(target.violation(&run).is_none(), "{encoding:?}: {run:?}");
+        let cost = worker::decoded_cost(encoding, &bytes).unwrap() as u64;
+        // Protobuf prices each tag with the growth of both vectors it is in (about 6 times what a
+        // run of empty tags holds); JSON is priced without knowing what each object is, every
+        // object as the costliest element (a reference): about 10 times.
+        let over = if encoding == Encoding::JaegerProto { 8 } else { 16 };
+        assert!(cost < over * run.peak, "{encoding:?}: priced at {cost}, held {}", run.peak);
+    }
+    // Past the limit: refused with a reason, and still within the bounds.
+    span.tags = vec![Default::default(); 16_385];
+    for encoding in [Encoding::JaegerProto, Encoding::JaegerJson] {
+        let run = jaeger_priced(encoding, &jaeger_record(encoding, &span));
+        assert!(
+            matches!(&run.outcome, Outcome::Err(e) if e.ends_with("span tags: 16385 tags, more than the limit of 1024")),
+            "{run:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

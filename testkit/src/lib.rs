@@ -11,6 +11,8 @@ pub mod fixtures;
 
 pub mod fuzz;
 
+pub mod jaeger;
+
 pub mod logs;
 
 pub mod mock;
