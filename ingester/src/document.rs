@@ -2467,6 +2467,34 @@ mod tests {
             }
         }
 
+        /// Records one after another through one partition's mapping, sharing resources (so the
+        /// resources it keeps are hit, displaced — two slots in tests — and hit under another
+        /// document bound): each mapped exactly as by a mapping that never saw the others.
+        #[test]
+        fn records_mapped_after_others_are_mapped_as_alone(
+            records in proptest::collection::vec((spanline_testkit::fuzz::request(), 0usize..3, proptest::bool::ANY), 1..8),
+        ) {
+            let routing = Routing { names: IndexNames::new(""), max_age_micros: i64::MAX, max_skew_micros: i64::MAX, clamp: true, trace_ids: TraceIds::Jaeger };
+            let resources: Vec<Option<Resource>> = records.iter().flat_map(|(r, ..)| r.resource_spans.iter().map(|rs| rs.resource.clone())).collect();
+            let mut warm = Mapped::default();
+            for (i, (mut request, from, small)) in records.into_iter().enumerate() {
+                // Resources taken from the records' pool, so several records carry the same bytes.
+                for (j, rs) in request.resource_spans.iter_mut().enumerate() {
+                    if let Some(shared) = resources.get((from + j) % resources.len().max(1)) {
+                        rs.resource = shared.clone();
+                    }
+                }
+                let max_document_bytes = if small { 600 } else { 4096 };
+                let limits = DocumentLimits { max_document_bytes, max_record_document_bytes: 64 << 10 };
+                let bytes = request.encode_to_vec();
+                let mut alone = Mapped::default();
+                let took_alone = map_record(&bytes, &routing, limits, RecordTime::Timestamp(NOW), &mut alone);
+                let took = map_record(&bytes, &routing, limits, RecordTime::Timestamp(NOW), &mut warm);
+                proptest::prop_assert_eq!(took, took_alone, "record {}", i);
+                proptest::prop_assert_eq!(outcome(&warm), outcome(&alone), "record {}", i);
+            }
+        }
+
         /// The same records corrupted (bytes overwritten, cut short): whatever the live path takes,
         /// prost decodes to the same documents; whatever prost refuses, the live path leaves.
         #[test]

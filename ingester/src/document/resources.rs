@@ -9,13 +9,14 @@
 //!
 //! Bounded: [`SLOTS`] entries, direct-mapped (a resource displaces the one in its slot), each kept
 //! only for a resource of at most [`MAX_RESOURCE`] bytes and a process part of at most
-//! [`MAX_PROCESS`]: at most 64 × 10 KiB per partition. A hit is decided by comparing the bytes whole,
-//! never by the hash alone, so a collision costs only a miss.
+//! [`MAX_PROCESS`]: at most 64 × 10 KiB (640 KiB) per partition. A slot's buffers keep the capacity
+//! of the largest resource that held it, never more than these bounds. A hit is decided by
+//! comparing the bytes whole, never by the hash alone, so a collision costs only a miss.
 
 use super::wire::{self, Read};
 
-/// How many resources are kept.
-const SLOTS: usize = 64;
+/// How many resources are kept (two in tests, so that resources displace each other often).
+const SLOTS: usize = if cfg!(test) { 2 } else { 64 };
 
 /// The largest resource (its protobuf bytes) kept.
 const MAX_RESOURCE: usize = 2 * 1024;
@@ -54,6 +55,11 @@ pub(super) struct Resources {
 /// length share every other byte). Called only for resources of at most [`MAX_RESOURCE`] bytes;
 /// a collision only costs a miss.
 fn slot(bytes: &[u8]) -> usize {
+    (hash(bytes) >> 58) as usize % SLOTS
+}
+
+/// The hash [`slot`] takes its top six bits of.
+fn hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut h = (bytes.len() as u64).wrapping_mul(K);
     let mut words = bytes.chunks_exact(8);
@@ -63,8 +69,7 @@ fn slot(bytes: &[u8]) -> usize {
     }
     let mut last = [0u8; 8];
     last[..words.remainder().len()].copy_from_slice(words.remainder());
-    h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
-    (h >> 58) as usize % SLOTS
+    (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K)
 }
 
 impl Resources {
@@ -89,6 +94,7 @@ impl Resources {
             }
             let known = &mut self.slots[slot(bytes)];
             known.bytes.clear();
+            known.bytes.reserve_exact(bytes.len());
             known.bytes.extend_from_slice(bytes);
             known.service = service.map(|s| (s.as_ptr() as usize - bytes.as_ptr() as usize, s.len()));
             known.process = None;
@@ -113,6 +119,7 @@ impl Resources {
         let Some(known) = self.slots.get_mut(at).filter(|k| k.bytes == bytes) else { return };
         let mut process = known.process.take().unwrap_or_default();
         process.json.clear();
+        process.json.reserve_exact(json.len());
         process.json.extend_from_slice(json);
         (process.len, process.fits, process.max) = (len, fits, max);
         known.process = Some(process);
@@ -129,7 +136,7 @@ mod tests {
             ["service.name=svc-{i:02} host.name=node-1 sdk=rust", "service.name=checkout sdk=rust host=node-{i:02}"]
         {
             let slots: std::collections::HashSet<usize> =
-                (0..32).map(|i| slot(shape.replace("{i:02}", &format!("{i:02}")).as_bytes())).collect();
+                (0..32).map(|i| (hash(shape.replace("{i:02}", &format!("{i:02}")).as_bytes()) >> 58) as usize).collect();
             assert!(slots.len() > 16, "{shape}: {} distinct slots of 32", slots.len());
         }
     }
