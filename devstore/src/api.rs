@@ -3,6 +3,7 @@
 //! `/_devstore` (faults, refusing connections, stats, reset).
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
@@ -324,11 +325,12 @@ async fn bulk(state: Shared, Path(index): Path<String>, params: UrlQuery<BulkPar
     run_bulk(state, Some(index), params, body)
 }
 
-/// One parsed action line.
-struct Action {
+/// One parsed action line; the index and id borrowed from the line (or the URL) when they are
+/// written plainly, which is nearly always.
+struct Action<'a> {
     op: WriteOp,
-    index: String,
-    id: Option<String>,
+    index: Cow<'a, str>,
+    id: Option<Cow<'a, str>>,
 }
 
 fn illegal(reason: impl Into<String>) -> ApiError {
@@ -392,13 +394,13 @@ const KNOWN_METADATA: &[&str] = &[
 /// out or in the other order), written without spaces or escapes, read without a parser. `None`
 /// for anything else, including an empty `_id` or no index at all: [`parse_action`] then reads it
 /// in full, so what is accepted and every error stay its own.
-fn parse_plain_action(line: &[u8], default_index: Option<&str>) -> Option<Action> {
+fn parse_plain_action<'a>(line: &'a [u8], default_index: Option<&'a str>) -> Option<Action<'a>> {
     let (op, mut rest) = if let Some(rest) = line.strip_prefix(b"{\"create\":{") {
         (WriteOp::Create, rest)
     } else {
         (WriteOp::Index, line.strip_prefix(b"{\"index\":{")?)
     };
-    let (mut index, mut id): (Option<&str>, Option<&str>) = (None, None);
+    let (mut index, mut id): (Option<&'a str>, Option<&'a str>) = (None, None);
     if rest != b"}}" {
         loop {
             let slot = if let Some(after) = rest.strip_prefix(b"\"_index\":\"") {
@@ -427,19 +429,19 @@ fn parse_plain_action(line: &[u8], default_index: Option<&str>) -> Option<Action
     let index = index.or(default_index)?;
     let id = match id {
         Some("") => return None,
-        id => id.map(str::to_owned),
+        id => id.map(Cow::Borrowed),
     };
-    Some(Action { op, index: index.to_owned(), id })
+    Some(Action { op, index: Cow::Borrowed(index), id })
 }
 
 /// Parses one action line the way OpenSearch's `BulkRequestParser` does, with its messages.
 /// `Ok((action, None))` is a valid line; `Some(error)` is a line that is well-formed but whose item
 /// fails on its own (an empty `_id`), which OpenSearch answers inside the 200, not for the request.
-fn parse_action(
-    line: &[u8],
+fn parse_action<'a>(
+    line: &'a [u8],
     line_no: usize,
-    default_index: Option<&str>,
-) -> Result<(Action, Option<ApiError>), ApiError> {
+    default_index: Option<&'a str>,
+) -> Result<(Action<'a>, Option<ApiError>), ApiError> {
     match parse_plain_action(line, default_index) {
         Some(action) => Ok((action, None)),
         None => parse_any_action(line, line_no, default_index),
@@ -447,11 +449,11 @@ fn parse_action(
 }
 
 /// [`parse_action`] for any line, with serde_json's parser.
-fn parse_any_action(
+fn parse_any_action<'a>(
     line: &[u8],
     line_no: usize,
     default_index: Option<&str>,
-) -> Result<(Action, Option<ApiError>), ApiError> {
+) -> Result<(Action<'a>, Option<ApiError>), ApiError> {
     let malformed = |what: String| illegal(format!("Malformed action/metadata line [{line_no}], {what}"));
     // One parse per line: only a line that is not an object is read again, for its error.
     let Entries(entries) = serde_json::from_slice(line).map_err(|_| match serde_json::from_slice::<Value>(line) {
@@ -508,7 +510,7 @@ fn parse_any_action(
     // OpenSearch refuses this one item (an empty id is not "no id") and writes the others.
     let item_error =
         id.as_deref().is_some_and(str::is_empty).then(|| illegal("if _id is specified it must not be empty"));
-    Ok((Action { op, index, id }, item_error))
+    Ok((Action { op, index: Cow::Owned(index), id: id.map(Cow::Owned) }, item_error))
 }
 
 fn random_id(rng: &mut StdRng) -> String {
@@ -525,20 +527,15 @@ fn run_bulk(
     let started = Instant::now();
     state.stats.lock().bulk_requests += 1;
     match bulk_items(&state, default_index.as_deref(), &body) {
-        Ok(items) => {
+        Ok(mut answer) => {
             if matches!(params.refresh.as_deref(), Some("" | "true" | "wait_for")) {
-                let mut touched: Vec<String> = Vec::new();
-                for item in &items {
-                    if touched.last() != Some(&item.index) {
-                        touched.push(item.index.clone());
-                    }
-                }
+                let mut touched = std::mem::take(&mut answer.touched);
                 touched.sort();
                 touched.dedup();
                 state.store.lock().refresh(&touched);
             }
             let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            bulk_response(&items, took)
+            answer.into_response(took)
         }
         Err(error) => {
             state.stats.lock().bulk_rejected_requests += 1;
@@ -547,58 +544,76 @@ fn run_bulk(
     }
 }
 
-/// One bulk item's outcome.
-struct Item {
-    op: WriteOp,
-    index: String,
-    id: String,
-    outcome: Result<Written, ApiError>,
-}
-
 /// Rough bytes of one written item in the answer, to size its buffer once.
 const ITEM_ANSWER_BYTES: usize = 200;
 
-/// The `_bulk` answer, written straight to bytes: the same JSON (keys in serde_json's sorted
-/// order) that building a `Value` per item gave, without the tree.
-fn bulk_response(items: &[Item], took: u64) -> Response {
-    let errors = items.iter().any(|item| item.outcome.is_err());
-    let mut out: Vec<u8> = Vec::with_capacity(64 + items.len() * ITEM_ANSWER_BYTES);
-    out.extend_from_slice(if errors { b"{\"errors\":true,\"items\":[" } else { b"{\"errors\":false,\"items\":[" });
-    for (n, item) in items.iter().enumerate() {
-        if n > 0 {
+/// The `_bulk` answer, written straight to bytes item by item as they are applied: the same JSON
+/// (keys in serde_json's sorted order) that building a `Value` per item gave, without the tree,
+/// and without keeping each item's index and id until the end.
+struct BulkAnswer {
+    /// The items so far, comma-separated, without the brackets.
+    items: Vec<u8>,
+    /// Whether some item failed.
+    errors: bool,
+    /// The indices written to, in order, a run of items to the same index listed once.
+    touched: Vec<String>,
+}
+
+impl BulkAnswer {
+    fn with_capacity(items: usize) -> Self {
+        Self { items: Vec::with_capacity(items * ITEM_ANSWER_BYTES), errors: false, touched: Vec::new() }
+    }
+
+    /// Adds one item's outcome.
+    fn push(&mut self, op: WriteOp, index: &str, id: &str, outcome: &Result<Written, ApiError>) {
+        if self.touched.last().map(String::as_str) != Some(index) {
+            self.touched.push(index.to_owned());
+        }
+        let out = &mut self.items;
+        if !out.is_empty() {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"");
-        out.extend_from_slice(item.op.name().as_bytes());
+        out.extend_from_slice(op.name().as_bytes());
         out.extend_from_slice(b"\":");
-        match &item.outcome {
+        match outcome {
             Ok(written) => {
                 out.extend_from_slice(b"{\"_id\":");
-                write_json_str(&mut out, &item.id);
+                write_json_str(out, id);
                 out.extend_from_slice(b",\"_index\":");
-                write_json_str(&mut out, &item.index);
+                write_json_str(out, index);
                 out.extend_from_slice(b",\"_primary_term\":1,\"_seq_no\":");
-                write_number(&mut out, written.seq_no);
+                write_number(out, written.seq_no);
                 out.extend_from_slice(b",\"_shards\":{\"failed\":0,\"successful\":1,\"total\":2},\"_version\":");
-                write_number(&mut out, written.version);
+                write_number(out, written.version);
                 out.extend_from_slice(b",\"result\":\"");
                 out.extend_from_slice(written.result().as_bytes());
                 out.extend_from_slice(b"\",\"status\":");
-                write_number(&mut out, u64::from(written.status()));
+                write_number(out, u64::from(written.status()));
                 out.push(b'}');
             }
             Err(error) => {
-                let body =
-                    json!({"_index": item.index, "_id": item.id, "status": error.status, "error": error.cause()});
+                self.errors = true;
+                let body = json!({"_index": index, "_id": id, "status": error.status, "error": error.cause()});
                 out.extend_from_slice(body.to_string().as_bytes());
             }
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"],\"took\":");
-    write_number(&mut out, took);
-    out.push(b'}');
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], out).into_response()
+
+    fn into_response(self, took: u64) -> Response {
+        let mut out: Vec<u8> = Vec::with_capacity(self.items.len() + 64);
+        out.extend_from_slice(if self.errors {
+            b"{\"errors\":true,\"items\":["
+        } else {
+            b"{\"errors\":false,\"items\":["
+        });
+        out.extend_from_slice(&self.items);
+        out.extend_from_slice(b"],\"took\":");
+        write_number(&mut out, took);
+        out.push(b'}');
+        ([(axum::http::header::CONTENT_TYPE, "application/json")], out).into_response()
+    }
 }
 
 /// `n` in decimal, without an intermediate `String`.
@@ -632,7 +647,7 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
 }
 
 /// Checks whole-request faults and limits, then applies each item, in order.
-fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Result<Vec<Item>, ApiError> {
+fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Result<BulkAnswer, ApiError> {
     let faults = {
         let mut faults = state.faults.lock();
         let snapshot = faults.clone();
@@ -715,7 +730,8 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
         ));
     }
 
-    let mut items = Vec::with_capacity(pairs.len());
+    let mut answer = BulkAnswer::with_capacity(pairs.len());
+    let items = pairs.len() as u64;
     let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
     let mut conflicts: BTreeMap<String, u64> = BTreeMap::new();
     let mut store = state.store.lock();
@@ -723,7 +739,7 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
     let mut scratch = Vec::new();
     for (action, item_error, source) in pairs {
         let Action { op, index, id } = action;
-        let id = id.unwrap_or_else(|| random_id(&mut rng));
+        let id = id.unwrap_or_else(|| Cow::Owned(random_id(&mut rng)));
         let outcome = match item_error {
             Some(error) => Err(error),
             None => write_item(&mut store, &mut rng, &faults, op, &index, &id, source, &mut scratch),
@@ -734,13 +750,13 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
         };
         *by_status.entry(status).or_default() += 1;
         if status == 409 {
-            *conflicts.entry(index.clone()).or_default() += 1;
+            *conflicts.entry(index.clone().into_owned()).or_default() += 1;
         }
-        items.push(Item { op, index, id, outcome });
+        answer.push(op, &index, &id, &outcome);
     }
     drop(store);
     let mut stats = state.stats.lock();
-    stats.bulk_items += items.len() as u64;
+    stats.bulk_items += items;
     for (index, n) in conflicts {
         *stats.conflicts_by_index.entry(index).or_default() += n;
     }
@@ -750,7 +766,7 @@ fn bulk_items(state: &AppState, default_index: Option<&str>, body: &[u8]) -> Res
         }
         *stats.items_by_status.entry(status).or_default() += n;
     }
-    Ok(items)
+    Ok(answer)
 }
 
 // The bulk loop's locked state and one item's parts, passed through once per item; a struct for

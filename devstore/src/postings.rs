@@ -761,10 +761,16 @@ impl Postings {
 }
 
 /// A string's number, as `query` reads one (`str::parse::<f64>`), NaN left out. The first byte
-/// rules most strings out before parsing: a number, `inf`, `infinity` or `nan`, maybe signed.
+/// rules most strings out before parsing: a number, `inf`, `infinity` or `nan`, maybe signed; and
+/// a decimal number holds nothing but digits, signs, a point and an exponent, which rules out the
+/// hex ids that start with a digit (most of a span's values) without a parse.
 fn text_number(s: &str) -> Option<Num> {
     let first = s.bytes().find(|b| !matches!(b, b'+' | b'-'))?;
-    if !(first.is_ascii_digit() || matches!(first, b'.' | b'i' | b'I' | b'n' | b'N')) {
+    if first.is_ascii_digit() || first == b'.' {
+        if !s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')) {
+            return None;
+        }
+    } else if !matches!(first, b'i' | b'I' | b'n' | b'N') {
         return None;
     }
     s.parse::<f64>().ok().and_then(Num::new)
@@ -918,6 +924,38 @@ mod tests {
         assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![0]));
         assert_eq!(postings.remove(0, docs[0]), added[0]);
         assert!(postings.fields.iter().all(|f| f.texts.is_empty() && f.nums.is_empty()));
+    }
+
+    /// The shortcut in `text_number` never refuses a string `str::parse::<f64>` reads.
+    #[test]
+    fn text_numbers_read_as_parse_does() {
+        for s in [
+            "200",
+            "-1.5e3",
+            "+7",
+            ".5",
+            "5.",
+            "1E-2",
+            "inf",
+            "-Infinity",
+            "NaN",
+            "nan",
+            "3f2a",
+            "1e5x",
+            "0x10",
+            "12 ",
+            " 12",
+            "1_000",
+            "bfdc2990",
+            "1796099656413040",
+            "2026-12-01",
+            "",
+            "-",
+            "e5",
+        ] {
+            let want = s.parse::<f64>().ok().and_then(Num::new);
+            assert_eq!(text_number(s), want, "{s:?}");
+        }
     }
 
     #[test]
