@@ -189,9 +189,12 @@ pub type ItemResults = Vec<(u16, Option<ItemError>)>;
 /// The per-item statuses of a `_bulk` answer, in request order; `None` when every item succeeded.
 pub fn parse_response(body: &[u8], expected: usize) -> Result<Option<ItemResults>, AnswerError> {
     let unreadable = |e: serde_json::Error| AnswerError::Unreadable(clip(e.to_string()));
+    // A head saying `errors: false` is trusted when the answer also ends as an object does: one
+    // cut short (a closed connection) is parsed whole, and refused as unreadable.
+    let ends = body.trim_ascii_end().ends_with(b"}");
     let errors = match errors_first(body) {
-        Some(errors) => errors,
-        None => serde_json::from_slice::<BulkHead>(body).map_err(unreadable)?.errors,
+        Some(errors) if ends => errors,
+        _ => serde_json::from_slice::<BulkHead>(body).map_err(unreadable)?.errors,
     };
     if !errors {
         return Ok(None);
@@ -215,7 +218,8 @@ pub fn parse_response(body: &[u8], expected: usize) -> Result<Option<ItemResults
 /// then known from its first bytes, where parsing it whole costs as much as a tenth of indexing it.
 /// Only keys before `errors` whose values are plain numbers or literals are skipped; anything else
 /// (an escaped key, a string, object or array value before it, no `errors` at all) answers `None`,
-/// and the caller parses the whole answer.
+/// and the caller parses the whole answer. What follows is not read: an answer that repeats
+/// `errors` with another value, which OpenSearch never writes, is taken by its first.
 fn errors_first(body: &[u8]) -> Option<bool> {
     let mut at = 0;
     let skip_space = |at: &mut usize| {
@@ -673,6 +677,11 @@ mod tests {
         // And the whole parse still decides those.
         assert!(parse_response(br#"{"items":[],"errors":false}"#, 0).expect("parses").is_none());
         assert!(matches!(parse_response(br#"{"errors":"false"}"#, 0), Err(AnswerError::Unreadable(_))));
+        // An answer cut short is not taken by its head.
+        assert!(matches!(
+            parse_response(br#"{"took":1,"errors":false,"items":[{"create":{"status":201"#, 1),
+            Err(AnswerError::Unreadable(_))
+        ));
     }
 
     #[test]

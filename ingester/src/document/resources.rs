@@ -135,8 +135,9 @@ mod tests {
         for shape in
             ["service.name=svc-{i:02} host.name=node-1 sdk=rust", "service.name=checkout sdk=rust host=node-{i:02}"]
         {
-            let slots: std::collections::HashSet<usize> =
-                (0..32).map(|i| (hash(shape.replace("{i:02}", &format!("{i:02}")).as_bytes()) >> 58) as usize).collect();
+            let slots: std::collections::HashSet<usize> = (0..32)
+                .map(|i| (hash(shape.replace("{i:02}", &format!("{i:02}")).as_bytes()) >> 58) as usize)
+                .collect();
             assert!(slots.len() > 16, "{shape}: {} distinct slots of 32", slots.len());
         }
     }
