@@ -602,16 +602,17 @@ impl BulkAnswer {
     }
 
     fn into_response(self, took: u64) -> Response {
+        // OpenSearch's order: `took`, `errors`, then the items.
         let mut out: Vec<u8> = Vec::with_capacity(self.items.len() + 64);
+        out.extend_from_slice(b"{\"took\":");
+        write_number(&mut out, took);
         out.extend_from_slice(if self.errors {
-            b"{\"errors\":true,\"items\":["
+            b",\"errors\":true,\"items\":["
         } else {
-            b"{\"errors\":false,\"items\":["
+            b",\"errors\":false,\"items\":["
         });
         out.extend_from_slice(&self.items);
-        out.extend_from_slice(b"],\"took\":");
-        write_number(&mut out, took);
-        out.push(b'}');
+        out.extend_from_slice(b"]}");
         ([(axum::http::header::CONTENT_TYPE, "application/json")], out).into_response()
     }
 }
