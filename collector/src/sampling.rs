@@ -898,7 +898,7 @@ mod tests {
             services.join(",")
         );
         assert!(file.len() < MAX_FILE_BYTES as usize);
-        assert!(1500 * 51 < 1_000_000, "few entries: an entry count would let this through");
+        // 1,500 x 51 entries: under the 1,000,000 an entry count allowed, so bytes must refuse it.
         let e = Strategies::parse(file.as_bytes(), DEFAULT_PROBABILITY).expect_err("too large");
         assert!(e.contains(&format!("more than {MAX_BUILT_BYTES} bytes")), "{e}");
         // Fewer services fit, and every one answers with all the default's operations.
