@@ -866,18 +866,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn inherited_operations_are_bounded_before_they_are_copied() {
-        let ops: Vec<String> =
-            (0..2000).map(|i| format!(r#"{{"operation": "o{i}", "type": "probabilistic", "param": 0.5}}"#)).collect();
-        let services: Vec<String> = (0..600).map(|i| format!(r#"{{"service": "s{i}"}}"#)).collect();
+    /// A file whose default has `operations` operations named `prefix` and a number, inherited by
+    /// `services` listed services (`s0`, `s1`, …).
+    fn inheriting_file(prefix: &str, operations: usize, services: usize) -> String {
+        let ops: Vec<String> = (0..operations)
+            .map(|i| format!(r#"{{"operation": "{prefix}{i:06}", "type": "probabilistic", "param": 0.5}}"#))
+            .collect();
+        let listed: Vec<String> = (0..services).map(|i| format!(r#"{{"service": "s{i}"}}"#)).collect();
         let file = format!(
             r#"{{"default_strategy": {{"type": "probabilistic", "param": 0.5, "operation_strategies": [{}]}},
                 "service_strategies": [{}]}}"#,
             ops.join(","),
-            services.join(",")
+            listed.join(",")
         );
         assert!(file.len() < MAX_FILE_BYTES as usize);
+        file
+    }
+
+    #[test]
+    fn inherited_operations_are_bounded_before_they_are_copied() {
+        let file = inheriting_file("o", 2000, 600);
         let e = Strategies::parse(file.as_bytes(), DEFAULT_PROBABILITY).expect_err("too many");
         assert!(e.contains("would take more than"), "{e}");
     }
@@ -886,24 +894,13 @@ mod tests {
     /// would be some 150 MB of answers; the file is refused from its counts, before any is built.
     #[test]
     fn long_inherited_names_are_bounded_in_bytes() {
-        let long = "n".repeat(MAX_NAME_BYTES - 8);
-        let ops: Vec<String> = (0..1500)
-            .map(|i| format!(r#"{{"operation": "{long}{i:06}", "type": "probabilistic", "param": 0.5}}"#))
-            .collect();
-        let services: Vec<String> = (0..50).map(|i| format!(r#"{{"service": "s{i}"}}"#)).collect();
-        let file = format!(
-            r#"{{"default_strategy": {{"type": "probabilistic", "param": 0.5, "operation_strategies": [{}]}},
-                "service_strategies": [{}]}}"#,
-            ops.join(","),
-            services.join(",")
-        );
-        assert!(file.len() < MAX_FILE_BYTES as usize);
+        let long = "n".repeat(MAX_NAME_BYTES - 6);
+        let file = inheriting_file(&long, 1500, 50);
         // 1,500 x 51 entries: under the 1,000,000 an entry count allowed, so bytes must refuse it.
         let e = Strategies::parse(file.as_bytes(), DEFAULT_PROBABILITY).expect_err("too large");
         assert!(e.contains(&format!("more than {MAX_BUILT_BYTES} bytes")), "{e}");
         // Fewer services fit, and every one answers with all the default's operations.
-        let few = file.replace(&services[10..].join(","), "").replace(",]", "]");
-        let s = parse(&few);
+        let s = parse(&inheriting_file(&long, 1500, 10));
         assert_eq!(s.services(), 10);
         assert_eq!(operations(&s, "s3").len(), 1500);
     }
