@@ -67,8 +67,10 @@ pub struct Receivers {
     pub jaeger_binary_listen: Option<SocketAddr>,
     /// Jaeger remote sampling over HTTP (`GET /sampling?service=`, what the Jaeger agent served on
     /// 5778 and where SDKs ask by default). Default none: off. TLS as on the OTLP listeners; no
-    /// bearer token (SDKs send none). The same strategies are served on `jaeger_http_listen` as
-    /// `GET /api/sampling?service=`.
+    /// bearer token (SDKs send none). Connections here and on `sampling_grpc_listen` have their
+    /// own bound (1,024 open at once), apart from `limits.max_connections`. Setting this (or
+    /// `sampling_grpc_listen`, or `sampling.strategies_file`) turns remote sampling on, which also
+    /// serves the strategies on `jaeger_http_listen` as `GET /api/sampling?service=`.
     pub sampling_http_listen: Option<SocketAddr>,
     /// Jaeger remote sampling over gRPC (`jaeger.api_v2.SamplingManager/GetSamplingStrategy`;
     /// Jaeger v2's port 5779). Default none: off. TLS as on the OTLP listeners; no bearer token.

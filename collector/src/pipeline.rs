@@ -377,12 +377,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let jaeger_http_addr = jaeger_http.as_ref().map(local).transpose()?;
     let sampling_http_addr = sampling_http.as_ref().map(local).transpose()?;
     let sampling_grpc_addr = sampling_grpc.as_ref().map(local).transpose()?;
+    // Remote sampling is on when configured: a strategies file, or a sampling listener. Only then
+    // does jaeger_http_listen answer /api/sampling too (else 404, as before sampling existed).
+    let configured =
+        !config.sampling.strategies_file.is_empty() || sampling_http_addr.is_some() || sampling_grpc_addr.is_some();
+    let served = [jaeger_http_addr, sampling_http_addr, sampling_grpc_addr].iter().any(Option::is_some);
     // The strategies are read (and watched) only when an endpoint serves them.
-    let sampling = if [jaeger_http_addr, sampling_http_addr, sampling_grpc_addr].iter().any(Option::is_some) {
+    let sampling = if configured && served {
         let requests = metrics.sampling_requests.clone();
         Some(Sampling::start(&config.sampling, requests, metrics.reloads.clone(), watchers.clone())?)
     } else {
-        if !config.sampling.strategies_file.is_empty() {
+        if configured {
             tracing::warn!(
                 "sampling.strategies_file is set but no listener serves it: set receivers.sampling_http_listen, sampling_grpc_listen or jaeger_http_listen"
             );
@@ -410,12 +415,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     for weakened in config.kafka.client().weakened_verification() {
         tracing::warn!(setting = %weakened, "kafka tls verification weakened by kafka.librdkafka");
     }
+    // The sampling listeners take no credentials, so they carry no token to leak.
     let loopback_only = grpc_addr.ip().is_loopback()
         && http_addr.ip().is_loopback()
-        && [zipkin_addr, jaeger_http_addr, sampling_http_addr, sampling_grpc_addr]
-            .iter()
-            .flatten()
-            .all(|a| a.ip().is_loopback());
+        && [zipkin_addr, jaeger_http_addr].iter().flatten().all(|a| a.ip().is_loopback());
     if !gate.is_open() && (jaeger_compact_addr.is_some() || jaeger_binary_addr.is_some()) {
         tracing::warn!(
             "receivers.auth is on, but the Jaeger agent's UDP ports take no credentials: anyone who reaches them can send spans; keep them on loopback or a trusted network"
@@ -469,17 +472,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let sampling_http_router = sampling.clone().map(|s| sampling::router("/sampling", "sampling_http", s));
     // gRPC is HTTP/2, which these servers speak (h2c, or h2 by ALPN under TLS).
     let sampling_grpc_router = sampling.map(sampling::grpc_router);
+    // The sampling listeners have their own connection slots: SDKs polling for strategies cannot
+    // take limits.max_connections' slots from span intake.
+    let sampling_slots = Arc::new(Semaphore::new(sampling::MAX_CONNECTIONS));
     let http_apis = [
-        (zipkin, "zipkin", Some(zipkin_router(exporter.clone())), &http_tls),
-        (jaeger_http, "jaeger_http", Some(jaeger_http_router), &http_tls),
-        (sampling_http, "sampling_http", sampling_http_router, &http_tls),
-        (sampling_grpc, "sampling_grpc", sampling_grpc_router, &grpc_tls),
+        (zipkin, "zipkin", Some(zipkin_router(exporter.clone())), &http_tls, &connection_slots),
+        (jaeger_http, "jaeger_http", Some(jaeger_http_router), &http_tls, &connection_slots),
+        (sampling_http, "sampling_http", sampling_http_router, &http_tls, &sampling_slots),
+        (sampling_grpc, "sampling_grpc", sampling_grpc_router, &grpc_tls, &sampling_slots),
     ];
-    for (listener, protocol, router, tls) in http_apis {
+    for (listener, protocol, router, tls, slots) in http_apis {
         let (Some(listener), Some(router)) = (listener, router) else { continue };
         let connections = accept(
             Listener { listener, tls: tls.clone(), protocol },
-            connection_slots.clone(),
+            slots.clone(),
             limits.read_timeout,
             metrics.clone(),
             intake.clone(),
@@ -635,10 +641,11 @@ struct Listener {
     protocol: &'static str,
 }
 
-/// Accepts connections on `listener` while fewer than `limits.max_connections` are open over both
-/// receivers (past it a new connection is closed at once), and hands each on only once its first
-/// byte arrived and, under TLS, its handshake finished, both within `first_byte`: a client that
-/// connects and says nothing, or never completes a handshake, holds nothing for long. A handshake
+/// Accepts connections on `listener` while `slots` has one (`limits.max_connections` over the span
+/// listeners, [`sampling::MAX_CONNECTIONS`] over the sampling ones; past it a new connection is
+/// closed at once), and hands each on only once its first byte arrived and, under TLS, its
+/// handshake finished, both within `first_byte`: a client that connects and says nothing, or never
+/// completes a handshake, holds nothing for long. A handshake
 /// that fails (a plaintext client, an untrusted or expired client certificate, none under mTLS)
 /// closes the connection before any HTTP is read; it is counted, and logged at debug only, since
 /// anyone who can connect can cause one.
@@ -665,7 +672,7 @@ fn accept(
                 },
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(protocol, "limits.max_connections connections open, closing a new one");
+                tracing::debug!(protocol, "every connection slot of this listener is taken, closing a new one");
                 continue;
             };
             let (tx, tls, metrics) = (tx.clone(), tls.clone(), metrics.clone());

@@ -4,7 +4,8 @@
 //! `receivers.sampling_http_listen`, `GET /api/sampling?service=` on `receivers.jaeger_http_listen`:
 //! [`router`]) and gRPC (`jaeger.api_v2.SamplingManager/GetSamplingStrategy` on
 //! `receivers.sampling_grpc_listen`: [`grpc_router`]). [`crate::pipeline`] builds a [`Sampling`]
-//! when one of those listeners is set.
+//! when sampling is configured (a strategies file, or a sampling listener) and a listener serves it;
+//! otherwise `/api/sampling` is not served (404).
 //!
 //! Not on the span path: nothing here touches Kafka or the memory budget. A request costs a map
 //! lookup and a copy of bytes encoded in advance; the gRPC request is cut at
@@ -27,7 +28,9 @@
 //!
 //! Stricter than Jaeger, which falls back silently where these are mistakes: an unknown `type` or
 //! key, a probability outside 0..=1, a negative rate, a service or an operation named twice, or a
-//! `param` missing beside a `type` make the file invalid.
+//! `param` missing beside a `type` make the file invalid. So do a name longer than
+//! [`MAX_NAME_BYTES`] and answers that would take more than [`MAX_BUILT_BYTES`], counted from the
+//! parsed file (with every inherited operation) before any answer is built.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -43,14 +46,17 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use futures::future::BoxFuture;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use serde::Deserialize;
 use serde_json::json;
 use spanline_common::reload::{ReloadMetrics, Watched};
 use tokio_util::sync::CancellationToken;
-use tonic::server::{Grpc, UnaryService};
+use tonic::{
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    server::{Grpc, UnaryService},
+};
 
 use crate::{config::SamplingConfig, error::Error, metrics::SamplingLabels};
 
@@ -60,10 +66,26 @@ pub const DEFAULT_PROBABILITY: f64 = 0.001;
 /// Largest strategies file read. Thousands of services with dozens of operations each fit.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Most per-operation entries over all answers, once services have inherited the default's: a
-/// small file whose default names many operations, copied into many services, is refused here,
-/// before the answers are built.
-pub const MAX_OPERATION_ENTRIES: usize = 1_000_000;
+/// Most bytes the answers built from one file may take (JSON and protobuf, every service), counted
+/// from the file before any answer is built: a small file whose default names many operations,
+/// inherited by many services, is refused here instead of being expanded.
+pub const MAX_BUILT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Longest service or operation name in the file, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// How much of a name an error message quotes.
+const SHOWN_NAME_CHARS: usize = 64;
+
+/// What an answer costs besides its names: an operation's JSON and protobuf framing, a service's
+/// fixed fields and map entry. Generous, so that the count is an upper bound.
+const OPERATION_OVERHEAD_BYTES: usize = 160;
+const SERVICE_OVERHEAD_BYTES: usize = 512;
+
+/// Most connections open at once over the sampling listeners (`receivers.sampling_http_listen` and
+/// `sampling_grpc_listen` together), apart from `limits.max_connections`, which bounds span
+/// intake: SDKs polling for strategies cannot take intake's slots, nor intake theirs.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Largest gRPC `SamplingStrategyParameters` taken (a service name).
 pub const MAX_GRPC_REQUEST_BYTES: usize = 4096;
@@ -182,11 +204,18 @@ enum Kind {
     Ratelimiting,
 }
 
-/// One answer, as the message gRPC sends and the JSON HTTP sends, encoded once.
+/// One answer, encoded once: the protobuf gRPC sends and the JSON HTTP sends.
 #[derive(Debug)]
 pub struct Answer {
-    pub message: wire::Response,
+    pub protobuf: Bytes,
     pub json: Bytes,
+}
+
+impl Answer {
+    /// The answer as a message, decoded again (for tests and tools; serving sends the bytes).
+    pub fn message(&self) -> Result<wire::Response, prost::DecodeError> {
+        prost::Message::decode(self.protobuf.clone())
+    }
 }
 
 /// Whether an answer is a service's own or the default.
@@ -215,7 +244,7 @@ pub struct Strategies {
 impl Strategies {
     /// What every service gets when there is no file: probabilistic `default_probability`.
     pub fn fallback(default_probability: f64) -> Self {
-        Self { default: Arc::new(answer(probabilistic(default_probability))), services: HashMap::new() }
+        Self { default: Arc::new(answer(&probabilistic(default_probability))), services: HashMap::new() }
     }
 
     /// Reads a strategies file's bytes under the rules of this module's documentation. The error
@@ -231,32 +260,39 @@ impl Strategies {
             None => probabilistic(default_probability),
         };
         let listed = file.service_strategies.unwrap_or_default();
-        let inherited = default.operation_sampling.as_ref().map_or(0, |o| o.per_operation_strategies.len());
-        let mut entries = inherited;
-        let mut services = HashMap::with_capacity(listed.len());
+        // First the services' own strategies (no larger than the file) and what the answers will
+        // take once every service has inherited the default's operations; only then the answers.
+        let inherited = operation_bytes(&default);
+        let mut built = answer_bytes(&default);
+        let mut own = Vec::with_capacity(listed.len());
+        let mut names = HashSet::with_capacity(listed.len());
         for strategy in &listed {
             let name = match strategy.service.as_deref() {
                 Some(name) if !name.is_empty() => name,
                 _ => return Err("service_strategies: an entry has no \"service\"".into()),
             };
-            let where_ = format!("service {name:?}");
-            let mut response = rules.service(strategy, &where_)?;
-            let own = response.operation_sampling.as_ref().map_or(0, |o| o.per_operation_strategies.len());
-            entries = entries.saturating_add(own).saturating_add(inherited);
-            if entries > MAX_OPERATION_ENTRIES {
-                return Err(format!(
-                    "more than {MAX_OPERATION_ENTRIES} per-operation strategies over all services, counting those inherited from default_strategy"
-                ));
+            let where_ = format!("service {}", shown(name));
+            if name.len() > MAX_NAME_BYTES {
+                return Err(format!("{where_}: the name is longer than {MAX_NAME_BYTES} bytes"));
             }
-            inherit(&mut response, &default);
-            if services.insert(name.to_owned(), response).is_some() {
+            if !names.insert(name) {
                 return Err(format!("{where_} is listed twice in service_strategies"));
             }
+            let response = rules.service(strategy, &where_)?;
+            built = built.saturating_add(name.len()).saturating_add(answer_bytes(&response)).saturating_add(inherited);
+            if built > MAX_BUILT_BYTES {
+                return Err(format!(
+                    "the answers would take more than {MAX_BUILT_BYTES} bytes, counting the per-operation strategies every listed service inherits from default_strategy"
+                ));
+            }
+            own.push((name, response));
         }
-        Ok(Self {
-            default: Arc::new(answer(default)),
-            services: services.into_iter().map(|(name, response)| (name, Arc::new(answer(response)))).collect(),
-        })
+        let mut services = HashMap::with_capacity(own.len());
+        for (name, mut response) in own {
+            inherit(&mut response, &default);
+            services.insert(name.to_owned(), Arc::new(answer(&response)));
+        }
+        Ok(Self { default: Arc::new(answer(&default)), services })
     }
 
     /// The answer for `service`: its own, else the default.
@@ -328,10 +364,13 @@ impl Rules {
         let mut per_operation = Vec::with_capacity(operations.len());
         for operation in operations {
             let name = operation.operation.as_str();
-            if !seen.insert(name) {
-                return Err(format!("{where_}: operation {name:?} is listed twice"));
+            let where_op = format!("{where_}, operation {}", shown(name));
+            if name.len() > MAX_NAME_BYTES {
+                return Err(format!("{where_op}: the name is longer than {MAX_NAME_BYTES} bytes"));
             }
-            let where_op = format!("{where_}, operation {name:?}");
+            if !seen.insert(name) {
+                return Err(format!("{where_}: operation {} is listed twice", shown(name)));
+            }
             let parsed = self.strategy(operation.kind, operation.param, &where_op)?;
             let Some(probability) = parsed.probabilistic_sampling else {
                 tracing::warn!(
@@ -384,9 +423,44 @@ fn probabilistic(sampling_rate: f64) -> wire::Response {
     }
 }
 
-fn answer(message: wire::Response) -> Answer {
-    let json = Bytes::from(to_json(&message).to_string());
-    Answer { message, json }
+fn answer(message: &wire::Response) -> Answer {
+    let json = Bytes::from(to_json(message).to_string());
+    Answer { protobuf: Bytes::from(prost::Message::encode_to_vec(message)), json }
+}
+
+/// An upper bound on the bytes `message`'s per-operation strategies take in an answer (JSON with
+/// its escapes, and protobuf).
+fn operation_bytes(message: &wire::Response) -> usize {
+    let Some(operations) = &message.operation_sampling else { return 0 };
+    operations.per_operation_strategies.iter().fold(0usize, |sum, o| {
+        sum.saturating_add(json_escaped_len(&o.operation))
+            .saturating_add(o.operation.len())
+            .saturating_add(OPERATION_OVERHEAD_BYTES)
+    })
+}
+
+/// An upper bound on the bytes of `message`'s answer, before inheriting anything.
+fn answer_bytes(message: &wire::Response) -> usize {
+    operation_bytes(message).saturating_add(SERVICE_OVERHEAD_BYTES)
+}
+
+/// How long `s` is inside a JSON string: quotes, backslashes and control characters escaped.
+fn json_escaped_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// A name as an error message quotes it: its start only, when it is long.
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(SHOWN_NAME_CHARS) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &name[..cut], name.len()),
+        None => format!("{name:?}"),
+    }
 }
 
 /// The JSON Jaeger's sampling endpoints answer (protobuf's JSON mapping with its defaults written,
@@ -544,12 +618,51 @@ pub fn grpc_router(sampling: Sampling) -> Router {
                     tonic::Status::unimplemented("only SamplingManager/GetSamplingStrategy is served").into_http(),
                 );
             }
-            let codec = tonic_prost::ProstCodec::<wire::Response, wire::Parameters>::default();
-            let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(MAX_GRPC_REQUEST_BYTES), None);
+            let mut grpc = Grpc::new(EncodedCodec).apply_max_message_size_config(Some(MAX_GRPC_REQUEST_BYTES), None);
             Ok(grpc.unary(GetSamplingStrategy { sampling }, request).await)
         }
     });
     Router::new().fallback_service(service)
+}
+
+/// Decodes the request; sends an answer's protobuf as it was encoded when the file was read.
+#[derive(Clone, Copy, Default)]
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = wire::Parameters;
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for EncodedCodec {
+    type Item = wire::Parameters;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<wire::Parameters>, tonic::Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::invalid_argument(format!("not a SamplingStrategyParameters: {e}")))
+    }
 }
 
 struct GetSamplingStrategy {
@@ -557,15 +670,15 @@ struct GetSamplingStrategy {
 }
 
 impl UnaryService<wire::Parameters> for GetSamplingStrategy {
-    type Response = wire::Response;
-    type Future = BoxFuture<'static, Result<tonic::Response<wire::Response>, tonic::Status>>;
+    type Response = Bytes;
+    type Future = BoxFuture<'static, Result<tonic::Response<Bytes>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<wire::Parameters>) -> Self::Future {
         let sampling = self.sampling.clone();
         Box::pin(async move {
             let service = request.into_inner().service_name;
             match sampling.lookup("grpc", Ok(&service)) {
-                Ok(answer) => Ok(tonic::Response::new(answer.message.clone())),
+                Ok(answer) => Ok(tonic::Response::new(answer.protobuf.clone())),
                 Err(reason) => Err(tonic::Status::invalid_argument(format!("serviceName: {reason}"))),
             }
         })
@@ -581,12 +694,13 @@ mod tests {
     }
 
     fn rate(s: &Strategies, service: &str) -> Option<f64> {
-        s.get(service).0.message.probabilistic_sampling.map(|p| p.sampling_rate)
+        s.get(service).0.message().expect("decodes").probabilistic_sampling.map(|p| p.sampling_rate)
     }
 
     fn operations(s: &Strategies, service: &str) -> Vec<(String, f64)> {
         let answer = s.get(service).0;
-        let ops = answer.message.operation_sampling.as_ref().map(|o| o.per_operation_strategies.clone());
+        let ops =
+            answer.message().expect("decodes").operation_sampling.as_ref().map(|o| o.per_operation_strategies.clone());
         ops.unwrap_or_default()
             .into_iter()
             .map(|o| (o.operation, o.probabilistic_sampling.map_or(-1.0, |p| p.sampling_rate)))
@@ -594,7 +708,7 @@ mod tests {
     }
 
     fn op_default(s: &Strategies, service: &str) -> Option<f64> {
-        s.get(service).0.message.operation_sampling.as_ref().map(|o| o.default_sampling_probability)
+        s.get(service).0.message().expect("decodes").operation_sampling.as_ref().map(|o| o.default_sampling_probability)
     }
 
     #[test]
@@ -633,8 +747,11 @@ mod tests {
         assert_eq!((rate(&s, "foo"), s.get("foo").1), (Some(0.8), Found::Service));
         assert_eq!((rate(&s, "baz"), s.get("baz").1), (Some(0.5), Found::Default));
         let bar = s.get("bar").0;
-        assert_eq!(bar.message.strategy_type, wire::StrategyType::RateLimiting as i32);
-        assert_eq!(bar.message.rate_limiting_sampling, Some(wire::RateLimiting { max_traces_per_second: 5 }));
+        assert_eq!(bar.message().expect("decodes").strategy_type, wire::StrategyType::RateLimiting as i32);
+        assert_eq!(
+            bar.message().expect("decodes").rate_limiting_sampling,
+            Some(wire::RateLimiting { max_traces_per_second: 5 })
+        );
         assert_eq!(
             bar.json,
             Bytes::from_static(br#"{"rateLimitingSampling":{"maxTracesPerSecond":5},"strategyType":"RATE_LIMITING"}"#)
@@ -692,7 +809,7 @@ mod tests {
                 ("op7".into(), 1.0)
             ]
         );
-        let bar = to_json(&s.get("bar").0.message);
+        let bar = to_json(&s.get("bar").0.message().expect("decodes"));
         assert_eq!(bar["strategyType"], "RATE_LIMITING");
         assert_eq!(bar["rateLimitingSampling"]["maxTracesPerSecond"], 5);
         assert_eq!(bar["operationSampling"]["defaultLowerBoundTracesPerSecond"], 0.0);
@@ -717,7 +834,10 @@ mod tests {
         assert_eq!(op_default(&s, "ServiceB"), Some(0.2));
         assert_eq!(operations(&s, "ServiceB"), vec![("/health".into(), 0.1)]);
         let b = s.get("ServiceB").0;
-        assert_eq!(b.message.rate_limiting_sampling, Some(wire::RateLimiting { max_traces_per_second: 3 }));
+        assert_eq!(
+            b.message().expect("decodes").rate_limiting_sampling,
+            Some(wire::RateLimiting { max_traces_per_second: 3 })
+        );
     }
 
     #[test]
@@ -746,20 +866,81 @@ mod tests {
         }
     }
 
-    #[test]
-    fn inherited_operations_are_bounded_before_they_are_copied() {
-        let ops: Vec<String> =
-            (0..2000).map(|i| format!(r#"{{"operation": "o{i}", "type": "probabilistic", "param": 0.5}}"#)).collect();
-        let services: Vec<String> = (0..600).map(|i| format!(r#"{{"service": "s{i}"}}"#)).collect();
+    /// A file whose default has `operations` operations named `prefix` and a number, inherited by
+    /// `services` listed services (`s0`, `s1`, …).
+    fn inheriting_file(prefix: &str, operations: usize, services: usize) -> String {
+        let ops: Vec<String> = (0..operations)
+            .map(|i| format!(r#"{{"operation": "{prefix}{i:06}", "type": "probabilistic", "param": 0.5}}"#))
+            .collect();
+        let listed: Vec<String> = (0..services).map(|i| format!(r#"{{"service": "s{i}"}}"#)).collect();
         let file = format!(
             r#"{{"default_strategy": {{"type": "probabilistic", "param": 0.5, "operation_strategies": [{}]}},
                 "service_strategies": [{}]}}"#,
             ops.join(","),
-            services.join(",")
+            listed.join(",")
         );
         assert!(file.len() < MAX_FILE_BYTES as usize);
+        file
+    }
+
+    #[test]
+    fn inherited_operations_are_bounded_before_they_are_copied() {
+        let file = inheriting_file("o", 2000, 600);
         let e = Strategies::parse(file.as_bytes(), DEFAULT_PROBABILITY).expect_err("too many");
-        assert!(e.contains("per-operation strategies"), "{e}");
+        assert!(e.contains("would take more than"), "{e}");
+    }
+
+    /// Bytes, not entries: 1,500 operations with 1 KiB names (1.5 MB), inherited by 50 services,
+    /// would be some 150 MB of answers; the file is refused from its counts, before any is built.
+    #[test]
+    fn long_inherited_names_are_bounded_in_bytes() {
+        let long = "n".repeat(MAX_NAME_BYTES - 6);
+        let file = inheriting_file(&long, 1500, 50);
+        // 1,500 x 51 entries: under the 1,000,000 an entry count allowed, so bytes must refuse it.
+        let e = Strategies::parse(file.as_bytes(), DEFAULT_PROBABILITY).expect_err("too large");
+        assert!(e.contains(&format!("more than {MAX_BUILT_BYTES} bytes")), "{e}");
+        // Fewer services fit, and every one answers with all the default's operations.
+        let s = parse(&inheriting_file(&long, 1500, 10));
+        assert_eq!(s.services(), 10);
+        assert_eq!(operations(&s, "s3").len(), 1500);
+    }
+
+    #[test]
+    fn names_longer_than_the_bound_are_refused_and_quoted_short() {
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        for file in [
+            format!(r#"{{"service_strategies": [{{"service": "{long}", "type": "probabilistic", "param": 1}}]}}"#),
+            format!(
+                r#"{{"default_strategy": {{"type": "probabilistic", "param": 1, "operation_strategies": [
+                     {{"operation": "{long}", "type": "probabilistic", "param": 1}}]}}}}"#
+            ),
+        ] {
+            let e = Strategies::parse(file.as_bytes(), DEFAULT_PROBABILITY).expect_err("too long");
+            assert!(e.contains(&format!("longer than {MAX_NAME_BYTES} bytes")), "{e}");
+            assert!(e.len() < 300, "the name is not quoted in full: {e}");
+        }
+        let ok = "y".repeat(MAX_NAME_BYTES);
+        let s = parse(&format!(
+            r#"{{"service_strategies": [{{"service": "{ok}", "type": "probabilistic", "param": 1}}]}}"#
+        ));
+        assert_eq!(rate(&s, &ok), Some(1.0));
+    }
+
+    /// The bytes gRPC sends are the answer's message, encoded when the file was read, and the
+    /// JSON says the same.
+    #[test]
+    fn answers_are_encoded_once_as_protobuf_and_json() {
+        let s = parse(
+            r#"{"default_strategy": {"type": "probabilistic", "param": 0.5, "operation_strategies": [
+                   {"operation": "op", "type": "probabilistic", "param": 0.2}]},
+                "service_strategies": [{"service": "a", "type": "ratelimiting", "param": 4}]}"#,
+        );
+        let answer = s.get("a").0;
+        let message = answer.message().expect("decodes");
+        assert_eq!(answer.protobuf, Bytes::from(prost::Message::encode_to_vec(&message)));
+        assert_eq!(message.rate_limiting_sampling, Some(wire::RateLimiting { max_traces_per_second: 4 }));
+        let json: serde_json::Value = serde_json::from_slice(&answer.json).expect("json");
+        assert_eq!(json, to_json(&message));
     }
 
     /// deploy/sampling-strategies.json (which deploy/collector.toml names) answers what
@@ -776,12 +957,11 @@ mod tests {
             operations(&s, "checkout"),
             vec![("GET /cart".into(), 0.25), ("/health".into(), 0.0), ("/metrics".into(), 0.0)]
         );
-        let search = s.get("search").0;
-        assert_eq!(search.message.rate_limiting_sampling, Some(wire::RateLimiting { max_traces_per_second: 20 }));
-        assert_eq!(op_default(&s, "search"), Some(0.1));
-        assert_eq!(operations(&s, "search"), vec![("/health".into(), 0.0), ("/metrics".into(), 0.0)]);
+        let search = s.get("search").0.message().expect("decodes");
+        assert_eq!(search.rate_limiting_sampling, Some(wire::RateLimiting { max_traces_per_second: 20 }));
+        assert_eq!(search.operation_sampling, None, "no per-operation strategies, which SDKs would check first");
         assert_eq!((rate(&s, "other"), s.get("other").1), (Some(0.1), Found::Default));
-        assert_eq!(operations(&s, "other"), vec![("/health".into(), 0.0), ("/metrics".into(), 0.0)]);
+        assert_eq!(operations(&s, "other"), vec![]);
     }
 
     #[tokio::test]

@@ -22,6 +22,13 @@ use tokio_util::sync::CancellationToken;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 async fn start(file: &Path) -> (spanline_collector::Running, CancellationToken) {
+    start_with(file, |_| {}).await
+}
+
+async fn start_with(
+    file: &Path,
+    change: impl FnOnce(&mut spanline_collector::Config),
+) -> (spanline_collector::Running, CancellationToken) {
     let mut c = spanline_collector::Config::default();
     let any = || Some("127.0.0.1:0".parse().expect("addr"));
     c.receivers.grpc_listen = "127.0.0.1:0".parse().expect("addr");
@@ -33,9 +40,26 @@ async fn start(file: &Path) -> (spanline_collector::Running, CancellationToken) 
     c.kafka.brokers = "127.0.0.1:1".into();
     c.sampling.strategies_file = file.display().to_string();
     c.sampling.reload_interval = Duration::from_millis(50);
+    change(&mut c);
     let token = CancellationToken::new();
     let running = spanline_collector::start(c, token.clone()).await.expect("starts");
     (running, token)
+}
+
+/// Writes `contents` to `file` as an operator should (docs/sampling.md): a new file renamed over
+/// the old one, so a reload never reads half of it.
+fn replace(file: &Path, contents: &str) {
+    let new = file.with_extension("new");
+    std::fs::write(&new, contents).unwrap();
+    std::fs::rename(&new, file).unwrap();
+}
+
+/// `spanline_collector_reloads_total{what="sampling_strategies",outcome="failed"}` now (0 before
+/// the first failure).
+async fn failed_reloads(admin: SocketAddr) -> u64 {
+    let prefix = r#"spanline_collector_reloads_total{what="sampling_strategies",outcome="failed"} "#;
+    let (_, metrics) = get(admin, "/metrics").await;
+    metrics.lines().find_map(|l| l.strip_prefix(prefix)).map_or(0, |n| n.trim().parse().unwrap())
 }
 
 async fn get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
@@ -158,7 +182,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 async fn the_opentelemetry_sdk_remote_sampler_follows_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("strategies.json");
-    let write = |json: Value| std::fs::write(&file, json.to_string()).unwrap();
+    let write = |json: Value| replace(&file, &json.to_string());
     write(json!({"service_strategies": [{"service": "shop", "type": "probabilistic", "param": 0.0}]}));
     let (running, token) = start(&file).await;
     let endpoint = format!("http://{}/sampling", running.sampling_http_addr.expect("sampling http"));
@@ -178,12 +202,11 @@ async fn the_opentelemetry_sdk_remote_sampler_follows_the_file() {
 
     // A bad file keeps the last good strategies; the SDK goes on sampling everything. The change
     // is seen once the reload failure is counted.
-    std::fs::write(&file, r#"{"service_strategies": [{"service": "shop", "type": "probabilistic", "param": 2}]}"#)
-        .unwrap();
     let admin = running.admin_addr;
-    let failed = r#"spanline_collector_reloads_total{what="sampling_strategies",outcome="failed"} 1"#;
+    let before = failed_reloads(admin).await;
+    replace(&file, r#"{"service_strategies": [{"service": "shop", "type": "probabilistic", "param": 2}]}"#);
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !get(admin, "/metrics").await.1.contains(failed) {
+    while failed_reloads(admin).await <= before {
         assert!(tokio::time::Instant::now() < deadline, "the bad file's reload failure is never counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -198,6 +221,63 @@ async fn the_opentelemetry_sdk_remote_sampler_follows_the_file() {
         sampled(&sampler, "POST /order") == 200 && sampled(&sampler, "GET /") == 0
     })
     .await;
+    token.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+/// Without sampling configured (no strategies file, no sampling listener), Jaeger's collector port
+/// takes spans only: `/api/sampling` is 404, as before the collector served sampling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jaeger_port_serves_sampling_only_when_it_is_configured() {
+    let (running, token) = start_with(Path::new(""), |c| {
+        c.sampling.strategies_file = String::new();
+        (c.receivers.sampling_http_listen, c.receivers.sampling_grpc_listen) = (None, None);
+    })
+    .await;
+    let jaeger_http = running.jaeger_http_addr.expect("jaeger http");
+    let (status, _) = get(jaeger_http, "/api/sampling?service=checkout").await;
+    assert_eq!(status, 404, "not configured: not served");
+    token.cancel();
+    running.task.await.unwrap().unwrap();
+
+    // A sampling listener alone turns it on, with the fall-back strategy.
+    let (running, token) = start_with(Path::new(""), |c| {
+        c.sampling.strategies_file = String::new();
+        c.receivers.sampling_grpc_listen = None;
+    })
+    .await;
+    let (status, body) = get(running.jaeger_http_addr.unwrap(), "/api/sampling?service=checkout").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""samplingRate":0.001"#), "{body}");
+    token.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+/// The sampling listeners have their own connection slots: with every one of
+/// `limits.max_connections` taken by span intake, SDKs are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_connections_do_not_share_intakes_slots() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strategies.json");
+    std::fs::write(&file, STRATEGIES).unwrap();
+    let (running, token) = start_with(&file, |c| {
+        c.limits.max_connections = 1;
+        c.limits.read_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // One intake connection, answered once (so it was accepted) and kept alive: it holds the only
+    // slot, and another intake connection is closed unanswered.
+    let mut held = tokio::net::TcpStream::connect(running.http_addr).await.unwrap();
+    held.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 64];
+    assert!(held.read(&mut answer).await.unwrap() > 0, "the intake connection is answered");
+    assert!(reqwest::get(format!("http://{}/", running.http_addr)).await.is_err(), "intake is full");
+    let (status, body) = get(running.sampling_http_addr.unwrap(), "/sampling?service=checkout").await;
+    assert_eq!(status, 200, "{body}");
+    let answer = grpc(running.sampling_grpc_addr.unwrap(), "checkout").await.expect("grpc answers");
+    assert_eq!(answer.probabilistic_sampling, Some(wire::Probabilistic { sampling_rate: 1.0 }));
+    drop(held);
     token.cancel();
     running.task.await.unwrap().unwrap();
 }

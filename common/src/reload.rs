@@ -116,7 +116,7 @@ impl<T: Send + Sync + 'static> Watched<T> {
         let first = build(&contents)?;
         let inner = Arc::new(Inner { current: RwLock::new(Arc::new(first)), task: std::sync::Mutex::new(None) });
         let weak = Arc::downgrade(&inner);
-        let task = tokio::spawn(watch(files, contents, interval, Box::new(build), metrics, weak, token));
+        let task = tokio::spawn(watch(files, contents, interval, Arc::new(build), metrics, weak, token));
         if let Ok(mut slot) = inner.task.lock() {
             *slot = Some(task);
         }
@@ -150,7 +150,7 @@ async fn watch<T: Send + Sync + 'static>(
     files: Files,
     mut last: Vec<Vec<u8>>,
     interval: Duration,
-    build: Box<Build<T>>,
+    build: Arc<Build<T>>,
     metrics: ReloadMetrics,
     target: Weak<Inner<T>>,
     token: CancellationToken,
@@ -197,8 +197,28 @@ async fn watch<T: Send + Sync + 'static>(
         if contents == last {
             continue;
         }
+        if target.strong_count() == 0 {
+            return;
+        }
+        // Off the runtime's threads too: parsing a large file (strategies, a certificate bundle)
+        // must not stall the tasks serving requests.
+        let built = {
+            let build = build.clone();
+            tokio::task::spawn_blocking(move || {
+                let value = build(&contents);
+                (contents, value)
+            })
+        };
+        let (contents, value) = match built.await {
+            Ok(built) => built,
+            Err(error) => {
+                tracing::warn!(what, %error, "rebuilding failed, keeping the current value");
+                metrics.count(what, false);
+                continue;
+            }
+        };
         let Some(inner) = target.upgrade() else { return };
-        match build(&contents) {
+        match value {
             Ok(value) => {
                 match inner.current.write() {
                     Ok(mut current) => *current = Arc::new(value),
@@ -245,6 +265,41 @@ mod tests {
         assert_eq!(*watched.get(), 2, "a bad file keeps the last good value");
         std::fs::write(&path, "3").expect("write");
         wait_for(|| *watched.get() == 3).await;
+        token.cancel();
+    }
+
+    /// A rebuild runs off the runtime's threads: on a one-thread runtime, a build that blocks
+    /// until this test's task releases it can only finish if that task still runs meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_rebuild_does_not_block_the_runtime() {
+        use std::sync::{Mutex, atomic::AtomicBool, atomic::Ordering, mpsc};
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("n");
+        std::fs::write(&path, "1").expect("write");
+        let (release, released) = mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let started = Arc::new(AtomicBool::new(false));
+        let building = started.clone();
+        let parse = move |files: &[Vec<u8>]| {
+            if files[0] == b"2" {
+                building.store(true, Ordering::SeqCst);
+                let released = released.lock().map_err(|_| "poisoned".to_owned())?;
+                // Bounded so that a build on the runtime's thread fails the test instead of hanging it.
+                released.recv_timeout(Duration::from_secs(10)).map_err(|_| "never released".to_owned())?;
+            }
+            std::str::from_utf8(&files[0]).ok().and_then(|s| s.parse::<u32>().ok()).ok_or_else(|| "nan".to_owned())
+        };
+        let metrics = ReloadMetrics::default();
+        let token = CancellationToken::new();
+        let watched =
+            Watched::start("n", vec![path.clone()], Duration::from_millis(20), parse, metrics.clone(), token.clone())
+                .expect("starts");
+        std::fs::write(&path, "2").expect("write");
+        wait_for(|| started.load(Ordering::SeqCst)).await;
+        release.send(()).expect("release");
+        wait_for(|| *watched.get() == 2).await;
+        let failed = metrics.0.get_or_create(&ReloadLabels { what: "n", outcome: "failed" }).get();
+        assert_eq!(failed, 0, "the build was released by this task, not timed out");
         token.cancel();
     }
 

@@ -367,6 +367,16 @@ fn collector_env(topic: &str, max_inflight: Option<&str>) -> Vec<(&'static str, 
         ("SPANLINE_COLLECTOR__RECEIVERS__GRPC_LISTEN", "127.0.0.1:24317".into()),
         ("SPANLINE_COLLECTOR__RECEIVERS__HTTP_LISTEN", "127.0.0.1:24318".into()),
         ("SPANLINE_COLLECTOR__ADMIN__LISTEN", "127.0.0.1:24369".into()),
+        // deploy/collector.toml's other listeners use fixed ports a running `make up` holds: any
+        // free port here, so the bench cannot collide with it (only OTLP gRPC is measured).
+        ("SPANLINE_COLLECTOR__RECEIVERS__ZIPKIN_LISTEN", "127.0.0.1:0".into()),
+        ("SPANLINE_COLLECTOR__RECEIVERS__JAEGER_HTTP_LISTEN", "127.0.0.1:0".into()),
+        ("SPANLINE_COLLECTOR__RECEIVERS__JAEGER_COMPACT_LISTEN", "127.0.0.1:0".into()),
+        ("SPANLINE_COLLECTOR__RECEIVERS__JAEGER_BINARY_LISTEN", "127.0.0.1:0".into()),
+        ("SPANLINE_COLLECTOR__RECEIVERS__SAMPLING_HTTP_LISTEN", "127.0.0.1:0".into()),
+        ("SPANLINE_COLLECTOR__RECEIVERS__SAMPLING_GRPC_LISTEN", "127.0.0.1:0".into()),
+        // Named relative to the repository in deploy/collector.toml: found wherever the bench runs.
+        ("SPANLINE_COLLECTOR__SAMPLING__STRATEGIES_FILE", STRATEGIES_FILE.into()),
     ];
     if let Some(bound) = max_inflight {
         env.push(("SPANLINE_COLLECTOR__LIMITS__MAX_INFLIGHT_BYTES", bound.to_owned()));
@@ -388,6 +398,7 @@ fn ingester_env(topic: &str, group: &str, prefix: &str) -> Vec<(&'static str, St
 const COLLECTOR_ARGS: [&str; 3] = ["spanline-collector", "--config", "deploy/collector.toml"];
 const INGESTER_ARGS: [&str; 3] = ["spanline-ingester", "--config", "deploy/ingester.toml"];
 const GRPC: &str = "http://127.0.0.1:24317";
+const STRATEGIES_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sampling-strategies.json");
 
 /// Waits until `store` holds `want` documents under `prefix`; the time of the last change.
 async fn wait_indexed(store: &Store, want: u64, timeout: Duration) -> anyhow::Result<(u64, Instant)> {
