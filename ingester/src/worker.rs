@@ -757,9 +757,10 @@ pub fn decode(encoding: Encoding, value: &Bytes) -> Result<(ExportTraceServiceRe
             match PayloadKind::try_from(letter.payload_kind) {
                 Ok(PayloadKind::OtlpProto) => decode(Encoding::OtlpProto, &payload),
                 Ok(PayloadKind::RawRecord) => {
-                    let source = Encoding::of_name(&letter.source_encoding)
-                        .filter(|&e| e != Encoding::DeadLetter)
-                        .ok_or_else(|| DecodeError::SourceEncoding(spanline_common::clip::clip(letter.source_encoding)))?;
+                    let source =
+                        Encoding::of_name(&letter.source_encoding).filter(|&e| e != Encoding::DeadLetter).ok_or_else(
+                            || DecodeError::SourceEncoding(spanline_common::clip::clip(letter.source_encoding)),
+                        )?;
                     let (request, proto) = decode(source, &payload)?;
                     let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len());
                     if spans.sum::<usize>() == 0 {
@@ -862,7 +863,8 @@ mod tests {
 
     #[test]
     fn encoding_names_round_trip() {
-        for e in [Encoding::OtlpProto, Encoding::OtlpJson, Encoding::JaegerProto, Encoding::JaegerJson, Encoding::DeadLetter]
+        for e in
+            [Encoding::OtlpProto, Encoding::OtlpJson, Encoding::JaegerProto, Encoding::JaegerJson, Encoding::DeadLetter]
         {
             assert_eq!(Encoding::of_name(e.name()), Some(e));
             let configured: Encoding = serde_json::from_value(serde_json::json!(e.name())).unwrap();

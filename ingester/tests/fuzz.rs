@@ -88,6 +88,7 @@ const DOCUMENTS: Target = Target {
         "OTLP JSON uses camelCase keys",
         "invalid spanline.v1.DeadLetter: ",
         "dead letter with unknown payload kind ",
+        "dead letter's raw record ",
     ],
 };
 
