@@ -104,8 +104,34 @@ pub enum Encoding {
     /// base64 ids, RFC 3339 times), `--kafka.producer.encoding=json`.
     JaegerJson,
     /// `spanline.v1.DeadLetter` envelopes (the dead-letter topic, re-driven by `replay`): the span
-    /// payload is unwrapped and indexed; a raw record inside is decoded as OTLP protobuf.
+    /// payload is unwrapped and indexed; a raw record inside is decoded as the encoding its
+    /// envelope names (`source_encoding`; OTLP protobuf when unnamed).
     DeadLetter,
+}
+
+impl Encoding {
+    /// The name `kafka.encoding` spells it with, and a raw record's dead letter records it under
+    /// (`source_encoding`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OtlpProto => "otlp_proto",
+            Self::OtlpJson => "otlp_json",
+            Self::JaegerProto => "jaeger_proto",
+            Self::JaegerJson => "jaeger_json",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// The encoding [`Self::name`] spells `name`; the empty name (a dead letter written before
+    /// `source_encoding` existed, when every topic was OTLP protobuf) is `otlp_proto`.
+    pub fn of_name(name: &str) -> Option<Self> {
+        if name.is_empty() {
+            return Some(Self::OtlpProto);
+        }
+        [Self::OtlpProto, Self::OtlpJson, Self::JaegerProto, Self::JaegerJson, Self::DeadLetter]
+            .into_iter()
+            .find(|e| e.name() == name)
+    }
 }
 
 impl Default for Kafka {

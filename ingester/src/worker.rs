@@ -552,6 +552,10 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
         }
         let dead_lettered = letters.len() as u64;
         if !letters.is_empty() {
+            // A raw record names its encoding, so that a re-drive decodes it as it was written.
+            for letter in letters.iter_mut().filter(|l| l.envelope.payload_kind() == PayloadKind::RawRecord) {
+                letter.envelope.source_encoding = shared.encoding.name().into();
+            }
             if let Some(redrive) = &redrive {
                 letters.iter_mut().for_each(|l| redrive.stamp(&mut l.envelope));
             }
@@ -676,7 +680,15 @@ pub fn decoded_cost(encoding: Encoding, value: &[u8]) -> Option<usize> {
         Encoding::OtlpProto => spanline_common::otlp::scan(value).ok().map(|shape| shape.decoded_bytes),
         Encoding::DeadLetter => {
             let letter = DeadLetter::decode(value).ok()?;
-            let cost = spanline_common::otlp::scan(&letter.payload).ok()?.decoded_bytes;
+            // A raw record is decoded as its source encoding (never as another envelope); the rest
+            // as OTLP protobuf.
+            let inner = match PayloadKind::try_from(letter.payload_kind) {
+                Ok(PayloadKind::RawRecord) => {
+                    Encoding::of_name(&letter.source_encoding).filter(|&e| e != Encoding::DeadLetter)?
+                }
+                _ => Encoding::OtlpProto,
+            };
+            let cost = decoded_cost(inner, &letter.payload)?;
             // The envelope's own copy of the payload is held while its request is decoded.
             Some(cost.saturating_add(letter.payload.len()))
         }
@@ -687,13 +699,16 @@ pub fn decoded_cost(encoding: Encoding, value: &[u8]) -> Option<usize> {
     }
 }
 
-/// What a Jaeger record's span may hold: the collector's Thrift bounds on counts; strings are
-/// bounded by the record itself (`limits.max_record_bytes`), as a Jaeger v1 collector set none.
+/// What a Jaeger record's span may hold: no bound on counts or strings of its own, as a Jaeger v1
+/// collector set none (a bound here would dead-letter, on every re-drive, spans Jaeger indexed).
+/// None is needed for memory: the record is priced per tag, log, reference and string before it
+/// is decoded ([`decoded_cost`] against `limits.max_record_decoded_bytes`) and its bytes are
+/// bounded by `limits.max_record_bytes`; each span's document by `limits.max_document_bytes`.
 const JAEGER_LIMITS: jaeger::Limits = jaeger::Limits {
     max_spans: 1,
-    max_tags: 1024,
-    max_logs: 1024,
-    max_references: 128,
+    max_tags: usize::MAX,
+    max_logs: usize::MAX,
+    max_references: usize::MAX,
     max_string_bytes: usize::MAX,
     max_depth: 32,
 };
@@ -710,6 +725,14 @@ pub enum DecodeError {
     Envelope(prost::DecodeError),
     #[error("dead letter with unknown payload kind {0}")]
     PayloadKind(i32),
+    /// A raw record's envelope names an encoding this ingester does not read, or another
+    /// envelope (a letter that failed to re-drive is not re-driven inside itself).
+    #[error("dead letter's raw record has source encoding {0:?}, which is not re-driven")]
+    SourceEncoding(String),
+    /// A raw record that decodes, as its source encoding, to no span at all: not what was
+    /// dead-lettered (a record is dead-lettered raw only when it could not be decoded).
+    #[error("dead letter's raw record decodes as {0} to no spans")]
+    NoSpans(&'static str),
     /// Not a Jaeger span in the topic's encoding (the text names the encoding).
     #[error("{0}")]
     Jaeger(#[from] ModelError),
@@ -732,7 +755,19 @@ pub fn decode(encoding: Encoding, value: &Bytes) -> Result<(ExportTraceServiceRe
             let letter = DeadLetter::decode(value.as_ref()).map_err(DecodeError::Envelope)?;
             let payload = Bytes::from(letter.payload);
             match PayloadKind::try_from(letter.payload_kind) {
-                Ok(PayloadKind::OtlpProto | PayloadKind::RawRecord) => decode(Encoding::OtlpProto, &payload),
+                Ok(PayloadKind::OtlpProto) => decode(Encoding::OtlpProto, &payload),
+                Ok(PayloadKind::RawRecord) => {
+                    let source =
+                        Encoding::of_name(&letter.source_encoding).filter(|&e| e != Encoding::DeadLetter).ok_or_else(
+                            || DecodeError::SourceEncoding(spanline_common::clip::clip(letter.source_encoding)),
+                        )?;
+                    let (request, proto) = decode(source, &payload)?;
+                    let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len());
+                    if spans.sum::<usize>() == 0 {
+                        return Err(DecodeError::NoSpans(source.name()));
+                    }
+                    Ok((request, proto))
+                }
                 _ => Err(DecodeError::PayloadKind(letter.payload_kind)),
             }
         }
@@ -768,6 +803,76 @@ mod tests {
     /// The most decoding a record allocates, as a multiple of its size, on the worst inputs known
     /// (many empty spans or attributes): the figure `limits.max_record_bytes` is documented with.
     const DECODE_AMPLIFICATION: usize = 300;
+
+    /// A Jaeger span whose protobuf also decodes as OTLP: its trace id reads as a resource
+    /// (`1a 0e` + 14 letters: a `schema_url`), every other field as unknown to OTLP. So as OTLP it
+    /// is a request of no spans.
+    fn jaeger_span_that_reads_as_empty_otlp() -> Vec<u8> {
+        let mut trace_id = vec![0x1a, 14];
+        trace_id.extend_from_slice(b"abcdefghijklmn");
+        let span = model::Span {
+            trace_id,
+            span_id: vec![1; 8],
+            operation_name: "get".into(),
+            start_time: Some(model::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
+            ..Default::default()
+        };
+        span.encode_to_vec()
+    }
+
+    fn raw_letter(payload: Vec<u8>, source_encoding: &str) -> Bytes {
+        let letter = DeadLetter {
+            payload_kind: PayloadKind::RawRecord as i32,
+            payload,
+            source_encoding: source_encoding.into(),
+            ..Default::default()
+        };
+        Bytes::from(letter.encode_to_vec())
+    }
+
+    fn spans(request: &ExportTraceServiceRequest) -> usize {
+        request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
+    }
+
+    #[test]
+    fn a_raw_dead_letter_is_re_driven_as_its_source_encoding() {
+        let record = jaeger_span_that_reads_as_empty_otlp();
+        let (as_otlp, _) = decode(Encoding::OtlpProto, &Bytes::from(record.clone())).unwrap();
+        assert_eq!(spans(&as_otlp), 0, "the record reads as OTLP with no spans");
+        // Named: decoded as Jaeger, its one span.
+        let (request, _) = decode(Encoding::DeadLetter, &raw_letter(record.clone(), "jaeger_proto")).unwrap();
+        assert_eq!(spans(&request), 1);
+        assert!(decoded_cost(Encoding::DeadLetter, &raw_letter(record.clone(), "jaeger_proto")).is_some());
+        // Unnamed (a letter from before `source_encoding`): OTLP, and no span is no decode.
+        let error = decode(Encoding::DeadLetter, &raw_letter(record.clone(), "")).unwrap_err();
+        assert_eq!(error.to_string(), "dead letter's raw record decodes as otlp_proto to no spans");
+        // An envelope inside is not re-driven; an unknown name is refused.
+        for name in ["dead_letter", "thrift"] {
+            let error = decode(Encoding::DeadLetter, &raw_letter(record.clone(), name)).unwrap_err();
+            assert!(matches!(error, DecodeError::SourceEncoding(_)), "{error}");
+            assert_eq!(decoded_cost(Encoding::DeadLetter, &raw_letter(record.clone(), name)), None);
+        }
+        // JSON too.
+        let json = serde_json::json!({
+            "traceId": "AAAAAAAAAAAAAAAAAAAAAQ==", "spanId": "AAAAAAAAAAE=", "startTime": "2027-01-15T08:00:00Z"
+        });
+        let (request, _) =
+            decode(Encoding::DeadLetter, &raw_letter(json.to_string().into_bytes(), "jaeger_json")).unwrap();
+        assert_eq!(spans(&request), 1);
+    }
+
+    #[test]
+    fn encoding_names_round_trip() {
+        for e in
+            [Encoding::OtlpProto, Encoding::OtlpJson, Encoding::JaegerProto, Encoding::JaegerJson, Encoding::DeadLetter]
+        {
+            assert_eq!(Encoding::of_name(e.name()), Some(e));
+            let configured: Encoding = serde_json::from_value(serde_json::json!(e.name())).unwrap();
+            assert_eq!(configured, e, "the name kafka.encoding spells");
+        }
+        assert_eq!(Encoding::of_name(""), Some(Encoding::OtlpProto));
+        assert_eq!(Encoding::of_name("OTLP_PROTO"), None);
+    }
 
     #[test]
     fn decoding_allocates_at_most_the_documented_multiple_of_the_record() {

@@ -60,7 +60,17 @@ const JSON: Target = Target {
 const DEAD_LETTER: Target = Target {
     name: "dead letter",
     bound: Bound { per_byte: 512, fixed: 64 * 1024 },
-    errors: &["invalid spanline.v1.DeadLetter: ", "dead letter with unknown payload kind ", "invalid OTLP protobuf: "],
+    errors: &[
+        "invalid spanline.v1.DeadLetter: ",
+        "dead letter with unknown payload kind ",
+        "invalid OTLP protobuf: ",
+        "dead letter's raw record ",
+        // A raw record decoded as the encoding its envelope names.
+        "invalid OTLP JSON: ",
+        "OTLP JSON uses camelCase keys",
+        "jaeger_proto: ",
+        "jaeger_json: ",
+    ],
 };
 
 /// A decoded record mapped to documents (the decoding measured by the targets above). `map_request`
@@ -78,6 +88,7 @@ const DOCUMENTS: Target = Target {
         "OTLP JSON uses camelCase keys",
         "invalid spanline.v1.DeadLetter: ",
         "dead letter with unknown payload kind ",
+        "dead letter's raw record ",
     ],
 };
 
@@ -167,7 +178,13 @@ fn json(request: &ExportTraceServiceRequest) -> Vec<u8> {
 }
 
 fn letter(kind: i32, payload: Vec<u8>) -> Vec<u8> {
+    letter_of(kind, payload, "")
+}
+
+/// A dead letter whose raw record names `source_encoding`.
+fn letter_of(kind: i32, payload: Vec<u8>, source_encoding: &str) -> Vec<u8> {
     DeadLetter {
+        source_encoding: source_encoding.into(),
         payload_kind: kind,
         payload,
         stage: 1,
@@ -256,9 +273,29 @@ fn dead_letter_survives_mutated_envelopes() {
         1 => fuzz::raw_bytes(256),
     ];
     let envelope = (payload_kind(), payload).prop_map(|(kind, payload)| letter(kind, payload));
+    // Raw records of each encoding, named by their envelopes (or misnamed).
+    let named = || {
+        let name = prop_oneof![
+            Just("otlp_proto"),
+            Just("otlp_json"),
+            Just("jaeger_proto"),
+            Just("jaeger_json"),
+            Just("dead_letter"),
+            Just("thrift")
+        ];
+        let payload = prop_oneof![
+            fuzz::request().prop_map(|r| proto(&r)),
+            fuzz::request().prop_map(|r| json(&r)),
+            jaeger::span().prop_map(|s| jaeger_record(Encoding::JaegerProto, &s)),
+            jaeger::span().prop_map(|s| jaeger_record(Encoding::JaegerJson, &s)),
+        ];
+        (name, payload).prop_map(|(name, payload)| letter_of(PayloadKind::RawRecord as i32, payload, name))
+    };
     let inputs = prop_oneof![
         1 => fuzz::raw_bytes(256),
         4 => fuzz::mutated(envelope, PROTO_TOKENS),
+        2 => named(),
+        2 => fuzz::mutated(named(), PROTO_TOKENS),
     ];
     fuzz::check(file!(), DEAD_LETTER, inputs, |b| decode(Encoding::DeadLetter, b));
 }
@@ -329,7 +366,7 @@ fn jaeger_prices_are_upper_bounds_that_bite() {
         start_time: Some(spanline_common::jaeger::model::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
         ..Default::default()
     };
-    // 1 024 tags is the most a span may keep; the record is translated whole.
+    // 1 024 tags: the record is translated whole.
     span.tags = vec![Default::default(); 1024];
     for encoding in [Encoding::JaegerProto, Encoding::JaegerJson] {
         let bytes = jaeger_record(encoding, &span);
@@ -344,14 +381,60 @@ fn jaeger_prices_are_upper_bounds_that_bite() {
         let over = if encoding == Encoding::JaegerProto { 8 } else { 16 };
         assert!(cost < over * run.peak, "{encoding:?}: priced at {cost}, held {}", run.peak);
     }
-    // Past the limit: refused with a reason, and still within the bounds.
+    // Jaeger v1 set no limit on tags: more are kept, within the price and the bounds.
     span.tags = vec![Default::default(); 16_385];
     for encoding in [Encoding::JaegerProto, Encoding::JaegerJson] {
         let run = jaeger_priced(encoding, &jaeger_record(encoding, &span));
-        assert!(
-            matches!(&run.outcome, Outcome::Err(e) if e.ends_with("span tags: 16385 tags, more than the limit of 1024")),
-            "{run:?}"
-        );
+        assert_eq!(run.outcome, Outcome::Ok, "{encoding:?}");
+        let target = if encoding == Encoding::JaegerProto { JAEGER_PROTO } else { JAEGER_JSON };
+        assert!(target.violation(&run).is_none(), "{encoding:?}: {run:?}");
+    }
+}
+
+/// `limits.max_record_bytes` by default: the largest record the worker decodes.
+const MAX_RECORD: usize = 1024 * 1024;
+
+/// `prefix`, then `item` repeated with commas up to about `MAX_RECORD` bytes, then `suffix`.
+fn repeated(prefix: &str, item: &str, suffix: &str) -> Vec<u8> {
+    let n = (MAX_RECORD - prefix.len() - suffix.len()) / (item.len() + 1);
+    let mut out = prefix.as_bytes().to_vec();
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item.as_bytes());
+    }
+    out.extend_from_slice(suffix.as_bytes());
+    out
+}
+
+/// The shapes that cost most per byte in jsonpb, each near `limits.max_record_bytes`: arrays
+/// where a scalar is expected (refused at once, nothing buffered), arrays where a tag is expected
+/// (serde reads a struct from an array), nulls and trailing colons. Every one held within its
+/// price.
+#[test]
+fn jaeger_json_worst_shapes_stay_within_their_price() {
+    let ids = r#""traceId":"AAAAAAAAAAAAAAAAAAAAAQ==","spanId":"AAAAAAAAAAE=","startTime":"2027-01-15T08:00:00Z""#;
+    let cases = [
+        ("flags array", repeated(r#"{"flags":["#, "1", "]}")),
+        ("vInt64 array", repeated(r#"{"tags":[{"vInt64":["#, "1", "]}]}")),
+        ("vType array", repeated(r#"{"tags":[{"vType":["#, "1", "]}]}")),
+        ("refType array", repeated(r#"{"references":[{"refType":["#, "1", "]}]}")),
+        ("vFloat64 array", repeated(r#"{"tags":[{"vFloat64":["#, "1", "]}]}")),
+        ("flags object", repeated(r#"{"flags":{"a":["#, "1", "]}}")),
+        ("tags as arrays", repeated(&format!("{{{ids},\"tags\":["), "[]", "]}")),
+        ("tags as objects", repeated(&format!("{{{ids},\"tags\":["), "{}", "]}")),
+        ("null tags", repeated(&format!("{{{ids},\"tags\":["), r#"{"key":null,"vStr":null,"vInt64":null}"#, "]}")),
+        ("warnings", repeated(&format!("{{{ids},\"warnings\":["), r#""""#, "]}")),
+        ("trailing colons", repeated(r#"{"warnings":["#, r#""":::"#, "]}")),
+    ];
+    for (name, bytes) in cases {
+        assert!(bytes.len() <= MAX_RECORD, "{name}");
+        let cost = worker::decoded_cost(Encoding::JaegerJson, &bytes).unwrap();
+        let run = decode(Encoding::JaegerJson, &bytes);
+        eprintln!("{name}: {} bytes held {} at most, priced {cost}: {:?}", bytes.len(), run.peak, run.outcome);
+        assert!(run.peak <= cost as u64, "{name}: held {} bytes, priced at {cost}", run.peak);
+        assert!(JAEGER_JSON.violation(&run).is_none(), "{name}: {run:?}");
     }
 }
 

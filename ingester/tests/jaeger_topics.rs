@@ -16,7 +16,8 @@ use spanline_devstore::Faults;
 use spanline_ingester::config::Encoding;
 use spanline_proto::{DeadLetter, PayloadKind, Stage};
 use spanline_testkit::{
-    Broker, devstore_with_faults, documents, exactly_once, fixtures, jaeger, produce, read_at_least,
+    Broker, devstore_with_faults, documents, exactly_once, fixtures, jaeger, produce, read_at_least, read_topic,
+    span_conflicts, wait_for,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -115,14 +116,15 @@ async fn drain(encoding: Encoding, topic: &str) {
     broker.create_topic(&dlq, 1).await.expect("dlq topic");
     let store = devstore_with_faults(Faults::default()).await.expect("store");
     let start_ns = fixtures::now_unix_nano();
-    produce(&broker.bootstrap(), topic, &records(encoding, start_ns)).await.expect("produced");
+    let records = records(encoding, start_ns);
+    produce(&broker.bootstrap(), topic, &records).await.expect("produced");
 
     let mut c = common::config(&broker, &store.url());
     c.kafka.topic = topic.into();
     c.kafka.dead_letter.topic = dlq.clone();
     c.kafka.encoding = encoding;
     let shutdown = CancellationToken::new();
-    let ingester = spanline_ingester::start(c, shutdown.clone()).await.expect("starts");
+    let ingester = spanline_ingester::start(c.clone(), shutdown.clone()).await.expect("starts");
     let conflicts =
         exactly_once(&store.url(), &keys(), Duration::from_secs(60)).await.expect("every span exactly once");
     assert_eq!(conflicts, 0);
@@ -164,24 +166,90 @@ async fn drain(encoding: Encoding, topic: &str) {
         assert_eq!(tag(&logs[0]["fields"], "attempt"), Some((json!("int64"), json!("2"))));
     }
 
-    // The two malformed records, dead-lettered with their reasons and their bytes.
-    let letters = read_at_least(&broker.bootstrap(), &dlq, 2).await.expect("dead letters arrive");
+    // The two malformed records, dead-lettered with their reasons, their bytes and their encoding.
     let name = if encoding == Encoding::JaegerProto { "jaeger_proto: " } else { "jaeger_json: " };
-    let mut reasons: Vec<(Option<Vec<u8>>, String)> = letters
-        .iter()
-        .map(|r| {
-            let letter = DeadLetter::decode(r.payload.as_slice()).expect("envelope");
-            assert_eq!(letter.stage(), Stage::Decode);
-            assert_eq!(letter.payload_kind(), PayloadKind::RawRecord);
-            assert_eq!(letter.source_topic, topic);
-            assert!(letter.reason.starts_with(name), "{}", letter.reason);
-            (r.key.clone(), letter.reason)
-        })
-        .collect();
-    reasons.sort();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert_eq!(reasons[0].0.as_deref(), Some(b"garbage".as_slice()));
-    assert_eq!(reasons[1], (Some(b"zero".to_vec()), format!("{name}span refused: trace id is all zeros")));
+    let zero_reason = format!("{name}span refused: trace id is all zeros");
+    let check_letters = |dlq: &str, n: usize, source_encoding: &str, payload_of: &dyn Fn(&str) -> Vec<u8>| {
+        let (broker, dlq, source_encoding) = (broker.bootstrap(), dlq.to_owned(), source_encoding.to_owned());
+        let zero_reason = zero_reason.clone();
+        let payloads: Vec<(String, Vec<u8>)> =
+            ["garbage", "zero"].iter().map(|k| ((*k).into(), payload_of(k))).collect();
+        async move {
+            let letters = read_at_least(&broker, &dlq, n).await.expect("dead letters arrive");
+            let mut reasons: Vec<(Option<Vec<u8>>, String)> = letters
+                .iter()
+                .map(|r| {
+                    let letter = DeadLetter::decode(r.payload.as_slice()).expect("envelope");
+                    assert_eq!(letter.stage(), Stage::Decode);
+                    assert_eq!(letter.payload_kind(), PayloadKind::RawRecord);
+                    assert_eq!(letter.source_topic, topic);
+                    assert_eq!(letter.source_encoding, source_encoding);
+                    assert!(letter.reason.starts_with(name), "{}", letter.reason);
+                    let key = String::from_utf8(r.key.clone().expect("keyed")).expect("utf-8");
+                    let payload = &payloads.iter().find(|(k, _)| *k == key).expect("a malformed record's key").1;
+                    assert_eq!(&letter.payload, payload, "{key}: the record's bytes");
+                    (r.key.clone(), letter.reason)
+                })
+                .collect();
+            reasons.sort();
+            assert_eq!(reasons.len(), n, "{reasons:?}");
+            let garbage = reasons.iter().filter(|(k, _)| k.as_deref() == Some(b"garbage".as_slice())).count();
+            assert_eq!(garbage, n / 2, "{reasons:?}");
+            let mut zero = reasons.iter().filter(|(k, _)| k.as_deref() == Some(b"zero".as_slice()));
+            assert!(zero.clone().count() == n / 2 && zero.all(|(_, r)| *r == zero_reason), "{reasons:?}");
+        }
+    };
+    let record_of = |key: &str| records.iter().find(|(k, _)| k == key).expect("produced").1.clone();
+    check_letters(&dlq, 2, encoding.name(), &record_of).await;
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+
+    // Read again by a new group into the same store: every span written onto its own document
+    // (deterministic ids, answered 409), nothing changed, the malformed records dead-lettered again.
+    let before = documents(&store.url(), "jaeger-span-*").await.expect("documents");
+    let mut again = c.clone();
+    again.kafka.group_id = format!("{}-again", c.kafka.group_id);
+    let shutdown = CancellationToken::new();
+    let ingester = spanline_ingester::start(again, shutdown.clone()).await.expect("starts again");
+    let spans = TRACES * SPANS;
+    let conflicts =
+        wait_for(Duration::from_secs(60), || async { span_conflicts(&store.url()).await.ok().filter(|&c| c >= spans) })
+            .await
+            .expect("every span answered 409");
+    assert_eq!(conflicts, spans, "each span once more");
+    check_letters(&dlq, 4, encoding.name(), &record_of).await;
+    let mut after = documents(&store.url(), "jaeger-span-*").await.expect("documents");
+    let mut before = before;
+    before.sort_by(|a, b| a.0.cmp(&b.0));
+    after.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(before, after, "the documents unchanged");
+    shutdown.cancel();
+    ingester.task.await.expect("join").expect("clean stop");
+
+    // Re-driven: each raw letter decoded as the topic's encoding (not as OTLP), so refused again
+    // with the same reason, naming the envelope it came from as its encoding.
+    let dlq2 = format!("{topic}_dlq2");
+    broker.create_topic(&dlq2, 1).await.expect("dlq2 topic");
+    let mut redrive = c.clone();
+    redrive.kafka.topic = dlq.clone();
+    redrive.kafka.encoding = Encoding::DeadLetter;
+    redrive.kafka.group_id = format!("{}-redrive", c.kafka.group_id);
+    redrive.kafka.dead_letter.topic = dlq2.clone();
+    let shutdown = CancellationToken::new();
+    let ingester = spanline_ingester::start(redrive, shutdown.clone()).await.expect("starts to re-drive");
+    let first = read_topic(&broker.bootstrap(), &dlq).await.expect("dead letters");
+    let redriven = read_at_least(&broker.bootstrap(), &dlq2, 4).await.expect("re-driven letters arrive");
+    for r in &redriven {
+        let letter = DeadLetter::decode(r.payload.as_slice()).expect("envelope");
+        assert_eq!(letter.source_encoding, "dead_letter");
+        assert_eq!(letter.redrives, 1);
+        assert!(letter.reason.starts_with(name), "decoded as the topic's encoding: {}", letter.reason);
+        if r.key.as_deref() == Some(b"zero".as_slice()) {
+            assert_eq!(letter.reason, zero_reason);
+        }
+        assert!(first.iter().any(|f| f.payload == letter.payload), "the re-driven envelope's bytes");
+    }
+    assert_eq!(span_conflicts(&store.url()).await.expect("stats"), spans, "nothing indexed by the re-drive");
     shutdown.cancel();
     ingester.task.await.expect("join").expect("clean stop");
 }

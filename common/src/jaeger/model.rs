@@ -194,12 +194,13 @@ fn string_cost() -> usize {
     size_of::<String>() * GROWTH + PER_ELEMENT_HEAP
 }
 
-/// What any record costs beside its elements: the span, the request around it, and twice its bytes
-/// (strings copied from the record, then moved into the translation; the request re-encoded).
+/// What any record costs beside its elements: the span, the request around it, and four times its
+/// bytes (strings copied from the record and moved into the translation; the request re-encoded;
+/// a status message copied from `http.status_message`, which stays as an attribute).
 fn fixed_cost(len: usize) -> usize {
     (size_of::<Span>() + size_of::<OtlpSpan>() + size_of::<ResourceSpans>() + size_of::<ScopeSpans>())
         + 4 * PER_ELEMENT_HEAP
-        + len.saturating_mul(3)
+        + len.saturating_mul(4)
 }
 
 /// Counts of the repeated elements a record holds.
@@ -296,11 +297,15 @@ fn walk<'a>(mut bytes: &'a [u8], f: &mut dyn FnMut(u64, Wire<'a>) -> Result<(), 
 }
 
 /// The most heap bytes decoding and translating a `jaeger_json` record holds: every object (a tag,
-/// log, reference, process …) counted as the costliest element, every string that is not a key as
-/// an element of a repeated field, without decoding anything (a scan for `{`, `"` and `:` outside
-/// strings).
+/// log, reference, process …) and every array counted as the costliest element (serde reads a
+/// struct from an array too, so `[]` where a tag is expected is an empty tag), every string that
+/// is not a key as an element of a repeated field, without decoding anything (a scan for `{`,
+/// `[`, `"` and `:` outside strings).
 pub fn json_cost(bytes: &[u8]) -> usize {
-    let (mut objects, mut strings, mut keys, mut in_string, mut escaped) = (0usize, 0usize, 0usize, false, false);
+    let (mut objects, mut strings, mut keys) = (0usize, 0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    // A string has just closed (whitespace aside): a `:` now makes it a key, once.
+    let mut after_string = false;
     for &b in bytes {
         if in_string {
             if escaped {
@@ -309,15 +314,25 @@ pub fn json_cost(bytes: &[u8]) -> usize {
                 escaped = true;
             } else if b == b'"' {
                 in_string = false;
+                after_string = true;
             }
-        } else if b == b'"' {
-            in_string = true;
-            strings += 1;
-        } else if b == b'{' {
-            objects += 1;
-        } else if b == b':' {
+            continue;
+        }
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        }
+        if b == b':' && after_string {
             // The string before it was a key: read into a field name, never kept.
             keys += 1;
+        }
+        after_string = false;
+        match b {
+            b'"' => {
+                in_string = true;
+                strings += 1;
+            }
+            b'{' | b'[' => objects += 1,
+            _ => {}
         }
     }
     let strings = strings.saturating_sub(keys);
@@ -487,25 +502,25 @@ struct JsonSpan {
     trace_id: Vec<u8>,
     #[serde(default, alias = "span_id", deserialize_with = "base64_bytes")]
     span_id: Vec<u8>,
-    #[serde(default, alias = "operation_name")]
+    #[serde(default, alias = "operation_name", deserialize_with = "nullable")]
     operation_name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     references: Vec<JsonRef>,
     #[serde(default, deserialize_with = "uint32")]
     flags: u32,
-    #[serde(default, alias = "start_time")]
+    #[serde(default, alias = "start_time", deserialize_with = "nullable")]
     start_time: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     duration: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     tags: Vec<JsonKeyValue>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     logs: Vec<JsonLog>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     process: Option<JsonProcess>,
-    #[serde(default, alias = "process_id")]
+    #[serde(default, alias = "process_id", deserialize_with = "nullable")]
     process_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     warnings: Vec<String>,
 }
 
@@ -523,13 +538,13 @@ struct JsonRef {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonKeyValue {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     key: String,
     #[serde(default, alias = "v_type", deserialize_with = "value_type")]
     v_type: i32,
-    #[serde(default, alias = "v_str")]
+    #[serde(default, alias = "v_str", deserialize_with = "nullable")]
     v_str: String,
-    #[serde(default, alias = "v_bool")]
+    #[serde(default, alias = "v_bool", deserialize_with = "nullable")]
     v_bool: bool,
     #[serde(default, alias = "v_int64", deserialize_with = "int64")]
     v_int64: i64,
@@ -541,18 +556,18 @@ struct JsonKeyValue {
 
 #[derive(Deserialize)]
 struct JsonLog {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     timestamp: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     fields: Vec<JsonKeyValue>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonProcess {
-    #[serde(default, alias = "service_name")]
+    #[serde(default, alias = "service_name", deserialize_with = "nullable")]
     service_name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     tags: Vec<JsonKeyValue>,
 }
 
@@ -626,14 +641,66 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(if negative { Duration { seconds: -seconds, nanos: -nanos } } else { Duration { seconds, nanos } })
 }
 
-/// A JSON string or number.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A JSON string or number, or `null` (jsonpb reads it as the field's default).
 enum Scalar {
     Int(i64),
     Uint(u64),
     Float(f64),
     Text(String),
+    Null,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    /// By hand, not `#[serde(untagged)]`: an untagged enum buffers the whole value (an array of a
+    /// million numbers, say) before trying its variants, holding far more than the record's
+    /// price. This visitor has no `visit_seq` or `visit_map`, so an array or object is refused at
+    /// its first byte, before anything inside it is read.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> de::Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string, a number or null")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(i64::try_from(v).map_or(Scalar::Uint(v), Scalar::Int))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+}
+
+/// jsonpb reads `null` as the field's default: any field of the span may be `null`.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
@@ -648,6 +715,7 @@ fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
 fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     match Scalar::deserialize(d)? {
         Scalar::Int(i) => Ok(i),
+        Scalar::Null => Ok(0),
         Scalar::Text(s) => s.parse().map_err(|_| de::Error::custom("an int64 that is not an integer")),
         _ => Err(de::Error::custom("an int64 out of range")),
     }
@@ -656,6 +724,7 @@ fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 fn uint32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let n = match Scalar::deserialize(d)? {
         Scalar::Int(i) => i64::try_into(i).ok(),
+        Scalar::Null => Some(0),
         Scalar::Uint(u) => u.try_into().ok(),
         Scalar::Text(s) => s.parse().ok(),
         Scalar::Float(_) => None,
@@ -666,6 +735,7 @@ fn uint32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 fn float64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     match Scalar::deserialize(d)? {
         Scalar::Float(f) => Ok(f),
+        Scalar::Null => Ok(0.0),
         Scalar::Int(i) => Ok(i as f64),
         Scalar::Uint(u) => Ok(u as f64),
         Scalar::Text(s) => match s.as_str() {
@@ -681,6 +751,7 @@ fn float64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 fn enumeration<'de, D: Deserializer<'de>>(d: D, names: &[&str], what: &str) -> Result<i32, D::Error> {
     match Scalar::deserialize(d)? {
         Scalar::Int(i) => i32::try_from(i).map_err(|_| de::Error::custom(format!("{what} out of range"))),
+        Scalar::Null => Ok(0),
         Scalar::Text(s) => names
             .iter()
             .position(|n| *n == s)
@@ -992,19 +1063,58 @@ mod tests {
     fn costs_count_every_element_and_bound_the_json_scan() {
         let base = proto_cost(&[]).unwrap();
         let one_tag = proto_cost(&len(8, &[])).unwrap();
-        assert_eq!(one_tag - base, tag_cost() + 3 * 2, "one tag and its two bytes");
+        assert_eq!(one_tag - base, tag_cost() + 4 * 2, "one tag and its two bytes");
         let log_with_two_fields = proto_cost(&len(9, &cat(&[len(2, &[]), len(2, &[])]))).unwrap();
-        assert_eq!(log_with_two_fields - base, log_cost() + 2 * tag_cost() + 3 * 6);
+        assert_eq!(log_with_two_fields - base, log_cost() + 2 * tag_cost() + 4 * 6);
         let process = proto_cost(&len(10, &len(2, &[]))).unwrap();
-        assert_eq!(process - base, tag_cost() + 3 * 4);
-        assert_eq!(proto_cost(&len(4, &[])).unwrap() - base, reference_cost() + 3 * 2);
-        assert_eq!(proto_cost(&len(12, &[])).unwrap() - base, string_cost() + 3 * 2);
+        assert_eq!(process - base, tag_cost() + 4 * 4);
+        assert_eq!(proto_cost(&len(4, &[])).unwrap() - base, reference_cost() + 4 * 2);
+        assert_eq!(proto_cost(&len(12, &[])).unwrap() - base, string_cost() + 4 * 2);
         // Unknown fields cost only their bytes.
-        assert_eq!(proto_cost(&len(15, &[1, 2])).unwrap() - base, 3 * 4);
+        assert_eq!(proto_cost(&len(15, &[1, 2])).unwrap() - base, 4 * 4);
         // JSON: braces inside strings are not objects.
         assert_eq!(json_cost(br#"{"a":"{{{{"}"#), json_cost(br#"{"a":"xxxx"}"#));
         assert!(json_cost(br#"{"a":[{},{}]}"#) > json_cost(br#"{"a":["x","y"]}"#));
         // A key is read into a field name, not kept: only value strings are priced.
         assert!(json_cost(br#"{"a":1}"#) < json_cost(br#"{"a":"1"}"#));
+        // Only a `:` right after a string (whitespace aside) makes it a key, once: stray colons
+        // do not make value strings free.
+        let one = json_cost(br#"["x"]"#);
+        assert_eq!(json_cost(br#"["x",:::]"#) - one, 4 * 4, "the colons' bytes only");
+        assert_eq!(json_cost(br#"["x","y"::]"#) - one, 6 * 4, "one key at most");
+        assert_eq!(json_cost(br#"{"a" : "x"}"#), json_cost(br#"{"a":"x"}"#) + 2 * 4);
+        // An array is priced as an element: serde reads a tag from `[]` as from `{}`.
+        assert_eq!(json_cost(br#"[[]]"#), json_cost(br#"[{}]"#));
+    }
+
+    #[test]
+    fn nulls_read_as_defaults() {
+        let nulls = r#"{"traceId":"AAAAAAAAAAABAgMEBQYHCA==","spanId":"AAAAAAAAAAk=","operationName":null,
+            "references":null,"flags":null,"startTime":"2024-01-01T00:00:00Z","duration":null,
+            "tags":[{"key":null,"vType":null,"vStr":null,"vBool":null,"vInt64":null,"vFloat64":null,"vBinary":null}],
+            "logs":[{"timestamp":null,"fields":null}],"process":{"serviceName":null,"tags":null},
+            "processId":null,"warnings":null}"#;
+        let span = decode_json(nulls.as_bytes()).unwrap();
+        let expected = Span {
+            trace_id: TRACE.to_vec(),
+            span_id: vec![0, 0, 0, 0, 0, 0, 0, 9],
+            start_time: Some(Timestamp { seconds: START_S, nanos: 0 }),
+            tags: vec![KeyValue::default()],
+            logs: vec![Log::default()],
+            process: Some(Process::default()),
+            ..Default::default()
+        };
+        assert_eq!(span, expected);
+        let all_null = r#"{"traceId":null,"spanId":null,"references":[{"traceId":null,"spanId":null,"refType":null}],"process":null}"#;
+        let span = decode_json(all_null.as_bytes()).unwrap();
+        assert_eq!(span.references, vec![SpanRef::default()]);
+    }
+
+    #[test]
+    fn arrays_where_a_scalar_is_expected_are_refused() {
+        for text in [r#"{"flags":[1,2]}"#, r#"{"tags":[{"vInt64":[1]}]}"#, r#"{"tags":[{"vType":{"a":1}}]}"#] {
+            let error = decode_json(text.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains("a string, a number or null"), "{text}: {error}");
+        }
     }
 }
