@@ -917,7 +917,9 @@ fn map_wire(
                             Some(written) => written,
                             None => {
                                 process_json.clear();
-                                match resources.process(resource_bytes, max).filter(|_| pass == Pass::Fast) {
+                                let kept =
+                                    if pass == Pass::Fast { resources.process(resource_bytes, max) } else { None };
+                                match kept {
                                     Some((json, len, fits)) => {
                                         process_json.extend_from_slice(json);
                                         *process.insert((len, fits))
