@@ -421,31 +421,38 @@ fn write_tag<S: Sink>(
     decoded: Option<&KeyValue>,
     scratch: &mut Vec<u8>,
 ) -> Read<()> {
-    w.raw(b"{\"key\":");
-    w.str(kv.key.as_bytes());
+    // The quotes around the key and a value are written with the constant parts beside them:
+    // a tag is the most frequent thing written, and each write has its own bookkeeping.
+    w.raw(b"{\"key\":\"");
+    w.text(kv.key)?;
     match kv.value.unwrap_or(wire::AnyValue::Empty) {
         wire::AnyValue::String(s) => {
-            w.raw(b",\"type\":\"string\",\"value\":");
-            w.str(s.as_bytes());
+            w.raw(b"\",\"type\":\"string\",\"value\":\"");
+            w.text(s)?;
+            w.raw(b"\"}");
+            return Ok(());
         }
         wire::AnyValue::Bool(b) => {
-            w.raw(if b { b",\"type\":\"bool\",\"value\":\"true\"" } else { b",\"type\":\"bool\",\"value\":\"false\"" });
+            w.raw(if b { b"\",\"type\":\"bool\",\"value\":\"true\"}" } else { b"\",\"type\":\"bool\",\"value\":\"false\"}" });
+            return Ok(());
         }
         wire::AnyValue::Int(i) => {
-            w.raw(b",\"type\":\"int64\",\"value\":\"");
+            w.raw(b"\",\"type\":\"int64\",\"value\":\"");
             w.i64(i);
-            w.raw(b"\"");
+            w.raw(b"\"}");
+            return Ok(());
         }
         wire::AnyValue::Double(d) => {
             // Rust's `Display` of an f64 (no exponent; `NaN`, `inf`), as a string: no escapes.
-            w.raw(b",\"type\":\"float64\",\"value\":\"");
+            w.raw(b"\",\"type\":\"float64\",\"value\":\"");
             scratch.clear();
             let _ = write!(scratch, "{d}");
             w.raw(scratch);
-            w.raw(b"\"");
+            w.raw(b"\"}");
+            return Ok(());
         }
         wire::AnyValue::Bytes(b) => {
-            w.raw(b",\"type\":\"binary\",\"value\":");
+            w.raw(b"\",\"type\":\"binary\",\"value\":");
             w.hex_str(b);
         }
         wire::AnyValue::Nested(any) => {
@@ -461,31 +468,32 @@ fn write_tag<S: Sink>(
                 }
                 None => return Err(Unusual),
             };
-            w.raw(b",\"type\":\"string\",\"value\":");
+            w.raw(b"\",\"type\":\"string\",\"value\":");
             w.str_of(|out| {
                 let _ = serde_json::to_writer(out, any);
             });
         }
         // Newer OTLP value kinds (references into a string table) are written as their debug form.
         wire::AnyValue::StringIndex(index) => {
-            w.raw(b",\"type\":\"string\",\"value\":");
+            w.raw(b"\",\"type\":\"string\",\"value\":");
             scratch.clear();
             let _ = write!(scratch, "{:?}", any_value::Value::StringValueStrindex(index));
             w.str(scratch);
         }
-        wire::AnyValue::Empty => w.raw(b",\"type\":\"string\",\"value\":\"\""),
+        wire::AnyValue::Empty => w.raw(b"\",\"type\":\"string\",\"value\":\"\""),
     }
     w.raw(b"}");
     Ok(())
 }
 
-/// A tag of type string with a fixed key (`key_json` is `{"key":"…","type":"string","value":`).
-/// The next element of a tag list: a string tag whose `{"key":…,"value":` is `key_json`.
+/// The next element of a tag list: a string tag with a fixed key (`key_json` is
+/// `{"key":"…","type":"string","value":"`, the value's opening quote included).
 fn write_str_tag<S: Sink>(w: &mut Writer<'_, S>, first: &mut bool, key_json: &[u8], value: &str) {
+    debug_assert!(key_json.ends_with(b":\""));
     separate(w, first);
     w.raw(key_json);
-    w.str(value.as_bytes());
-    w.raw(b"}");
+    w.escaped(value.as_bytes());
+    w.raw(b"\"}");
 }
 
 /// A trace id as a JSON string, in the form `ids` says.
@@ -530,11 +538,11 @@ fn write_process<S: Sink>(
     decoded: Option<&[KeyValue]>,
     scratch: &mut Vec<u8>,
 ) -> Read<()> {
-    w.raw(b"{\"serviceName\":");
-    w.str(service.as_bytes());
-    w.raw(b",\"tags\":[");
+    w.raw(b"{\"serviceName\":\"");
+    w.escaped(service.as_bytes());
+    w.raw(b"\",\"tags\":[");
     let mut first = true;
-    for (i, kv) in resource.attributes().enumerate().filter(|(_, kv)| kv.key != "service.name") {
+    for (i, kv) in resource.attributes().enumerate().filter(|(_, kv)| kv.key != b"service.name") {
         separate(w, &mut first);
         write_tag(w, &kv, decoded.and_then(|d| d.get(i)), scratch)?;
     }
@@ -569,9 +577,9 @@ fn write_span_head<S: Sink>(
         w.raw(b",\"flags\":");
         w.u64(flags.into());
     }
-    w.raw(b",\"operationName\":");
-    w.str(span.name.as_bytes());
-    w.raw(b",\"references\":[");
+    w.raw(b",\"operationName\":\"");
+    w.escaped(span.name.as_bytes());
+    w.raw(b"\",\"references\":[");
     let mut first = true;
     if !span.parent_span_id.is_empty() {
         write_reference(w, &mut first, b"CHILD_OF", (span.trace_id, ids), span.parent_span_id);
@@ -598,19 +606,19 @@ fn write_span_head<S: Sink>(
     }
     if let Some(scope) = scope {
         if !scope.name.is_empty() {
-            write_str_tag(w, &mut first, b"{\"key\":\"otel.scope.name\",\"type\":\"string\",\"value\":", scope.name);
+            write_str_tag(w, &mut first, b"{\"key\":\"otel.scope.name\",\"type\":\"string\",\"value\":\"", scope.name);
         }
         if !scope.version.is_empty() {
             write_str_tag(
                 w,
                 &mut first,
-                b"{\"key\":\"otel.scope.version\",\"type\":\"string\",\"value\":",
+                b"{\"key\":\"otel.scope.version\",\"type\":\"string\",\"value\":\"",
                 scope.version,
             );
         }
     }
     if let Some(kind) = span_kind(span.kind) {
-        write_str_tag(w, &mut first, b"{\"key\":\"span.kind\",\"type\":\"string\",\"value\":", kind);
+        write_str_tag(w, &mut first, b"{\"key\":\"span.kind\",\"type\":\"string\",\"value\":\"", kind);
     }
     if let Some(status) = &span.status {
         match StatusCode::try_from(status.code) {
@@ -628,13 +636,13 @@ fn write_span_head<S: Sink>(
             write_str_tag(
                 w,
                 &mut first,
-                b"{\"key\":\"otel.status_description\",\"type\":\"string\",\"value\":",
+                b"{\"key\":\"otel.status_description\",\"type\":\"string\",\"value\":\"",
                 status.message,
             );
         }
     }
     if !span.trace_state.is_empty() {
-        write_str_tag(w, &mut first, b"{\"key\":\"w3c.tracestate\",\"type\":\"string\",\"value\":", span.trace_state);
+        write_str_tag(w, &mut first, b"{\"key\":\"w3c.tracestate\",\"type\":\"string\",\"value\":\"", span.trace_state);
     }
     w.raw(b"],\"logs\":[");
     let mut first = true;
@@ -647,7 +655,7 @@ fn write_span_head<S: Sink>(
         w.raw(b",\"fields\":[");
         let mut first_field = true;
         if !event.name.is_empty() {
-            write_str_tag(w, &mut first_field, b"{\"key\":\"event\",\"type\":\"string\",\"value\":", event.name);
+            write_str_tag(w, &mut first_field, b"{\"key\":\"event\",\"type\":\"string\",\"value\":\"", event.name);
         }
         for (i, kv) in event.attributes().enumerate() {
             separate(w, &mut first_field);

@@ -13,6 +13,8 @@ use std::io;
 
 use bytes::BytesMut;
 
+use super::wire::Unusual;
+
 /// A buffer a [`Writer`] appends to.
 pub(super) trait Sink {
     fn len(&self) -> usize;
@@ -157,15 +159,31 @@ impl<'a, S: Sink> Writer<'a, S> {
         self.raw(b"\"");
     }
 
+    /// The bytes of a protobuf `string` field not yet checked for UTF-8, escaped without quotes
+    /// (as [`Self::escaped`]) and checked: [`Unusual`] if they are not UTF-8 (what was written is
+    /// then to be thrown away with the record's mapping). ASCII text, the usual case, is known
+    /// valid from the escaping's own scan, without a second pass.
+    pub(super) fn text(&mut self, text: &[u8]) -> Result<(), Unusual> {
+        if self.escaped(text) && std::str::from_utf8(text).is_err() {
+            return Err(Unusual);
+        }
+        Ok(())
+    }
+
     /// `text` escaped, without quotes. Escapes are decided byte by byte (bytes from 0x80 up are
-    /// never escaped), so text escaped in pieces is the text escaped whole.
-    fn escaped(&mut self, text: &[u8]) {
+    /// never escaped), so text escaped in pieces is the text escaped whole. Whether `text` has a
+    /// byte from 0x80 up (is not ASCII).
+    pub(super) fn escaped(&mut self, text: &[u8]) -> bool {
         let mut clean = 0;
         let mut at = 0;
+        // Every byte read, or-ed: its top bit says whether one was not ASCII.
+        let mut seen = 0u64;
         while at < text.len() {
             if let Some(chunk) = text.get(at..at + 16) {
                 let (a, b) = chunk.split_at(8);
-                if !any_to_escape(word(a)) && !any_to_escape(word(b)) {
+                let (a, b) = (word(a), word(b));
+                if !any_to_escape(a) && !any_to_escape(b) {
+                    seen |= a | b;
                     at += 16;
                     continue;
                 }
@@ -173,11 +191,13 @@ impl<'a, S: Sink> Writer<'a, S> {
             if let Some(chunk) = text.get(at..at + 8)
                 && !any_to_escape(word(chunk))
             {
+                seen |= word(chunk);
                 at += 8;
                 continue;
             }
             let end = (at + 8).min(text.len());
             for (i, &b) in text[at..end].iter().enumerate() {
+                seen |= u64::from(b);
                 let escape = ESCAPE[usize::from(b)];
                 if escape != 0 {
                     let i = at + i;
@@ -197,6 +217,7 @@ impl<'a, S: Sink> Writer<'a, S> {
         if clean < text.len() {
             self.raw(&text[clean..]);
         }
+        seen & HIGHS != 0
     }
 
     /// `v` in decimal, as serde_json (and `Display`) write it.

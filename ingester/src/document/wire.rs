@@ -6,7 +6,9 @@
 //! Called by the document mapping only. The reader is strict: it reads exactly what prost decodes
 //! field by field to the same values, and calls anything else [`Unusual`] — a known field with
 //! another wire type, a singular message field written twice (prost merges the two), a value
-//! oneof set twice, a group, invalid UTF-8 in any string field prost knows, a truncated field or
+//! oneof set twice, a group, invalid UTF-8 in any string field prost knows (a span's and an
+//! event's attribute keys and string values are checked as they are written, by the writer that
+//! escapes them: see [`Utf8`]), a truncated field or
 //! an over-long varint, nesting past prost's recursion limit. For an unusual record the mapping
 //! falls back to prost, which either fails as it always did or decodes a message whose own
 //! encoding this reader then takes (`document.rs` proptests that both ways give the same
@@ -46,6 +48,16 @@ impl<'a> Value<'a> {
 
     fn string(self) -> Read<&'a str> {
         str::from_utf8(self.len()?).map_err(|_| Unusual)
+    }
+
+    /// A `string` field's bytes, checked for UTF-8 unless `utf8` leaves that to the writer.
+    #[inline]
+    fn text(self, utf8: Utf8) -> Read<&'a [u8]> {
+        let bytes = self.len()?;
+        if utf8 == Utf8::Check && str::from_utf8(bytes).is_err() {
+            return Err(Unusual);
+        }
+        Ok(bytes)
     }
 
     fn varint(self) -> Read<u64> {
@@ -221,7 +233,7 @@ impl<'a> ResourceSpans<'a> {
 
     /// The resource's attributes (read through by [`ResourceSpans::read_with`]).
     pub(super) fn attributes(&self) -> impl Iterator<Item = KeyValue<'a>> + 'a {
-        each(self.resource.unwrap_or_default(), 1).map_while(|kv| KeyValue::read(kv.ok()?, 3).ok())
+        each(self.resource.unwrap_or_default(), 1).map_while(|kv| KeyValue::read(kv.ok()?, 3, Utf8::Check).ok())
     }
 }
 
@@ -233,10 +245,11 @@ pub(super) fn read_resource(bytes: &[u8]) -> Read<Option<&str>> {
     for field in Fields::new(bytes) {
         match field? {
             (1, v) => {
-                let kv = KeyValue::read(v.len()?, 3)?;
-                if service.is_none() && kv.key == "service.name" {
+                let kv = KeyValue::read(v.len()?, 3, Utf8::Check)?;
+                if service.is_none() && kv.key == b"service.name" {
                     service = Some(match kv.value {
-                        Some(AnyValue::String(s)) if !s.is_empty() => Some(s),
+                        // Checked as read.
+                        Some(AnyValue::String(s)) if !s.is_empty() => str::from_utf8(s).ok(),
                         _ => None,
                     });
                 }
@@ -304,7 +317,7 @@ impl<'a> Scope<'a> {
             match field? {
                 (1, v) => scope.name = v.string()?,
                 (2, v) => scope.version = v.string()?,
-                (3, v) => drop(KeyValue::read(v.len()?, 4)?),
+                (3, v) => drop(KeyValue::read(v.len()?, 4, Utf8::Check)?),
                 (4, v) => drop(v.varint()?),
                 _ => {}
             }
@@ -409,8 +422,11 @@ impl<'a> Span<'a> {
     }
 
     /// The span's attributes, level 4.
+    ///
+    /// Their keys and string values are not checked for UTF-8 ([`Utf8::AsWritten`]): the caller
+    /// writes every one of them whole with [`super::json::Writer::text`], which checks them.
     pub(super) fn attributes(&self) -> impl Iterator<Item = Read<KeyValue<'a>>> + 'a {
-        each(self.attributes, 9).map(|kv| KeyValue::read(kv?, 4))
+        each(self.attributes, 9).map(|kv| KeyValue::read(kv?, 4, Utf8::AsWritten))
     }
 
     /// The span's events, level 4.
@@ -448,8 +464,10 @@ impl<'a> Event<'a> {
     }
 
     /// The event's attributes, level 5.
+    ///
+    /// Not checked for UTF-8, as [`Span::attributes`].
     pub(super) fn attributes(&self) -> impl Iterator<Item = Read<KeyValue<'a>>> + 'a {
-        each(self.bytes, 3).map(|kv| KeyValue::read(kv?, 5))
+        each(self.bytes, 3).map(|kv| KeyValue::read(kv?, 5, Utf8::AsWritten))
     }
 }
 
@@ -472,8 +490,8 @@ impl<'a> Link<'a> {
                 (2, v) => link.span_id = v.len()?,
                 (3, v) => drop(v.string()?),
                 (4, v) => {
-                    let kv = KeyValue::read(v.len()?, 5)?;
-                    if let ("opentracing.ref_type", Some(AnyValue::String("child_of"))) = (kv.key, kv.value) {
+                    let kv = KeyValue::read(v.len()?, 5, Utf8::Check)?;
+                    if let (b"opentracing.ref_type", Some(AnyValue::String(b"child_of"))) = (kv.key, kv.value) {
                         link.child_of = true;
                     }
                 }
@@ -486,11 +504,25 @@ impl<'a> Link<'a> {
     }
 }
 
-/// An attribute: its key and value (`None` when the value field is absent).
+/// An attribute: its key and value (`None` when the value field is absent). The key and a string
+/// value are the bytes of protobuf `string` fields, valid UTF-8 unless read with
+/// [`Utf8::AsWritten`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct KeyValue<'a> {
-    pub key: &'a str,
+    pub key: &'a [u8],
     pub value: Option<AnyValue<'a>>,
+}
+
+/// Whether [`KeyValue::read`] checks the UTF-8 of a key and of a string value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Utf8 {
+    /// Checked as read: invalid UTF-8 is [`Unusual`].
+    Check,
+    /// Left to the writer, which checks while it escapes ([`super::json::Writer::text`]) and so
+    /// skips the check for ASCII text, the usual case. Only for attributes every one of which is
+    /// then written whole: the reader stays as strict as prost (a string nested in an array or a
+    /// list is checked as read either way).
+    AsWritten,
 }
 
 /// An attribute's value. Arrays and key-value lists keep the `AnyValue`'s bytes (checked whole):
@@ -499,7 +531,8 @@ pub(super) struct KeyValue<'a> {
 pub(super) enum AnyValue<'a> {
     /// An `AnyValue` with no value set.
     Empty,
-    String(&'a str),
+    /// A `string` field's bytes (see [`KeyValue`] for when they are checked).
+    String(&'a [u8]),
     Bool(bool),
     Int(i64),
     Double(f64),
@@ -512,21 +545,21 @@ pub(super) enum AnyValue<'a> {
 
 impl<'a> KeyValue<'a> {
     /// A `KeyValue` at `level`.
-    pub(super) fn read(bytes: &'a [u8], level: u32) -> Read<Self> {
+    pub(super) fn read(bytes: &'a [u8], level: u32, utf8: Utf8) -> Read<Self> {
         enter(level)?;
-        if let Some(read) = Self::usual(bytes, level) {
+        if let Some(read) = Self::usual(bytes, level, utf8) {
             return read;
         }
-        let (mut key, mut value) = ("", None);
+        let (mut key, mut value) = (&b""[..], None);
         for field in Fields::new(bytes) {
             match field? {
-                (1, v) => key = v.string()?,
+                (1, v) => key = v.text(utf8)?,
                 (2, v) => once(&mut value, v)?,
                 (3, v) => drop(v.varint()?),
                 _ => {}
             }
         }
-        let value = value.map(|any| AnyValue::read(any, level + 1)).transpose()?;
+        let value = value.map(|any| AnyValue::read(any, level + 1, utf8)).transpose()?;
         Ok(Self { key, value })
     }
 }
@@ -536,28 +569,30 @@ impl<'a> KeyValue<'a> {
     /// with a one-byte length, and nothing else. `None` for any other layout, read by the loop
     /// (which reads this one to the same key and value).
     #[inline]
-    fn usual(bytes: &'a [u8], level: u32) -> Option<Read<Self>> {
+    fn usual(bytes: &'a [u8], level: u32, utf8: Utf8) -> Option<Read<Self>> {
         let [0x0a, key_len, rest @ ..] = bytes else { return None };
         let (key, rest) = rest.split_at_checked(usize::from(*key_len)).filter(|_| *key_len < 0x80)?;
         let [0x12, value_len, value @ ..] = rest else { return None };
         if *value_len >= 0x80 || usize::from(*value_len) != value.len() {
             return None;
         }
-        let Ok(key) = str::from_utf8(key) else { return Some(Err(Unusual)) };
-        Some(AnyValue::read(value, level + 1).map(|value| Self { key, value: Some(value) }))
+        if utf8 == Utf8::Check && str::from_utf8(key).is_err() {
+            return Some(Err(Unusual));
+        }
+        Some(AnyValue::read(value, level + 1, utf8).map(|value| Self { key, value: Some(value) }))
     }
 }
 
 impl<'a> AnyValue<'a> {
     /// An `AnyValue` at `level`; arrays and lists are read through to their deepest value.
     #[allow(clippy::cast_possible_wrap)]
-    fn read(bytes: &'a [u8], level: u32) -> Read<Self> {
+    fn read(bytes: &'a [u8], level: u32, utf8: Utf8) -> Read<Self> {
         enter(level)?;
         // The usual values, one field with a one-byte length or varint, without the field loop
         // (which reads them to the same values).
         match bytes {
             [0x0a, len, text @ ..] if *len < 0x80 && usize::from(*len) == text.len() => {
-                return str::from_utf8(text).map(AnyValue::String).map_err(|_| Unusual);
+                return Value::Len(text).text(utf8).map(AnyValue::String);
             }
             [0x10, v] if *v < 0x80 => return Ok(AnyValue::Bool(*v != 0)),
             [0x18, v] if *v < 0x80 => return Ok(AnyValue::Int(i64::from(*v))),
@@ -570,7 +605,7 @@ impl<'a> AnyValue<'a> {
         for field in Fields::new(bytes) {
             let (number, v) = field?;
             let read = match number {
-                1 => AnyValue::String(v.string()?),
+                1 => AnyValue::String(v.text(utf8)?),
                 2 => AnyValue::Bool(v.varint()? != 0),
                 3 => AnyValue::Int(v.varint()? as i64),
                 4 => AnyValue::Double(f64::from_bits(v.fixed64()?)),
@@ -600,7 +635,7 @@ fn read_array(bytes: &[u8], level: u32) -> Read<()> {
     enter(level)?;
     for field in Fields::new(bytes) {
         if let (1, v) = field? {
-            AnyValue::read(v.len()?, level + 1)?;
+            AnyValue::read(v.len()?, level + 1, Utf8::Check)?;
         }
     }
     Ok(())
@@ -611,7 +646,7 @@ fn read_list(bytes: &[u8], level: u32) -> Read<()> {
     enter(level)?;
     for field in Fields::new(bytes) {
         if let (1, v) = field? {
-            KeyValue::read(v.len()?, level + 1)?;
+            KeyValue::read(v.len()?, level + 1, Utf8::Check)?;
         }
     }
     Ok(())
@@ -639,16 +674,16 @@ mod tests {
 
     /// The reader's `KeyValue`, in the same terms; `None` if it leaves the bytes to prost.
     fn reads(bytes: &[u8]) -> Option<(String, String)> {
-        let kv = KeyValue::read(bytes, 4).ok()?;
+        let kv = KeyValue::read(bytes, 4, Utf8::Check).ok()?;
         let value = match kv.value {
             None | Some(AnyValue::Empty) => "empty".into(),
-            Some(AnyValue::String(s)) => format!("s:{s}"),
+            Some(AnyValue::String(s)) => format!("s:{}", str::from_utf8(s).expect("checked")),
             Some(AnyValue::Bool(b)) => format!("b:{b}"),
             Some(AnyValue::Int(i)) => format!("i:{i}"),
             Some(AnyValue::Double(d)) => format!("d:{}", d.to_bits()),
             Some(other) => format!("{other:?}"),
         };
-        Some((kv.key.to_owned(), value))
+        Some((str::from_utf8(kv.key).expect("checked").to_owned(), value))
     }
 
     fn field(number: u8, payload: &[u8]) -> Vec<u8> {
