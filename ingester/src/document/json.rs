@@ -174,6 +174,10 @@ impl<'a, S: Sink> Writer<'a, S> {
     /// never escaped), so text escaped in pieces is the text escaped whole. Whether `text` has a
     /// byte from 0x80 up (is not ASCII).
     pub(super) fn escaped(&mut self, text: &[u8]) -> bool {
+        if let Some(seen) = clean(text) {
+            self.raw(text);
+            return seen & HIGHS != 0;
+        }
         let mut clean = 0;
         let mut at = 0;
         // Every byte read, or-ed: its top bit says whether one was not ASCII.
@@ -256,6 +260,48 @@ impl<'a, S: Sink> Writer<'a, S> {
         self.hex(bytes);
         self.raw(b"\"");
     }
+}
+
+/// When no byte of `text` needs escaping, every byte of it or-ed into a word (its top bits say
+/// whether one was not ASCII); `None` otherwise. Words of 8 bytes, the last one overlapping the one
+/// before; a shorter text read as a word of its bytes repeated, so a short key or value is one
+/// check instead of a loop over its bytes.
+#[inline]
+fn clean(text: &[u8]) -> Option<u64> {
+    let len = text.len();
+    let w = match len {
+        0 => return Some(0),
+        1..=3 => u64::from_le_bytes([text[0], text[len / 2], text[len - 1], text[0], text[0], text[0], text[0], text[0]]),
+        4..=7 => u64::from(half(&text[..4])) | u64::from(half(&text[len - 4..])) << 32,
+        _ => {
+            let mut seen = 0;
+            let mut words = text.chunks_exact(8);
+            for chunk in &mut words {
+                let w = word(chunk);
+                if any_to_escape(w) {
+                    return None;
+                }
+                seen |= w;
+            }
+            if !words.remainder().is_empty() {
+                let w = word(&text[len - 8..]);
+                if any_to_escape(w) {
+                    return None;
+                }
+                seen |= w;
+            }
+            return Some(seen);
+        }
+    };
+    (!any_to_escape(w)).then_some(w)
+}
+
+/// The 4 bytes of `chunk` (4 long) as a little-endian word.
+#[inline]
+fn half(chunk: &[u8]) -> u32 {
+    let mut le = [0u8; 4];
+    le.copy_from_slice(chunk);
+    u32::from_le_bytes(le)
 }
 
 /// The 8 bytes of `chunk` (8 long) as a little-endian word.
@@ -382,6 +428,40 @@ mod tests {
         for case in cases {
             let want = serde_json::to_string(&case).expect("json");
             assert_eq!(json(|w| w.str(case.as_bytes())), want, "{case:?}");
+        }
+    }
+
+    /// Every length from 0 to 40 with one byte to escape at each place, or none; and the answer
+    /// of `escaped` and `text` about non-ASCII and invalid bytes, at each place.
+    #[test]
+    fn each_length_and_place_is_escaped_and_checked_as_serde_json_and_from_utf8_see_it() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for special in ['"', '\\', '\n', '\u{1f}', 'é', 'x'] {
+                    let mut text: String = "a".repeat(len);
+                    if at < len {
+                        text.replace_range(at..at + 1, &special.to_string());
+                    }
+                    let want = serde_json::to_string(&text).expect("json");
+                    let mut out = Vec::new();
+                    let mut w = Writer::new(&mut out, usize::MAX);
+                    w.raw(b"\"");
+                    let non_ascii = w.escaped(text.as_bytes());
+                    w.raw(b"\"");
+                    assert_eq!(String::from_utf8(out).expect("utf-8"), want, "{text:?}");
+                    assert_eq!(non_ascii, !text.is_ascii(), "{text:?}");
+                }
+                // Invalid UTF-8 at `at`: `text` refuses it, and takes the same bytes made valid.
+                let mut bytes = vec![b'a'; len.max(1)];
+                let at = at.min(bytes.len() - 1);
+                bytes[at] = 0xff;
+                let mut out = Vec::new();
+                assert!(Writer::new(&mut out, usize::MAX).text(&bytes).is_err(), "{bytes:?}");
+                bytes[at] = b'b';
+                let mut out = Vec::new();
+                assert!(Writer::new(&mut out, usize::MAX).text(&bytes).is_ok(), "{bytes:?}");
+                assert_eq!(out, bytes);
+            }
         }
     }
 
