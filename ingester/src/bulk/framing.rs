@@ -49,8 +49,10 @@ const KEPT_BODY_BYTES: usize = 8 << 20;
 
 /// Request bodies' buffers, kept between requests: a batch's body is as large as the batch (several
 /// MiB), and a fresh one costs a page fault per 4 KiB as it is written, more than the copy itself.
-/// At most [`KEPT_BODIES`] of at most [`KEPT_BODY_BYTES`] each are kept (32 MiB); a body is taken
-/// from here when a kept buffer suits its size, else allocated.
+/// At most [`KEPT_BODIES`] of at most [`KEPT_BODY_BYTES`] each are kept (32 MiB); a body is written
+/// into the smallest kept buffer that holds it without growing, else into a new one with a quarter
+/// of room to spare (bodies of one configuration differ by a few documents: an exact-size buffer
+/// would be too small for the next, and growing one doubles it past what is kept).
 #[derive(Debug, Default)]
 pub(crate) struct Bodies {
     free: std::sync::Mutex<Vec<BytesMut>>,
@@ -60,20 +62,20 @@ impl Bodies {
     /// The `_bulk` body of `items`, in their order, in a kept buffer when one is free.
     pub(crate) fn body(&self, items: &[Item]) -> Bytes {
         let len: usize = items.iter().map(|i| i.ndjson.len()).sum();
-        // A kept buffer far larger than this body (a half after a 413) stays for a larger one.
         let kept = {
             let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let fits = free.iter().position(|b| b.capacity() <= (2 * len).max(1 << 20));
+            let fits = (0..free.len()).filter(|&at| free[at].capacity() >= len).min_by_key(|&at| free[at].capacity());
             fits.map(|at| free.swap_remove(at))
         };
-        let mut body = kept.unwrap_or_default();
+        let mut body = kept.unwrap_or_else(|| BytesMut::with_capacity(len.saturating_add(len / 4)));
         body.clear();
         body.reserve(len);
         items.iter().for_each(|i| body.extend_from_slice(&i.ndjson));
         body.freeze()
     }
 
-    /// Takes `body` back once its request is answered, if nothing else holds it.
+    /// Takes `body` back once its request is answered, if nothing else holds it. With every slot
+    /// taken, it replaces the smallest kept buffer if it is larger.
     pub(crate) fn recycle(&self, body: Bytes) {
         let Ok(mut body) = body.try_into_mut() else { return };
         if body.capacity() > KEPT_BODY_BYTES {
@@ -83,6 +85,10 @@ impl Bodies {
         let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if free.len() < KEPT_BODIES {
             free.push(body);
+        } else if let Some(smallest) = free.iter_mut().min_by_key(|b| b.capacity())
+            && smallest.capacity() < body.capacity()
+        {
+            *smallest = body;
         }
     }
 }
@@ -116,6 +122,35 @@ mod tests {
         let second = bodies.body(&[item(b"{}")]);
         assert_eq!(second.as_ptr(), at, "the same buffer");
         assert_eq!(&second[..], &body(&[item(b"{}")])[..], "holding only the new items");
+    }
+
+    #[test]
+    fn a_body_goes_into_the_smallest_kept_buffer_that_holds_it_without_growing() {
+        let item = |len: usize| Item {
+            kind: DocKind::Span,
+            end_micros: 0,
+            service: None,
+            origin: None,
+            ndjson: Bytes::from(vec![b'x'; len]),
+        };
+        let bodies = Bodies::default();
+        let (small, large) = (bodies.body(&[item(1_000)]), bodies.body(&[item(100_000)]));
+        let (small_at, small_cap) = (small.as_ptr(), small.len() + small.len() / 4);
+        let large_at = large.as_ptr();
+        bodies.recycle(large);
+        bodies.recycle(small);
+        // Larger than the small buffer's room: the large one, not the small one grown.
+        let body = bodies.body(&[item(small_cap + 1)]);
+        assert_eq!(body.as_ptr(), large_at);
+        assert_eq!(body.len(), small_cap + 1);
+        // Fits both: the smaller.
+        let again = bodies.body(&[item(10)]);
+        assert_eq!(again.as_ptr(), small_at);
+        // Fits none kept: a new buffer, the kept ones untouched.
+        bodies.recycle(again);
+        let fresh = bodies.body(&[item(200_000)]);
+        assert_ne!(fresh.as_ptr(), small_at);
+        assert_eq!(bodies.free.lock().expect("lock").len(), 1);
     }
 
     #[test]
