@@ -179,7 +179,10 @@ impl Batcher {
     fn cut(&mut self, reason: FlushReason, covered: i64) -> Option<Batch> {
         let opened = self.opened.take()?;
         let bytes = std::mem::take(&mut self.bytes);
-        Some(Batch { items: std::mem::take(&mut self.items), bytes, last_offset: covered, reason, opened })
+        // The next batch gets room for as many items as this one held (at most `max_docs` plus
+        // one): it is filled the same way, without growing a few thousand items by doubling.
+        let room = Vec::with_capacity(self.items.len());
+        Some(Batch { items: std::mem::replace(&mut self.items, room), bytes, last_offset: covered, reason, opened })
     }
 }
 
