@@ -367,18 +367,11 @@ fn decimal(mut v: u64, digits: &mut [u8; 20]) -> &[u8] {
 
 /// Appends `v` as unpadded lowercase hex (`format!("{v:x}")`) to `out`.
 pub(super) fn push_hex_u64(out: &mut impl Sink, v: u64) {
+    // All sixteen digits a byte at a time, then the leading zeros cut (one digit for 0).
     let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    let mut rest = v;
-    loop {
-        at -= 1;
-        digits[at] = HEX[(rest & 0xf) as usize];
-        rest >>= 4;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.put(&digits[at..]);
+    push_hex(&v.to_be_bytes(), &mut digits);
+    let significant = ((64 - v.leading_zeros() as usize).div_ceil(4)).max(1);
+    out.put(&digits[16 - significant..]);
 }
 
 /// Appends the lowercase hex of `bytes` to `out`.
@@ -467,7 +460,7 @@ mod tests {
 
     #[test]
     fn numbers_and_hex_are_written_as_serde_json_and_format_write_them() {
-        for v in [0, 1, 9, 10, 99, 100, 12345, u64::from(u32::MAX), u64::MAX] {
+        for v in [0, 1, 9, 10, 15, 16, 99, 100, 255, 256, 12345, 1 << 60, (1 << 60) - 1, u64::from(u32::MAX), u64::MAX] {
             assert_eq!(json(|w| w.u64(v)), v.to_string());
             let mut hex = Vec::new();
             push_hex_u64(&mut hex, v);
