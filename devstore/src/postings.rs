@@ -622,7 +622,14 @@ impl List {
 
     fn push(&mut self, pos: u32) {
         match self {
-            List::One(first) => *self = List::Many(vec![*first, pos]),
+            List::One(first) => {
+                // Room for a few more: a value held by two documents is often held by more, and
+                // each doubling from two is a reallocation (four: the spare room stays near what
+                // `POSTING_BYTES` counts for two).
+                let mut list = Vec::with_capacity(4);
+                list.extend([*first, pos]);
+                *self = List::Many(list);
+            }
             List::Many(list) if list.is_empty() => *self = List::One(pos),
             List::Many(list) => list.push(pos),
         }
