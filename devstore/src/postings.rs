@@ -854,13 +854,6 @@ impl Postings {
 /// a decimal number holds nothing but digits, signs, a point and an exponent, which rules out the
 /// hex ids that start with a digit (most of a span's values) without a parse.
 fn text_number(s: &str) -> Option<Num> {
-    // Plain digits (a status code, a port, a count): the integer, exact in an `f64` below 2^53 as
-    // the correctly rounded parse is, without the parser.
-    if s.as_bytes().first().is_some_and(u8::is_ascii_digit) && s.len() <= 15 && s.bytes().all(|b| b.is_ascii_digit()) {
-        let n = s.bytes().fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
-        #[allow(clippy::cast_precision_loss)] // below 10^15: exact
-        return Num::new(n as f64);
-    }
     let first = s.bytes().find(|b| !matches!(b, b'+' | b'-'))?;
     if first.is_ascii_digit() || first == b'.' {
         if !s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')) {
@@ -1062,14 +1055,6 @@ mod tests {
         assert_eq!(q(&postings, json!({"term": {"traceID": "a"}})), Some(vec![0]));
         assert_eq!(postings.remove(0, docs[0]), added[0]);
         assert!(postings.fields.iter().all(|f| f.texts.is_empty() && f.nums.is_empty()));
-    }
-
-    proptest! {
-        /// The digits-only shortcut in `text_number` reads as `str::parse::<f64>` does.
-        #[test]
-        fn digit_strings_read_as_parse_does(s in "[0-9]{1,17}|[0-9+.-]{1,6}") {
-            prop_assert_eq!(text_number(&s), s.parse::<f64>().ok().and_then(Num::new), "{:?}", s);
-        }
     }
 
     /// The shortcut in `text_number` never refuses a string `str::parse::<f64>` reads.
