@@ -340,7 +340,11 @@ pub fn record(text: &str, paths: &IndexedPaths, scratch: &mut Vec<Rec>) -> Resul
             walk(text, Some(paths), |id, leaf| scratch.extend(rec(text, id, leaf)))?
         }
     };
-    Ok((object, Recorded(scratch.drain(..).collect())))
+    // One copy of the whole slice into an exactly sized list (`append` moves it as a block; a
+    // `drain().collect()` moved it value by value), and the scratch keeps its room.
+    let mut values = Vec::with_capacity(scratch.len());
+    values.append(scratch);
+    Ok((object, Recorded(values.into_boxed_slice())))
 }
 
 /// How [`record`] keeps `leaf`, met at path `id` of `text`.
