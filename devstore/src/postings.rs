@@ -333,7 +333,11 @@ impl Recorded {
 pub fn record(text: &str, paths: &IndexedPaths, scratch: &mut Vec<Rec>) -> Result<(bool, Recorded), serde_json::Error> {
     scratch.clear();
     // The scanner first; what it leaves (after recording part of it, maybe), serde_json's walk.
-    let object = match crate::scan::scan(text, Some(paths), |id, leaf| scratch.extend(rec(text, id, leaf))) {
+    let object = match crate::scan::scan(text, Some(paths), |id, leaf| {
+        if let Some(value) = rec(text, id, leaf) {
+            scratch.push(value);
+        }
+    }) {
         Some(object) => object,
         None => {
             scratch.clear();
