@@ -7,8 +7,15 @@
 //! connections at a time), counting only the server's threads' CPU: the figure `make bench`
 //! reports as the dev store's CPU per document.
 //!
-//! `cargo run --release -p spanline-devstore --example store_profile -- [DOCS] [BATCH] [http]`
-//! (`http`: only the HTTP phase, for profiling it alone)
+//! `cargo run --release -p spanline-devstore --example store_profile -- [DOCS] [BATCH] [http|once]`
+//! (`http`: only the HTTP phase, for profiling it alone; `once`: the instruction count mode below)
+//!
+//! `once` sends DOCS documents shaped like the ingester's own (~1.5 KB: 13 span tags, a log with
+//! two fields, four process tags, references; and a few service documents per body) through the
+//! router in bodies of BATCH, then one refresh, inside [`measured`], and nothing else, so that
+//! `valgrind --tool=callgrind --dump-instr=no --toggle-collect='*measured*'
+//! target/release/examples/store_profile 10000 500 once` counts the store's work alone,
+//! deterministically: total instructions over DOCS is the cost per document.
 
 // The figures printed are this tool's whole output.
 #![allow(clippy::print_stdout)]
@@ -202,12 +209,121 @@ async fn http_phase(docs: u64) {
     server.shutdown_background();
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+/// A Jaeger span document as the ingester writes it (`ingester/src/document/`): about 1.5 KB, the
+/// tag keys and types of an OpenTelemetry HTTP server span, a log with two fields, process tags.
+fn ingester_span(i: u64) -> (String, String) {
+    let trace = format!("{:032x}", (i / 10).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let span = format!("{:016x}", i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
+    let parent = format!("{:016x}", (i - i % 10).wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
+    let service = SERVICES[(i % 8) as usize];
+    let start = T0 + i * 37;
+    let tag = |key: &str, ty: &str, value: String| json!({"key": key, "type": ty, "value": value});
+    let doc = json!({
+        "traceID": trace, "spanID": span, "parentSpanID": parent, "flags": 1,
+        "operationName": format!("GET /api/v1/items/{}", i % 50),
+        "references": [{"refType": "CHILD_OF", "traceID": trace, "spanID": parent}],
+        "startTime": start, "startTimeMillis": start / 1000, "duration": 1000 + i % 9000,
+        "tags": [
+            tag("otel.scope.name", "string", "io.opentelemetry.http".into()),
+            tag("otel.scope.version", "string", "1.27.0".into()),
+            tag("span.kind", "string", "server".into()),
+            tag("http.request.method", "string", "GET".into()),
+            tag("http.response.status_code", "int64", (200 + (i % 5) * 100).to_string()),
+            tag("url.full", "string", format!("https://shop.example.com/api/v1/items/{}?page={}", i % 1000, i % 7)),
+            tag("url.scheme", "string", "https".into()),
+            tag("server.address", "string", "shop.example.com".into()),
+            tag("server.port", "int64", "443".into()),
+            tag("client.address", "string", format!("10.0.{}.{}", i % 7, i % 251)),
+            tag("user_agent.original", "string", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36".into()),
+            tag("network.protocol.version", "string", "1.1".into()),
+            tag("otel.status_code", "string", if i % 5 == 4 { "ERROR" } else { "OK" }.into())
+        ],
+        "logs": [{"timestamp": start + 500, "fields": [
+            tag("event", "string", "cache.lookup".into()),
+            tag("cache.hit", "bool", i.is_multiple_of(3).to_string())
+        ]}],
+        "process": {"serviceName": service, "tags": [
+            tag("host.name", "string", format!("node-{}", i % 16)),
+            tag("telemetry.sdk.language", "string", "rust".into()),
+            tag("telemetry.sdk.name", "string", "opentelemetry".into()),
+            tag("service.instance.id", "string", format!("{:08x}-{}", (i % 16).wrapping_mul(0x9e37_79b9), i % 16))
+        ]}
+    });
+    (format!("{trace}_{span}_{:x}", i.wrapping_mul(31)), doc.to_string())
+}
+
+/// The `once` mode's bodies: `batch` ingester-shaped span documents each, then a few service
+/// documents, as the ingester sends them.
+fn once_bodies(docs: u64, batch: u64) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    for start in (0..docs).step_by(batch.max(1) as usize) {
+        let mut body = String::new();
+        let end = (start + batch).min(docs);
+        for i in start..end {
+            let (id, doc) = ingester_span(i);
+            body.push_str(&format!("{{\"create\":{{\"_index\":\"jaeger-span-2025-11-30\",\"_id\":\"{id}\"}}}}\n"));
+            body.push_str(&doc);
+            body.push('\n');
+        }
+        for s in 0..4 {
+            body.push_str(&service_item(end + s));
+        }
+        bodies.push(body.into_bytes());
+    }
+    bodies
+}
+
+/// The `once` mode's measured work: every body through the router, then one refresh. Named for
+/// callgrind's `--toggle-collect='*measured*'`.
+#[inline(never)]
+fn measured(runtime: &tokio::runtime::Runtime, app: &axum::Router, state: &AppState, bodies: Vec<Vec<u8>>) {
+    runtime.block_on(async {
+        for body in bodies {
+            let (status, answer) = call(app, "POST", "/_bulk", body).await;
+            assert_eq!(status, 200);
+            let ok = b"\"errors\":false";
+            assert!(answer.windows(ok.len()).any(|w| w == ok), "a bulk item failed");
+        }
+    });
+    state.store.lock().refresh_all();
+}
+
+fn once(docs: u64, batch: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let state = Arc::new(AppState::new(u64::MAX, Faults::default(), 200 << 20, Some(1)));
+    let app = api::router(state.clone());
+    runtime.block_on(call(&app, "PUT", "/_index_template/jaeger-span", template().to_string().into_bytes()));
+    let bodies = once_bodies(docs, batch);
+    let bytes: usize = bodies.iter().map(Vec::len).sum();
+    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    measured(&runtime, &app, &state, bodies);
+    let (cpu, wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
+    #[allow(clippy::cast_precision_loss)]
+    let per_doc = |s: f64| s * 1e6 / docs.max(1) as f64;
+    println!(
+        "once: {docs} documents, {} body bytes per document, {batch} per bulk: {:.2} µs CPU, {:.2} µs wall per document; bytes_used {}",
+        bytes / docs.max(1) as usize,
+        per_doc(cpu),
+        per_doc(wall),
+        state.store.lock().bytes_used()
+    );
+}
+
+fn main() {
     let mut args = std::env::args().skip(1);
     let docs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let batch: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
-    if args.next().as_deref() == Some("http") {
+    match args.next().as_deref() {
+        Some("once") => once(docs, batch),
+        mode => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(profile(docs, batch, mode == Some("http")));
+        }
+    }
+}
+
+async fn profile(docs: u64, batch: u64, http_only: bool) {
+    if http_only {
         http_phase(docs).await;
         return;
     }

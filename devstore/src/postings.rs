@@ -70,6 +70,67 @@ pub struct IndexedPaths {
     /// Node 0 is the document's top level.
     nodes: Vec<PathNode>,
     len: usize,
+    /// Every (node, dotted key) pair that leads somewhere, hashed: one lookup per document key
+    /// instead of a walk of the tree per segment.
+    keys: KeyTable,
+}
+
+/// An open-addressed table from (node, key as written in a document) to the node it leads to: for
+/// each node, the dotted paths of all its descendants (`process`, `process.serviceName`, ... at the
+/// top). A key with dots reaches a descendant exactly when it is that descendant's dotted path
+/// (segments never hold a dot), so a lookup answers what [`IndexedPaths::walk_child`] does.
+#[derive(Debug, Default)]
+struct KeyTable {
+    /// Power-of-two sized, at most half full; `None` is an empty slot.
+    slots: Vec<Option<KeySlot>>,
+}
+
+#[derive(Debug)]
+struct KeySlot {
+    hash: u64,
+    node: usize,
+    key: Box<str>,
+    child: usize,
+}
+
+/// FxHash of a node and a key's bytes.
+fn key_hash(node: usize, key: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write_usize(node);
+    hasher.write(key.as_bytes());
+    hasher.finish()
+}
+
+impl KeyTable {
+    fn build(entries: Vec<(usize, String, usize)>) -> Self {
+        let size = (entries.len() * 2).next_power_of_two().max(8);
+        let mut slots: Vec<Option<KeySlot>> = (0..size).map(|_| None).collect();
+        let mask = size - 1;
+        for (node, key, child) in entries {
+            let hash = key_hash(node, &key);
+            // `hash as usize` keeps the low bits, which is all the mask looks at.
+            let mut at = hash as usize & mask;
+            while slots[at].is_some() {
+                at = (at + 1) & mask;
+            }
+            slots[at] = Some(KeySlot { hash, node, key: key.into_boxed_str(), child });
+        }
+        Self { slots }
+    }
+
+    fn get(&self, node: usize, key: &str) -> Option<usize> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let hash = key_hash(node, key);
+        let mut at = hash as usize & mask;
+        // At most half full: an empty slot ends every probe.
+        while let Some(slot) = &self.slots[at] {
+            if slot.hash == hash && slot.node == node && *slot.key == *key {
+                return Some(slot.child);
+            }
+            at = (at + 1) & mask;
+        }
+        None
+    }
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +162,7 @@ impl PathNode {
 
 impl Default for IndexedPaths {
     fn default() -> Self {
-        Self { nodes: vec![PathNode::default()], len: 0 }
+        Self { nodes: vec![PathNode::default()], len: 0, keys: KeyTable::default() }
     }
 }
 
@@ -134,11 +195,32 @@ impl IndexedPaths {
                 out.len += 1;
             }
         }
+        let mut entries = Vec::new();
+        for node in 0..out.nodes.len() {
+            out.descendants(node, node, "", &mut entries);
+        }
+        out.keys = KeyTable::build(entries);
         out
+    }
+
+    /// Lists `(from, dotted path, descendant)` for every descendant of `at` below `from`.
+    fn descendants(&self, from: usize, at: usize, prefix: &str, out: &mut Vec<(usize, String, usize)>) {
+        for (segment, child) in &self.nodes[at].children {
+            let path =
+                if prefix.is_empty() && at == from { segment.to_string() } else { format!("{prefix}.{segment}") };
+            out.push((from, path.clone(), *child));
+            self.descendants(from, *child, &path, out);
+        }
     }
 
     /// The node reached from `node` through the document key `key` (dots in it separate segments).
     pub(crate) fn child(&self, node: usize, key: &str) -> Option<usize> {
+        self.keys.get(node, key)
+    }
+
+    /// [`Self::child`] by walking the tree segment by segment: what the key table must answer.
+    #[cfg(test)]
+    pub(crate) fn walk_child(&self, node: usize, key: &str) -> Option<usize> {
         // A byte loop: keys are short, shorter than `memchr` takes to set up.
         if !key.bytes().any(|b| b == b'.') {
             return self.nodes.get(node)?.get(key);
@@ -251,14 +333,22 @@ impl Recorded {
 pub fn record(text: &str, paths: &IndexedPaths, scratch: &mut Vec<Rec>) -> Result<(bool, Recorded), serde_json::Error> {
     scratch.clear();
     // The scanner first; what it leaves (after recording part of it, maybe), serde_json's walk.
-    let object = match crate::scan::scan(text, Some(paths), |id, leaf| scratch.extend(rec(text, id, leaf))) {
+    let object = match crate::scan::scan(text, Some(paths), |id, leaf| {
+        if let Some(value) = rec(text, id, leaf) {
+            scratch.push(value);
+        }
+    }) {
         Some(object) => object,
         None => {
             scratch.clear();
             walk(text, Some(paths), |id, leaf| scratch.extend(rec(text, id, leaf)))?
         }
     };
-    Ok((object, Recorded(scratch.drain(..).collect())))
+    // One copy of the whole slice into an exactly sized list (`append` moves it as a block; a
+    // `drain().collect()` moved it value by value), and the scratch keeps its room.
+    let mut values = Vec::with_capacity(scratch.len());
+    values.append(scratch);
+    Ok((object, Recorded(values.into_boxed_slice())))
 }
 
 /// How [`record`] keeps `leaf`, met at path `id` of `text`.
@@ -540,7 +630,14 @@ impl List {
 
     fn push(&mut self, pos: u32) {
         match self {
-            List::One(first) => *self = List::Many(vec![*first, pos]),
+            List::One(first) => {
+                // Room for a few more: a value held by two documents is often held by more, and
+                // each doubling from two is a reallocation (four: the spare room stays near what
+                // `POSTING_BYTES` counts for two).
+                let mut list = Vec::with_capacity(4);
+                list.extend([*first, pos]);
+                *self = List::Many(list);
+            }
             List::Many(list) if list.is_empty() => *self = List::One(pos),
             List::Many(list) => list.push(pos),
         }
@@ -814,6 +911,7 @@ fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn paths() -> IndexedPaths {
@@ -822,6 +920,47 @@ mod tests {
             "tags": {"type": "nested", "properties": {"key": {"type": "keyword"}, "value": {"type": "keyword"}}},
             "process": {"properties": {"serviceName": {"type": "keyword"}}}
         }}))
+    }
+
+    /// A mapping with a keyword field at each of `paths` (segments may repeat or be empty).
+    fn mapping_of(paths: &[Vec<String>]) -> Value {
+        let mut root = json!({});
+        for path in paths {
+            keyword_at(&mut root, path);
+        }
+        root
+    }
+
+    fn keyword_at(root: &mut Value, path: &[String]) -> Option<()> {
+        let mut at = root;
+        for segment in path {
+            let object = at.as_object_mut()?;
+            let properties = object.entry("properties").or_insert_with(|| json!({})).as_object_mut()?;
+            at = properties.entry(segment.clone()).or_insert_with(|| json!({}));
+        }
+        at.as_object_mut()?.insert("type".into(), json!("keyword"));
+        Some(())
+    }
+
+    proptest! {
+        /// The key table answers as the walk of the path tree, for keys with and without dots,
+        /// from every node.
+        #[test]
+        fn key_table_answers_as_the_tree_walk(
+            mapped in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(vec!["a", "b", "ab", "", "tags", "key"]).prop_map(String::from), 1..4), 0..8),
+            keys in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(vec!["a", "b", "ab", "", "tags", "key", "x"]), 1..4).prop_map(|s| s.join(".")), 1..12),
+        ) {
+            let indexed = IndexedPaths::from_mappings(&mapping_of(&mapped));
+            for node in 0..indexed.nodes.len() {
+                for key in &keys {
+                    prop_assert_eq!(indexed.child(node, key), indexed.walk_child(node, key), "{} {:?}", node, key);
+                }
+            }
+            let jaeger = paths();
+            for key in ["process", "process.serviceName", "process.tags.key", "tags", "tags.value", "traceID", "process.x", "x.y"] {
+                prop_assert_eq!(jaeger.child(0, key), jaeger.walk_child(0, key));
+            }
+        }
     }
 
     #[test]
