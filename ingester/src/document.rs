@@ -433,7 +433,11 @@ fn write_tag<S: Sink>(
             return Ok(());
         }
         wire::AnyValue::Bool(b) => {
-            w.raw(if b { b"\",\"type\":\"bool\",\"value\":\"true\"}" } else { b"\",\"type\":\"bool\",\"value\":\"false\"}" });
+            w.raw(if b {
+                b"\",\"type\":\"bool\",\"value\":\"true\"}"
+            } else {
+                b"\",\"type\":\"bool\",\"value\":\"false\"}"
+            });
             return Ok(());
         }
         wire::AnyValue::Int(i) => {

@@ -271,7 +271,9 @@ fn clean(text: &[u8]) -> Option<u64> {
     let len = text.len();
     let w = match len {
         0 => return Some(0),
-        1..=3 => u64::from_le_bytes([text[0], text[len / 2], text[len - 1], text[0], text[0], text[0], text[0], text[0]]),
+        1..=3 => {
+            u64::from_le_bytes([text[0], text[len / 2], text[len - 1], text[0], text[0], text[0], text[0], text[0]])
+        }
         4..=7 => u64::from(half(&text[..4])) | u64::from(half(&text[len - 4..])) << 32,
         _ => {
             let mut seen = 0;
@@ -460,7 +462,8 @@ mod tests {
 
     #[test]
     fn numbers_and_hex_are_written_as_serde_json_and_format_write_them() {
-        for v in [0, 1, 9, 10, 15, 16, 99, 100, 255, 256, 12345, 1 << 60, (1 << 60) - 1, u64::from(u32::MAX), u64::MAX] {
+        for v in [0, 1, 9, 10, 15, 16, 99, 100, 255, 256, 12345, 1 << 60, (1 << 60) - 1, u64::from(u32::MAX), u64::MAX]
+        {
             assert_eq!(json(|w| w.u64(v)), v.to_string());
             let mut hex = Vec::new();
             push_hex_u64(&mut hex, v);
