@@ -1,6 +1,8 @@
-//! Failures against the real binary and the real broker, counting every span: SIGKILL between bulk
-//! and commit, a search store that refuses connections or pushes back (bounded memory), and
-//! members joining, leaving and dying.
+//! Failures against the real binary and the real broker (Tansu), counting every span: a search
+//! store that refuses connections or pushes back (bounded memory), members joining, leaving and
+//! dying, and shutdown. SIGKILL between a durable bulk and its offset commit is tested on
+//! librdkafka's mock cluster (`group.rs`): on Tansu 0.6.0 a member restarted after a SIGKILL
+//! sometimes never gets an assignment (docs/development.md, "Tansu quirks seen here").
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -61,79 +63,6 @@ async fn settle(url: &str, want: u64) -> u64 {
 /// and a count cannot see).
 async fn spans_exactly(url: &str, want: &std::collections::BTreeSet<String>) -> u64 {
     exactly_once(url, want, Duration::from_secs(90)).await.expect("every span exactly once")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_between_bulk_and_commit_loses_and_duplicates_nothing() {
-    let broker = Broker::start().await.expect("broker");
-    broker.create_topic("otlp_spans", PARTITIONS).await.expect("topic");
-    // Slow bulks widen the window between a durable write and its offset commit.
-    let store = devstore_with_faults(Faults { latency: Some(Duration::from_millis(40)), ..Faults::default() })
-        .await
-        .expect("store");
-    let total: u64 = 2_000 * 10;
-    produce(
-        &broker.bootstrap(),
-        "otlp_spans",
-        &fixtures::trace_records("svc", 1, 2_000, 10, fixtures::now_unix_nano()),
-    )
-    .await
-    .expect("produced");
-
-    // Static membership, as deploy/ suggests: Tansu 0.6.0 sometimes never hands a SIGKILLed dynamic
-    // member's partitions to the next one (REFERENCE.md §7); a member restarted under its instance
-    // id takes them back. The restarts below are each such a restart.
-    let member = [("SPANLINE_INGESTER__KAFKA__GROUP_INSTANCE_ID", "crash-member")];
-    // Even so, a member restarted right after the kill sometimes waits for an assignment that never
-    // comes (its log ends at "subscribed, ready"; seen 2026-12-01). A member that holds no partition
-    // after 20 s (three session timeouts) is killed and started again: it has read nothing, so this
-    // is one more crash for the guarantee below, and a Spanline that never took its partitions
-    // would still fail here after three tries.
-    let spawn = || async {
-        for attempt in 0..3 {
-            let admin = free_port();
-            let mut child = spawn_ingester_with(&broker, &store.url(), admin, "cooperative-sticky", &member);
-            let log = std::env::temp_dir().join(format!("spanline-ingester-{admin}.log"));
-            let assigned = wait_for(Duration::from_secs(20), || {
-                let log = log.clone();
-                async move { std::fs::read_to_string(&log).ok()?.contains("partitions assigned").then_some(()) }
-            })
-            .await;
-            if assigned.is_ok() {
-                return child;
-            }
-            eprintln!("attempt {attempt}: no partition assigned in 20 s (Tansu 0.6.0, REFERENCE.md §7); restarting");
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reaped");
-        }
-        panic!("no partition assigned to three members in a row");
-    };
-    for round in 0..3 {
-        let mut child = spawn().await;
-        let floor = count(&store.url(), "jaeger-span-*").await.unwrap_or(0);
-        let url = store.url();
-        // Killed once it wrote 1 500 more spans, or everything there is: on a quiet machine the
-        // earlier rounds can index the whole topic before their kill, and a round waiting for more
-        // than there is would wait forever.
-        let target = (floor + 1_500).min(total);
-        wait_for(Duration::from_secs(60), || {
-            let url = url.clone();
-            async move { (count(&url, "jaeger-span-*").await.ok()? >= target).then_some(()) }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("round {round}: no progress"));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
-    }
-    let mut child = spawn().await;
-    // After three SIGKILLs every span is indexed, in exactly one document. Records after each
-    // killed member's last commit are read again, so conflicts are expected here.
-    let want = fixtures::span_keys(1, 2_000, 10);
-    assert_eq!(want.len() as u64, total);
-    let conflicts = spans_exactly(&store.url(), &want).await;
-    eprintln!("spans written again after the SIGKILLs (conflicts): {conflicts}");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

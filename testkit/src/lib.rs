@@ -221,6 +221,12 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+        // The log goes with the temporary directory; `SPANLINE_KEEP_BROKER_LOG=DIR` keeps a copy
+        // (with `RUST_LOG=tansu_broker::coordinator=debug`, every group request's outcome).
+        if let Some(dir) = std::env::var_os("SPANLINE_KEEP_BROKER_LOG") {
+            let kept = std::path::Path::new(&dir).join(format!("tansu-{}.log", self.port));
+            let _ = std::fs::copy(self.dir.path().join("tansu.log"), kept);
+        }
     }
 }
 
