@@ -143,6 +143,12 @@ struct PathNode {
     field: Option<usize>,
 }
 
+/// The most segments a key-table entry spans: a mapped path is usually a few segments (Jaeger's
+/// deepest is `process.tags.key`), but a property name may hold any number of dots, and listing
+/// every node's every descendant by its dotted path would take memory cubic in the depth (a
+/// 2 000-segment name: gigabytes). Longer keys walk the tree.
+const TABLE_DEPTH: usize = 8;
+
 /// Children a level scans before it hashes.
 const SCANNED_CHILDREN: usize = 16;
 
@@ -197,29 +203,41 @@ impl IndexedPaths {
         }
         let mut entries = Vec::new();
         for node in 0..out.nodes.len() {
-            out.descendants(node, node, "", &mut entries);
+            out.descendants(node, node, "", 0, &mut entries);
         }
         out.keys = KeyTable::build(entries);
         out
     }
 
-    /// Lists `(from, dotted path, descendant)` for every descendant of `at` below `from`.
-    fn descendants(&self, from: usize, at: usize, prefix: &str, out: &mut Vec<(usize, String, usize)>) {
+    /// Lists `(from, dotted path, descendant)` for every descendant of `at` below `from`, at most
+    /// [`TABLE_DEPTH`] segments below it (`depth` is `at`'s).
+    fn descendants(&self, from: usize, at: usize, prefix: &str, depth: usize, out: &mut Vec<(usize, String, usize)>) {
+        if depth == TABLE_DEPTH {
+            return;
+        }
         for (segment, child) in &self.nodes[at].children {
             let path =
                 if prefix.is_empty() && at == from { segment.to_string() } else { format!("{prefix}.{segment}") };
             out.push((from, path.clone(), *child));
-            self.descendants(from, *child, &path, out);
+            self.descendants(from, *child, &path, depth + 1, out);
         }
     }
 
-    /// The node reached from `node` through the document key `key` (dots in it separate segments).
+    /// The node reached from `node` through the document key `key` (dots in it separate segments):
+    /// from the key table, or for a key of more than [`TABLE_DEPTH`] segments (which the table
+    /// does not hold) by walking the tree.
     pub(crate) fn child(&self, node: usize, key: &str) -> Option<usize> {
-        self.keys.get(node, key)
+        match self.keys.get(node, key) {
+            Some(child) => Some(child),
+            // At least TABLE_DEPTH dots needs at least twice as many bytes.
+            None if key.len() > 2 * TABLE_DEPTH && key.bytes().filter(|&b| b == b'.').count() >= TABLE_DEPTH => {
+                self.walk_child(node, key)
+            }
+            None => None,
+        }
     }
 
     /// [`Self::child`] by walking the tree segment by segment: what the key table must answer.
-    #[cfg(test)]
     pub(crate) fn walk_child(&self, node: usize, key: &str) -> Option<usize> {
         // A byte loop: keys are short, shorter than `memchr` takes to set up.
         if !key.bytes().any(|b| b == b'.') {
@@ -959,6 +977,25 @@ mod tests {
             let jaeger = paths();
             for key in ["process", "process.serviceName", "process.tags.key", "tags", "tags.value", "traceID", "process.x", "x.y"] {
                 prop_assert_eq!(jaeger.child(0, key), jaeger.walk_child(0, key));
+            }
+        }
+    }
+
+    /// A property name of thousands of dotted segments: the key table holds at most
+    /// [`TABLE_DEPTH`] segments per entry (linear in the depth, not cubic), and keys longer than
+    /// that still find their node by walking.
+    #[test]
+    fn a_deep_dotted_mapping_keeps_the_key_table_linear_and_long_keys_walk() {
+        let segments = 2_000;
+        let name = vec!["x"; segments].join(".");
+        let indexed = IndexedPaths::from_mappings(&json!({"properties": {name.clone(): {"type": "keyword"}}}));
+        let entries = indexed.keys.slots.iter().flatten().count();
+        assert!(entries <= TABLE_DEPTH * indexed.nodes.len(), "{entries} entries for {} nodes", indexed.nodes.len());
+        assert_eq!(indexed.id(&name), Some(0));
+        for depth in [1, TABLE_DEPTH - 1, TABLE_DEPTH, TABLE_DEPTH + 1, 50, segments, segments + 1] {
+            let key = vec!["x"; depth].join(".");
+            for node in [0, 1, segments / 2] {
+                assert_eq!(indexed.child(node, &key), indexed.walk_child(node, &key), "node {node}, {depth} segments");
             }
         }
     }

@@ -2628,6 +2628,23 @@ mod tests {
         assert!(!live(&wrap(&[0x9b, 0x06, 0x9c, 0x06], &[])), "an unknown group (field 99) is prost's to skip");
         assert!(!live(&wrap(&field(3, 0, &[1]), &[])), "trace_state with a varint's wire type");
         assert!(!live(&wrap(&[], &field(3, 2, &[0xff, 0xfe]))), "a schema_url that is not UTF-8");
+        // Span and event attribute keys and string values are checked as they are written:
+        // invalid UTF-8 in any of them, and in a key written twice (only the last is written), is
+        // still prost's to refuse.
+        let attribute = |key: &[u8], value: &[u8]| field(9, 2, &[field(1, 2, key), any(&field(1, 2, value))].concat());
+        assert!(!live(&wrap(&attribute(b"k\xff", b"v"), &[])), "an attribute key that is not UTF-8");
+        assert!(!live(&wrap(&attribute(b"k", b"\xc3"), &[])), "an attribute value that is not UTF-8");
+        assert!(!live(&wrap(&attribute(b"long key, clean for two words\xff", b"v"), &[])), "past the first words");
+        let key_twice = [field(1, 2, b"\xff"), field(1, 2, b"k"), any(&field(1, 2, b"v"))].concat();
+        assert!(!live(&wrap(&field(9, 2, &key_twice), &[])), "a key written twice, the first not UTF-8");
+        let event =
+            |attribute: &[u8]| field(11, 2, &[field(1, 1, &[1, 0, 0, 0, 0, 0, 0, 0]), field(3, 2, attribute)].concat());
+        let event_attribute = [field(1, 2, b"e"), any(&field(1, 2, b"caf\xc3"))].concat();
+        assert!(!live(&wrap(&event(&event_attribute), &[])), "an event attribute value that is not UTF-8");
+        assert!(
+            live(&wrap(&attribute("clé".as_bytes(), "valeur é".as_bytes()), &[])),
+            "UTF-8 beyond ASCII is read in place"
+        );
         // Arrays nested in a span attribute: the attribute's value is at level 5, each array adds
         // two; prost refuses a message past level 100.
         let nested = |depth: usize| {

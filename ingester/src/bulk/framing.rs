@@ -67,7 +67,9 @@ impl Bodies {
             let fits = (0..free.len()).filter(|&at| free[at].capacity() >= len).min_by_key(|&at| free[at].capacity());
             fits.map(|at| free.swap_remove(at))
         };
-        let mut body = kept.unwrap_or_else(|| BytesMut::with_capacity(len.saturating_add(len / 4)));
+        // The room to spare stops at what is kept: a buffer grown past it would be freed.
+        let room = len.saturating_add(len / 4).min(KEPT_BODY_BYTES).max(len);
+        let mut body = kept.unwrap_or_else(|| BytesMut::with_capacity(room));
         body.clear();
         body.reserve(len);
         items.iter().for_each(|i| body.extend_from_slice(&i.ndjson));
@@ -149,8 +151,13 @@ mod tests {
         // Fits none kept: a new buffer, the kept ones untouched.
         bodies.recycle(again);
         let fresh = bodies.body(&[item(200_000)]);
-        assert_ne!(fresh.as_ptr(), small_at);
-        assert_eq!(bodies.free.lock().expect("lock").len(), 1);
+        assert!(fresh.as_ptr() != small_at && fresh.as_ptr() != large_at);
+        assert_eq!(bodies.free.lock().expect("lock")[0].as_ptr(), small_at, "the small buffer stays kept");
+        // Near the kept size, the room to spare stops at it, so the buffer is kept after.
+        let near = bodies.body(&[item(KEPT_BODY_BYTES - 10)]);
+        let near_at = near.as_ptr();
+        bodies.recycle(near);
+        assert!(bodies.free.lock().expect("lock").iter().any(|b| b.as_ptr() == near_at));
     }
 
     #[test]

@@ -553,7 +553,13 @@ impl<'a> KeyValue<'a> {
         let (mut key, mut value) = (&b""[..], None);
         for field in Fields::new(bytes) {
             match field? {
-                (1, v) => key = v.text(utf8)?,
+                // A key written twice: prost checks the first too, the writer sees only the last.
+                (1, v) => {
+                    if utf8 == Utf8::AsWritten && str::from_utf8(key).is_err() {
+                        return Err(Unusual);
+                    }
+                    key = v.text(utf8)?;
+                }
                 (2, v) => once(&mut value, v)?,
                 (3, v) => drop(v.varint()?),
                 _ => {}
