@@ -61,12 +61,16 @@ fn template() -> Value {
 const T0: u64 = 1_764_460_800_000_000;
 const SERVICES: [&str; 8] = ["frontend", "checkout", "cart", "payment", "shipping", "email", "ads", "currency"];
 
-fn span(i: u64) -> (String, String) {
+/// Span `i`'s trace id, span id, parent id, service and start time (µs): ten spans per trace.
+fn identity(i: u64) -> (String, String, String, &'static str, u64) {
     let trace = format!("{:032x}", (i / 10).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let span = format!("{:016x}", i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
     let parent = format!("{:016x}", (i - i % 10).wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
-    let service = SERVICES[(i % 8) as usize];
-    let start = T0 + i * 37;
+    (trace, span, parent, SERVICES[(i % 8) as usize], T0 + i * 37)
+}
+
+fn span(i: u64) -> (String, String) {
+    let (trace, span, parent, service, start) = identity(i);
     let doc = json!({
         "traceID": trace, "spanID": span, "parentSpanID": parent, "flags": 1,
         "operationName": format!("GET /api/v1/items/{}", i % 50),
@@ -212,11 +216,7 @@ async fn http_phase(docs: u64) {
 /// A Jaeger span document as the ingester writes it (`ingester/src/document/`): about 1.5 KB, the
 /// tag keys and types of an OpenTelemetry HTTP server span, a log with two fields, process tags.
 fn ingester_span(i: u64) -> (String, String) {
-    let trace = format!("{:032x}", (i / 10).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let span = format!("{:016x}", i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
-    let parent = format!("{:016x}", (i - i % 10).wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
-    let service = SERVICES[(i % 8) as usize];
-    let start = T0 + i * 37;
+    let (trace, span, parent, service, start) = identity(i);
     let tag = |key: &str, ty: &str, value: String| json!({"key": key, "type": ty, "value": value});
     let doc = json!({
         "traceID": trace, "spanID": span, "parentSpanID": parent, "flags": 1,
