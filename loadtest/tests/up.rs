@@ -75,10 +75,11 @@ impl Up {
     /// dies or the terminal goes away.
     fn start(run_dir: &Path, ports: &Ports, bin: &Path, piped_stderr: bool) -> Self {
         // A process started in the background of a non-interactive shell (as CI may start `make
-        // test`) inherits SIGINT ignored, and bash cannot trap a signal ignored on entry: reset it to
-        // its default, as a terminal's foreground job has it.
+        // test`) inherits SIGINT ignored, one started under `nohup` SIGHUP, and bash cannot trap a
+        // signal ignored on entry: reset the signals this test sends to their defaults, as a
+        // terminal's foreground job has them.
         let child = Command::new("env")
-            .arg("--default-signal=INT")
+            .arg("--default-signal=INT,HUP,TERM")
             .arg(workspace().join("scripts/up.sh"))
             .env("RUN_DIR", run_dir)
             .env("SPANLINE_BIN", bin)
