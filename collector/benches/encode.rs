@@ -50,7 +50,16 @@ fn bench(c: &mut Criterion) {
     group.bench_function("split_plan", |b| {
         b.iter(|| {
             let counts = split::Counts::of(&bytes).expect("well formed");
-            split::plan(&bytes, &counts, &limits, &processors, 900 * 1024).expect("the byte path takes it")
+            split::plan(&bytes, &counts, &limits, &processors, 900 * 1024, false).expect("the byte path takes it")
+        })
+    });
+    // The same with the RED metrics tallied (`[span_metrics]`): their cost per request.
+    group.bench_function("split_plan_span_metrics", |b| {
+        b.iter(|| {
+            let counts = split::Counts::of(&bytes).expect("well formed");
+            let mut plan =
+                split::plan(&bytes, &counts, &limits, &processors, 900 * 1024, true).expect("the byte path takes it");
+            plan.take_counted()
         })
     });
     group.finish();

@@ -31,6 +31,27 @@ pub struct Config {
     /// Jaeger remote sampling strategies (`[sampling]`), served on `receivers.sampling_http_listen`,
     /// `receivers.sampling_grpc_listen` and `receivers.jaeger_http_listen` (docs/sampling.md).
     pub sampling: SamplingConfig,
+    /// RED metrics for Jaeger's Monitor tab (`[span_metrics]`, docs/collector.md).
+    pub span_metrics: SpanMetricsConfig,
+}
+
+/// Calls and durations per service, span name, span kind and status code, counted before sampling
+/// and exported on the admin server's `/metrics` as `traces_span_metrics_*` ([`crate::span_metrics`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpanMetricsConfig {
+    /// Count them. Default `false`; `deploy/collector.toml` turns it on.
+    pub enabled: bool,
+    /// Series (service, span name, kind, status) kept; spans of series past it are counted in one
+    /// overflow series (`otel_metric_overflow="true"`). Span names come from clients: this bounds
+    /// what they can make the collector hold and Prometheus store. Default `5000`.
+    pub max_series: usize,
+}
+
+impl Default for SpanMetricsConfig {
+    fn default() -> Self {
+        Self { enabled: false, max_series: 5000 }
+    }
 }
 
 impl Default for Config {
@@ -42,6 +63,7 @@ impl Default for Config {
             processors: ProcessorsConfig::default(),
             admin: AdminConfig::loopback(14269),
             sampling: SamplingConfig::default(),
+            span_metrics: SpanMetricsConfig::default(),
         }
     }
 }
@@ -282,6 +304,9 @@ impl Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
         self.kafka.client().validate()?;
+        if self.span_metrics.enabled && self.span_metrics.max_series == 0 {
+            return Err("span_metrics.max_series must be at least 1".into());
+        }
         self.receivers.tls.validate("receivers.tls")?;
         self.receivers.auth.validate()?;
         // The collector answers an export only once Kafka holds every record: an override that lets

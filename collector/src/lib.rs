@@ -34,6 +34,7 @@ pub mod process;
 pub mod produce;
 pub mod receive;
 pub mod sampling;
+pub mod span_metrics;
 pub mod split;
 pub mod translate;
 pub mod zipkin;

@@ -37,6 +37,7 @@ use crate::{
         GrpcService, charge_grpc_body, http_router, jaeger_router, oversized_is_resource_exhausted, zipkin_router,
     },
     sampling::{self, Sampling},
+    span_metrics::{self, SpanMetrics},
     split::{self, Fallback},
 };
 
@@ -74,10 +75,18 @@ struct ExporterInner {
     max_attributes: usize,
     read_timeout: Duration,
     request_timeout: Duration,
+    /// RED metrics of the spans (`[span_metrics]`), when counted.
+    span_metrics: Option<SpanMetrics>,
 }
 
 impl Exporter {
-    pub fn new(config: &Config, producer: Producer, metrics: Metrics, gate: Gate) -> Result<Self, Error> {
+    pub fn new(
+        config: &Config,
+        producer: Producer,
+        metrics: Metrics,
+        gate: Gate,
+        span_metrics: Option<SpanMetrics>,
+    ) -> Result<Self, Error> {
         let processors = Processors::new(&config.processors).map_err(Error::Setup)?;
         let limits = &config.limits;
         Ok(Self {
@@ -96,6 +105,7 @@ impl Exporter {
                 max_attributes: limits.max_attributes_per_span,
                 read_timeout: limits.read_timeout,
                 request_timeout: limits.request_timeout,
+                span_metrics,
             }),
         })
     }
@@ -165,7 +175,7 @@ impl Exporter {
         drop(body);
         // Only the records stay charged.
         charge.shrink_to(charge.bytes() - body_bytes);
-        self.publish(encoded.encoded, encoded.sampled_out, 0, charge).await
+        self.publish(encoded.encoded, encoded.sampled_out, 0, encoded.counted, charge).await
     }
 
     /// Counts a request that takes the decode path (`spanline_collector_decode_fallbacks_total`).
@@ -188,8 +198,15 @@ impl Exporter {
         let tables = counts.table_bytes();
         charge.fits_with(tables, "splitting the request")?;
         charge.grow(tables, "splitting the request")?;
-        let plan = match split::plan(body, &counts, &inner.attribute_limits, &inner.processors, inner.max_message_bytes)
-        {
+        let span_metrics = inner.span_metrics.is_some();
+        let mut plan = match split::plan(
+            body,
+            &counts,
+            &inner.attribute_limits,
+            &inner.processors,
+            inner.max_message_bytes,
+            span_metrics,
+        ) {
             Ok(plan) => plan,
             Err(reason) => {
                 charge.shrink_to(charge.bytes() - tables);
@@ -200,9 +217,10 @@ impl Exporter {
         // from the plan and charged before a byte is copied.
         charge.grow(plan.bytes(), "encoding one Kafka record per trace")?;
         let sampled_out = plan.sampled_out();
+        let counted = plan.take_counted();
         let encoded = plan.build(body);
         charge.shrink_to(charge.bytes() - tables);
-        Ok(Split { encoded, sampled_out })
+        Ok(Split { encoded, sampled_out, counted })
     }
 
     /// The decode path: limits, samples, redacts, validates and groups a decoded request, whose
@@ -219,6 +237,8 @@ impl Exporter {
                 inner.metrics.limited_attributes.get_or_create(&LimitLabels { action }).inc_by(n as u64);
             }
         }
+        // Before sampling: the rates are the clients', whatever fraction of traces is kept.
+        let counted = inner.span_metrics.as_ref().map(|_| tally(&request)).unwrap_or_default();
         let processed = inner.processors.apply(&mut request);
         if processed.redacted > 0 {
             inner.metrics.redacted_attributes.inc_by(processed.redacted as u64);
@@ -231,7 +251,7 @@ impl Exporter {
         let encoded = plan.build(&request);
         drop(request);
         charge.shrink_to(charge.bytes() - decoded);
-        self.publish(encoded, processed.sampled_out, limited.rejected_spans, charge).await
+        self.publish(encoded, processed.sampled_out, limited.rejected_spans, counted, charge).await
     }
 
     /// Counts the spans' outcomes, produces the records and answers.
@@ -240,6 +260,7 @@ impl Exporter {
         mut encoded: Encoded,
         sampled_out: usize,
         over_limits: usize,
+        counted: span_metrics::Counted,
         charge: Charge,
     ) -> Result<ExportTraceServiceResponse, Error> {
         let inner = &self.inner;
@@ -261,6 +282,10 @@ impl Exporter {
         let accepted = encoded.accepted_spans;
         let rejected = encoded.rejected;
         inner.producer.publish(encoded.records, charge, inner.request_timeout).await?;
+        // Only now: a request that failed is sent again by its client, and counted then.
+        if let Some(span_metrics) = &inner.span_metrics {
+            span_metrics.record(counted);
+        }
         inner.metrics.spans.get_or_create(&SpanLabels { outcome: "accepted", reason: "none" }).inc_by(accepted as u64);
         let total = rejected.total();
         Ok(ExportTraceServiceResponse {
@@ -286,6 +311,42 @@ pub enum Request {
 struct Split {
     encoded: Encoded,
     sampled_out: usize,
+    counted: span_metrics::Counted,
+}
+
+/// The RED metrics of a decoded request's valid spans ([`span_metrics`]), as the byte path
+/// tallies them.
+fn tally(request: &ExportTraceServiceRequest) -> span_metrics::Counted {
+    let mut tally = span_metrics::Tally::default();
+    for resource_spans in &request.resource_spans {
+        let service = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) if !s.is_empty() => {
+                    Some(s.as_bytes())
+                }
+                _ => None,
+            })
+            .unwrap_or(b"unknown_service");
+        for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
+            if encode::check(
+                &span.trace_id,
+                &span.span_id,
+                &span.parent_span_id,
+                span.start_time_unix_nano,
+                span.end_time_unix_nano,
+            )
+            .is_none()
+            {
+                let status = span.status.as_ref().map_or(0, |s| s.code);
+                let key = span_metrics::Key { service, name: span.name.as_bytes(), kind: span.kind, status };
+                tally.add(key, span.start_time_unix_nano, span.end_time_unix_nano);
+            }
+        }
+    }
+    tally.into_owned()
 }
 
 /// Why the byte path made nothing of a request.
@@ -359,7 +420,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     } else {
         (None, None)
     };
-    let exporter = Exporter::new(&config, producer.clone(), metrics.clone(), gate.clone())?;
+    let span_metrics =
+        config.span_metrics.enabled.then(|| SpanMetrics::register(&mut registry, config.span_metrics.max_series));
+    let exporter = Exporter::new(&config, producer.clone(), metrics.clone(), gate.clone(), span_metrics)?;
     let ready = Readiness::default();
 
     let grpc = bind(config.receivers.grpc_listen, "otlp grpc").await?;

@@ -24,6 +24,7 @@ use crate::{
     encode::{self, Encoded, Member, Planned, Planner, Rejections, Source},
     limit::AttributeLimits,
     process::Processors,
+    span_metrics,
 };
 
 /// Nesting (messages from the request down) past which the decode path decides; prost refuses
@@ -126,6 +127,8 @@ pub struct SplitPlan {
     records: Vec<Planned>,
     rejected: Rejections,
     sampled_out: usize,
+    /// The valid spans' RED metrics, to be recorded once Kafka holds the records.
+    counted: span_metrics::Counted,
 }
 
 impl SplitPlan {
@@ -144,6 +147,11 @@ impl SplitPlan {
         self.sampled_out
     }
 
+    /// The valid spans' RED metrics (empty unless planned with `span_metrics`).
+    pub fn take_counted(&mut self) -> span_metrics::Counted {
+        std::mem::take(&mut self.counted)
+    }
+
     /// Writes the records, copying resources, scopes and spans from `body` (the body planned).
     pub fn build(self, body: &[u8]) -> Encoded {
         let source = WireSource { body, resources: &self.resources, scopes: &self.scopes };
@@ -153,13 +161,15 @@ impl SplitPlan {
 
 /// Walks `body` once and plans its records of at most `max_message_bytes`, one trace each, as the
 /// decode path would after `limits` and `processors`; or says why the decode path must take it.
-/// `counts` are the body's ([`Counts::of`]), their [`Counts::table_bytes`] charged.
+/// `counts` are the body's ([`Counts::of`]), their [`Counts::table_bytes`] charged. With
+/// `span_metrics`, the valid spans' RED metrics are tallied too ([`SplitPlan::take_counted`]).
 pub fn plan(
     body: &[u8],
     counts: &Counts,
     limits: &AttributeLimits,
     processors: &Processors,
     max_message_bytes: usize,
+    span_metrics: bool,
 ) -> Result<SplitPlan, Fallback> {
     if processors.redacts() {
         return Err(Fallback::Redaction);
@@ -178,6 +188,8 @@ pub fn plan(
         scopes: Vec::with_capacity(counts.scope_spans),
         members: Vec::with_capacity(counts.spans),
         sampled_out: 0,
+        service: b"",
+        tally: span_metrics.then(span_metrics::Tally::default),
     };
     walk.request()?;
     let (records, rejected) = walk.planner.finish();
@@ -188,6 +200,7 @@ pub fn plan(
         records,
         rejected,
         sampled_out: walk.sampled_out,
+        counted: walk.tally.map(span_metrics::Tally::into_owned).unwrap_or_default(),
     })
 }
 
@@ -200,7 +213,7 @@ pub fn split(
     max_message_bytes: usize,
 ) -> Result<(Encoded, usize), Fallback> {
     let counts = Counts::of(body)?;
-    let plan = plan(body, &counts, limits, processors, max_message_bytes)?;
+    let plan = plan(body, &counts, limits, processors, max_message_bytes, false)?;
     let sampled_out = plan.sampled_out();
     Ok((plan.build(body), sampled_out))
 }
@@ -356,6 +369,34 @@ fn uint32(value: u64) -> Result<(), Fallback> {
     if u32::try_from(value).is_ok() { Ok(()) } else { Err(Fallback::Encoding) }
 }
 
+/// The service of a resource without a `service.name` string, as OpenTelemetry names it.
+const UNKNOWN_SERVICE: &[u8] = b"unknown_service";
+
+/// An enum already checked by [`int32`]: its low 32 bits.
+#[allow(clippy::cast_possible_truncation)]
+fn enum_value(value: u64) -> i32 {
+    value as i32
+}
+
+/// A checked `KeyValue`'s key and, when its value is a non-empty string, the string (`None` for
+/// any other value).
+fn string_attribute(mut kv: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let (mut key, mut value) = (&b""[..], None);
+    while let Ok(Some(field)) = next_field(&mut kv) {
+        match field {
+            (1, Wire::Len(k)) => key = k,
+            (2, Wire::Len(mut any)) => {
+                value = match next_field(&mut any) {
+                    Ok(Some((1, Wire::Len(s)))) if !s.is_empty() => Some(s),
+                    _ => None,
+                };
+            }
+            _ => {}
+        }
+    }
+    Some((key, value))
+}
+
 fn utf8(s: &[u8]) -> Result<(), Fallback> {
     std::str::from_utf8(s).map(|_| ()).map_err(|_| Fallback::Encoding)
 }
@@ -372,6 +413,9 @@ struct SpanFields<'a> {
     parent_span_id: &'a [u8],
     start: u64,
     end: u64,
+    name: &'a [u8],
+    kind: i32,
+    status: i32,
 }
 
 /// One walk over a body: checks, samples, validates and plans. Depths count messages from the
@@ -387,6 +431,10 @@ struct Walk<'a> {
     scopes: Vec<Wrapper>,
     members: Vec<Member<Part>>,
     sampled_out: usize,
+    /// The current resource's `service.name` (its first, when a string).
+    service: &'a [u8],
+    /// RED metrics of the valid spans, sampled or not, when they are counted.
+    tally: Option<span_metrics::Tally<'a>>,
 }
 
 impl<'a> Walk<'a> {
@@ -422,6 +470,7 @@ impl<'a> Walk<'a> {
                 _ => return Err(Fallback::Encoding),
             }
         }
+        self.service = UNKNOWN_SERVICE;
         if let Some(r) = resource {
             self.resource(r)?;
         }
@@ -478,13 +527,23 @@ impl<'a> Walk<'a> {
         scope_cost: usize,
     ) -> Result<(), Fallback> {
         let fields = self.span(span)?;
+        let invalid = encode::check(fields.trace_id, fields.span_id, fields.parent_span_id, fields.start, fields.end);
+        if let Some(tally) = self.tally.as_mut()
+            && invalid.is_none()
+        {
+            let key = span_metrics::Key {
+                service: self.service,
+                name: fields.name,
+                kind: fields.kind,
+                status: fields.status,
+            };
+            tally.add(key, fields.start, fields.end);
+        }
         if !self.processors.keeps_trace(fields.trace_id) {
             self.sampled_out += 1;
             return Ok(());
         }
-        if let Some(reason) =
-            encode::check(fields.trace_id, fields.span_id, fields.parent_span_id, fields.start, fields.end)
-        {
+        if let Some(reason) = invalid {
             self.planner.reject(reason);
             return Ok(());
         }
@@ -508,8 +567,15 @@ impl<'a> Walk<'a> {
                 (1, Wire::Len(v)) => fields.trace_id = set(v)?,
                 (2, Wire::Len(v)) => fields.span_id = set(v)?,
                 (4, Wire::Len(v)) => fields.parent_span_id = set(v)?,
-                (3 | 5, Wire::Len(s)) => utf8(set(s)?)?,
-                (6, Wire::Varint(v)) => int32(nonzero(v)?)?,
+                (3, Wire::Len(s)) => utf8(set(s)?)?,
+                (5, Wire::Len(s)) => {
+                    utf8(set(s)?)?;
+                    fields.name = s;
+                }
+                (6, Wire::Varint(v)) => {
+                    int32(nonzero(v)?)?;
+                    fields.kind = enum_value(v);
+                }
                 (10 | 12 | 14, Wire::Varint(v)) => uint32(nonzero(v)?)?,
                 (16, Wire::I32(v)) => _ = nonzero(u64::from(v))?,
                 (7, Wire::I64(t)) => fields.start = nonzero(t)?,
@@ -520,7 +586,7 @@ impl<'a> Walk<'a> {
                 }
                 (11, Wire::Len(event)) => self.event(event)?,
                 (13, Wire::Len(link)) => self.link(link)?,
-                (15, Wire::Len(status)) => self.status(status)?,
+                (15, Wire::Len(status)) => fields.status = self.status(status)?,
                 _ => return Err(Fallback::Encoding),
             }
         }
@@ -572,35 +638,51 @@ impl<'a> Walk<'a> {
     }
 
     /// `Status`.
-    fn status(&self, mut buf: &[u8]) -> Result<(), Fallback> {
+    /// `Status`: its code.
+    fn status(&self, mut buf: &[u8]) -> Result<i32, Fallback> {
         let mut order = Order::default();
+        let mut code = 0;
         while let Some(field) = next_field(&mut buf)? {
             order.next(field.0, false)?;
             match field {
                 (2, Wire::Len(s)) => utf8(set(s)?)?,
-                (3, Wire::Varint(v)) => int32(nonzero(v)?)?,
+                (3, Wire::Varint(v)) => {
+                    int32(nonzero(v)?)?;
+                    code = enum_value(v);
+                }
                 _ => return Err(Fallback::Encoding),
             }
         }
-        Ok(())
+        Ok(code)
     }
 
     /// `Resource`.
-    fn resource(&self, mut buf: &[u8]) -> Result<(), Fallback> {
+    fn resource(&mut self, mut buf: &'a [u8]) -> Result<(), Fallback> {
         const DEPTH: usize = 2;
         let mut attributes = 0;
         let mut order = Order::default();
+        let mut service = None;
         while let Some(field) = next_field(&mut buf)? {
             order.next(field.0, matches!(field.0, 1 | 3))?;
             match field {
                 (1, Wire::Len(kv)) => {
                     attributes += 1;
                     self.key_value(kv, DEPTH + 1)?;
+                    if service.is_none()
+                        && let Some((key, value)) = string_attribute(kv)
+                        && key == b"service.name"
+                    {
+                        service = Some(value);
+                    }
                 }
                 (2, Wire::Varint(v)) => uint32(nonzero(v)?)?,
                 (3, Wire::Len(entity)) => entity_ref(entity)?,
                 _ => return Err(Fallback::Encoding),
             }
+        }
+        // The first `service.name` decides, when it holds a non-empty string (as the ingester reads it).
+        if let Some(Some(name)) = service {
+            self.service = name;
         }
         self.count(attributes, self.per_resource)
     }

@@ -519,3 +519,67 @@ async fn connections_past_the_bound_are_closed_and_silent_ones_time_out() {
     let mut client = TraceServiceClient::connect(format!("http://{grpc}")).await.expect("connects");
     client.export(fixtures::request("svc", 1, 1, 1, fixtures::now_unix_nano())).await.expect("export after they left");
 }
+
+/// `[span_metrics]`: calls, errors and durations per service, span name, kind and status, counted
+/// before sampling on both the byte path (gRPC protobuf) and the decode path (OTLP/JSON), in the
+/// names and labels Jaeger's Monitor tab queries; invalid spans are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_metrics_count_every_valid_span_before_sampling_on_both_paths() {
+    let broker = broker().await;
+    let mut c = config(&broker);
+    c.span_metrics.enabled = true;
+    c.processors.sampling_ratio = 0.5;
+    let running = spanline_collector::start(c, CancellationToken::new()).await.expect("starts");
+    let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
+    let mut request = fixtures::request("svc", 1, 10, 4, fixtures::now_unix_nano());
+    let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+    for span in spans.iter_mut().take(2) {
+        span.status = Some(opentelemetry_proto::tonic::trace::v1::Status { code: 2, ..Default::default() });
+    }
+    spans[7].span_id = vec![0; 8];
+    client.export(request).await.expect("export acknowledged");
+
+    let json = serde_json::json!({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "json-svc"}}]},
+    "scopeSpans": [{"spans": [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "get", "kind": 3, "startTimeUnixNano": "1000000", "endTimeUnixNano": "8000000"},
+        {"traceId": "6b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b175", "name": "get", "kind": 3, "startTimeUnixNano": "1000000", "endTimeUnixNano": "1500000"}
+    ]}]}]});
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", running.http_addr))
+        .header("content-type", "application/json")
+        .body(json.to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+
+    let metric = |name: &'static str, labels: &'static str| spanline_testkit::metric(running.admin_addr, name, labels);
+    let calls = "traces_span_metrics_calls_total";
+    assert_eq!(metric(calls, r#"service_name="svc""#).await.expect("metrics"), 39.0, "40 spans, one invalid");
+    assert_eq!(
+        metric(
+            calls,
+            r#"service_name="svc",span_name="operation-0",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR""#
+        )
+        .await
+        .expect("metrics"),
+        1.0
+    );
+    assert_eq!(metric(calls, r#"status_code="STATUS_CODE_ERROR""#).await.expect("metrics"), 2.0);
+    assert_eq!(
+        metric(calls, r#"service_name="json-svc",span_name="get",span_kind="SPAN_KIND_CLIENT""#)
+            .await
+            .expect("metrics"),
+        2.0
+    );
+    let count = "traces_span_metrics_duration_milliseconds_count";
+    assert_eq!(metric(count, r#"service_name="svc""#).await.expect("metrics"), 39.0);
+    // 7 ms and 0.5 ms: one in the 8 ms bucket's range, both under 10 ms.
+    let bucket = "traces_span_metrics_duration_milliseconds_bucket";
+    assert_eq!(metric(bucket, r#"service_name="json-svc",span_name="get",span_kind="SPAN_KIND_CLIENT",status_code="STATUS_CODE_UNSET",le="2.0""#).await.expect("metrics"), 1.0);
+    assert_eq!(metric(bucket, r#"service_name="json-svc",span_name="get",span_kind="SPAN_KIND_CLIENT",status_code="STATUS_CODE_UNSET",le="8.0""#).await.expect("metrics"), 2.0);
+    // Sampling kept about half of the traces in the topic; the metrics counted all of them.
+    let records = read_topic(&broker.bootstrap(), "otlp_spans").await.expect("read");
+    let in_topic: usize = records.iter().map(|r| spans_in(&r.payload).len()).sum();
+    assert!(in_topic < 41, "sampling left spans out of the topic: {in_topic}");
+}

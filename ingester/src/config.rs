@@ -20,6 +20,7 @@ pub struct Config {
     pub opensearch: OpenSearch,
     pub batch: Batch,
     pub limits: Limits,
+    pub dependencies: Dependencies,
     /// The admin server. Default `127.0.0.1:14270`.
     pub admin: AdminConfig,
     /// How long shutdown may take to flush, index and commit. Default `20s`.
@@ -497,6 +498,104 @@ impl Default for Batch {
     }
 }
 
+/// Service dependency links (Jaeger's System Architecture tab) counted from the stream: each
+/// partition's worker puts its traces together and writes one document per partition and `window`
+/// to `{prefix}jaeger-dependencies-YYYY-MM-DD` (`crate::dependencies`, docs/dependencies.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dependencies {
+    /// Count links and write their documents. Default `false`; `deploy/ingester.toml` turns it on.
+    pub enabled: bool,
+    /// One document per partition and window of this length, aligned to the epoch; a divisor of a
+    /// day. Jaeger Query reads at most 10 000 (`es.max-doc-count`) per lookback: partitions × windows
+    /// per day × days looked back must stay under it. On every assignment the worker re-reads up to
+    /// about `window + 2 × max_trace_duration` of the partition to count unfinished windows again.
+    /// Default `15m`.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// A trace's spans are put together over at most about this long (slots of this length, aligned
+    /// to the epoch): a trace still sending spans past it is counted in pieces. A divisor of
+    /// `window`. Default `2m`.
+    #[serde(with = "humantime_serde")]
+    pub max_trace_duration: Duration,
+    /// A trace is complete once no span of it arrived for this long. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// How far out of order Kafka record timestamps may be (the collectors' clocks and produce
+    /// delays); an idle partition's clock follows the wall clock this far behind. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub lateness: Duration,
+    /// Spans held per partition while their traces are open (about 64 bytes each); past it the
+    /// trace with the oldest deadline is closed early and counted
+    /// (`spanline_ingester_dependency_evictions_total`). Default `500000`.
+    pub max_spans: usize,
+    /// Distinct (parent, child) links in one window's document; more are counted and left out.
+    /// Default `10000`.
+    pub max_links: usize,
+    /// Count the links without indexing spans (what `replay --dependencies-only` sets). Default
+    /// `false`.
+    pub only: bool,
+}
+
+impl Default for Dependencies {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            window: Duration::from_secs(15 * 60),
+            max_trace_duration: Duration::from_secs(120),
+            idle: Duration::from_secs(30),
+            lateness: Duration::from_secs(10),
+            max_spans: 500_000,
+            max_links: 10_000,
+            only: false,
+        }
+    }
+}
+
+impl Dependencies {
+    /// The tracker's bounds.
+    pub fn bounds(&self) -> crate::dependencies::Bounds {
+        crate::dependencies::Bounds {
+            window: self.window,
+            max_trace_duration: self.max_trace_duration,
+            idle: self.idle,
+            lateness: self.lateness,
+            max_spans: self.max_spans,
+            max_edges: self.max_links,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let (window, slot, idle) =
+            (self.window.as_millis(), self.max_trace_duration.as_millis(), self.idle.as_millis());
+        if window == 0 || 86_400_000 % window != 0 {
+            return Err(format!("dependencies.window ({:?}) must divide a day", self.window));
+        }
+        if slot == 0 || window % slot != 0 {
+            return Err(format!(
+                "dependencies.max_trace_duration ({:?}) must divide dependencies.window ({:?})",
+                self.max_trace_duration, self.window
+            ));
+        }
+        if idle == 0 || idle >= slot {
+            return Err(format!(
+                "dependencies.idle ({:?}) must be positive and shorter than dependencies.max_trace_duration ({:?})",
+                self.idle, self.max_trace_duration
+            ));
+        }
+        if self.lateness.is_zero() || self.lateness > self.idle {
+            return Err("dependencies.lateness must be positive and at most dependencies.idle".into());
+        }
+        if self.only && !self.enabled {
+            return Err("dependencies.only needs dependencies.enabled".into());
+        }
+        if self.max_spans == 0 || self.max_links == 0 {
+            return Err("dependencies.max_spans and dependencies.max_links must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// What one Kafka record may cost. A record or span over a bound is dead-lettered with a reason
 /// naming the setting, and its offset moves on: never indexed in part, never lost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -691,6 +790,7 @@ impl Validate for Config {
                 self.shutdown_grace, self.kafka.session_timeout
             ));
         }
+        self.dependencies.validate()?;
         if self.opensearch.max_backoff >= self.kafka.max_poll_interval {
             return Err("opensearch.max_backoff must be shorter than kafka.max_poll_interval".into());
         }
@@ -705,6 +805,7 @@ impl Default for Config {
             opensearch: OpenSearch::default(),
             batch: Batch::default(),
             limits: Limits::default(),
+            dependencies: Dependencies::default(),
             admin: AdminConfig::loopback(14270),
             shutdown_grace: Duration::from_secs(20),
         }

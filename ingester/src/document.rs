@@ -119,11 +119,13 @@ impl Document {
     }
 }
 
-/// Span or service document.
+/// Span, service or dependency-links document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DocKind {
     Span,
     Service,
+    /// One partition's links of one window ([`dependency_document`]).
+    Dependencies,
 }
 
 impl DocKind {
@@ -131,6 +133,7 @@ impl DocKind {
         match self {
             DocKind::Span => "span",
             DocKind::Service => "service",
+            DocKind::Dependencies => "dependencies",
         }
     }
 }
@@ -338,13 +341,19 @@ impl Mapped {
 pub struct IndexNames {
     span: String,
     service: String,
+    dependencies: String,
 }
 
 impl IndexNames {
-    /// `{prefix}-jaeger-span-` and `{prefix}-jaeger-service-`, or without prefix when empty.
+    /// `{prefix}-jaeger-span-`, `{prefix}-jaeger-service-` and `{prefix}-jaeger-dependencies-`, or
+    /// without prefix when empty.
     pub fn new(prefix: &str) -> Self {
         let p = if prefix.is_empty() { String::new() } else { format!("{prefix}-") };
-        Self { span: format!("{p}jaeger-span-"), service: format!("{p}jaeger-service-") }
+        Self {
+            span: format!("{p}jaeger-span-"),
+            service: format!("{p}jaeger-service-"),
+            dependencies: format!("{p}jaeger-dependencies-"),
+        }
     }
 
     /// The daily index of `kind` holding a span that started at `start_micros`.
@@ -365,6 +374,7 @@ impl IndexNames {
         let base = match kind {
             DocKind::Span => &self.span,
             DocKind::Service => &self.service,
+            DocKind::Dependencies => &self.dependencies,
         };
         out.put(base.as_bytes());
         // `YYYY-MM-DD` in one write for every year a span can start in.
@@ -1192,6 +1202,100 @@ fn write_service_document(
         index_len,
         id_len,
         kind: DocKind::Service,
+        position: None,
+        end_micros: 0,
+    }
+}
+
+/// The `index` action's head, as long as [`ACTION_HEAD`] (a space after the colon), so that
+/// [`Document`]'s accessors read a dependency document's index, id and source where they read a
+/// span's.
+const INDEX_HEAD: &[u8] = b"{\"index\": {\"_index\":\"";
+const _: () = assert!(INDEX_HEAD.len() == ACTION_HEAD.len());
+
+/// Reads what the dependency links need of every span of a protobuf record, in order, into
+/// `each` (read in place, like [`map_record`]). False when the reader leaves the record to prost:
+/// the caller reads prost's encoding of the decoded request instead, which it always takes. A span
+/// without a 16-byte trace id or an 8-byte span id is passed over (the mapping refuses it).
+pub fn span_facts(proto: &[u8], mut each: impl FnMut(&crate::dependencies::SpanFact<'_>)) -> bool {
+    let mut links: Vec<[u8; 8]> = Vec::new();
+    let mut read = || -> Read<()> {
+        for resource_spans in wire::request(proto) {
+            let resource_spans = wire::ResourceSpans::read_with(resource_spans?, wire::read_resource)?;
+            for scope_spans in resource_spans.scope_spans() {
+                for span in wire::ScopeSpans::read(scope_spans?)?.spans() {
+                    let span = wire::Span::read(span?)?;
+                    let (Ok(trace_id), Ok(span_id)) =
+                        (<[u8; 16]>::try_from(span.trace_id), <[u8; 8]>::try_from(span.span_id))
+                    else {
+                        continue;
+                    };
+                    let parent = <[u8; 8]>::try_from(span.parent_span_id).ok().filter(|p| *p != [0; 8]);
+                    let mut peer_service = None;
+                    for kv in span.attributes() {
+                        let kv = kv?;
+                        if kv.key == b"peer.service"
+                            && let Some(wire::AnyValue::String(value)) = kv.value
+                        {
+                            peer_service = std::str::from_utf8(value).ok().filter(|v| !v.is_empty());
+                        }
+                    }
+                    links.clear();
+                    for link in span.links() {
+                        let link = link?;
+                        if link.trace_id == span.trace_id
+                            && let Ok(id) = <[u8; 8]>::try_from(link.span_id)
+                        {
+                            links.push(id);
+                        }
+                    }
+                    each(&crate::dependencies::SpanFact {
+                        trace_id,
+                        span_id,
+                        parent,
+                        links: &links,
+                        kind: span.kind,
+                        service: resource_spans.service,
+                        peer_service,
+                    });
+                }
+            }
+        }
+        Ok(())
+    };
+    read().is_ok()
+}
+
+/// The document of one partition's links in one window, as Jaeger's dependency reader reads it
+/// (`{"timestamp": RFC 3339, "dependencies": [{"parent", "child", "callCount"}]}`), in the daily
+/// dependencies index of the window's start. Its `_id` is the topic, the partition and the window:
+/// written with `index`, so a window counted again replaces what was there.
+pub fn dependency_document(
+    names: &IndexNames,
+    topic: &str,
+    partition: i32,
+    window: &crate::dependencies::WindowCounts,
+) -> Document {
+    let index = names.on(DocKind::Dependencies, day_of(window.start_ms.saturating_mul(1000)));
+    let id = format!("{topic}-{partition}-{}", window.start_ms);
+    let timestamp = chrono::DateTime::from_timestamp_millis(window.start_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    let links: Vec<serde_json::Value> = window
+        .links
+        .iter()
+        .map(|(parent, child, calls)| serde_json::json!({"parent": &**parent, "child": &**child, "callCount": calls}))
+        .collect();
+    let source = serde_json::json!({"timestamp": timestamp, "dependencies": links}).to_string();
+    let mut ndjson = BytesMut::with_capacity(index.len() + id.len() + source.len() + 48);
+    for part in [INDEX_HEAD, index.as_bytes(), ACTION_ID, id.as_bytes(), ACTION_TAIL, source.as_bytes(), b"\n"] {
+        ndjson.extend_from_slice(part);
+    }
+    Document {
+        ndjson: ndjson.freeze(),
+        index_len: index.len(),
+        id_len: id.len(),
+        kind: DocKind::Dependencies,
         position: None,
         end_micros: 0,
     }

@@ -23,6 +23,7 @@ pub mod commit;
 pub mod config;
 pub(crate) mod consume;
 pub mod deadletter;
+pub mod dependencies;
 pub mod document;
 pub mod error;
 pub(crate) mod health;

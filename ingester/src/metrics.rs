@@ -81,6 +81,14 @@ pub struct Metrics {
     pub freshness: Histogram,
     pub unowned_lag: Gauge,
     pub stalled_partitions: Gauge,
+    /// Dependency links: windows written, records re-read after an assignment, spans held, and what
+    /// the tracker's bounds cost (`crate::dependencies::Stats`).
+    pub dependency_windows: Counter,
+    pub dependency_reread_records: Counter,
+    pub dependency_spans_held: Gauge,
+    pub dependency_evictions: Counter,
+    pub dependency_links_dropped: Counter,
+    pub dependency_late_records: Counter,
     /// Readiness, and what stalls the ingester (`spanline_ingester_stalled`).
     pub health: Health,
     /// Reloads of the OpenSearch credential files (`spanline_ingester_reloads_total`).
@@ -113,6 +121,12 @@ impl Metrics {
             freshness: Histogram::new(buckets),
             unowned_lag: Gauge::default(),
             stalled_partitions: Gauge::default(),
+            dependency_windows: Counter::default(),
+            dependency_reread_records: Counter::default(),
+            dependency_spans_held: Gauge::default(),
+            dependency_evictions: Counter::default(),
+            dependency_links_dropped: Counter::default(),
+            dependency_late_records: Counter::default(),
             health: Health::register(registry),
             reloads: ReloadMetrics::register(registry, "spanline_ingester"),
         };
@@ -205,6 +219,36 @@ impl Metrics {
             "stalled_partitions",
             "Partitions this member does not own whose committed offset lags and has not moved for kafka.stalled_group_timeout (a member owning none is then not ready)",
             m.stalled_partitions.clone(),
+        );
+        r.register(
+            "dependency_windows",
+            "Dependency-link documents handed to the store (one per partition and window; a window counted again after a rebalance or restart is written again, replacing the first)",
+            m.dependency_windows.clone(),
+        );
+        r.register(
+            "dependency_reread_records",
+            "Records re-read after an assignment to count unfinished dependency windows again (their spans are not indexed again)",
+            m.dependency_reread_records.clone(),
+        );
+        r.register(
+            "dependency_spans_held",
+            "Spans held in open traces for the dependency links, all partitions",
+            m.dependency_spans_held.clone(),
+        );
+        r.register(
+            "dependency_evictions",
+            "Traces closed early because dependencies.max_spans was reached (links to their later spans are lost)",
+            m.dependency_evictions.clone(),
+        );
+        r.register(
+            "dependency_links_dropped",
+            "Calls left out of a window's document because it already held dependencies.max_links distinct links",
+            m.dependency_links_dropped.clone(),
+        );
+        r.register(
+            "dependency_late_records",
+            "Records whose timestamp was more than dependencies.lateness behind the partition's newest (counts may then differ on a re-read)",
+            m.dependency_late_records.clone(),
         );
         m
     }

@@ -197,6 +197,7 @@ pub fn build(
         metrics,
         failures,
         rate,
+        dependencies: config.dependencies.enabled.then(|| config.dependencies.clone()),
     });
     let context = IngestContext::new(shared, tokio::runtime::Handle::current(), config.kafka.drain_deadline);
     let consumer: IngestConsumer = client.create_with_context(context).map_err(without_value).map_err(Error::Kafka)?;

@@ -121,6 +121,11 @@ pub struct ReplayArgs {
     /// Only count the records and spans the window holds, per partition.
     #[arg(long)]
     pub dry_run: bool,
+    /// Rebuild the window's dependency links (docs/dependencies.md) without indexing its spans
+    /// again: every window that is complete inside the replayed range is counted from scratch and
+    /// its documents replaced, as Jaeger's Spark job rebuilds a day.
+    #[arg(long)]
+    pub dependencies_only: bool,
 }
 
 impl ReplayArgs {
@@ -139,6 +144,7 @@ impl ReplayArgs {
             group: None,
             restart: false,
             dry_run: false,
+            dependencies_only: false,
         }
     }
 }
@@ -211,6 +217,10 @@ pub fn replay_config(config: &Config, args: &ReplayArgs) -> Config {
     if let Some(prefix) = &args.index_prefix {
         c.opensearch.index_prefix.clone_from(prefix);
     }
+    if args.dependencies_only {
+        c.dependencies.enabled = true;
+        c.dependencies.only = true;
+    }
     c
 }
 
@@ -234,6 +244,7 @@ pub fn default_group(topic: &str, args: &ReplayArgs) -> String {
         to.as_bytes(),
         b"\n",
         partitions.join(",").as_bytes(),
+        if args.dependencies_only { &b"\ndependencies"[..] } else { b"" },
     ]);
     format!("spanline-replay-{topic}-{hash:016x}")
 }

@@ -28,6 +28,7 @@
 //!
 //! [`Watermark`]: crate::commit::Watermark
 
+pub(crate) mod links;
 pub(crate) mod partition;
 
 use std::{
@@ -88,6 +89,8 @@ pub struct Shared {
     pub failures: tokio::sync::mpsc::UnboundedSender<Error>,
     /// Spans per second over all partitions (replay's `--rate`); `None` for no limit.
     pub rate: Option<RateLimiter>,
+    /// The dependency links' settings, when they are counted (`[dependencies]`).
+    pub dependencies: Option<crate::config::Dependencies>,
 }
 
 /// A token bucket shared by every worker: `acquire(n)` waits until `n` spans may go.
@@ -245,7 +248,12 @@ impl<C: ConsumerContext + 'static> Worker<C> {
             paused: AtomicBool::new(false),
         };
         let mut source = KafkaSource {
+            links: shared
+                .dependencies
+                .as_ref()
+                .map(|d| links::Links::new(d.bounds(), &shared, control.partition, end.is_some())),
             shared: shared.clone(),
+            consumer: consumer.clone(),
             control: control.clone(),
             queue,
             end,
@@ -344,6 +352,8 @@ impl Drop for InFlightGauge {
 /// The partition's records, mapped into bulk items.
 struct KafkaSource<C: ConsumerContext + 'static> {
     shared: Arc<Shared>,
+    /// For the dependency re-read's seeks.
+    consumer: Arc<StreamConsumer<C>>,
     control: Arc<Control>,
     queue: Arc<StreamPartitionQueue<C>>,
     end: Option<i64>,
@@ -356,7 +366,13 @@ struct KafkaSource<C: ConsumerContext + 'static> {
     /// Held while the partition queue answers errors instead of records.
     failing: Option<Stalled>,
     repeats: Repeats,
+    /// The dependency links, when counted.
+    links: Option<links::Links>,
 }
+
+/// How long a partition with a dependency tracker waits for a record before its clock follows the
+/// wall clock ([`links::Links::idle`]).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl<C: ConsumerContext + 'static> Drop for KafkaSource<C> {
     /// The claims of documents whose batch never became durable (an abort) are given up, so another
@@ -385,7 +401,23 @@ impl<C: ConsumerContext + 'static> partition::Source for KafkaSource<C> {
             if self.ended {
                 return None;
             }
-            match self.queue.recv().await {
+            let received = if self.links.is_some() {
+                match tokio::time::timeout(IDLE_TICK, self.queue.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        if let Some(links) = &mut self.links {
+                            if !links.primed && self.end.is_none() {
+                                links.rewind_idle(&self.shared, &self.consumer, &self.queue, now_ms()).await;
+                            }
+                            links.idle(&self.shared, now_ms(), &self.control.steering.abort);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                self.queue.recv().await
+            };
+            match received {
                 // Replays ask for end-of-partition events: the end bound is at or below the high
                 // watermark it was resolved against, so the partition's end is past it.
                 Err(KafkaError::PartitionEOF(_)) if self.end.is_some() => self.ended = true,
@@ -405,13 +437,25 @@ impl<C: ConsumerContext + 'static> partition::Source for KafkaSource<C> {
                 Ok(message) => {
                     self.failing = None;
                     let offset = message.offset();
-                    self.ended = self.end.is_some_and(|end| offset + 1 >= end);
-                    return Some(Record {
+                    if self.links.as_ref().is_some_and(|l| offset < l.resume) {
+                        continue; // before the dependency re-read's end: counted, indexed before
+                    }
+                    let record = Record {
                         offset,
                         timestamp_ms: message.timestamp().to_millis(),
                         key: message.key().map(Bytes::copy_from_slice),
                         value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-                    });
+                    };
+                    drop(message);
+                    if let Some(links) = self.links.as_mut().filter(|l| !l.primed) {
+                        let ts = record.timestamp_ms.unwrap_or_else(now_ms);
+                        let reread = links.rewind(&self.shared, &self.consumer, &self.queue, offset, ts).await;
+                        if reread == links::Reread::Redeliver {
+                            continue;
+                        }
+                    }
+                    self.ended = self.end.is_some_and(|end| offset + 1 >= end);
+                    return Some(record);
                 }
             }
         }
@@ -428,10 +472,16 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
     /// `limits.max_record_document_bytes`; spans refused alone) is dead-lettered first, so the
     /// record's offset enters a batch only after that is durable.
     async fn take(&mut self, record: Record) -> Result<partition::Incoming, Error> {
-        let Self { shared, control, mapped, claimed, .. } = self;
+        let Self { shared, control, mapped, claimed, links, .. } = self;
         let partition = control.partition;
         shared.metrics.records.inc();
         let Record { offset, timestamp_ms, key, value } = record;
+        if let Some(links) = links.as_mut().filter(|_| shared.dependencies.as_ref().is_some_and(|d| d.only)) {
+            // `dependencies.only` (replay --dependencies-only): counted, nothing indexed.
+            links.record(shared, timestamp_ms.unwrap_or_else(now_ms), &value);
+            let items = links.items(&shared.metrics);
+            return Ok(partition::Incoming { offset, timestamp_ms, items, spans: 0, dead_lettered: 0 });
+        }
         let limits = shared.record_limits;
         mapped.clear();
         let mut letters = Vec::new();
@@ -586,7 +636,7 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                 .collect()
         };
         // Documents are moved into their items: the bulk item as written, without a copy.
-        let items = mapped
+        let mut items: Vec<Item> = mapped
             .docs
             .drain(..)
             .zip(services)
@@ -601,6 +651,11 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
                 })
             })
             .collect();
+        // The windows this record makes final go in its batch: durable before its offset is stored.
+        if let Some(links) = links {
+            links.record(shared, timestamp_ms.unwrap_or_else(now_ms), &value);
+            items.extend(links.items(&shared.metrics));
+        }
         Ok(partition::Incoming { offset, timestamp_ms, items, spans: mapped.spans as u64, dead_lettered })
     }
 }
@@ -648,9 +703,10 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
                 }
             }
             // Service documents are derived from spans that are themselves indexed or
-            // dead-lettered; losing one only hides an operation name from the service list.
+            // dead-lettered; losing one only hides an operation name from the service list. A
+            // dependency document refused for good is counted again by the next rewind.
             None => {
-                let kind = if r.item.kind == DocKind::Span { "span" } else { "service" };
+                let kind = r.item.kind.as_str();
                 tracing::error!(kind, status = r.status, error_type = %r.error_type, reason = %r.reason, "document rejected by the store");
             }
         }

@@ -172,6 +172,39 @@ impl Model {
         Trace { trace_id, spans }
     }
 
+    /// The service of a span of [`Model::trace`] by its service index.
+    pub fn service_name(&self, i: usize) -> &'static str {
+        self.service(i)
+    }
+
+    /// The calls trace `trace` makes, as Jaeger's dependency job counts them from its spans
+    /// (docs/dependencies.md): each child span under its parent (parent's service → child's), and
+    /// each leaf span that has a parent, to its `peer.service` (every model span names one). Read
+    /// from the model's own tree, not from the derivation the ingester runs.
+    pub fn calls(&self, trace: &Trace) -> Vec<(&'static str, &'static str)> {
+        let service_of: std::collections::HashMap<&[u8], usize> =
+            trace.spans.iter().map(|(service, span)| (span.span_id.as_slice(), *service)).collect();
+        let parents: std::collections::HashSet<&[u8]> =
+            trace.spans.iter().map(|(_, span)| span.parent_span_id.as_slice()).collect();
+        let mut calls = Vec::new();
+        for (service, span) in &trace.spans {
+            let Some(&parent) = service_of.get(span.parent_span_id.as_slice()) else { continue };
+            calls.push((self.service(parent), self.service(*service)));
+            if !parents.contains(span.span_id.as_slice()) {
+                let peer = span.attributes.iter().find(|kv| kv.key == "peer.service").and_then(|kv| {
+                    match kv.value.as_ref()?.value.as_ref()? {
+                        any_value::Value::StringValue(s) => Some(s.as_str()),
+                        _ => None,
+                    }
+                });
+                if let Some(peer) = peer.and_then(|p| SERVICE_NAMES.iter().find(|n| **n == p)) {
+                    calls.push((self.service(*service), *peer));
+                }
+            }
+        }
+        calls
+    }
+
     /// An export request holding `traces`, grouped by service as an SDK would send them.
     pub fn request(&self, traces: &[Trace]) -> ExportTraceServiceRequest {
         let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); self.services.clamp(1, SERVICE_NAMES.len())];

@@ -213,3 +213,112 @@ fn committed_equals_high_watermarks(bootstrap: &str) -> Option<()> {
     }
     any.then_some(())
 }
+
+/// Derived data end to end: the loadtest's model knows its own call graph. A run through the real
+/// collector, broker and ingester leaves dependency documents whose summed call counts are exactly
+/// the model's calls over every trace sent, and collector RED metrics whose calls per service are
+/// exactly the spans sent per service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dependency_links_and_red_metrics_equal_the_models_call_graph() {
+    use spanline_loadtest::{model::Model, send};
+    use std::collections::BTreeMap;
+
+    let broker = Broker::start().await.expect("broker starts");
+    broker.create_topic("otlp_spans", 6).await.expect("topic created");
+    let store = devstore().await.expect("dev store starts");
+    let shutdown = CancellationToken::new();
+    let mut c = spanline_collector::Config::default();
+    c.receivers.grpc_listen = "127.0.0.1:0".parse().expect("addr");
+    c.receivers.http_listen = "127.0.0.1:0".parse().expect("addr");
+    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    c.kafka.brokers = broker.bootstrap();
+    c.span_metrics.enabled = true;
+    let collector = spanline_collector::start(c, shutdown.child_token()).await.expect("collector starts");
+    let mut i = spanline_ingester::Config::default();
+    i.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    i.kafka.brokers = broker.bootstrap();
+    i.opensearch.url = store.url();
+    i.batch.flush_interval = Duration::from_millis(200);
+    // Short windows, so the test does not wait out fifteen minutes for the last one to end.
+    i.dependencies.enabled = true;
+    i.dependencies.window = Duration::from_secs(20);
+    i.dependencies.max_trace_duration = Duration::from_secs(5);
+    i.dependencies.idle = Duration::from_secs(2);
+    i.dependencies.lateness = Duration::from_secs(1);
+    let ingester = spanline_ingester::start(i, shutdown.child_token()).await.expect("ingester starts");
+
+    let model = Model { seed: 17, ..Model::default() };
+    let traces = 400;
+    let plan = send::Plan {
+        endpoint: format!("http://{}", collector.grpc_addr),
+        protocol: send::Protocol::Grpc,
+        connections: 2,
+        traces_per_request: 10,
+        traces,
+        duration: None,
+        rate: None,
+        gzip: false,
+        model: model.clone(),
+        security: send::Security::default(),
+    };
+    let report = send::run(plan, None, false).await.expect("load sent");
+    assert_eq!(report.failed_requests, 0);
+    assert_eq!(report.rejected_spans, 0);
+
+    let mut calls: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut spans_per_service: BTreeMap<&str, u64> = BTreeMap::new();
+    for n in 0..traces {
+        let trace = model.trace(n, 0);
+        for (parent, child) in model.calls(&trace) {
+            *calls.entry((parent.to_owned(), child.to_owned())).or_default() += 1;
+        }
+        for (service, _) in &trace.spans {
+            *spans_per_service.entry(model.service_name(*service)).or_default() += 1;
+        }
+    }
+    let sent: u64 = spans_per_service.values().sum();
+    assert_eq!(sent, report.acknowledged_spans);
+
+    // Collector: calls per service are the spans sent per service.
+    for (service, want) in &spans_per_service {
+        let labels = format!("service_name=\"{service}\"");
+        let got = spanline_testkit::metric(collector.admin_addr, "traces_span_metrics_calls_total", &labels)
+            .await
+            .expect("metrics");
+        assert_eq!(got as u64, *want, "calls of {service}");
+    }
+
+    // Ingester: the dependency documents add up to the model's calls once every window is over.
+    let url = store.url();
+    let stored = || async {
+        let now = chrono::Utc::now();
+        let start = now - chrono::Duration::hours(24);
+        let indices = [start, now].map(|t| format!("jaeger-dependencies-{}", t.format("%Y-%m-%d")));
+        let body = serde_json::json!({"size": 10000, "query": {"range": {"timestamp": {
+            "gte": start.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "lte": now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)}}}});
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{url}/{}/_search?ignore_unavailable=true", indices.join(",")))
+            .json(&body)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let mut links: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for hit in answer["hits"]["hits"].as_array()? {
+            for link in hit["_source"]["dependencies"].as_array()? {
+                let key = (link["parent"].as_str()?.to_owned(), link["child"].as_str()?.to_owned());
+                *links.entry(key).or_default() += link["callCount"].as_u64()?;
+            }
+        }
+        Some(links)
+    };
+    let matched = wait_for(Duration::from_secs(90), || async { (stored().await? == calls).then_some(()) }).await;
+    assert!(matched.is_ok(), "dependency links {:?} never equalled the model's calls {calls:?}", stored().await);
+
+    shutdown.cancel();
+    collector.task.await.expect("join").expect("collector stops cleanly");
+    ingester.task.await.expect("join").expect("ingester stops cleanly");
+}
