@@ -21,7 +21,7 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelKey as _, EncodeLabelSet, EncodeLabelValue as _, LabelSetEncoder},
+    encoding::{EncodeLabelKey, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::{Registry, Unit},
 };
@@ -132,9 +132,9 @@ impl EncodeLabelSet for Labels {
         let mut put = |key: &str, value: &str| -> Result<(), std::fmt::Error> {
             let mut label = encoder.encode_label();
             let mut key_encoder = label.encode_label_key()?;
-            key.encode(&mut key_encoder)?;
+            EncodeLabelKey::encode(&key, &mut key_encoder)?;
             let mut value_encoder = key_encoder.encode_label_value()?;
-            value.encode(&mut value_encoder)?;
+            EncodeLabelValue::encode(&value, &mut value_encoder)?;
             value_encoder.finish()
         };
         match self {
@@ -257,11 +257,11 @@ mod tests {
             r#"service_name="api",span_name="GET /",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET""#;
         assert!(text.contains(&format!("traces_span_metrics_calls_total{{{series}}} 2")), "{text}");
         assert!(
-            text.contains(&format!(r#"traces_span_metrics_duration_milliseconds_bucket{{{series},le="4.0"}} 1"#)),
+            text.contains(&format!(r#"traces_span_metrics_duration_milliseconds_bucket{{le="4.0",{series}}} 1"#)),
             "{text}"
         );
         assert!(
-            text.contains(&format!(r#"traces_span_metrics_duration_milliseconds_bucket{{{series},le="50.0"}} 2"#)),
+            text.contains(&format!(r#"traces_span_metrics_duration_milliseconds_bucket{{le="50.0",{series}}} 2"#)),
             "{text}"
         );
         assert!(text.contains(r#"status_code="STATUS_CODE_ERROR"} 1"#), "{text}");

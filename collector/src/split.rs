@@ -1079,10 +1079,10 @@ mod tests {
         let body = request.encode_to_vec();
         let counts = Counts::of(&body).expect("well formed");
         let (limits, processors) = (limits(), keep_all());
-        let records = plan(&body, &counts, &limits, &processors, 900 * 1024).expect("byte path").bytes();
+        let records = plan(&body, &counts, &limits, &processors, 900 * 1024, false).expect("byte path").bytes();
         let mut built = None;
         let held = allocation_counter::measure(|| {
-            let planned = plan(&body, &counts, &limits, &processors, 900 * 1024).expect("byte path");
+            let planned = plan(&body, &counts, &limits, &processors, 900 * 1024, false).expect("byte path");
             built = Some(planned.build(&body));
         });
         let built = built.expect("built");

@@ -533,6 +533,11 @@ async fn red_metrics_count_every_valid_span_before_sampling_on_both_paths() {
     let mut client = TraceServiceClient::connect(format!("http://{}", running.grpc_addr)).await.expect("connects");
     let mut request = fixtures::request("svc", 1, 10, 4, fixtures::now_unix_nano());
     let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+    // Trace ids with random-looking low bits, which sampling decides on.
+    for span in spans.iter_mut() {
+        let h = spanline_common::ids::fnv64a(&[&span.trace_id]).to_be_bytes();
+        span.trace_id = [h, h].concat();
+    }
     for span in spans.iter_mut().take(2) {
         span.status = Some(opentelemetry_proto::tonic::trace::v1::Status { code: 2, ..Default::default() });
     }
@@ -576,10 +581,14 @@ async fn red_metrics_count_every_valid_span_before_sampling_on_both_paths() {
     assert_eq!(metric(count, r#"service_name="svc""#).await.expect("metrics"), 39.0);
     // 7 ms and 0.5 ms: one in the 8 ms bucket's range, both under 10 ms.
     let bucket = "traces_span_metrics_duration_milliseconds_bucket";
-    assert_eq!(metric(bucket, r#"service_name="json-svc",span_name="get",span_kind="SPAN_KIND_CLIENT",status_code="STATUS_CODE_UNSET",le="2.0""#).await.expect("metrics"), 1.0);
-    assert_eq!(metric(bucket, r#"service_name="json-svc",span_name="get",span_kind="SPAN_KIND_CLIENT",status_code="STATUS_CODE_UNSET",le="8.0""#).await.expect("metrics"), 2.0);
+    assert_eq!(metric(bucket, r#"le="2.0",service_name="json-svc",span_name="get",span_kind="SPAN_KIND_CLIENT",status_code="STATUS_CODE_UNSET""#).await.expect("metrics"), 1.0);
+    assert_eq!(metric(bucket, r#"le="8.0",service_name="json-svc",span_name="get",span_kind="SPAN_KIND_CLIENT",status_code="STATUS_CODE_UNSET""#).await.expect("metrics"), 2.0);
     // Sampling kept about half of the traces in the topic; the metrics counted all of them.
     let records = read_topic(&broker.bootstrap(), "otlp_spans").await.expect("read");
     let in_topic: usize = records.iter().map(|r| spans_in(&r.payload).len()).sum();
     assert!(in_topic < 41, "sampling left spans out of the topic: {in_topic}");
+    let sampled_out = metric("spanline_collector_spans_total", r#"outcome="sampled_out""#).await.expect("metrics");
+    let rejected = metric("spanline_collector_spans_total", r#"outcome="rejected""#).await.expect("metrics");
+    assert!(sampled_out > 0.0);
+    assert_eq!(in_topic as f64 + sampled_out + rejected, 42.0, "every span in the topic, sampled out or rejected");
 }

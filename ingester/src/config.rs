@@ -509,13 +509,13 @@ pub struct Dependencies {
     /// One document per partition and window of this length, aligned to the epoch; a divisor of a
     /// day. Jaeger Query reads at most 10 000 (`es.max-doc-count`) per lookback: partitions × windows
     /// per day × days looked back must stay under it. On every assignment the worker re-reads up to
-    /// about `window + 2 × max_trace_duration` of the partition to count unfinished windows again.
+    /// up to about `window + 3 × max_trace_duration` of the partition to count unfinished windows again.
     /// Default `15m`.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// A trace's spans are put together over at most about this long (slots of this length, aligned
     /// to the epoch): a trace still sending spans past it is counted in pieces. A divisor of
-    /// `window`. Default `2m`.
+    /// `window`. Default `3m`.
     #[serde(with = "humantime_serde")]
     pub max_trace_duration: Duration,
     /// A trace is complete once no span of it arrived for this long. Default `30s`.
@@ -542,7 +542,7 @@ impl Default for Dependencies {
         Self {
             enabled: false,
             window: Duration::from_secs(15 * 60),
-            max_trace_duration: Duration::from_secs(120),
+            max_trace_duration: Duration::from_secs(180),
             idle: Duration::from_secs(30),
             lateness: Duration::from_secs(10),
             max_spans: 500_000,
