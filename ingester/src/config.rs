@@ -532,8 +532,9 @@ pub struct Dependencies {
     /// Distinct (parent, child) links in one window's document; more are counted and left out.
     /// Default `10000`.
     pub max_links: usize,
-    /// Count the links without indexing spans (what `replay --dependencies-only` sets). Default
-    /// `false`.
+    /// Count the links without indexing spans: what `replay --dependencies-only` sets, never read
+    /// from a file or the environment (a live ingester with it would commit spans it never indexed).
+    #[serde(skip)]
     pub only: bool,
 }
 

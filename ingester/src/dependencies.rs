@@ -64,7 +64,7 @@ pub mod kind {
 
 /// Longest service name kept, in bytes (cut at a character boundary): a client's service name sizes
 /// the window document.
-pub const MAX_SERVICE_BYTES: usize = 1024;
+pub const MAX_SERVICE_BYTES: usize = 256;
 
 /// What the tracker is told about one span.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +134,20 @@ impl Rewind {
     }
 }
 
+impl Rewind {
+    /// The first window that can be counted whole when nothing before `first_ms` can be read (a
+    /// partition whose older records are gone, or a re-read that failed): primed as
+    /// [`Rewind::from_committed`] requires.
+    pub fn whole_after(bounds: &Bounds, first_ms: i64) -> i64 {
+        let window = Bounds::ms(bounds.window);
+        let margin = 3 * Bounds::ms(bounds.max_trace_duration) + Bounds::ms(bounds.idle) + Bounds::ms(bounds.lateness);
+        floor(first_ms.saturating_add(margin), window).saturating_add(window)
+    }
+}
+
+/// Calls per (parent, child) link.
+type Counts = HashMap<(Arc<str>, Arc<str>), u64>;
+
 fn floor(ms: i64, step: i64) -> i64 {
     ms.div_euclid(step) * step
 }
@@ -172,6 +186,8 @@ struct SpanRec {
 
 #[derive(Debug)]
 struct Instance {
+    /// Its share of `max_spans`: a span and each of its links count one.
+    held: usize,
     opened_ms: i64,
     /// When it closes unless touched again; the key of its live heap entry.
     deadline_ms: i64,
@@ -193,7 +209,7 @@ pub struct Tracker {
     /// (deadline, trace): entries whose deadline no longer matches their instance's are stale.
     deadlines: BinaryHeap<Reverse<(i64, [u8; 16])>>,
     spans_held: usize,
-    windows: BTreeMap<i64, HashMap<(Arc<str>, Arc<str>), u64>>,
+    windows: BTreeMap<i64, Counts>,
     names: HashSet<Arc<str>>,
     names_pruned_at: usize,
     /// Windows [`Tracker::preview`] already handed out.
@@ -226,7 +242,12 @@ impl Tracker {
         self.stats
     }
 
-    /// Spans held in open instances.
+    /// Counts no window before `ms` (a re-read found records missing before its first).
+    pub fn count_from_at_least(&mut self, ms: i64) {
+        self.count_from_ms = self.count_from_ms.max(ms);
+    }
+
+    /// Spans (and their links) held in open instances.
     pub fn spans_held(&self) -> usize {
         self.spans_held
     }
@@ -279,21 +300,25 @@ impl Tracker {
         let idle_deadline = clock.saturating_add(self.idle_ms);
         let instance = match self.instances.entry(span.trace_id) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Instance { opened_ms: clock, deadline_ms: i64::MIN, spans: Vec::new() }),
+            Entry::Vacant(e) => {
+                e.insert(Instance { held: 0, opened_ms: clock, deadline_ms: i64::MIN, spans: Vec::new() })
+            }
         };
-        // A retried export sends the same span again: kept once, as Spark keeps unique spans.
-        if instance.spans.iter().any(|s| {
-            s.span_id == rec.span_id && s.kind == rec.kind && s.parent == rec.parent && s.service == rec.service
-        }) {
-            return;
-        }
+        // A span sent twice (a retried export) is kept once when the instance closes ([`unique`]).
+        let held = 1 + rec.links.as_ref().map_or(0, |l| l.len());
         instance.spans.push(rec);
-        self.spans_held += 1;
+        instance.held += held;
+        self.spans_held += held;
         let cap = floor(instance.opened_ms, self.slot_ms).saturating_add(self.slot_ms).saturating_add(self.idle_ms);
         let deadline = idle_deadline.min(cap);
         if deadline != instance.deadline_ms {
             instance.deadline_ms = deadline;
             self.deadlines.push(Reverse((deadline, span.trace_id)));
+            // Entries of deadlines that moved are stale: rebuilt from the instances when they are
+            // most of the heap, so it stays within twice the instances held.
+            if self.deadlines.len() > 2 * self.instances.len() + 1024 {
+                self.deadlines = self.instances.iter().map(|(t, i)| Reverse((i.deadline_ms, *t))).collect();
+            }
         }
     }
 
@@ -320,17 +345,21 @@ impl Tracker {
     /// records move the clock past them.
     pub fn preview(&mut self, at_ms: i64) -> Vec<WindowCounts> {
         let final_at = |start: i64| start.saturating_add(self.window_ms).saturating_add(self.idle_ms) <= at_ms;
-        let mut due: BTreeMap<i64, HashMap<(Arc<str>, Arc<str>), u64>> = BTreeMap::new();
+        let mut due: BTreeMap<i64, Counts> = BTreeMap::new();
         for (&start, counts) in &self.windows {
             if final_at(start) && !self.previewed.contains(&start) {
                 due.insert(start, counts.clone());
             }
         }
-        for instance in self.instances.values() {
+        for instance in self.instances.values_mut() {
             let start = floor(instance.opened_ms, self.window_ms);
             if start < self.count_from_ms || !final_at(start) || self.previewed.contains(&start) {
                 continue;
             }
+            let before = instance.held;
+            unique(&mut instance.spans);
+            instance.held = instance.spans.iter().map(|s| 1 + s.links.as_ref().map_or(0, |l| l.len())).sum();
+            self.spans_held -= before - instance.held;
             let counts = due.entry(start).or_default();
             let max_edges = self.bounds.max_edges;
             derive(&instance.spans, |parent, child| {
@@ -390,13 +419,14 @@ impl Tracker {
     }
 
     fn close(&mut self, trace: &[u8; 16]) {
-        let Some(instance) = self.instances.remove(trace) else { return };
-        self.spans_held -= instance.spans.len();
+        let Some(mut instance) = self.instances.remove(trace) else { return };
+        self.spans_held -= instance.held;
         self.stats.instances_closed += 1;
         let window = floor(instance.opened_ms, self.window_ms);
         if window < self.count_from_ms {
             return;
         }
+        unique(&mut instance.spans);
         let counts = self.windows.entry(window).or_default();
         let max_edges = self.bounds.max_edges;
         let mut dropped = 0;
@@ -414,7 +444,18 @@ impl Tracker {
     }
 }
 
-fn sorted(start_ms: i64, counts: HashMap<(Arc<str>, Arc<str>), u64>) -> WindowCounts {
+/// Keeps one of each span sent more than once (same id, parent, kind and service), as Spark keeps
+/// a trace's unique spans: a retried export counts once. Sorting, so a trace of many spans costs
+/// `n log n`, not a scan per span.
+fn unique(spans: &mut Vec<SpanRec>) {
+    fn key(s: &SpanRec) -> (u64, u64, i32, &str) {
+        (s.span_id, s.parent, s.kind, &s.service)
+    }
+    spans.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+    spans.dedup_by(|a, b| key(a) == key(b));
+}
+
+fn sorted(start_ms: i64, counts: Counts) -> WindowCounts {
     let mut links: Vec<_> = counts.into_iter().map(|((p, c), n)| (p, c, n)).collect();
     links.sort_unstable();
     WindowCounts { start_ms, links }
@@ -431,45 +472,59 @@ fn clip(name: &str) -> &str {
     &name[..end]
 }
 
-/// The links of one closed instance, as spark-dependencies' `SpansToDependencyLinks` derives them
-/// from a trace (see the module documentation).
+/// The links of one instance, as spark-dependencies' `SpansToDependencyLinks` derives them from a
+/// trace (see the module documentation). `spans` are sorted by span id ([`unique`]), so a span id's
+/// spans are found by binary search and everything is emitted in the same order every time (which
+/// links a window over `max_links` keeps does not depend on the run). `n log n` whatever the
+/// shape: a span id shared by many spans is looked at once, not once per span referring to it.
 fn derive(spans: &[SpanRec], mut emit: impl FnMut(&Arc<str>, &Arc<str>)) {
-    let mut by_id: HashMap<u64, Vec<usize>> = HashMap::with_capacity(spans.len());
-    let mut referenced: HashSet<u64> = HashSet::with_capacity(spans.len());
-    for (i, s) in spans.iter().enumerate() {
-        by_id.entry(s.span_id).or_default().push(i);
-        for r in refs(s) {
-            referenced.insert(r);
+    let group = |id: u64| {
+        let start = spans.partition_point(|s| s.span_id < id);
+        let end = start + spans[start..].partition_point(|s| s.span_id == id);
+        &spans[start..end]
+    };
+    let mut referenced: Vec<u64> = spans.iter().flat_map(refs).collect();
+    referenced.sort_unstable();
+    referenced.dedup();
+    // Span ids shared by several spans, with their server side (Zipkin): (id, server's index).
+    let mut shared: Vec<(u64, Option<&Arc<str>>)> = Vec::new();
+    let mut start = 0;
+    while start < spans.len() {
+        let id = spans[start].span_id;
+        let run = group(id);
+        if run.len() > 1 {
+            // A client (or producer) and a server (or consumer) sharing the id: one call.
+            let side = |kinds: [i32; 2]| run.iter().find(|s| kinds.contains(&s.kind));
+            if let (Some(client), Some(server)) =
+                (side([kind::CLIENT, kind::PRODUCER]), side([kind::SERVER, kind::CONSUMER]))
+            {
+                emit(&client.service, &server.service);
+            }
+            shared.push((id, run.iter().find(|p| p.kind == kind::SERVER).map(|p| &p.service)));
         }
+        start += run.len();
     }
-    // A span id shared by a client (or producer) and a server (or consumer) span: one call.
-    for group in by_id.values().filter(|g| g.len() > 1) {
-        let side = |kinds: [i32; 2]| group.iter().map(|&i| &spans[i]).find(|s| kinds.contains(&s.kind));
-        if let (Some(client), Some(server)) =
-            (side([kind::CLIENT, kind::PRODUCER]), side([kind::SERVER, kind::CONSUMER]))
-        {
-            emit(&client.service, &server.service);
-        }
-    }
+    let shared_server = |id: u64| shared.binary_search_by_key(&id, |(i, _)| *i).ok().map(|k| shared[k].1);
     for s in spans {
         if s.parent == 0 && s.links.is_none() {
             continue;
         }
-        if by_id[&s.span_id].len() > 1 && s.kind != kind::CLIENT {
+        if shared_server(s.span_id).is_some() && s.kind != kind::CLIENT {
             continue;
         }
         for r in refs(s) {
-            let Some(parents) = by_id.get(&r) else { continue };
-            if parents.len() > 1 {
-                if let Some(server) = parents.iter().map(|&i| &spans[i]).find(|p| p.kind == kind::SERVER) {
-                    emit(&server.service, &s.service);
+            match shared_server(r) {
+                Some(Some(server)) => emit(server, &s.service),
+                Some(None) => {}
+                None => {
+                    if let Some(parent) = group(r).first() {
+                        emit(&parent.service, &s.service);
+                    }
                 }
-            } else {
-                emit(&spans[parents[0]].service, &s.service);
             }
         }
         if let Some(peer) = &s.peer
-            && !referenced.contains(&s.span_id)
+            && referenced.binary_search(&s.span_id).is_err()
         {
             emit(&s.service, peer);
         }

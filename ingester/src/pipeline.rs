@@ -20,7 +20,7 @@ use crate::{
     bulk::{BulkClient, classify},
     commit,
     config::Config,
-    config::OutOfRange,
+    config::{Encoding, OutOfRange},
     consume::{self, IngestConsumer, IngestContext},
     deadletter::{DeadLetters, RecordLimits},
     document::{IndexNames, Routing},
@@ -197,7 +197,9 @@ pub fn build(
         metrics,
         failures,
         rate,
-        dependencies: config.dependencies.enabled.then(|| config.dependencies.clone()),
+        // Re-driven dead letters hold spans whose calls were counted when first read.
+        dependencies: (config.dependencies.enabled && config.kafka.encoding != Encoding::DeadLetter)
+            .then(|| config.dependencies.clone()),
     });
     let context = IngestContext::new(shared, tokio::runtime::Handle::current(), config.kafka.drain_deadline);
     let consumer: IngestConsumer = client.create_with_context(context).map_err(without_value).map_err(Error::Kafka)?;

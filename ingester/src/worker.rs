@@ -448,7 +448,7 @@ impl<C: ConsumerContext + 'static> partition::Source for KafkaSource<C> {
                     };
                     drop(message);
                     if let Some(links) = self.links.as_mut().filter(|l| !l.primed) {
-                        let ts = record.timestamp_ms.unwrap_or_else(now_ms);
+                        let ts = links.time_of(record.timestamp_ms, now_ms());
                         let reread = links.rewind(&self.shared, &self.consumer, &self.queue, offset, ts).await;
                         if reread == links::Reread::Redeliver {
                             continue;
@@ -478,8 +478,8 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
         let Record { offset, timestamp_ms, key, value } = record;
         if let Some(links) = links.as_mut().filter(|_| shared.dependencies.as_ref().is_some_and(|d| d.only)) {
             // `dependencies.only` (replay --dependencies-only): counted, nothing indexed.
-            links.record(shared, timestamp_ms.unwrap_or_else(now_ms), &value);
-            let items = links.items(&shared.metrics);
+            links.record(shared, links.time_of(timestamp_ms, now_ms()), &value);
+            let items = links.items().await;
             return Ok(partition::Incoming { offset, timestamp_ms, items, spans: 0, dead_lettered: 0 });
         }
         let limits = shared.record_limits;
@@ -653,8 +653,8 @@ impl<C: ConsumerContext + 'static> KafkaSource<C> {
             .collect();
         // The windows this record makes final go in its batch: durable before its offset is stored.
         if let Some(links) = links {
-            links.record(shared, timestamp_ms.unwrap_or_else(now_ms), &value);
-            items.extend(links.items(&shared.metrics));
+            links.record(shared, links.time_of(timestamp_ms, now_ms()), &value);
+            items.extend(links.items().await);
         }
         Ok(partition::Incoming { offset, timestamp_ms, items, spans: mapped.spans as u64, dead_lettered })
     }
@@ -704,7 +704,8 @@ async fn write(shared: &Shared, batch: Batch, abort: &CancellationToken) -> Resu
             }
             // Service documents are derived from spans that are themselves indexed or
             // dead-lettered; losing one only hides an operation name from the service list. A
-            // dependency document refused for good is counted again by the next rewind.
+            // dependency document refused for good (the store's mapping refuses its shape) is lost:
+            // its window stays as it was, and the error says so.
             None => {
                 let kind = r.item.kind.as_str();
                 tracing::error!(kind, status = r.status, error_type = %r.error_type, reason = %r.reason, "document rejected by the store");

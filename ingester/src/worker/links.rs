@@ -6,12 +6,18 @@
 //! committed offset `R`. Before indexing anything the worker re-reads the partition from the
 //! tracker's rewind point (derived from record `R − 1`'s timestamp, found with ListOffsets by
 //! timestamp), feeding records below `R` to the tracker only, so every window that was not final
-//! when `R − 1` was read is counted again whole and its document replaced ([`Links::rewind`]). A
-//! partition with nothing to read writes on its own the windows the wall clock (`lateness` behind)
-//! has passed, with the counts they will have ([`Links::idle`]); those windows were not final at its
-//! last committed record, so a later rewind counts them again too.
+//! when `R − 1` was read is counted again whole and its document replaced ([`Links::rewind`]). Where
+//! records needed for that are gone (retention) or cannot be read, counting starts at the first
+//! window that can be counted whole, with a warning: a window is never written from part of its
+//! records over a complete count.
+//!
+//! A partition with nothing to read writes on its own the windows the wall clock (`lateness`
+//! behind) has passed, with the counts they will have ([`Links::idle`]). Such a *preview* is one
+//! write task per window; when the window becomes final, the final write waits for the preview to
+//! be durable and is left out when the counts agree, so a preview retried late can never land over a
+//! final count.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use rdkafka::{
     Message, Offset, TopicPartitionList,
@@ -41,6 +47,13 @@ pub(crate) enum Reread {
     KeepCopy,
 }
 
+/// A window written before it was final, by an idle partition.
+struct Preview {
+    links: WindowCounts,
+    /// Whether the write became durable; taken when the window becomes final.
+    write: Option<tokio::task::JoinHandle<bool>>,
+}
+
 /// One partition's tracker and what it still has to write.
 pub(crate) struct Links {
     tracker: Tracker,
@@ -48,27 +61,32 @@ pub(crate) struct Links {
     topic: String,
     partition: i32,
     names: IndexNames,
-    /// Records below this offset were indexed before this assignment: counted, not indexed.
+    metrics: Metrics,
+    /// Records below this offset were indexed before this assignment: not indexed again.
     pub resume: i64,
-    /// The rewind is done (or was not needed).
+    /// The rewind is done (or was not needed). Set only once it is complete: a rewind cut short
+    /// (its future dropped by a drain) leaves it false, and the next record starts another.
     pub primed: bool,
     /// Final windows not yet handed to a batch.
     pending: Vec<WindowCounts>,
     /// What was last reported to the metrics.
     reported: Stats,
     held: i64,
-    /// Windows an idle partition finished, being written.
-    idle_writes: Vec<tokio::task::JoinHandle<()>>,
-    /// A bounded replay: its clock never follows the wall clock (the windows its end cuts short
-    /// are not final, whatever the time).
+    /// Windows written by [`Links::idle`] before they were final.
+    previews: BTreeMap<i64, Preview>,
+    /// A bounded replay: it never writes previews (the windows its end cuts short are not final,
+    /// whatever the time).
     bounded: bool,
 }
 
 impl Drop for Links {
     fn drop(&mut self) {
-        for task in &self.idle_writes {
-            task.abort();
+        for preview in self.previews.values() {
+            if let Some(write) = &preview.write {
+                write.abort();
+            }
         }
+        self.metrics.dependency_spans_held.dec_by(self.held);
     }
 }
 
@@ -80,14 +98,20 @@ impl Links {
             topic: shared.topic.clone(),
             partition,
             names: shared.routing.names.clone(),
+            metrics: shared.metrics.clone(),
             resume: i64::MIN,
             primed: false,
             pending: Vec::new(),
             reported: Stats::default(),
             held: 0,
-            idle_writes: Vec::new(),
+            previews: BTreeMap::new(),
             bounded,
         }
+    }
+
+    /// The time of a record: its Kafka timestamp, else the clock (else now), on every path alike.
+    pub fn time_of(&self, timestamp_ms: Option<i64>, now_ms: i64) -> i64 {
+        timestamp_ms.or(self.tracker.clock()).unwrap_or(now_ms)
     }
 
     /// Feeds one record (`value` as consumed, at Kafka time `ts_ms`) to the tracker. A record the
@@ -110,37 +134,63 @@ impl Links {
         self.pending.extend(self.tracker.take_final());
     }
 
-    /// The documents of the windows that became final, as batch items.
-    pub fn items(&mut self, metrics: &Metrics) -> Vec<Item> {
-        self.report(metrics);
-        self.pending.drain(..).map(|w| item(&self.names, &self.topic, self.partition, &w, metrics)).collect()
+    /// The documents of the windows that became final, as batch items. A window an idle partition
+    /// wrote before waits for that write, and is left out when its counts did not change.
+    pub async fn items(&mut self) -> Vec<Item> {
+        self.report();
+        let mut items = Vec::with_capacity(self.pending.len());
+        for window in std::mem::take(&mut self.pending) {
+            if let Some(mut preview) = self.previews.remove(&window.start_ms) {
+                let durable = match preview.write.take() {
+                    Some(write) => write.await.unwrap_or(false),
+                    None => false,
+                };
+                if durable && preview.links == window {
+                    continue;
+                }
+            }
+            items.push(self.item(&window));
+        }
+        items
+    }
+
+    fn item(&self, window: &WindowCounts) -> Item {
+        self.metrics.dependency_windows.inc();
+        let doc = dependency_document(&self.names, &self.topic, self.partition, window);
+        Item { kind: DocKind::Dependencies, end_micros: 0, service: None, origin: None, ndjson: doc.ndjson }
     }
 
     /// Nothing arrived for a while: the windows that will be final once the clock reaches the wall
     /// clock, `lateness` behind, are written on their own, with the counts they will have
     /// ([`Tracker::preview`]); the tracker's state does not move.
     pub fn idle(&mut self, shared: &Arc<Shared>, now_ms: i64, abort: &CancellationToken) {
+        self.report();
         if !self.primed || self.bounded {
             return;
         }
         let lateness = i64::try_from(self.bounds.lateness.as_millis()).unwrap_or(i64::MAX);
-        self.pending.extend(self.tracker.preview(now_ms.saturating_sub(lateness)));
-        self.idle_writes.retain(|t| !t.is_finished());
-        let items = self.items(&shared.metrics);
-        if items.is_empty() {
-            return;
+        for window in self.tracker.preview(now_ms.saturating_sub(lateness)) {
+            let items = vec![self.item(&window)];
+            let (shared, abort, partition) = (shared.clone(), abort.clone(), self.partition);
+            let write = tokio::spawn(async move {
+                // Retried until durable, or the worker ends (the next owner's rewind counts it).
+                match shared.bulk.write_all(items, &abort).await {
+                    Ok(rejected) if rejected.is_empty() => true,
+                    Ok(rejected) => {
+                        let reason = rejected.first().map(|r| r.reason.clone()).unwrap_or_default();
+                        tracing::error!(partition, %reason, "dependency document rejected by the store");
+                        false
+                    }
+                    Err(_) => false,
+                }
+            });
+            self.previews.insert(window.start_ms, Preview { links: window, write: Some(write) });
         }
-        let (shared, abort, partition) = (shared.clone(), abort.clone(), self.partition);
-        self.idle_writes.push(tokio::spawn(async move {
-            // Retried until durable; on an abort the next owner's rewind counts them again.
-            if let Err(error) = shared.bulk.write_all(items, &abort).await {
-                tracing::debug!(partition, %error, "dependency documents of an idle partition not written");
-            }
-        }));
     }
 
-    fn report(&mut self, metrics: &Metrics) {
+    fn report(&mut self) {
         let now = self.tracker.stats();
+        let metrics = &self.metrics;
         metrics.dependency_evictions.inc_by(now.evicted_for_memory - self.reported.evicted_for_memory);
         metrics.dependency_links_dropped.inc_by(now.edges_dropped - self.reported.edges_dropped);
         metrics.dependency_late_records.inc_by(now.late_records - self.reported.late_records);
@@ -151,9 +201,7 @@ impl Links {
     }
 
     /// Re-reads the partition before its first record, `first` (offset `R`, timestamp `first_ts`),
-    /// is indexed: from the rewind point of record `R − 1` up to `R`, records counted only. When
-    /// the partition cannot be re-read, a warning says so and windows are counted from `R`'s on
-    /// (those already begun come out short).
+    /// is indexed: from the rewind point of record `R − 1` up to `R`, records counted only.
     pub async fn rewind<C: ConsumerContext + 'static>(
         &mut self,
         shared: &Shared,
@@ -162,8 +210,6 @@ impl Links {
         first: i64,
         first_ts: i64,
     ) -> Reread {
-        self.primed = true;
-        self.resume = first + 1;
         let partition = self.partition;
         let low = {
             let (consumer, topic) = (consumer.clone(), self.topic.clone());
@@ -173,34 +219,46 @@ impl Links {
                 .and_then(Result::ok)
                 .map(|(low, _)| low)
         };
-        let Some(low) = low else {
-            tracing::warn!(
-                partition,
-                "cannot read the partition's low watermark: dependency windows counted from here, those begun come out short"
-            );
-            self.tracker = Tracker::new(self.bounds, first_ts);
-            return Reread::KeepCopy;
-        };
-        if first <= low {
-            // Nothing before: every window is counted from the start.
-            return Reread::KeepCopy;
-        }
-        match self.reread(shared, consumer, queue, low, first).await {
-            Ok(reread) => reread,
-            Err(why) => {
-                tracing::warn!(
-                    partition,
-                    offset = first,
-                    why,
-                    "cannot re-read the partition: dependency windows counted from here, those begun come out short"
-                );
-                self.tracker = Tracker::new(self.bounds, first_ts);
-                // Back to `R` if the queue moved; the copy is kept either way and anything below
-                // `resume` the queue still delivers is dropped.
-                let _ = self.seek(consumer, first + 1).await;
-                Reread::KeepCopy
+        let (reread, resume) = match low {
+            None => {
+                self.gap(first_ts, "cannot read the partition's low watermark");
+                (Reread::KeepCopy, first + 1)
             }
-        }
+            Some(low) if first <= low => {
+                // Nothing before `R`: a topic read from its start counts everything; one whose
+                // older records are gone counts from the first window it has whole.
+                if low > 0 {
+                    self.gap(first_ts, "the records before the committed offset are gone (retention)");
+                }
+                (Reread::KeepCopy, first + 1)
+            }
+            Some(low) => match self.reread(shared, consumer, queue, low, first).await {
+                Ok(done) => done,
+                Err(why) => {
+                    self.gap(first_ts, why);
+                    // The copy is kept, and anything below `resume` the queue still delivers is
+                    // dropped; back to `R + 1` if the queue moved.
+                    let _ = self.seek(consumer, first + 1).await;
+                    (Reread::KeepCopy, first + 1)
+                }
+            },
+        };
+        self.resume = resume;
+        self.primed = true;
+        reread
+    }
+
+    /// Records needed to count the windows around `first_ms` whole cannot be read: counting starts
+    /// at the first window that can be.
+    fn gap(&mut self, first_ms: i64, why: &str) {
+        let from = Rewind::whole_after(&self.bounds, first_ms);
+        tracing::warn!(
+            partition = self.partition,
+            why,
+            count_from_ms = from,
+            "dependency windows before this one are left as they are: they cannot be counted whole"
+        );
+        self.tracker = Tracker::new(self.bounds, from);
     }
 
     async fn reread<C: ConsumerContext + 'static>(
@@ -210,7 +268,7 @@ impl Links {
         queue: &StreamPartitionQueue<C>,
         low: i64,
         first: i64,
-    ) -> Result<Reread, &'static str> {
+    ) -> Result<(Reread, i64), &'static str> {
         let (topic, partition) = (self.topic.clone(), self.partition);
         // Record R − 1's timestamp decides which windows were not final.
         if !self.seek(consumer, first - 1).await {
@@ -232,14 +290,14 @@ impl Links {
                 .map_err(|_| "ListOffsets failed")?
                 .map_err(|_| "ListOffsets failed")?
         };
-        // Tansu answers 0 for a time after its newest record (REFERENCE.md §7): kept inside [low, R).
+        // An answer outside [low, R) is not trusted (Tansu answers 0 for a time after its newest
+        // record, REFERENCE.md §7; a broker may not answer by time at all): then from the start.
         let from = found
             .find_partition(&topic, partition)
             .and_then(|e| e.offset().to_raw())
-            .filter(|&o| o >= 0)
-            .unwrap_or(low)
-            .clamp(low, first - 1);
-        self.tracker = Tracker::new(self.bounds, rewind.count_from_ms);
+            .filter(|&o| (low..first).contains(&o))
+            .unwrap_or(low);
+        let mut tracker = Tracker::new(self.bounds, rewind.count_from_ms);
         tracing::info!(
             partition,
             from,
@@ -251,6 +309,7 @@ impl Links {
         }
         // Records [from, R) in order, counted only; any fetched before the seek is passed over.
         let mut next = from;
+        std::mem::swap(&mut self.tracker, &mut tracker);
         loop {
             let message = next_at_or_after(queue, next).await?;
             let offset = message.offset();
@@ -259,16 +318,22 @@ impl Links {
             }
             if offset >= first {
                 // Offsets without a record (transaction markers) just before `R`: the queue gave `R`.
-                self.resume = first + 1;
-                return Ok(Reread::KeepCopy);
+                return Ok((Reread::KeepCopy, first + 1));
+            }
+            let ts = self.time_of(message.timestamp().to_millis(), last_ts);
+            if next == from && from == low && low > 0 && ts > rewind.prime_from_ms {
+                // The records the rewind needs start before the partition's oldest: gone.
+                self.tracker.count_from_at_least(Rewind::whole_after(&self.bounds, ts));
+                tracing::warn!(
+                    partition,
+                    "records the dependency re-read needs are gone (retention): windows before the first whole one are left as they are"
+                );
             }
             next = offset + 1;
-            let ts = message.timestamp().to_millis().or(self.tracker.clock()).unwrap_or(last_ts);
             self.record(shared, ts, message.payload().unwrap_or_default());
             shared.metrics.dependency_reread_records.inc();
             if next == first {
-                self.resume = first;
-                return Ok(Reread::Redeliver);
+                return Ok((Reread::Redeliver, first));
             }
         }
     }
@@ -338,10 +403,4 @@ async fn next_at_or_after<C: ConsumerContext + 'static>(
             Err(_) => return Err("no record in time"),
         }
     }
-}
-
-fn item(names: &IndexNames, topic: &str, partition: i32, window: &WindowCounts, metrics: &Metrics) -> Item {
-    metrics.dependency_windows.inc();
-    let doc = dependency_document(names, topic, partition, window);
-    Item { kind: DocKind::Dependencies, end_micros: 0, service: None, origin: None, ndjson: doc.ndjson }
 }
