@@ -525,7 +525,8 @@ pub struct Dependencies {
     /// delays); an idle partition's clock follows the wall clock this far behind. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub lateness: Duration,
-    /// Spans held per partition while their traces are open (about 64 bytes each); past it the
+    /// Spans (and their same-trace links) held per partition while their traces are open (about
+    /// 100 bytes each); past it the
     /// trace with the oldest deadline is closed early and counted
     /// (`spanline_ingester_dependency_evictions_total`). Default `500000`.
     pub max_spans: usize,
