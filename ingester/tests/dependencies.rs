@@ -19,7 +19,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer as _},
     producer::{FutureProducer, FutureRecord},
 };
-use spanline_testkit::{Broker, devstore, fixtures, metric, wait_for};
+use spanline_testkit::{Broker, dependency_links, devstore, fixtures, metric, wait_for};
 use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "otlp_spans";
@@ -109,38 +109,8 @@ async fn produce(bootstrap: &str, records: &[(String, Vec<u8>, i64)]) {
     }
 }
 
-/// The links the store holds over the last day, read as Jaeger Query's dependency reader reads
-/// them (the daily indices of the lookback, a `range` on `timestamp` in Go's RFC 3339, at most
-/// 10 000 documents) and summed over the documents as its HTTP API sums them; and how many
-/// documents hold them.
 async fn stored_links(url: &str) -> (BTreeMap<(String, String), u64>, usize) {
-    let now = chrono::Utc::now();
-    let start = now - chrono::Duration::hours(24);
-    let indices = [start, now].map(|t| format!("jaeger-dependencies-{}", t.format("%Y-%m-%d")));
-    let body = serde_json::json!({"size": 10000, "query": {"range": {"timestamp": {
-        "gte": start.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        "lte": now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)}}}});
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{url}/{}/_search?ignore_unavailable=true&rest_total_hits_as_int=true", indices.join(",")))
-        .json(&body)
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("json");
-    let hits = answer["hits"]["hits"].as_array().cloned().unwrap_or_default();
-    let mut links = BTreeMap::new();
-    for hit in &hits {
-        for link in hit["_source"]["dependencies"].as_array().expect("dependencies") {
-            let key = (
-                link["parent"].as_str().expect("parent").to_owned(),
-                link["child"].as_str().expect("child").to_owned(),
-            );
-            *links.entry(key).or_default() += link["callCount"].as_u64().expect("callCount");
-        }
-    }
-    (links, hits.len())
+    dependency_links(url).await.expect("dependency links")
 }
 
 /// Waits until the store's links equal `want` (the last documents are written once the partitions

@@ -290,31 +290,7 @@ async fn dependency_links_and_red_metrics_equal_the_models_call_graph() {
 
     // Ingester: the dependency documents add up to the model's calls once every window is over.
     let url = store.url();
-    let stored = || async {
-        let now = chrono::Utc::now();
-        let start = now - chrono::Duration::hours(24);
-        let indices = [start, now].map(|t| format!("jaeger-dependencies-{}", t.format("%Y-%m-%d")));
-        let body = serde_json::json!({"size": 10000, "query": {"range": {"timestamp": {
-            "gte": start.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "lte": now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)}}}});
-        let answer: Value = reqwest::Client::new()
-            .post(format!("{url}/{}/_search?ignore_unavailable=true", indices.join(",")))
-            .json(&body)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let mut links: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for hit in answer["hits"]["hits"].as_array()? {
-            for link in hit["_source"]["dependencies"].as_array()? {
-                let key = (link["parent"].as_str()?.to_owned(), link["child"].as_str()?.to_owned());
-                *links.entry(key).or_default() += link["callCount"].as_u64()?;
-            }
-        }
-        Some(links)
-    };
+    let stored = || async { spanline_testkit::dependency_links(&url).await.ok().map(|(links, _)| links) };
     let matched = wait_for(Duration::from_secs(90), || async { (stored().await? == calls).then_some(()) }).await;
     assert!(matched.is_ok(), "dependency links {:?} never equalled the model's calls {calls:?}", stored().await);
 

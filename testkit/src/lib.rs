@@ -527,3 +527,35 @@ pub async fn read_at_least(bootstrap: &str, topic: &str, n: usize) -> anyhow::Re
     )
     .await
 }
+
+/// The dependency links the store at `url` holds over the last day, read as Jaeger Query's
+/// dependency reader reads them (the daily `jaeger-dependencies-*` indices of the lookback, a
+/// `range` on `timestamp` in Go's RFC 3339, at most 10 000 documents) and summed over the documents
+/// as its HTTP API sums them; and how many documents hold them.
+pub async fn dependency_links(url: &str) -> anyhow::Result<(std::collections::BTreeMap<(String, String), u64>, usize)> {
+    let now = chrono::Utc::now();
+    let start = now - chrono::Duration::hours(24);
+    let indices = [start, now].map(|t| format!("jaeger-dependencies-{}", t.format("%Y-%m-%d")));
+    let body = serde_json::json!({"size": 10000, "query": {"range": {"timestamp": {
+        "gte": start.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "lte": now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)}}}});
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/{}/_search?ignore_unavailable=true&rest_total_hits_as_int=true", indices.join(",")))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let hits = answer["hits"]["hits"].as_array().cloned().unwrap_or_default();
+    let mut links = std::collections::BTreeMap::new();
+    for hit in &hits {
+        let listed =
+            hit["_source"]["dependencies"].as_array().ok_or_else(|| anyhow::anyhow!("no dependencies in {hit}"))?;
+        for link in listed {
+            let name = |k: &str| link[k].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no {k} in {link}"));
+            let calls = link["callCount"].as_u64().ok_or_else(|| anyhow::anyhow!("no callCount in {link}"))?;
+            *links.entry((name("parent")?, name("child")?)).or_default() += calls;
+        }
+    }
+    Ok((links, hits.len()))
+}
