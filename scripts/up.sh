@@ -218,7 +218,7 @@ done
 echo
 echo "Spanline is up:"
 printf '  %-12s %s\n' "kafka" "$KAFKA_BROKERS  [$broker_desc], topic otlp_spans"
-printf '  %-12s %s\n' "opensearch" "$OPENSEARCH_URL  [$store_desc], indices jaeger-span-*, jaeger-service-*, jaeger-dependencies-* (one document per partition and 15-minute window, docs/dependencies.md)"
+printf '  %-12s %s\n' "opensearch" "$OPENSEARCH_URL  [$store_desc], indices jaeger-span-*, jaeger-service-*, jaeger-dependencies-* (one document per partition and window, docs/dependencies.md)"
 for row in "${rows[@]}"; do printf '  %-12s %s\n' "${row%%|*}" "${row#*|}"; done
 echo "  logs         $LOGS"
 echo "Send spans with any OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$GRPC_PORT), or:"
