@@ -370,8 +370,9 @@ struct KafkaSource<C: ConsumerContext + 'static> {
     links: Option<links::Links>,
 }
 
-/// How long a partition with a dependency tracker waits for a record before its clock follows the
-/// wall clock ([`links::Links::idle`]).
+/// How long a partition with a dependency tracker waits for a record before it writes the windows
+/// the wall clock has passed ([`links::Links::idle`]), and, when it had nothing to read since its
+/// assignment, re-reads from the committed offset ([`links::Links::rewind_idle`]).
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl<C: ConsumerContext + 'static> Drop for KafkaSource<C> {
